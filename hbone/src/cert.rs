@@ -1,0 +1,372 @@
+//! Workload certificates and the store that fetches and rotates them.
+//!
+//! A [`CertProvider`] mints certificates (the in-process [`crate::ca::DevCa`],
+//! or a remote CA client). The [`CertStore`] caches one per identity, hands
+//! out `Arc`s, and replaces each at half its lifetime. Live tunnels keep the
+//! certificate they were established with, so rotation never drops one.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, SystemTime};
+
+use futures::future::BoxFuture;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::identity::{SpiffeId, SpiffeIdError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("certificate provider failed")]
+    Provider(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("certificate is not valid X.509")]
+    Parse,
+    #[error("certificate has no SPIFFE URI SAN")]
+    NoUriSan,
+    #[error("certificate has {0} URI SANs; exactly one is allowed")]
+    ManyUriSans(usize),
+    #[error("certificate URI SAN is not a valid SPIFFE identity")]
+    BadSan(#[source] SpiffeIdError),
+    #[error("certificate for {0} has expired and could not be renewed")]
+    Expired(SpiffeId),
+}
+
+/// Something that mints certificates for identities: the dev CA, or a
+/// remote CA client that sends a CSR.
+pub trait CertProvider: Send + Sync + 'static {
+    fn fetch(&self, id: &SpiffeId) -> BoxFuture<'static, Result<WorkloadCert, CertError>>;
+    /// The mesh trust roots.
+    fn roots(&self) -> Vec<CertificateDer<'static>>;
+}
+
+static GENERATION: AtomicU64 = AtomicU64::new(1);
+
+/// A leaf (plus intermediates), its key, and the roots it chains to.
+pub struct WorkloadCert {
+    identity: SpiffeId,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    not_before: SystemTime,
+    not_after: SystemTime,
+    roots: Vec<CertificateDer<'static>>,
+    generation: u64,
+    pub(crate) server_config: OnceLock<Arc<rustls::ServerConfig>>,
+}
+
+impl WorkloadCert {
+    pub fn new(
+        identity: SpiffeId,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        not_before: SystemTime,
+        not_after: SystemTime,
+        roots: Vec<CertificateDer<'static>>,
+    ) -> Self {
+        WorkloadCert {
+            identity,
+            chain,
+            key,
+            not_before,
+            not_after,
+            roots,
+            generation: GENERATION.fetch_add(1, Ordering::Relaxed),
+            server_config: OnceLock::new(),
+        }
+    }
+
+    pub fn identity(&self) -> &SpiffeId {
+        &self.identity
+    }
+    pub fn chain(&self) -> &[CertificateDer<'static>] {
+        &self.chain
+    }
+    pub fn key(&self) -> PrivateKeyDer<'static> {
+        self.key.clone_key()
+    }
+    pub fn roots(&self) -> &[CertificateDer<'static>] {
+        &self.roots
+    }
+    pub fn not_before(&self) -> SystemTime {
+        self.not_before
+    }
+    pub fn not_after(&self) -> SystemTime {
+        self.not_after
+    }
+    /// Unique per issued certificate in this process; the pool uses it to
+    /// stop opening streams on connections made with a rotated-out cert.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Half-life: when the store starts replacing this certificate.
+    pub fn refresh_at(&self) -> SystemTime {
+        let life = self
+            .not_after
+            .duration_since(self.not_before)
+            .unwrap_or_default();
+        self.not_before + life / 2
+    }
+
+    pub fn is_expired(&self, now: SystemTime) -> bool {
+        now >= self.not_after
+    }
+}
+
+impl std::fmt::Debug for WorkloadCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkloadCert")
+            .field("identity", &self.identity)
+            .field("not_before", &self.not_before)
+            .field("not_after", &self.not_after)
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The single SPIFFE URI SAN of a DER certificate.
+pub fn identity_from_der(der: &[u8]) -> Result<SpiffeId, CertError> {
+    use x509_parser::extensions::GeneralName;
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|_| CertError::Parse)?;
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|_| CertError::Parse)?
+        .ok_or(CertError::NoUriSan)?;
+    let uris: Vec<&str> = san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::URI(u) => Some(*u),
+            _ => None,
+        })
+        .collect();
+    match uris.as_slice() {
+        [] => Err(CertError::NoUriSan),
+        [one] => one.parse().map_err(CertError::BadSan),
+        many => Err(CertError::ManyUriSans(many.len())),
+    }
+}
+
+struct Entry {
+    current: RwLock<Option<Arc<WorkloadCert>>>,
+    /// Serialises fetches for one identity so a burst of connections
+    /// triggers one CSR, not hundreds.
+    fetching: tokio::sync::Mutex<()>,
+}
+
+/// Caches certificates per identity and rotates them at half-life.
+pub struct CertStore {
+    provider: Arc<dyn CertProvider>,
+    entries: Mutex<HashMap<SpiffeId, Arc<Entry>>>,
+}
+
+impl CertStore {
+    pub fn new(provider: Arc<dyn CertProvider>) -> Arc<Self> {
+        Arc::new(CertStore {
+            provider,
+            entries: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn roots(&self) -> Vec<CertificateDer<'static>> {
+        self.provider.roots()
+    }
+
+    fn entry(&self, id: &SpiffeId) -> Arc<Entry> {
+        let mut entries = self.entries.lock().expect("cert store poisoned");
+        entries
+            .entry(id.clone())
+            .or_insert_with(|| {
+                Arc::new(Entry {
+                    current: RwLock::new(None),
+                    fetching: tokio::sync::Mutex::new(()),
+                })
+            })
+            .clone()
+    }
+
+    /// The certificate currently cached for `id`, if any, without fetching.
+    pub fn cached(&self, id: &SpiffeId) -> Option<Arc<WorkloadCert>> {
+        let entry = self
+            .entries
+            .lock()
+            .expect("cert store poisoned")
+            .get(id)?
+            .clone();
+        let cur = entry.current.read().expect("cert entry poisoned").clone();
+        cur
+    }
+
+    /// A valid certificate for `id`, fetching one if none is cached or the
+    /// cached one expired.
+    pub async fn get(&self, id: &SpiffeId) -> Result<Arc<WorkloadCert>, CertError> {
+        let entry = self.entry(id);
+        if let Some(c) = usable(&entry) {
+            return Ok(c);
+        }
+        let _guard = entry.fetching.lock().await;
+        if let Some(c) = usable(&entry) {
+            return Ok(c);
+        }
+        self.fetch_into(id, &entry).await
+    }
+
+    async fn fetch_into(
+        &self,
+        id: &SpiffeId,
+        entry: &Entry,
+    ) -> Result<Arc<WorkloadCert>, CertError> {
+        let cert = Arc::new(self.provider.fetch(id).await?);
+        *entry.current.write().expect("cert entry poisoned") = Some(cert.clone());
+        tracing::debug!(identity = %id, not_after = ?cert.not_after, "certificate installed");
+        Ok(cert)
+    }
+
+    /// Start fetching `id` in the background (pre-fetch for a new pod).
+    pub fn prefetch(self: &Arc<Self>, id: SpiffeId) {
+        let store = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.get(&id).await {
+                tracing::warn!(identity = %id, error = %e, "certificate prefetch failed");
+            }
+        });
+    }
+
+    /// Drop `id` (its pod left the node). Live tunnels keep their own `Arc`.
+    pub fn forget(&self, id: &SpiffeId) {
+        self.entries.lock().expect("cert store poisoned").remove(id);
+    }
+
+    pub fn identities(&self) -> Vec<SpiffeId> {
+        self.entries
+            .lock()
+            .expect("cert store poisoned")
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// Every cached certificate (for config dumps).
+    pub fn all(&self) -> Vec<Arc<WorkloadCert>> {
+        let entries: Vec<Arc<Entry>> = self
+            .entries
+            .lock()
+            .expect("cert store poisoned")
+            .values()
+            .cloned()
+            .collect();
+        entries
+            .iter()
+            .filter_map(|e| e.current.read().expect("cert entry poisoned").clone())
+            .collect()
+    }
+
+    /// Replace every certificate past its half-life. Returns how many were
+    /// renewed and how many renewals failed (the old one stays in force).
+    pub async fn rotate_due(&self, now: SystemTime) -> (usize, usize) {
+        let due: Vec<(SpiffeId, Arc<Entry>)> = {
+            let entries = self.entries.lock().expect("cert store poisoned");
+            entries
+                .iter()
+                .filter(|(_, e)| {
+                    let cur = e.current.read().expect("cert entry poisoned");
+                    cur.as_ref().is_some_and(|c| now >= c.refresh_at())
+                })
+                .map(|(id, e)| (id.clone(), e.clone()))
+                .collect()
+        };
+        let (mut ok, mut failed) = (0, 0);
+        for (id, entry) in due {
+            let _guard = entry.fetching.lock().await;
+            match self.fetch_into(&id, &entry).await {
+                Ok(_) => ok += 1,
+                Err(e) => {
+                    failed += 1;
+                    tracing::warn!(identity = %id, error = %e, "certificate rotation failed; keeping the current one");
+                }
+            }
+        }
+        (ok, failed)
+    }
+
+    /// Run rotation every `interval` until the store is dropped.
+    pub fn spawn_rotation(self: &Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(store) = weak.upgrade() else { return };
+                store.rotate_due(SystemTime::now()).await;
+            }
+        })
+    }
+}
+
+fn usable(entry: &Entry) -> Option<Arc<WorkloadCert>> {
+    let cur = entry.current.read().expect("cert entry poisoned");
+    cur.as_ref()
+        .filter(|c| !c.is_expired(SystemTime::now()))
+        .cloned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ca::DevCa;
+
+    fn id(sa: &str) -> SpiffeId {
+        SpiffeId::new("cluster.local", "default", sa).unwrap()
+    }
+
+    #[tokio::test]
+    async fn get_caches_and_rotation_replaces_at_half_life() {
+        let ca = DevCa::generate().unwrap();
+        let store = CertStore::new(Arc::new(ca));
+        let a = store.get(&id("a")).await.unwrap();
+        let again = store.get(&id("a")).await.unwrap();
+        assert_eq!(a.generation(), again.generation());
+
+        assert_eq!(store.rotate_due(SystemTime::now()).await, (0, 0));
+        let later = a.refresh_at() + Duration::from_secs(1);
+        assert_eq!(store.rotate_due(later).await, (1, 0));
+        let b = store.get(&id("a")).await.unwrap();
+        assert_ne!(a.generation(), b.generation());
+        assert_eq!(b.identity(), &id("a"));
+    }
+
+    #[tokio::test]
+    async fn concurrent_gets_fetch_once() {
+        let ca = DevCa::generate().unwrap();
+        let store = CertStore::new(Arc::new(ca));
+        let b = id("b");
+        let gets = (0..50).map(|_| store.get(&b));
+        let certs = futures::future::join_all(gets).await;
+        let first = certs[0].as_ref().unwrap().generation();
+        assert!(certs
+            .iter()
+            .all(|c| c.as_ref().unwrap().generation() == first));
+    }
+
+    #[test]
+    fn identity_from_garbage_is_an_error() {
+        assert!(matches!(
+            identity_from_der(b"\x30\x03garbage"),
+            Err(CertError::Parse)
+        ));
+    }
+
+    #[test]
+    fn identity_requires_uri_san() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["example.com".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        assert!(matches!(
+            identity_from_der(cert.der()),
+            Err(CertError::NoUriSan)
+        ));
+    }
+}

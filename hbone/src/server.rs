@@ -1,0 +1,357 @@
+//! The HBONE server: mutual TLS, HTTP/2, and one CONNECT stream per tunnel.
+//!
+//! The server owns the protocol: handshakes with timeouts, bounded headers
+//! and streams, rapid-reset limits, malformed requests answered 400. Each
+//! well-formed CONNECT goes to a caller-supplied [`Handler`] as an
+//! [`InboundRequest`], which decides (policy, upstream connect) and answers
+//! with [`InboundRequest::accept`] (200) or [`InboundRequest::reject`]. A
+//! request dropped unanswered gets 503.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::cert::CertError;
+use crate::drain::{Drain, Watch};
+use crate::headers::{parse_authority, AuthorityError, ConnectMeta};
+use crate::identity::SpiffeId;
+use crate::stream::H2Stream;
+use crate::tls::{self, PeerError, TlsConfigError};
+use crate::{CONNECTION_WINDOW, MAX_FRAME_SIZE, SERVER_MAX_STREAMS, STREAM_WINDOW};
+
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
+const MAX_PENDING_RESETS: usize = 20;
+const MAX_LOCAL_ERROR_RESETS: usize = 1024;
+const MAX_SEND_BUFFER: usize = 1024 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub handshake_timeout: Duration,
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            max_concurrent_streams: SERVER_MAX_STREAMS,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("no local identity serves {0}")]
+    UnknownDestination(SocketAddr),
+    #[error("certificate for the local identity")]
+    Certificate(#[source] CertError),
+    #[error("TLS configuration")]
+    TlsConfig(#[source] TlsConfigError),
+    #[error("TLS handshake")]
+    Tls(#[source] std::io::Error),
+    #[error("client certificate")]
+    Peer(#[source] PeerError),
+    #[error("HTTP/2")]
+    H2(#[source] h2::Error),
+    #[error("handshake timed out")]
+    Timeout,
+}
+
+impl ServerError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ServerError::Tls(_) | ServerError::Peer(_) | ServerError::Timeout => "TLS_FAILURE",
+            ServerError::UnknownDestination(_) => "UNKNOWN_DESTINATION",
+            ServerError::Certificate(_) | ServerError::TlsConfig(_) => "NO_CERT",
+            ServerError::H2(_) => "CONNECT",
+        }
+    }
+}
+
+/// Chooses the server certificate for a connection by the address it
+/// arrived on (there is no SNI): the destination pod's identity.
+pub trait ServerIdentity: Send + Sync + 'static {
+    fn tls_config(
+        &self,
+        local: SocketAddr,
+    ) -> BoxFuture<'static, Result<Arc<rustls::ServerConfig>, ServerError>>;
+}
+
+/// Decides what to do with each CONNECT.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, req: InboundRequest) -> BoxFuture<'static, ()>;
+    /// A connection failed before any request (TLS, identity, HTTP/2).
+    fn connection_failed(&self, _peer: SocketAddr, _local: SocketAddr, _err: &ServerError) {}
+}
+
+/// A CONNECT awaiting an answer.
+pub struct InboundRequest {
+    pub peer: SpiffeId,
+    pub peer_addr: SocketAddr,
+    pub local_addr: SocketAddr,
+    pub authority: SocketAddr,
+    pub meta: ConnectMeta,
+    pub headers: HeaderMap,
+    respond: Option<h2::server::SendResponse<Bytes>>,
+    recv: Option<h2::RecvStream>,
+}
+
+impl std::fmt::Debug for InboundRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InboundRequest")
+            .field("peer", &self.peer)
+            .field("peer_addr", &self.peer_addr)
+            .field("authority", &self.authority)
+            .finish_non_exhaustive()
+    }
+}
+
+impl InboundRequest {
+    /// Answer 200 and take the stream.
+    pub fn accept(mut self) -> Result<H2Stream, h2::Error> {
+        let mut respond = self.respond.take().expect("answered once");
+        let recv = self.recv.take().expect("answered once");
+        let send = respond.send_response(response(StatusCode::OK), false)?;
+        Ok(H2Stream::new(send, recv, None))
+    }
+
+    /// Answer with an error status and end the stream.
+    pub fn reject(mut self, status: StatusCode) {
+        if let Some(mut respond) = self.respond.take() {
+            let _ = respond.send_response(response(status), true);
+        }
+    }
+}
+
+impl Drop for InboundRequest {
+    fn drop(&mut self) {
+        if let Some(mut respond) = self.respond.take() {
+            let _ = respond.send_response(response(StatusCode::SERVICE_UNAVAILABLE), true);
+        }
+    }
+}
+
+fn response(status: StatusCode) -> Response<()> {
+    let mut r = Response::new(());
+    *r.status_mut() = status;
+    r
+}
+
+/// Counters the tests and metrics read.
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    pub open_connections: AtomicUsize,
+    pub active_streams: AtomicUsize,
+}
+
+pub struct HboneServer<I, H> {
+    identity: Arc<I>,
+    handler: Arc<H>,
+    config: ServerConfig,
+    stats: Arc<ServerStats>,
+}
+
+impl<I: ServerIdentity, H: Handler> HboneServer<I, H> {
+    pub fn new(identity: Arc<I>, handler: Arc<H>, config: ServerConfig) -> Self {
+        HboneServer {
+            identity,
+            handler,
+            config,
+            stats: Arc::default(),
+        }
+    }
+
+    pub fn stats(&self) -> Arc<ServerStats> {
+        self.stats.clone()
+    }
+
+    /// Accept connections until drained; then stop accepting and let each
+    /// connection finish its streams after a GOAWAY.
+    pub async fn serve(&self, listener: TcpListener, drain: Drain) {
+        let mut watch = drain.watch();
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                () = watch.signaled() => return,
+            };
+            match accepted {
+                Ok((sock, peer)) => {
+                    let _ = sock.set_nodelay(true);
+                    let conn = Connection {
+                        identity: self.identity.clone(),
+                        handler: self.handler.clone(),
+                        config: self.config.clone(),
+                        stats: self.stats.clone(),
+                    };
+                    tokio::spawn(conn.run(sock, peer, drain.watch()));
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "HBONE accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+}
+
+struct Connection<I, H> {
+    identity: Arc<I>,
+    handler: Arc<H>,
+    config: ServerConfig,
+    stats: Arc<ServerStats>,
+}
+
+struct OpenGuard(Arc<ServerStats>);
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.open_connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl<I: ServerIdentity, H: Handler> Connection<I, H> {
+    async fn run(self, sock: TcpStream, peer: SocketAddr, watch: Watch) {
+        self.stats.open_connections.fetch_add(1, Ordering::AcqRel);
+        let _open = OpenGuard(self.stats.clone());
+        let local = match sock.local_addr() {
+            Ok(a) => a,
+            Err(_) => return,
+        };
+        if let Err(e) = self.serve_connection(sock, peer, local, watch).await {
+            tracing::debug!(%peer, %local, error = %e, cause = ?std::error::Error::source(&e), "HBONE connection failed");
+            self.handler.connection_failed(peer, local, &e);
+        }
+    }
+
+    async fn serve_connection(
+        &self,
+        sock: TcpStream,
+        peer: SocketAddr,
+        local: SocketAddr,
+        mut watch: Watch,
+    ) -> Result<(), ServerError> {
+        let handshake = async {
+            let config = self.identity.tls_config(local).await?;
+            let tls = tokio_rustls::TlsAcceptor::from(config)
+                .accept(sock)
+                .await
+                .map_err(ServerError::Tls)?;
+            let peer_id = tls::peer_identity(tls.get_ref().1.peer_certificates())
+                .map_err(ServerError::Peer)?;
+            let conn = h2::server::Builder::new()
+                .initial_window_size(STREAM_WINDOW)
+                .initial_connection_window_size(CONNECTION_WINDOW)
+                .max_frame_size(MAX_FRAME_SIZE)
+                .max_concurrent_streams(self.config.max_concurrent_streams)
+                .max_header_list_size(MAX_HEADER_LIST_SIZE)
+                .max_pending_accept_reset_streams(MAX_PENDING_RESETS)
+                .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
+                .max_send_buffer_size(MAX_SEND_BUFFER)
+                .handshake::<_, Bytes>(tls)
+                .await
+                .map_err(ServerError::H2)?;
+            Ok::<_, ServerError>((peer_id, conn))
+        };
+        let (peer_id, mut conn) = tokio::time::timeout(self.config.handshake_timeout, handshake)
+            .await
+            .map_err(|_| ServerError::Timeout)??;
+        let mut draining = false;
+        loop {
+            let next = tokio::select! {
+                n = conn.accept() => n,
+                () = watch.signaled(), if !draining => {
+                    draining = true;
+                    conn.graceful_shutdown();
+                    continue;
+                }
+            };
+            let Some(next) = next else { return Ok(()) };
+            let (request, respond) = match next {
+                Ok(r) => r,
+                // Peers going away abruptly is routine; the streams see it.
+                Err(e) if e.is_io() || e.is_go_away() => return Ok(()),
+                Err(e) => return Err(ServerError::H2(e)),
+            };
+            self.dispatch(request, respond, &peer_id, peer, local);
+        }
+    }
+
+    fn dispatch(
+        &self,
+        request: Request<h2::RecvStream>,
+        mut respond: h2::server::SendResponse<Bytes>,
+        peer_id: &SpiffeId,
+        peer: SocketAddr,
+        local: SocketAddr,
+    ) {
+        let authority = match parse_connect(&request) {
+            Ok(a) => a,
+            Err(status) => {
+                let _ = respond.send_response(response(status), true);
+                return;
+            }
+        };
+        let (parts, recv) = request.into_parts();
+        let inbound = InboundRequest {
+            peer: peer_id.clone(),
+            peer_addr: peer,
+            local_addr: local,
+            authority,
+            meta: ConnectMeta::from_headers(&parts.headers),
+            headers: parts.headers,
+            respond: Some(respond),
+            recv: Some(recv),
+        };
+        let stats = self.stats.clone();
+        let fut = self.handler.handle(inbound);
+        stats.active_streams.fetch_add(1, Ordering::AcqRel);
+        tokio::spawn(async move {
+            fut.await;
+            stats.active_streams.fetch_sub(1, Ordering::AcqRel);
+        });
+    }
+}
+
+/// Validate a request as an HBONE CONNECT; the error is the status to send.
+fn parse_connect<B>(request: &Request<B>) -> Result<SocketAddr, StatusCode> {
+    if request.method() != Method::CONNECT {
+        return Err(StatusCode::METHOD_NOT_ALLOWED);
+    }
+    let authority = request
+        .uri()
+        .authority()
+        .map(|a| a.as_str())
+        .ok_or(StatusCode::BAD_REQUEST)?;
+    parse_authority(authority).map_err(|e: AuthorityError| {
+        tracing::debug!(error = %e, "bad CONNECT authority");
+        StatusCode::BAD_REQUEST
+    })
+}
+
+/// Serves one fixed identity's certificate on every address (tests, the
+/// waypoint).
+pub struct FixedIdentity {
+    pub certs: Arc<crate::cert::CertStore>,
+    pub id: SpiffeId,
+}
+
+impl ServerIdentity for FixedIdentity {
+    fn tls_config(
+        &self,
+        _local: SocketAddr,
+    ) -> BoxFuture<'static, Result<Arc<rustls::ServerConfig>, ServerError>> {
+        let certs = self.certs.clone();
+        let id = self.id.clone();
+        Box::pin(async move {
+            let cert = certs.get(&id).await.map_err(ServerError::Certificate)?;
+            tls::server_config(&cert).map_err(ServerError::TlsConfig)
+        })
+    }
+}

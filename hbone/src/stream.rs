@@ -1,0 +1,149 @@
+//! One HBONE stream (an HTTP/2 CONNECT stream) as an `AsyncRead + AsyncWrite`.
+//!
+//! Reads hand back DATA frames and return their flow-control credit as they
+//! are consumed; writes wait for send capacity, so a slow reader pushes back
+//! on the writer instead of growing buffers. `poll_shutdown` sends
+//! END_STREAM (a TCP half-close); dropping the stream early resets it.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, Bytes};
+use h2::{Reason, RecvStream, SendStream};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// The largest single write handed to h2: one max-size frame.
+const MAX_WRITE: usize = crate::MAX_FRAME_SIZE as usize;
+
+pub struct H2Stream {
+    send: SendStream<Bytes>,
+    recv: RecvStream,
+    pending: Bytes,
+    recv_eof: bool,
+    send_closed: bool,
+    _guard: Option<Box<dyn Send + Sync>>,
+}
+
+impl H2Stream {
+    pub(crate) fn new(
+        send: SendStream<Bytes>,
+        recv: RecvStream,
+        guard: Option<Box<dyn Send + Sync>>,
+    ) -> Self {
+        H2Stream {
+            send,
+            recv,
+            pending: Bytes::new(),
+            recv_eof: false,
+            send_closed: false,
+            _guard: guard,
+        }
+    }
+
+    /// Abort the stream with RST_STREAM (used when policy revokes it).
+    pub fn reset(&mut self, reason: Reason) {
+        self.send.send_reset(reason);
+    }
+}
+
+pub(crate) fn h2_to_io(e: h2::Error) -> io::Error {
+    if e.is_io() {
+        return e.into_io().expect("is_io");
+    }
+    let kind = match e.reason() {
+        Some(Reason::CANCEL) | Some(Reason::STREAM_CLOSED) | Some(Reason::NO_ERROR) => {
+            io::ErrorKind::ConnectionReset
+        }
+        Some(Reason::REFUSED_STREAM) => io::ErrorKind::ConnectionRefused,
+        _ => io::ErrorKind::Other,
+    };
+    io::Error::new(kind, e)
+}
+
+impl AsyncRead for H2Stream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            if !self.pending.is_empty() {
+                let n = self.pending.len().min(buf.remaining());
+                buf.put_slice(&self.pending[..n]);
+                self.pending.advance(n);
+                let _ = self.recv.flow_control().release_capacity(n);
+                return Poll::Ready(Ok(()));
+            }
+            if self.recv_eof {
+                return Poll::Ready(Ok(()));
+            }
+            match ready!(self.recv.poll_data(cx)) {
+                Some(Ok(data)) => self.pending = data,
+                Some(Err(e)) if e.reason() == Some(Reason::NO_ERROR) => self.recv_eof = true,
+                Some(Err(e)) => return Poll::Ready(Err(h2_to_io(e))),
+                None => self.recv_eof = true,
+            }
+        }
+    }
+}
+
+impl AsyncWrite for H2Stream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        if self.send_closed {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        self.send.reserve_capacity(buf.len().min(MAX_WRITE));
+        let sent = loop {
+            match ready!(self.send.poll_capacity(cx)) {
+                Some(Ok(0)) => continue, // re-poll registers the waker
+                Some(Ok(n)) => {
+                    let n = n.min(buf.len());
+                    break self
+                        .send
+                        .send_data(Bytes::copy_from_slice(&buf[..n]), false)
+                        .ok()
+                        .map(|()| n);
+                }
+                Some(Err(_)) | None => break None,
+            }
+        };
+        if let Some(n) = sent {
+            return Poll::Ready(Ok(n));
+        }
+        // The stream failed; poll_reset says why.
+        let err = match ready!(self.send.poll_reset(cx)) {
+            Ok(Reason::NO_ERROR) | Ok(Reason::CANCEL) | Ok(Reason::STREAM_CLOSED) => {
+                io::ErrorKind::BrokenPipe.into()
+            }
+            Ok(reason) => io::Error::other(h2::Error::from(reason)),
+            Err(e) => h2_to_io(e),
+        };
+        Poll::Ready(Err(err))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // h2's connection task flushes; there is nothing buffered here.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.send_closed {
+            return Poll::Ready(Ok(()));
+        }
+        self.send_closed = true;
+        match self.send.send_data(Bytes::new(), true) {
+            Ok(()) => Poll::Ready(Ok(())),
+            // Already reset by the peer: the half-close is moot.
+            Err(e) if e.reason().is_some() => Poll::Ready(Ok(())),
+            Err(e) => Poll::Ready(Err(h2_to_io(e))),
+        }
+    }
+}
