@@ -1,0 +1,229 @@
+//! Where an outbound connection goes: the routing decision for a connection
+//! captured on port 15001. Pure: no I/O, no clock, no locks.
+//!
+//! | Destination | Route |
+//! |---|---|
+//! | Service VIP or pod with a waypoint | [`Route::Waypoint`]: HBONE to the waypoint, `:authority` = the original destination |
+//! | ambient pod on this node | [`Route::Local`]: the in-process inbound path |
+//! | HBONE pod elsewhere | [`Route::Hbone`]: HBONE to `podIP:15008`, `:authority` = `podIP:targetPort` |
+//! | anything else | [`Route::Passthrough`]: plain TCP |
+//!
+//! A Service VIP is resolved to one endpoint first (by the caller's `pick`)
+//! and its port mapped to the target port. A waypoint on the Service applies
+//! to VIP traffic; a waypoint on the pod applies to traffic addressed to the
+//! pod's IP; the namespace label applies to both unless overridden.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use hbone::SpiffeId;
+
+use crate::state::{Service, Snapshot, Tunnel, Workload, HBONE_PORT};
+
+/// The decision for one outbound connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// The destination is an ambient pod on this node: run the inbound path
+    /// in-process (identity checks and policy, no TLS hop).
+    Local {
+        source: Arc<Workload>,
+        dest: Arc<Workload>,
+        /// `podIP:targetPort` to connect to.
+        dst: SocketAddr,
+        /// The Service FQDN when a VIP was dialled (`forwarded: ...;host=`).
+        forwarded_host: Option<String>,
+    },
+    /// HBONE straight to the destination pod's ztunnel.
+    Hbone {
+        source: Arc<Workload>,
+        dest: Arc<Workload>,
+        /// `podIP:15008`.
+        via: SocketAddr,
+        /// `podIP:targetPort`, the CONNECT `:authority`.
+        authority: SocketAddr,
+        /// The identity the server certificate must carry.
+        expect: SpiffeId,
+        forwarded_host: Option<String>,
+    },
+    /// HBONE to the destination's waypoint.
+    Waypoint {
+        source: Arc<Workload>,
+        /// `waypointIP:15008`.
+        via: SocketAddr,
+        /// The original destination (VIP:port or podIP:port).
+        authority: SocketAddr,
+        /// The waypoint's identity.
+        expect: SpiffeId,
+        forwarded_host: Option<String>,
+    },
+    /// Plain TCP, not tunnelled: the destination is outside the mesh. `dst`
+    /// is the original destination, or the chosen endpoint for a VIP.
+    Passthrough {
+        source: Arc<Workload>,
+        dst: SocketAddr,
+    },
+}
+
+impl Route {
+    /// The client workload the connection came from.
+    pub fn source(&self) -> &Arc<Workload> {
+        match self {
+            Route::Local { source, .. }
+            | Route::Hbone { source, .. }
+            | Route::Waypoint { source, .. }
+            | Route::Passthrough { source, .. } => source,
+        }
+    }
+}
+
+/// Why a captured connection cannot be routed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClassifyError {
+    #[error("source {0} is not a known ambient workload")]
+    UnknownSource(IpAddr),
+    #[error("source {src} runs on node {node:?}, not this one")]
+    SourceNotLocal { src: IpAddr, node: String },
+    #[error("service {service} does not expose port {port}")]
+    UnknownServicePort { service: String, port: u16 },
+    #[error("service {service} has no endpoints")]
+    NoEndpoints { service: String },
+}
+
+impl ClassifyError {
+    /// A low-cardinality label for metrics and access logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ClassifyError::UnknownSource(_) => "unknown_source",
+            ClassifyError::SourceNotLocal { .. } => "source_not_local",
+            ClassifyError::UnknownServicePort { .. } => "unknown_service_port",
+            ClassifyError::NoEndpoints { .. } => "no_endpoints",
+        }
+    }
+}
+
+/// Routes a connection from pod IP `src` to `orig_dst`, captured by the
+/// ztunnel on `local_node`. For a Service VIP, endpoint `pick % len` (of
+/// [`Snapshot::endpoints`], sorted by uid) is chosen; pass a random or
+/// round-robin number.
+pub fn classify(
+    snap: &Snapshot,
+    src: IpAddr,
+    orig_dst: SocketAddr,
+    local_node: &str,
+    pick: usize,
+) -> Result<Route, ClassifyError> {
+    let source = snap
+        .workload_by_ip(src)
+        .filter(|w| snap.is_ambient(w))
+        .ok_or(ClassifyError::UnknownSource(src))?
+        .clone();
+    if source.node != local_node {
+        return Err(ClassifyError::SourceNotLocal {
+            src,
+            node: source.node.clone(),
+        });
+    }
+    let target = Target {
+        snap,
+        source,
+        local_node,
+    };
+    if let Some(svc) = snap.service_by_vip(orig_dst.ip()) {
+        return target.service(svc, orig_dst, pick);
+    }
+    match snap.workload_by_ip(orig_dst.ip()) {
+        Some(dest) => Ok(target.pod(dest, orig_dst)),
+        None => Ok(Route::Passthrough {
+            source: target.source,
+            dst: orig_dst,
+        }),
+    }
+}
+
+struct Target<'a> {
+    snap: &'a Snapshot,
+    source: Arc<Workload>,
+    local_node: &'a str,
+}
+
+impl Target<'_> {
+    fn service(
+        self,
+        svc: &Service,
+        orig_dst: SocketAddr,
+        pick: usize,
+    ) -> Result<Route, ClassifyError> {
+        let host = Some(svc.hostname.clone());
+        if let Some(wp) = &svc.waypoint {
+            return Ok(Route::Waypoint {
+                source: self.source,
+                via: wp.hbone_addr(),
+                authority: orig_dst,
+                expect: wp.identity.clone(),
+                forwarded_host: host,
+            });
+        }
+        let target_port =
+            svc.target_port(orig_dst.port())
+                .ok_or_else(|| ClassifyError::UnknownServicePort {
+                    service: svc.key(),
+                    port: orig_dst.port(),
+                })?;
+        let endpoints = self.snap.endpoints(svc);
+        let chosen = endpoints
+            .get(pick % endpoints.len().max(1))
+            .ok_or_else(|| ClassifyError::NoEndpoints { service: svc.key() })?;
+        let ip = same_family_ip(chosen, orig_dst.ip())
+            .ok_or_else(|| ClassifyError::NoEndpoints { service: svc.key() })?;
+        Ok(self.direct(chosen, SocketAddr::new(ip, target_port), host))
+    }
+
+    /// Traffic addressed to a pod IP: the pod's waypoint applies.
+    fn pod(self, dest: &Arc<Workload>, dst: SocketAddr) -> Route {
+        match &dest.waypoint {
+            Some(wp) => Route::Waypoint {
+                source: self.source,
+                via: wp.hbone_addr(),
+                authority: dst,
+                expect: wp.identity.clone(),
+                forwarded_host: None,
+            },
+            None => self.direct(dest, dst, None),
+        }
+    }
+
+    /// No waypoint: straight to the pod, tunnelled if it is in the mesh.
+    fn direct(self, dest: &Arc<Workload>, dst: SocketAddr, host: Option<String>) -> Route {
+        if dest.tunnel != Tunnel::Hbone {
+            return Route::Passthrough {
+                source: self.source,
+                dst,
+            };
+        }
+        if dest.node == self.local_node && self.snap.is_ambient(dest) {
+            return Route::Local {
+                source: self.source,
+                dest: dest.clone(),
+                dst,
+                forwarded_host: host,
+            };
+        }
+        Route::Hbone {
+            source: self.source,
+            dest: dest.clone(),
+            via: SocketAddr::new(dst.ip(), HBONE_PORT),
+            authority: dst,
+            expect: dest.identity(),
+            forwarded_host: host,
+        }
+    }
+}
+
+/// The endpoint's address in the same family as the VIP, else its first.
+fn same_family_ip(w: &Workload, vip: IpAddr) -> Option<IpAddr> {
+    w.ips
+        .iter()
+        .copied()
+        .find(|ip| ip.is_ipv4() == vip.is_ipv4())
+        .or_else(|| w.primary_ip())
+}

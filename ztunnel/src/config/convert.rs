@@ -1,0 +1,339 @@
+//! From the YAML model to domain types, with semantic checks that name the
+//! offending key and value.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use hbone::SpiffeId;
+
+use super::model::{
+    ActionDoc, File, MtlsDoc, NamespaceDoc, OperationDoc, PolicyDoc, PortDoc, RuleDoc, ServiceDoc,
+    SourceDoc, TunnelDoc, WorkloadDoc,
+};
+use super::{ConfigError, DEFAULT_ROOT_NAMESPACE};
+use crate::state::{
+    Cidr, Clause, Match, MtlsMode, Namespace, Node, Policy, PolicyAction, PolicyScope, Rule,
+    Service, ServicePort, SnapshotParts, StringMatch, Tunnel, Workload, DEFAULT_TRUST_DOMAIN,
+};
+
+/// Service account used when a workload names none (as in Kubernetes).
+const DEFAULT_SERVICE_ACCOUNT: &str = "default";
+
+pub(super) fn to_parts(file: File) -> Result<SnapshotParts, ConfigError> {
+    let trust_domain = file
+        .trust_domain
+        .unwrap_or_else(|| DEFAULT_TRUST_DOMAIN.to_owned());
+    SpiffeId::new(&trust_domain, "ns", "sa").map_err(|source| ConfigError::BadName {
+        key: "trustDomain".into(),
+        value: trust_domain.clone(),
+        source,
+    })?;
+    let root_ns = file
+        .root_namespace
+        .unwrap_or_else(|| DEFAULT_ROOT_NAMESPACE.to_owned());
+    let nodes = nodes(file.nodes)?;
+    let namespaces = namespaces(file.namespaces)?;
+    let mut ctx = Ctx {
+        trust_domain: &trust_domain,
+        nodes: nodes.iter().map(|n| n.name.clone()).collect(),
+        namespaces: namespaces.iter().map(|n| (n.name.clone(), n)).collect(),
+        ips: BTreeMap::new(),
+    };
+    let workloads = file
+        .workloads
+        .into_iter()
+        .enumerate()
+        .map(|(i, w)| ctx.workload(i, w))
+        .collect::<Result<Vec<_>, _>>()?;
+    let services = file
+        .services
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| ctx.service(i, s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let policies = file
+        .policies
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| ctx.policy(i, p, &root_ns))
+        .collect::<Result<Vec<_>, _>>()?;
+    drop(ctx);
+    Ok(SnapshotParts {
+        trust_domain,
+        nodes,
+        namespaces,
+        workloads,
+        services,
+        policies,
+    })
+}
+
+fn nodes(docs: Vec<super::model::NodeDoc>) -> Result<Vec<Node>, ConfigError> {
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::with_capacity(docs.len());
+    for (i, n) in docs.into_iter().enumerate() {
+        if !seen.insert(n.name.clone()) {
+            return Err(duplicate(format!("nodes[{i}].name"), &n.name));
+        }
+        let ip = parse_ip(format!("nodes[{i}].ip"), &n.ip)?;
+        out.push(Node { name: n.name, ip });
+    }
+    Ok(out)
+}
+
+fn namespaces(docs: Vec<NamespaceDoc>) -> Result<Vec<Namespace>, ConfigError> {
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::with_capacity(docs.len());
+    for (i, ns) in docs.into_iter().enumerate() {
+        let key = format!("namespaces[{i}].name");
+        check_name(&key, &ns.name)?;
+        if !seen.insert(ns.name.clone()) {
+            return Err(duplicate(key, &ns.name));
+        }
+        out.push(Namespace {
+            name: ns.name,
+            labels: ns.labels,
+            mtls: match ns.mtls {
+                MtlsDoc::Strict => MtlsMode::Strict,
+                MtlsDoc::Permissive => MtlsMode::Permissive,
+            },
+        });
+    }
+    Ok(out)
+}
+
+struct Ctx<'a> {
+    trust_domain: &'a str,
+    nodes: BTreeSet<String>,
+    namespaces: BTreeMap<String, &'a Namespace>,
+    /// Every workload IP and VIP so far, with the key that claimed it.
+    ips: BTreeMap<IpAddr, String>,
+}
+
+impl Ctx<'_> {
+    fn namespace(&self, key: String, value: &str) -> Result<&Namespace, ConfigError> {
+        self.namespaces
+            .get(value)
+            .copied()
+            .ok_or_else(|| ConfigError::UnknownNamespace {
+                key,
+                value: value.to_owned(),
+            })
+    }
+
+    fn claim_ip(&mut self, key: String, value: &str) -> Result<IpAddr, ConfigError> {
+        let ip = parse_ip(key.clone(), value)?;
+        if let Some(first) = self.ips.get(&ip) {
+            return Err(ConfigError::DuplicateIp {
+                key,
+                value: ip,
+                first: first.clone(),
+            });
+        }
+        self.ips.insert(ip, key);
+        Ok(ip)
+    }
+
+    fn workload(&mut self, i: usize, w: WorkloadDoc) -> Result<Workload, ConfigError> {
+        let at = |field: &str| format!("workloads[{i}].{field}");
+        let ns = self.namespace(at("namespace"), &w.namespace)?;
+        let ns_ambient = is_ambient(ns, &w);
+        if !self.nodes.contains(&w.node) {
+            return Err(ConfigError::UnknownNode {
+                key: at("node"),
+                value: w.node,
+            });
+        }
+        let service_account = w
+            .service_account
+            .unwrap_or_else(|| DEFAULT_SERVICE_ACCOUNT.to_owned());
+        check_name(&at("serviceAccount"), &service_account)?;
+        let ip = self.claim_ip(at("ip"), &w.ip)?;
+        let tunnel = match w.tunnel {
+            Some(TunnelDoc::Hbone) => Tunnel::Hbone,
+            Some(TunnelDoc::None) => Tunnel::None,
+            None if ns_ambient => Tunnel::Hbone,
+            None => Tunnel::None,
+        };
+        Ok(Workload {
+            uid: w
+                .uid
+                .unwrap_or_else(|| format!("{}/{}", w.namespace, w.name)),
+            name: w.name,
+            namespace: w.namespace,
+            service_account,
+            trust_domain: self.trust_domain.to_owned(),
+            ips: vec![ip],
+            node: w.node,
+            tunnel,
+            labels: w.labels,
+            waypoint: None,
+        })
+    }
+
+    fn service(&mut self, i: usize, s: ServiceDoc) -> Result<Service, ConfigError> {
+        let at = |field: &str| format!("services[{i}].{field}");
+        self.namespace(at("namespace"), &s.namespace)?;
+        let vip = self.claim_ip(at("vip"), &s.vip)?;
+        let mut ports = Vec::with_capacity(s.ports.len());
+        for (j, p) in s.ports.iter().enumerate() {
+            let port = port(at(&format!("ports[{j}].port")), &p.port)?;
+            let target_port = match &p.target_port {
+                Some(t) => self::port(at(&format!("ports[{j}].targetPort")), t)?,
+                None => port,
+            };
+            if ports.iter().any(|p: &ServicePort| p.port == port) {
+                return Err(duplicate(
+                    at(&format!("ports[{j}].port")),
+                    &port.to_string(),
+                ));
+            }
+            ports.push(ServicePort { port, target_port });
+        }
+        Ok(Service {
+            hostname: Service::fqdn(&s.name, &s.namespace),
+            name: s.name,
+            namespace: s.namespace,
+            vips: vec![vip],
+            ports,
+            selector: s.selector,
+            endpoint_uids: Vec::new(),
+            labels: s.labels,
+            waypoint: None,
+        })
+    }
+
+    fn policy(&self, i: usize, p: PolicyDoc, root_ns: &str) -> Result<Policy, ConfigError> {
+        let at = format!("policies[{i}]");
+        if p.namespace != root_ns {
+            self.namespace(format!("{at}.namespace"), &p.namespace)?;
+        }
+        let scope = match p.selector {
+            Some(sel) if !sel.match_labels.is_empty() => PolicyScope::WorkloadSelector {
+                match_labels: sel.match_labels,
+            },
+            _ if p.namespace == root_ns => PolicyScope::Global,
+            _ => PolicyScope::Namespace,
+        };
+        let rules = p
+            .rules
+            .into_iter()
+            .enumerate()
+            .map(|(j, r)| rule(&format!("{at}.rules[{j}]"), r))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Policy {
+            name: p.name,
+            namespace: p.namespace,
+            scope,
+            action: match p.action {
+                ActionDoc::Allow => PolicyAction::Allow,
+                ActionDoc::Deny => PolicyAction::Deny,
+            },
+            rules,
+        })
+    }
+}
+
+fn is_ambient(ns: &Namespace, w: &WorkloadDoc) -> bool {
+    crate::state::ambient_enrolled(&ns.labels, &w.labels)
+}
+
+/// Istio's conversion: `from` becomes one clause (any source), `to` another
+/// (any operation); a rule needs both to match.
+fn rule(at: &str, r: RuleDoc) -> Result<Rule, ConfigError> {
+    let mut clauses = Vec::new();
+    if !r.from.is_empty() {
+        let matches = r
+            .from
+            .into_iter()
+            .enumerate()
+            .map(|(k, f)| source(&format!("{at}.from[{k}].source"), f.source))
+            .collect::<Result<Vec<_>, _>>()?;
+        clauses.push(Clause { matches });
+    }
+    if !r.to.is_empty() {
+        let matches =
+            r.to.into_iter()
+                .enumerate()
+                .map(|(k, t)| operation(&format!("{at}.to[{k}].operation"), t.operation))
+                .collect::<Result<Vec<_>, _>>()?;
+        clauses.push(Clause { matches });
+    }
+    Ok(Rule { clauses })
+}
+
+fn source(at: &str, s: SourceDoc) -> Result<Match, ConfigError> {
+    let patterns = |v: Vec<String>| v.iter().map(|p| StringMatch::from_pattern(p)).collect();
+    let cidrs = |field: &str, v: Vec<String>| -> Result<Vec<Cidr>, ConfigError> {
+        v.into_iter()
+            .enumerate()
+            .map(|(k, c)| {
+                c.parse().map_err(|source| ConfigError::BadCidr {
+                    key: format!("{at}.{field}[{k}]"),
+                    value: c,
+                    source,
+                })
+            })
+            .collect()
+    };
+    Ok(Match {
+        source_ips: cidrs("ipBlocks", s.ip_blocks)?,
+        not_source_ips: cidrs("notIpBlocks", s.not_ip_blocks)?,
+        namespaces: patterns(s.namespaces),
+        not_namespaces: patterns(s.not_namespaces),
+        principals: patterns(s.principals),
+        not_principals: patterns(s.not_principals),
+        ..Match::default()
+    })
+}
+
+fn operation(at: &str, o: OperationDoc) -> Result<Match, ConfigError> {
+    let ports = |field: &str, v: &[PortDoc]| -> Result<Vec<u16>, ConfigError> {
+        v.iter()
+            .enumerate()
+            .map(|(k, p)| port(format!("{at}.{field}[{k}]"), p))
+            .collect()
+    };
+    Ok(Match {
+        destination_ports: ports("ports", &o.ports)?,
+        not_destination_ports: ports("notPorts", &o.not_ports)?,
+        ..Match::default()
+    })
+}
+
+fn port(key: String, p: &PortDoc) -> Result<u16, ConfigError> {
+    let n = match p {
+        PortDoc::Number(n) => u16::try_from(*n).ok(),
+        PortDoc::Text(s) => s.trim().parse::<u16>().ok(),
+    };
+    n.filter(|n| *n != 0).ok_or_else(|| ConfigError::BadPort {
+        key,
+        value: p.to_string(),
+    })
+}
+
+fn parse_ip(key: String, value: &str) -> Result<IpAddr, ConfigError> {
+    value.parse().map_err(|source| ConfigError::BadIp {
+        key,
+        value: value.to_owned(),
+        source,
+    })
+}
+
+/// Namespace and service-account names must fit in a SPIFFE identity.
+fn check_name(key: &str, value: &str) -> Result<(), ConfigError> {
+    SpiffeId::new(DEFAULT_TRUST_DOMAIN, value, value)
+        .map(drop)
+        .map_err(|source| ConfigError::BadName {
+            key: key.to_owned(),
+            value: value.to_owned(),
+            source,
+        })
+}
+
+fn duplicate(key: String, value: &str) -> ConfigError {
+    ConfigError::Duplicate {
+        key,
+        value: value.to_owned(),
+    }
+}

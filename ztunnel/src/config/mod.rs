@@ -1,0 +1,123 @@
+//! The local YAML config file: nodes, namespaces, workloads, services and
+//! authorization policies, parsed into a [`Snapshot`].
+//!
+//! ```yaml
+//! trustDomain: cluster.local        # default cluster.local
+//! rootNamespace: istio-system       # policies here are mesh-wide; default istio-system
+//! nodes:      [{name: node1, ip: 10.0.0.1}]
+//! namespaces: [{name: shop, labels: {istio.io/dataplane-mode: ambient}, mtls: STRICT}]
+//! workloads:
+//!   - {name: cart-1, namespace: shop, serviceAccount: cart, ip: 10.1.1.11, node: node1,
+//!      labels: {app: cart}}        # uid defaults to shop/cart-1, tunnel to HBONE if ambient
+//! services:
+//!   - {name: cart, namespace: shop, vip: 10.96.0.10, ports: [{port: 80, targetPort: 8080}],
+//!      selector: {app: cart}}
+//! policies:                         # Istio AuthorizationPolicy, L4 fields only
+//!   - name: deny-outsiders
+//!     namespace: shop
+//!     selector: {matchLabels: {app: cart}}
+//!     action: DENY
+//!     rules: [{from: [{source: {notNamespaces: [shop]}}], to: [{operation: {ports: ["8080"]}}]}]
+//! ```
+//!
+//! See `ztunnel/examples/demo-config.yaml` for a complete file.
+
+mod convert;
+mod model;
+#[cfg(test)]
+mod tests;
+
+use std::net::{AddrParseError, IpAddr};
+use std::path::{Path, PathBuf};
+
+use hbone::identity::SpiffeIdError;
+
+use crate::state::{CidrError, Snapshot, StateError};
+
+/// The namespace whose policies apply mesh-wide, unless configured.
+pub const DEFAULT_ROOT_NAMESPACE: &str = "istio-system";
+
+/// A config file that cannot be used. Semantic errors name the offending key
+/// (for example `workloads[2].node`) and its value.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The YAML is malformed or does not fit the schema; the reason is the
+    /// source error. `line` and `column` are 1-based, 0 when unknown.
+    #[error("malformed config at line {line}, column {column}")]
+    Syntax {
+        line: usize,
+        column: usize,
+        #[source]
+        source: serde_yaml_ng::Error,
+    },
+    #[error("{key}: {value:?} is defined more than once")]
+    Duplicate { key: String, value: String },
+    #[error("{key}: IP {value} is already used by {first}")]
+    DuplicateIp {
+        key: String,
+        value: IpAddr,
+        first: String,
+    },
+    #[error("{key}: unknown namespace {value:?}")]
+    UnknownNamespace { key: String, value: String },
+    #[error("{key}: unknown node {value:?}")]
+    UnknownNode { key: String, value: String },
+    #[error("{key}: {value:?} is not an IP address")]
+    BadIp {
+        key: String,
+        value: String,
+        #[source]
+        source: AddrParseError,
+    },
+    #[error("{key}: {value:?} is not a CIDR block")]
+    BadCidr {
+        key: String,
+        value: String,
+        #[source]
+        source: CidrError,
+    },
+    #[error("{key}: {value} is not a port from 1 to 65535")]
+    BadPort { key: String, value: String },
+    #[error("{key}: {value:?} cannot be part of a SPIFFE identity")]
+    BadName {
+        key: String,
+        value: String,
+        #[source]
+        source: SpiffeIdError,
+    },
+    #[error("config is inconsistent")]
+    State(#[source] StateError),
+}
+
+/// Parses a config document into a snapshot.
+pub fn parse(yaml: &str) -> Result<Snapshot, ConfigError> {
+    // An empty document (or one with only comments) is an empty mesh.
+    let file: Option<model::File> = serde_yaml_ng::from_str(yaml).map_err(|source| {
+        let (line, column) = source
+            .location()
+            .map(|l| (l.line(), l.column()))
+            .unwrap_or((0, 0));
+        ConfigError::Syntax {
+            line,
+            column,
+            source,
+        }
+    })?;
+    let parts = convert::to_parts(file.unwrap_or_default())?;
+    Snapshot::build(parts).map_err(ConfigError::State)
+}
+
+/// Reads and parses the config file at `path`.
+pub fn load(path: &Path) -> Result<Snapshot, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(&text)
+}

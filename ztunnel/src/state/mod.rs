@@ -1,0 +1,206 @@
+//! Domain types for the mesh as ztunnel sees it, and the immutable
+//! [`Snapshot`] that indexes them.
+//!
+//! These types are what every pure decision (`classify`, `authorize`) works
+//! on. They are produced from the local YAML file ([`crate::config`]) or from
+//! xDS, and never carry generated protobuf types.
+
+mod authz;
+mod cidr;
+mod snapshot;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use hbone::SpiffeId;
+
+pub use authz::{
+    Clause, Match, Policies, Policy, PolicyAction, PolicyKey, PolicyScope, Rule,
+    ServiceAccountMatch, StringMatch,
+};
+pub use cidr::{Cidr, CidrError};
+pub use snapshot::{Snapshot, SnapshotParts, StateError};
+
+/// Kubernetes-style labels. Ordered so that dumps and tests are stable.
+pub type Labels = BTreeMap<String, String>;
+
+/// Namespace (and pod) label that enrols workloads in ambient mode.
+pub const DATAPLANE_MODE_LABEL: &str = "istio.io/dataplane-mode";
+/// Value of [`DATAPLANE_MODE_LABEL`] on a namespace that enrols its pods.
+pub const DATAPLANE_MODE_AMBIENT: &str = "ambient";
+/// Value of [`DATAPLANE_MODE_LABEL`] on a pod that opts out.
+pub const DATAPLANE_MODE_NONE: &str = "none";
+/// Label on a namespace, Service or pod naming the waypoint to use.
+pub const USE_WAYPOINT_LABEL: &str = "istio.io/use-waypoint";
+/// Optional companion of [`USE_WAYPOINT_LABEL`]: the waypoint's namespace
+/// when it is not the labelled object's own.
+pub const USE_WAYPOINT_NAMESPACE_LABEL: &str = "istio.io/use-waypoint-namespace";
+/// Value of [`USE_WAYPOINT_LABEL`] that opts a pod or Service out of a
+/// namespace-wide waypoint.
+pub const USE_WAYPOINT_NONE: &str = "none";
+/// The port HBONE listens on, at ztunnel and at waypoints.
+pub const HBONE_PORT: u16 = 15008;
+/// The trust domain used when none is configured.
+pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+/// DNS suffix of Service hostnames: `<name>.<ns>.svc.<domain>`.
+pub const CLUSTER_DOMAIN: &str = "cluster.local";
+
+/// How a workload receives mesh traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Tunnel {
+    /// Plain TCP: not in the mesh.
+    #[default]
+    None,
+    /// HBONE on port 15008.
+    Hbone,
+}
+
+/// Whether a namespace accepts plaintext inbound traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MtlsMode {
+    /// Plaintext inbound (port 15006) is allowed, subject to policy.
+    #[default]
+    Permissive,
+    /// Plaintext inbound is denied.
+    Strict,
+}
+
+/// A node running one ztunnel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    pub name: String,
+    pub ip: IpAddr,
+}
+
+/// A namespace: its labels decide ambient enrolment and the default waypoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Namespace {
+    pub name: String,
+    pub labels: Labels,
+    pub mtls: MtlsMode,
+}
+
+/// A waypoint proxy: where HBONE goes instead of the destination pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Waypoint {
+    /// The waypoint pod's IP; HBONE goes to `address:15008`.
+    pub address: IpAddr,
+    /// The identity its certificate must carry.
+    pub identity: SpiffeId,
+}
+
+impl Waypoint {
+    /// `address:15008`.
+    pub fn hbone_addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::new(self.address, HBONE_PORT)
+    }
+}
+
+/// A pod (or VM) that can send or receive traffic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workload {
+    /// Unique key; `<namespace>/<name>` when the source gives none.
+    pub uid: String,
+    pub name: String,
+    pub namespace: String,
+    pub service_account: String,
+    pub trust_domain: String,
+    /// At least one address for a routable pod; the first is the primary.
+    pub ips: Vec<IpAddr>,
+    /// Name of the node the pod runs on.
+    pub node: String,
+    pub tunnel: Tunnel,
+    pub labels: Labels,
+    /// The waypoint for traffic addressed to this pod. When built from
+    /// labels, [`Snapshot::build`] fills this in.
+    pub waypoint: Option<Waypoint>,
+}
+
+impl Workload {
+    /// `spiffe://<td>/ns/<namespace>/sa/<service_account>`.
+    ///
+    /// Falls back to the `default` service account if the stored one is not a
+    /// valid SPIFFE segment; [`Snapshot::build`] rejects such workloads, so
+    /// the fallback is never observed for workloads in a snapshot.
+    pub fn identity(&self) -> SpiffeId {
+        SpiffeId::new(&self.trust_domain, &self.namespace, &self.service_account)
+            .or_else(|_| SpiffeId::new(DEFAULT_TRUST_DOMAIN, "default", "default"))
+            .expect("constant identity is valid")
+    }
+
+    /// The first address, used when a pod must be named by one IP.
+    pub fn primary_ip(&self) -> Option<IpAddr> {
+        self.ips.first().copied()
+    }
+
+    /// `<namespace>/<name>`, for logs and errors.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A port a Service exposes, and the pod port it maps to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServicePort {
+    pub port: u16,
+    pub target_port: u16,
+}
+
+/// A Kubernetes Service: virtual IPs load-balanced over endpoint pods.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    pub name: String,
+    pub namespace: String,
+    /// `<name>.<namespace>.svc.cluster.local`; sent as the `forwarded` host.
+    pub hostname: String,
+    pub vips: Vec<IpAddr>,
+    pub ports: Vec<ServicePort>,
+    /// Pods in the same namespace whose labels include all of these are
+    /// endpoints. Empty selects nothing (as in Kubernetes).
+    pub selector: Labels,
+    /// Endpoints named explicitly by workload uid (as xDS sends them).
+    pub endpoint_uids: Vec<String>,
+    /// The Service's own labels (for [`USE_WAYPOINT_LABEL`]).
+    pub labels: Labels,
+    /// The waypoint for traffic addressed to a VIP. When built from labels,
+    /// [`Snapshot::build`] fills this in.
+    pub waypoint: Option<Waypoint>,
+}
+
+impl Service {
+    /// The standard hostname for a Service in `namespace`.
+    pub fn fqdn(name: &str, namespace: &str) -> String {
+        format!("{name}.{namespace}.svc.{CLUSTER_DOMAIN}")
+    }
+
+    /// The target port for `port`, if the Service exposes it.
+    pub fn target_port(&self, port: u16) -> Option<u16> {
+        self.ports
+            .iter()
+            .find(|p| p.port == port)
+            .map(|p| p.target_port)
+    }
+
+    /// `<namespace>/<name>`, for logs and errors.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// True when every `selector` label is present with the same value.
+pub fn labels_match(selector: &Labels, labels: &Labels) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// Ambient enrolment from labels: the namespace says
+/// `istio.io/dataplane-mode=ambient` and the pod does not say `none`.
+pub fn ambient_enrolled(namespace_labels: &Labels, pod_labels: &Labels) -> bool {
+    let mode = |l: &Labels| {
+        l.get(DATAPLANE_MODE_LABEL).map(String::as_str) == Some(DATAPLANE_MODE_AMBIENT)
+    };
+    let opted_out =
+        pod_labels.get(DATAPLANE_MODE_LABEL).map(String::as_str) == Some(DATAPLANE_MODE_NONE);
+    mode(namespace_labels) && !opted_out
+}

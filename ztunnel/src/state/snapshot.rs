@@ -1,0 +1,321 @@
+//! The immutable, indexed view of the mesh. Built once per update and shared
+//! as `Arc<Snapshot>`; lookups never allocate.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use hbone::identity::SpiffeIdError;
+use hbone::SpiffeId;
+
+use super::{
+    ambient_enrolled, labels_match, Labels, MtlsMode, Namespace, Node, Policies, Policy, Service,
+    Waypoint, Workload, DEFAULT_TRUST_DOMAIN, USE_WAYPOINT_LABEL, USE_WAYPOINT_NAMESPACE_LABEL,
+    USE_WAYPOINT_NONE,
+};
+
+/// Everything a snapshot is built from, unindexed.
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotParts {
+    pub trust_domain: String,
+    pub nodes: Vec<Node>,
+    pub namespaces: Vec<Namespace>,
+    pub workloads: Vec<Workload>,
+    pub services: Vec<Service>,
+    pub policies: Vec<Policy>,
+}
+
+/// Inconsistent input to [`Snapshot::build`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StateError {
+    #[error("namespace {0:?} is defined twice")]
+    DuplicateNamespace(String),
+    #[error("workload uid {0:?} is defined twice")]
+    DuplicateWorkload(String),
+    #[error("service {0:?} is defined twice")]
+    DuplicateService(String),
+    #[error("IP {ip} belongs to both {first} and {second}")]
+    DuplicateIp {
+        ip: IpAddr,
+        first: String,
+        second: String,
+    },
+    #[error("workload {workload} has an invalid identity")]
+    BadIdentity {
+        workload: String,
+        #[source]
+        source: SpiffeIdError,
+    },
+    #[error("{owner} uses waypoint {namespace}/{name}, which is not a workload with an address")]
+    UnknownWaypoint {
+        owner: String,
+        namespace: String,
+        name: String,
+    },
+}
+
+/// An immutable, indexed view of the mesh.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    trust_domain: String,
+    nodes: BTreeMap<String, Node>,
+    namespaces: BTreeMap<String, Namespace>,
+    workloads: Vec<Arc<Workload>>,
+    services: Vec<Arc<Service>>,
+    policies: Policies,
+    workload_by_ip: HashMap<IpAddr, Arc<Workload>>,
+    workload_by_uid: HashMap<String, Arc<Workload>>,
+    service_by_vip: HashMap<IpAddr, Arc<Service>>,
+    /// Keyed by `(namespace, name)`; sorted by uid.
+    endpoints: HashMap<(String, String), Vec<Arc<Workload>>>,
+}
+
+impl Snapshot {
+    /// Validates and indexes `parts`, and resolves `istio.io/use-waypoint`
+    /// labels into [`Waypoint`]s for workloads and services that do not
+    /// already name one.
+    pub fn build(parts: SnapshotParts) -> Result<Snapshot, StateError> {
+        let SnapshotParts {
+            trust_domain,
+            nodes,
+            namespaces,
+            workloads,
+            services,
+            policies,
+        } = parts;
+        let mut ns_map = BTreeMap::new();
+        for ns in namespaces {
+            if ns_map.contains_key(&ns.name) {
+                return Err(StateError::DuplicateNamespace(ns.name));
+            }
+            ns_map.insert(ns.name.clone(), ns);
+        }
+        let workloads = check_workloads(workloads)?;
+        let resolver = WaypointResolver {
+            namespaces: &ns_map,
+            by_name: workloads
+                .iter()
+                .map(|w| ((w.namespace.as_str(), w.name.as_str()), w))
+                .collect(),
+        };
+        let mut resolved = Vec::with_capacity(workloads.len());
+        for w in &workloads {
+            let mut w = w.clone();
+            if w.waypoint.is_none() {
+                w.waypoint = resolver.resolve(&w.key(), &w.namespace, &w.labels, Some(&w.uid))?;
+            }
+            resolved.push(Arc::new(w));
+        }
+        let mut snap = Snapshot {
+            trust_domain: if trust_domain.is_empty() {
+                DEFAULT_TRUST_DOMAIN.to_owned()
+            } else {
+                trust_domain
+            },
+            nodes: nodes.into_iter().map(|n| (n.name.clone(), n)).collect(),
+            policies: Policies::new(policies),
+            ..Snapshot::default()
+        };
+        for w in resolved {
+            for ip in &w.ips {
+                snap.workload_by_ip.insert(*ip, w.clone());
+            }
+            snap.workload_by_uid.insert(w.uid.clone(), w.clone());
+            snap.workloads.push(w);
+        }
+        for mut svc in services {
+            if svc.waypoint.is_none() {
+                svc.waypoint = resolver.resolve(&svc.key(), &svc.namespace, &svc.labels, None)?;
+            }
+            snap.add_service(svc)?;
+        }
+        snap.namespaces = ns_map;
+        Ok(snap)
+    }
+
+    fn add_service(&mut self, svc: Service) -> Result<(), StateError> {
+        let key = (svc.namespace.clone(), svc.name.clone());
+        if self.endpoints.contains_key(&key) {
+            return Err(StateError::DuplicateService(svc.key()));
+        }
+        let svc = Arc::new(svc);
+        for vip in &svc.vips {
+            let clash = self
+                .workload_by_ip
+                .get(vip)
+                .map(|w| w.key())
+                .or_else(|| self.service_by_vip.get(vip).map(|s| s.key()));
+            if let Some(first) = clash {
+                return Err(StateError::DuplicateIp {
+                    ip: *vip,
+                    first,
+                    second: svc.key(),
+                });
+            }
+            self.service_by_vip.insert(*vip, svc.clone());
+        }
+        let mut eps: Vec<Arc<Workload>> = self
+            .workloads
+            .iter()
+            .filter(|w| {
+                let selected = w.namespace == svc.namespace
+                    && !svc.selector.is_empty()
+                    && labels_match(&svc.selector, &w.labels);
+                selected || svc.endpoint_uids.contains(&w.uid)
+            })
+            .cloned()
+            .collect();
+        eps.sort_by(|a, b| a.uid.cmp(&b.uid));
+        self.endpoints.insert(key, eps);
+        self.services.push(svc);
+        Ok(())
+    }
+
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.get(name)
+    }
+
+    pub fn namespace(&self, name: &str) -> Option<&Namespace> {
+        self.namespaces.get(name)
+    }
+
+    pub fn workloads(&self) -> impl Iterator<Item = &Arc<Workload>> {
+        self.workloads.iter()
+    }
+
+    pub fn services(&self) -> impl Iterator<Item = &Arc<Service>> {
+        self.services.iter()
+    }
+
+    pub fn policies(&self) -> &Policies {
+        &self.policies
+    }
+
+    pub fn workload_by_ip(&self, ip: IpAddr) -> Option<&Arc<Workload>> {
+        self.workload_by_ip.get(&ip)
+    }
+
+    pub fn workload_by_uid(&self, uid: &str) -> Option<&Arc<Workload>> {
+        self.workload_by_uid.get(uid)
+    }
+
+    pub fn service_by_vip(&self, ip: IpAddr) -> Option<&Arc<Service>> {
+        self.service_by_vip.get(&ip)
+    }
+
+    /// The endpoints of `svc`, sorted by uid (so an index into them is stable).
+    pub fn endpoints(&self, svc: &Service) -> &[Arc<Workload>] {
+        self.endpoints
+            .get(&(svc.namespace.clone(), svc.name.clone()))
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+
+    /// The namespace's mTLS mode; unknown namespaces are permissive.
+    pub fn mtls_mode(&self, namespace: &str) -> MtlsMode {
+        self.namespaces
+            .get(namespace)
+            .map(|ns| ns.mtls)
+            .unwrap_or_default()
+    }
+
+    /// Whether ztunnel captures this pod: its namespace is labelled
+    /// `istio.io/dataplane-mode=ambient` and the pod is not labelled
+    /// `istio.io/dataplane-mode=none`.
+    pub fn is_ambient(&self, w: &Workload) -> bool {
+        self.namespaces
+            .get(&w.namespace)
+            .is_some_and(|ns| ambient_enrolled(&ns.labels, &w.labels))
+    }
+
+    /// The IPs of ambient pods on `node`: the nftables `ambient_pods` set.
+    pub fn local_ambient_ips(&self, node: &str) -> BTreeSet<IpAddr> {
+        self.workloads
+            .iter()
+            .filter(|w| w.node == node && self.is_ambient(w))
+            .flat_map(|w| w.ips.iter().copied())
+            .collect()
+    }
+}
+
+fn check_workloads(workloads: Vec<Workload>) -> Result<Vec<Workload>, StateError> {
+    let mut uids = BTreeSet::new();
+    let mut ips: HashMap<IpAddr, String> = HashMap::new();
+    for w in &workloads {
+        if !uids.insert(w.uid.as_str()) {
+            return Err(StateError::DuplicateWorkload(w.uid.clone()));
+        }
+        SpiffeId::new(&w.trust_domain, &w.namespace, &w.service_account).map_err(|source| {
+            StateError::BadIdentity {
+                workload: w.key(),
+                source,
+            }
+        })?;
+        for ip in &w.ips {
+            if let Some(first) = ips.insert(*ip, w.key()) {
+                return Err(StateError::DuplicateIp {
+                    ip: *ip,
+                    first,
+                    second: w.key(),
+                });
+            }
+        }
+    }
+    Ok(workloads)
+}
+
+struct WaypointResolver<'a> {
+    namespaces: &'a BTreeMap<String, Namespace>,
+    by_name: HashMap<(&'a str, &'a str), &'a Workload>,
+}
+
+impl WaypointResolver<'_> {
+    /// The object's own label wins over its namespace's; `none` opts out.
+    /// A workload is never its own waypoint (`self_uid`).
+    fn resolve(
+        &self,
+        owner: &str,
+        namespace: &str,
+        labels: &Labels,
+        self_uid: Option<&str>,
+    ) -> Result<Option<Waypoint>, StateError> {
+        let ns_labels = self.namespaces.get(namespace).map(|ns| &ns.labels);
+        let source = if labels.contains_key(USE_WAYPOINT_LABEL) {
+            Some(labels)
+        } else {
+            ns_labels.filter(|l| l.contains_key(USE_WAYPOINT_LABEL))
+        };
+        let Some(source) = source else {
+            return Ok(None);
+        };
+        let name = &source[USE_WAYPOINT_LABEL];
+        if name == USE_WAYPOINT_NONE {
+            return Ok(None);
+        }
+        let wp_ns = source
+            .get(USE_WAYPOINT_NAMESPACE_LABEL)
+            .map(String::as_str)
+            .unwrap_or(namespace);
+        let unknown = || StateError::UnknownWaypoint {
+            owner: owner.to_owned(),
+            namespace: wp_ns.to_owned(),
+            name: name.clone(),
+        };
+        let wp = self
+            .by_name
+            .get(&(wp_ns, name.as_str()))
+            .ok_or_else(unknown)?;
+        if Some(wp.uid.as_str()) == self_uid {
+            return Ok(None);
+        }
+        let address = wp.primary_ip().ok_or_else(unknown)?;
+        Ok(Some(Waypoint {
+            address,
+            identity: wp.identity(),
+        }))
+    }
+}
