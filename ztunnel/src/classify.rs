@@ -227,3 +227,188 @@ fn same_family_ip(w: &Workload, vip: IpAddr) -> Option<IpAddr> {
         .find(|ip| ip.is_ipv4() == vip.is_ipv4())
         .or_else(|| w.primary_ip())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config;
+
+    const DEMO: &str = include_str!("../examples/demo-config.yaml");
+
+    /// One line per route, so the table below reads like the design's table.
+    fn describe(r: &Route) -> String {
+        let host = |h: &Option<String>| h.clone().unwrap_or_else(|| "-".into());
+        match r {
+            Route::Local {
+                dest,
+                dst,
+                forwarded_host,
+                ..
+            } => format!("local {} {dst} host={}", dest.uid, host(forwarded_host)),
+            Route::Hbone {
+                via,
+                authority,
+                expect,
+                forwarded_host,
+                ..
+            } => format!(
+                "hbone via={via} auth={authority} expect={} host={}",
+                expect.service_account(),
+                host(forwarded_host)
+            ),
+            Route::Waypoint {
+                via,
+                authority,
+                expect,
+                forwarded_host,
+                ..
+            } => format!(
+                "waypoint via={via} auth={authority} expect={} host={}",
+                expect.service_account(),
+                host(forwarded_host)
+            ),
+            Route::Passthrough { dst, .. } => format!("passthrough {dst}"),
+        }
+    }
+
+    #[test]
+    fn routes_from_frontend_on_node1() {
+        let snap = config::parse(DEMO).unwrap();
+        let src: IpAddr = "10.1.1.10".parse().unwrap();
+        let cases: &[(&str, usize, &str)] = &[
+            // Service VIP: endpoint by pick (sorted by uid), port 80 -> 8080.
+            (
+                "10.96.0.10:80",
+                0,
+                "local shop/cart-1 10.1.1.11:8080 host=cart.shop.svc.cluster.local",
+            ),
+            (
+                "10.96.0.10:80",
+                1,
+                "hbone via=10.1.2.11:15008 auth=10.1.2.11:8080 expect=cart host=cart.shop.svc.cluster.local",
+            ),
+            (
+                "10.96.0.10:80",
+                5,
+                "hbone via=10.1.2.12:15008 auth=10.1.2.12:8080 expect=cart host=cart.shop.svc.cluster.local",
+            ),
+            // A pod dialled directly: no port mapping, no forwarded host.
+            ("10.1.1.11:8080", 0, "local shop/cart-1 10.1.1.11:8080 host=-"),
+            (
+                "10.1.2.11:9000",
+                0,
+                "hbone via=10.1.2.11:15008 auth=10.1.2.11:9000 expect=cart host=-",
+            ),
+            // bank uses a waypoint: the authority is what was dialled.
+            (
+                "10.96.0.20:443",
+                0,
+                "waypoint via=10.1.1.30:15008 auth=10.96.0.20:443 expect=waypoint host=ledger.bank.svc.cluster.local",
+            ),
+            (
+                "10.1.2.20:8443",
+                0,
+                "waypoint via=10.1.1.30:15008 auth=10.1.2.20:8443 expect=waypoint host=-",
+            ),
+            // Not in the mesh.
+            ("10.1.1.40:80", 0, "passthrough 10.1.1.40:80"),
+            ("10.1.1.30:15021", 0, "passthrough 10.1.1.30:15021"),
+            ("8.8.8.8:443", 0, "passthrough 8.8.8.8:443"),
+        ];
+        for (dst, pick, want) in cases {
+            let route = classify(&snap, src, dst.parse().unwrap(), "node1", *pick).unwrap();
+            assert_eq!(describe(&route), *want, "{dst} pick={pick}");
+            assert_eq!(route.source().name, "frontend");
+        }
+    }
+
+    #[test]
+    fn the_same_endpoint_is_remote_from_the_other_node() {
+        let snap = config::parse(DEMO).unwrap();
+        let src: IpAddr = "10.1.2.11".parse().unwrap(); // cart-2 on node2
+        let route = classify(&snap, src, "10.1.1.11:8080".parse().unwrap(), "node2", 0).unwrap();
+        assert_eq!(
+            describe(&route),
+            "hbone via=10.1.1.11:15008 auth=10.1.1.11:8080 expect=cart host=-"
+        );
+        let route = classify(&snap, src, "10.1.2.12:8080".parse().unwrap(), "node2", 0).unwrap();
+        assert_eq!(describe(&route), "local shop/cart-3 10.1.2.12:8080 host=-");
+    }
+
+    #[test]
+    fn errors() {
+        // The demo file plus a Service that selects nothing.
+        let extra = DEMO.replace(
+            "services:\n",
+            "services:\n  - {name: empty, namespace: shop, vip: 10.96.0.99, ports: [{port: 80}]}\n",
+        );
+        let snap = config::parse(&extra).unwrap();
+        let cases: &[(&str, &str, &str, ClassifyError)] = &[
+            (
+                "10.9.9.9",
+                "10.96.0.10:80",
+                "node1",
+                ClassifyError::UnknownSource("10.9.9.9".parse().unwrap()),
+            ),
+            // legacy is not ambient, and the waypoint pod opted out.
+            (
+                "10.1.1.40",
+                "10.96.0.10:80",
+                "node1",
+                ClassifyError::UnknownSource("10.1.1.40".parse().unwrap()),
+            ),
+            (
+                "10.1.1.30",
+                "10.96.0.10:80",
+                "node1",
+                ClassifyError::UnknownSource("10.1.1.30".parse().unwrap()),
+            ),
+            (
+                "10.1.2.11",
+                "10.96.0.10:80",
+                "node1",
+                ClassifyError::SourceNotLocal {
+                    src: "10.1.2.11".parse().unwrap(),
+                    node: "node2".into(),
+                },
+            ),
+            (
+                "10.1.1.10",
+                "10.96.0.10:81",
+                "node1",
+                ClassifyError::UnknownServicePort {
+                    service: "shop/cart".into(),
+                    port: 81,
+                },
+            ),
+            (
+                "10.1.1.10",
+                "10.96.0.99:80",
+                "node1",
+                ClassifyError::NoEndpoints {
+                    service: "shop/empty".into(),
+                },
+            ),
+        ];
+        for (src, dst, node, want) in cases {
+            let got = classify(&snap, src.parse().unwrap(), dst.parse().unwrap(), node, 0);
+            assert_eq!(got.as_ref().unwrap_err(), want, "{src} -> {dst}");
+        }
+        assert_eq!(cases[3].3.reason(), "source_not_local");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn classify_never_panics(
+            src in proptest::sample::select(vec!["10.1.1.10", "10.1.1.11", "10.1.2.11", "10.9.9.9"]),
+            dst in proptest::sample::select(vec!["10.96.0.10", "10.96.0.20", "10.1.2.20", "10.1.1.40", "1.2.3.4"]),
+            port: u16,
+            pick: usize,
+            node in proptest::sample::select(vec!["node1", "node2", "elsewhere"]),
+        ) {
+            let snap = config::parse(DEMO).unwrap();
+            let dst = SocketAddr::new(dst.parse().unwrap(), port);
+            let _ = classify(&snap, src.parse().unwrap(), dst, node, pick);
+        }
+    }
+}

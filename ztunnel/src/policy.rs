@@ -146,3 +146,382 @@ pub fn principal_string(id: &SpiffeId) -> String {
         id.service_account()
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{Cidr, Labels, ServiceAccountMatch, StringMatch, Tunnel};
+
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// The destination in every case: shop/cart-1, labelled app=cart.
+    fn dst() -> Workload {
+        Workload {
+            uid: "shop/cart-1".into(),
+            name: "cart-1".into(),
+            namespace: "shop".into(),
+            service_account: "cart".into(),
+            trust_domain: "cluster.local".into(),
+            ips: vec!["10.1.1.11".parse().unwrap()],
+            node: "node1".into(),
+            tunnel: Tunnel::Hbone,
+            labels: labels(&[("app", "cart")]),
+            waypoint: None,
+        }
+    }
+
+    fn pol(
+        name: &str,
+        ns: &str,
+        scope: PolicyScope,
+        action: PolicyAction,
+        rules: Vec<Rule>,
+    ) -> Policy {
+        Policy {
+            name: name.into(),
+            namespace: ns.into(),
+            scope,
+            action,
+            rules,
+        }
+    }
+
+    fn allow(name: &str, rules: Vec<Rule>) -> Policy {
+        pol(
+            name,
+            "shop",
+            PolicyScope::Namespace,
+            PolicyAction::Allow,
+            rules,
+        )
+    }
+
+    fn deny(name: &str, rules: Vec<Rule>) -> Policy {
+        pol(
+            name,
+            "shop",
+            PolicyScope::Namespace,
+            PolicyAction::Deny,
+            rules,
+        )
+    }
+
+    /// A rule with one clause holding these matches (one `from` list).
+    fn any_of(matches: Vec<Match>) -> Vec<Rule> {
+        vec![Rule {
+            clauses: vec![Clause { matches }],
+        }]
+    }
+
+    fn pats(p: &[&str]) -> Vec<StringMatch> {
+        p.iter().map(|s| StringMatch::from_pattern(s)).collect()
+    }
+
+    fn cidrs(c: &[&str]) -> Vec<Cidr> {
+        c.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    fn sa(ns: &str, sa: &str) -> Vec<ServiceAccountMatch> {
+        vec![ServiceAccountMatch {
+            namespace: ns.into(),
+            service_account: sa.into(),
+        }]
+    }
+
+    /// A connection: `ns/sa` identity or "-" for plaintext, source IP, port.
+    type Conn = (&'static str, &'static str, u16);
+
+    const FRONTEND: Conn = ("shop/frontend", "10.1.1.10", 8080);
+    const LEDGER: Conn = ("bank/ledger", "10.1.2.20", 8080);
+    const PLAIN: Conn = ("-", "10.1.1.40", 8080);
+
+    fn run(policies: &[Policy], (who, src, port): Conn) -> String {
+        let src_identity = who
+            .split_once('/')
+            .map(|(ns, sa)| SpiffeId::new("cluster.local", ns, sa).unwrap());
+        let dst = dst();
+        let ctx = ConnCtx {
+            src_identity,
+            src_ip: src.parse().unwrap(),
+            dst: &dst,
+            dst_port: port,
+        };
+        match authorize(&Policies::new(policies.to_vec()), &ctx) {
+            Decision::Allow => "allow".into(),
+            Decision::Deny(Denial::DenyPolicy(k)) => format!("deny {k}"),
+            Decision::Deny(Denial::NoAllowMatch) => "deny no-allow".into(),
+        }
+    }
+
+    struct Case {
+        what: &'static str,
+        policies: Vec<Policy>,
+        conn: Conn,
+        want: &'static str,
+    }
+
+    fn case(what: &'static str, policies: Vec<Policy>, conn: Conn, want: &'static str) -> Case {
+        Case {
+            what,
+            policies,
+            conn,
+            want,
+        }
+    }
+
+    fn check(cases: Vec<Case>) {
+        for c in cases {
+            assert_eq!(run(&c.policies, c.conn), c.want, "{}", c.what);
+        }
+    }
+
+    fn ns(n: &[&str]) -> Match {
+        Match {
+            namespaces: pats(n),
+            ..Match::default()
+        }
+    }
+
+    fn ports(p: &[u16]) -> Match {
+        Match {
+            destination_ports: p.to_vec(),
+            ..Match::default()
+        }
+    }
+
+    #[test]
+    #[rustfmt::skip]
+    fn actions_and_defaults() {
+        let all = || vec![Rule::default()];
+        check(vec![
+            case("no policies", vec![], FRONTEND, "allow"),
+            case("DENY without rules never matches", vec![deny("d", vec![])], FRONTEND, "allow"),
+            case("ALLOW without rules allows nothing", vec![allow("a", vec![])], FRONTEND, "deny no-allow"),
+            case("ALLOW with an empty rule allows all", vec![allow("a", all())], PLAIN, "allow"),
+            case("DENY with an empty rule denies all", vec![deny("d", all())], FRONTEND, "deny shop/d"),
+            case("DENY beats ALLOW", vec![allow("a", all()), deny("d", all())], FRONTEND, "deny shop/d"),
+            case("the first matching DENY is named", vec![deny("d1", vec![]), deny("d2", all()), deny("d3", all())], FRONTEND, "deny shop/d2"),
+            case("any matching ALLOW allows", vec![allow("a1", vec![]), allow("a2", all())], FRONTEND, "allow"),
+            case("a non-matching DENY alone allows", vec![deny("d", any_of(vec![ns(&["bank"])]))], FRONTEND, "allow"),
+        ]);
+    }
+
+    #[test]
+    #[rustfmt::skip]
+    fn scopes() {
+        use PolicyAction::{Allow, Deny};
+        use PolicyScope::{Global, Namespace};
+        let all = || vec![Rule::default()];
+        let sel = |l: &[(&str, &str)]| PolicyScope::WorkloadSelector { match_labels: labels(l) };
+        check(vec![
+            case("GLOBAL applies everywhere", vec![pol("g", "istio-system", Global, Deny, all())], FRONTEND, "deny istio-system/g"),
+            case("NAMESPACE of the destination", vec![pol("n", "shop", Namespace, Deny, all())], FRONTEND, "deny shop/n"),
+            case("NAMESPACE elsewhere does not apply", vec![pol("n", "bank", Namespace, Deny, all())], FRONTEND, "allow"),
+            case("an ALLOW elsewhere does not restrict", vec![pol("n", "bank", Namespace, Allow, vec![])], FRONTEND, "allow"),
+            case("selector matches labels", vec![pol("s", "shop", sel(&[("app", "cart")]), Deny, all())], FRONTEND, "deny shop/s"),
+            case("selector with other labels", vec![pol("s", "shop", sel(&[("app", "web")]), Deny, all())], FRONTEND, "allow"),
+            case("selector needs every label", vec![pol("s", "shop", sel(&[("app", "cart"), ("v", "2")]), Deny, all())], FRONTEND, "allow"),
+            case("selector in another namespace", vec![pol("s", "bank", sel(&[("app", "cart")]), Deny, all())], FRONTEND, "allow"),
+            case("selected ALLOW restricts", vec![pol("s", "shop", sel(&[("app", "cart")]), Allow, vec![])], FRONTEND, "deny no-allow"),
+        ]);
+    }
+
+    #[test]
+    #[rustfmt::skip]
+    fn source_fields() {
+        let allow_if = |m: Match| vec![allow("a", any_of(vec![m]))];
+        let deny_if = |m: Match| vec![deny("d", any_of(vec![m]))];
+        let m = Match::default;
+        let princ = |p: &[&str]| Match { principals: pats(p), ..m() };
+        let not_ns = Match { not_namespaces: pats(&["shop"]), ..m() };
+        let not_princ = Match { not_principals: pats(&["*"]), ..m() };
+        let exact = "cluster.local/ns/shop/sa/frontend";
+        check(vec![
+            case("namespaces hit", allow_if(ns(&["shop"])), FRONTEND, "allow"),
+            case("namespaces miss", allow_if(ns(&["shop"])), LEDGER, "deny no-allow"),
+            case("namespaces prefix", allow_if(ns(&["ba*"])), LEDGER, "allow"),
+            case("namespaces need an identity", allow_if(ns(&["*"])), PLAIN, "deny no-allow"),
+            case("not_namespaces hit", deny_if(not_ns.clone()), LEDGER, "deny shop/d"),
+            case("not_namespaces miss", deny_if(not_ns.clone()), FRONTEND, "allow"),
+            case("not_namespaces holds for plaintext", deny_if(not_ns), PLAIN, "deny shop/d"),
+            case("principal exact", allow_if(princ(&[exact])), FRONTEND, "allow"),
+            case("principal exact miss", allow_if(princ(&[exact])), LEDGER, "deny no-allow"),
+            case("principal has no spiffe://", allow_if(princ(&["spiffe://cluster.local/ns/shop/sa/frontend"])), FRONTEND, "deny no-allow"),
+            case("principal prefix", allow_if(princ(&["cluster.local/ns/shop/*"])), FRONTEND, "allow"),
+            case("principal suffix", allow_if(princ(&["*/sa/ledger"])), LEDGER, "allow"),
+            case("principal of another trust domain", allow_if(princ(&["other.td/*"])), FRONTEND, "deny no-allow"),
+            case("principal * needs mTLS", allow_if(princ(&["*"])), PLAIN, "deny no-allow"),
+            case("principal * for mTLS", allow_if(princ(&["*"])), LEDGER, "allow"),
+            case("notPrincipals * denies plaintext", deny_if(not_princ.clone()), PLAIN, "deny shop/d"),
+            case("notPrincipals * spares mTLS", deny_if(not_princ), FRONTEND, "allow"),
+            case("service account", allow_if(Match { service_accounts: sa("bank", "ledger"), ..m() }), LEDGER, "allow"),
+            case("service account, wrong namespace", allow_if(Match { service_accounts: sa("shop", "ledger"), ..m() }), LEDGER, "deny no-allow"),
+            case("service account needs mTLS", allow_if(Match { service_accounts: sa("bank", "ledger"), ..m() }), PLAIN, "deny no-allow"),
+            case("not service account", deny_if(Match { not_service_accounts: sa("shop", "frontend"), ..m() }), LEDGER, "deny shop/d"),
+            case("not service account spared", deny_if(Match { not_service_accounts: sa("shop", "frontend"), ..m() }), FRONTEND, "allow"),
+            case("source IP in block", allow_if(Match { source_ips: cidrs(&["10.1.1.0/24"]), ..m() }), PLAIN, "allow"),
+            case("source IP outside", allow_if(Match { source_ips: cidrs(&["10.1.1.0/24"]), ..m() }), LEDGER, "deny no-allow"),
+            case("not source IP", deny_if(Match { not_source_ips: cidrs(&["10.1.1.0/24"]), ..m() }), LEDGER, "deny shop/d"),
+            case("not source IP spared", deny_if(Match { not_source_ips: cidrs(&["10.1.1.0/24", "10.1.2.20"]), ..m() }), LEDGER, "allow"),
+        ]);
+    }
+
+    #[test]
+    #[rustfmt::skip]
+    fn ports_and_combinations() {
+        let m = Match::default;
+        let on = |port: u16, c: Conn| (c.0, c.1, port);
+        let from_to = || vec![Rule { clauses: vec![Clause { matches: vec![ns(&["shop"])] }, Clause { matches: vec![ports(&[8080])] }] }];
+        let both = Match { namespaces: pats(&["shop"]), destination_ports: vec![9090], ..m() };
+        check(vec![
+            case("port hit", vec![allow("a", any_of(vec![ports(&[80, 8080])]))], FRONTEND, "allow"),
+            case("port miss", vec![allow("a", any_of(vec![ports(&[80])]))], FRONTEND, "deny no-allow"),
+            case("not port", vec![deny("d", any_of(vec![Match { not_destination_ports: vec![22], ..m() }]))], FRONTEND, "deny shop/d"),
+            case("not port spared", vec![deny("d", any_of(vec![Match { not_destination_ports: vec![8080], ..m() }]))], FRONTEND, "allow"),
+            case("fields in one match are ANDed", vec![allow("a", any_of(vec![both]))], FRONTEND, "deny no-allow"),
+            case("matches in a clause are ORed", vec![allow("a", any_of(vec![ns(&["bank"]), ns(&["shop"])]))], FRONTEND, "allow"),
+            case("an empty clause never matches", vec![allow("a", any_of(vec![]))], FRONTEND, "deny no-allow"),
+            case("from and to: both hold", vec![allow("a", from_to())], FRONTEND, "allow"),
+            case("from and to: to fails", vec![allow("a", from_to())], on(9090, FRONTEND), "deny no-allow"),
+            case("from and to: from fails", vec![allow("a", from_to())], LEDGER, "deny no-allow"),
+            case("rules are ORed", vec![allow("a", [any_of(vec![ns(&["bank"])]), any_of(vec![ports(&[8080])])].concat())], FRONTEND, "allow"),
+        ]);
+    }
+
+    #[test]
+    fn the_demo_policies() {
+        let snap = crate::config::parse(include_str!("../examples/demo-config.yaml")).unwrap();
+        let authz = |src: &str, id: Option<&str>, dst: &str, port: u16| {
+            let dst = snap.workload_by_ip(dst.parse().unwrap()).unwrap();
+            let ctx = ConnCtx {
+                src_identity: id.map(|i| i.parse().unwrap()),
+                src_ip: src.parse().unwrap(),
+                dst,
+                dst_port: port,
+            };
+            authorize(snap.policies(), &ctx)
+        };
+        let frontend = Some("spiffe://cluster.local/ns/shop/sa/frontend");
+        let waypoint = Some("spiffe://cluster.local/ns/bank/sa/waypoint");
+        assert!(authz("10.1.1.10", frontend, "10.1.2.11", 8080).is_allow());
+        assert_eq!(
+            authz("10.1.1.40", None, "10.1.2.11", 8080),
+            Decision::Deny(Denial::DenyPolicy(PolicyKey {
+                namespace: "shop".into(),
+                name: "cart-deny-outsiders".into()
+            }))
+        );
+        assert!(authz("10.1.1.40", None, "10.1.2.11", 9000).is_allow());
+        assert!(authz("10.1.1.30", waypoint, "10.1.2.20", 8443).is_allow());
+        let denied = authz("10.1.1.10", frontend, "10.1.2.20", 8443);
+        assert_eq!(denied, Decision::Deny(Denial::NoAllowMatch));
+        if let Decision::Deny(d) = denied {
+            assert_eq!(d.to_string(), "no ALLOW policy matched");
+        }
+    }
+
+    mod prop {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn string_match() -> impl Strategy<Value = StringMatch> {
+            "[a-z*./]{0,12}".prop_map(|s| StringMatch::from_pattern(&s))
+        }
+
+        fn cidr() -> impl Strategy<Value = Cidr> {
+            prop_oneof![
+                (any::<[u8; 4]>(), 0u8..=32).prop_map(|(a, l)| Cidr::new(a.into(), l).unwrap()),
+                (any::<[u8; 16]>(), 0u8..=128).prop_map(|(a, l)| Cidr::new(a.into(), l).unwrap()),
+            ]
+        }
+
+        prop_compose! {
+            fn a_match()(
+                namespaces in proptest::collection::vec(string_match(), 0..3),
+                not_namespaces in proptest::collection::vec(string_match(), 0..2),
+                principals in proptest::collection::vec(string_match(), 0..3),
+                not_principals in proptest::collection::vec(string_match(), 0..2),
+                source_ips in proptest::collection::vec(cidr(), 0..3),
+                not_source_ips in proptest::collection::vec(cidr(), 0..2),
+                destination_ports in proptest::collection::vec(any::<u16>(), 0..3),
+                not_destination_ports in proptest::collection::vec(any::<u16>(), 0..2),
+                sa_ns in "[a-z]{1,4}",
+                sa_name in "[a-z]{1,4}",
+                use_sa: bool,
+            ) -> Match {
+                let service_accounts = if use_sa { sa(&sa_ns, &sa_name) } else { vec![] };
+                Match {
+                    namespaces, not_namespaces, principals, not_principals,
+                    service_accounts, not_service_accounts: vec![],
+                    source_ips, not_source_ips, destination_ports, not_destination_ports,
+                }
+            }
+        }
+
+        fn policy() -> impl Strategy<Value = Policy> {
+            let rules = proptest::collection::vec(
+                proptest::collection::vec(proptest::collection::vec(a_match(), 0..3), 0..3),
+                0..3,
+            );
+            (rules, any::<bool>(), 0..3u8).prop_map(|(rules, is_deny, scope)| {
+                let rules = rules
+                    .into_iter()
+                    .map(|clauses| Rule {
+                        clauses: clauses
+                            .into_iter()
+                            .map(|matches| Clause { matches })
+                            .collect(),
+                    })
+                    .collect();
+                let scope = match scope {
+                    0 => PolicyScope::Global,
+                    1 => PolicyScope::Namespace,
+                    _ => PolicyScope::WorkloadSelector {
+                        match_labels: labels(&[("app", "cart")]),
+                    },
+                };
+                let action = if is_deny {
+                    PolicyAction::Deny
+                } else {
+                    PolicyAction::Allow
+                };
+                pol("p", "shop", scope, action, rules)
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn authorize_never_panics(
+                policies in proptest::collection::vec(policy(), 0..4),
+                ns in "[a-z]{1,6}",
+                sa in "[a-z]{1,6}",
+                plaintext: bool,
+                src in any::<std::net::IpAddr>(),
+                port: u16,
+            ) {
+                let dst = dst();
+                let ctx = ConnCtx {
+                    src_identity: (!plaintext).then(|| SpiffeId::new("cluster.local", &ns, &sa).unwrap()),
+                    src_ip: src,
+                    dst: &dst,
+                    dst_port: port,
+                };
+                let policies = Policies::new(policies);
+                let decision = authorize(&policies, &ctx);
+                // Deterministic, and a DENY verdict names a policy that exists.
+                prop_assert_eq!(&decision, &authorize(&policies, &ctx));
+                if let Decision::Deny(Denial::DenyPolicy(key)) = &decision {
+                    prop_assert!(policies.iter().any(|p| &p.key() == key && p.action == PolicyAction::Deny));
+                }
+                if policies.is_empty() {
+                    prop_assert!(decision.is_allow());
+                }
+            }
+        }
+    }
+}
