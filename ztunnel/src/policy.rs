@@ -56,6 +56,16 @@ impl Decision {
     }
 }
 
+impl Denial {
+    /// A low-cardinality label for metrics and access logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Denial::DenyPolicy(_) => "deny_policy",
+            Denial::NoAllowMatch => "no_allow_match",
+        }
+    }
+}
+
 impl fmt::Display for Denial {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -422,6 +432,7 @@ mod tests {
         assert_eq!(denied, Decision::Deny(Denial::NoAllowMatch));
         if let Decision::Deny(d) = denied {
             assert_eq!(d.to_string(), "no ALLOW policy matched");
+            assert_eq!(d.reason(), "no_allow_match");
         }
     }
 

@@ -38,6 +38,7 @@ pub(super) fn to_parts(file: File) -> Result<SnapshotParts, ConfigError> {
         nodes: nodes.iter().map(|n| n.name.clone()).collect(),
         namespaces: namespaces.iter().map(|n| (n.name.clone(), n)).collect(),
         ips: BTreeMap::new(),
+        names: BTreeSet::new(),
     };
     let workloads = file
         .workloads
@@ -108,6 +109,8 @@ struct Ctx<'a> {
     namespaces: BTreeMap<String, &'a Namespace>,
     /// Every workload IP and VIP so far, with the key that claimed it.
     ips: BTreeMap<IpAddr, String>,
+    /// Workload uids and `service/<ns>/<name>` keys seen so far.
+    names: BTreeSet<String>,
 }
 
 impl Ctx<'_> {
@@ -134,10 +137,22 @@ impl Ctx<'_> {
         Ok(ip)
     }
 
+    fn claim_name(&mut self, key: String, value: &str) -> Result<(), ConfigError> {
+        if !self.names.insert(value.to_owned()) {
+            return Err(duplicate(key, value));
+        }
+        Ok(())
+    }
+
     fn workload(&mut self, i: usize, w: WorkloadDoc) -> Result<Workload, ConfigError> {
         let at = |field: &str| format!("workloads[{i}].{field}");
         let ns = self.namespace(at("namespace"), &w.namespace)?;
         let ns_ambient = is_ambient(ns, &w);
+        let (uid_key, uid) = match &w.uid {
+            Some(uid) => (at("uid"), uid.clone()),
+            None => (at("name"), format!("{}/{}", w.namespace, w.name)),
+        };
+        self.claim_name(uid_key, &uid)?;
         if !self.nodes.contains(&w.node) {
             return Err(ConfigError::UnknownNode {
                 key: at("node"),
@@ -156,9 +171,7 @@ impl Ctx<'_> {
             None => Tunnel::None,
         };
         Ok(Workload {
-            uid: w
-                .uid
-                .unwrap_or_else(|| format!("{}/{}", w.namespace, w.name)),
+            uid,
             name: w.name,
             namespace: w.namespace,
             service_account,
@@ -174,6 +187,7 @@ impl Ctx<'_> {
     fn service(&mut self, i: usize, s: ServiceDoc) -> Result<Service, ConfigError> {
         let at = |field: &str| format!("services[{i}].{field}");
         self.namespace(at("namespace"), &s.namespace)?;
+        self.claim_name(at("name"), &format!("service/{}/{}", s.namespace, s.name))?;
         let vip = self.claim_ip(at("vip"), &s.vip)?;
         let mut ports = Vec::with_capacity(s.ports.len());
         for (j, p) in s.ports.iter().enumerate() {

@@ -163,6 +163,19 @@ fn rejects_bad_configs() {
         (
             "workloads: [{name: p, namespace: a, ip: 10.1.0.1, node: n1},\n\
              \x20            {name: p, namespace: a, ip: 10.1.0.2, node: n1}]",
+            "workloads[1].name: \"a/p\" is defined more than once",
+        ),
+        (
+            "workloads: [{uid: u1, name: p, namespace: a, ip: 10.1.0.1, node: n1},\n\
+             \x20            {uid: u1, name: q, namespace: a, ip: 10.1.0.2, node: n1}]",
+            "workloads[1].uid: \"u1\" is defined more than once",
+        ),
+        (
+            "services: [{name: s, namespace: a, vip: 10.96.0.1}, {name: s, namespace: a, vip: 10.96.0.2}]",
+            "services[1].name: \"service/a/s\" is defined more than once",
+        ),
+        (
+            "workloads: [{name: p, namespace: a, ip: 10.1.0.1, node: n1, labels: {istio.io/use-waypoint: wp}}]",
             "config is inconsistent",
         ),
         (

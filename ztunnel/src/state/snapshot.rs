@@ -66,8 +66,8 @@ pub struct Snapshot {
     workload_by_ip: HashMap<IpAddr, Arc<Workload>>,
     workload_by_uid: HashMap<String, Arc<Workload>>,
     service_by_vip: HashMap<IpAddr, Arc<Service>>,
-    /// Keyed by `(namespace, name)`; sorted by uid.
-    endpoints: HashMap<(String, String), Vec<Arc<Workload>>>,
+    /// Namespace → service name → endpoints sorted by uid.
+    endpoints: HashMap<String, HashMap<String, Vec<Arc<Workload>>>>,
 }
 
 impl Snapshot {
@@ -134,8 +134,11 @@ impl Snapshot {
     }
 
     fn add_service(&mut self, svc: Service) -> Result<(), StateError> {
-        let key = (svc.namespace.clone(), svc.name.clone());
-        if self.endpoints.contains_key(&key) {
+        if self
+            .endpoints
+            .get(&svc.namespace)
+            .is_some_and(|m| m.contains_key(&svc.name))
+        {
             return Err(StateError::DuplicateService(svc.key()));
         }
         let svc = Arc::new(svc);
@@ -166,7 +169,10 @@ impl Snapshot {
             .cloned()
             .collect();
         eps.sort_by(|a, b| a.uid.cmp(&b.uid));
-        self.endpoints.insert(key, eps);
+        self.endpoints
+            .entry(svc.namespace.clone())
+            .or_default()
+            .insert(svc.name.clone(), eps);
         self.services.push(svc);
         Ok(())
     }
@@ -210,7 +216,8 @@ impl Snapshot {
     /// The endpoints of `svc`, sorted by uid (so an index into them is stable).
     pub fn endpoints(&self, svc: &Service) -> &[Arc<Workload>] {
         self.endpoints
-            .get(&(svc.namespace.clone(), svc.name.clone()))
+            .get(&svc.namespace)
+            .and_then(|m| m.get(&svc.name))
             .map(Vec::as_slice)
             .unwrap_or(&[])
     }
