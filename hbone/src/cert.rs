@@ -48,6 +48,8 @@ pub struct WorkloadCert {
     key: PrivateKeyDer<'static>,
     not_before: SystemTime,
     not_after: SystemTime,
+    /// When this process got the certificate.
+    received: SystemTime,
     roots: Vec<CertificateDer<'static>>,
     generation: u64,
     pub(crate) server_config: OnceLock<Arc<rustls::ServerConfig>>,
@@ -68,6 +70,7 @@ impl WorkloadCert {
             key,
             not_before,
             not_after,
+            received: SystemTime::now(),
             roots,
             generation: GENERATION.fetch_add(1, Ordering::Relaxed),
             server_config: OnceLock::new(),
@@ -99,12 +102,15 @@ impl WorkloadCert {
     }
 
     /// Half-life: when the store starts replacing this certificate.
+    ///
+    /// Measured from when we received it, not from `not_before`: CAs
+    /// back-date `not_before` for clock skew (the dev CA by a minute), and
+    /// counting that would make a short-lived leaf due at once and renewed
+    /// on every rotation tick.
     pub fn refresh_at(&self) -> SystemTime {
-        let life = self
-            .not_after
-            .duration_since(self.not_before)
-            .unwrap_or_default();
-        self.not_before + life / 2
+        let start = self.not_before.max(self.received);
+        let life = self.not_after.duration_since(start).unwrap_or_default();
+        start + life / 2
     }
 
     pub fn is_expired(&self, now: SystemTime) -> bool {
@@ -334,6 +340,19 @@ mod tests {
         let b = store.get(&id("a")).await.unwrap();
         assert_ne!(a.generation(), b.generation());
         assert_eq!(b.identity(), &id("a"));
+    }
+
+    #[test]
+    fn half_life_ignores_back_dated_not_before() {
+        // The dev CA back-dates by a minute; a 4 s leaf must still be
+        // renewed about 2 s from now, not at once.
+        let ca = DevCa::generate()
+            .unwrap()
+            .with_leaf_ttl(Duration::from_secs(4));
+        let cert = ca.issue(&id("short")).unwrap();
+        let now = SystemTime::now();
+        assert!(cert.refresh_at() > now + Duration::from_secs(1));
+        assert!(cert.refresh_at() < cert.not_after());
     }
 
     #[tokio::test]

@@ -124,6 +124,25 @@ impl TunnelError {
         }
     }
 
+    /// An HTTP/2 error on the tunnel's connection, or the TLS error behind
+    /// it when the TLS layer failed (see [`tls::ErrorTap`]): in TLS 1.3 the
+    /// server's refusal of our certificate (untrusted root, expired, wrong
+    /// trust domain) arrives as a fatal alert after our handshake completed.
+    fn from_h2(addr: SocketAddr, source: h2::Error, tls: &TlsSlot) -> Self {
+        match tls.get() {
+            Some(e) if source.is_io() => TunnelError::Tls {
+                addr,
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.clone()),
+            },
+            _ => TunnelError::H2 { addr, source },
+        }
+    }
+
+    /// The connection this error came from cannot carry more streams.
+    fn kills_connection(&self) -> bool {
+        self.retriable() || matches!(self, TunnelError::Tls { .. })
+    }
+
     /// Safe to retry on a fresh connection: nothing reached the upstream.
     fn retriable(&self) -> bool {
         match self {
@@ -145,8 +164,12 @@ struct PoolKey {
     via: SocketAddr,
 }
 
+/// The first rustls error on a connection, kept by [`tls::ErrorTap`].
+type TlsSlot = Arc<std::sync::OnceLock<rustls::Error>>;
+
 struct PooledConn {
     send: h2::client::SendRequest<Bytes>,
+    tls_error: TlsSlot,
     active: AtomicUsize,
     max: usize,
     dead: AtomicBool,
@@ -264,7 +287,7 @@ impl HboneClient {
                     retried = true;
                 }
                 Err(e) => {
-                    if e.retriable() {
+                    if e.kills_connection() {
                         conn.dead.store(true, Ordering::Release);
                     }
                     return Err(e);
@@ -317,7 +340,8 @@ impl HboneClient {
                 .connect(tls::server_name(addr), tcp)
                 .await
                 .map_err(|source| TunnelError::Tls { addr, source })?;
-            h2::client::Builder::new()
+            let (tls, tls_error) = tls::ErrorTap::new(tls);
+            let h2 = h2::client::Builder::new()
                 .initial_window_size(STREAM_WINDOW)
                 .initial_connection_window_size(CONNECTION_WINDOW)
                 .max_frame_size(MAX_FRAME_SIZE)
@@ -325,13 +349,16 @@ impl HboneClient {
                 .enable_push(false)
                 .handshake::<_, Bytes>(tls)
                 .await
-                .map_err(|source| TunnelError::H2 { addr, source })
+                .map_err(|source| TunnelError::from_h2(addr, source, &tls_error))?;
+            Ok((h2, tls_error))
         };
-        let (send, mut connection) = tokio::time::timeout(self.config.handshake_timeout, handshake)
-            .await
-            .map_err(|_| TunnelError::Timeout { addr })??;
+        let ((send, mut connection), tls_error) =
+            tokio::time::timeout(self.config.handshake_timeout, handshake)
+                .await
+                .map_err(|_| TunnelError::Timeout { addr })??;
         let conn = Arc::new(PooledConn {
             send,
+            tls_error,
             active: AtomicUsize::new(0),
             max: self.config.max_streams_per_connection,
             dead: AtomicBool::new(false),
@@ -364,7 +391,7 @@ impl HboneClient {
         req: &ConnectRequest,
     ) -> Result<H2Stream, TunnelError> {
         let addr = req.via;
-        let h2err = |source| TunnelError::H2 { addr, source };
+        let h2err = |source| TunnelError::from_h2(addr, source, &guard.0.tls_error);
         let mut request = Request::builder()
             .method(Method::CONNECT)
             .uri(format_authority(req.authority))

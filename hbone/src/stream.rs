@@ -25,6 +25,17 @@ pub struct H2Stream {
     _guard: Option<Box<dyn Send + Sync>>,
 }
 
+impl std::fmt::Debug for H2Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H2Stream")
+            .field("stream_id", &self.send.stream_id())
+            .field("pending", &self.pending.len())
+            .field("recv_eof", &self.recv_eof)
+            .field("send_closed", &self.send_closed)
+            .finish_non_exhaustive()
+    }
+}
+
 impl H2Stream {
     pub(crate) fn new(
         send: SendStream<Bytes>,

@@ -5,7 +5,9 @@
 //! - The server requires a client certificate, verifies its chain, and
 //!   requires the client's trust domain to equal its own.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -16,6 +18,8 @@ use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, Error as TlsError, OtherError,
     RootCertStore, SignatureScheme,
 };
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::cert::{identity_from_der, CertError, WorkloadCert};
 use crate::identity::SpiffeId;
@@ -124,6 +128,83 @@ pub fn peer_identity(certs: Option<&[CertificateDer<'_>]>) -> Result<SpiffeId, P
         .and_then(|c| c.first())
         .ok_or(PeerError::Identity(CertError::NoUriSan))?;
     identity_from_der(leaf).map_err(PeerError::Identity)
+}
+
+/// Wraps a TLS stream and remembers the first rustls error it surfaced.
+///
+/// h2 flattens I/O errors into a kind and a message, losing the rustls error
+/// inside. In TLS 1.3 the client's handshake completes before the server has
+/// checked the client certificate, so a refusal arrives later, as a fatal
+/// alert on the first read inside h2; the tap keeps it so the client can
+/// report a TLS failure rather than an HTTP/2 one.
+pub(crate) struct ErrorTap<S> {
+    inner: S,
+    seen: Arc<std::sync::OnceLock<TlsError>>,
+}
+
+impl<S> ErrorTap<S> {
+    pub(crate) fn new(inner: S) -> (Self, Arc<std::sync::OnceLock<TlsError>>) {
+        let seen = Arc::new(std::sync::OnceLock::new());
+        let tap = ErrorTap {
+            inner,
+            seen: seen.clone(),
+        };
+        (tap, seen)
+    }
+
+    fn record<T>(&self, r: Poll<std::io::Result<T>>) -> Poll<std::io::Result<T>> {
+        if let Poll::Ready(Err(e)) = &r {
+            if let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<TlsError>()) {
+                let _ = self.seen.set(tls.clone());
+            }
+        }
+        r
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for ErrorTap<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        self.record(r)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for ErrorTap<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.record(r)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.record(r)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let r = Pin::new(&mut self.inner).poll_flush(cx);
+        self.record(r)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let r = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.record(r)
+    }
 }
 
 fn other(e: PeerError) -> TlsError {
