@@ -1,0 +1,262 @@
+//! ztunnel's node-level TPROXY capture (DESIGN.md §4) with real nftables rules
+//! and real packets: pods in network namespaces, ztunnel's listeners created
+//! inside the node namespace from this process.
+
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use mesh_tests::echo::{payload, round_trip, spawn_echo};
+use mesh_tests::{require_root, Netns, Topology};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use ztunnel::capture::{orig_dst, rules, transparent_listener, Capture};
+
+const WAIT: Duration = Duration::from_secs(5);
+
+fn topology() -> Topology {
+    Topology::builder()
+        .nodes(2)
+        .pod("a", 1)
+        .pod("b", 2)
+        .build()
+        .expect("build topology")
+}
+
+fn set(ips: &[Ipv4Addr]) -> BTreeSet<Ipv4Addr> {
+    ips.iter().copied().collect()
+}
+
+fn install(node: &Netns, pods: &[Ipv4Addr]) -> Capture {
+    node.run(|| Capture::install(&set(pods)))
+        .unwrap()
+        .expect("install capture")
+}
+
+fn listener(node: &Netns, port: u16) -> TcpListener {
+    node.run(|| transparent_listener(SocketAddr::from(([0, 0, 0, 0], port))))
+        .unwrap()
+        .expect("transparent listener")
+}
+
+/// Accepts one connection; returns (original destination, peer, stream).
+async fn accept(listener: &TcpListener) -> (SocketAddr, SocketAddr, tokio::net::TcpStream) {
+    let (stream, peer) = tokio::time::timeout(WAIT, listener.accept())
+        .await
+        .expect("no connection captured")
+        .expect("accept");
+    (orig_dst(&stream).unwrap(), peer, stream)
+}
+
+fn count_ip_rules(node: &Netns) -> usize {
+    let selector = rules::ip_rule_selector();
+    node.exec("ip -4 rule list")
+        .unwrap()
+        .lines()
+        .filter(|l| l.trim_end().ends_with(&selector))
+        .count()
+}
+
+fn assert_nothing_left(node: &Netns) {
+    let tables = node.exec("nft list tables").unwrap();
+    assert!(!tables.contains("ambient"), "table left: {tables}");
+    let rules = node.exec("ip rule list").unwrap();
+    assert!(!rules.contains("lookup 100"), "ip rule left: {rules}");
+    let routes = node
+        .exec("ip route show table 100 2>/dev/null || true")
+        .unwrap();
+    assert!(routes.trim().is_empty(), "route left: {routes}");
+}
+
+#[tokio::test]
+async fn outbound_is_captured_then_released_by_remove() {
+    if !require_root() {
+        return;
+    }
+    let topo = topology();
+    let (n1, a, b) = (&topo.node(1).ns, topo.pod("a"), topo.pod("b"));
+    let dst = SocketAddr::from((b.ip, 8080));
+    let echo_b = spawn_echo(b.ns.listen(dst).unwrap());
+
+    let _capture = install(n1, &[a.ip]);
+    let outbound = listener(n1, rules::OUTBOUND_PORT);
+    let mut client = a.ns.connect(dst).await.expect("connect from pod a");
+    let (orig, peer, mut server) = accept(&outbound).await;
+    assert_eq!(orig, dst, "original destination");
+    assert_eq!(peer, client.local_addr().unwrap(), "peer is the pod");
+    assert_eq!(peer.ip(), a.ip);
+
+    // Bytes flow both ways through the captured connection, exactly.
+    let data = payload(100_000);
+    client.write_all(&data).await.unwrap();
+    client.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    server.read_to_end(&mut got).await.unwrap();
+    assert!(got == data, "captured bytes differ");
+    server.write_all(b"from ztunnel").await.unwrap();
+    drop(server);
+    let mut reply = Vec::new();
+    client.read_to_end(&mut reply).await.unwrap();
+    assert_eq!(reply, b"from ztunnel");
+
+    n1.run(Capture::remove).unwrap().expect("remove");
+    assert_nothing_left(n1);
+    n1.run(Capture::remove)
+        .unwrap()
+        .expect("remove is idempotent");
+
+    // With capture gone, the same connection reaches pod b directly.
+    let stream = a.ns.connect(dst).await.expect("direct connect");
+    let back = round_trip(stream, b"direct").await.unwrap();
+    assert_eq!(back, b"direct");
+    echo_b.abort();
+}
+
+#[tokio::test]
+async fn install_twice_keeps_one_ip_rule_and_update_replaces_set() {
+    if !require_root() {
+        return;
+    }
+    let topo = topology();
+    let (n1, a, b) = (&topo.node(1).ns, topo.pod("a"), topo.pod("b"));
+    let _first = install(n1, &[a.ip]);
+    let mut second = install(n1, &[a.ip]);
+    assert_eq!(count_ip_rules(n1), 1);
+    // A duplicate from an older version is cleaned up on install.
+    n1.exec(&format!("ip rule add {}", rules::ip_rule_selector()))
+        .unwrap();
+    assert_eq!(count_ip_rules(n1), 2);
+    let _third = install(n1, &[a.ip]);
+    assert_eq!(count_ip_rules(n1), 1);
+
+    let other = Ipv4Addr::new(10, 1, 1, 99);
+    n1.run(|| second.update(&set(&[a.ip, other])))
+        .unwrap()
+        .expect("update");
+    n1.run(|| second.update(&set(&[a.ip, other])))
+        .unwrap()
+        .expect("update again");
+    let listed = n1.exec("nft list table inet ambient").unwrap();
+    assert!(
+        listed.contains(&format!("{}, {other}", a.ip)),
+        "set: {listed}"
+    );
+    assert_eq!(
+        n1.exec("nft list tables")
+            .unwrap()
+            .matches("ambient")
+            .count(),
+        1
+    );
+    assert_eq!(count_ip_rules(n1), 1);
+
+    // Leaving the set takes effect at once for new connections.
+    let dst = SocketAddr::from((b.ip, 8080));
+    let echo_b = spawn_echo(b.ns.listen(dst).unwrap());
+    let _outbound = listener(n1, rules::OUTBOUND_PORT);
+    n1.run(|| second.update(&BTreeSet::new()))
+        .unwrap()
+        .expect("update to empty");
+    let stream = a.ns.connect(dst).await.unwrap();
+    assert_eq!(round_trip(stream, b"bypass").await.unwrap(), b"bypass");
+    echo_b.abort();
+
+    n1.run(Capture::remove).unwrap().expect("remove");
+    assert_nothing_left(n1);
+}
+
+#[tokio::test]
+async fn inbound_plaintext_and_hbone_are_captured_at_the_destination_node() {
+    if !require_root() {
+        return;
+    }
+    let topo = topology();
+    let (n2, a, b) = (&topo.node(2).ns, topo.pod("a"), topo.pod("b"));
+    let _capture = install(n2, &[b.ip]);
+    let plaintext = listener(n2, rules::INBOUND_PLAINTEXT_PORT);
+    let hbone = listener(n2, rules::HBONE_PORT);
+
+    for (port, listener) in [(8080, &plaintext), (rules::HBONE_PORT, &hbone)] {
+        let dst = SocketAddr::from((b.ip, port));
+        let client = a.ns.connect(dst).await.expect("connect to pod b");
+        let (orig, peer, _server) = accept(listener).await;
+        assert_eq!(orig, dst);
+        assert_eq!(peer, client.local_addr().unwrap());
+    }
+}
+
+#[tokio::test]
+async fn node_addresses_and_node_to_pod_traffic_are_not_captured() {
+    if !require_root() {
+        return;
+    }
+    let topo = topology();
+    let (node1, a) = (topo.node(1), topo.pod("a"));
+    let _capture = install(&node1.ns, &[a.ip]);
+    let outbound = listener(&node1.ns, rules::OUTBOUND_PORT);
+
+    // Pod → its node's own IP (fib daddr type local): reaches the node's app.
+    let node_addr = SocketAddr::from((node1.ip, 9000));
+    let echo_node = spawn_echo(node1.ns.listen(node_addr).unwrap());
+    let stream = a.ns.connect(node_addr).await.unwrap();
+    assert_eq!(round_trip(stream, b"to node").await.unwrap(), b"to node");
+
+    // Node → pod (a kubelet probe): locally generated, never captured.
+    let pod_addr = SocketAddr::from((a.ip, 8080));
+    let echo_pod = spawn_echo(a.ns.listen(pod_addr).unwrap());
+    let stream = node1.ns.connect(pod_addr).await.unwrap();
+    assert_eq!(round_trip(stream, b"probe").await.unwrap(), b"probe");
+
+    let stray = tokio::time::timeout(Duration::from_millis(200), outbound.accept()).await;
+    assert!(stray.is_err(), "15001 accepted something it should not");
+    echo_node.abort();
+    echo_pod.abort();
+}
+
+/// ztunnel's outbound socket: SO_MARK 0x539, IP_TRANSPARENT, bound to the
+/// client pod's IP, created in the node namespace.
+fn spoofed_socket(node: &Netns, src: Ipv4Addr) -> tokio::net::TcpSocket {
+    node.run(|| -> std::io::Result<tokio::net::TcpSocket> {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        socket.set_mark(rules::ZTUNNEL_MARK)?;
+        socket.set_ip_transparent_v4(true)?;
+        socket.bind(&SocketAddr::from((src, 0)).into())?;
+        socket.set_nonblocking(true)?;
+        Ok(tokio::net::TcpSocket::from_std_stream(socket.into()))
+    })
+    .unwrap()
+    .expect("spoofed socket")
+}
+
+#[tokio::test]
+async fn replies_to_spoofed_ztunnel_sockets_come_back_via_ct_mark() {
+    if !require_root() {
+        return;
+    }
+    let topo = topology();
+    let (n1, a, b) = (&topo.node(1).ns, topo.pod("a"), topo.pod("b"));
+    let dst = SocketAddr::from((b.ip, 8080));
+    let echo_b = spawn_echo(b.ns.listen(dst).unwrap());
+
+    // Without the rules, b's SYN-ACK goes to pod a, which resets it.
+    let without = tokio::time::timeout(
+        Duration::from_secs(1),
+        spoofed_socket(n1, a.ip).connect(dst),
+    )
+    .await;
+    assert!(
+        !matches!(without, Ok(Ok(_))),
+        "spoofed connect should not work without capture"
+    );
+
+    let _capture = install(n1, &[a.ip]);
+    let stream = tokio::time::timeout(WAIT, spoofed_socket(n1, a.ip).connect(dst))
+        .await
+        .expect("spoofed connect timed out")
+        .expect("spoofed connect");
+    assert_eq!(stream.local_addr().unwrap().ip(), a.ip);
+    let data = payload(64 * 1024);
+    let back = round_trip(stream, &data).await.unwrap();
+    assert!(back == data, "echo through spoofed socket differs");
+    echo_b.abort();
+}

@@ -1,0 +1,35 @@
+//! Listeners that accept TPROXY-ed connections, and reading the original
+//! destination back.
+
+use std::io;
+use std::net::SocketAddr;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Listen backlog of capture listeners.
+pub const LISTEN_BACKLOG: i32 = 1024;
+
+/// A tokio listener bound to `addr` (normally `0.0.0.0:<port>`) with
+/// IP_TRANSPARENT set before bind, so TPROXY can hand it connections for
+/// addresses that are not local. Also SO_REUSEADDR, non-blocking. Needs
+/// CAP_NET_ADMIN (or CAP_NET_RAW) and a tokio runtime context.
+pub fn transparent_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    match addr {
+        SocketAddr::V4(_) => socket.set_ip_transparent_v4(true)?,
+        SocketAddr::V6(_) => socket.set_ip_transparent_v6(true)?,
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// The original destination of a connection accepted through TPROXY: with
+/// TPROXY (unlike REDIRECT) the accepted socket's local address *is* the
+/// address the client dialled.
+pub fn orig_dst(stream: &TcpStream) -> io::Result<SocketAddr> {
+    stream.local_addr()
+}
