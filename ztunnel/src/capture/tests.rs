@@ -108,3 +108,26 @@ fn delete_script_is_idempotent_form() {
     );
     assert_eq!(ip_rule_selector(), "fwmark 0x400/0xfff lookup 100");
 }
+
+#[test]
+fn nft_errors_name_the_command_and_carry_stderr() {
+    // A syntax error is reported by nft before it touches the kernel, so this
+    // needs no privileges; only the binary.
+    let script = "table inet ambient {\n\tchain prerouting {\n\t\tbogus_keyword 1\n\t}\n}\n";
+    match super::apply_nft(script, "replace table inet ambient") {
+        Err(super::CaptureError::Spawn { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            eprintln!("SKIPPED: nft is not installed");
+        }
+        Err(err @ super::CaptureError::Failed { .. }) => {
+            let msg = err.to_string();
+            assert!(
+                msg.contains("nft -f - (replace table inet ambient)"),
+                "{msg}"
+            );
+            assert!(msg.contains("bogus_keyword"), "nft stderr missing: {msg}");
+        }
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}
