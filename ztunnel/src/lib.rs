@@ -7,9 +7,20 @@
 //! - [`classify`]: where an outbound connection goes ([`classify::Route`]);
 //! - [`policy`]: L4 authorization at the destination ([`policy::Decision`]).
 //!
-//! The I/O shell (capture, outbound, inbound, admin) is built on top.
+//! The I/O shell at the edges:
+//! - [`capture`]: the `inet ambient` nftables table, ip rule and transparent
+//!   listeners;
+//! - [`metrics`] (Istio names), [`accesslog`] (one JSON line per connection)
+//!   and [`admin`] (admin, metrics and readiness HTTP endpoints).
+//!
+//! Not built yet: the outbound and inbound data paths and the `ztunnel`
+//! binary that wires these together.
 
+pub mod accesslog;
+pub mod admin;
+pub mod capture;
 pub mod classify;
 pub mod config;
+pub mod metrics;
 pub mod policy;
 pub mod state;
