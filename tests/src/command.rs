@@ -86,6 +86,31 @@ impl ChildGuard {
         }
     }
 
+    /// Sends `signal` to the process (not its group).
+    pub fn signal(&self, signal: nix::sys::signal::Signal) -> Result<(), nix::errno::Errno> {
+        let pid = i32::try_from(self.id()).map_err(|_| nix::errno::Errno::ESRCH)?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
+    }
+
+    /// Waits up to `timeout` for the process to exit; `None` if it is still
+    /// running (or was already reaped).
+    pub fn wait_exit(&mut self, timeout: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        let child = self.child.as_mut()?;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    self.child = None;
+                    return Some(status);
+                }
+                Ok(None) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                _ => return None,
+            }
+        }
+    }
+
     /// Kills the process group and waits for the child. Idempotent.
     pub fn kill(&mut self) {
         let Some(mut child) = self.child.take() else {

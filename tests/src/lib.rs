@@ -16,6 +16,7 @@ mod skip;
 mod topology;
 
 pub mod echo;
+pub mod mesh;
 
 pub use command::{run, run_in, ChildGuard};
 pub use error::HarnessError;

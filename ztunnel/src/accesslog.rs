@@ -79,6 +79,13 @@ impl AccessLog {
         })
     }
 
+    /// Discards every event (tests, or `--access-log none`).
+    pub fn sink() -> Self {
+        AccessLog {
+            out: Mutex::new(Box::new(std::io::sink())),
+        }
+    }
+
     pub fn log(&self, event: &ConnEvent) {
         let line = event.to_json_line();
         let mut out = self.out.lock().expect("access log poisoned");

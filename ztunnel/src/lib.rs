@@ -18,9 +18,12 @@
 
 pub mod accesslog;
 pub mod admin;
+pub mod app;
 pub mod capture;
 pub mod classify;
 pub mod config;
 pub mod metrics;
 pub mod policy;
+pub mod proxy;
+pub mod source;
 pub mod state;

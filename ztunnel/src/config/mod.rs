@@ -23,6 +23,7 @@
 //! See `ztunnel/examples/demo-config.yaml` for a complete file.
 
 mod convert;
+mod locate;
 mod model;
 #[cfg(test)]
 mod tests;
@@ -93,6 +94,43 @@ pub enum ConfigError {
     },
     #[error("config is inconsistent")]
     State(#[source] StateError),
+    /// A semantic error, with the line it was found on.
+    #[error("line {line}: {error}")]
+    At {
+        line: usize,
+        error: Box<ConfigError>,
+    },
+}
+
+impl ConfigError {
+    /// The key path and value a semantic error is about.
+    fn key_value(&self) -> Option<(&str, String)> {
+        match self {
+            ConfigError::Duplicate { key, value }
+            | ConfigError::UnknownNamespace { key, value }
+            | ConfigError::UnknownNode { key, value }
+            | ConfigError::BadIp { key, value, .. }
+            | ConfigError::BadCidr { key, value, .. }
+            | ConfigError::BadPort { key, value }
+            | ConfigError::BadName { key, value, .. } => Some((key, value.clone())),
+            ConfigError::DuplicateIp { key, value, .. } => Some((key, value.to_string())),
+            _ => None,
+        }
+    }
+
+    /// Wraps a semantic error with its line in `text`, when it can be found.
+    fn located(self, text: &str) -> ConfigError {
+        let line = self
+            .key_value()
+            .and_then(|(key, value)| locate::locate(text, key, &value));
+        match line {
+            Some(line) => ConfigError::At {
+                line,
+                error: Box::new(self),
+            },
+            None => self,
+        }
+    }
 }
 
 /// Parses a config document into a snapshot.
@@ -109,7 +147,7 @@ pub fn parse(yaml: &str) -> Result<Snapshot, ConfigError> {
             source,
         }
     })?;
-    let parts = convert::to_parts(file.unwrap_or_default())?;
+    let parts = convert::to_parts(file.unwrap_or_default()).map_err(|e| e.located(yaml))?;
     Snapshot::build(parts).map_err(ConfigError::State)
 }
 

@@ -8,7 +8,7 @@ use std::fmt;
 use super::{Cidr, Labels};
 
 /// Which workloads a policy applies to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub enum PolicyScope {
     /// Every workload in the mesh (policies in the root namespace).
     Global,
@@ -19,14 +19,14 @@ pub enum PolicyScope {
 }
 
 /// What a matching policy does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum PolicyAction {
     Allow,
     Deny,
 }
 
 /// `<namespace>/<name>` of a policy, as carried by a denial.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 pub struct PolicyKey {
     pub namespace: String,
     pub name: String,
@@ -39,7 +39,7 @@ impl fmt::Display for PolicyKey {
 }
 
 /// One authorization policy.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Policy {
     pub name: String,
     pub namespace: String,
@@ -60,13 +60,13 @@ impl Policy {
 }
 
 /// A rule matches when all of its clauses match (no clauses: always).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
 pub struct Rule {
     pub clauses: Vec<Clause>,
 }
 
 /// A clause matches when any of its matches match (no matches: never).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
 pub struct Clause {
     pub matches: Vec<Match>,
 }
@@ -74,7 +74,7 @@ pub struct Clause {
 /// Conditions on one connection. Every non-empty field must hold: a positive
 /// list holds when any entry matches, a `not_` list when none does. An empty
 /// `Match` matches everything.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
 pub struct Match {
     pub namespaces: Vec<StringMatch>,
     pub not_namespaces: Vec<StringMatch>,
@@ -90,7 +90,7 @@ pub struct Match {
 }
 
 /// Istio's `StringMatch`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub enum StringMatch {
     Exact(String),
     Prefix(String),
@@ -125,14 +125,14 @@ impl StringMatch {
 }
 
 /// Istio's `ServiceAccountMatch`: an exact namespace and service account.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ServiceAccountMatch {
     pub namespace: String,
     pub service_account: String,
 }
 
 /// All authorization policies of a snapshot.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
 pub struct Policies(Vec<Policy>);
 
 impl Policies {

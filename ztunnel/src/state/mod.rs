@@ -16,6 +16,14 @@ use std::net::IpAddr;
 
 use hbone::SpiffeId;
 
+/// Serializes a value by its `Display` form (identities, CIDRs).
+pub(crate) fn serialize_display<T: std::fmt::Display, S: serde::Serializer>(
+    v: &T,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
 pub use authz::{
     Clause, Match, Policies, Policy, PolicyAction, PolicyKey, PolicyScope, Rule,
     ServiceAccountMatch, StringMatch,
@@ -48,7 +56,7 @@ pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 pub const CLUSTER_DOMAIN: &str = "cluster.local";
 
 /// How a workload receives mesh traffic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 pub enum Tunnel {
     /// Plain TCP: not in the mesh.
     #[default]
@@ -58,7 +66,7 @@ pub enum Tunnel {
 }
 
 /// Whether a namespace accepts plaintext inbound traffic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 pub enum MtlsMode {
     /// Plaintext inbound (port 15006) is allowed, subject to policy.
     #[default]
@@ -68,14 +76,14 @@ pub enum MtlsMode {
 }
 
 /// A node running one ztunnel.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Node {
     pub name: String,
     pub ip: IpAddr,
 }
 
 /// A namespace: its labels decide ambient enrolment and the default waypoint.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Namespace {
     pub name: String,
     pub labels: Labels,
@@ -83,11 +91,12 @@ pub struct Namespace {
 }
 
 /// A waypoint proxy: where HBONE goes instead of the destination pod.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Waypoint {
     /// The waypoint pod's IP; HBONE goes to `address:15008`.
     pub address: IpAddr,
     /// The identity its certificate must carry.
+    #[serde(serialize_with = "serialize_display")]
     pub identity: SpiffeId,
 }
 
@@ -99,7 +108,7 @@ impl Waypoint {
 }
 
 /// A pod (or VM) that can send or receive traffic.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Workload {
     /// Unique key; `<namespace>/<name>` when the source gives none.
     pub uid: String,
@@ -142,14 +151,14 @@ impl Workload {
 }
 
 /// A port a Service exposes, and the pod port it maps to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct ServicePort {
     pub port: u16,
     pub target_port: u16,
 }
 
 /// A Kubernetes Service: virtual IPs load-balanced over endpoint pods.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Service {
     pub name: String,
     pub namespace: String,

@@ -1,0 +1,249 @@
+//! Real `ztunnel` processes on the nodes of a [`Topology`], sharing one dev
+//! CA and one config file, with their access logs and stderr in a scratch
+//! directory that is removed on drop (and printed first if the test failed).
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::command::ChildGuard;
+use crate::netns::Netns;
+use crate::topology::Topology;
+
+/// How long a ztunnel may take to become ready.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
+pub const READINESS_PORT: u16 = 15021;
+pub const METRICS_PORT: u16 = 15020;
+pub const ADMIN_PORT: u16 = 15000;
+
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+/// The `ztunnel` binary under test: `$ZTUNNEL_BIN`, or `ztunnel` next to the
+/// test executable's directory (`target/<profile>/ztunnel`).
+pub fn ztunnel_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("ZTUNNEL_BIN") {
+        return bin.into();
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps");
+    let bin = profile_dir.join("ztunnel");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p ztunnel` first (scripts/test-all does), or set ZTUNNEL_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// One ztunnel per node, started on demand.
+pub struct Mesh {
+    dir: PathBuf,
+    config: PathBuf,
+    ca_dir: PathBuf,
+    nodes: Vec<Netns>,
+    ztunnels: Vec<Option<ChildGuard>>,
+}
+
+impl Mesh {
+    /// Writes `config_yaml` and creates the shared CA; starts nothing.
+    pub fn new(topo: &Topology, config_yaml: &str) -> Mesh {
+        let dir = std::env::temp_dir().join(format!(
+            "{}-mesh-{}-{}",
+            topo.id(),
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("mesh scratch dir");
+        let ca_dir = dir.join("ca");
+        hbone::ca::DevCa::load_or_create(&ca_dir).expect("dev CA");
+        let nodes: Vec<Netns> = topo.nodes().iter().map(|n| n.ns.clone()).collect();
+        let mesh = Mesh {
+            config: dir.join("config.yaml"),
+            ca_dir,
+            ztunnels: nodes.iter().map(|_| None).collect(),
+            nodes,
+            dir,
+        };
+        mesh.write_config(config_yaml);
+        mesh
+    }
+
+    /// Replaces the config file atomically (write, then rename).
+    pub fn write_config(&self, yaml: &str) {
+        let tmp = self.dir.join("config.yaml.tmp");
+        std::fs::write(&tmp, yaml).expect("write config");
+        std::fs::rename(&tmp, &self.config).expect("rename config");
+    }
+
+    pub fn ca_dir(&self) -> &Path {
+        &self.ca_dir
+    }
+
+    /// The access log of node `node` (1-based).
+    pub fn access_log_path(&self, node: usize) -> PathBuf {
+        self.dir.join(format!("access-node{node}.log"))
+    }
+
+    fn stderr_path(&self, node: usize) -> PathBuf {
+        self.dir.join(format!("ztunnel-node{node}.stderr"))
+    }
+
+    /// Starts ztunnel on node `node` (1-based) and waits until it is ready.
+    pub fn start(&mut self, node: usize) {
+        let ns = self.nodes[node - 1].clone();
+        let bin = ztunnel_bin();
+        let script = format!("exec \"$0\" \"$@\" 2>>{}", self.stderr_path(node).display());
+        let node_name = format!("node{node}");
+        let log = self.access_log_path(node);
+        let argv = [
+            "sh",
+            "-c",
+            &script,
+            bin.to_str().expect("utf-8 path"),
+            "--node",
+            &node_name,
+            "--config-file",
+            self.config.to_str().expect("utf-8 path"),
+            "--ca-dir",
+            self.ca_dir.to_str().expect("utf-8 path"),
+            "--access-log",
+            log.to_str().expect("utf-8 path"),
+            "--poll-interval",
+            "100ms",
+            "--drain-timeout",
+            "2s",
+        ];
+        let child = ns.spawn(&argv).expect("spawn ztunnel");
+        self.ztunnels[node - 1] = Some(child);
+        self.wait_ready(node);
+    }
+
+    /// Starts every node's ztunnel.
+    pub fn start_all(&mut self) {
+        for node in 1..=self.nodes.len() {
+            self.start(node);
+        }
+    }
+
+    fn wait_ready(&mut self, node: usize) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Ok((200, _)) = self.http_get(node, READINESS_PORT, "/healthz/ready") {
+                return;
+            }
+            let child = self.ztunnels[node - 1].as_mut().expect("started");
+            if !child.is_running() {
+                panic!(
+                    "ztunnel on node{node} exited during startup:\n{}",
+                    self.stderr(node)
+                );
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "ztunnel on node{node} not ready after {READY_TIMEOUT:?}:\n{}",
+                    self.stderr(node)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self, node: usize) -> ExitStatus {
+        let mut child = self.ztunnels[node - 1].take().expect("ztunnel running");
+        child
+            .signal(nix::sys::signal::Signal::SIGTERM)
+            .expect("signal ztunnel");
+        child
+            .wait_exit(Duration::from_secs(15))
+            .unwrap_or_else(|| panic!("ztunnel on node{node} ignored SIGTERM"))
+    }
+
+    /// SIGKILLs the node's ztunnel (a crash): nothing gets cleaned up.
+    pub fn kill(&mut self, node: usize) {
+        let mut child = self.ztunnels[node - 1].take().expect("ztunnel running");
+        child.kill();
+    }
+
+    /// A plain HTTP/1.1 GET to `127.0.0.1:port` inside the node namespace.
+    pub fn http_get(&self, node: usize, port: u16, path: &str) -> std::io::Result<(u16, String)> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut s = self.nodes[node - 1].std_connect(addr)?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n"
+        )?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        let status = out
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+        Ok((status, body.to_owned()))
+    }
+
+    /// `/metrics` of the node's ztunnel.
+    pub fn metrics(&self, node: usize) -> String {
+        let (status, body) = self
+            .http_get(node, METRICS_PORT, "/metrics")
+            .expect("GET /metrics");
+        assert_eq!(status, 200, "GET /metrics: {body}");
+        body
+    }
+
+    /// Every access-log event of the node so far.
+    pub fn access_log(&self, node: usize) -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(self.access_log_path(node)).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Waits up to 5 s for an access-log event on `node` matching `pred`.
+    pub fn wait_event<F>(&self, node: usize, what: &str, pred: F) -> serde_json::Value
+    where
+        F: Fn(&serde_json::Value) -> bool,
+    {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(ev) = self.access_log(node).into_iter().find(|e| pred(e)) {
+                return ev;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "no access-log event on node{node} for {what}; log:\n{}",
+                    std::fs::read_to_string(self.access_log_path(node)).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The node's ztunnel stderr so far.
+    pub fn stderr(&self, node: usize) -> String {
+        std::fs::read_to_string(self.stderr_path(node)).unwrap_or_default()
+    }
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        for z in self.ztunnels.iter_mut().flatten() {
+            z.kill();
+        }
+        if std::thread::panicking() {
+            for node in 1..=self.nodes.len() {
+                eprintln!("--- ztunnel node{node} stderr ---\n{}", self.stderr(node));
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

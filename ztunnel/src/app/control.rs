@@ -1,0 +1,189 @@
+//! Applying config: each new snapshot is published to the data path, then
+//! capture, certificates and live connections are brought in line with it.
+//! A malformed file, or a failed nft run, leaves the last good state in
+//! force and is retried; neither ever stops traffic.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hbone::cert::CertStore;
+use hbone::drain::Drain;
+use hbone::SpiffeId;
+use tokio::sync::watch;
+
+use crate::capture::Capture;
+use crate::metrics::Metrics;
+use crate::proxy::conns::Connections;
+use crate::source::{Change, FileSource};
+use crate::state::Snapshot;
+
+/// The identities of ambient pods on `node`: certificates to hold.
+pub fn local_identities(snap: &Snapshot, node: &str) -> BTreeSet<SpiffeId> {
+    snap.workloads()
+        .filter(|w| w.node == node && snap.is_ambient(w))
+        .map(|w| w.identity())
+        .collect()
+}
+
+/// The IPv4 addresses to capture on `node` (capture is IPv4 only for now).
+pub fn capture_set(snap: &Snapshot, node: &str) -> BTreeSet<Ipv4Addr> {
+    snap.local_ambient_ips(node)
+        .into_iter()
+        .filter_map(|ip| match ip {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(_) => None,
+        })
+        .collect()
+}
+
+/// Keeps capture, certificates and live connections in line with the
+/// published snapshot.
+pub struct Controller {
+    pub node: String,
+    pub state: watch::Sender<Arc<Snapshot>>,
+    pub certs: Arc<CertStore>,
+    pub conns: Arc<Connections>,
+    pub metrics: Arc<Metrics>,
+    /// `None` when running without capture.
+    pub capture: Option<Arc<Mutex<Capture>>>,
+}
+
+impl Controller {
+    /// Publishes `snap` and reconciles everything that depends on it.
+    pub async fn apply(&self, snap: Snapshot) {
+        let snap = Arc::new(snap);
+        let before = self.state.send_replace(snap.clone());
+        self.metrics.config_updates.inc();
+        self.reconcile_capture(&snap).await;
+        self.reconcile_certs(&before, &snap);
+        let revoked = self.conns.revoke_denied(&snap);
+        tracing::info!(
+            workloads = snap.workloads().count(),
+            services = snap.services().count(),
+            policies = snap.policies().len(),
+            revoked,
+            "config applied"
+        );
+    }
+
+    /// Replaces the nft table if the local pod set differs from what is
+    /// installed. On failure the old rules stay and the next call retries.
+    pub async fn reconcile_capture(&self, snap: &Snapshot) {
+        let Some(capture) = &self.capture else { return };
+        let want = capture_set(snap, &self.node);
+        if capture.lock().expect("capture poisoned").pods() == &want {
+            return;
+        }
+        let capture = capture.clone();
+        let pods = want.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            capture.lock().expect("capture poisoned").update(&pods)
+        })
+        .await;
+        match result {
+            Ok(Ok(())) => tracing::info!(pods = want.len(), "capture updated"),
+            Ok(Err(e)) => {
+                self.metrics.capture_errors.inc();
+                tracing::error!(error = %e, "updating capture rules failed; keeping the old rules");
+            }
+            Err(e) => {
+                self.metrics.capture_errors.inc();
+                tracing::error!(error = %e, "capture update task failed");
+            }
+        }
+    }
+
+    /// Pre-fetches certificates for pods that appeared on this node and
+    /// forgets those of pods that left (live tunnels keep their own copy).
+    fn reconcile_certs(&self, before: &Snapshot, after: &Snapshot) {
+        let old = local_identities(before, &self.node);
+        let new = local_identities(after, &self.node);
+        for id in new.difference(&old) {
+            self.certs.prefetch(id.clone());
+        }
+        for id in old.difference(&new) {
+            self.certs.forget(id);
+        }
+    }
+
+    /// Polls `source` every `interval` until drained, applying valid changes
+    /// and retrying a failed capture update on every tick.
+    pub async fn watch_file(&self, mut source: FileSource, interval: Duration, drain: Drain) {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut watch = drain.watch();
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                () = watch.signaled() => return,
+            }
+            let path = source.path().display().to_string();
+            // Reading and parsing a large file must not stall the runtime.
+            let (returned, change) = match tokio::task::spawn_blocking(move || {
+                let change = source.poll();
+                (source, change)
+            })
+            .await
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "config poll task failed");
+                    return;
+                }
+            };
+            source = returned;
+            match change {
+                Change::Unchanged => {
+                    let snap = self.state.borrow().clone();
+                    self.reconcile_capture(&snap).await;
+                }
+                Change::Updated(snap) => self.apply(*snap).await,
+                Change::Rejected(e) => {
+                    self.metrics.config_rejected.inc();
+                    tracing::error!(file = %path, error = %e, "config rejected; the last good config stays in force");
+                }
+                Change::Unreadable(e) => {
+                    self.metrics.config_rejected.inc();
+                    tracing::error!(file = %path, error = %e, "config unreadable; the last good config stays in force");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config;
+
+    #[test]
+    fn local_sets_follow_the_namespace_label_and_opt_out() {
+        let snap = config::parse(
+            r#"
+nodes: [{name: n1, ip: 10.0.0.1}, {name: n2, ip: 10.0.0.2}]
+namespaces:
+  - {name: shop, labels: {istio.io/dataplane-mode: ambient}}
+  - {name: legacy}
+workloads:
+  - {name: a, namespace: shop, serviceAccount: a, ip: 10.1.1.10, node: n1}
+  - {name: b, namespace: shop, serviceAccount: b, ip: 10.1.2.10, node: n2}
+  - {name: c, namespace: shop, ip: 10.1.1.11, node: n1, labels: {istio.io/dataplane-mode: none}}
+  - {name: d, namespace: legacy, ip: 10.1.1.12, node: n1}
+"#,
+        )
+        .unwrap();
+        let ips: Vec<String> = capture_set(&snap, "n1")
+            .iter()
+            .map(|i| i.to_string())
+            .collect();
+        assert_eq!(ips, ["10.1.1.10"]);
+        let ids: Vec<String> = local_identities(&snap, "n1")
+            .iter()
+            .map(|i| i.to_string())
+            .collect();
+        assert_eq!(ids, ["spiffe://cluster.local/ns/shop/sa/a"]);
+        assert!(capture_set(&snap, "n3").is_empty());
+    }
+}

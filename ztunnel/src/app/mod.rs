@@ -1,0 +1,427 @@
+//! The ztunnel process: loads config and the CA, installs capture, serves
+//! the data path, and drains on SIGTERM.
+//!
+//! Two runtimes, so neither side can starve the other (STYLE rule 7): the
+//! data path runs on a multi-thread runtime; admin endpoints, the config
+//! watcher and certificate rotation run on a current-thread runtime on their
+//! own OS thread.
+
+pub mod control;
+pub mod dump;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hbone::ca::{CaError, DevCa};
+use hbone::cert::CertStore;
+use hbone::client::{ClientConfig, HboneClient};
+use hbone::drain::Drain;
+use hbone::server::{HboneServer, ServerConfig};
+use http::{Method, StatusCode};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+
+use crate::accesslog::AccessLog;
+use crate::admin::{self, json, text, Route};
+use crate::capture::{transparent_listener, Capture, CaptureError};
+use crate::config::{self, ConfigError};
+use crate::metrics::Metrics;
+use crate::proxy::inbound::{serve_plaintext, HboneInbound, LocalIdentities};
+use crate::proxy::outbound::serve_outbound;
+use crate::proxy::record::Telemetry;
+use crate::proxy::Proxy;
+use crate::source::FileSource;
+use crate::state::Snapshot;
+use control::Controller;
+
+/// Ports from DESIGN §2.
+pub const OUTBOUND_ADDR: &str = "0.0.0.0:15001";
+pub const INBOUND_PLAINTEXT_ADDR: &str = "0.0.0.0:15006";
+pub const HBONE_ADDR: &str = "0.0.0.0:15008";
+pub const ADMIN_ADDR: &str = "127.0.0.1:15000";
+pub const METRICS_ADDR: &str = "0.0.0.0:15020";
+pub const READINESS_ADDR: &str = "0.0.0.0:15021";
+/// How long SIGTERM waits for open connections before cutting them.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long startup waits for the local pods' certificates.
+const CERT_STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often certificates are checked for rotation.
+const ROTATION_CHECK: Duration = Duration::from_secs(1);
+
+/// Where access-log lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    Stdout,
+    File(PathBuf),
+    Off,
+}
+
+/// The listen addresses.
+#[derive(Debug, Clone)]
+pub struct Listeners {
+    pub outbound: SocketAddr,
+    pub inbound_plaintext: SocketAddr,
+    pub hbone: SocketAddr,
+    pub admin: SocketAddr,
+    pub metrics: SocketAddr,
+    pub readiness: SocketAddr,
+}
+
+impl Default for Listeners {
+    fn default() -> Self {
+        let p = |s: &str| s.parse().expect("constant address");
+        Listeners {
+            outbound: p(OUTBOUND_ADDR),
+            inbound_plaintext: p(INBOUND_PLAINTEXT_ADDR),
+            hbone: p(HBONE_ADDR),
+            admin: p(ADMIN_ADDR),
+            metrics: p(METRICS_ADDR),
+            readiness: p(READINESS_ADDR),
+        }
+    }
+}
+
+/// Everything `ztunnel` is started with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub node: String,
+    pub config_file: PathBuf,
+    pub ca_dir: PathBuf,
+    pub cert_ttl: Duration,
+    /// Install nftables capture and use transparent, marked sockets.
+    pub capture: bool,
+    pub listeners: Listeners,
+    pub access_log: AccessLogTarget,
+    pub drain_timeout: Duration,
+    pub poll_interval: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("loading config")]
+    Config(#[source] ConfigError),
+    #[error("node {0:?} is not in the config's node list")]
+    UnknownNode(String),
+    #[error("loading the CA")]
+    Ca(#[source] CaError),
+    #[error("installing capture")]
+    Capture(#[source] CaptureError),
+    #[error("listening on {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("opening access log {path}")]
+    AccessLog {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("starting the runtime")]
+    Runtime(#[source] std::io::Error),
+}
+
+/// Runs ztunnel until SIGTERM, SIGINT or `POST /quitquitquit`.
+pub fn run(cfg: Config) -> Result<(), AppError> {
+    let snap = config::load(&cfg.config_file).map_err(AppError::Config)?;
+    if snap.node(&cfg.node).is_none() {
+        return Err(AppError::UnknownNode(cfg.node.clone()));
+    }
+    let ca = DevCa::load_or_create(&cfg.ca_dir)
+        .map_err(AppError::Ca)?
+        .with_leaf_ttl(cfg.cert_ttl);
+    let access_log = Arc::new(match &cfg.access_log {
+        AccessLogTarget::Stdout => AccessLog::stdout(),
+        AccessLogTarget::Off => AccessLog::sink(),
+        AccessLogTarget::File(path) => {
+            AccessLog::file(path).map_err(|source| AppError::AccessLog {
+                path: path.clone(),
+                source,
+            })?
+        }
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("ztunnel-data")
+        .build()
+        .map_err(AppError::Runtime)?;
+    let shared = Shared {
+        certs: CertStore::new(Arc::new(ca)),
+        metrics: Metrics::new(),
+        drain: Drain::new(),
+        ready: Arc::new(AtomicBool::new(false)),
+        shutdown: Arc::new(Notify::new()),
+    };
+    runtime.block_on(serve(cfg, snap, shared, access_log))
+}
+
+/// Handles shared by the data path and the control thread.
+#[derive(Clone)]
+struct Shared {
+    certs: Arc<CertStore>,
+    metrics: Arc<Metrics>,
+    drain: Drain,
+    ready: Arc<AtomicBool>,
+    shutdown: Arc<Notify>,
+}
+
+async fn serve(
+    cfg: Config,
+    snap: Snapshot,
+    shared: Shared,
+    access_log: Arc<AccessLog>,
+) -> Result<(), AppError> {
+    let capture = if cfg.capture {
+        let pods = control::capture_set(&snap, &cfg.node);
+        let installed = tokio::task::spawn_blocking(move || Capture::install(&pods))
+            .await
+            .expect("capture install task panicked")
+            .map_err(AppError::Capture)?;
+        Some(Arc::new(Mutex::new(installed)))
+    } else {
+        None
+    };
+    let result = serve_captured(cfg.clone(), snap, shared, access_log, capture.clone()).await;
+    if capture.is_some() {
+        match tokio::task::spawn_blocking(Capture::remove).await {
+            Ok(Ok(())) => tracing::info!("capture rules removed"),
+            Ok(Err(e)) => tracing::error!(error = %e, "removing capture rules failed"),
+            Err(e) => tracing::error!(error = %e, "capture removal task failed"),
+        }
+    }
+    result
+}
+
+async fn serve_captured(
+    cfg: Config,
+    snap: Snapshot,
+    shared: Shared,
+    access_log: Arc<AccessLog>,
+    capture: Option<Arc<Mutex<Capture>>>,
+) -> Result<(), AppError> {
+    let bind = |addr: SocketAddr| listen(addr, cfg.capture);
+    let outbound = bind(cfg.listeners.outbound)?;
+    let plaintext = bind(cfg.listeners.inbound_plaintext)?;
+    let hbone = bind(cfg.listeners.hbone)?;
+    let initial_ids = control::local_identities(&snap, &cfg.node);
+    let (state_tx, state_rx) = watch::channel(Arc::new(snap));
+    let client = HboneClient::new(
+        shared.certs.clone(),
+        ClientConfig {
+            mark: cfg.capture.then_some(crate::capture::rules::ZTUNNEL_MARK),
+            ..ClientConfig::default()
+        },
+    );
+    let telemetry = Telemetry {
+        metrics: shared.metrics.clone(),
+        access_log,
+    };
+    let proxy = Proxy::new(
+        cfg.node.clone(),
+        state_rx,
+        shared.certs.clone(),
+        client,
+        telemetry,
+        shared.drain.clone(),
+        cfg.capture,
+    );
+    let controller = Arc::new(Controller {
+        node: cfg.node.clone(),
+        state: state_tx,
+        certs: shared.certs.clone(),
+        conns: proxy.conns.clone(),
+        metrics: shared.metrics.clone(),
+        capture,
+    });
+    prefetch(&shared.certs, initial_ids).await;
+
+    tokio::spawn(serve_outbound(proxy.clone(), outbound));
+    tokio::spawn(serve_plaintext(proxy.clone(), plaintext));
+    let server = HboneServer::new(
+        Arc::new(LocalIdentities(proxy.clone())),
+        Arc::new(HboneInbound(proxy.clone())),
+        ServerConfig::default(),
+    );
+    let hbone_drain = shared.drain.clone();
+    tokio::spawn(async move { server.serve(hbone, hbone_drain).await });
+
+    let control = spawn_control_thread(&cfg, &shared, controller)?;
+    shared.ready.store(true, Ordering::Release);
+    tracing::info!(node = %cfg.node, "ztunnel ready");
+
+    wait_for_shutdown(&shared.shutdown).await;
+    shared.ready.store(false, Ordering::Release);
+    shared.drain.signal();
+    let open = proxy.telemetry.metrics.active_connections.get();
+    tracing::info!(open, timeout = ?cfg.drain_timeout, "draining");
+    if tokio::time::timeout(cfg.drain_timeout, shared.drain.wait_idle())
+        .await
+        .is_err()
+    {
+        let left = proxy.telemetry.metrics.active_connections.get();
+        tracing::warn!(left, "drain timed out; closing the remaining connections");
+    }
+    let _ = control.join();
+    Ok(())
+}
+
+/// Binds a capture listener: transparent (TPROXY) with capture, plain without.
+fn listen(addr: SocketAddr, transparent: bool) -> Result<TcpListener, AppError> {
+    let bound = if transparent {
+        transparent_listener(addr)
+    } else {
+        std::net::TcpListener::bind(addr).and_then(|l| {
+            l.set_nonblocking(true)?;
+            TcpListener::from_std(l)
+        })
+    };
+    bound.map_err(|source| AppError::Bind { addr, source })
+}
+
+/// Fetches the local pods' certificates before declaring readiness.
+async fn prefetch(certs: &Arc<CertStore>, ids: std::collections::BTreeSet<hbone::SpiffeId>) {
+    let fetches = ids.into_iter().map(|id| {
+        let certs = certs.clone();
+        async move {
+            if let Err(e) = certs.get(&id).await {
+                tracing::warn!(identity = %id, error = %e, "certificate fetch failed");
+            }
+        }
+    });
+    let all = futures::future::join_all(fetches);
+    if tokio::time::timeout(CERT_STARTUP_TIMEOUT, all)
+        .await
+        .is_err()
+    {
+        tracing::warn!("certificates still loading; continuing");
+    }
+}
+
+async fn wait_for_shutdown(shutdown: &Notify) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = int.recv() => tracing::info!("SIGINT"),
+        () = shutdown.notified() => tracing::info!("shutdown requested"),
+    }
+}
+
+/// Admin endpoints, the config watcher and certificate rotation, on their
+/// own current-thread runtime.
+fn spawn_control_thread(
+    cfg: &Config,
+    shared: &Shared,
+    controller: Arc<Controller>,
+) -> Result<std::thread::JoinHandle<()>, AppError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(AppError::Runtime)?;
+    // Bind here, so a port clash fails startup instead of a log line.
+    let std_listen = |addr: SocketAddr| {
+        std::net::TcpListener::bind(addr)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .map_err(|source| AppError::Bind { addr, source })
+    };
+    let admin_l = std_listen(cfg.listeners.admin)?;
+    let metrics_l = std_listen(cfg.listeners.metrics)?;
+    let ready_l = std_listen(cfg.listeners.readiness)?;
+    let (cfg, shared) = (cfg.clone(), shared.clone());
+    let thread = std::thread::Builder::new()
+        .name("ztunnel-control".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let drain = shared.drain.clone();
+                let tokio_l = |l: std::net::TcpListener| {
+                    TcpListener::from_std(l).expect("listener registers with the runtime")
+                };
+                tokio::spawn(admin::serve(
+                    tokio_l(admin_l),
+                    admin_route(&shared, &controller),
+                    drain.clone(),
+                ));
+                tokio::spawn(admin::serve(
+                    tokio_l(metrics_l),
+                    metrics_route(&shared),
+                    drain.clone(),
+                ));
+                tokio::spawn(admin::serve(
+                    tokio_l(ready_l),
+                    ready_route(&shared),
+                    drain.clone(),
+                ));
+                let rotation = shared.certs.spawn_rotation(ROTATION_CHECK);
+                let source = FileSource::new(&cfg.config_file);
+                // The initial contents are already applied; the first poll
+                // sees them as new and re-applies them idempotently.
+                controller
+                    .watch_file(source, cfg.poll_interval, drain)
+                    .await;
+                rotation.abort();
+            })
+        })
+        .map_err(AppError::Runtime)?;
+    Ok(thread)
+}
+
+fn ready_reply(ready: &AtomicBool) -> admin::Reply {
+    if ready.load(Ordering::Acquire) {
+        text(StatusCode::OK, "ready\n")
+    } else {
+        text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
+
+fn ready_route(shared: &Shared) -> Route {
+    let ready = shared.ready.clone();
+    Arc::new(move |_m: &Method, path: &str| match path {
+        "/healthz/ready" => ready_reply(&ready),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    })
+}
+
+fn metrics_route(shared: &Shared) -> Route {
+    let metrics = shared.metrics.clone();
+    Arc::new(move |_m: &Method, path: &str| match path {
+        "/metrics" | "/stats/prometheus" => (
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            metrics.encode(),
+        ),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    })
+}
+
+fn admin_route(shared: &Shared, controller: &Arc<Controller>) -> Route {
+    let (shared, controller) = (shared.clone(), controller.clone());
+    Arc::new(move |method: &Method, path: &str| match (method, path) {
+        (_, "/config_dump") => {
+            let snap = controller.state.borrow().clone();
+            let captured: Vec<String> = match &controller.capture {
+                Some(c) => {
+                    let c = c.lock().expect("capture poisoned");
+                    c.pods().iter().map(|ip| ip.to_string()).collect()
+                }
+                None => Vec::new(),
+            };
+            json(dump::render(
+                &controller.node,
+                &snap,
+                &captured,
+                &shared.certs.all(),
+            ))
+        }
+        (_, "/healthz/ready") => ready_reply(&shared.ready),
+        (&Method::POST, "/quitquitquit") => {
+            shared.shutdown.notify_one();
+            text(StatusCode::OK, "shutting down\n")
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    })
+}

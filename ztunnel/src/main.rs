@@ -1,0 +1,152 @@
+//! `ztunnel`: the ambient-mesh node proxy. See `ztunnel --help`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use ztunnel::app::{self, AccessLogTarget, Config, Listeners};
+
+/// Node proxy for ambient mesh: captures pod traffic with TPROXY and carries
+/// it over HBONE (mutual TLS 1.3 + HTTP/2 CONNECT).
+#[derive(Debug, Parser)]
+#[command(name = "ztunnel", version)]
+struct Args {
+    /// This node's name, as it appears in the config's node list.
+    #[arg(long, env = "NODE_NAME")]
+    node: String,
+    /// The local config file (nodes, namespaces, workloads, services,
+    /// policies). Watched and applied live.
+    #[arg(long, env = "ZTUNNEL_CONFIG_FILE")]
+    config_file: PathBuf,
+    /// Directory of the dev CA (root-cert.pem, root-key.pem); created on
+    /// first start. Every ztunnel of a mesh must share the same root.
+    #[arg(long, env = "ZTUNNEL_CA_DIR")]
+    ca_dir: PathBuf,
+    /// Create the CA in --ca-dir if missing, print the root's path, and exit.
+    #[arg(long)]
+    init_ca: bool,
+    /// Lifetime of workload certificates (rotated at half-life), e.g. 24h, 90s.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    cert_ttl: Duration,
+    /// Run without nftables capture or transparent sockets (for trying the
+    /// proxy on loopback without root).
+    #[arg(long)]
+    no_capture: bool,
+    /// Access log: `-` for stdout, `off`, or a file path (appended).
+    #[arg(long, default_value = "-")]
+    access_log: String,
+    /// How long SIGTERM waits for open connections, e.g. 5s.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    drain_timeout: Duration,
+    /// How often the config file is checked for changes, e.g. 200ms.
+    #[arg(long, default_value = "200ms", value_parser = parse_duration)]
+    poll_interval: Duration,
+    #[arg(long, default_value = app::OUTBOUND_ADDR)]
+    outbound_addr: std::net::SocketAddr,
+    #[arg(long, default_value = app::INBOUND_PLAINTEXT_ADDR)]
+    inbound_plaintext_addr: std::net::SocketAddr,
+    #[arg(long, default_value = app::HBONE_ADDR)]
+    hbone_addr: std::net::SocketAddr,
+    #[arg(long, default_value = app::ADMIN_ADDR)]
+    admin_addr: std::net::SocketAddr,
+    #[arg(long, default_value = app::METRICS_ADDR)]
+    metrics_addr: std::net::SocketAddr,
+    #[arg(long, default_value = app::READINESS_ADDR)]
+    readiness_addr: std::net::SocketAddr,
+}
+
+/// `90s`, `200ms`, `5m`, `24h`.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 90s, 200ms, 5m or 24h"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("{s:?} has unit {unit:?}; use ms, s, m or h")),
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    if args.init_ca {
+        return match hbone::ca::DevCa::load_or_create(&args.ca_dir) {
+            Ok(_) => {
+                println!("{}", args.ca_dir.join(hbone::ca::ROOT_CERT_FILE).display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => report(&e),
+        };
+    }
+    let access_log = match args.access_log.as_str() {
+        "-" => AccessLogTarget::Stdout,
+        "off" => AccessLogTarget::Off,
+        path => AccessLogTarget::File(path.into()),
+    };
+    let config = Config {
+        node: args.node,
+        config_file: args.config_file,
+        ca_dir: args.ca_dir,
+        cert_ttl: args.cert_ttl,
+        capture: !args.no_capture,
+        listeners: Listeners {
+            outbound: args.outbound_addr,
+            inbound_plaintext: args.inbound_plaintext_addr,
+            hbone: args.hbone_addr,
+            admin: args.admin_addr,
+            metrics: args.metrics_addr,
+            readiness: args.readiness_addr,
+        },
+        access_log,
+        drain_timeout: args.drain_timeout,
+        poll_interval: args.poll_interval,
+    };
+    match app::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => report(&e),
+    }
+}
+
+/// Prints `error: <err>: <cause>: ...` and fails.
+fn report(err: &dyn std::error::Error) -> ExitCode {
+    let mut msg = format!("error: {err}");
+    let mut cur = err.source();
+    while let Some(c) = cur {
+        msg.push_str(": ");
+        msg.push_str(&c.to_string());
+        cur = c.source();
+    }
+    eprintln!("{msg}");
+    ExitCode::FAILURE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        for (s, want) in [
+            ("200ms", Some(Duration::from_millis(200))),
+            ("90s", Some(Duration::from_secs(90))),
+            ("5m", Some(Duration::from_secs(300))),
+            ("24h", Some(Duration::from_secs(86400))),
+            ("5", None),
+            ("s", None),
+            ("1d", None),
+        ] {
+            assert_eq!(parse_duration(s).ok(), want, "{s}");
+        }
+    }
+}

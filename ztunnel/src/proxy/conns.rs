@@ -1,0 +1,251 @@
+//! Live inbound connections, so a policy change can close the ones it now
+//! denies (DESIGN §5). The re-check ([`recheck`]) is pure; the registry only
+//! stores what the check needs and a way to cancel the connection.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use hbone::SpiffeId;
+use tokio::sync::watch;
+
+use crate::policy::{authorize, ConnCtx, Decision, Denial};
+use crate::state::{MtlsMode, Snapshot};
+
+/// What authorized an inbound connection, kept to authorize it again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authorized {
+    /// `None` for plaintext (arrived on 15006).
+    pub src_identity: Option<SpiffeId>,
+    pub src_ip: IpAddr,
+    pub dst_uid: String,
+    pub dst_port: u16,
+}
+
+/// Why a live connection must now close.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revoked {
+    Denied(Denial),
+    /// Plaintext into a namespace that became STRICT.
+    StrictMtls,
+}
+
+impl std::fmt::Display for Revoked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Revoked::Denied(d) => write!(f, "policy changed: {d}"),
+            Revoked::StrictMtls => f.write_str("policy changed: STRICT mTLS refuses plaintext"),
+        }
+    }
+}
+
+/// Authorizes `conn` again under `snap`. A destination that left the config
+/// keeps its connection: removal is not a policy decision.
+pub fn recheck(snap: &Snapshot, conn: &Authorized) -> Option<Revoked> {
+    let dst = snap.workload_by_uid(&conn.dst_uid)?;
+    if conn.src_identity.is_none() && snap.mtls_mode(&dst.namespace) == MtlsMode::Strict {
+        return Some(Revoked::StrictMtls);
+    }
+    let ctx = ConnCtx {
+        src_identity: conn.src_identity.clone(),
+        src_ip: conn.src_ip,
+        dst,
+        dst_port: conn.dst_port,
+    };
+    match authorize(snap.policies(), &ctx) {
+        Decision::Allow => None,
+        Decision::Deny(d) => Some(Revoked::Denied(d)),
+    }
+}
+
+struct Entry {
+    auth: Authorized,
+    cancel: watch::Sender<Option<Revoked>>,
+}
+
+/// The registry of live inbound connections.
+#[derive(Default)]
+pub struct Connections {
+    next: AtomicU64,
+    live: Mutex<HashMap<u64, Entry>>,
+}
+
+/// Held by a connection; removes it from the registry on drop. `revoked`
+/// resolves when a policy change denies the connection.
+pub struct Registration {
+    id: u64,
+    registry: Arc<Connections>,
+    pub revoked: watch::Receiver<Option<Revoked>>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.registry
+            .live
+            .lock()
+            .expect("connections poisoned")
+            .remove(&self.id);
+    }
+}
+
+impl Registration {
+    /// Resolves with the reason once the connection is revoked.
+    pub async fn wait_revoked(&mut self) -> Revoked {
+        loop {
+            if let Some(r) = self.revoked.borrow_and_update().clone() {
+                return r;
+            }
+            if self.revoked.changed().await.is_err() {
+                // The registry entry is gone only when we are dropped.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
+impl Connections {
+    pub fn register(self: &Arc<Self>, auth: Authorized) -> Registration {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (cancel, revoked) = watch::channel(None);
+        self.live
+            .lock()
+            .expect("connections poisoned")
+            .insert(id, Entry { auth, cancel });
+        Registration {
+            id,
+            registry: self.clone(),
+            revoked,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.live.lock().expect("connections poisoned").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Re-authorizes every live connection under `snap` and cancels those
+    /// now denied. Returns how many were revoked.
+    pub fn revoke_denied(&self, snap: &Snapshot) -> usize {
+        let live = self.live.lock().expect("connections poisoned");
+        let mut revoked = 0;
+        for entry in live.values() {
+            if entry.cancel.borrow().is_some() {
+                continue;
+            }
+            if let Some(why) = recheck(snap, &entry.auth) {
+                tracing::info!(src = %entry.auth.src_ip, dst = %entry.auth.dst_uid, port = entry.auth.dst_port, reason = %why, "closing connection");
+                entry.cancel.send_replace(Some(why));
+                revoked += 1;
+            }
+        }
+        revoked
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config;
+
+    const BASE: &str = r#"
+nodes: [{name: n1, ip: 10.0.0.1}]
+namespaces:
+  - {name: shop, labels: {istio.io/dataplane-mode: ambient}}
+  - {name: bank, labels: {istio.io/dataplane-mode: ambient}, mtls: MODE}
+workloads:
+  - {name: client, namespace: shop, ip: 10.1.1.10, node: n1}
+  - {name: server, namespace: bank, ip: 10.1.1.11, node: n1}
+"#;
+
+    fn snap(mtls: &str, policies: &str) -> Snapshot {
+        config::parse(&format!("{}{}", BASE.replace("MODE", mtls), policies)).unwrap()
+    }
+
+    fn mtls_conn() -> Authorized {
+        Authorized {
+            src_identity: Some("spiffe://cluster.local/ns/shop/sa/default".parse().unwrap()),
+            src_ip: "10.1.1.10".parse().unwrap(),
+            dst_uid: "bank/server".into(),
+            dst_port: 8080,
+        }
+    }
+
+    const DENY_SHOP: &str = r#"
+policies:
+  - name: no-shop
+    namespace: bank
+    action: DENY
+    rules: [{from: [{source: {namespaces: [shop]}}]}]
+"#;
+
+    #[test]
+    fn recheck_table() {
+        let plaintext = Authorized {
+            src_identity: None,
+            ..mtls_conn()
+        };
+        let gone = Authorized {
+            dst_uid: "bank/nobody".into(),
+            ..mtls_conn()
+        };
+        let cases = [
+            (
+                "no policy keeps mTLS",
+                snap("PERMISSIVE", ""),
+                mtls_conn(),
+                false,
+            ),
+            (
+                "no policy keeps plaintext",
+                snap("PERMISSIVE", ""),
+                plaintext.clone(),
+                false,
+            ),
+            (
+                "STRICT cuts plaintext",
+                snap("STRICT", ""),
+                plaintext.clone(),
+                true,
+            ),
+            ("STRICT keeps mTLS", snap("STRICT", ""), mtls_conn(), false),
+            (
+                "DENY by namespace cuts",
+                snap("PERMISSIVE", DENY_SHOP),
+                mtls_conn(),
+                true,
+            ),
+            (
+                "removed destination kept",
+                snap("PERMISSIVE", DENY_SHOP),
+                gone,
+                false,
+            ),
+        ];
+        for (name, snap, conn, want) in cases {
+            assert_eq!(recheck(&snap, &conn).is_some(), want, "{name}");
+        }
+    }
+
+    #[tokio::test]
+    async fn revoke_cancels_only_denied_and_drop_unregisters() {
+        let reg = Arc::new(Connections::default());
+        let mut denied = reg.register(mtls_conn());
+        let kept = reg.register(Authorized {
+            src_identity: Some("spiffe://cluster.local/ns/other/sa/x".parse().unwrap()),
+            ..mtls_conn()
+        });
+        assert_eq!(reg.len(), 2);
+        assert_eq!(reg.revoke_denied(&snap("PERMISSIVE", DENY_SHOP)), 1);
+        assert!(matches!(denied.wait_revoked().await, Revoked::Denied(_)));
+        assert!(kept.revoked.borrow().is_none());
+        // A second pass does not count the same connection again.
+        assert_eq!(reg.revoke_denied(&snap("PERMISSIVE", DENY_SHOP)), 0);
+        drop(denied);
+        drop(kept);
+        assert!(reg.is_empty());
+    }
+}

@@ -1,0 +1,405 @@
+//! The inbound path (DESIGN §3–§5): HBONE on 15008, plaintext on 15006, and
+//! the in-process path for same-node traffic. Each connection is admitted by
+//! [`admit`] (pure), then ztunnel connects to the app from the client's IP
+//! and relays until both sides close or a policy change revokes it.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use hbone::copy::{copy_bidirectional, Counters};
+use hbone::drain::Watch;
+use hbone::server::{Handler, InboundRequest, ServerError, ServerIdentity};
+use hbone::{tls, SpiffeId};
+use http::StatusCode;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::conns::{Authorized, Registration};
+use super::record::{ConnInfo, ConnRecord, Outcome, Security, FLAG_CONNECT, FLAG_DENY};
+use super::{reset_on_close, Proxy};
+use crate::accesslog::Direction;
+use crate::policy::{authorize, ConnCtx, Decision, Denial};
+use crate::state::{MtlsMode, Snapshot, Workload};
+
+/// How a connection reached the inbound path.
+#[derive(Debug, Clone, Copy)]
+pub enum Arrival<'a> {
+    /// HBONE: a verified peer identity, on a connection addressed to `local`.
+    Hbone { local: IpAddr, peer: &'a SpiffeId },
+    /// Plaintext captured on 15006: no identity.
+    Plaintext,
+    /// From an ambient pod on this node, captured by our own outbound path.
+    InProcess { source: &'a SpiffeId },
+}
+
+/// Why an inbound connection is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("CONNECT authority {authority} is not the pod the connection arrived for ({arrived})")]
+    AuthorityMismatch { authority: IpAddr, arrived: IpAddr },
+    #[error("{0} is not an ambient workload on this node")]
+    NotLocal(IpAddr),
+    #[error("namespace {0} requires mutual TLS; plaintext refused")]
+    StrictMtls(String),
+    #[error("{0}")]
+    Denied(Denial),
+}
+
+impl Refusal {
+    /// The HBONE response status (DESIGN §3).
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Refusal::AuthorityMismatch { .. } | Refusal::NotLocal(_) => StatusCode::BAD_REQUEST,
+            Refusal::StrictMtls(_) | Refusal::Denied(_) => StatusCode::UNAUTHORIZED,
+        }
+    }
+
+    /// `response_flags` for metrics and the access log.
+    pub fn flags(&self) -> &'static str {
+        match self {
+            Refusal::AuthorityMismatch { .. } | Refusal::NotLocal(_) => FLAG_CONNECT,
+            Refusal::StrictMtls(_) | Refusal::Denied(_) => FLAG_DENY,
+        }
+    }
+}
+
+/// Admits a connection from `src_ip` to `dst` arriving by `arrival`: the
+/// destination must be an ambient pod on `node` (for HBONE, the very pod
+/// the connection was addressed to), STRICT namespaces refuse plaintext, and
+/// L4 policy must allow it. Returns the destination workload and the source
+/// identity that was authorized. Pure.
+pub fn admit(
+    snap: &Snapshot,
+    node: &str,
+    arrival: Arrival<'_>,
+    src_ip: IpAddr,
+    dst: SocketAddr,
+) -> Result<(Arc<Workload>, Option<SpiffeId>), Refusal> {
+    if let Arrival::Hbone { local, .. } = arrival {
+        if local != dst.ip() {
+            return Err(Refusal::AuthorityMismatch {
+                authority: dst.ip(),
+                arrived: local,
+            });
+        }
+    }
+    let workload = snap
+        .workload_by_ip(dst.ip())
+        .filter(|w| w.node == node && snap.is_ambient(w))
+        .ok_or(Refusal::NotLocal(dst.ip()))?;
+    let src_identity = match arrival {
+        Arrival::Hbone { peer, .. } => Some(peer.clone()),
+        Arrival::InProcess { source } => Some(source.clone()),
+        Arrival::Plaintext => {
+            if snap.mtls_mode(&workload.namespace) == MtlsMode::Strict {
+                return Err(Refusal::StrictMtls(workload.namespace.clone()));
+            }
+            None
+        }
+    };
+    let ctx = ConnCtx {
+        src_identity: src_identity.clone(),
+        src_ip,
+        dst: workload,
+        dst_port: dst.port(),
+    };
+    match authorize(snap.policies(), &ctx) {
+        Decision::Allow => Ok((workload.clone(), src_identity)),
+        Decision::Deny(d) => Err(Refusal::Denied(d)),
+    }
+}
+
+/// Serves each HBONE connection with the certificate of the local pod it
+/// was addressed to (TPROXY keeps the pod IP as the local address).
+pub struct LocalIdentities(pub Arc<Proxy>);
+
+impl ServerIdentity for LocalIdentities {
+    fn tls_config(
+        &self,
+        local: SocketAddr,
+    ) -> BoxFuture<'static, Result<Arc<rustls::ServerConfig>, ServerError>> {
+        let proxy = self.0.clone();
+        Box::pin(async move {
+            let id = {
+                let snap = proxy.snapshot();
+                snap.workload_by_ip(local.ip())
+                    .filter(|w| w.node == proxy.node && snap.is_ambient(w))
+                    .map(|w| w.identity())
+                    .ok_or(ServerError::UnknownDestination(local))?
+            };
+            let cert = proxy
+                .certs
+                .get(&id)
+                .await
+                .map_err(ServerError::Certificate)?;
+            tls::server_config(&cert).map_err(ServerError::TlsConfig)
+        })
+    }
+}
+
+/// The HBONE CONNECT handler.
+pub struct HboneInbound(pub Arc<Proxy>);
+
+impl Handler for HboneInbound {
+    fn handle(&self, req: InboundRequest) -> BoxFuture<'static, ()> {
+        Box::pin(handle_hbone(self.0.clone(), req))
+    }
+
+    fn connection_failed(&self, peer: SocketAddr, local: SocketAddr, err: &ServerError) {
+        tracing::warn!(%peer, %local, error = %err, cause = ?std::error::Error::source(err), "inbound HBONE connection refused");
+        let info = ConnInfo {
+            direction: Direction::Inbound,
+            src_addr: peer,
+            src: None,
+            src_identity: None,
+            dst_addr: local,
+            dst_hbone_addr: Some(local),
+            dst: None,
+            dst_identity: None,
+            service: None,
+            security: Security::MutualTls,
+        };
+        let error = match std::error::Error::source(err) {
+            Some(cause) => format!("{err}: {cause}"),
+            None => err.to_string(),
+        };
+        ConnRecord::refused(
+            &self.0.telemetry,
+            info,
+            Outcome::failed(err.reason(), error),
+        );
+    }
+}
+
+async fn handle_hbone(proxy: Arc<Proxy>, req: InboundRequest) {
+    let snap = proxy.snapshot();
+    let src_ip = req.peer_addr.ip();
+    // The client's own port, when the forwarded header agrees on the IP.
+    let src_addr = req
+        .meta
+        .client
+        .filter(|c| c.ip() == src_ip)
+        .unwrap_or(req.peer_addr);
+    let arrival = Arrival::Hbone {
+        local: req.local_addr.ip(),
+        peer: &req.peer,
+    };
+    let mut info = ConnInfo {
+        direction: Direction::Inbound,
+        src_addr,
+        src: snap.workload_by_ip(src_ip).cloned(),
+        src_identity: Some(req.peer.clone()),
+        dst_addr: req.authority,
+        dst_hbone_addr: Some(req.local_addr),
+        dst: None,
+        dst_identity: None,
+        service: req.meta.host.clone(),
+        security: Security::MutualTls,
+    };
+    let (dst, src_identity) = match admit(&snap, &proxy.node, arrival, src_ip, req.authority) {
+        Ok(admitted) => admitted,
+        Err(refusal) => {
+            tracing::info!(src = %src_addr, peer = %req.peer, dst = %req.authority, reason = %refusal, "inbound HBONE refused");
+            info.dst = snap.workload_by_ip(req.authority.ip()).cloned();
+            req.reject(refusal.status());
+            ConnRecord::refused(
+                &proxy.telemetry,
+                info,
+                Outcome::failed(refusal.flags(), refusal),
+            );
+            return;
+        }
+    };
+    info.dst_identity = Some(dst.identity());
+    info.dst = Some(dst.clone());
+    let registration = register(&proxy, src_identity, src_ip, &dst, req.authority.port());
+    let record = ConnRecord::open(&proxy.telemetry, info);
+    let app = match proxy.dial_as(src_ip, req.authority).await {
+        Ok(app) => app,
+        Err(e) => {
+            tracing::info!(dst = %req.authority, error = %e, "app unreachable");
+            req.reject(StatusCode::SERVICE_UNAVAILABLE);
+            record.finish(Outcome::failed(FLAG_CONNECT, error_chain(&e)));
+            return;
+        }
+    };
+    let stream = match req.accept() {
+        Ok(s) => s,
+        Err(e) => {
+            record.finish(Outcome::failed(FLAG_CONNECT, e));
+            return;
+        }
+    };
+    let outcome = relay(stream, app, registration).await;
+    record.finish(outcome);
+}
+
+fn register(
+    proxy: &Proxy,
+    src_identity: Option<SpiffeId>,
+    src_ip: IpAddr,
+    dst: &Workload,
+    dst_port: u16,
+) -> Registration {
+    proxy.conns.register(Authorized {
+        src_identity,
+        src_ip,
+        dst_uid: dst.uid.clone(),
+        dst_port,
+    })
+}
+
+/// Copies between the client side and the app until both close, or until
+/// the connection is revoked by a policy change.
+pub async fn relay<D>(mut downstream: D, mut app: TcpStream, mut reg: Registration) -> Outcome
+where
+    D: AsyncRead + AsyncWrite + Unpin,
+{
+    let counters = Arc::new(Counters::default());
+    let result = tokio::select! {
+        r = copy_bidirectional(&mut downstream, &mut app, &counters) => Ok(r),
+        why = reg.wait_revoked() => Err(why),
+    };
+    let (sent, recv) = counters.snapshot();
+    let mut outcome = Outcome::ok(sent, recv);
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => outcome.error = Some(error_chain(&e)),
+        Err(why) => {
+            outcome.flags = FLAG_DENY;
+            outcome.error = Some(why.to_string());
+        }
+    }
+    outcome
+}
+
+/// `err: cause: cause ...` on one line, for the access log.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut s = err.to_string();
+    let mut cur = err.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Accepts plaintext captured on 15006 until drained.
+pub async fn serve_plaintext(proxy: Arc<Proxy>, listener: TcpListener) {
+    let mut watch = proxy.drain.watch();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = watch.signaled() => return,
+        };
+        match accepted {
+            Ok((sock, peer)) => {
+                let _ = sock.set_nodelay(true);
+                let guard = proxy.drain.watch();
+                tokio::spawn(handle_plaintext(proxy.clone(), sock, peer, guard));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "inbound plaintext accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn handle_plaintext(proxy: Arc<Proxy>, sock: TcpStream, peer: SocketAddr, _drain: Watch) {
+    let Ok(dst_addr) = crate::capture::orig_dst(&sock) else {
+        return;
+    };
+    let snap = proxy.snapshot();
+    let mut info = ConnInfo {
+        direction: Direction::Inbound,
+        src_addr: peer,
+        src: snap.workload_by_ip(peer.ip()).cloned(),
+        src_identity: None,
+        dst_addr,
+        dst_hbone_addr: None,
+        dst: snap.workload_by_ip(dst_addr.ip()).cloned(),
+        dst_identity: None,
+        service: None,
+        security: Security::None,
+    };
+    let (dst, _) = match admit(&snap, &proxy.node, Arrival::Plaintext, peer.ip(), dst_addr) {
+        Ok(admitted) => admitted,
+        Err(refusal) => {
+            tracing::info!(src = %peer, dst = %dst_addr, reason = %refusal, "inbound plaintext refused");
+            // Reset rather than FIN: the client learns at once.
+            reset_on_close(&sock);
+            ConnRecord::refused(
+                &proxy.telemetry,
+                info,
+                Outcome::failed(refusal.flags(), refusal),
+            );
+            return;
+        }
+    };
+    info.dst_identity = Some(dst.identity());
+    let registration = register(&proxy, None, peer.ip(), &dst, dst_addr.port());
+    let record = ConnRecord::open(&proxy.telemetry, info);
+    let outcome = match proxy.dial_as(peer.ip(), dst_addr).await {
+        Ok(app) => relay(sock, app, registration).await,
+        Err(e) => {
+            reset_on_close(&sock);
+            Outcome::failed(FLAG_CONNECT, error_chain(&e))
+        }
+    };
+    record.finish(outcome);
+}
+
+/// Same-node traffic: the inbound half run in-process for a connection our
+/// outbound path captured (identity from config, no TLS hop to ourselves).
+/// Returns the outcome for the outbound record too.
+pub async fn in_process(
+    proxy: &Arc<Proxy>,
+    client: TcpStream,
+    src_addr: SocketAddr,
+    source: &Workload,
+    dst_addr: SocketAddr,
+    service: Option<String>,
+) -> Outcome {
+    let snap = proxy.snapshot();
+    let source_id = source.identity();
+    let mut info = ConnInfo {
+        direction: Direction::Inbound,
+        src_addr,
+        src: snap.workload_by_ip(src_addr.ip()).cloned(),
+        src_identity: Some(source_id.clone()),
+        dst_addr,
+        dst_hbone_addr: None,
+        dst: snap.workload_by_ip(dst_addr.ip()).cloned(),
+        dst_identity: None,
+        service,
+        security: Security::MutualTls,
+    };
+    let arrival = Arrival::InProcess { source: &source_id };
+    let (dst, src_identity) = match admit(&snap, &proxy.node, arrival, src_addr.ip(), dst_addr) {
+        Ok(admitted) => admitted,
+        Err(refusal) => {
+            reset_on_close(&client);
+            let outcome = Outcome::failed(refusal.flags(), &refusal);
+            ConnRecord::refused(&proxy.telemetry, info, outcome.clone());
+            return outcome;
+        }
+    };
+    info.dst_identity = Some(dst.identity());
+    let registration = register(proxy, src_identity, src_addr.ip(), &dst, dst_addr.port());
+    let record = ConnRecord::open(&proxy.telemetry, info);
+    let outcome = match proxy.dial_as(src_addr.ip(), dst_addr).await {
+        Ok(app) => relay(client, app, registration).await,
+        Err(e) => {
+            reset_on_close(&client);
+            Outcome::failed(FLAG_CONNECT, error_chain(&e))
+        }
+    };
+    record.finish(outcome.clone());
+    outcome
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,116 @@
+//! The data path: the I/O shell around [`crate::classify`] and
+//! [`crate::policy`].
+//!
+//! - [`outbound`]: connections captured on 15001, routed by `classify` to
+//!   HBONE, the in-process inbound path, or passthrough;
+//! - [`inbound`]: HBONE on 15008 and plaintext on 15006, authorized by
+//!   `authorize`, then connected to the app from the client's IP;
+//! - [`conns`]: live inbound connections, re-authorized on policy change;
+//! - [`record`]: metrics and access-log bookkeeping per connection.
+//!
+//! All of it reads the current [`Snapshot`] from one `watch` channel; an
+//! update swaps the `Arc` and never blocks a connection.
+
+pub mod conns;
+pub mod inbound;
+pub mod outbound;
+pub mod record;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hbone::cert::CertStore;
+use hbone::client::HboneClient;
+use hbone::drain::Drain;
+use hbone::socket::{dial, DialError, DialOptions};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::capture::rules::ZTUNNEL_MARK;
+use crate::state::Snapshot;
+use conns::Connections;
+use record::Telemetry;
+
+/// How long dialling an app or a passthrough destination may take.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Everything the data path shares.
+pub struct Proxy {
+    /// This node's name: which workloads are local.
+    pub node: String,
+    pub state: watch::Receiver<Arc<Snapshot>>,
+    pub certs: Arc<CertStore>,
+    pub client: Arc<HboneClient>,
+    pub telemetry: Telemetry,
+    pub conns: Arc<Connections>,
+    pub drain: Drain,
+    pub connect_timeout: Duration,
+    /// Marks ztunnel's own sockets so capture skips them (`None` in tests
+    /// that run without capture).
+    pub mark: Option<u32>,
+    /// Connect from the client's IP (IP_TRANSPARENT). Off only in
+    /// unprivileged in-process tests.
+    pub spoof_source: bool,
+    round_robin: AtomicUsize,
+}
+
+impl Proxy {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        node: String,
+        state: watch::Receiver<Arc<Snapshot>>,
+        certs: Arc<CertStore>,
+        client: Arc<HboneClient>,
+        telemetry: Telemetry,
+        drain: Drain,
+        capture: bool,
+    ) -> Arc<Self> {
+        Arc::new(Proxy {
+            node,
+            state,
+            certs,
+            client,
+            telemetry,
+            conns: Arc::default(),
+            drain,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            mark: capture.then_some(ZTUNNEL_MARK),
+            spoof_source: capture,
+            round_robin: AtomicUsize::new(0),
+        })
+    }
+
+    /// The snapshot in force now.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.state.borrow().clone()
+    }
+
+    /// The next endpoint index for Service VIPs (round robin).
+    pub fn next_pick(&self) -> usize {
+        self.round_robin.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Dial `dst` on behalf of a client at `src_ip`: marked, and leaving
+    /// from `src_ip` when spoofing is on.
+    pub async fn dial_as(&self, src_ip: IpAddr, dst: SocketAddr) -> Result<TcpStream, DialError> {
+        let opts = DialOptions {
+            mark: self.mark,
+            source_ip: self.spoof_source.then_some(src_ip),
+            transparent: self.spoof_source,
+        };
+        dial(dst, opts, self.connect_timeout).await
+    }
+
+    /// The source IP outbound tunnels leave from.
+    pub fn tunnel_source(&self, src_ip: IpAddr) -> Option<IpAddr> {
+        self.spoof_source.then_some(src_ip)
+    }
+}
+
+/// Makes closing `sock` send a RST instead of a FIN, so a refused client
+/// learns at once instead of seeing a clean (and misleading) EOF.
+pub fn reset_on_close(sock: &TcpStream) {
+    let _ = socket2::SockRef::from(sock).set_linger(Some(Duration::ZERO));
+}

@@ -1,0 +1,262 @@
+//! The outbound path: connections from local ambient pods, captured on 15001
+//! by TPROXY (so the accepted socket's local address is the original
+//! destination). [`classify`] decides; this module only does the I/O.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hbone::client::ConnectRequest;
+use hbone::copy::{copy_bidirectional, Counters};
+use hbone::drain::Watch;
+use hbone::headers::{new_traceparent, Baggage, ConnectMeta};
+use hbone::SpiffeId;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::inbound::{error_chain, in_process};
+use super::record::{ConnInfo, ConnRecord, Outcome, Security, FLAG_CONNECT};
+use super::{reset_on_close, Proxy};
+use crate::accesslog::Direction;
+use crate::classify::{classify, Route};
+use crate::state::Workload;
+
+/// Accepts captured outbound connections until drained.
+pub async fn serve_outbound(proxy: Arc<Proxy>, listener: TcpListener) {
+    let mut watch = proxy.drain.watch();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = watch.signaled() => return,
+        };
+        match accepted {
+            Ok((sock, peer)) => {
+                let _ = sock.set_nodelay(true);
+                let guard = proxy.drain.watch();
+                tokio::spawn(handle_outbound(proxy.clone(), sock, peer, guard));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "outbound accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// The `baggage` a client ztunnel sends for `w`, with Istio's canonical
+/// service defaults (`app` label or the name; `version` label or `latest`).
+pub fn baggage_for(w: &Workload) -> Baggage {
+    let label = |keys: &[&str]| keys.iter().find_map(|k| w.labels.get(*k).cloned());
+    Baggage {
+        namespace: Some(w.namespace.clone()),
+        workload: Some(("pod".to_owned(), w.name.clone())),
+        service_name: Some(
+            label(&[
+                "service.istio.io/canonical-name",
+                "app.kubernetes.io/name",
+                "app",
+            ])
+            .unwrap_or_else(|| w.name.clone()),
+        ),
+        service_version: Some(
+            label(&[
+                "service.istio.io/canonical-revision",
+                "app.kubernetes.io/version",
+                "version",
+            ])
+            .unwrap_or_else(|| "latest".to_owned()),
+        ),
+    }
+}
+
+async fn handle_outbound(proxy: Arc<Proxy>, sock: TcpStream, peer: SocketAddr, _drain: Watch) {
+    let Ok(orig_dst) = crate::capture::orig_dst(&sock) else {
+        return;
+    };
+    let snap = proxy.snapshot();
+    let route = classify(&snap, peer.ip(), orig_dst, &proxy.node, proxy.next_pick());
+    let source = snap.workload_by_ip(peer.ip()).cloned();
+    let mut info = ConnInfo {
+        direction: Direction::Outbound,
+        src_addr: peer,
+        src_identity: source.as_ref().map(|w| w.identity()),
+        src: source,
+        dst_addr: orig_dst,
+        dst_hbone_addr: None,
+        dst: snap.workload_by_ip(orig_dst.ip()).cloned(),
+        dst_identity: None,
+        service: snap
+            .service_by_vip(orig_dst.ip())
+            .map(|s| s.hostname.clone()),
+        security: Security::MutualTls,
+    };
+    drop(snap);
+    let route = match route {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::info!(src = %peer, dst = %orig_dst, error = %e, "outbound connection not routable");
+            reset_on_close(&sock);
+            ConnRecord::refused(&proxy.telemetry, info, Outcome::failed(FLAG_CONNECT, e));
+            return;
+        }
+    };
+    match route {
+        Route::Local {
+            source,
+            dest,
+            dst,
+            forwarded_host,
+        } => {
+            info.dst_addr = dst;
+            info.dst_identity = Some(dest.identity());
+            info.dst = Some(dest);
+            let record = ConnRecord::open(&proxy.telemetry, info);
+            let outcome = in_process(&proxy, sock, peer, &source, dst, forwarded_host).await;
+            record.finish(outcome);
+        }
+        Route::Hbone {
+            source,
+            dest,
+            via,
+            authority,
+            expect,
+            forwarded_host,
+        } => {
+            info.dst = Some(dest);
+            let tunnel = Tunnel {
+                via,
+                authority,
+                expect,
+                forwarded_host,
+            };
+            tunnel.run(&proxy, sock, peer, &source, info).await;
+        }
+        Route::Waypoint {
+            source,
+            via,
+            authority,
+            expect,
+            forwarded_host,
+        } => {
+            let tunnel = Tunnel {
+                via,
+                authority,
+                expect,
+                forwarded_host,
+            };
+            tunnel.run(&proxy, sock, peer, &source, info).await;
+        }
+        Route::Passthrough { dst, .. } => {
+            info.dst_addr = dst;
+            info.security = Security::None;
+            let record = ConnRecord::open(&proxy.telemetry, info);
+            let outcome = match proxy.dial_as(peer.ip(), dst).await {
+                Ok(mut upstream) => {
+                    let mut sock = sock;
+                    pipe(&mut sock, &mut upstream).await
+                }
+                Err(e) => {
+                    reset_on_close(&sock);
+                    Outcome::failed(FLAG_CONNECT, error_chain(&e))
+                }
+            };
+            record.finish(outcome);
+        }
+    }
+}
+
+/// An HBONE tunnel to open for one outbound connection.
+struct Tunnel {
+    via: SocketAddr,
+    authority: SocketAddr,
+    expect: SpiffeId,
+    forwarded_host: Option<String>,
+}
+
+impl Tunnel {
+    async fn run(
+        self,
+        proxy: &Proxy,
+        mut sock: TcpStream,
+        peer: SocketAddr,
+        source: &Workload,
+        mut info: ConnInfo,
+    ) {
+        info.dst_addr = self.authority;
+        info.dst_hbone_addr = Some(self.via);
+        info.dst_identity = Some(self.expect.clone());
+        let req = ConnectRequest {
+            source: source.identity(),
+            source_ip: proxy.tunnel_source(peer.ip()),
+            expected: vec![self.expect],
+            via: self.via,
+            authority: self.authority,
+            meta: ConnectMeta {
+                client: Some(peer),
+                host: self.forwarded_host,
+                traceparent: Some(new_traceparent()),
+                baggage: baggage_for(source),
+            },
+        };
+        let record = ConnRecord::open(&proxy.telemetry, info);
+        let outcome = match proxy.client.connect(&req).await {
+            Ok(mut stream) => pipe(&mut sock, &mut stream).await,
+            Err(e) => {
+                tracing::info!(src = %peer, via = %req.via, authority = %req.authority, error = %e, cause = ?std::error::Error::source(&e), "HBONE tunnel failed");
+                reset_on_close(&sock);
+                Outcome::failed(e.reason(), error_chain(&e))
+            }
+        };
+        record.finish(outcome);
+    }
+}
+
+/// Copies both ways until both sides close; the outcome carries the bytes.
+async fn pipe<A, B>(client: &mut A, upstream: &mut B) -> Outcome
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let counters = Arc::new(Counters::default());
+    let result = copy_bidirectional(client, upstream, &counters).await;
+    let (sent, recv) = counters.snapshot();
+    let mut outcome = Outcome::ok(sent, recv);
+    if let Err(e) = result {
+        outcome.error = Some(error_chain(&e));
+    }
+    outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Tunnel as TunnelProtocol;
+
+    #[test]
+    fn baggage_uses_canonical_labels_with_istio_defaults() {
+        let mut w = Workload {
+            uid: "shop/cart-1".into(),
+            name: "cart-1".into(),
+            namespace: "shop".into(),
+            service_account: "cart".into(),
+            trust_domain: "cluster.local".into(),
+            ips: vec![],
+            node: "n1".into(),
+            tunnel: TunnelProtocol::Hbone,
+            labels: Default::default(),
+            waypoint: None,
+        };
+        let b = baggage_for(&w);
+        assert_eq!(b.service_name.as_deref(), Some("cart-1"));
+        assert_eq!(b.service_version.as_deref(), Some("latest"));
+        assert_eq!(b.namespace.as_deref(), Some("shop"));
+        w.labels.insert("app".into(), "cart".into());
+        w.labels.insert("version".into(), "v2".into());
+        let b = baggage_for(&w);
+        assert_eq!(b.service_name.as_deref(), Some("cart"));
+        assert_eq!(b.service_version.as_deref(), Some("v2"));
+        assert_eq!(
+            b.encode(),
+            "k8s.namespace.name=shop,k8s.pod.name=cart-1,service.name=cart,service.version=v2"
+        );
+    }
+}

@@ -1,0 +1,308 @@
+//! Telemetry for one proxied connection: the Istio metric labels, the
+//! access-log event, and the open/close bookkeeping that ties them together.
+//! Building labels and events is pure; [`ConnRecord`] does the counting.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hbone::SpiffeId;
+
+use crate::accesslog::{AccessLog, ConnEvent, Direction};
+use crate::metrics::{ConnLabels, Metrics, Reporter, UNKNOWN};
+use crate::policy::principal_string;
+use crate::state::Workload;
+
+/// `response_flags` for a connection that completed normally.
+pub const FLAG_OK: &str = "-";
+/// `response_flags` for a policy denial (also STRICT mTLS refusing plaintext).
+pub const FLAG_DENY: &str = "DENY";
+/// `response_flags` for an upstream or tunnel that could not be opened.
+pub const FLAG_CONNECT: &str = "CONNECT";
+
+/// How the bytes travelled, for `connection_security_policy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Security {
+    MutualTls,
+    None,
+}
+
+impl Security {
+    fn label(self) -> &'static str {
+        match self {
+            Security::MutualTls => "mutual_tls",
+            Security::None => "none",
+        }
+    }
+}
+
+/// Everything known about a connection's two ends, for labels and logs.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub direction: Direction,
+    pub src_addr: SocketAddr,
+    pub src: Option<Arc<Workload>>,
+    /// The verified peer identity (inbound) or our own (outbound).
+    pub src_identity: Option<SpiffeId>,
+    /// Where the bytes finally go (`podIP:port`, or the original destination).
+    pub dst_addr: SocketAddr,
+    /// The HBONE peer (`ip:15008`) when tunnelled.
+    pub dst_hbone_addr: Option<SocketAddr>,
+    pub dst: Option<Arc<Workload>>,
+    pub dst_identity: Option<SpiffeId>,
+    /// The Service FQDN when a VIP was dialled.
+    pub service: Option<String>,
+    pub security: Security,
+}
+
+impl ConnInfo {
+    /// Istio's metric labels for this connection with `flags`.
+    pub fn labels(&self, flags: &'static str) -> ConnLabels {
+        let reporter = match self.direction {
+            Direction::Outbound => Reporter::source,
+            Direction::Inbound => Reporter::destination,
+        };
+        let name = |w: &Option<Arc<Workload>>| w.as_ref().map(|w| w.name.clone());
+        let ns = |w: &Option<Arc<Workload>>| w.as_ref().map(|w| w.namespace.clone());
+        let principal = |id: &Option<SpiffeId>| id.as_ref().map(principal_string);
+        let or_unknown = |v: Option<String>| v.unwrap_or_else(|| UNKNOWN.to_owned());
+        ConnLabels {
+            reporter,
+            source_workload: or_unknown(name(&self.src)),
+            source_workload_namespace: or_unknown(ns(&self.src)),
+            source_principal: or_unknown(principal(&self.src_identity)),
+            destination_workload: or_unknown(name(&self.dst)),
+            destination_workload_namespace: or_unknown(ns(&self.dst)),
+            destination_principal: or_unknown(principal(&self.dst_identity)),
+            destination_service: or_unknown(self.service.clone()),
+            request_protocol: "tcp",
+            response_flags: flags,
+            connection_security_policy: self.security.label(),
+        }
+    }
+
+    /// The access-log event for this connection.
+    pub fn event(&self, outcome: &Outcome, duration: Duration) -> ConnEvent {
+        ConnEvent {
+            src_addr: self.src_addr,
+            src_workload: self.src.as_ref().map(|w| w.key()),
+            src_identity: self.src_identity.as_ref().map(|i| i.to_uri()),
+            dst_addr: self.dst_addr,
+            dst_hbone_addr: self.dst_hbone_addr,
+            dst_workload: self.dst.as_ref().map(|w| w.key()),
+            dst_identity: self.dst_identity.as_ref().map(|i| i.to_uri()),
+            direction: self.direction,
+            bytes_sent: outcome.bytes_sent,
+            bytes_recv: outcome.bytes_recv,
+            duration,
+            response_flags: outcome.flags,
+            error: outcome.error.clone(),
+        }
+    }
+}
+
+/// How a connection ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub flags: &'static str,
+    /// Bytes from the client towards the destination (request direction).
+    pub bytes_sent: u64,
+    /// Bytes from the destination back to the client.
+    pub bytes_recv: u64,
+    pub error: Option<String>,
+}
+
+impl Outcome {
+    pub fn ok(bytes_sent: u64, bytes_recv: u64) -> Self {
+        Outcome {
+            flags: FLAG_OK,
+            bytes_sent,
+            bytes_recv,
+            error: None,
+        }
+    }
+
+    pub fn failed(flags: &'static str, error: impl std::fmt::Display) -> Self {
+        Outcome {
+            flags,
+            bytes_sent: 0,
+            bytes_recv: 0,
+            error: Some(error.to_string()),
+        }
+    }
+}
+
+/// Where finished connections are reported.
+#[derive(Clone)]
+pub struct Telemetry {
+    pub metrics: Arc<Metrics>,
+    pub access_log: Arc<AccessLog>,
+}
+
+/// One open connection: counted as opened on creation, and closed (with
+/// bytes, flags and an access-log line) by [`ConnRecord::finish`]. Dropping
+/// an unfinished record reports it closed with `CONNECT` and no bytes, so a
+/// cancelled task never leaks the active-connection gauge.
+pub struct ConnRecord {
+    telemetry: Telemetry,
+    info: ConnInfo,
+    started: Instant,
+    finished: bool,
+}
+
+impl ConnRecord {
+    pub fn open(telemetry: &Telemetry, info: ConnInfo) -> Self {
+        telemetry
+            .metrics
+            .opened
+            .get_or_create(&info.labels(FLAG_OK))
+            .inc();
+        telemetry.metrics.active_connections.inc();
+        ConnRecord {
+            telemetry: telemetry.clone(),
+            info,
+            started: Instant::now(),
+            finished: false,
+        }
+    }
+
+    /// Reports a connection refused before it was opened (denied, or no
+    /// route): counted as opened and closed with `outcome.flags`.
+    pub fn refused(telemetry: &Telemetry, info: ConnInfo, outcome: Outcome) {
+        let labels = info.labels(outcome.flags);
+        telemetry.metrics.opened.get_or_create(&labels).inc();
+        telemetry.metrics.record_close(&labels, 0, 0);
+        telemetry
+            .access_log
+            .log(&info.event(&outcome, Duration::ZERO));
+    }
+
+    pub fn info(&self) -> &ConnInfo {
+        &self.info
+    }
+
+    pub fn finish(mut self, outcome: Outcome) {
+        self.report(&outcome);
+    }
+
+    fn report(&mut self, outcome: &Outcome) {
+        self.finished = true;
+        let labels = self.info.labels(outcome.flags);
+        let m = &self.telemetry.metrics;
+        m.record_close(&labels, outcome.bytes_sent, outcome.bytes_recv);
+        m.active_connections.dec();
+        let event = self.info.event(outcome, self.started.elapsed());
+        self.telemetry.access_log.log(&event);
+    }
+}
+
+impl Drop for ConnRecord {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.report(&Outcome::failed(
+                FLAG_CONNECT,
+                "connection task ended early",
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Tunnel;
+
+    fn pod(name: &str, ns: &str, sa: &str) -> Arc<Workload> {
+        Arc::new(Workload {
+            uid: format!("{ns}/{name}"),
+            name: name.into(),
+            namespace: ns.into(),
+            service_account: sa.into(),
+            trust_domain: "cluster.local".into(),
+            ips: vec!["10.1.1.10".parse().unwrap()],
+            node: "node1".into(),
+            tunnel: Tunnel::Hbone,
+            labels: Default::default(),
+            waypoint: None,
+        })
+    }
+
+    fn info(direction: Direction) -> ConnInfo {
+        let client = pod("client", "shop", "client");
+        let server = pod("server", "bank", "server");
+        ConnInfo {
+            direction,
+            src_addr: "10.1.1.10:40000".parse().unwrap(),
+            src_identity: Some(client.identity()),
+            src: Some(client),
+            dst_addr: "10.1.2.10:8080".parse().unwrap(),
+            dst_hbone_addr: Some("10.1.2.10:15008".parse().unwrap()),
+            dst_identity: Some(server.identity()),
+            dst: Some(server),
+            service: None,
+            security: Security::MutualTls,
+        }
+    }
+
+    #[test]
+    fn labels_name_both_ends_and_the_reporter() {
+        let l = info(Direction::Outbound).labels(FLAG_OK);
+        assert_eq!(l.reporter, Reporter::source);
+        assert_eq!(l.source_workload, "client");
+        assert_eq!(l.source_workload_namespace, "shop");
+        assert_eq!(l.source_principal, "cluster.local/ns/shop/sa/client");
+        assert_eq!(l.destination_workload, "server");
+        assert_eq!(l.destination_principal, "cluster.local/ns/bank/sa/server");
+        assert_eq!(l.connection_security_policy, "mutual_tls");
+        let l = info(Direction::Inbound).labels(FLAG_DENY);
+        assert_eq!(l.reporter, Reporter::destination);
+        assert_eq!(l.response_flags, "DENY");
+    }
+
+    #[test]
+    fn unknown_ends_are_labelled_unknown() {
+        let mut i = info(Direction::Inbound);
+        i.src = None;
+        i.src_identity = None;
+        i.security = Security::None;
+        let l = i.labels(FLAG_OK);
+        assert_eq!(l.source_workload, UNKNOWN);
+        assert_eq!(l.source_principal, UNKNOWN);
+        assert_eq!(l.connection_security_policy, "none");
+    }
+
+    #[test]
+    fn event_carries_identities_bytes_and_error() {
+        let ev = info(Direction::Outbound).event(
+            &Outcome {
+                flags: FLAG_CONNECT,
+                bytes_sent: 3,
+                bytes_recv: 4,
+                error: Some("boom".into()),
+            },
+            Duration::from_millis(5),
+        );
+        assert_eq!(
+            ev.src_identity.as_deref(),
+            Some("spiffe://cluster.local/ns/shop/sa/client")
+        );
+        assert_eq!(ev.dst_workload.as_deref(), Some("bank/server"));
+        assert_eq!((ev.bytes_sent, ev.bytes_recv), (3, 4));
+        assert_eq!(ev.response_flags, "CONNECT");
+        assert_eq!(ev.error.as_deref(), Some("boom"));
+    }
+
+    #[test]
+    fn dropping_an_unfinished_record_closes_it() {
+        let telemetry = Telemetry {
+            metrics: Metrics::new(),
+            access_log: Arc::new(AccessLog::sink()),
+        };
+        let rec = ConnRecord::open(&telemetry, info(Direction::Outbound));
+        assert_eq!(telemetry.metrics.active_connections.get(), 1);
+        drop(rec);
+        assert_eq!(telemetry.metrics.active_connections.get(), 0);
+        let text = telemetry.metrics.encode();
+        assert!(text.contains("response_flags=\"CONNECT\""), "{text}");
+    }
+}
