@@ -85,6 +85,13 @@ impl Mesh {
         &self.ca_dir
     }
 
+    /// A fresh directory inside the scratch dir (removed on drop).
+    pub fn scratch(&self, name: &str) -> PathBuf {
+        let p = self.dir.join(name);
+        std::fs::create_dir_all(&p).expect("scratch dir");
+        p
+    }
+
     /// The access log of node `node` (1-based).
     pub fn access_log_path(&self, node: usize) -> PathBuf {
         self.dir.join(format!("access-node{node}.log"))
@@ -96,6 +103,13 @@ impl Mesh {
 
     /// Starts ztunnel on node `node` (1-based) and waits until it is ready.
     pub fn start(&mut self, node: usize) {
+        let ca_dir = self.ca_dir.clone();
+        self.start_with_ca(node, &ca_dir);
+    }
+
+    /// Starts ztunnel on `node` with its own CA in `ca_dir`: a proxy whose
+    /// certificates the rest of the mesh must not trust.
+    pub fn start_with_ca(&mut self, node: usize, ca_dir: &Path) {
         let ns = self.nodes[node - 1].clone();
         let bin = ztunnel_bin();
         let script = format!("exec \"$0\" \"$@\" 2>>{}", self.stderr_path(node).display());
@@ -111,7 +125,7 @@ impl Mesh {
             "--config-file",
             self.config.to_str().expect("utf-8 path"),
             "--ca-dir",
-            self.ca_dir.to_str().expect("utf-8 path"),
+            ca_dir.to_str().expect("utf-8 path"),
             "--access-log",
             log.to_str().expect("utf-8 path"),
             "--poll-interval",
@@ -163,6 +177,23 @@ impl Mesh {
         child
             .wait_exit(Duration::from_secs(15))
             .unwrap_or_else(|| panic!("ztunnel on node{node} ignored SIGTERM"))
+    }
+
+    /// Sends `sig` to the node's ztunnel without waiting.
+    pub fn signal(&self, node: usize, sig: nix::sys::signal::Signal) {
+        self.ztunnels[node - 1]
+            .as_ref()
+            .expect("ztunnel running")
+            .signal(sig)
+            .expect("signal ztunnel");
+    }
+
+    /// Waits (up to 15 s) for the node's ztunnel to exit.
+    pub fn wait_exit(&mut self, node: usize) -> ExitStatus {
+        let mut child = self.ztunnels[node - 1].take().expect("ztunnel running");
+        child
+            .wait_exit(Duration::from_secs(15))
+            .unwrap_or_else(|| panic!("ztunnel on node{node} did not exit"))
     }
 
     /// SIGKILLs the node's ztunnel (a crash): nothing gets cleaned up.
@@ -245,5 +276,15 @@ impl Drop for Mesh {
             }
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Polls `cond` every 20 ms for up to 5 s; panics naming `what` if it never
+/// holds.
+pub fn wait_until<F: FnMut() -> bool>(what: &str, mut cond: F) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }

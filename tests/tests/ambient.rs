@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mesh_tests::echo::{payload, round_trip};
+use mesh_tests::mesh::wait_until;
 use mesh_tests::mesh::Mesh;
 use mesh_tests::{require_root, ChildGuard, Netns, Topology};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -74,6 +75,7 @@ nodes:
 namespaces:
   - {{name: shop, labels: {{istio.io/dataplane-mode: ambient}}}}
   - {{name: bank, labels: {{istio.io/dataplane-mode: ambient}}}}
+  - {{name: web, labels: {{istio.io/dataplane-mode: ambient}}}}
   - {{name: legacy}}
 workloads:
 {pods}
@@ -104,8 +106,11 @@ fn tcpdump(node: &Netns, file: &std::path::Path) -> ChildGuard {
             "tcp",
         ])
         .expect("start tcpdump");
-    // tcpdump needs a moment to attach before traffic starts.
-    std::thread::sleep(Duration::from_millis(500));
+    // tcpdump writes the pcap header once it is attached to the link.
+    mesh_tests::mesh::wait_until("tcpdump attached", || {
+        std::fs::metadata(file).is_ok_and(|m| m.len() >= 24)
+    });
+    std::thread::sleep(Duration::from_millis(100));
     guard
 }
 
@@ -263,15 +268,494 @@ services:
     );
 }
 
-#[allow(dead_code)]
-async fn read_some(stream: &mut tokio::net::TcpStream) -> Vec<u8> {
-    let mut buf = vec![0u8; 1024];
-    let n = stream.read(&mut buf).await.unwrap_or(0);
-    buf.truncate(n);
-    buf
+/// A connection that ztunnel refuses is reset (or closed) before any byte
+/// comes back.
+async fn assert_refused(from: &Netns, to: SocketAddr, what: &str) {
+    if let Ok(back) = echo_through(from, to, b"knock").await {
+        assert!(back.is_empty(), "{what}: expected refusal, got {back:?}");
+    }
 }
 
-#[allow(dead_code)]
-fn data() -> Vec<u8> {
-    payload(16 * 1024)
+const POLICIES: &str = r#"
+policies:
+  - name: no-web
+    namespace: bank
+    selector: {matchLabels: {app: server}}
+    action: DENY
+    rules: [{from: [{source: {namespaces: [web]}}]}]
+  - name: client-8080-only
+    namespace: bank
+    selector: {matchLabels: {app: server}}
+    action: ALLOW
+    rules:
+      - from: [{source: {principals: ["cluster.local/ns/shop/sa/client", "cluster.local/ns/web/sa/other"]}}]
+        to: [{operation: {ports: ["8080"]}}]
+"#;
+
+const DENY_SHOP: &str = r#"
+  - name: no-shop-either
+    namespace: bank
+    selector: {matchLabels: {app: server}}
+    action: DENY
+    rules: [{from: [{source: {namespaces: [shop]}}]}]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_by_principal_namespace_and_port_and_live_revocation() {
+    if !require_root() {
+        return;
+    }
+    let topo = Topology::builder()
+        .nodes(2)
+        .pod("client", 1)
+        .pod("other", 1)
+        .pod("server", 2)
+        .build()
+        .unwrap();
+    let pods = pod_line(&topo, "client", "shop", "client", "app: client")
+        + &pod_line(&topo, "other", "web", "other", "app: other")
+        + &pod_line(&topo, "server", "bank", "server", "app: server");
+    let mut mesh = Mesh::new(&topo, &config(&pods, POLICIES));
+    mesh.start_all();
+    let server = topo.pod("server");
+    let _app = serve_app(&server.ns, 8080, "");
+    let _admin_app = serve_app(&server.ns, 9090, "");
+    let to = |port| SocketAddr::from((server.ip, port));
+    let client = &topo.pod("client").ns;
+
+    // ALLOW by principal and port.
+    let back = echo_through(client, to(8080), b"allowed").await.unwrap();
+    assert_eq!(back, b"allowed");
+    // DENY by namespace wins even though the principal is allowed.
+    assert_refused(&topo.pod("other").ns, to(8080), "namespace web").await;
+    let ev = mesh.wait_event(2, "DENY for web", |e| {
+        e["src.identity"] == "spiffe://cluster.local/ns/web/sa/other"
+    });
+    assert_eq!(ev["response_flags"], "DENY");
+    assert!(
+        ev["error"].as_str().unwrap().contains("bank/no-web"),
+        "{ev}"
+    );
+    // ALLOW exists but not for 9090.
+    assert_refused(client, to(9090), "port 9090").await;
+    let ev = mesh.wait_event(2, "no ALLOW match on 9090", |e| {
+        e["dst.addr"] == format!("{}:9090", server.ip)
+    });
+    assert_eq!(ev["response_flags"], "DENY");
+    // The client ztunnel reports the refusal too.
+    mesh.wait_event(1, "client-side DENY", |e| {
+        e["direction"] == "outbound" && e["response_flags"] == "DENY"
+    });
+
+    // A live connection is cut when a new policy denies it.
+    let mut live = tokio::time::timeout(WAIT, client.connect(to(8080)))
+        .await
+        .unwrap()
+        .unwrap();
+    live.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    live.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"ping");
+    mesh.write_config(&config(&pods, &format!("{POLICIES}{DENY_SHOP}")));
+    let cut = tokio::time::timeout(WAIT, async {
+        let mut buf = [0u8; 16];
+        loop {
+            // Keep talking: the connection must end (EOF or reset) by itself.
+            if live.write_all(b"x").await.is_err() {
+                return;
+            }
+            match tokio::time::timeout(Duration::from_millis(200), live.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return,
+                _ => {}
+            }
+        }
+    })
+    .await;
+    assert!(cut.is_ok(), "the denied live connection stayed open");
+    let ev = mesh.wait_event(2, "revocation", |e| {
+        e["error"]
+            .as_str()
+            .is_some_and(|m| m.contains("policy changed"))
+    });
+    assert_eq!(ev["response_flags"], "DENY");
+    assert_refused(client, to(8080), "after the new DENY").await;
+}
+
+fn nft_set(node: &Netns) -> String {
+    node.exec("nft list set inet ambient ambient_pods")
+        .unwrap_or_default()
+}
+
+fn count_lines(node: &Netns, cmd: &str, needle: &str) -> usize {
+    node.exec(cmd)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(needle))
+        .count()
+}
+
+fn assert_one_of_each_rule(node: &Netns) {
+    assert_eq!(
+        count_lines(node, "nft list tables", "inet ambient"),
+        1,
+        "one nft table"
+    );
+    assert_eq!(
+        count_lines(node, "ip -4 rule list", "fwmark 0x400/0xfff lookup 100"),
+        1,
+        "one ip rule"
+    );
+    assert_eq!(
+        count_lines(node, "ip -4 route show table 100", "local default"),
+        1,
+        "one local route"
+    );
+}
+
+fn assert_no_rules(node: &Netns) {
+    assert_eq!(
+        count_lines(node, "nft list tables", "ambient"),
+        0,
+        "nft table left behind"
+    );
+    assert_eq!(
+        count_lines(node, "ip -4 rule list", "lookup 100"),
+        0,
+        "ip rule left behind"
+    );
+    assert_eq!(
+        count_lines(node, "ip -4 route show table 100", "local"),
+        0,
+        "route left behind"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_ambient_client_is_allowed_when_permissive_and_refused_when_strict() {
+    if !require_root() {
+        return;
+    }
+    let topo = Topology::builder()
+        .nodes(2)
+        .pod("old", 1)
+        .pod("server", 2)
+        .build()
+        .unwrap();
+    let pods = pod_line(&topo, "old", "legacy", "old", "app: old")
+        + &pod_line(&topo, "server", "bank", "server", "app: server");
+    let mut mesh = Mesh::new(&topo, &config(&pods, ""));
+    mesh.start_all();
+    let server = topo.pod("server");
+    let old = topo.pod("old");
+    let _app = serve_app(&server.ns, 8080, "");
+    let to = SocketAddr::from((server.ip, 8080));
+
+    // Never captured on the non-ambient side.
+    assert!(!nft_set(&topo.node(1).ns).contains(&old.ip.to_string()));
+    let back = echo_through(&old.ns, to, b"plain").await.unwrap();
+    assert_eq!(back, b"plain");
+    let ev = mesh.wait_event(2, "plaintext inbound", |e| e["direction"] == "inbound");
+    assert!(
+        ev.get("src.identity").is_none(),
+        "plaintext has no identity: {ev}"
+    );
+    assert!(ev.get("dst.hbone_addr").is_none(), "{ev}");
+    assert_eq!(
+        ev["src.addr"].as_str().unwrap().split(':').next(),
+        Some(old.ip.to_string().as_str())
+    );
+    assert!(
+        mesh.access_log(1).is_empty(),
+        "node1 must not see the legacy pod's traffic"
+    );
+
+    let strict = config(&pods, "").replace(
+        "{name: bank, labels: {istio.io/dataplane-mode: ambient}}",
+        "{name: bank, labels: {istio.io/dataplane-mode: ambient}, mtls: STRICT}",
+    );
+    mesh.write_config(&strict);
+    wait_until("STRICT applied", || {
+        mesh.http_get(2, 15000, "/config_dump")
+            .is_ok_and(|(_, b)| b.contains("\"Strict\""))
+    });
+    assert_refused(&old.ns, to, "plaintext into STRICT").await;
+    let ev = mesh.wait_event(2, "STRICT refusal", |e| e["response_flags"] == "DENY");
+    assert!(
+        ev["error"]
+            .as_str()
+            .unwrap()
+            .contains("requires mutual TLS"),
+        "{ev}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespace_label_on_and_off_live_without_rule_leaks() {
+    if !require_root() {
+        return;
+    }
+    let topo = Topology::builder()
+        .nodes(2)
+        .pod("client", 1)
+        .pod("server", 2)
+        .build()
+        .unwrap();
+    let pods = pod_line(&topo, "client", "shop", "client", "app: client")
+        + &pod_line(&topo, "server", "bank", "server", "app: server");
+    let labelled = config(&pods, "");
+    let unlabelled = labelled.replace(
+        "{name: shop, labels: {istio.io/dataplane-mode: ambient}}",
+        "{name: shop}",
+    );
+    let mut mesh = Mesh::new(&topo, &unlabelled);
+    mesh.start_all();
+    let node1 = &topo.node(1).ns;
+    let client = topo.pod("client");
+    let server = topo.pod("server");
+    let _app = serve_app(&server.ns, 8080, "");
+    let to = SocketAddr::from((server.ip, 8080));
+    let ip = client.ip.to_string();
+    assert!(!nft_set(node1).contains(&ip));
+
+    mesh.write_config(&labelled);
+    wait_until("label on captures the pod", || nft_set(node1).contains(&ip));
+    assert_one_of_each_rule(node1);
+    assert_eq!(echo_through(&client.ns, to, b"in").await.unwrap(), b"in");
+    let ev = mesh.wait_event(1, "captured outbound", |e| e["direction"] == "outbound");
+    assert_eq!(
+        ev["src.identity"],
+        "spiffe://cluster.local/ns/shop/sa/client"
+    );
+
+    mesh.write_config(&unlabelled);
+    wait_until("label off releases the pod", || {
+        !nft_set(node1).contains(&ip)
+    });
+    assert_one_of_each_rule(node1);
+    let before = mesh.access_log(1).len();
+    assert_eq!(echo_through(&client.ns, to, b"out").await.unwrap(), b"out");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        mesh.access_log(1).len(),
+        before,
+        "released pod still captured"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_then_removes_every_rule() {
+    if !require_root() {
+        return;
+    }
+    let topo = Topology::builder()
+        .nodes(2)
+        .pod("client", 1)
+        .pod("server", 2)
+        .build()
+        .unwrap();
+    let pods = pod_line(&topo, "client", "shop", "client", "app: client")
+        + &pod_line(&topo, "server", "bank", "server", "app: server");
+    let mut mesh = Mesh::new(&topo, &config(&pods, ""));
+    mesh.start_all();
+    let server = topo.pod("server");
+    let _app = serve_app(&server.ns, 8080, "");
+    let client = topo.pod("client");
+    let mut live = client
+        .ns
+        .connect(SocketAddr::from((server.ip, 8080)))
+        .await
+        .unwrap();
+    live.write_all(b"before").await.unwrap();
+    let mut buf = [0u8; 6];
+    live.read_exact(&mut buf).await.unwrap();
+    assert_one_of_each_rule(&topo.node(1).ns);
+
+    // SIGTERM while a connection is open: it keeps working during the drain.
+    mesh.signal(1, nix::sys::signal::Signal::SIGTERM);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    live.write_all(b"during").await.unwrap();
+    let mut buf = [0u8; 6];
+    live.read_exact(&mut buf)
+        .await
+        .expect("open connection survives the drain");
+    assert_eq!(&buf, b"during");
+    live.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    live.read_to_end(&mut rest).await.unwrap();
+    let status = mesh.wait_exit(1);
+    assert!(status.success(), "ztunnel exit status {status}");
+    assert_no_rules(&topo.node(1).ns);
+    assert!(
+        mesh.stderr(1).contains("capture rules removed"),
+        "{}",
+        mesh.stderr(1)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_mid_stream_then_restarted_works_without_duplicates() {
+    if !require_root() {
+        return;
+    }
+    let topo = Topology::builder()
+        .nodes(2)
+        .pod("client", 1)
+        .pod("server", 2)
+        .build()
+        .unwrap();
+    let pods = pod_line(&topo, "client", "shop", "client", "app: client")
+        + &pod_line(&topo, "server", "bank", "server", "app: server");
+    let mut mesh = Mesh::new(&topo, &config(&pods, ""));
+    mesh.start_all();
+    let server = topo.pod("server");
+    let _app = serve_app(&server.ns, 8080, "");
+    let client = topo.pod("client");
+    let to = SocketAddr::from((server.ip, 8080));
+    let mut live = client.ns.connect(to).await.unwrap();
+    live.write_all(b"mid").await.unwrap();
+    let mut buf = [0u8; 3];
+    live.read_exact(&mut buf).await.unwrap();
+
+    mesh.kill(1);
+    // A crash leaves the rules: capture must not silently open up.
+    assert_one_of_each_rule(&topo.node(1).ns);
+    mesh.start(1);
+    assert_one_of_each_rule(&topo.node(1).ns);
+    for i in 0..5 {
+        let back = echo_through(&client.ns, to, b"again").await;
+        assert_eq!(
+            back.unwrap_or_else(|e| panic!("connection {i} after restart: {e}")),
+            b"again"
+        );
+    }
+    drop(live);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_with_another_root_cannot_open_a_tunnel() {
+    if !require_root() {
+        return;
+    }
+    let topo = Topology::builder()
+        .nodes(2)
+        .pod("client", 1)
+        .pod("server", 2)
+        .build()
+        .unwrap();
+    let pods = pod_line(&topo, "client", "shop", "client", "app: client")
+        + &pod_line(&topo, "server", "bank", "server", "app: server");
+    let mut mesh = Mesh::new(&topo, &config(&pods, ""));
+    let rogue_ca = mesh.scratch("rogue-ca");
+    mesh.start_with_ca(1, &rogue_ca);
+    mesh.start(2);
+    let server = topo.pod("server");
+    let app = serve_app(&server.ns, 8080, "");
+    assert_refused(
+        &topo.pod("client").ns,
+        SocketAddr::from((server.ip, 8080)),
+        "rogue",
+    )
+    .await;
+    let ev = mesh.wait_event(1, "rogue client sees TLS failure", |e| {
+        e["direction"] == "outbound"
+    });
+    assert_eq!(ev["response_flags"], "TLS_FAILURE", "{ev}");
+    let ev = mesh.wait_event(2, "server refuses the rogue", |e| {
+        e["direction"] == "inbound"
+    });
+    assert_eq!(ev["response_flags"], "TLS_FAILURE", "{ev}");
+    assert!(app.peers().is_empty(), "the app must never see the rogue");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_connections_complete_byte_exact() {
+    if !require_root() {
+        return;
+    }
+    raise_fd_limit();
+    let topo = Topology::builder()
+        .nodes(2)
+        .pod("client", 1)
+        .pod("server", 2)
+        .build()
+        .unwrap();
+    let pods = pod_line(&topo, "client", "shop", "client", "app: client")
+        + &pod_line(&topo, "server", "bank", "server", "app: server");
+    let mut mesh = Mesh::new(&topo, &config(&pods, ""));
+    mesh.start_all();
+    let server = topo.pod("server");
+    let _app = serve_app(&server.ns, 8080, "");
+    let to = SocketAddr::from((server.ip, 8080));
+    const N: usize = 1000;
+    let sockets = topo
+        .pod("client")
+        .ns
+        .run(|| {
+            (0..N)
+                .map(|_| tokio::net::TcpSocket::new_v4())
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .unwrap()
+        .expect("client sockets");
+    let tasks: Vec<_> = sockets
+        .into_iter()
+        .enumerate()
+        .map(|(i, sock)| {
+            tokio::spawn(async move {
+                let data = payload(4096 + i);
+                let stream = sock.connect(to).await?;
+                let back = round_trip(stream, &data).await?;
+                if back != data {
+                    let first = back.iter().zip(&data).position(|(a, b)| a != b);
+                    return Err(std::io::Error::other(format!(
+                        "got {} bytes back of {}, first difference at {first:?}",
+                        back.len(),
+                        data.len()
+                    )));
+                }
+                Ok::<bool, std::io::Error>(true)
+            })
+        })
+        .collect();
+    let mut exact = 0;
+    for (i, t) in tasks.into_iter().enumerate() {
+        match tokio::time::timeout(Duration::from_secs(60), t).await {
+            Ok(Ok(Ok(true))) => exact += 1,
+            other => {
+                let failed: Vec<_> = [1, 2]
+                    .into_iter()
+                    .flat_map(|n| mesh.access_log(n))
+                    .filter(|e| {
+                        e["response_flags"] != "-"
+                            || e.get("error").is_some()
+                            || e["bytes_sent"] != e["bytes_recv"]
+                    })
+                    .collect();
+                panic!("connection {i}: {other:?}; failed events: {failed:#?}")
+            }
+        }
+    }
+    assert_eq!(exact, N);
+    let metrics = mesh.metrics(2);
+    let opened: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("istio_tcp_connections_opened_total{reporter=\"destination\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(opened as usize, N, "{metrics}");
+}
+
+/// 1,000 client plus 1,000 server sockets live in this process.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit write and read a valid rlimit struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
 }

@@ -6,13 +6,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use hbone::cert::WorkloadCert;
 use serde::Serialize;
 
-use crate::state::{Policy, Service, Snapshot, Workload};
+use crate::state::{Namespace, Policy, Service, Snapshot, Workload};
 
 #[derive(Serialize)]
 struct Dump<'a> {
     node: &'a str,
     trust_domain: &'a str,
     captured_pods: Vec<String>,
+    namespaces: Vec<&'a Namespace>,
     workloads: Vec<WorkloadDump<'a>>,
     services: Vec<&'a Service>,
     policies: Vec<&'a Policy>,
@@ -65,6 +66,7 @@ pub fn render(
         node,
         trust_domain: snap.trust_domain(),
         captured_pods: captured.to_vec(),
+        namespaces: snap.namespaces().collect(),
         workloads: snap
             .workloads()
             .map(|w| WorkloadDump {
@@ -101,6 +103,7 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["node"], "node1");
         assert_eq!(v["workloads"].as_array().unwrap().len(), 7);
+        assert_eq!(v["namespaces"][2]["mtls"], "Strict");
         assert_eq!(v["services"].as_array().unwrap().len(), 2);
         assert_eq!(v["policies"].as_array().unwrap().len(), 2);
         assert_eq!(

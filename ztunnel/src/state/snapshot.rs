@@ -189,6 +189,11 @@ impl Snapshot {
         self.namespaces.get(name)
     }
 
+    /// Every namespace, by name.
+    pub fn namespaces(&self) -> impl Iterator<Item = &Namespace> {
+        self.namespaces.values()
+    }
+
     pub fn workloads(&self) -> impl Iterator<Item = &Arc<Workload>> {
         self.workloads.iter()
     }
