@@ -99,6 +99,7 @@ fn tcpdump(node: &Netns, file: &std::path::Path) -> ChildGuard {
             "-i",
             "peer0",
             "-U",
+            "--immediate-mode",
             "-s",
             "0",
             "-w",

@@ -20,7 +20,7 @@ use std::net::IpAddr;
 use hbone::SpiffeId;
 
 use crate::state::{
-    labels_match, Clause, Match, Policies, Policy, PolicyAction, PolicyKey, PolicyScope, Rule,
+    Clause, Match, Policies, Policy, PolicyAction, PolicyKey, PolicyScope, Rule,
     ServiceAccountMatch, Workload,
 };
 
@@ -102,8 +102,10 @@ pub fn applies(policy: &Policy, dst: &Workload) -> bool {
     match &policy.scope {
         PolicyScope::Global => true,
         PolicyScope::Namespace => policy.namespace == dst.namespace,
-        PolicyScope::WorkloadSelector { match_labels } => {
-            policy.namespace == dst.namespace && labels_match(match_labels, &dst.labels)
+        // Selectors were resolved into the workload's list (by the config
+        // parser or the control plane); labels are not consulted here.
+        PolicyScope::WorkloadSelector { .. } => {
+            policy.namespace == dst.namespace && dst.authorization_policies.contains(&policy.key())
         }
     }
 }
@@ -182,6 +184,7 @@ mod tests {
             tunnel: Tunnel::Hbone,
             labels: labels(&[("app", "cart")]),
             waypoint: None,
+            authorization_policies: Vec::new(),
         }
     }
 
@@ -254,7 +257,8 @@ mod tests {
         let src_identity = who
             .split_once('/')
             .map(|(ns, sa)| SpiffeId::new("cluster.local", ns, sa).unwrap());
-        let dst = dst();
+        let mut dst = dst();
+        dst.authorization_policies = crate::state::selected_policies(policies, &dst);
         let ctx = ConnCtx {
             src_identity,
             src_ip: src.parse().unwrap(),

@@ -12,12 +12,21 @@ use super::model::{
 };
 use super::{ConfigError, DEFAULT_ROOT_NAMESPACE};
 use crate::state::{
-    Cidr, Clause, Match, MtlsMode, Namespace, Node, Policy, PolicyAction, PolicyScope, Rule,
-    Service, ServicePort, SnapshotParts, StringMatch, Tunnel, Workload, DEFAULT_TRUST_DOMAIN,
+    selected_policies, Cidr, Clause, Match, MtlsMode, Namespace, Node, Policy, PolicyAction,
+    PolicyScope, Rule, Service, ServicePort, SnapshotParts, StringMatch, Tunnel, Workload,
+    DEFAULT_TRUST_DOMAIN,
 };
 
 /// Service account used when a workload names none (as in Kubernetes).
 const DEFAULT_SERVICE_ACCOUNT: &str = "default";
+
+/// Resolves each `WORKLOAD_SELECTOR` policy's labels into the workloads it
+/// selects, as the control plane does for xDS.
+fn select_policies(workloads: &mut [Workload], policies: &[Policy]) {
+    for w in workloads {
+        w.authorization_policies = selected_policies(policies, w);
+    }
+}
 
 pub(super) fn to_parts(file: File) -> Result<SnapshotParts, ConfigError> {
     let trust_domain = file
@@ -59,6 +68,8 @@ pub(super) fn to_parts(file: File) -> Result<SnapshotParts, ConfigError> {
         .map(|(i, p)| ctx.policy(i, p, &root_ns))
         .collect::<Result<Vec<_>, _>>()?;
     drop(ctx);
+    let mut workloads = workloads;
+    select_policies(&mut workloads, &policies);
     Ok(SnapshotParts {
         trust_domain,
         nodes,
@@ -181,6 +192,7 @@ impl Ctx<'_> {
             tunnel,
             labels: w.labels,
             waypoint: None,
+            authorization_policies: Vec::new(),
         })
     }
 

@@ -244,6 +244,7 @@ mod tests {
             tunnel: TunnelProtocol::Hbone,
             labels: Default::default(),
             waypoint: None,
+            authorization_policies: Vec::new(),
         };
         let b = baggage_for(&w);
         assert_eq!(b.service_name.as_deref(), Some("cart-1"));

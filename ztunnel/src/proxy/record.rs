@@ -224,6 +224,7 @@ mod tests {
             tunnel: Tunnel::Hbone,
             labels: Default::default(),
             waypoint: None,
+            authorization_policies: Vec::new(),
         })
     }
 

@@ -125,6 +125,10 @@ pub struct Workload {
     /// The waypoint for traffic addressed to this pod. When built from
     /// labels, [`Snapshot::build`] fills this in.
     pub waypoint: Option<Waypoint>,
+    /// The `WORKLOAD_SELECTOR` policies that select this workload, as the
+    /// control plane resolved them (xDS `authorization_policies`); the local
+    /// config resolves selectors into this list when it is parsed.
+    pub authorization_policies: Vec<PolicyKey>,
 }
 
 impl Workload {
@@ -199,6 +203,24 @@ impl Service {
 }
 
 /// True when every `selector` label is present with the same value.
+/// The `WORKLOAD_SELECTOR` policies (in `w`'s namespace) whose labels
+/// select `w`, sorted: what the control plane sends as the workload's
+/// `authorization_policies`.
+pub fn selected_policies(policies: &[Policy], w: &Workload) -> Vec<PolicyKey> {
+    let mut keys: Vec<PolicyKey> = policies
+        .iter()
+        .filter(|p| match &p.scope {
+            PolicyScope::WorkloadSelector { match_labels } => {
+                p.namespace == w.namespace && labels_match(match_labels, &w.labels)
+            }
+            _ => false,
+        })
+        .map(Policy::key)
+        .collect();
+    keys.sort();
+    keys
+}
+
 pub fn labels_match(selector: &Labels, labels: &Labels) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }

@@ -9,8 +9,8 @@ use hbone::identity::SpiffeIdError;
 use hbone::SpiffeId;
 
 use super::{
-    ambient_enrolled, labels_match, Labels, MtlsMode, Namespace, Node, Policies, Policy, Service,
-    Waypoint, Workload, DEFAULT_TRUST_DOMAIN, USE_WAYPOINT_LABEL, USE_WAYPOINT_NAMESPACE_LABEL,
+    labels_match, Labels, MtlsMode, Namespace, Node, Policies, Policy, Service, Tunnel, Waypoint,
+    Workload, DEFAULT_TRUST_DOMAIN, USE_WAYPOINT_LABEL, USE_WAYPOINT_NAMESPACE_LABEL,
     USE_WAYPOINT_NONE,
 };
 
@@ -235,13 +235,12 @@ impl Snapshot {
             .unwrap_or_default()
     }
 
-    /// Whether ztunnel captures this pod: its namespace is labelled
-    /// `istio.io/dataplane-mode=ambient` and the pod is not labelled
-    /// `istio.io/dataplane-mode=none`.
+    /// Whether ztunnel captures this pod: it speaks HBONE (Istio's
+    /// `tunnel_protocol`). The local config sets that from the namespace
+    /// label `istio.io/dataplane-mode=ambient` (unless the pod opts out with
+    /// `istio.io/dataplane-mode=none`); over xDS the control plane sets it.
     pub fn is_ambient(&self, w: &Workload) -> bool {
-        self.namespaces
-            .get(&w.namespace)
-            .is_some_and(|ns| ambient_enrolled(&ns.labels, &w.labels))
+        w.tunnel == Tunnel::Hbone
     }
 
     /// The IPs of ambient pods on `node`: the nftables `ambient_pods` set.

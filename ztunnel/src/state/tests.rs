@@ -36,6 +36,7 @@ fn pod(ns: &str, name: &str, addr: &str, node: &str, l: &[(&str, &str)]) -> Work
         tunnel: Tunnel::Hbone,
         labels: labels(l),
         waypoint: None,
+        authorization_policies: Vec::new(),
     }
 }
 
@@ -67,8 +68,16 @@ fn parts() -> SnapshotParts {
         workloads: vec![
             pod("a", "x", "10.1.1.1", "n1", &[("app", "x")]),
             pod("a", "y", "10.1.2.1", "n2", &[("app", "x")]),
-            pod("a", "out", "10.1.1.2", "n1", &[OPT_OUT]),
-            pod("plain", "z", "10.1.1.3", "n1", &[("app", "x"), AMBIENT]),
+            // The config parser sets tunnel NONE for these two (see
+            // config::tests); the snapshot goes by the tunnel protocol.
+            Workload {
+                tunnel: Tunnel::None,
+                ..pod("a", "out", "10.1.1.2", "n1", &[OPT_OUT])
+            },
+            Workload {
+                tunnel: Tunnel::None,
+                ..pod("plain", "z", "10.1.1.3", "n1", &[("app", "x"), AMBIENT])
+            },
         ],
         services: vec![svc("a", "s", "10.96.0.1", &[("app", "x")])],
         policies: vec![],
