@@ -27,3 +27,4 @@ pub mod policy;
 pub mod proxy;
 pub mod source;
 pub mod state;
+pub mod xds;

@@ -1,0 +1,275 @@
+use super::*;
+use proptest::prelude::*;
+use prost_types::Any;
+use std::net::IpAddr;
+
+fn workload(uid: &str, name: &str, ns: &str, ip: [u8; 4], services: &[&str]) -> pb::Workload {
+    pb::Workload {
+        uid: uid.into(),
+        name: name.into(),
+        namespace: ns.into(),
+        addresses: vec![ip.to_vec()],
+        tunnel_protocol: pb::TunnelProtocol::Hbone as i32,
+        service_account: name.into(),
+        node: "node1".into(),
+        services: services
+            .iter()
+            .map(|s| (s.to_string(), pb::PortList::default()))
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn addr_resource(name: &str, version: &str, t: AddressType) -> Resource {
+    let body = pb::Address { r#type: Some(t) };
+    Resource {
+        name: name.into(),
+        version: version.into(),
+        resource: Some(Any {
+            type_url: ADDRESS_TYPE_URL.into(),
+            value: body.encode_to_vec(),
+        }),
+        ..Default::default()
+    }
+}
+
+fn w(uid: &str, ip: [u8; 4], services: &[&str]) -> Resource {
+    addr_resource(
+        uid,
+        "v1",
+        AddressType::Workload(workload(uid, uid, "shop", ip, services)),
+    )
+}
+
+fn svc(name: &str, vip: [u8; 4]) -> Resource {
+    let s = pb::Service {
+        name: name.into(),
+        namespace: "shop".into(),
+        hostname: format!("{name}.shop.svc.cluster.local"),
+        addresses: vec![pb::NetworkAddress {
+            network: String::new(),
+            address: vip.to_vec(),
+        }],
+        ports: vec![pb::Port {
+            service_port: 80,
+            target_port: 8080,
+        }],
+        ..Default::default()
+    };
+    addr_resource(
+        &format!("shop/{name}.shop.svc.cluster.local"),
+        "v1",
+        AddressType::Service(s),
+    )
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn snap(applied: Applied) -> Snapshot {
+    match applied {
+        Applied::Ok(s) => s,
+        other => panic!("expected a clean apply, got {other:?}"),
+    }
+}
+
+const CART: &str = "shop/cart.shop.svc.cluster.local";
+
+#[test]
+fn services_get_endpoints_from_workloads_and_removal_works() {
+    let mut store = XdsStore::default();
+    let s = snap(store.apply(
+        ADDRESS_TYPE_URL,
+        &[
+            w("a", [10, 1, 1, 1], &[CART]),
+            w("b", [10, 1, 2, 1], &[CART]),
+            w("c", [10, 1, 1, 2], &[]),
+            svc("cart", [10, 96, 0, 10]),
+        ],
+        &[],
+    ));
+    let cart = s.service_by_vip(ip("10.96.0.10")).unwrap();
+    let eps: Vec<&str> = s.endpoints(cart).iter().map(|w| w.uid.as_str()).collect();
+    assert_eq!(eps, ["a", "b"]);
+    assert_eq!(store.versions(ADDRESS_TYPE_URL).len(), 4);
+
+    let s = snap(store.apply(ADDRESS_TYPE_URL, &[], &["b".into()]));
+    assert!(s.workload_by_ip(ip("10.1.2.1")).is_none());
+    let cart = s.service_by_vip(ip("10.96.0.10")).unwrap();
+    assert_eq!(s.endpoints(cart).len(), 1);
+    assert!(!store.versions(ADDRESS_TYPE_URL).contains_key("b"));
+}
+
+#[test]
+fn a_bad_resource_is_rejected_alone_and_keeps_its_old_version() {
+    let mut store = XdsStore::default();
+    snap(store.apply(ADDRESS_TYPE_URL, &[w("a", [10, 1, 1, 1], &[])], &[]));
+    let mut bad_ip = workload("a", "a", "shop", [10, 1, 1, 9], &[]);
+    bad_ip.addresses = vec![vec![1, 2, 3]];
+    let mut wrong_type = w("x", [10, 1, 1, 5], &[]);
+    wrong_type.resource.as_mut().unwrap().type_url = AUTHORIZATION_TYPE_URL.into();
+    let mut garbage = w("y", [10, 1, 1, 6], &[]);
+    garbage.resource.as_mut().unwrap().value = vec![0xff, 0xff, 0xff];
+    let mut unknown_enum = workload("z", "z", "shop", [10, 1, 1, 7], &[]);
+    unknown_enum.tunnel_protocol = 42;
+    let applied = store.apply(
+        ADDRESS_TYPE_URL,
+        &[
+            addr_resource("a", "v2", AddressType::Workload(bad_ip)),
+            wrong_type,
+            garbage,
+            addr_resource("z", "v1", AddressType::Workload(unknown_enum)),
+            w("good", [10, 1, 1, 8], &[]),
+        ],
+        &[],
+    );
+    let Applied::Partial(s, rejected) = applied else {
+        panic!("expected a partial apply, got {applied:?}");
+    };
+    let reasons: Vec<(&str, &str)> = rejected
+        .iter()
+        .map(|r| (r.name.as_str(), r.error.reason()))
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            ("a", "bad_address"),
+            ("x", "wrong_type"),
+            ("y", "decode"),
+            ("z", "unknown_enum")
+        ]
+    );
+    assert!(
+        s.workload_by_ip(ip("10.1.1.8")).is_some(),
+        "the good one applied"
+    );
+    assert!(
+        s.workload_by_ip(ip("10.1.1.1")).is_some(),
+        "the old version of a stays"
+    );
+    assert_eq!(store.versions(ADDRESS_TYPE_URL)["a"], "v1");
+}
+
+#[test]
+fn an_inconsistent_response_changes_nothing() {
+    let mut store = XdsStore::default();
+    snap(store.apply(ADDRESS_TYPE_URL, &[w("a", [10, 1, 1, 1], &[])], &[]));
+    let applied = store.apply(ADDRESS_TYPE_URL, &[w("b", [10, 1, 1, 1], &[])], &[]);
+    assert!(
+        matches!(
+            applied,
+            Applied::Inconsistent(StateError::DuplicateIp { .. })
+        ),
+        "{applied:?}"
+    );
+    assert_eq!(store.versions(ADDRESS_TYPE_URL).len(), 1);
+    assert!(store.snapshot().unwrap().workload_by_uid("b").is_none());
+}
+
+#[test]
+fn waypoints_resolve_to_the_serving_workload_identity() {
+    use pb::gateway_address::Destination;
+    let mut store = XdsStore::default();
+    let wp_key = "shop/waypoint.shop.svc.cluster.local";
+    let mut client = workload("client", "client", "shop", [10, 1, 1, 1], &[]);
+    client.waypoint = Some(pb::GatewayAddress {
+        destination: Some(Destination::Hostname(pb::NamespacedHostname {
+            namespace: "shop".into(),
+            hostname: "waypoint.shop.svc.cluster.local".into(),
+        })),
+        hbone_mtls_port: 15008,
+    });
+    let mut orphan = workload("orphan", "orphan", "shop", [10, 1, 1, 2], &[]);
+    orphan.waypoint = Some(pb::GatewayAddress {
+        destination: Some(Destination::Address(pb::NetworkAddress {
+            network: String::new(),
+            address: vec![10, 9, 9, 9],
+        })),
+        hbone_mtls_port: 15008,
+    });
+    let s = snap(store.apply(
+        ADDRESS_TYPE_URL,
+        &[
+            addr_resource("client", "1", AddressType::Workload(client)),
+            addr_resource("orphan", "1", AddressType::Workload(orphan)),
+            w("waypoint-pod", [10, 1, 1, 30], &[wp_key]),
+            svc("waypoint", [10, 96, 0, 30]),
+        ],
+        &[],
+    ));
+    let c = s.workload_by_uid("client").unwrap();
+    let wp = c.waypoint.as_ref().unwrap();
+    assert_eq!(wp.address, ip("10.96.0.30"));
+    assert_eq!(
+        wp.identity.to_string(),
+        "spiffe://cluster.local/ns/shop/sa/waypoint-pod"
+    );
+    assert!(
+        s.workload_by_uid("orphan").is_none(),
+        "an unknown waypoint is never bypassed"
+    );
+}
+
+#[test]
+fn authorizations_apply_and_remove() {
+    let mut store = XdsStore::default();
+    let policy = pb_sec::Authorization {
+        name: "deny-all".into(),
+        namespace: "shop".into(),
+        scope: pb_sec::Scope::Namespace as i32,
+        action: pb_sec::Action::Deny as i32,
+        rules: vec![pb_sec::Rule::default()],
+    };
+    let r = Resource {
+        name: "shop/deny-all".into(),
+        version: "1".into(),
+        resource: Some(Any {
+            type_url: AUTHORIZATION_TYPE_URL.into(),
+            value: policy.encode_to_vec(),
+        }),
+        ..Default::default()
+    };
+    let s = snap(store.apply(AUTHORIZATION_TYPE_URL, &[r], &[]));
+    assert_eq!(s.policies().len(), 1);
+    let s = snap(store.apply(AUTHORIZATION_TYPE_URL, &[], &["shop/deny-all".into()]));
+    assert!(s.policies().is_empty());
+}
+
+proptest! {
+    /// Untrusted bytes from the control plane never panic the decoder or
+    /// the conversion, whatever the type URL.
+    #[test]
+    fn arbitrary_bytes_never_panic(value in proptest::collection::vec(any::<u8>(), 0..512), auth in any::<bool>()) {
+        let url = if auth { AUTHORIZATION_TYPE_URL } else { ADDRESS_TYPE_URL };
+        let r = Resource {
+            name: "r".into(),
+            version: "1".into(),
+            resource: Some(Any { type_url: url.into(), value }),
+            ..Default::default()
+        };
+        let mut store = XdsStore::default();
+        let _ = store.apply(url, &[r], &[]);
+    }
+
+    /// Structurally valid but arbitrary workloads either convert or are
+    /// rejected with a reason; never a panic.
+    #[test]
+    fn arbitrary_workloads_never_panic(
+        uid in "[a-z/]{0,8}",
+        ns in "[a-z-]{0,6}",
+        sa in "[a-z/_.-]{0,6}",
+        addrs in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..20), 0..3),
+        tunnel in -2i32..4,
+        status in -2i32..4,
+        policies in proptest::collection::vec("[a-z/]{0,6}", 0..3),
+    ) {
+        let wl = pb::Workload {
+            uid, name: "n".into(), namespace: ns, service_account: sa, addresses: addrs,
+            tunnel_protocol: tunnel, status, authorization_policies: policies,
+            ..Default::default()
+        };
+        let mut store = XdsStore::default();
+        let _ = store.apply(ADDRESS_TYPE_URL, &[addr_resource("w", "1", AddressType::Workload(wl))], &[]);
+    }
+}
