@@ -11,6 +11,7 @@
 //!
 //! Run: `cargo bench -p mesh-benches --bench hbone`.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,6 +22,17 @@ use mesh_benches::{
 };
 
 const BULK_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Run a measured body as a task on the runtime's workers, like a ztunnel
+/// connection handler, rather than on criterion's `block_on` thread (from
+/// there every wake-up of the tunnel's tasks would cross threads).
+async fn on_worker<F>(body: F) -> F::Output
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    tokio::spawn(body).await.expect("benchmark task")
+}
 const ECHO_BYTES: usize = 1024;
 
 fn benches(c: &mut Criterion) {
@@ -53,22 +65,22 @@ fn benches(c: &mut Criterion) {
             let chunk = chunk.clone();
             b.to_async(&rt).iter(|| {
                 let chunk = chunk.clone();
-                async move {
+                on_worker(async move {
                     let mut s = connect_plain(sink).await.unwrap();
                     let n = send_to_sink(&mut s, &chunk, BULK_BYTES).await.unwrap();
                     assert_eq!(n, BULK_BYTES);
-                }
+                })
             })
         });
         g.bench_function("hbone_tunnel", |b| {
             let (chunk, client, fixture) = (chunk.clone(), client.clone(), fixture.clone());
             b.to_async(&rt).iter(|| {
                 let (chunk, client, fixture) = (chunk.clone(), client.clone(), fixture.clone());
-                async move {
+                on_worker(async move {
                     let mut s = client.connect(&fixture.request(sink)).await.unwrap();
                     let n = send_to_sink(&mut s, &chunk, BULK_BYTES).await.unwrap();
                     assert_eq!(n, BULK_BYTES);
-                }
+                })
             })
         });
         g.finish();
@@ -83,7 +95,7 @@ fn benches(c: &mut Criterion) {
             let req = req.clone();
             b.to_async(&rt).iter_custom(|iters| {
                 let req = req.clone();
-                async move {
+                on_worker(async move {
                     let mut s = connect_plain(echo).await.unwrap();
                     let mut resp = vec![0u8; ECHO_BYTES];
                     let start = Instant::now();
@@ -94,14 +106,14 @@ fn benches(c: &mut Criterion) {
                     assert_eq!(resp, *req);
                     close_gracefully(s).await.unwrap();
                     t
-                }
+                })
             })
         });
         g.bench_function("hbone_pooled", |b| {
             let (req, client, fixture) = (req.clone(), client.clone(), fixture.clone());
             b.to_async(&rt).iter_custom(|iters| {
                 let (req, client, fixture) = (req.clone(), client.clone(), fixture.clone());
-                async move {
+                on_worker(async move {
                     let mut s = client.connect(&fixture.request(echo)).await.unwrap();
                     let mut resp = vec![0u8; ECHO_BYTES];
                     let start = Instant::now();
@@ -112,7 +124,7 @@ fn benches(c: &mut Criterion) {
                     assert_eq!(resp, *req);
                     close_gracefully(s).await.unwrap();
                     t
-                }
+                })
             })
         });
         g.finish();
@@ -124,15 +136,17 @@ fn benches(c: &mut Criterion) {
         let mut g = c.benchmark_group("setup");
         g.throughput(Throughput::Elements(1));
         g.bench_function("plain_tcp_connect", |b| {
-            b.to_async(&rt).iter_custom(|iters| async move {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let start = Instant::now();
-                    let s = connect_plain(echo).await.unwrap();
-                    total += start.elapsed();
-                    close_gracefully(s).await.unwrap();
-                }
-                total
+            b.to_async(&rt).iter_custom(|iters| {
+                on_worker(async move {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        let start = Instant::now();
+                        let s = connect_plain(echo).await.unwrap();
+                        total += start.elapsed();
+                        close_gracefully(s).await.unwrap();
+                    }
+                    total
+                })
             })
         });
         for (name, authority) in [
@@ -143,7 +157,7 @@ fn benches(c: &mut Criterion) {
                 let (client, fixture) = (client.clone(), fixture.clone());
                 b.to_async(&rt).iter_custom(|iters| {
                     let (client, fixture) = (client.clone(), fixture.clone());
-                    async move {
+                    on_worker(async move {
                         let req = fixture.request(authority);
                         let mut total = Duration::ZERO;
                         for _ in 0..iters {
@@ -153,7 +167,7 @@ fn benches(c: &mut Criterion) {
                             close_gracefully(s).await.unwrap();
                         }
                         total
-                    }
+                    })
                 })
             });
         }
@@ -161,7 +175,7 @@ fn benches(c: &mut Criterion) {
             let fixture = fixture.clone();
             b.to_async(&rt).iter_custom(|iters| {
                 let fixture = fixture.clone();
-                async move {
+                on_worker(async move {
                     let req = fixture.request(echo);
                     let mut total = Duration::ZERO;
                     for _ in 0..iters {
@@ -172,7 +186,7 @@ fn benches(c: &mut Criterion) {
                         close_gracefully(s).await.unwrap();
                     }
                     total
-                }
+                })
             })
         });
         g.finish();

@@ -1,7 +1,11 @@
 //! Runs the HBONE benchmark scenarios with plain `std::time` timing for a
 //! fixed number of iterations and prints a markdown table plus one JSON line.
 //!
-//! `cargo run --release -p mesh-benches --bin hbone-report [-- --quick]`
+//! `cargo run --release -p mesh-benches --bin hbone-report [-- --quick] [--block-on]`
+//!
+//! The scenarios run as one task on the 2-worker runtime (as a ztunnel
+//! connection handler would); `--block-on` drives them from the main thread
+//! instead, as the first version of this report did.
 //!
 //! `--quick` (CI) uses tiny sizes and finishes in a few seconds. In every
 //! mode each transfer is checked byte-for-byte (sink byte counts, echoed
@@ -20,6 +24,7 @@ use mesh_benches::{
     NULL_AUTHORITY,
 };
 
+#[derive(Clone, Copy)]
 struct Sizes {
     bulk_bytes: u64,
     bulk_iters: usize,
@@ -249,14 +254,15 @@ async fn idle_memory(fx: &Fx, n: usize, authority: SocketAddr) -> (f64, usize) {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick = args.iter().any(|a| a == "--quick");
-    if let Some(bad) = args.iter().find(|a| *a != "--quick") {
-        eprintln!("usage: hbone-report [--quick]  (unknown argument {bad:?})");
+    let block_on = args.iter().any(|a| a == "--block-on");
+    if let Some(bad) = args.iter().find(|a| *a != "--quick" && *a != "--block-on") {
+        eprintln!("usage: hbone-report [--quick] [--block-on]  (unknown argument {bad:?})");
         return ExitCode::from(2);
     }
     let s = if quick { QUICK } else { FULL };
     let rt = runtime(2);
     let started = Instant::now();
-    let r = rt.block_on(async {
+    let scenarios = async move {
         let fixture = HboneFixture::start().await;
         let sink = spawn_sink().await.expect("sink");
         let echo = spawn_echo().await.expect("echo");
@@ -305,8 +311,17 @@ fn main() -> ExitCode {
             mem_fwd,
             conns_fwd,
         }
-    });
-    r.print(&s, quick, started.elapsed());
+    };
+    // The scenarios run as a task on the runtime's workers, like a ztunnel
+    // connection handler. `--block-on` drives them from the main thread
+    // instead (as the first version of this report did): every wake-up between
+    // the driver and the tunnel's tasks then crosses threads.
+    let r = if block_on {
+        rt.block_on(scenarios)
+    } else {
+        rt.block_on(async { tokio::spawn(scenarios).await.expect("scenario task") })
+    };
+    r.print(&s, quick, block_on, started.elapsed());
     let bad = MISMATCHES.load(Ordering::Relaxed);
     if bad > 0 {
         eprintln!("{bad} byte-exactness failure(s)");
@@ -331,7 +346,7 @@ struct Report {
 }
 
 impl Report {
-    fn print(&self, s: &Sizes, quick: bool, elapsed: Duration) {
+    fn print(&self, s: &Sizes, quick: bool, block_on: bool, elapsed: Duration) {
         let p = |v: &[Duration], q: f64| us(percentile(v, q));
         let tp_ratio = self.tunnel_tp / self.plain_tp;
         let (pe50, pe99) = (p(&self.plain_echo, 50.0), p(&self.plain_echo, 99.0));
@@ -341,8 +356,12 @@ impl Report {
         let pooled_null = p(&self.pooled_null_setup, 50.0);
         let fresh = p(&self.fresh_setup, 50.0);
         let mode = if quick { "quick" } else { "full" };
+        let driver = if block_on { "block_on" } else { "task" };
         let mib = s.bulk_bytes / (1024 * 1024);
-        println!("## HBONE report ({mode}; {:.1} s)\n", elapsed.as_secs_f64());
+        println!(
+            "## HBONE report ({mode}; driver: {driver}; {:.1} s)\n",
+            elapsed.as_secs_f64()
+        );
         println!("| Scenario | Plain TCP | HBONE | HBONE / plain |");
         println!("|---|---|---|---|");
         println!(
@@ -401,7 +420,7 @@ impl Report {
         );
         println!();
         println!(
-            "{{\"mode\":\"{mode}\",\"throughput_mib_s\":{{\"plain\":{:.1},\"hbone\":{:.1},\"ratio\":{tp_ratio:.3}}},\
+            "{{\"mode\":\"{mode}\",\"driver\":\"{driver}\",\"throughput_mib_s\":{{\"plain\":{:.1},\"hbone\":{:.1},\"ratio\":{tp_ratio:.3}}},\
 \"echo_1k_us\":{{\"plain_p50\":{pe50:.2},\"plain_p99\":{pe99:.2},\"hbone_p50\":{te50:.2},\"hbone_p99\":{te99:.2}}},\
 \"setup_median_us\":{{\"plain_tcp_connect\":{plain_setup:.2},\"pooled_stream\":{pooled:.2},\"pooled_stream_null_upstream\":{pooled_null:.2},\"fresh_connection\":{fresh:.2}}},\
 \"idle_stream_rss_bytes\":{{\"null_upstream\":{:.0},\"forwarded\":{:.0}}},\
