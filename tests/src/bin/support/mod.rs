@@ -1,0 +1,183 @@
+//! Pieces shared by the `demo` and `netns-bench` binaries: cleanup on every
+//! exit path (Ctrl-C, SIGTERM, panic), ztunnel process lookup, and
+//! `/proc` CPU and memory readings.
+//!
+//! The harness already removes its namespaces when a `Topology` drops; what it
+//! cannot do is run destructors when the process is killed by a signal. So
+//! the binaries block SIGINT/SIGTERM/SIGHUP in every thread and let one thread
+//! `sigwait` for them: on a signal it kills every process inside this
+//! process's namespaces, deletes the namespaces and scratch directories, and
+//! exits with 128+signal.
+
+#![allow(dead_code)] // each binary uses a different subset
+
+use std::path::Path;
+use std::process::Command;
+
+use mesh_tests::NAME_PREFIX;
+use nix::sys::signal::{SigSet, Signal};
+
+/// `mesh::ztunnel_bin` looks next to a *test* executable
+/// (`target/<profile>/deps/..`); a binary lives in `target/<profile>/`
+/// itself. Without `$ZTUNNEL_BIN`, re-exec this program with it pointing at
+/// the sibling `ztunnel` (the process environment is never mutated in place).
+pub fn ensure_ztunnel_bin() {
+    if std::env::var_os("ZTUNNEL_BIN").is_some() {
+        return;
+    }
+    let exe = std::env::current_exe().expect("own executable path");
+    let sibling = exe.with_file_name("ztunnel");
+    if !sibling.exists() {
+        eprintln!(
+            "{} is missing: build it (cargo build -p ztunnel) or set ZTUNNEL_BIN",
+            sibling.display()
+        );
+        std::process::exit(2);
+    }
+    use std::os::unix::process::CommandExt;
+    let err = Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env("ZTUNNEL_BIN", sibling)
+        .exec();
+    panic!("re-exec with ZTUNNEL_BIN set: {err}");
+}
+
+/// The prefix of every namespace (and mesh scratch dir) this process creates.
+pub fn own_prefix() -> String {
+    format!("{NAME_PREFIX}{}-", std::process::id())
+}
+
+/// Blocks the termination signals in this (the main) thread, so every thread
+/// spawned later inherits the mask, and starts the thread that waits for them.
+/// Call first thing in `main`, before any runtime or thread exists.
+pub fn install_signal_cleanup() {
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        set.add(s);
+    }
+    set.thread_block().expect("block termination signals");
+    std::thread::Builder::new()
+        .name("signal-cleanup".into())
+        .spawn(move || {
+            let Ok(sig) = set.wait() else { return };
+            eprintln!("\n{sig}: tearing down the namespaces and processes of this run");
+            let removed = emergency_cleanup();
+            eprintln!("removed {removed} namespace(s); exiting");
+            std::process::exit(128 + sig as i32);
+        })
+        .expect("spawn signal thread");
+}
+
+/// Kills every process living in one of this process's namespaces, deletes
+/// those namespaces (with their veths, routes and nft tables) and the mesh
+/// scratch directories. Idempotent; returns how many namespaces it deleted.
+pub fn emergency_cleanup() -> usize {
+    let prefix = own_prefix();
+    let me = std::process::id().to_string();
+    let mut removed = 0;
+    for name in own_namespaces(&prefix) {
+        if let Ok(out) = Command::new("ip").args(["netns", "pids", &name]).output() {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                if pid != me {
+                    if let Ok(pid) = pid.parse::<i32>() {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            Signal::SIGKILL,
+                        );
+                    }
+                }
+            }
+        }
+        let ok = Command::new("ip")
+            .args(["netns", "del", &name])
+            .status()
+            .is_ok_and(|s| s.success());
+        removed += usize::from(ok);
+    }
+    if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::remove_dir_all(e.path());
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    removed
+}
+
+/// Names under /run/netns starting with `prefix`.
+pub fn own_namespaces(prefix: &str) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/run/netns") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(prefix))
+        .collect()
+}
+
+/// After teardown: the namespaces of this run that still exist, and whether
+/// the root namespace holds an `ambient` nft table (it never should: ztunnel
+/// runs inside the node namespaces).
+pub fn leftovers() -> (Vec<String>, bool) {
+    let ns = own_namespaces(&own_prefix());
+    let nft = Command::new("nft")
+        .args(["list", "tables"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("ambient"))
+        .unwrap_or(false);
+    (ns, nft)
+}
+
+/// The pid of the ztunnel whose command line contains `arg` (the harness
+/// gives each node's ztunnel its own `--access-log` path).
+pub fn find_pid_with_arg(arg: &Path) -> Option<u32> {
+    let want = arg.as_os_str().as_encoded_bytes();
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let mut args = cmdline.split(|b| *b == 0);
+        let exe = args.next().unwrap_or_default();
+        // Skip the `sh -c exec ...` wrapper if it is still around.
+        if exe.ends_with(b"sh") {
+            continue;
+        }
+        if cmdline.split(|b| *b == 0).any(|a| a == want) {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+/// utime + stime of `pid`, in seconds.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the `(comm)`, which may contain spaces.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // rest[0] is field 3 (state); utime is field 14, stime field 15.
+    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    ticks as f64 / hz
+}
+
+/// A `kB` field of /proc/<pid>/status (`VmRSS`, `VmHWM`), in KiB.
+pub fn status_kib(pid: u32, field: &str) -> u64 {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return 0;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
