@@ -1,1 +1,19 @@
-//! placeholder
+//! The ambient-mesh control plane: one source of truth for a fleet of
+//! ztunnels, served over Istio-compatible APIs.
+//!
+//! Pure core (no sockets, clock or locks; table-tested):
+//! - [`convert`]: a domain `Snapshot` → `istio.workload.Address` and
+//!   `istio.security.Authorization` resources;
+//! - [`resources`]: the versioned resource set (versions are content hashes);
+//! - [`delta`]: per-client delta-xDS bookkeeping: subscriptions, what the
+//!   client holds, and the diff to push;
+//! - [`ca::authorize`]: whether a node may obtain a certificate for an
+//!   identity.
+//!
+//! I/O shell:
+//! - [`source`]: where snapshots come from (the local YAML file today);
+//! - [`xds`]: the `DeltaAggregatedResources` gRPC service;
+//! - [`ca`]: the `CreateCertificate` gRPC service and node tokens;
+//! - [`serve`]: TLS on 15012 for both, plus metrics and readiness.
+
+pub mod convert;

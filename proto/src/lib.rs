@@ -6,6 +6,10 @@
 //! `MESH_PROTO_REGENERATE=1 cargo test -p mesh-proto --test codegen`
 //! rewrites it.
 //!
+//! `Workload.services` is a `BTreeMap`, so a resource encodes
+//! deterministically (the control plane versions resources by a hash of
+//! their bytes).
+//!
 //! These types stop at the edge: the control plane converts its domain
 //! snapshot into them, and ztunnel converts them back with `TryFrom`.
 

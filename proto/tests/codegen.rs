@@ -37,6 +37,10 @@ fn generate(out: &Path) {
         .build_client(true)
         .build_server(true)
         .build_transport(true)
+        // An ordered map encodes deterministically, so a content hash of an
+        // encoded resource is a stable version. (Only resources are hashed;
+        // request maps stay `HashMap`s.)
+        .btree_map(".istio.workload.Workload.services")
         .out_dir(out)
         .compile_fds(fds)
         .expect("generating Rust code");

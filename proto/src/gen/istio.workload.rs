@@ -229,8 +229,11 @@ pub struct Workload {
     #[prost(message, optional, tag = "23")]
     pub application_tunnel: ::core::option::Option<ApplicationTunnel>,
     /// Services this workload backs, keyed by "namespace/hostname".
-    #[prost(map = "string, message", tag = "22")]
-    pub services: ::std::collections::HashMap<::prost::alloc::string::String, PortList>,
+    #[prost(btree_map = "string, message", tag = "22")]
+    pub services: ::prost::alloc::collections::BTreeMap<
+        ::prost::alloc::string::String,
+        PortList,
+    >,
     /// Selector-scoped policies ("namespace/name") that apply to this workload.
     #[prost(string, repeated, tag = "16")]
     pub authorization_policies: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,

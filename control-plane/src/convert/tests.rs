@@ -1,0 +1,259 @@
+use std::net::IpAddr;
+
+use super::*;
+
+const DEMO: &str = include_str!("../../../ztunnel/examples/demo-config.yaml");
+
+fn snap(yaml: &str) -> Snapshot {
+    ztunnel::config::parse(yaml).unwrap()
+}
+
+fn bytes(ip: &str) -> Vec<u8> {
+    ip_bytes(ip.parse::<IpAddr>().unwrap())
+}
+
+fn workload_of(a: &pb::Address) -> &pb::Workload {
+    match &a.r#type {
+        Some(pb::address::Type::Workload(w)) => w,
+        other => panic!("not a workload: {other:?}"),
+    }
+}
+
+fn service_of(a: &pb::Address) -> &pb::Service {
+    match &a.r#type {
+        Some(pb::address::Type::Service(s)) => s,
+        other => panic!("not a service: {other:?}"),
+    }
+}
+
+#[test]
+fn demo_resource_names() {
+    let s = snap(DEMO);
+    let names: Vec<String> = addresses(&s).into_keys().collect();
+    assert_eq!(
+        names,
+        [
+            "bank/ledger",
+            "bank/ledger.bank.svc.cluster.local",
+            "bank/waypoint",
+            "legacy/old-client",
+            "shop/cart-1",
+            "shop/cart-2",
+            "shop/cart-3",
+            "shop/cart.shop.svc.cluster.local",
+            "shop/frontend",
+        ]
+    );
+    let policies: Vec<String> = authorizations(&s).into_keys().collect();
+    assert_eq!(
+        policies,
+        [
+            "bank/ledger-allow-waypoint",
+            "shop/cart-deny-outsiders",
+            "shop/istio_converted_static_strict",
+        ]
+    );
+}
+
+#[test]
+fn workload_fields() {
+    let s = snap(DEMO);
+    let all = addresses(&s);
+    // (uid, addresses, tunnel, service account, node, services, policies, waypoint)
+    type Case = (
+        &'static str,
+        &'static str,
+        pb::TunnelProtocol,
+        &'static str,
+        &'static str,
+        &'static [&'static str],
+        &'static [&'static str],
+        Option<&'static str>,
+    );
+    let cases: &[Case] = &[
+        (
+            "shop/cart-1",
+            "10.1.1.11",
+            pb::TunnelProtocol::Hbone,
+            "cart",
+            "node1",
+            &["shop/cart.shop.svc.cluster.local"],
+            &["shop/cart-deny-outsiders"],
+            None,
+        ),
+        (
+            "shop/frontend",
+            "10.1.1.10",
+            pb::TunnelProtocol::Hbone,
+            "frontend",
+            "node1",
+            &[],
+            &[],
+            None,
+        ),
+        (
+            "legacy/old-client",
+            "10.1.1.40",
+            pb::TunnelProtocol::None,
+            "default",
+            "node1",
+            &[],
+            &[],
+            None,
+        ),
+        (
+            "bank/ledger",
+            "10.1.2.20",
+            pb::TunnelProtocol::Hbone,
+            "ledger",
+            "node2",
+            &["bank/ledger.bank.svc.cluster.local"],
+            &["bank/ledger-allow-waypoint"],
+            Some("10.1.1.30"),
+        ),
+    ];
+    for (uid, ip, tunnel, sa, node, services, policies, waypoint) in cases {
+        let w = workload_of(&all[*uid]);
+        assert_eq!(w.uid, *uid);
+        assert_eq!(w.addresses, vec![bytes(ip)], "{uid}");
+        assert_eq!(w.tunnel_protocol, *tunnel as i32, "{uid}");
+        assert_eq!(w.service_account, *sa, "{uid}");
+        assert_eq!(w.trust_domain, "cluster.local", "{uid}");
+        assert_eq!(w.node, *node, "{uid}");
+        let got: Vec<&str> = w.services.keys().map(String::as_str).collect();
+        assert_eq!(got, *services, "{uid}");
+        assert_eq!(w.authorization_policies, *policies, "{uid}");
+        let wp = w.waypoint.as_ref().map(|g| {
+            assert_eq!(g.hbone_mtls_port, 15008);
+            match &g.destination {
+                Some(pb::gateway_address::Destination::Address(a)) => a.address.clone(),
+                other => panic!("{other:?}"),
+            }
+        });
+        assert_eq!(wp, waypoint.map(bytes), "{uid}");
+    }
+    let cart = workload_of(&all["shop/cart-2"]);
+    let ports = &cart.services["shop/cart.shop.svc.cluster.local"].ports;
+    assert_eq!(
+        ports,
+        &[pb::Port {
+            service_port: 80,
+            target_port: 8080
+        }]
+    );
+}
+
+#[test]
+fn service_fields() {
+    let s = snap(DEMO);
+    let all = addresses(&s);
+    let cases: &[(&str, &str, u32, u32, bool)] = &[
+        (
+            "shop/cart.shop.svc.cluster.local",
+            "10.96.0.10",
+            80,
+            8080,
+            false,
+        ),
+        (
+            "bank/ledger.bank.svc.cluster.local",
+            "10.96.0.20",
+            443,
+            8443,
+            true,
+        ),
+    ];
+    for (name, vip, port, target, has_waypoint) in cases {
+        let svc = service_of(&all[*name]);
+        assert_eq!(format!("{}/{}", svc.namespace, svc.hostname), *name);
+        assert_eq!(svc.addresses.len(), 1);
+        assert_eq!(svc.addresses[0].address, bytes(vip));
+        assert_eq!(svc.ports[0].service_port, *port);
+        assert_eq!(svc.ports[0].target_port, *target);
+        assert_eq!(svc.waypoint.is_some(), *has_waypoint, "{name}");
+    }
+}
+
+#[test]
+fn policy_fields() {
+    let s = snap(DEMO);
+    let all = authorizations(&s);
+    let deny = &all["shop/cart-deny-outsiders"];
+    assert_eq!(deny.action, pb_sec::Action::Deny as i32);
+    assert_eq!(deny.scope, pb_sec::Scope::WorkloadSelector as i32);
+    let clauses = &deny.rules[0].clauses;
+    assert_eq!(clauses.len(), 2);
+    let not_ns: Vec<_> = clauses[0].matches[0]
+        .not_namespaces
+        .iter()
+        .map(|m| m.match_type.clone())
+        .collect();
+    use pb_sec::string_match::MatchType;
+    assert_eq!(
+        not_ns,
+        [
+            Some(MatchType::Exact("shop".into())),
+            Some(MatchType::Exact("bank".into()))
+        ]
+    );
+    assert_eq!(clauses[1].matches[0].destination_ports, [8080]);
+
+    let strict = &all["shop/istio_converted_static_strict"];
+    assert_eq!(strict.scope, pb_sec::Scope::Namespace as i32);
+    assert_eq!(strict.action, pb_sec::Action::Deny as i32);
+    assert_eq!(
+        strict.rules[0].clauses[0].matches[0].not_principals[0].match_type,
+        Some(MatchType::Presence(()))
+    );
+}
+
+#[test]
+fn string_matches_cidrs_and_service_accounts() {
+    use pb_sec::string_match::MatchType;
+    let m = Match {
+        principals: vec![StringMatch::from_pattern("cluster.local/*")],
+        not_principals: vec![StringMatch::from_pattern("*/sa/evil")],
+        namespaces: vec![StringMatch::from_pattern("*")],
+        source_ips: vec!["10.1.0.0/16".parse().unwrap(), "fd00::1".parse().unwrap()],
+        service_accounts: vec![ztunnel::state::ServiceAccountMatch {
+            namespace: "shop".into(),
+            service_account: "cart".into(),
+        }],
+        ..Match::default()
+    };
+    let got = match_(&m);
+    let types = |v: &[pb_sec::StringMatch]| {
+        v.iter()
+            .map(|s| s.match_type.clone().unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        types(&got.principals),
+        [
+            MatchType::Prefix("cluster.local/".into()),
+            MatchType::Suffix("/ns/shop/sa/cart".into())
+        ]
+    );
+    assert_eq!(
+        types(&got.not_principals),
+        [MatchType::Suffix("/sa/evil".into())]
+    );
+    assert_eq!(types(&got.namespaces), [MatchType::Presence(())]);
+    assert_eq!(
+        got.source_ips,
+        [
+            pb_sec::Address {
+                address: bytes("10.1.0.0"),
+                length: 16
+            },
+            pb_sec::Address {
+                address: bytes("fd00::1"),
+                length: 128
+            },
+        ]
+    );
+    assert!(
+        got.service_accounts.is_empty(),
+        "never sent: unverified field"
+    );
+}
