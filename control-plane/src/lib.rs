@@ -17,3 +17,5 @@
 //! - [`serve`]: TLS on 15012 for both, plus metrics and readiness.
 
 pub mod convert;
+pub mod delta;
+pub mod resources;

@@ -1,0 +1,154 @@
+//! The versioned resource set published to clients: every resource encoded
+//! once per snapshot, with a version that is a hash of its bytes, so an
+//! unchanged resource keeps its version and is never re-sent.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use prost::Message;
+use sha2::{Digest, Sha256};
+use ztunnel::state::Snapshot;
+
+use crate::convert;
+
+/// The resource types we serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Address,
+    Authorization,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 2] = [Kind::Address, Kind::Authorization];
+
+    pub fn type_url(self) -> &'static str {
+        match self {
+            Kind::Address => proto::ADDRESS_TYPE_URL,
+            Kind::Authorization => proto::AUTHORIZATION_TYPE_URL,
+        }
+    }
+
+    pub fn from_type_url(url: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.type_url() == url)
+    }
+
+    /// A short, bounded metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::Address => "address",
+            Kind::Authorization => "authorization",
+        }
+    }
+}
+
+/// One encoded resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versioned {
+    pub name: String,
+    /// Hex of the first 8 bytes of SHA-256 over `body`.
+    pub version: String,
+    /// The encoded `istio.workload.Address` or `istio.security.Authorization`.
+    pub body: Vec<u8>,
+}
+
+impl Versioned {
+    pub fn new(name: String, body: Vec<u8>) -> Self {
+        Versioned {
+            version: content_version(&body),
+            name,
+            body,
+        }
+    }
+
+    /// The xDS `Resource` wrapping this one as an `Any` of `kind`.
+    pub fn to_resource(&self, kind: Kind) -> proto::discovery::Resource {
+        proto::discovery::Resource {
+            name: self.name.clone(),
+            version: self.version.clone(),
+            resource: Some(prost_types::Any {
+                type_url: kind.type_url().to_owned(),
+                value: self.body.clone(),
+            }),
+            ..Default::default()
+        }
+    }
+}
+
+/// The version of some encoded bytes.
+pub fn content_version(body: &[u8]) -> String {
+    let digest = Sha256::digest(body);
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Resources of one kind, by name.
+pub type Resources = BTreeMap<String, Arc<Versioned>>;
+
+/// Everything one snapshot publishes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResourceSet {
+    pub addresses: Resources,
+    pub authorizations: Resources,
+}
+
+impl ResourceSet {
+    pub fn from_snapshot(snap: &Snapshot) -> Self {
+        fn encode<M: Message>(m: BTreeMap<String, M>) -> Resources {
+            m.into_iter()
+                .map(|(name, msg)| {
+                    let body = msg.encode_to_vec();
+                    (name.clone(), Arc::new(Versioned::new(name, body)))
+                })
+                .collect()
+        }
+        ResourceSet {
+            addresses: encode(convert::addresses(snap)),
+            authorizations: encode(convert::authorizations(snap)),
+        }
+    }
+
+    pub fn of(&self, kind: Kind) -> &Resources {
+        match kind {
+            Kind::Address => &self.addresses,
+            Kind::Authorization => &self.authorizations,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "nodes: [{name: n1, ip: 10.0.0.1}]\n\
+        namespaces: [{name: a, labels: {istio.io/dataplane-mode: ambient}}]\n\
+        workloads:\n\
+        - {name: p1, namespace: a, ip: 10.1.0.1, node: n1, labels: {app: x}}\n\
+        - {name: p2, namespace: a, ip: 10.1.0.2, node: n1}\n";
+
+    fn set(yaml: &str) -> ResourceSet {
+        ResourceSet::from_snapshot(&ztunnel::config::parse(yaml).unwrap())
+    }
+
+    #[test]
+    fn versions_follow_content_only() {
+        let a = set(BASE);
+        let b = set(BASE);
+        assert_eq!(a, b, "same input, same versions");
+        let edited = set(&BASE.replace("10.1.0.2", "10.1.0.3"));
+        assert_eq!(
+            a.addresses["a/p1"].version, edited.addresses["a/p1"].version,
+            "untouched workload keeps its version"
+        );
+        assert_ne!(
+            a.addresses["a/p2"].version,
+            edited.addresses["a/p2"].version
+        );
+    }
+
+    #[test]
+    fn kinds_round_trip_type_urls() {
+        for k in Kind::ALL {
+            assert_eq!(Kind::from_type_url(k.type_url()), Some(k));
+        }
+        assert_eq!(Kind::from_type_url("type.googleapis.com/x.Y"), None);
+    }
+}
