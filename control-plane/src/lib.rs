@@ -16,6 +16,13 @@
 //! - [`ca`]: the `CreateCertificate` gRPC service and node tokens;
 //! - [`serve`]: TLS on 15012 for both, plus metrics and readiness.
 
+pub mod auth;
+pub mod ca;
 pub mod convert;
 pub mod delta;
+pub mod metrics;
 pub mod resources;
+pub mod serve;
+pub mod source;
+pub mod tls;
+pub mod xds;

@@ -51,7 +51,8 @@ fn table() {
     // Leak to get 'static resource sets for the table.
     let v1: &'static Resources = Box::leak(Box::new(v1));
     let v2: &'static Resources = Box::leak(Box::new(v2));
-    let cases: Vec<(&str, Vec<Step>, Vec<(&[&str], &[&str])>)> = vec![
+    type Want = (&'static [&'static str], &'static [&'static str]);
+    let cases: Vec<(&str, Vec<Step>, Vec<Want>)> = vec![
         (
             "explicit wildcard, then a change",
             vec![("sub *", Some(req(&["*"], &[])), v1), ("edit", None, v2)],

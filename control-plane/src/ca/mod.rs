@@ -1,0 +1,220 @@
+//! The CA service: `istio.v1.auth.IstioCertificateService/CreateCertificate`.
+//!
+//! A node proxy asks on behalf of a workload: it names the identity in the
+//! request metadata under `ImpersonatedIdentity` (as Istio's ztunnel does)
+//! and authenticates as its node with a bearer token ([`crate::auth`]). The
+//! CA signs only if a workload with that identity runs on that node
+//! ([`authorize`]), whatever names the CSR asks for; the chain comes back
+//! leaf first, root last. The root key never leaves this process.
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hbone::ca::{CaError, DevCa};
+use hbone::SpiffeId;
+use proto::ca::istio_certificate_service_server::IstioCertificateService;
+use proto::ca::{IstioCertificateRequest, IstioCertificateResponse};
+use tokio::sync::watch;
+use tonic::{Request, Response, Status};
+use ztunnel::state::Snapshot;
+
+use crate::auth::{NodeName, Tokens};
+use crate::metrics::{Metrics, ReasonLabel};
+
+/// The longest certificate we issue, and the default.
+pub const MAX_VALIDITY: Duration = Duration::from_secs(24 * 3600);
+/// The shortest lifetime a client may ask for.
+pub const MIN_VALIDITY: Duration = Duration::from_secs(60);
+
+/// Why a certificate request was refused. `reason()` is the metric label.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error("request metadata lacks a string {key:?}", key = proto::IMPERSONATED_IDENTITY_KEY)]
+    NoIdentity,
+    #[error("{key} {value:?} is not a SPIFFE identity", key = proto::IMPERSONATED_IDENTITY_KEY)]
+    BadIdentity {
+        value: String,
+        #[source]
+        source: hbone::identity::SpiffeIdError,
+    },
+    #[error("{identity} is not in trust domain {trust_domain:?}")]
+    WrongTrustDomain {
+        identity: SpiffeId,
+        trust_domain: String,
+    },
+    #[error("no workload with identity {identity} runs on node {node}")]
+    NotOnNode { identity: SpiffeId, node: NodeName },
+    #[error("csr is not a PEM certificate request")]
+    CsrPem,
+    #[error("csr is invalid")]
+    Csr(#[source] CaError),
+    #[error("no config loaded yet")]
+    NotReady,
+    #[error("signing failed")]
+    Sign(#[source] CaError),
+}
+
+impl Refusal {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refusal::NoIdentity | Refusal::BadIdentity { .. } => "bad_identity",
+            Refusal::WrongTrustDomain { .. } | Refusal::NotOnNode { .. } => "not_authorized",
+            Refusal::CsrPem | Refusal::Csr(_) => "bad_csr",
+            Refusal::NotReady => "not_ready",
+            Refusal::Sign(_) => "internal",
+        }
+    }
+
+    pub fn to_status(&self) -> Status {
+        // The whole chain, so the caller sees why (e.g. the CSR parse error).
+        let mut msg = self.to_string();
+        let mut src = std::error::Error::source(self);
+        while let Some(s) = src {
+            msg.push_str(": ");
+            msg.push_str(&s.to_string());
+            src = s.source();
+        }
+        match self {
+            Refusal::NoIdentity
+            | Refusal::BadIdentity { .. }
+            | Refusal::CsrPem
+            | Refusal::Csr(_) => Status::invalid_argument(msg),
+            Refusal::WrongTrustDomain { .. } | Refusal::NotOnNode { .. } => {
+                Status::permission_denied(msg)
+            }
+            Refusal::NotReady => Status::unavailable(msg),
+            Refusal::Sign(_) => Status::internal(msg),
+        }
+    }
+}
+
+/// The identity a request asks for, from its metadata.
+pub fn requested_identity(req: &IstioCertificateRequest) -> Result<SpiffeId, Refusal> {
+    use prost_types::value::Kind;
+    let value = req
+        .metadata
+        .as_ref()
+        .and_then(|m| m.fields.get(proto::IMPERSONATED_IDENTITY_KEY))
+        .and_then(|v| match &v.kind {
+            Some(Kind::StringValue(s)) => Some(s.clone()),
+            _ => None,
+        })
+        .ok_or(Refusal::NoIdentity)?;
+    value
+        .parse()
+        .map_err(|source| Refusal::BadIdentity { value, source })
+}
+
+/// Pure: may `node` obtain a certificate for `identity`? Only if a workload
+/// with exactly that identity runs on it.
+pub fn authorize(snap: &Snapshot, node: &NodeName, identity: &SpiffeId) -> Result<(), Refusal> {
+    if identity.trust_domain() != snap.trust_domain() {
+        return Err(Refusal::WrongTrustDomain {
+            identity: identity.clone(),
+            trust_domain: snap.trust_domain().to_owned(),
+        });
+    }
+    let runs_here = snap
+        .workloads()
+        .any(|w| w.node == node.0 && w.identity() == *identity);
+    if runs_here {
+        Ok(())
+    } else {
+        Err(Refusal::NotOnNode {
+            identity: identity.clone(),
+            node: node.clone(),
+        })
+    }
+}
+
+/// The lifetime to issue for a requested `validity_duration` (seconds).
+pub fn validity(requested_secs: i64) -> Duration {
+    if requested_secs <= 0 {
+        return MAX_VALIDITY;
+    }
+    Duration::from_secs(requested_secs.unsigned_abs()).clamp(MIN_VALIDITY, MAX_VALIDITY)
+}
+
+/// The DER of the first `CERTIFICATE REQUEST` PEM block.
+pub fn csr_der(pem: &str) -> Result<Vec<u8>, Refusal> {
+    use rustls_pki_types::pem::PemObject;
+    rustls_pki_types::CertificateSigningRequestDer::from_pem_slice(pem.as_bytes())
+        .map(|der| der.as_ref().to_vec())
+        .map_err(|_| Refusal::CsrPem)
+}
+
+fn pem(der: &[u8]) -> String {
+    let lf = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+    pem::encode_config(&pem::Pem::new("CERTIFICATE", der), lf)
+}
+
+/// The gRPC service.
+pub struct CaService {
+    pub ca: DevCa,
+    pub tokens: Arc<Tokens>,
+    pub snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl CaService {
+    /// Everything after authentication; pure apart from signing.
+    pub fn sign(
+        &self,
+        snap: Option<&Snapshot>,
+        node: &NodeName,
+        req: &IstioCertificateRequest,
+    ) -> Result<Vec<String>, Refusal> {
+        let identity = requested_identity(req)?;
+        authorize(snap.ok_or(Refusal::NotReady)?, node, &identity)?;
+        let der = csr_der(&req.csr)?;
+        let chain = self
+            .ca
+            .sign_csr(&der, &identity, validity(req.validity_duration))
+            .map_err(|e| match e {
+                CaError::Csr(_) | CaError::CsrKeyType => Refusal::Csr(e),
+                other => Refusal::Sign(other),
+            })?;
+        Ok(chain.iter().map(|c| pem(c.as_ref())).collect())
+    }
+}
+
+#[tonic::async_trait]
+impl IstioCertificateService for CaService {
+    async fn create_certificate(
+        &self,
+        request: Request<IstioCertificateRequest>,
+    ) -> Result<Response<IstioCertificateResponse>, Status> {
+        let node = match self.tokens.authenticate(request.metadata()) {
+            Ok(n) => n,
+            Err(e) => {
+                self.refused("unauthenticated");
+                return Err(e.into());
+            }
+        };
+        let snap = self.snapshots.borrow().clone();
+        match self.sign(snap.as_deref(), &node, request.get_ref()) {
+            Ok(cert_chain) => {
+                self.metrics.certs_signed.inc();
+                tracing::info!(%node, "certificate signed");
+                Ok(Response::new(IstioCertificateResponse { cert_chain }))
+            }
+            Err(refusal) => {
+                self.refused(refusal.reason());
+                tracing::warn!(%node, error = %refusal, "certificate refused");
+                Err(refusal.to_status())
+            }
+        }
+    }
+}
+
+impl CaService {
+    fn refused(&self, reason: &'static str) {
+        self.metrics
+            .certs_refused
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+}

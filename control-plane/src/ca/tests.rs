@@ -1,0 +1,198 @@
+use std::collections::BTreeMap;
+
+use prost_types::{value::Kind, Struct, Value};
+use rustls_pki_types::pem::PemObject;
+
+use super::*;
+
+const MESH: &str = "nodes: [{name: node1, ip: 10.0.0.1}, {name: node2, ip: 10.0.0.2}]\n\
+    namespaces: [{name: shop, labels: {istio.io/dataplane-mode: ambient}}]\n\
+    workloads:\n\
+    - {name: a, namespace: shop, serviceAccount: cart, ip: 10.1.1.1, node: node1}\n\
+    - {name: b, namespace: shop, serviceAccount: pay, ip: 10.1.2.1, node: node2}\n";
+
+fn snap() -> Snapshot {
+    ztunnel::config::parse(MESH).unwrap()
+}
+
+fn id(s: &str) -> SpiffeId {
+    s.parse().unwrap()
+}
+
+fn node(n: &str) -> NodeName {
+    NodeName(n.into())
+}
+
+#[test]
+fn authorize_table() {
+    let cases: &[(&str, &str, Result<(), &str>)] = &[
+        ("node1", "spiffe://cluster.local/ns/shop/sa/cart", Ok(())),
+        ("node2", "spiffe://cluster.local/ns/shop/sa/pay", Ok(())),
+        (
+            "node1",
+            "spiffe://cluster.local/ns/shop/sa/pay",
+            Err("not_authorized"),
+        ),
+        (
+            "node2",
+            "spiffe://cluster.local/ns/shop/sa/cart",
+            Err("not_authorized"),
+        ),
+        (
+            "node3",
+            "spiffe://cluster.local/ns/shop/sa/cart",
+            Err("not_authorized"),
+        ),
+        (
+            "node1",
+            "spiffe://other.td/ns/shop/sa/cart",
+            Err("not_authorized"),
+        ),
+        (
+            "node1",
+            "spiffe://cluster.local/ns/shop/sa/nobody",
+            Err("not_authorized"),
+        ),
+    ];
+    let s = snap();
+    for (n, i, want) in cases {
+        let got = authorize(&s, &node(n), &id(i)).map_err(|e| e.reason());
+        assert_eq!(got, *want, "{n} asks for {i}");
+    }
+}
+
+fn request(identity: Option<&str>, csr: &str) -> IstioCertificateRequest {
+    IstioCertificateRequest {
+        csr: csr.to_owned(),
+        validity_duration: 3600,
+        metadata: identity.map(|i| Struct {
+            fields: BTreeMap::from([(
+                proto::IMPERSONATED_IDENTITY_KEY.to_owned(),
+                Value {
+                    kind: Some(Kind::StringValue(i.to_owned())),
+                },
+            )]),
+        }),
+    }
+}
+
+#[test]
+fn requested_identity_table() {
+    let cases: &[(Option<&str>, Result<&str, &str>)] = &[
+        (
+            Some("spiffe://cluster.local/ns/shop/sa/cart"),
+            Ok("spiffe://cluster.local/ns/shop/sa/cart"),
+        ),
+        (Some("cluster.local/ns/shop/sa/cart"), Err("bad_identity")),
+        (None, Err("bad_identity")),
+    ];
+    for (given, want) in cases {
+        let got = requested_identity(&request(*given, ""))
+            .map(|i| i.to_string())
+            .map_err(|e| e.reason());
+        assert_eq!(got, want.map(String::from), "{given:?}");
+    }
+}
+
+#[test]
+fn validity_is_clamped() {
+    let cases = [
+        (0, MAX_VALIDITY),
+        (-5, MAX_VALIDITY),
+        (1, MIN_VALIDITY),
+        (3600, Duration::from_secs(3600)),
+        (10 * 24 * 3600, MAX_VALIDITY),
+    ];
+    for (secs, want) in cases {
+        assert_eq!(validity(secs), want, "{secs}");
+    }
+}
+
+pub(crate) fn csr_pem() -> String {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap()
+}
+
+fn service() -> CaService {
+    let (_tx, rx) = watch::channel(None);
+    CaService {
+        ca: DevCa::generate().unwrap(),
+        tokens: Arc::default(),
+        snapshots: rx,
+        metrics: Arc::default(),
+    }
+}
+
+#[test]
+fn sign_returns_leaf_first_for_the_requested_identity() {
+    let svc = service();
+    let s = snap();
+    let req = request(Some("spiffe://cluster.local/ns/shop/sa/cart"), &csr_pem());
+    let chain = svc.sign(Some(&s), &node("node1"), &req).unwrap();
+    assert_eq!(chain.len(), 2);
+    let leaf = rustls_pki_types::CertificateDer::from_pem_slice(chain[0].as_bytes()).unwrap();
+    let got = hbone::cert::identity_from_der(&leaf).unwrap();
+    assert_eq!(got, id("spiffe://cluster.local/ns/shop/sa/cart"));
+    assert_eq!(chain[1], svc.ca.root_pem());
+}
+
+#[test]
+fn sign_refusals() {
+    let svc = service();
+    let s = snap();
+    let cart = Some("spiffe://cluster.local/ns/shop/sa/cart");
+    let garbage_pem =
+        "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n";
+    let cases: &[(
+        &str,
+        Option<&Snapshot>,
+        IstioCertificateRequest,
+        &str,
+        tonic::Code,
+    )] = &[
+        (
+            "other node's pod",
+            Some(&s),
+            request(Some("spiffe://cluster.local/ns/shop/sa/pay"), &csr_pem()),
+            "not_authorized",
+            tonic::Code::PermissionDenied,
+        ),
+        (
+            "no identity",
+            Some(&s),
+            request(None, &csr_pem()),
+            "bad_identity",
+            tonic::Code::InvalidArgument,
+        ),
+        (
+            "not PEM",
+            Some(&s),
+            request(cart, "hello"),
+            "bad_csr",
+            tonic::Code::InvalidArgument,
+        ),
+        (
+            "PEM of garbage",
+            Some(&s),
+            request(cart, garbage_pem),
+            "bad_csr",
+            tonic::Code::InvalidArgument,
+        ),
+        (
+            "no config yet",
+            None,
+            request(cart, &csr_pem()),
+            "not_ready",
+            tonic::Code::Unavailable,
+        ),
+    ];
+    for (name, snap, req, reason, code) in cases {
+        let err = svc.sign(*snap, &node("node1"), req).unwrap_err();
+        assert_eq!(err.reason(), *reason, "{name}");
+        assert_eq!(err.to_status().code(), *code, "{name}");
+    }
+}

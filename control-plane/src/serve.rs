@@ -1,0 +1,229 @@
+//! Wiring: the source feeds a publisher; xDS and the CA share one TLS port
+//! (15012); metrics and readiness are plain HTTP on another.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hbone::ca::DevCa;
+use hbone::drain::Drain;
+use proto::ca::istio_certificate_service_server::IstioCertificateServiceServer;
+use proto::discovery::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Server, ServerTlsConfig};
+use ztunnel::state::Snapshot;
+
+use crate::auth::{Tokens, TokensError};
+use crate::ca::CaService;
+use crate::metrics::Metrics;
+use crate::resources::ResourceSet;
+use crate::source::{FileSource, Source, DEFAULT_POLL_INTERVAL};
+use crate::tls::{serving_cert, ServingCertError};
+use crate::xds::{Published, XdsService};
+
+/// xDS and CA, TLS (Istio's istiod port).
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:15012";
+/// Prometheus `/metrics` and `/healthz/ready` (Istio's istiod monitoring port).
+pub const DEFAULT_METRICS_LISTEN: &str = "0.0.0.0:15014";
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/ambient-mesh/mesh.yaml";
+pub const DEFAULT_CA_DIR: &str = "/var/lib/ambient-mesh/ca";
+pub const DEFAULT_TOKENS_FILE: &str = "/etc/ambient-mesh/node-tokens.yaml";
+
+/// The control plane's typed configuration (flags in `main.rs`).
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub config_file: PathBuf,
+    pub ca_dir: PathBuf,
+    pub tokens_file: PathBuf,
+    pub listen: SocketAddr,
+    pub metrics_listen: SocketAddr,
+    pub poll_interval: Duration,
+}
+
+impl Config {
+    /// Defaults, with the three paths given (tests pass temp dirs).
+    pub fn with_paths(config_file: &Path, ca_dir: &Path, tokens_file: &Path) -> Self {
+        Config {
+            config_file: config_file.to_owned(),
+            ca_dir: ca_dir.to_owned(),
+            tokens_file: tokens_file.to_owned(),
+            listen: DEFAULT_LISTEN.parse().expect("constant address"),
+            metrics_listen: DEFAULT_METRICS_LISTEN.parse().expect("constant address"),
+            poll_interval: DEFAULT_POLL_INTERVAL,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("loading the CA from {path}")]
+    Ca {
+        path: PathBuf,
+        #[source]
+        source: hbone::ca::CaError,
+    },
+    #[error("loading node tokens")]
+    Tokens(#[source] TokensError),
+    #[error("issuing the serving certificate")]
+    ServingCert(#[source] ServingCertError),
+    #[error("binding {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running control plane. Dropping it does not stop it; call
+/// [`Running::shutdown`].
+pub struct Running {
+    /// Where xDS and the CA listen (TLS).
+    pub addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    /// The mesh root, PEM: clients verify the serving certificate with it.
+    pub root_pem: String,
+    pub metrics: Arc<Metrics>,
+    drain: Drain,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops accepting, ends every stream, and waits for the tasks.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.drain.signal();
+        for t in self.tasks.drain(..) {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+}
+
+/// Starts everything. Returns once the listeners are bound.
+pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
+    let ca = DevCa::load_or_create(&cfg.ca_dir).map_err(|source| ServeError::Ca {
+        path: cfg.ca_dir.clone(),
+        source,
+    })?;
+    let tokens = Arc::new(Tokens::load(&cfg.tokens_file).map_err(ServeError::Tokens)?);
+    let identity = serving_cert(&ca, &cfg.ca_dir).map_err(ServeError::ServingCert)?;
+    let metrics = Arc::new(Metrics::new());
+    let bind = |addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Bind { addr, source })
+    };
+    let listener = bind(cfg.listen).await?;
+    let metrics_listener = bind(cfg.metrics_listen).await?;
+    let addr = listener.local_addr().expect("bound socket has an address");
+    let metrics_addr = metrics_listener.local_addr().expect("bound");
+
+    let (snap_tx, snap_rx) = watch::channel(None);
+    let (feed_tx, feed_rx) = watch::channel(None);
+    let source = FileSource::new(&cfg.config_file, cfg.poll_interval)
+        .count_rejections(metrics.config_rejected.clone());
+    let mut tasks = vec![tokio::spawn(publish(source, snap_tx, feed_tx))];
+
+    let xds = XdsService {
+        feed: feed_rx.clone(),
+        tokens: tokens.clone(),
+        metrics: metrics.clone(),
+    };
+    let ca_svc = CaService {
+        ca: ca.clone(),
+        tokens,
+        snapshots: snap_rx,
+        metrics: metrics.clone(),
+    };
+    let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = Server::builder()
+        .tls_config(ServerTlsConfig::new().identity(identity))
+        .expect("valid TLS identity")
+        .add_service(AggregatedDiscoveryServiceServer::new(xds))
+        .add_service(IstioCertificateServiceServer::new(ca_svc))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            let _ = shutdown_rx.await;
+        });
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = server.await {
+            tracing::error!(error = %e, "gRPC server failed");
+        }
+    }));
+
+    let drain = Drain::new();
+    let route = monitoring_route(metrics.clone(), feed_rx);
+    tasks.push(tokio::spawn(ztunnel::admin::serve(
+        metrics_listener,
+        route,
+        drain.clone(),
+    )));
+    tracing::info!(%addr, %metrics_addr, "control plane listening");
+    Ok(Running {
+        addr,
+        metrics_addr,
+        root_pem: ca.root_pem().to_owned(),
+        metrics,
+        drain,
+        shutdown: Some(shutdown_tx),
+        tasks,
+    })
+}
+
+/// `/metrics`, and `/healthz/ready` once a config has been published.
+fn monitoring_route(
+    metrics: Arc<Metrics>,
+    feed: watch::Receiver<Option<Arc<Published>>>,
+) -> ztunnel::admin::Route {
+    use http::{Method, StatusCode};
+    use ztunnel::admin::text;
+    Arc::new(move |method: &Method, path: &str| match (method, path) {
+        (&Method::GET, "/metrics") => (
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            metrics.encode(),
+        ),
+        (&Method::GET, "/healthz/ready") if feed.borrow().is_some() => {
+            text(StatusCode::OK, "ready\n")
+        }
+        (&Method::GET, "/healthz/ready") => {
+            text(StatusCode::SERVICE_UNAVAILABLE, "no config loaded yet\n")
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    })
+}
+
+/// Converts each snapshot off the async threads and publishes it.
+async fn publish(
+    mut source: impl Source,
+    snapshots: watch::Sender<Option<Arc<Snapshot>>>,
+    feed: watch::Sender<Option<Arc<Published>>>,
+) {
+    while let Some(snap) = source.next().await {
+        let at = tokio::time::Instant::now();
+        let for_convert = snap.clone();
+        let resources =
+            match tokio::task::spawn_blocking(move || ResourceSet::from_snapshot(&for_convert))
+                .await
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "converting the snapshot failed");
+                    continue;
+                }
+            };
+        tracing::info!(
+            addresses = resources.addresses.len(),
+            authorizations = resources.authorizations.len(),
+            "publishing config"
+        );
+        snapshots.send_replace(Some(snap));
+        feed.send_replace(Some(Arc::new(Published { resources, at })));
+    }
+}

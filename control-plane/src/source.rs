@@ -1,0 +1,112 @@
+//! Where snapshots come from. A [`Source`] yields each new good snapshot; the
+//! local YAML file is the first ([`FileSource`]), and a Kubernetes source
+//! can slot in beside it.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use ztunnel::source::{Change, FileSource as FilePoller};
+use ztunnel::state::Snapshot;
+
+/// How often the config file is polled.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// A stream of snapshots. Invalid input never reaches the caller: a source
+/// logs it and keeps waiting, so the last good snapshot stays in force.
+pub trait Source: Send + 'static {
+    /// The next new snapshot; `None` when the source has ended for good.
+    fn next(&mut self) -> BoxFuture<'_, Option<Arc<Snapshot>>>;
+}
+
+/// The local YAML file, polled for content changes.
+pub struct FileSource {
+    poller: FilePoller,
+    interval: Duration,
+    rejected: prometheus_client::metrics::counter::Counter,
+    first: bool,
+}
+
+impl FileSource {
+    pub fn new(path: &Path, interval: Duration) -> Self {
+        FileSource {
+            poller: FilePoller::new(path),
+            interval,
+            rejected: Default::default(),
+            first: true,
+        }
+    }
+
+    /// Counts rejected updates in `counter` (a metric).
+    pub fn count_rejections(
+        mut self,
+        counter: prometheus_client::metrics::counter::Counter,
+    ) -> Self {
+        self.rejected = counter;
+        self
+    }
+
+    /// Updates rejected so far.
+    pub fn rejected(&self) -> u64 {
+        self.rejected.get()
+    }
+}
+
+impl Source for FileSource {
+    fn next(&mut self) -> BoxFuture<'_, Option<Arc<Snapshot>>> {
+        Box::pin(async move {
+            loop {
+                if !self.first {
+                    tokio::time::sleep(self.interval).await;
+                }
+                self.first = false;
+                match self.poller.poll() {
+                    Change::Unchanged => {}
+                    Change::Updated(snap) => return Some(Arc::new(*snap)),
+                    Change::Rejected(e) => {
+                        self.rejected.inc();
+                        tracing::warn!(
+                            path = %self.poller.path().display(),
+                            error = %e,
+                            cause = ?std::error::Error::source(&e).map(ToString::to_string),
+                            "config rejected; keeping the last good one"
+                        );
+                    }
+                    Change::Unreadable(e) => {
+                        self.rejected.inc();
+                        tracing::warn!(
+                            path = %self.poller.path().display(),
+                            error = %e,
+                            "config unreadable; keeping the last good one"
+                        );
+                    }
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn yields_changes_and_skips_bad_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mesh.yaml");
+        std::fs::write(&path, "nodes: [{name: n1, ip: 10.0.0.1}]\n").unwrap();
+        let mut src = FileSource::new(&path, Duration::from_millis(10));
+        let first = src.next().await.unwrap();
+        assert!(first.node("n1").is_some());
+
+        std::fs::write(&path, "nodes: [{name: n1, ip: bogus}]\n").unwrap();
+        let waited = tokio::time::timeout(Duration::from_millis(100), src.next()).await;
+        assert!(waited.is_err(), "a bad file yields nothing");
+        assert_eq!(src.rejected(), 1);
+
+        std::fs::write(&path, "nodes: [{name: n2, ip: 10.0.0.2}]\n").unwrap();
+        let next = src.next().await.unwrap();
+        assert!(next.node("n2").is_some());
+    }
+}

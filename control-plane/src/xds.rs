@@ -1,0 +1,207 @@
+//! The delta ADS gRPC service: `DeltaAggregatedResources`.
+//!
+//! One task per stream owns that client's [`Subscription`]s (one per type)
+//! and reacts to two things: a request (subscription change, ACK or NACK)
+//! and a newly published resource set. Either way it computes the delta
+//! with the pure [`Subscription::diff`] and sends it only if non-empty (the
+//! first request of each type is always answered, so a client knows it is
+//! in sync).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use proto::discovery::aggregated_discovery_service_server::AggregatedDiscoveryService;
+use proto::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::auth::{NodeName, Tokens};
+use crate::delta::{Delta, Reply, Subscription};
+use crate::metrics::Metrics;
+use crate::resources::{Kind, ResourceSet};
+
+/// Responses queued per stream before the task waits for the client.
+const STREAM_BUFFER: usize = 16;
+
+/// One published resource set and when it was published.
+#[derive(Debug)]
+pub struct Published {
+    pub resources: ResourceSet,
+    pub at: Instant,
+}
+
+pub type Feed = watch::Receiver<Option<Arc<Published>>>;
+
+pub struct XdsService {
+    pub feed: Feed,
+    pub tokens: Arc<Tokens>,
+    pub metrics: Arc<Metrics>,
+}
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for XdsService {
+    type DeltaAggregatedResourcesStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let node = self.tokens.authenticate(request.metadata())?;
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let stream = ClientStream {
+            node,
+            requests: request.into_inner(),
+            feed: self.feed.clone(),
+            tx,
+            metrics: self.metrics.clone(),
+            subs: BTreeMap::new(),
+            nonce: 0,
+        };
+        tokio::spawn(stream.run());
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Keeps the connected-clients gauge right however a stream ends.
+struct Connected(Arc<Metrics>);
+
+impl Drop for Connected {
+    fn drop(&mut self) {
+        self.0.connected_clients.dec();
+    }
+}
+
+struct ClientStream {
+    node: NodeName,
+    requests: Streaming<DeltaDiscoveryRequest>,
+    feed: Feed,
+    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    metrics: Arc<Metrics>,
+    subs: BTreeMap<Kind, Subscription>,
+    nonce: u64,
+}
+
+impl ClientStream {
+    async fn run(mut self) {
+        self.metrics.connected_clients.inc();
+        let _connected = Connected(self.metrics.clone());
+        tracing::info!(node = %self.node, "xds client connected");
+        // Everything published before now is sent on subscription.
+        self.feed.mark_unchanged();
+        loop {
+            tokio::select! {
+                msg = self.requests.message() => match msg {
+                    Ok(Some(req)) => {
+                        if self.on_request(req).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(status) => {
+                        tracing::debug!(node = %self.node, %status, "xds stream error");
+                        break;
+                    }
+                },
+                changed = self.feed.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let published = self.feed.borrow_and_update().clone();
+                    if let Some(p) = published {
+                        if self.push_all(&p).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        tracing::info!(node = %self.node, "xds client disconnected");
+    }
+
+    async fn on_request(&mut self, req: DeltaDiscoveryRequest) -> Result<(), Closed> {
+        let Some(kind) = Kind::from_type_url(&req.type_url) else {
+            tracing::warn!(node = %self.node, type_url = %req.type_url, "unknown xDS type; ignored");
+            return Ok(());
+        };
+        let sub = self.subs.entry(kind).or_default();
+        let first = !sub.started();
+        match sub.on_request(&req) {
+            Reply::Nack { nonce, message } => {
+                self.metrics
+                    .nacks
+                    .get_or_create(&Metrics::type_label(kind))
+                    .inc();
+                tracing::warn!(node = %self.node, r#type = kind.label(), %nonce, %message, "NACK");
+            }
+            Reply::Ack { nonce } => {
+                tracing::debug!(node = %self.node, r#type = kind.label(), %nonce, "ACK");
+            }
+            Reply::None => {}
+        }
+        let published = self.feed.borrow().clone();
+        let Some(p) = published else {
+            return Ok(());
+        };
+        self.push(kind, &p, first, None).await
+    }
+
+    async fn push_all(&mut self, p: &Published) -> Result<(), Closed> {
+        let kinds: Vec<Kind> = self.subs.keys().copied().collect();
+        for kind in kinds {
+            self.push(kind, p, false, Some(p.at)).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends `kind`'s delta if there is one (or `always`).
+    async fn push(
+        &mut self,
+        kind: Kind,
+        p: &Published,
+        always: bool,
+        published_at: Option<Instant>,
+    ) -> Result<(), Closed> {
+        let sub = self.subs.get_mut(&kind).expect("subscribed kind");
+        let delta = sub.diff(p.resources.of(kind));
+        if delta.is_empty() && !always {
+            return Ok(());
+        }
+        sub.commit(&delta);
+        self.nonce += 1;
+        let resp = response(kind, &delta, self.nonce.to_string());
+        self.tx.send(Ok(resp)).await.map_err(|_| Closed)?;
+        self.metrics
+            .pushes
+            .get_or_create(&Metrics::type_label(kind))
+            .inc();
+        if let Some(at) = published_at {
+            self.metrics
+                .push_latency
+                .observe(at.elapsed().as_secs_f64());
+        }
+        tracing::debug!(
+            node = %self.node,
+            r#type = kind.label(),
+            updated = delta.updated.len(),
+            removed = delta.removed.len(),
+            "pushed"
+        );
+        Ok(())
+    }
+}
+
+/// The client went away.
+struct Closed;
+
+/// The wire form of a delta.
+pub fn response(kind: Kind, delta: &Delta, nonce: String) -> DeltaDiscoveryResponse {
+    DeltaDiscoveryResponse {
+        type_url: kind.type_url().to_owned(),
+        resources: delta.updated.iter().map(|r| r.to_resource(kind)).collect(),
+        removed_resources: delta.removed.clone(),
+        nonce,
+        ..Default::default()
+    }
+}
