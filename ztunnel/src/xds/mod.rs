@@ -8,5 +8,6 @@
 //! Not built yet: the gRPC client that drives the store (ADS stream, ACK and
 //! NACK, backoff, `initial_resource_versions`) and the CA client.
 
+pub mod client;
 pub mod convert;
 pub mod store;

@@ -1,6 +1,5 @@
 use super::*;
 use proto::security::string_match::MatchType;
-use std::collections::HashMap;
 
 fn workload_pb() -> pb::Workload {
     pb::Workload {
@@ -11,7 +10,7 @@ fn workload_pb() -> pb::Workload {
         tunnel_protocol: pb::TunnelProtocol::Hbone as i32,
         service_account: "cart".into(),
         node: "node1".into(),
-        services: HashMap::from([(
+        services: [(
             "shop/cart.shop.svc.cluster.local".to_owned(),
             pb::PortList {
                 ports: vec![pb::Port {
@@ -19,7 +18,9 @@ fn workload_pb() -> pb::Workload {
                     target_port: 8080,
                 }],
             },
-        )]),
+        )]
+        .into_iter()
+        .collect(),
         authorization_policies: vec!["shop/allow-frontend".into()],
         ..Default::default()
     }

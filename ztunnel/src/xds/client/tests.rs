@@ -1,0 +1,301 @@
+use super::*;
+use prost::Message;
+use prost_types::Any;
+use proto::discovery::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use proto::discovery::Resource;
+use proto::workload as pb;
+use std::pin::Pin;
+use std::sync::Mutex;
+use tokio::net::TcpListener;
+
+#[test]
+fn backoff_doubles_from_10ms_to_15s_with_jitter() {
+    let ms = |d: Duration| d.as_millis();
+    assert_eq!(ms(backoff(0, 1.0)), 10);
+    assert_eq!(ms(backoff(1, 1.0)), 20);
+    assert_eq!(ms(backoff(5, 1.0)), 320);
+    assert_eq!(ms(backoff(11, 1.0)), 15_000);
+    assert_eq!(ms(backoff(40, 1.0)), 15_000);
+    assert_eq!(ms(backoff(0, 0.5)), 5);
+    assert_eq!(ms(backoff(0, 0.0)), 5, "jitter is clamped");
+}
+
+#[test]
+fn ack_and_nack_carry_the_nonce() {
+    let resp = DeltaDiscoveryResponse {
+        type_url: ADDRESS_TYPE_URL.into(),
+        nonce: "n7".into(),
+        ..Default::default()
+    };
+    let ack = answer(&resp, &[], None);
+    assert_eq!(
+        (ack.response_nonce.as_str(), ack.type_url.as_str()),
+        ("n7", ADDRESS_TYPE_URL)
+    );
+    assert!(ack.error_detail.is_none());
+    let rejected = [Rejection {
+        name: "w1".into(),
+        error: super::super::store::ResourceError::Empty,
+    }];
+    let nack = answer(&resp, &rejected, Some("dup IP"));
+    let detail = nack.error_detail.unwrap();
+    assert_eq!(detail.code, 3);
+    assert!(
+        detail.message.contains("w1: resource has no body"),
+        "{}",
+        detail.message
+    );
+    assert!(detail.message.contains("dup IP"), "{}", detail.message);
+}
+
+type ResponseStream =
+    Pin<Box<dyn futures::Stream<Item = Result<DeltaDiscoveryResponse, tonic::Status>> + Send>>;
+
+type ResponseSender = mpsc::Sender<Result<DeltaDiscoveryResponse, tonic::Status>>;
+
+/// A scripted ADS server: logs every request, and streams whatever the test
+/// pushes into `responses` (one sender per accepted stream).
+#[derive(Clone, Default)]
+struct Scripted {
+    requests: Arc<Mutex<Vec<DeltaDiscoveryRequest>>>,
+    streams: Arc<Mutex<Vec<ResponseSender>>>,
+    tokens: Arc<Mutex<Vec<String>>>,
+}
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for Scripted {
+    type DeltaAggregatedResourcesStream = ResponseStream;
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: tonic::Request<tonic::Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<tonic::Response<ResponseStream>, tonic::Status> {
+        if let Some(t) = request.metadata().get("authorization") {
+            self.tokens
+                .lock()
+                .unwrap()
+                .push(t.to_str().unwrap_or("").to_owned());
+        }
+        let mut incoming = request.into_inner();
+        let log = self.requests.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(req)) = incoming.message().await {
+                log.lock().unwrap().push(req);
+            }
+        });
+        let (tx, mut rx) = mpsc::channel(8);
+        self.streams.lock().unwrap().push(tx);
+        let out = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        Ok(tonic::Response::new(Box::pin(out)))
+    }
+}
+
+/// The server runs on its own runtime and thread, so stopping it kills
+/// every connection at once, as a crashed control plane would.
+struct Server {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Server {
+    fn start(svc: Scripted, listener: std::net::TcpListener) -> Server {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.spawn(async move {
+                listener.set_nonblocking(true).unwrap();
+                let listener = TcpListener::from_std(listener).unwrap();
+                let incoming = tonic::transport::server::TcpIncoming::from(listener);
+                let _ = tonic::transport::Server::builder()
+                    .add_service(AggregatedDiscoveryServiceServer::new(svc))
+                    .serve_with_incoming(incoming)
+                    .await;
+            });
+            let _ =
+                rt.block_on(async { tokio::task::spawn_blocking(move || stopped.recv()).await });
+            rt.shutdown_background();
+        });
+        Server {
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    fn kill(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.thread.take().unwrap().join().unwrap();
+    }
+}
+
+fn workload_resource(uid: &str, ip: [u8; 4]) -> Resource {
+    let w = pb::Workload {
+        uid: uid.into(),
+        name: uid.into(),
+        namespace: "shop".into(),
+        addresses: vec![ip.to_vec()],
+        tunnel_protocol: pb::TunnelProtocol::Hbone as i32,
+        node: "node1".into(),
+        ..Default::default()
+    };
+    let body = pb::Address {
+        r#type: Some(pb::address::Type::Workload(w)),
+    };
+    Resource {
+        name: uid.into(),
+        version: format!("{uid}-v1"),
+        resource: Some(Any {
+            type_url: ADDRESS_TYPE_URL.into(),
+            value: body.encode_to_vec(),
+        }),
+        ..Default::default()
+    }
+}
+
+fn response(nonce: &str, resources: Vec<Resource>) -> DeltaDiscoveryResponse {
+    DeltaDiscoveryResponse {
+        type_url: ADDRESS_TYPE_URL.into(),
+        nonce: nonce.into(),
+        resources,
+        ..Default::default()
+    }
+}
+
+async fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    for _ in 0..500 {
+        if let Some(v) = f() {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_nacks_keeps_state_and_resyncs_with_versions() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let svc = Scripted::default();
+    let server = Server::start(svc.clone(), listener);
+
+    let (publish, mut snapshots) = mpsc::channel(8);
+    let stats = Arc::new(XdsStats::default());
+    let client = XdsClient {
+        endpoint: tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap(),
+        node: Node {
+            id: "ztunnel~node1".into(),
+            ..Default::default()
+        },
+        token: Some("secret-node1".into()),
+        store: XdsStore::default(),
+        stats: stats.clone(),
+        publish,
+    };
+    let drain = Drain::new();
+    let client_task = tokio::spawn(client.run(drain.clone()));
+
+    // Both types are subscribed, wildcard, with no versions yet.
+    let subs = eventually("subscriptions", || {
+        let r = svc.requests.lock().unwrap();
+        (r.len() >= 2).then(|| r.clone())
+    })
+    .await;
+    let urls: Vec<&str> = subs.iter().map(|r| r.type_url.as_str()).collect();
+    assert_eq!(urls, TYPE_URLS);
+    assert!(subs
+        .iter()
+        .all(|r| r.initial_resource_versions.is_empty() && r.resource_names_subscribe.is_empty()));
+    assert_eq!(subs[0].node.as_ref().unwrap().id, "ztunnel~node1");
+    assert_eq!(
+        svc.tokens.lock().unwrap().as_slice(),
+        ["Bearer secret-node1"]
+    );
+
+    // A good response is applied, published and ACKed.
+    let stream = svc.streams.lock().unwrap()[0].clone();
+    stream
+        .send(Ok(response(
+            "n1",
+            vec![
+                workload_resource("a", [10, 1, 1, 1]),
+                workload_resource("b", [10, 1, 1, 2]),
+            ],
+        )))
+        .await
+        .unwrap();
+    let snap = snapshots.recv().await.unwrap();
+    assert_eq!(snap.workloads().count(), 2);
+    let ack = eventually("ACK n1", || {
+        svc.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|r| r.response_nonce == "n1")
+            .cloned()
+    })
+    .await;
+    assert!(ack.error_detail.is_none());
+
+    // A bad resource is NACKed by name; the good one beside it applies.
+    let mut bad = workload_resource("c", [10, 1, 1, 3]);
+    bad.resource.as_mut().unwrap().value = vec![0xde, 0xad];
+    stream
+        .send(Ok(response(
+            "n2",
+            vec![bad, workload_resource("d", [10, 1, 1, 4])],
+        )))
+        .await
+        .unwrap();
+    let snap = snapshots.recv().await.unwrap();
+    assert_eq!(snap.workloads().count(), 3);
+    let nack = eventually("NACK n2", || {
+        svc.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|r| r.response_nonce == "n2")
+            .cloned()
+    })
+    .await;
+    let detail = nack.error_detail.expect("NACK carries the reason");
+    assert!(
+        detail.message.starts_with("c: decoding protobuf"),
+        "{}",
+        detail.message
+    );
+
+    // The control plane dies: nothing is withdrawn while it is gone.
+    drop(stream);
+    server.kill();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        snapshots.try_recv().is_err(),
+        "no snapshot change while disconnected"
+    );
+
+    // It comes back on the same address: the client resubscribes with the
+    // versions it holds, so the server can send only the difference.
+    let listener = std::net::TcpListener::bind(addr).unwrap();
+    let svc2 = Scripted::default();
+    let server2 = Server::start(svc2.clone(), listener);
+    let subs = eventually("resubscription", || {
+        let r = svc2.requests.lock().unwrap();
+        (r.len() >= 2).then(|| r.clone())
+    })
+    .await;
+    let versions = &subs[0].initial_resource_versions;
+    let mut names: Vec<&str> = versions.keys().map(String::as_str).collect();
+    names.sort();
+    assert_eq!(names, ["a", "b", "d"]);
+    assert_eq!(versions["a"], "a-v1");
+    assert!(stats.connects.load(Ordering::Relaxed) >= 2);
+    assert_eq!(stats.nacks.load(Ordering::Relaxed), 1);
+
+    drain.signal();
+    client_task.await.unwrap();
+    server2.kill();
+}
