@@ -1,13 +1,19 @@
-//! Configuration over delta xDS, wire-compatible with Istio's ztunnel API.
+//! Configuration and certificates from the control plane, wire-compatible
+//! with Istio's ztunnel API.
 //!
 //! - [`convert`]: `istio.workload.Address` and `istio.security.Authorization`
 //!   → domain types (pure, every field checked);
 //! - [`store`]: the resources held, delta application with per-resource
-//!   rejection, and the [`crate::state::Snapshot`] built from them (pure).
+//!   rejection, and the [`crate::state::Snapshot`] built from them (pure);
+//! - [`client`]: the delta ADS stream (ACK/NACK, backoff, resync with
+//!   `initial_resource_versions`);
+//! - [`ca`]: the CA client, a [`hbone::cert::CertProvider`] over
+//!   `CreateCertificate`.
 //!
-//! Not built yet: the gRPC client that drives the store (ADS stream, ACK and
-//! NACK, backoff, `initial_resource_versions`) and the CA client.
+//! Not wired yet: `ztunnel --xds-address` (the binary still reads the local
+//! config file and uses the dev CA).
 
+pub mod ca;
 pub mod client;
 pub mod convert;
 pub mod store;
