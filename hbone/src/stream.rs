@@ -4,31 +4,22 @@
 //! are consumed; writes wait for send capacity, so a slow reader pushes back
 //! on the writer instead of growing buffers. `poll_shutdown` sends
 //! END_STREAM (a TCP half-close); dropping the stream early resets it.
-//!
-//! Writes are copied (h2 needs owned buffers) into DATA frames of at most
-//! [`WRITE_CHUNK`] bytes, reusing the previous chunk's allocation once h2
-//! has sent it, rather than allocating (and page-faulting in) a fresh
-//! buffer per write. The chunk cap bounds what an idle stream retains.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use h2::{Reason, RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// The largest DATA frame this side sends (the peer allows up to
-/// [`crate::MAX_FRAME_SIZE`]), and so the most an idle stream keeps
-/// allocated for writing.
-pub const WRITE_CHUNK: usize = 256 * 1024;
+/// The largest single write handed to h2: one max-size frame.
+const MAX_WRITE: usize = crate::MAX_FRAME_SIZE as usize;
 
 pub struct H2Stream {
     send: SendStream<Bytes>,
     recv: RecvStream,
     pending: Bytes,
-    /// The last chunk's allocation, reused once h2 has dropped the chunk.
-    write_buf: BytesMut,
     recv_eof: bool,
     send_closed: bool,
     _guard: Option<Box<dyn Send + Sync>>,
@@ -55,21 +46,10 @@ impl H2Stream {
             send,
             recv,
             pending: Bytes::new(),
-            write_buf: BytesMut::new(),
             recv_eof: false,
             send_closed: false,
             _guard: guard,
         }
-    }
-
-    /// `data` as an owned chunk for h2, in the previous chunk's allocation
-    /// when h2 is done with it (no allocator round trip under bulk).
-    fn chunk(&mut self, data: &[u8]) -> Bytes {
-        if !self.write_buf.try_reclaim(data.len()) {
-            self.write_buf = BytesMut::with_capacity(data.len());
-        }
-        self.write_buf.extend_from_slice(data);
-        self.write_buf.split().freeze()
     }
 
     /// Abort the stream with RST_STREAM (used when policy revokes it).
@@ -131,14 +111,17 @@ impl AsyncWrite for H2Stream {
         if self.send_closed {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
-        self.send.reserve_capacity(buf.len().min(WRITE_CHUNK));
+        self.send.reserve_capacity(buf.len().min(MAX_WRITE));
         let sent = loop {
             match ready!(self.send.poll_capacity(cx)) {
                 Some(Ok(0)) => continue, // re-poll registers the waker
                 Some(Ok(n)) => {
                     let n = n.min(buf.len());
-                    let chunk = self.chunk(&buf[..n]);
-                    break self.send.send_data(chunk, false).ok().map(|()| n);
+                    break self
+                        .send
+                        .send_data(Bytes::copy_from_slice(&buf[..n]), false)
+                        .ok()
+                        .map(|()| n);
                 }
                 Some(Err(_)) | None => break None,
             }
