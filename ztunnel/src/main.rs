@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use ztunnel::app::{self, AccessLogTarget, Config, Listeners};
+use ztunnel::app::{self, AccessLogTarget, Config, ConfigSource, Listeners, XdsSource};
 
 /// Node proxy for ambient mesh: captures pod traffic with TPROXY and carries
 /// it over HBONE (mutual TLS 1.3 + HTTP/2 CONNECT).
@@ -16,13 +16,32 @@ struct Args {
     #[arg(long, env = "NODE_NAME")]
     node: String,
     /// The local config file (nodes, namespaces, workloads, services,
-    /// policies). Watched and applied live.
-    #[arg(long, env = "ZTUNNEL_CONFIG_FILE")]
-    config_file: PathBuf,
-    /// Directory of the dev CA (root-cert.pem, root-key.pem); created on
-    /// first start. Every ztunnel of a mesh must share the same root.
-    #[arg(long, env = "ZTUNNEL_CA_DIR")]
-    ca_dir: PathBuf,
+    /// policies). Watched and applied live. Needs --ca-dir.
+    #[arg(
+        long,
+        env = "ZTUNNEL_CONFIG_FILE",
+        required_unless_present = "xds_address",
+        conflicts_with = "xds_address"
+    )]
+    config_file: Option<PathBuf>,
+    /// Directory of the dev CA (root-cert.pem, root-key.pem), with
+    /// --config-file; created on first start. Every ztunnel of a mesh must
+    /// share the same root.
+    #[arg(long, env = "ZTUNNEL_CA_DIR", required_unless_present = "xds_address")]
+    ca_dir: Option<PathBuf>,
+    /// The control plane (delta xDS and CA), e.g. https://10.0.0.100:15012.
+    /// Needs --xds-root-cert.
+    #[arg(long, env = "ZTUNNEL_XDS_ADDRESS", requires = "xds_root_cert")]
+    xds_address: Option<String>,
+    /// The mesh root certificate (PEM) that signs the control plane's.
+    #[arg(long, env = "ZTUNNEL_XDS_ROOT_CERT")]
+    xds_root_cert: Option<PathBuf>,
+    /// The name to verify in the control plane's certificate.
+    #[arg(long, default_value = ztunnel::app::sources::DEFAULT_XDS_SERVER_NAME)]
+    xds_server_name: String,
+    /// This node's bootstrap token for the control plane.
+    #[arg(long, env = "ZTUNNEL_XDS_TOKEN_FILE")]
+    xds_token_file: Option<PathBuf>,
     /// Create the CA in --ca-dir if missing, print the root's path, and exit.
     #[arg(long)]
     init_ca: bool,
@@ -82,9 +101,13 @@ fn main() -> ExitCode {
     let args = Args::parse();
     raise_fd_limit();
     if args.init_ca {
-        return match hbone::ca::DevCa::load_or_create(&args.ca_dir) {
+        let Some(ca_dir) = &args.ca_dir else {
+            eprintln!("error: --init-ca needs --ca-dir");
+            return ExitCode::FAILURE;
+        };
+        return match hbone::ca::DevCa::load_or_create(ca_dir) {
             Ok(_) => {
-                println!("{}", args.ca_dir.join(hbone::ca::ROOT_CERT_FILE).display());
+                println!("{}", ca_dir.join(hbone::ca::ROOT_CERT_FILE).display());
                 ExitCode::SUCCESS
             }
             Err(e) => report(&e),
@@ -97,8 +120,19 @@ fn main() -> ExitCode {
     };
     let config = Config {
         node: args.node,
-        config_file: args.config_file,
-        ca_dir: args.ca_dir,
+        source: match (args.xds_address, args.config_file, args.ca_dir) {
+            (Some(address), _, _) => ConfigSource::Xds(XdsSource {
+                address,
+                server_name: args.xds_server_name,
+                root_cert: args.xds_root_cert.expect("clap requires it"),
+                token_file: args.xds_token_file,
+            }),
+            (None, Some(config_file), Some(ca_dir)) => ConfigSource::File {
+                config_file,
+                ca_dir,
+            },
+            _ => unreachable!("clap requires --config-file and --ca-dir without --xds-address"),
+        },
         cert_ttl: args.cert_ttl,
         capture: !args.no_capture,
         listeners: Listeners {
@@ -153,6 +187,46 @@ fn report(err: &dyn std::error::Error) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exactly_one_config_source() {
+        let parse = |args: &[&str]| {
+            let mut argv = vec!["ztunnel", "--node", "n1"];
+            argv.extend_from_slice(args);
+            Args::try_parse_from(argv)
+        };
+        assert!(parse(&["--config-file", "c.yaml", "--ca-dir", "ca"]).is_ok());
+        assert!(parse(&[
+            "--xds-address",
+            "https://cp:15012",
+            "--xds-root-cert",
+            "root.pem"
+        ])
+        .is_ok());
+        assert!(
+            parse(&["--config-file", "c.yaml"]).is_err(),
+            "file mode needs the CA dir"
+        );
+        assert!(
+            parse(&["--xds-address", "https://cp:15012"]).is_err(),
+            "xDS needs the root"
+        );
+        assert!(parse(&[]).is_err(), "a source is required");
+        assert!(
+            parse(&[
+                "--config-file",
+                "c",
+                "--ca-dir",
+                "ca",
+                "--xds-address",
+                "a",
+                "--xds-root-cert",
+                "r"
+            ])
+            .is_err(),
+            "not both"
+        );
+    }
 
     #[test]
     fn durations() {

@@ -108,6 +108,28 @@ impl Controller {
         }
     }
 
+    /// Follows `updates` until drained: polls the file, or applies each
+    /// snapshot the xDS client publishes.
+    pub async fn follow(&self, updates: super::sources::Updates, interval: Duration, drain: Drain) {
+        match updates {
+            // The initial contents are already applied; the first poll sees
+            // them as new and re-applies them idempotently.
+            super::sources::Updates::File(source) => self.watch_file(source, interval, drain).await,
+            super::sources::Updates::Xds(mut rx) => {
+                let mut watch = drain.watch();
+                loop {
+                    tokio::select! {
+                        s = rx.recv() => match s {
+                            Some(snap) => self.apply(snap).await,
+                            None => return,
+                        },
+                        () = watch.signaled() => return,
+                    }
+                }
+            }
+        }
+    }
+
     /// Polls `source` every `interval` until drained, applying valid changes
     /// and retrying a failed capture update on every tick.
     pub async fn watch_file(&self, mut source: FileSource, interval: Duration, drain: Drain) {

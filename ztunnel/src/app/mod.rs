@@ -8,6 +8,7 @@
 
 pub mod control;
 pub mod dump;
+pub mod sources;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hbone::ca::{CaError, DevCa};
+use hbone::ca::CaError;
 use hbone::cert::CertStore;
 use hbone::client::{ClientConfig, HboneClient};
 use hbone::drain::Drain;
@@ -27,15 +28,16 @@ use tokio::sync::{watch, Notify};
 use crate::accesslog::AccessLog;
 use crate::admin::{self, json, text, Route};
 use crate::capture::{transparent_listener, Capture, CaptureError};
-use crate::config::{self, ConfigError};
+use crate::config::ConfigError;
 use crate::metrics::Metrics;
 use crate::proxy::inbound::{serve_plaintext, HboneInbound, LocalIdentities};
 use crate::proxy::outbound::serve_outbound;
 use crate::proxy::record::Telemetry;
 use crate::proxy::Proxy;
-use crate::source::FileSource;
 use crate::state::Snapshot;
 use control::Controller;
+use sources::Updates;
+pub use sources::{ConfigSource, XdsSource};
 
 /// Ports from DESIGN §2.
 pub const OUTBOUND_ADDR: &str = "0.0.0.0:15001";
@@ -88,8 +90,7 @@ impl Default for Listeners {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub node: String,
-    pub config_file: PathBuf,
-    pub ca_dir: PathBuf,
+    pub source: ConfigSource,
     pub cert_ttl: Duration,
     /// Install nftables capture and use transparent, marked sockets.
     pub capture: bool,
@@ -123,17 +124,22 @@ pub enum AppError {
     },
     #[error("starting the runtime")]
     Runtime(#[source] std::io::Error),
+    #[error("reading {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0} holds no PEM certificate")]
+    BadRoot(PathBuf),
+    #[error("control plane address")]
+    XdsEndpoint(#[source] tonic::transport::Error),
+    #[error("the xDS client stopped before the first sync")]
+    XdsStopped,
 }
 
 /// Runs ztunnel until SIGTERM, SIGINT or `POST /quitquitquit`.
 pub fn run(cfg: Config) -> Result<(), AppError> {
-    let snap = config::load(&cfg.config_file).map_err(AppError::Config)?;
-    if snap.node(&cfg.node).is_none() {
-        return Err(AppError::UnknownNode(cfg.node.clone()));
-    }
-    let ca = DevCa::load_or_create(&cfg.ca_dir)
-        .map_err(AppError::Ca)?
-        .with_leaf_ttl(cfg.cert_ttl);
     let access_log = Arc::new(match &cfg.access_log {
         AccessLogTarget::Stdout => AccessLog::stdout(),
         AccessLogTarget::Off => AccessLog::sink(),
@@ -149,14 +155,32 @@ pub fn run(cfg: Config) -> Result<(), AppError> {
         .thread_name("ztunnel-data")
         .build()
         .map_err(AppError::Runtime)?;
-    let shared = Shared {
-        certs: CertStore::new(Arc::new(ca)),
-        metrics: Metrics::new(),
-        drain: Drain::new(),
-        ready: Arc::new(AtomicBool::new(false)),
-        shutdown: Arc::new(Notify::new()),
-    };
-    runtime.block_on(serve(cfg, snap, shared, access_log))
+    runtime.block_on(async move {
+        let drain = Drain::new();
+        let started = sources::start(&cfg, &drain).await?;
+        let shared = Shared {
+            certs: started.certs,
+            metrics: Metrics::new(),
+            drain,
+            ready: Arc::new(AtomicBool::new(false)),
+            shutdown: Arc::new(Notify::new()),
+        };
+        let run = Run {
+            cfg,
+            shared,
+            access_log,
+            updates: started.updates,
+        };
+        serve(run, started.snapshot).await
+    })
+}
+
+/// Everything `serve` needs besides the first snapshot.
+struct Run {
+    cfg: Config,
+    shared: Shared,
+    access_log: Arc<AccessLog>,
+    updates: Updates,
 }
 
 /// Handles shared by the data path and the control thread.
@@ -169,12 +193,8 @@ struct Shared {
     shutdown: Arc<Notify>,
 }
 
-async fn serve(
-    cfg: Config,
-    snap: Snapshot,
-    shared: Shared,
-    access_log: Arc<AccessLog>,
-) -> Result<(), AppError> {
+async fn serve(run: Run, snap: Snapshot) -> Result<(), AppError> {
+    let cfg = &run.cfg;
     let capture = if cfg.capture {
         let pods = control::capture_set(&snap, &cfg.node);
         let installed = tokio::task::spawn_blocking(move || Capture::install(&pods))
@@ -185,7 +205,7 @@ async fn serve(
     } else {
         None
     };
-    let result = serve_captured(cfg.clone(), snap, shared, access_log, capture.clone()).await;
+    let result = serve_captured(run, snap, capture.clone()).await;
     if capture.is_some() {
         match tokio::task::spawn_blocking(Capture::remove).await {
             Ok(Ok(())) => tracing::info!("capture rules removed"),
@@ -197,12 +217,16 @@ async fn serve(
 }
 
 async fn serve_captured(
-    cfg: Config,
+    run: Run,
     snap: Snapshot,
-    shared: Shared,
-    access_log: Arc<AccessLog>,
     capture: Option<Arc<Mutex<Capture>>>,
 ) -> Result<(), AppError> {
+    let Run {
+        cfg,
+        shared,
+        access_log,
+        updates,
+    } = run;
     let bind = |addr: SocketAddr| listen(addr, cfg.capture);
     let outbound = bind(cfg.listeners.outbound)?;
     let plaintext = bind(cfg.listeners.inbound_plaintext)?;
@@ -249,7 +273,7 @@ async fn serve_captured(
     let hbone_drain = shared.drain.clone();
     tokio::spawn(async move { server.serve(hbone, hbone_drain).await });
 
-    let control = spawn_control_thread(&cfg, &shared, controller)?;
+    let control = spawn_control_thread(&cfg, &shared, controller, updates)?;
     shared.ready.store(true, Ordering::Release);
     tracing::info!(node = %cfg.node, "ztunnel ready");
 
@@ -318,6 +342,7 @@ fn spawn_control_thread(
     cfg: &Config,
     shared: &Shared,
     controller: Arc<Controller>,
+    updates: Updates,
 ) -> Result<std::thread::JoinHandle<()>, AppError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -357,12 +382,7 @@ fn spawn_control_thread(
                     drain.clone(),
                 ));
                 let rotation = shared.certs.spawn_rotation(ROTATION_CHECK);
-                let source = FileSource::new(&cfg.config_file);
-                // The initial contents are already applied; the first poll
-                // sees them as new and re-applies them idempotently.
-                controller
-                    .watch_file(source, cfg.poll_interval, drain)
-                    .await;
+                controller.follow(updates, cfg.poll_interval, drain).await;
                 rotation.abort();
             })
         })

@@ -115,8 +115,11 @@ pub struct XdsClient {
     pub token: Option<String>,
     pub store: XdsStore,
     pub stats: Arc<XdsStats>,
-    /// Each applied snapshot goes here.
+    /// Each applied snapshot goes here, from the first one that has heard
+    /// from every type on (so no snapshot ever lacks the policies).
     pub publish: mpsc::Sender<Snapshot>,
+    /// Types answered at least once since start.
+    pub synced: std::collections::BTreeSet<String>,
 }
 
 impl XdsClient {
@@ -213,7 +216,9 @@ impl XdsClient {
         } else {
             s.acks.fetch_add(1, Ordering::Relaxed);
         }
-        if let Some(snap) = snapshot {
+        self.synced.insert(resp.type_url.clone());
+        let complete = TYPE_URLS.iter().all(|t| self.synced.contains(*t));
+        if let Some(snap) = snapshot.filter(|_| complete) {
             // The receiver applies snapshots in order; if it is gone we are
             // shutting down.
             let _ = self.publish.send(snap).await;

@@ -194,6 +194,7 @@ async fn acks_nacks_keeps_state_and_resyncs_with_versions() {
         store: XdsStore::default(),
         stats: stats.clone(),
         publish,
+        synced: Default::default(),
     };
     let drain = Drain::new();
     let client_task = tokio::spawn(client.run(drain.clone()));
@@ -215,8 +216,32 @@ async fn acks_nacks_keeps_state_and_resyncs_with_versions() {
         ["Bearer secret-node1"]
     );
 
-    // A good response is applied, published and ACKed.
+    // Nothing is published until every type was answered: a snapshot
+    // without the policies would allow what they deny.
     let stream = svc.streams.lock().unwrap()[0].clone();
+    stream
+        .send(Ok(DeltaDiscoveryResponse {
+            type_url: AUTHORIZATION_TYPE_URL.into(),
+            nonce: "n0".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    eventually("ACK n0", || {
+        svc.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|r| r.response_nonce == "n0")
+            .cloned()
+    })
+    .await;
+    assert!(
+        snapshots.try_recv().is_err(),
+        "published before the addresses arrived"
+    );
+
+    // A good response is applied, published and ACKed.
     stream
         .send(Ok(response(
             "n1",
@@ -294,6 +319,7 @@ async fn acks_nacks_keeps_state_and_resyncs_with_versions() {
     assert_eq!(versions["a"], "a-v1");
     assert!(stats.connects.load(Ordering::Relaxed) >= 2);
     assert_eq!(stats.nacks.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.acks.load(Ordering::Relaxed), 2);
 
     drain.signal();
     client_task.await.unwrap();

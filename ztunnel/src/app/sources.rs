@@ -1,0 +1,151 @@
+//! Where config and certificates come from: the local file with the dev CA,
+//! or the control plane (delta xDS plus its CA service, so ztunnel holds no
+//! CA key). Either way startup yields a first snapshot, a certificate store
+//! and a stream of later updates.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hbone::ca::DevCa;
+use hbone::cert::CertStore;
+use hbone::drain::Drain;
+use proto::discovery::Node;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+use tokio::sync::mpsc;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+
+use super::{AppError, Config};
+use crate::config;
+use crate::source::FileSource;
+use crate::state::Snapshot;
+use crate::xds::ca::RemoteCa;
+use crate::xds::client::{XdsClient, XdsStats};
+use crate::xds::store::XdsStore;
+
+/// The TLS name the control plane's serving certificate carries.
+pub const DEFAULT_XDS_SERVER_NAME: &str = "control-plane";
+/// How often a ztunnel waiting for its first xDS sync says so.
+const SYNC_WAIT_LOG: Duration = Duration::from_secs(10);
+
+/// The config source named on the command line.
+#[derive(Debug, Clone)]
+pub enum ConfigSource {
+    /// The local YAML file, and the dev CA in `ca_dir`.
+    File {
+        config_file: PathBuf,
+        ca_dir: PathBuf,
+    },
+    /// The control plane.
+    Xds(XdsSource),
+}
+
+#[derive(Debug, Clone)]
+pub struct XdsSource {
+    /// `https://host:15012`.
+    pub address: String,
+    /// The name to verify in the control plane's certificate.
+    pub server_name: String,
+    /// The mesh root (PEM): it signs the control plane's certificate and
+    /// every workload certificate.
+    pub root_cert: PathBuf,
+    /// This node's bootstrap token.
+    pub token_file: Option<PathBuf>,
+}
+
+/// What the control thread follows after startup.
+pub enum Updates {
+    File(FileSource),
+    Xds(mpsc::Receiver<Snapshot>),
+}
+
+pub struct Started {
+    pub snapshot: Snapshot,
+    pub certs: Arc<CertStore>,
+    pub updates: Updates,
+}
+
+/// Loads the first snapshot and sets up certificates. For xDS this waits
+/// for the first complete sync: ztunnel must not capture traffic before it
+/// knows the policies.
+pub async fn start(cfg: &Config, drain: &Drain) -> Result<Started, AppError> {
+    match &cfg.source {
+        ConfigSource::File {
+            config_file,
+            ca_dir,
+        } => {
+            let snapshot = config::load(config_file).map_err(AppError::Config)?;
+            if snapshot.node(&cfg.node).is_none() {
+                return Err(AppError::UnknownNode(cfg.node.clone()));
+            }
+            let ca = DevCa::load_or_create(ca_dir)
+                .map_err(AppError::Ca)?
+                .with_leaf_ttl(cfg.cert_ttl);
+            Ok(Started {
+                snapshot,
+                certs: CertStore::new(Arc::new(ca)),
+                updates: Updates::File(FileSource::new(config_file)),
+            })
+        }
+        ConfigSource::Xds(x) => start_xds(cfg, x, drain).await,
+    }
+}
+
+fn read(path: &Path) -> Result<String, AppError> {
+    std::fs::read_to_string(path).map_err(|source| AppError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+async fn start_xds(cfg: &Config, x: &XdsSource, drain: &Drain) -> Result<Started, AppError> {
+    let root_pem = read(&x.root_cert)?;
+    let roots: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(root_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|_| AppError::BadRoot(x.root_cert.clone()))?;
+    if roots.is_empty() {
+        return Err(AppError::BadRoot(x.root_cert.clone()));
+    }
+    let token = match &x.token_file {
+        Some(path) => Some(read(path)?.trim().to_owned()),
+        None => None,
+    };
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&root_pem))
+        .domain_name(x.server_name.clone());
+    let endpoint = Endpoint::from_shared(x.address.clone())
+        .and_then(|e| e.tls_config(tls))
+        .map_err(AppError::XdsEndpoint)?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true);
+    let ca = RemoteCa::new(endpoint.connect_lazy(), token.clone(), roots, cfg.cert_ttl);
+    let (publish, mut updates) = mpsc::channel(8);
+    let client = XdsClient {
+        endpoint,
+        node: Node {
+            id: format!("ztunnel~{}", cfg.node),
+            ..Default::default()
+        },
+        token,
+        store: XdsStore::default(),
+        stats: Arc::new(XdsStats::default()),
+        publish,
+        synced: Default::default(),
+    };
+    tokio::spawn(client.run(drain.clone()));
+    let snapshot = loop {
+        tokio::select! {
+            s = updates.recv() => break s.ok_or(AppError::XdsStopped)?,
+            () = tokio::time::sleep(SYNC_WAIT_LOG) => {
+                tracing::warn!(address = %x.address, "still waiting for the first xDS sync; not ready");
+            }
+        }
+    };
+    tracing::info!(workloads = snapshot.workloads().count(), "first xDS sync");
+    Ok(Started {
+        snapshot,
+        certs: CertStore::new(Arc::new(ca)),
+        updates: Updates::Xds(updates),
+    })
+}
