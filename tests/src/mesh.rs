@@ -41,6 +41,23 @@ pub fn ztunnel_bin() -> PathBuf {
     bin
 }
 
+/// The `control-plane` binary, next to `ztunnel` (or `$CONTROL_PLANE_BIN`).
+pub fn control_plane_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("CONTROL_PLANE_BIN") {
+        return bin.into();
+    }
+    let bin = ztunnel_bin().with_file_name("control-plane");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p control-plane` first (scripts/test-all does)",
+        bin.display()
+    );
+    bin
+}
+
+/// Where the control plane listens in xDS mode (inside node 1's namespace).
+pub const CONTROL_PLANE_ADDR: &str = "10.0.0.1:15012";
+
 /// One ztunnel per node, started on demand.
 pub struct Mesh {
     dir: PathBuf,
@@ -48,6 +65,9 @@ pub struct Mesh {
     ca_dir: PathBuf,
     nodes: Vec<Netns>,
     ztunnels: Vec<Option<ChildGuard>>,
+    /// With a control plane, ztunnels use xDS instead of the file.
+    control_plane: Option<ChildGuard>,
+    xds: bool,
 }
 
 impl Mesh {
@@ -69,9 +89,77 @@ impl Mesh {
             ztunnels: nodes.iter().map(|_| None).collect(),
             nodes,
             dir,
+            control_plane: None,
+            xds: false,
         };
         mesh.write_config(config_yaml);
         mesh
+    }
+
+    /// Like [`Mesh::new`], but ztunnels follow a real `control-plane`
+    /// (started in node 1's namespace, reading the same config file) over
+    /// xDS, and get certificates from its CA with per-node tokens.
+    pub fn with_control_plane(topo: &Topology, config_yaml: &str) -> Mesh {
+        let mut mesh = Mesh::new(topo, config_yaml);
+        mesh.xds = true;
+        let tokens: String = (1..=mesh.nodes.len())
+            .map(|n| format!("node{n}: token-node{n}-{}\n", std::process::id()))
+            .collect();
+        std::fs::write(mesh.dir.join("tokens.yaml"), tokens).expect("tokens file");
+        for n in 1..=mesh.nodes.len() {
+            std::fs::write(
+                mesh.dir.join(format!("token-node{n}")),
+                format!("token-node{n}-{}", std::process::id()),
+            )
+            .expect("token");
+        }
+        mesh.start_control_plane();
+        mesh
+    }
+
+    /// Starts (or restarts) the control plane and waits until it listens.
+    pub fn start_control_plane(&mut self) {
+        let bin = control_plane_bin();
+        let script = format!(
+            "exec \"$0\" \"$@\" 2>>{}",
+            self.dir.join("control-plane.stderr").display()
+        );
+        let tokens = self.dir.join("tokens.yaml");
+        let argv = [
+            "sh",
+            "-c",
+            &script,
+            bin.to_str().expect("utf-8 path"),
+            "--config-file",
+            self.config.to_str().expect("utf-8 path"),
+            "--ca-dir",
+            self.ca_dir.to_str().expect("utf-8 path"),
+            "--tokens-file",
+            tokens.to_str().expect("utf-8 path"),
+            "--listen",
+            CONTROL_PLANE_ADDR,
+            "--metrics-listen",
+            "10.0.0.1:15014",
+        ];
+        let child = self.nodes[0].spawn(&argv).expect("spawn control-plane");
+        self.control_plane = Some(child);
+        let addr: SocketAddr = CONTROL_PLANE_ADDR.parse().expect("constant");
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while self.nodes[0].std_connect(addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "control plane not listening:\n{}",
+                std::fs::read_to_string(self.dir.join("control-plane.stderr")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILLs the control plane.
+    pub fn kill_control_plane(&mut self) {
+        if let Some(mut cp) = self.control_plane.take() {
+            cp.kill();
+        }
     }
 
     /// Replaces the config file atomically (write, then rename).
@@ -115,17 +203,32 @@ impl Mesh {
         let script = format!("exec \"$0\" \"$@\" 2>>{}", self.stderr_path(node).display());
         let node_name = format!("node{node}");
         let log = self.access_log_path(node);
-        let argv = [
+        let root = ca_dir.join("root-cert.pem");
+        let token = self.dir.join(format!("token-node{node}"));
+        let source: Vec<&str> = if self.xds {
+            vec![
+                "--xds-address",
+                "https://10.0.0.1:15012",
+                "--xds-root-cert",
+                root.to_str().expect("utf-8 path"),
+                "--xds-token-file",
+                token.to_str().expect("utf-8 path"),
+            ]
+        } else {
+            vec![
+                "--config-file",
+                self.config.to_str().expect("utf-8 path"),
+                "--ca-dir",
+                ca_dir.to_str().expect("utf-8 path"),
+            ]
+        };
+        let mut argv = vec![
             "sh",
             "-c",
             &script,
             bin.to_str().expect("utf-8 path"),
             "--node",
             &node_name,
-            "--config-file",
-            self.config.to_str().expect("utf-8 path"),
-            "--ca-dir",
-            ca_dir.to_str().expect("utf-8 path"),
             "--access-log",
             log.to_str().expect("utf-8 path"),
             "--poll-interval",
@@ -133,6 +236,7 @@ impl Mesh {
             "--drain-timeout",
             "2s",
         ];
+        argv.extend(source);
         let child = ns.spawn(&argv).expect("spawn ztunnel");
         self.ztunnels[node - 1] = Some(child);
         self.wait_ready(node);
@@ -270,9 +374,15 @@ impl Drop for Mesh {
         for z in self.ztunnels.iter_mut().flatten() {
             z.kill();
         }
+        self.kill_control_plane();
         if std::thread::panicking() {
             for node in 1..=self.nodes.len() {
                 eprintln!("--- ztunnel node{node} stderr ---\n{}", self.stderr(node));
+            }
+            let cp =
+                std::fs::read_to_string(self.dir.join("control-plane.stderr")).unwrap_or_default();
+            if !cp.is_empty() {
+                eprintln!("--- control-plane stderr ---\n{cp}");
             }
         }
         let _ = std::fs::remove_dir_all(&self.dir);
