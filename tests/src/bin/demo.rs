@@ -311,7 +311,7 @@ fn tcpdump(node: &Netns, file: &Path) -> ChildGuard {
         .spawn(&[
             "sh",
             "-c",
-            "exec tcpdump -i peer0 -U -s 0 -w \"$0\" tcp 2>/dev/null",
+            "exec tcpdump --immediate-mode -i peer0 -U -s 0 -w \"$0\" tcp 2>/dev/null",
             file.to_str().expect("utf-8 path"),
         ])
         .expect("start tcpdump (is it installed? ./scripts/install-deps)");

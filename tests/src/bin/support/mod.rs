@@ -4,10 +4,9 @@
 //!
 //! The harness already removes its namespaces when a `Topology` drops; what it
 //! cannot do is run destructors when the process is killed by a signal. So
-//! the binaries block SIGINT/SIGTERM/SIGHUP in every thread and let one thread
-//! `sigwait` for them: on a signal it kills every process inside this
-//! process's namespaces, deletes the namespaces and scratch directories, and
-//! exits with 128+signal.
+//! the binaries catch SIGINT/SIGTERM/SIGHUP and let one thread react: it
+//! kills every process inside this process's namespaces, deletes the
+//! namespaces and scratch directories, and exits with 128+signal.
 
 #![allow(dead_code)] // each binary uses a different subset
 
@@ -15,7 +14,10 @@ use std::path::Path;
 use std::process::Command;
 
 use mesh_tests::NAME_PREFIX;
-use nix::sys::signal::{SigSet, Signal};
+use std::os::fd::IntoRawFd;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 
 /// `mesh::ztunnel_bin` looks next to a *test* executable
 /// (`target/<profile>/deps/..`); a binary lives in `target/<profile>/`
@@ -47,23 +49,52 @@ pub fn own_prefix() -> String {
     format!("{NAME_PREFIX}{}-", std::process::id())
 }
 
-/// Blocks the termination signals in this (the main) thread, so every thread
-/// spawned later inherits the mask, and starts the thread that waits for them.
-/// Call first thing in `main`, before any runtime or thread exists.
-pub fn install_signal_cleanup() {
-    let mut set = SigSet::empty();
-    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
-        set.add(s);
+/// Write end of the self-pipe the signal handler writes the signal number to.
+static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    let byte = sig as u8;
+    // SAFETY: write(2) is async-signal-safe; the buffer is one valid byte.
+    unsafe {
+        libc::write(
+            SIGNAL_PIPE.load(Ordering::Relaxed),
+            (&byte as *const u8).cast(),
+            1,
+        );
     }
-    set.thread_block().expect("block termination signals");
+}
+
+/// Catches SIGINT/SIGTERM/SIGHUP with a handler that only writes to a pipe; a
+/// thread reading the pipe does the cleanup and exits with 128+signal.
+/// A handler (unlike a blocked mask, which children would inherit across
+/// exec) is reset to the default in every process we spawn, so ztunnel and
+/// tcpdump still react to SIGTERM/SIGINT.
+pub fn install_signal_cleanup() {
+    let (rd, wr) = nix::unistd::pipe().expect("signal pipe");
+    SIGNAL_PIPE.store(wr.into_raw_fd(), Ordering::Relaxed);
+    let action = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        // SAFETY: the handler only calls write(2), which is async-signal-safe.
+        unsafe { sigaction(s, &action) }.expect("install signal handler");
+    }
     std::thread::Builder::new()
         .name("signal-cleanup".into())
         .spawn(move || {
-            let Ok(sig) = set.wait() else { return };
-            eprintln!("\n{sig}: tearing down the namespaces and processes of this run");
+            let mut buf = [0u8; 1];
+            let mut rd = std::fs::File::from(rd);
+            if std::io::Read::read_exact(&mut rd, &mut buf).is_err() {
+                return;
+            }
+            let sig = i32::from(buf[0]);
+            let name = Signal::try_from(sig).map_or("signal", Signal::as_str);
+            eprintln!("\n{name}: tearing down the namespaces and processes of this run");
             let removed = emergency_cleanup();
             eprintln!("removed {removed} namespace(s); exiting");
-            std::process::exit(128 + sig as i32);
+            std::process::exit(128 + sig);
         })
         .expect("spawn signal thread");
 }

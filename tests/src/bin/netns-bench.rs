@@ -1,0 +1,801 @@
+//! `netns-bench`: ambient mesh against no mesh, pod to pod across two nodes
+//! in network namespaces, in one run with the modes alternated
+//! (no-mesh, ambient, no-mesh, ambient, ...) so machine drift cancels out.
+//!
+//! - no mesh: no ztunnel running (stopped with SIGTERM, which removes its
+//!   nftables table), so nothing is captured;
+//! - ambient: both ztunnels running, the pods' namespace labelled ambient.
+//!
+//! Workloads (client pod on node 1, server pod on node 2): single-stream bulk
+//! throughput, 1 KiB request/response latency (closed loop), new connections
+//! per second (connect, 16-byte echo, close; several workers), and the
+//! ztunnels' CPU seconds and peak RSS. A last phase configures 1,000 extra
+//! workloads and holds 1,000 idle connections through the mesh, then reads
+//! the ztunnels' RSS. Every byte is checked in every mode.
+//!
+//! `--quick`: tiny sizes, one repetition, for CI (correctness, not speed).
+//! Writes every figure (min/median/max over repetitions) to `--out`.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use mesh_tests::echo::payload;
+use mesh_tests::mesh::Mesh;
+use mesh_tests::{require_root, Netns, Topology};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const SINK_PORT: u16 = 5001;
+const ECHO_PORT: u16 = 5002;
+/// The first of the one-shot ports: each (repetition, mode) uses its own, see
+/// `shot_port`.
+const ONESHOT_PORT: u16 = 5100;
+const REQ_LEN: usize = 1024;
+const SHOT_LEN: usize = 16;
+const BULK_BUF: usize = 256 * 1024;
+
+#[derive(Debug, Clone)]
+struct Opts {
+    quick: bool,
+    reps: usize,
+    out: PathBuf,
+    bulk: Duration,
+    latency: Duration,
+    rate: Duration,
+    workers: usize,
+    scale_workloads: usize,
+    scale_conns: usize,
+}
+
+impl Opts {
+    fn parse() -> Opts {
+        let mut o = Opts {
+            quick: false,
+            reps: 3,
+            out: PathBuf::from("target/netns-bench.json"),
+            bulk: Duration::from_secs(5),
+            latency: Duration::from_secs(3),
+            rate: Duration::from_secs(3),
+            workers: 8,
+            scale_workloads: 1000,
+            scale_conns: 1000,
+        };
+        let mut args = std::env::args().skip(1);
+        while let Some(a) = args.next() {
+            let mut val = |name: &str| {
+                args.next()
+                    .unwrap_or_else(|| usage(&format!("{name} needs a value")))
+            };
+            match a.as_str() {
+                "--quick" => o.quick = true,
+                "--reps" => o.reps = val("--reps").parse().unwrap_or_else(|_| usage("--reps N")),
+                "--out" => o.out = val("--out").into(),
+                "--secs" => {
+                    let s: u64 = val("--secs").parse().unwrap_or_else(|_| usage("--secs N"));
+                    (o.bulk, o.latency, o.rate) = (
+                        Duration::from_secs(s),
+                        Duration::from_secs(s),
+                        Duration::from_secs(s),
+                    );
+                }
+                "-h" | "--help" => usage(""),
+                other => usage(&format!("unknown argument {other}")),
+            }
+        }
+        if o.quick {
+            o.reps = 1;
+            o.bulk = Duration::from_millis(300);
+            o.latency = Duration::from_millis(300);
+            o.rate = Duration::from_millis(300);
+            o.workers = 4;
+            o.scale_workloads = 100;
+            o.scale_conns = 100;
+        }
+        o.reps = o.reps.max(1);
+        o
+    }
+}
+
+fn usage(err: &str) -> ! {
+    if !err.is_empty() {
+        eprintln!("error: {err}");
+    }
+    eprintln!("usage: netns-bench [--quick] [--reps N (default 3)] [--secs S per workload (default 5/3/3)] [--out FILE.json]");
+    std::process::exit(2);
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Mode {
+    NoMesh,
+    Ambient,
+}
+
+impl Mode {
+    fn key(self) -> &'static str {
+        match self {
+            Mode::NoMesh => "no_mesh",
+            Mode::Ambient => "ambient",
+        }
+    }
+}
+
+/// figure name -> mode -> one sample per repetition.
+type Samples = BTreeMap<&'static str, BTreeMap<Mode, Vec<f64>>>;
+
+fn main() {
+    support::ensure_ztunnel_bin();
+    support::install_signal_cleanup();
+    let opts = Opts::parse();
+    if !require_root() {
+        // `require_root` printed SKIPPED (and panicked under CI): a smoke run
+        // skips like the netns tests do; a measurement needs root.
+        if opts.quick {
+            return;
+        }
+        eprintln!("netns-bench builds network namespaces: run it as root");
+        std::process::exit(2);
+    }
+    let result = std::panic::catch_unwind(|| run(&opts));
+    support::emergency_cleanup();
+    let (ns, nft) = support::leftovers();
+    if !ns.is_empty() || nft {
+        eprintln!("teardown left namespaces {ns:?} / root nft table: {nft}");
+        std::process::exit(1);
+    }
+    match result {
+        Ok(()) => {}
+        Err(_) => std::process::exit(1),
+    }
+}
+
+fn run(opts: &Opts) {
+    let topo = Topology::builder()
+        .nodes(2)
+        .pod("client", 1)
+        .pod("server", 2)
+        .build()
+        .expect("build topology");
+    for ns in topo
+        .pods()
+        .iter()
+        .map(|p| &p.ns)
+        .chain(topo.nodes().iter().map(|n| &n.ns))
+    {
+        // Connection churn: reuse TIME_WAIT ports and widen the range.
+        ns.exec("sysctl -qw net.ipv4.tcp_tw_reuse=1 net.ipv4.ip_local_port_range='1024 65000'")
+            .expect("sysctl");
+    }
+    let client = topo.pod("client").ns.clone();
+    let server_ip = topo.pod("server").ip;
+    let mut mesh = Mesh::new(&topo, &config(&topo, 0));
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("server runtime");
+    serve(&server_rt, &topo.pod("server").ns, 2 * opts.reps);
+
+    let mut samples = Samples::new();
+    let started = Instant::now();
+    for rep in 1..=opts.reps {
+        for mode in [Mode::NoMesh, Mode::Ambient] {
+            eprintln!("rep {rep}/{}: {}", opts.reps, mode.key());
+            set_mode(&mut mesh, &topo, mode);
+            let pids = ztunnel_pids(&mesh, mode);
+            let server = Server {
+                ip: server_ip,
+                shot_port: shot_port(rep, mode),
+            };
+            one_rep(opts, &client, server, &mesh, &pids, mode, &mut samples);
+            if mode == Mode::Ambient {
+                let hwm = pids
+                    .iter()
+                    .map(|p| support::status_kib(*p, "VmHWM"))
+                    .max()
+                    .unwrap_or(0);
+                push(
+                    &mut samples,
+                    "ztunnel_peak_rss_mib",
+                    mode,
+                    hwm as f64 / 1024.0,
+                );
+            }
+        }
+    }
+    set_mode(&mut mesh, &topo, Mode::NoMesh);
+    let scale = scale_phase(opts, &topo, &mut mesh, &client, server_ip);
+    let elapsed = started.elapsed();
+    report(opts, &samples, &scale, elapsed);
+    drop(mesh);
+    drop(server_rt);
+}
+
+fn config(topo: &Topology, dummies: usize) -> String {
+    let mut w = String::new();
+    for name in ["client", "server"] {
+        let p = topo.pod(name);
+        w += &format!(
+            "  - {{name: {name}, namespace: bench, serviceAccount: {name}, ip: {}, node: node{}, labels: {{app: {name}}}}}\n",
+            p.ip, p.node
+        );
+    }
+    for i in 0..dummies {
+        // 10.2.x.y: configured, never routed.
+        w += &format!(
+            "  - {{name: dummy-{i}, namespace: bench, serviceAccount: dummy-{i}, ip: 10.2.{}.{}, node: node{}, labels: {{app: dummy}}}}\n",
+            i / 250,
+            i % 250 + 1,
+            i % 2 + 1
+        );
+    }
+    format!(
+        "trustDomain: cluster.local\nnodes:\n  - {{name: node1, ip: 10.0.0.1}}\n  - {{name: node2, ip: 10.0.0.2}}\n\
+         namespaces:\n  - {{name: bench, labels: {{istio.io/dataplane-mode: ambient}}}}\nworkloads:\n{w}"
+    )
+}
+
+/// Starts or stops both ztunnels; in no-mesh mode also checks that no capture
+/// table is left in either node.
+fn set_mode(mesh: &mut Mesh, topo: &Topology, mode: Mode) {
+    let running = support::find_pid_with_arg(&mesh.access_log_path(1)).is_some();
+    match (mode, running) {
+        (Mode::Ambient, false) => mesh.start_all(),
+        (Mode::NoMesh, true) => {
+            for node in 1..=2 {
+                let status = mesh.terminate(node);
+                assert!(status.success(), "ztunnel node{node} exited with {status}");
+            }
+            for node in topo.nodes() {
+                let tables = node.ns.exec("nft list tables").unwrap_or_default();
+                assert!(
+                    !tables.contains("ambient"),
+                    "node{} still has a capture table after SIGTERM: {tables}",
+                    node.index
+                );
+            }
+        }
+        _ => {}
+    }
+}
+
+fn ztunnel_pids(mesh: &Mesh, mode: Mode) -> Vec<u32> {
+    if mode == Mode::NoMesh {
+        return Vec::new();
+    }
+    (1..=2)
+        .map(|n| support::find_pid_with_arg(&mesh.access_log_path(n)).expect("ztunnel pid"))
+        .collect()
+}
+
+fn cpu(pids: &[u32]) -> f64 {
+    pids.iter().map(|p| support::cpu_seconds(*p)).sum()
+}
+
+fn push(s: &mut Samples, fig: &'static str, mode: Mode, v: f64) {
+    s.entry(fig).or_default().entry(mode).or_default().push(v);
+}
+
+/// Where the server pod listens in one repetition.
+#[derive(Debug, Clone, Copy)]
+struct Server {
+    ip: std::net::Ipv4Addr,
+    shot_port: u16,
+}
+
+/// A fresh port per (repetition, mode) for the connection-rate test: with one
+/// shared port, no-mesh connection rates after an ambient repetition dropped
+/// to ~1/s (connects stalled for seconds; see tests/NETNS-BENCH.md), so the
+/// modes would not be measured alike.
+fn shot_port(rep: usize, mode: Mode) -> u16 {
+    ONESHOT_PORT + (2 * (rep - 1) + usize::from(mode == Mode::Ambient)) as u16
+}
+
+fn one_rep(
+    opts: &Opts,
+    client: &Netns,
+    server: Server,
+    mesh: &Mesh,
+    pids: &[u32],
+    mode: Mode,
+    s: &mut Samples,
+) {
+    let sink = SocketAddr::from((server.ip, SINK_PORT));
+    let echo = SocketAddr::from((server.ip, ECHO_PORT));
+    let shot = SocketAddr::from((server.ip, server.shot_port));
+
+    // Warm up neighbour entries (proxy ARP answers after up to 0.8 s), the
+    // HBONE pool and certificates, and check the path end to end.
+    let back = in_ns(client, async move {
+        let s = tokio::net::TcpStream::connect(echo).await?;
+        mesh_tests::echo::round_trip(s, b"warm-up").await
+    })
+    .unwrap_or_else(|e| panic!("{mode:?} warm-up: {e}"));
+    assert_eq!(back, b"warm-up", "{mode:?} warm-up echo");
+
+    let c0 = cpu(pids);
+    let (bytes, secs) =
+        in_ns(client, bulk(sink, opts.bulk)).unwrap_or_else(|e| panic!("{mode:?} bulk: {e}"));
+    let c1 = cpu(pids);
+    assert!(bytes > 0, "{mode:?} bulk carried nothing");
+    push(
+        s,
+        "throughput_gbit_s",
+        mode,
+        bytes as f64 * 8.0 / secs / 1e9,
+    );
+    push(s, "ztunnel_cpu_s_bulk", mode, c1 - c0);
+    if mode == Mode::Ambient {
+        let gib = bytes as f64 / (1u64 << 30) as f64;
+        push(s, "ztunnel_cpu_s_per_gib", mode, (c1 - c0) / gib);
+        // The mesh carried it: the source ztunnel counted exactly these bytes.
+        let dst = sink.to_string();
+        mesh.wait_event(1, "bulk outbound", |e| {
+            e["dst.addr"] == dst.as_str() && e["bytes_sent"] == bytes
+        });
+    }
+
+    let c0 = cpu(pids);
+    let mut rtts = in_ns(client, latency(echo, opts.latency))
+        .unwrap_or_else(|e| panic!("{mode:?} latency: {e}"));
+    let c1 = cpu(pids);
+    assert!(!rtts.is_empty(), "{mode:?} latency: no round trips");
+    rtts.sort_by(f64::total_cmp);
+    push(s, "latency_p50_us", mode, percentile(&rtts, 0.50));
+    push(s, "latency_p99_us", mode, percentile(&rtts, 0.99));
+    push(s, "latency_round_trips", mode, rtts.len() as f64);
+    push(s, "ztunnel_cpu_s_latency", mode, c1 - c0);
+
+    let c0 = cpu(pids);
+    let (conns, secs) = in_ns(client, conn_rate(shot, opts.workers, opts.rate))
+        .unwrap_or_else(|e| panic!("{mode:?} connection rate: {e}"));
+    let c1 = cpu(pids);
+    assert!(
+        conns > 0,
+        "{mode:?} connection rate: no connection completed"
+    );
+    push(s, "new_conns_per_s", mode, conns as f64 / secs);
+    push(s, "ztunnel_cpu_s_conns", mode, c1 - c0);
+    if mode == Mode::Ambient {
+        push(
+            s,
+            "ztunnel_cpu_us_per_conn",
+            mode,
+            (c1 - c0) * 1e6 / conns as f64,
+        );
+    }
+}
+
+fn percentile(sorted_us: &[f64], q: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted_us.len() - 1) as f64 * q).round() as usize;
+    sorted_us[i]
+}
+
+/// Runs a client future on a thread inside `ns` with its own current-thread
+/// runtime: its sockets are created in the client pod without a thread hop
+/// per connection.
+fn in_ns<T: Send, F: std::future::Future<Output = T> + Send>(ns: &Netns, fut: F) -> T {
+    ns.run(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("client runtime")
+            .block_on(fut)
+    })
+    .expect("enter client namespace")
+}
+
+/// The server pod's apps: a byte sink that answers with (count, sum), an
+/// echo, and a one-shot 16-byte echo that closes first.
+fn serve(rt: &tokio::runtime::Runtime, ns: &Netns, shot_ports: usize) {
+    let _enter = rt.enter();
+    let listen = |port| {
+        ns.listen(SocketAddr::from(([0, 0, 0, 0], port)))
+            .expect("server listener")
+    };
+    let (sink, echo) = (listen(SINK_PORT), listen(ECHO_PORT));
+    rt.spawn(async move {
+        while let Ok((mut s, _)) = sink.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; BULK_BUF];
+                let (mut count, mut sum) = (0u64, 0u64);
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    count += n as u64;
+                    sum = buf[..n]
+                        .iter()
+                        .fold(sum, |a, b| a.wrapping_add(u64::from(*b)));
+                }
+                let mut reply = count.to_le_bytes().to_vec();
+                reply.extend_from_slice(&sum.to_le_bytes());
+                let _ = s.write_all(&reply).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    rt.spawn(async move {
+        while let Ok((mut s, _)) = echo.accept().await {
+            let _ = s.set_nodelay(true);
+            tokio::spawn(async move {
+                let (mut rd, mut wr) = s.split();
+                let _ = tokio::io::copy(&mut rd, &mut wr).await;
+                let _ = wr.shutdown().await;
+            });
+        }
+    });
+    for i in 0..shot_ports {
+        let shot = listen(ONESHOT_PORT + i as u16);
+        rt.spawn(async move {
+            while let Ok((mut s, _)) = shot.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; SHOT_LEN];
+                    if s.read_exact(&mut buf).await.is_ok() {
+                        let _ = s.write_all(&buf).await;
+                    }
+                    let _ = s.shutdown().await;
+                });
+            }
+        });
+    }
+}
+
+/// Streams for `dur`, half-closes, and checks the server's (count, sum).
+async fn bulk(to: SocketAddr, dur: Duration) -> Result<(u64, f64), String> {
+    let buf = payload(BULK_BUF);
+    let buf_sum = buf.iter().fold(0u64, |a, b| a.wrapping_add(u64::from(*b)));
+    let mut s = tokio::net::TcpStream::connect(to)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let start = Instant::now();
+    let mut writes = 0u64;
+    while start.elapsed() < dur {
+        s.write_all(&buf).await.map_err(|e| format!("write: {e}"))?;
+        writes += 1;
+    }
+    s.shutdown().await.map_err(|e| format!("shutdown: {e}"))?;
+    let mut reply = [0u8; 16];
+    s.read_exact(&mut reply)
+        .await
+        .map_err(|e| format!("reading the count: {e}"))?;
+    let secs = start.elapsed().as_secs_f64();
+    let count = u64::from_le_bytes(reply[..8].try_into().expect("8 bytes"));
+    let sum = u64::from_le_bytes(reply[8..].try_into().expect("8 bytes"));
+    let sent = writes * BULK_BUF as u64;
+    if count != sent || sum != buf_sum.wrapping_mul(writes) {
+        return Err(format!("server got {count} bytes (sum {sum}), sent {sent}"));
+    }
+    Ok((sent, secs))
+}
+
+/// 1 KiB request, 1 KiB response, on one connection, for `dur` (after 200
+/// warm-up round trips). Returns every round trip in µs.
+async fn latency(to: SocketAddr, dur: Duration) -> Result<Vec<f64>, String> {
+    let req = payload(REQ_LEN);
+    let mut resp = vec![0u8; REQ_LEN];
+    let mut s = tokio::net::TcpStream::connect(to)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    s.set_nodelay(true).map_err(|e| e.to_string())?;
+    let mut rtts = Vec::new();
+    let mut i = 0u64;
+    let start = Instant::now();
+    while i < 200 || start.elapsed() < dur {
+        let t = Instant::now();
+        s.write_all(&req).await.map_err(|e| format!("write: {e}"))?;
+        s.read_exact(&mut resp)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        let rtt = t.elapsed();
+        if resp != req {
+            return Err(format!("round trip {i}: response differs from request"));
+        }
+        if i >= 200 {
+            rtts.push(rtt.as_secs_f64() * 1e6);
+        }
+        i += 1;
+    }
+    Ok(rtts)
+}
+
+/// `workers` loops of connect, 16-byte echo, read to EOF, for `dur`.
+async fn conn_rate(to: SocketAddr, workers: usize, dur: Duration) -> Result<(u64, f64), String> {
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..workers)
+        .map(|w| {
+            tokio::spawn(async move {
+                let msg = [w as u8; SHOT_LEN];
+                let mut done = 0u64;
+                while start.elapsed() < dur {
+                    let mut s = tokio::net::TcpStream::connect(to)
+                        .await
+                        .map_err(|e| format!("connect {done}: {e}"))?;
+                    s.write_all(&msg).await.map_err(|e| format!("write: {e}"))?;
+                    let mut back = Vec::with_capacity(SHOT_LEN);
+                    s.read_to_end(&mut back)
+                        .await
+                        .map_err(|e| format!("read: {e}"))?;
+                    if back != msg {
+                        return Err(format!(
+                            "connection {done}: got {} bytes back, not the 16 sent",
+                            back.len()
+                        ));
+                    }
+                    done += 1;
+                }
+                Ok::<u64, String>(done)
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.map_err(|e| e.to_string())??;
+    }
+    Ok((total, start.elapsed().as_secs_f64()))
+}
+
+/// RSS with many workloads configured and many idle connections open.
+#[derive(Debug, Default)]
+struct Scale {
+    workloads: usize,
+    conns: usize,
+    startup_s: f64,
+    rss_idle_kib: Vec<u64>,
+    rss_conns_kib: Vec<u64>,
+    hwm_kib: Vec<u64>,
+    open_s: f64,
+}
+
+fn scale_phase(
+    opts: &Opts,
+    topo: &Topology,
+    mesh: &mut Mesh,
+    client: &Netns,
+    server_ip: std::net::Ipv4Addr,
+) -> Scale {
+    eprintln!(
+        "scale: {} workloads configured, {} idle connections",
+        opts.scale_workloads, opts.scale_conns
+    );
+    mesh.write_config(&config(topo, opts.scale_workloads));
+    let t = Instant::now();
+    mesh.start_all();
+    let startup_s = t.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_secs(1));
+    let pids = ztunnel_pids(mesh, Mode::Ambient);
+    let rss = |f: &str| {
+        pids.iter()
+            .map(|p| support::status_kib(*p, f))
+            .collect::<Vec<_>>()
+    };
+    let rss_idle_kib = rss("VmRSS");
+    let echo = SocketAddr::from((server_ip, ECHO_PORT));
+    let n = opts.scale_conns;
+    let pids2 = pids.clone();
+    let (rss_conns_kib, open_s) = in_ns(client, async move {
+        let t = Instant::now();
+        let mut conns = Vec::with_capacity(n);
+        for i in 0..n {
+            let mut s = tokio::net::TcpStream::connect(echo)
+                .await
+                .unwrap_or_else(|e| panic!("idle connection {i}: {e}"));
+            let msg = (i as u64).to_le_bytes();
+            s.write_all(&msg).await.expect("write");
+            let mut back = [0u8; 8];
+            s.read_exact(&mut back).await.expect("read echo");
+            assert_eq!(back, msg, "idle connection {i} echoed wrong bytes");
+            conns.push(s);
+        }
+        let open_s = t.elapsed().as_secs_f64();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let rss = pids2
+            .iter()
+            .map(|p| support::status_kib(*p, "VmRSS"))
+            .collect::<Vec<_>>();
+        // Every connection is still alive and byte-exact after the reading.
+        for (i, s) in conns.iter_mut().enumerate() {
+            let msg = (i as u64 ^ 0xffff).to_le_bytes();
+            s.write_all(&msg).await.expect("write");
+            let mut back = [0u8; 8];
+            s.read_exact(&mut back).await.expect("read echo");
+            assert_eq!(back, msg, "idle connection {i} broke");
+        }
+        (rss, open_s)
+    });
+    let hwm_kib = rss("VmHWM");
+    Scale {
+        workloads: opts.scale_workloads,
+        conns: n,
+        startup_s,
+        rss_idle_kib,
+        rss_conns_kib,
+        hwm_kib,
+        open_s,
+    }
+}
+
+fn stats(v: &[f64]) -> (f64, f64, f64) {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let med = if s.len() % 2 == 1 {
+        s[s.len() / 2]
+    } else {
+        (s[s.len() / 2 - 1] + s[s.len() / 2]) / 2.0
+    };
+    (s[0], med, s[s.len() - 1])
+}
+
+fn median(s: &Samples, fig: &str, mode: Mode) -> f64 {
+    s.get(fig)
+        .and_then(|m| m.get(&mode))
+        .map_or(f64::NAN, |v| stats(v).1)
+}
+
+fn report(opts: &Opts, s: &Samples, scale: &Scale, elapsed: Duration) {
+    let mut figures = serde_json::Map::new();
+    for (fig, modes) in s {
+        let mut m = serde_json::Map::new();
+        for (mode, v) in modes {
+            let (min, med, max) = stats(v);
+            m.insert(
+                mode.key().into(),
+                json!({"min": min, "median": med, "max": max, "samples": v}),
+            );
+        }
+        figures.insert((*fig).into(), m.into());
+    }
+    let thr = median(s, "throughput_gbit_s", Mode::Ambient)
+        / median(s, "throughput_gbit_s", Mode::NoMesh);
+    let p50 =
+        median(s, "latency_p50_us", Mode::Ambient) - median(s, "latency_p50_us", Mode::NoMesh);
+    let p99 =
+        median(s, "latency_p99_us", Mode::Ambient) - median(s, "latency_p99_us", Mode::NoMesh);
+    let cps =
+        median(s, "new_conns_per_s", Mode::Ambient) / median(s, "new_conns_per_s", Mode::NoMesh);
+    let max_rss_mib = scale.rss_conns_kib.iter().max().copied().unwrap_or(0) as f64 / 1024.0;
+    let doc = json!({
+        "command": std::env::args().collect::<Vec<_>>().join(" "),
+        "quick": opts.quick,
+        "repetitions": opts.reps,
+        "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "elapsed_s": elapsed.as_secs_f64(),
+        "params": {"bulk_s": opts.bulk.as_secs_f64(), "latency_s": opts.latency.as_secs_f64(),
+                   "rate_s": opts.rate.as_secs_f64(), "rate_workers": opts.workers, "request_bytes": REQ_LEN},
+        "figures": figures,
+        "scale": {"workloads": scale.workloads, "idle_conns": scale.conns, "startup_s": scale.startup_s,
+                  "open_s": scale.open_s, "rss_idle_kib": scale.rss_idle_kib,
+                  "rss_with_conns_kib": scale.rss_conns_kib, "hwm_kib": scale.hwm_kib},
+        "ratios": {"throughput": thr, "added_p50_us": p50, "added_p99_us": p99, "new_conns": cps},
+        "targets": {"throughput_min_ratio": 0.5, "added_p99_max_us": 100.0, "new_conns_min_ratio": 0.45, "rss_max_mib": 40.0},
+        "met": {"throughput": thr >= 0.5, "added_p99": p99 <= 100.0, "new_conns": cps >= 0.45, "rss": max_rss_mib < 40.0},
+    });
+    if let Some(dir) = opts.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    std::fs::write(
+        &opts.out,
+        serde_json::to_string_pretty(&doc).expect("json") + "\n",
+    )
+    .expect("write results");
+    print_table(opts, s, scale, (thr, p50, p99, cps, max_rss_mib));
+}
+
+fn print_table(
+    opts: &Opts,
+    s: &Samples,
+    scale: &Scale,
+    (thr, p50, p99, cps, rss): (f64, f64, f64, f64, f64),
+) {
+    let cell = |fig: &str, mode: Mode| -> String {
+        match s.get(fig).and_then(|m| m.get(&mode)) {
+            Some(v) => {
+                let (lo, med, hi) = stats(v);
+                format!("{med:.1} [{lo:.1}-{hi:.1}]")
+            }
+            None => "-".into(),
+        }
+    };
+    let yes = |b: bool| if b { "yes" } else { "NO" };
+    println!(
+        "\nnetns-bench: {} repetition(s) per mode, alternated; median [min-max]",
+        opts.reps
+    );
+    println!(
+        "{:<32} {:>24} {:>24} {:>12}  target (issue 3)",
+        "figure", "no mesh", "ambient", "ambient/none"
+    );
+    let row = |label: &str, fig: &str, ratio: String, target: String| {
+        println!(
+            "{label:<32} {:>24} {:>24} {ratio:>12}  {target}",
+            cell(fig, Mode::NoMesh),
+            cell(fig, Mode::Ambient)
+        );
+    };
+    row(
+        "throughput (Gbit/s)",
+        "throughput_gbit_s",
+        format!("{thr:.2}"),
+        format!(">= 0.50: {}", yes(thr >= 0.5)),
+    );
+    row(
+        "1 KiB RR p50 (us)",
+        "latency_p50_us",
+        format!("+{p50:.0} us"),
+        String::new(),
+    );
+    row(
+        "1 KiB RR p99 (us)",
+        "latency_p99_us",
+        format!("+{p99:.0} us"),
+        format!("<= +100 us: {}", yes(p99 <= 100.0)),
+    );
+    row(
+        "new connections/s",
+        "new_conns_per_s",
+        format!("{cps:.2}"),
+        format!(">= 0.45: {}", yes(cps >= 0.45)),
+    );
+    row(
+        "ztunnel CPU s, bulk",
+        "ztunnel_cpu_s_bulk",
+        String::new(),
+        String::new(),
+    );
+    row(
+        "ztunnel CPU s per GiB",
+        "ztunnel_cpu_s_per_gib",
+        String::new(),
+        String::new(),
+    );
+    row(
+        "ztunnel CPU s, latency",
+        "ztunnel_cpu_s_latency",
+        String::new(),
+        String::new(),
+    );
+    row(
+        "ztunnel CPU s, conns",
+        "ztunnel_cpu_s_conns",
+        String::new(),
+        String::new(),
+    );
+    row(
+        "ztunnel CPU us per conn",
+        "ztunnel_cpu_us_per_conn",
+        String::new(),
+        String::new(),
+    );
+    row(
+        "ztunnel peak RSS MiB (max node)",
+        "ztunnel_peak_rss_mib",
+        String::new(),
+        String::new(),
+    );
+    let mib = |v: &[u64]| {
+        v.iter()
+            .map(|k| format!("{:.1}", *k as f64 / 1024.0))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    };
+    println!(
+        "scale: {} workloads + {} idle conns: ztunnel RSS node1 / node2 = {} MiB idle, {} MiB with conns (peak {}); target < 40 MiB: {}",
+        scale.workloads,
+        scale.conns,
+        mib(&scale.rss_idle_kib),
+        mib(&scale.rss_conns_kib),
+        mib(&scale.hwm_kib),
+        yes(rss < 40.0)
+    );
+    println!(
+        "  (startup with that config {:.2} s; opening the connections took {:.2} s)",
+        scale.startup_s, scale.open_s
+    );
+    println!("results: {}", opts.out.display());
+}
