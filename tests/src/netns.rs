@@ -17,6 +17,9 @@ use crate::HarnessError;
 
 /// A network namespace by name. It does not own the namespace: the
 /// [`Topology`](crate::Topology) that created it deletes it.
+/// Accept queue of listeners made with [`Netns::std_listener`].
+pub const LISTEN_BACKLOG: i32 = 4096;
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Netns {
     name: String,
@@ -77,10 +80,22 @@ impl Netns {
             .map_err(|errno| enter_err(io::Error::from(errno)))
     }
 
-    /// A std listener bound to `addr` inside this namespace.
+    /// A std listener bound to `addr` inside this namespace, with a deep
+    /// accept queue (std's default of 128 overflows when a test opens
+    /// hundreds of connections at once, and the kernel then resets some).
     pub fn std_listener(&self, addr: SocketAddr) -> io::Result<std::net::TcpListener> {
-        self.run(|| std::net::TcpListener::bind(addr))
-            .map_err(io::Error::other)?
+        self.run(|| {
+            let socket = socket2::Socket::new(
+                socket2::Domain::for_address(addr),
+                socket2::Type::STREAM,
+                Some(socket2::Protocol::TCP),
+            )?;
+            socket.set_reuse_address(true)?;
+            socket.bind(&addr.into())?;
+            socket.listen(LISTEN_BACKLOG)?;
+            Ok(socket.into())
+        })
+        .map_err(io::Error::other)?
     }
 
     /// A blocking std connection to `addr` made from inside this namespace.

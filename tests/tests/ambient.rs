@@ -92,6 +92,20 @@ fn pod_line(topo: &Topology, name: &str, ns: &str, sa: &str, labels: &str) -> St
     )
 }
 
+/// Pod `client` (namespace shop) on node 1 and pod `server` (namespace
+/// bank, `app: server`) on node 2, and their config lines.
+fn client_and_server() -> (Topology, String) {
+    let topo = Topology::builder()
+        .nodes(2)
+        .pod("client", 1)
+        .pod("server", 2)
+        .build()
+        .unwrap();
+    let pods = pod_line(&topo, "client", "shop", "client", "app: client")
+        + &pod_line(&topo, "server", "bank", "server", "app: server");
+    (topo, pods)
+}
+
 fn tcpdump(node: &Netns, file: &std::path::Path) -> ChildGuard {
     let guard = node
         .spawn(&[
@@ -120,14 +134,7 @@ async fn cross_node_traffic_is_hbone_encrypted_with_real_source_ip() {
     if !require_root() {
         return;
     }
-    let topo = Topology::builder()
-        .nodes(2)
-        .pod("client", 1)
-        .pod("server", 2)
-        .build()
-        .unwrap();
-    let pods = pod_line(&topo, "client", "shop", "client", "app: client")
-        + &pod_line(&topo, "server", "bank", "server", "app: server");
+    let (topo, pods) = client_and_server();
     let mut mesh = Mesh::new(&topo, &config(&pods, ""));
     mesh.start_all();
     let server = topo.pod("server");
@@ -495,14 +502,7 @@ async fn namespace_label_on_and_off_live_without_rule_leaks() {
     if !require_root() {
         return;
     }
-    let topo = Topology::builder()
-        .nodes(2)
-        .pod("client", 1)
-        .pod("server", 2)
-        .build()
-        .unwrap();
-    let pods = pod_line(&topo, "client", "shop", "client", "app: client")
-        + &pod_line(&topo, "server", "bank", "server", "app: server");
+    let (topo, pods) = client_and_server();
     let labelled = config(&pods, "");
     let unlabelled = labelled.replace(
         "{name: shop, labels: {istio.io/dataplane-mode: ambient}}",
@@ -548,14 +548,7 @@ async fn sigterm_drains_then_removes_every_rule() {
     if !require_root() {
         return;
     }
-    let topo = Topology::builder()
-        .nodes(2)
-        .pod("client", 1)
-        .pod("server", 2)
-        .build()
-        .unwrap();
-    let pods = pod_line(&topo, "client", "shop", "client", "app: client")
-        + &pod_line(&topo, "server", "bank", "server", "app: server");
+    let (topo, pods) = client_and_server();
     let mut mesh = Mesh::new(&topo, &config(&pods, ""));
     mesh.start_all();
     let server = topo.pod("server");
@@ -598,14 +591,7 @@ async fn killed_mid_stream_then_restarted_works_without_duplicates() {
     if !require_root() {
         return;
     }
-    let topo = Topology::builder()
-        .nodes(2)
-        .pod("client", 1)
-        .pod("server", 2)
-        .build()
-        .unwrap();
-    let pods = pod_line(&topo, "client", "shop", "client", "app: client")
-        + &pod_line(&topo, "server", "bank", "server", "app: server");
+    let (topo, pods) = client_and_server();
     let mut mesh = Mesh::new(&topo, &config(&pods, ""));
     mesh.start_all();
     let server = topo.pod("server");
@@ -637,14 +623,7 @@ async fn a_proxy_with_another_root_cannot_open_a_tunnel() {
     if !require_root() {
         return;
     }
-    let topo = Topology::builder()
-        .nodes(2)
-        .pod("client", 1)
-        .pod("server", 2)
-        .build()
-        .unwrap();
-    let pods = pod_line(&topo, "client", "shop", "client", "app: client")
-        + &pod_line(&topo, "server", "bank", "server", "app: server");
+    let (topo, pods) = client_and_server();
     let mut mesh = Mesh::new(&topo, &config(&pods, ""));
     let rogue_ca = mesh.scratch("rogue-ca");
     mesh.start_with_ca(1, &rogue_ca);
@@ -673,15 +652,9 @@ async fn a_thousand_concurrent_connections_complete_byte_exact() {
     if !require_root() {
         return;
     }
-    raise_fd_limit();
-    let topo = Topology::builder()
-        .nodes(2)
-        .pod("client", 1)
-        .pod("server", 2)
-        .build()
-        .unwrap();
-    let pods = pod_line(&topo, "client", "shop", "client", "app: client")
-        + &pod_line(&topo, "server", "bank", "server", "app: server");
+    // 1,000 client plus 1,000 server sockets live in this process.
+    ztunnel::app::raise_fd_limit();
+    let (topo, pods) = client_and_server();
     let mut mesh = Mesh::new(&topo, &config(&pods, ""));
     mesh.start_all();
     let server = topo.pod("server");
@@ -744,19 +717,4 @@ async fn a_thousand_concurrent_connections_complete_byte_exact() {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
     assert_eq!(opened as usize, N, "{metrics}");
-}
-
-/// 1,000 client plus 1,000 server sockets live in this process.
-fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit write and read a valid rlimit struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
 }

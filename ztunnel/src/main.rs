@@ -99,7 +99,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    raise_fd_limit();
+    app::raise_fd_limit();
     if args.init_ca {
         let Some(ca_dir) = &args.ca_dir else {
             eprintln!("error: --init-ca needs --ca-dir");
@@ -150,24 +150,6 @@ fn main() -> ExitCode {
     match app::run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => report(&e),
-    }
-}
-
-/// A node proxy holds two sockets per proxied connection: lift the soft
-/// open-file limit to the hard one, as Istio's ztunnel does.
-fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit read and write a valid rlimit struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                tracing::warn!("could not raise the open-file limit");
-            }
-        }
     }
 }
 

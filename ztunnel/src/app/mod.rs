@@ -293,6 +293,24 @@ async fn serve_captured(
     Ok(())
 }
 
+/// A node proxy holds two sockets per proxied connection: lift the soft
+/// open-file limit to the hard one, as Istio's ztunnel does.
+pub fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write a valid rlimit struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                tracing::warn!("could not raise the open-file limit");
+            }
+        }
+    }
+}
+
 /// Binds a capture listener: transparent (TPROXY) with capture, plain without.
 fn listen(addr: SocketAddr, transparent: bool) -> Result<TcpListener, AppError> {
     let bound = if transparent {

@@ -288,24 +288,7 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
 
 /// Accepts plaintext captured on 15006 until drained.
 pub async fn serve_plaintext(proxy: Arc<Proxy>, listener: TcpListener) {
-    let mut watch = proxy.drain.watch();
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            () = watch.signaled() => return,
-        };
-        match accepted {
-            Ok((sock, peer)) => {
-                let _ = sock.set_nodelay(true);
-                let guard = proxy.drain.watch();
-                tokio::spawn(handle_plaintext(proxy.clone(), sock, peer, guard));
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "inbound plaintext accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
-    }
+    super::accept_loop(proxy, listener, "inbound plaintext", handle_plaintext).await;
 }
 
 async fn handle_plaintext(proxy: Arc<Proxy>, sock: TcpStream, peer: SocketAddr, _drain: Watch) {

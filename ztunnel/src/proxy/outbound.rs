@@ -22,24 +22,7 @@ use crate::state::Workload;
 
 /// Accepts captured outbound connections until drained.
 pub async fn serve_outbound(proxy: Arc<Proxy>, listener: TcpListener) {
-    let mut watch = proxy.drain.watch();
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            () = watch.signaled() => return,
-        };
-        match accepted {
-            Ok((sock, peer)) => {
-                let _ = sock.set_nodelay(true);
-                let guard = proxy.drain.watch();
-                tokio::spawn(handle_outbound(proxy.clone(), sock, peer, guard));
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "outbound accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
-    }
+    super::accept_loop(proxy, listener, "outbound", handle_outbound).await;
 }
 
 /// The `baggage` a client ztunnel sends for `w`, with Istio's canonical
@@ -137,6 +120,7 @@ async fn handle_outbound(proxy: Arc<Proxy>, sock: TcpStream, peer: SocketAddr, _
             expect,
             forwarded_host,
         } => {
+            // The waypoint applies L7 policy; `dst` stays the original target.
             let tunnel = Tunnel {
                 via,
                 authority,
