@@ -508,10 +508,10 @@ fn print_wire(w: &Wire, secret_len: usize) {
         "  mesh payload \"{}...\" ({secret_len} bytes sent): found {} times -> {}",
         String::from_utf8_lossy(&SECRET[..19]),
         w.secret_hits,
-        if w.secret_hits == 0 && w.packets_hbone > 0 {
-            "encrypted (mutual TLS inside HBONE)"
-        } else {
-            "VISIBLE: the mesh leaked cleartext!"
+        match (w.secret_hits, w.packets_hbone) {
+            (0, 0) => "no HBONE traffic captured: inconclusive",
+            (0, _) => "encrypted (mutual TLS inside HBONE)",
+            _ => "VISIBLE: the mesh leaked cleartext!",
         }
     );
     println!(

@@ -41,6 +41,9 @@ const BULK_BUF: usize = 256 * 1024;
 #[derive(Debug, Clone)]
 struct Opts {
     quick: bool,
+    /// One connection-rate port for every repetition (reproduces the
+    /// no-mesh slowdown after ambient repetitions, see NETNS-BENCH.md).
+    shared_port: bool,
     reps: usize,
     out: PathBuf,
     bulk: Duration,
@@ -55,6 +58,7 @@ impl Opts {
     fn parse() -> Opts {
         let mut o = Opts {
             quick: false,
+            shared_port: false,
             reps: 3,
             out: PathBuf::from("target/netns-bench.json"),
             bulk: Duration::from_secs(5),
@@ -72,6 +76,7 @@ impl Opts {
             };
             match a.as_str() {
                 "--quick" => o.quick = true,
+                "--shared-port" => o.shared_port = true,
                 "--reps" => o.reps = val("--reps").parse().unwrap_or_else(|_| usage("--reps N")),
                 "--out" => o.out = val("--out").into(),
                 "--secs" => {
@@ -104,7 +109,7 @@ fn usage(err: &str) -> ! {
     if !err.is_empty() {
         eprintln!("error: {err}");
     }
-    eprintln!("usage: netns-bench [--quick] [--reps N (default 3)] [--secs S per workload (default 5/3/3)] [--out FILE.json]");
+    eprintln!("usage: netns-bench [--quick] [--reps N (default 3)] [--secs S per workload (default 5/3/3)] [--out FILE.json] [--shared-port]");
     std::process::exit(2);
 }
 
@@ -188,7 +193,11 @@ fn run(opts: &Opts) {
             let pids = ztunnel_pids(&mesh, mode);
             let server = Server {
                 ip: server_ip,
-                shot_port: shot_port(rep, mode),
+                shot_port: if opts.shared_port {
+                    ONESHOT_PORT
+                } else {
+                    shot_port(rep, mode)
+                },
             };
             one_rep(opts, &client, server, &mesh, &pids, mode, &mut samples);
             if mode == Mode::Ambient {
