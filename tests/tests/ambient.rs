@@ -344,6 +344,10 @@ async fn policy_by_principal_namespace_and_port_and_live_revocation() {
         ev["error"].as_str().unwrap().contains("bank/no-web"),
         "{ev}"
     );
+    assert_eq!(
+        ev["dst.identity"], "spiffe://cluster.local/ns/bank/sa/server",
+        "denials name the destination too"
+    );
     // ALLOW exists but not for 9090.
     assert_refused(client, to(9090), "port 9090").await;
     let ev = mesh.wait_event(2, "no ALLOW match on 9090", |e| {
@@ -494,6 +498,10 @@ async fn non_ambient_client_is_allowed_when_permissive_and_refused_when_strict()
             .unwrap()
             .contains("requires mutual TLS"),
         "{ev}"
+    );
+    assert_eq!(
+        ev["dst.identity"],
+        "spiffe://cluster.local/ns/bank/sa/server"
     );
 }
 

@@ -202,6 +202,7 @@ async fn handle_hbone(proxy: Arc<Proxy>, req: InboundRequest) {
         Err(refusal) => {
             tracing::info!(src = %src_addr, peer = %req.peer, dst = %req.authority, reason = %refusal, "inbound HBONE refused");
             info.dst = snap.workload_by_ip(req.authority.ip()).cloned();
+            info.dst_identity = info.dst.as_ref().map(|w| w.identity());
             req.reject(refusal.status());
             ConnRecord::refused(
                 &proxy.telemetry,
@@ -304,7 +305,7 @@ async fn handle_plaintext(proxy: Arc<Proxy>, sock: TcpStream, peer: SocketAddr, 
         dst_addr,
         dst_hbone_addr: None,
         dst: snap.workload_by_ip(dst_addr.ip()).cloned(),
-        dst_identity: None,
+        dst_identity: snap.workload_by_ip(dst_addr.ip()).map(|w| w.identity()),
         service: None,
         security: Security::None,
     };
@@ -356,7 +357,7 @@ pub async fn in_process(
         dst_addr,
         dst_hbone_addr: None,
         dst: snap.workload_by_ip(dst_addr.ip()).cloned(),
-        dst_identity: None,
+        dst_identity: snap.workload_by_ip(dst_addr.ip()).map(|w| w.identity()),
         service,
         security: Security::MutualTls,
     };
