@@ -118,7 +118,11 @@ fn nft_errors_name_the_command_and_carry_stderr() {
         Err(super::CaptureError::Spawn { source, .. })
             if source.kind() == std::io::ErrorKind::NotFound =>
         {
-            eprintln!("SKIPPED: nft is not installed");
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "nft is not installed (CI is set, so this is a failure)"
+            );
+            eprintln!("SKIPPED: nft is not installed (set CI=true to make this a failure)");
         }
         Err(err @ super::CaptureError::Failed { .. }) => {
             let msg = err.to_string();
