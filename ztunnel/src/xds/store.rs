@@ -9,6 +9,7 @@
 //! previous state stays in force.
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 
 use prost::Message;
 use proto::discovery::Resource;
@@ -183,10 +184,7 @@ impl XdsStore {
                 AddressEntry::Service(s) => services.push(s),
             }
         }
-        let resolver = Resolver {
-            workloads: &workloads,
-            services: &services,
-        };
+        let resolver = Resolver::index(&workloads, &services);
         let mut parts = SnapshotParts::default();
         for w in &workloads {
             let mut workload = w.workload.clone();
@@ -202,10 +200,10 @@ impl XdsStore {
         for s in &services {
             let mut service = s.service.clone();
             let key = service_key(&service.namespace, &service.hostname);
-            service.endpoint_uids = workloads
+            service.endpoint_uids = resolver
+                .members(&key)
                 .iter()
-                .filter(|w| w.services.contains(&key))
-                .map(|w| w.workload.uid.clone())
+                .map(|w| w.uid.clone())
                 .collect();
             match resolver.waypoint(s.waypoint.as_ref()) {
                 Ok(wp) => service.waypoint = wp,
@@ -230,64 +228,81 @@ pub fn service_key(namespace: &str, hostname: &str) -> String {
     format!("{namespace}/{hostname}")
 }
 
+/// Indexes built once per snapshot, so resolving every workload's
+/// waypoint and every service's endpoints stays linear in the state size.
 struct Resolver<'a> {
-    workloads: &'a [&'a WorkloadEntry],
-    services: &'a [&'a ServiceEntry],
+    /// Service key → the workloads that name it, sorted by uid.
+    members: HashMap<&'a str, Vec<&'a Workload>>,
+    /// Address → the workload with the smallest uid that holds it.
+    owner_by_ip: HashMap<IpAddr, &'a Workload>,
+    /// The first service (in resource order) by key and by VIP.
+    service_by_key: HashMap<String, &'a ServiceEntry>,
+    service_by_vip: HashMap<IpAddr, &'a ServiceEntry>,
 }
 
-impl Resolver<'_> {
+impl<'a> Resolver<'a> {
+    fn index(workloads: &[&'a WorkloadEntry], services: &[&'a ServiceEntry]) -> Self {
+        let mut members: HashMap<&str, Vec<&Workload>> = HashMap::new();
+        let mut owner_by_ip: HashMap<IpAddr, &Workload> = HashMap::new();
+        for w in workloads {
+            for key in &w.services {
+                members.entry(key.as_str()).or_default().push(&w.workload);
+            }
+            for ip in &w.workload.ips {
+                let owner = owner_by_ip.entry(*ip).or_insert(&w.workload);
+                if w.workload.uid < owner.uid {
+                    *owner = &w.workload;
+                }
+            }
+        }
+        for list in members.values_mut() {
+            list.sort_by(|a, b| a.uid.cmp(&b.uid));
+        }
+        let mut service_by_key = HashMap::new();
+        let mut service_by_vip = HashMap::new();
+        for s in services {
+            let key = service_key(&s.service.namespace, &s.service.hostname);
+            service_by_key.entry(key).or_insert(*s);
+            for vip in &s.service.vips {
+                service_by_vip.entry(*vip).or_insert(*s);
+            }
+        }
+        Resolver {
+            members,
+            owner_by_ip,
+            service_by_key,
+            service_by_vip,
+        }
+    }
+
+    fn members(&self, key: &str) -> &[&'a Workload] {
+        self.members.get(key).map(Vec::as_slice).unwrap_or(&[])
+    }
+
     /// The waypoint behind `r`: its address, and the identity of the
     /// workload that serves it. `Err` when it names nothing we know.
     fn waypoint(&self, r: Option<&WaypointRef>) -> Result<Option<Waypoint>, ()> {
         let Some(r) = r else { return Ok(None) };
-        let by_uid = |uids: &mut dyn Iterator<Item = &Workload>| {
-            uids.min_by(|a, b| a.uid.cmp(&b.uid)).map(|w| w.identity())
-        };
-        match r {
+        let (svc, address) = match r {
             WaypointRef::Address(ip) => {
-                let mut owners = self
-                    .workloads
-                    .iter()
-                    .map(|w| &w.workload)
-                    .filter(|w| w.ips.contains(ip));
-                if let Some(identity) = by_uid(&mut owners) {
+                if let Some(owner) = self.owner_by_ip.get(ip) {
                     return Ok(Some(Waypoint {
                         address: *ip,
-                        identity,
+                        identity: owner.identity(),
                     }));
                 }
-                let svc = self
-                    .services
-                    .iter()
-                    .find(|s| s.service.vips.contains(ip))
-                    .ok_or(())?;
-                self.behind(svc, *ip)
+                (*self.service_by_vip.get(ip).ok_or(())?, *ip)
             }
             WaypointRef::Service(key) => {
-                let svc = self
-                    .services
-                    .iter()
-                    .find(|s| service_key(&s.service.namespace, &s.service.hostname) == *key)
-                    .ok_or(())?;
-                let ip = *svc.service.vips.first().ok_or(())?;
-                self.behind(svc, ip)
+                let svc = *self.service_by_key.get(key).ok_or(())?;
+                (svc, *svc.service.vips.first().ok_or(())?)
             }
-        }
-    }
-
-    fn behind(&self, svc: &ServiceEntry, ip: std::net::IpAddr) -> Result<Option<Waypoint>, ()> {
+        };
         let key = service_key(&svc.service.namespace, &svc.service.hostname);
-        let identity = self
-            .workloads
-            .iter()
-            .filter(|w| w.services.contains(&key))
-            .map(|w| &w.workload)
-            .min_by(|a, b| a.uid.cmp(&b.uid))
-            .map(|w| w.identity())
-            .ok_or(())?;
+        let server = self.members(&key).first().ok_or(())?;
         Ok(Some(Waypoint {
-            address: ip,
-            identity,
+            address,
+            identity: server.identity(),
         }))
     }
 }
