@@ -48,6 +48,9 @@ pub struct Controller {
     pub metrics: Arc<Metrics>,
     /// `None` when running without capture.
     pub capture: Option<Arc<Mutex<Capture>>>,
+    /// The last capture update failed: retry on the next tick even if the
+    /// config did not change.
+    pub capture_failed: std::sync::atomic::AtomicBool,
 }
 
 impl Controller {
@@ -82,6 +85,9 @@ impl Controller {
             capture.lock().expect("capture poisoned").update(&pods)
         })
         .await;
+        let ok = matches!(result, Ok(Ok(())));
+        self.capture_failed
+            .store(!ok, std::sync::atomic::Ordering::Relaxed);
         match result {
             Ok(Ok(())) => tracing::info!(pods = want.len(), "capture updated"),
             Ok(Err(e)) => {
@@ -131,7 +137,7 @@ impl Controller {
     }
 
     /// Polls `source` every `interval` until drained, applying valid changes
-    /// and retrying a failed capture update on every tick.
+    /// and retrying a failed capture update on the next tick.
     pub async fn watch_file(&self, mut source: FileSource, interval: Duration, drain: Drain) {
         let mut ticks = tokio::time::interval(interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -158,8 +164,13 @@ impl Controller {
             source = returned;
             match change {
                 Change::Unchanged => {
-                    let snap = self.state.borrow().clone();
-                    self.reconcile_capture(&snap).await;
+                    if self
+                        .capture_failed
+                        .load(std::sync::atomic::Ordering::Relaxed)
+                    {
+                        let snap = self.state.borrow().clone();
+                        self.reconcile_capture(&snap).await;
+                    }
                 }
                 Change::Updated(snap) => self.apply(*snap).await,
                 Change::Rejected(e) => {

@@ -260,6 +260,7 @@ async fn serve_captured(
         conns: proxy.conns.clone(),
         metrics: shared.metrics.clone(),
         capture,
+        capture_failed: Default::default(),
     });
     prefetch(&shared.certs, initial_ids).await;
 
