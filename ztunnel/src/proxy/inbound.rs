@@ -297,43 +297,8 @@ async fn handle_plaintext(proxy: Arc<Proxy>, sock: TcpStream, peer: SocketAddr, 
         return;
     };
     let snap = proxy.snapshot();
-    let mut info = ConnInfo {
-        direction: Direction::Inbound,
-        src_addr: peer,
-        src: snap.workload_by_ip(peer.ip()).cloned(),
-        src_identity: None,
-        dst_addr,
-        dst_hbone_addr: None,
-        dst: snap.workload_by_ip(dst_addr.ip()).cloned(),
-        dst_identity: snap.workload_by_ip(dst_addr.ip()).map(|w| w.identity()),
-        service: None,
-        security: Security::None,
-    };
-    let (dst, _) = match admit(&snap, &proxy.node, Arrival::Plaintext, peer.ip(), dst_addr) {
-        Ok(admitted) => admitted,
-        Err(refusal) => {
-            tracing::info!(src = %peer, dst = %dst_addr, reason = %refusal, "inbound plaintext refused");
-            // Reset rather than FIN: the client learns at once.
-            reset_on_close(&sock);
-            ConnRecord::refused(
-                &proxy.telemetry,
-                info,
-                Outcome::failed(refusal.flags(), refusal),
-            );
-            return;
-        }
-    };
-    info.dst_identity = Some(dst.identity());
-    let registration = register(&proxy, None, peer.ip(), &dst, dst_addr.port());
-    let record = ConnRecord::open(&proxy.telemetry, info);
-    let outcome = match proxy.dial_as(peer.ip(), dst_addr).await {
-        Ok(app) => relay(sock, app, registration).await,
-        Err(e) => {
-            reset_on_close(&sock);
-            Outcome::failed(FLAG_CONNECT, error_chain(&e))
-        }
-    };
-    record.finish(outcome);
+    let info = tcp_info(&snap, peer, None, dst_addr, None, Security::None);
+    serve_tcp(&proxy, &snap, sock, Arrival::Plaintext, info).await;
 }
 
 /// Same-node traffic: the inbound half run in-process for a connection our
@@ -349,32 +314,69 @@ pub async fn in_process(
 ) -> Outcome {
     let snap = proxy.snapshot();
     let source_id = source.identity();
-    let mut info = ConnInfo {
+    let info = tcp_info(
+        &snap,
+        src_addr,
+        Some(source_id.clone()),
+        dst_addr,
+        service,
+        Security::MutualTls,
+    );
+    let arrival = Arrival::InProcess { source: &source_id };
+    serve_tcp(proxy, &snap, client, arrival, info).await
+}
+
+/// What is known of an inbound TCP (not HBONE) connection before it is
+/// admitted.
+fn tcp_info(
+    snap: &Snapshot,
+    src_addr: SocketAddr,
+    src_identity: Option<SpiffeId>,
+    dst_addr: SocketAddr,
+    service: Option<String>,
+    security: Security,
+) -> ConnInfo {
+    let dst = snap.workload_by_ip(dst_addr.ip()).cloned();
+    ConnInfo {
         direction: Direction::Inbound,
         src_addr,
         src: snap.workload_by_ip(src_addr.ip()).cloned(),
-        src_identity: Some(source_id.clone()),
+        src_identity,
         dst_addr,
         dst_hbone_addr: None,
-        dst: snap.workload_by_ip(dst_addr.ip()).cloned(),
-        dst_identity: snap.workload_by_ip(dst_addr.ip()).map(|w| w.identity()),
+        dst_identity: dst.as_ref().map(|w| w.identity()),
+        dst,
         service,
-        security: Security::MutualTls,
-    };
-    let arrival = Arrival::InProcess { source: &source_id };
-    let (dst, src_identity) = match admit(&snap, &proxy.node, arrival, src_addr.ip(), dst_addr) {
+        security,
+    }
+}
+
+/// Admits a client connection that arrived as plain TCP (15006, or our own
+/// outbound path), then connects to the app from the client's IP and
+/// relays. A refused or failed client is reset. Returns the outcome, also
+/// recorded as this connection's inbound event.
+async fn serve_tcp(
+    proxy: &Arc<Proxy>,
+    snap: &Snapshot,
+    client: TcpStream,
+    arrival: Arrival<'_>,
+    info: ConnInfo,
+) -> Outcome {
+    let (src_ip, dst_addr) = (info.src_addr.ip(), info.dst_addr);
+    let (dst, src_identity) = match admit(snap, &proxy.node, arrival, src_ip, dst_addr) {
         Ok(admitted) => admitted,
         Err(refusal) => {
+            tracing::info!(src = %info.src_addr, dst = %dst_addr, ?arrival, reason = %refusal, "inbound connection refused");
+            // Reset rather than FIN: the client learns at once.
             reset_on_close(&client);
             let outcome = Outcome::failed(refusal.flags(), &refusal);
             ConnRecord::refused(&proxy.telemetry, info, outcome.clone());
             return outcome;
         }
     };
-    info.dst_identity = Some(dst.identity());
-    let registration = register(proxy, src_identity, src_addr.ip(), &dst, dst_addr.port());
+    let registration = register(proxy, src_identity, src_ip, &dst, dst_addr.port());
     let record = ConnRecord::open(&proxy.telemetry, info);
-    let outcome = match proxy.dial_as(src_addr.ip(), dst_addr).await {
+    let outcome = match proxy.dial_as(src_ip, dst_addr).await {
         Ok(app) => relay(client, app, registration).await,
         Err(e) => {
             reset_on_close(&client);
