@@ -17,6 +17,7 @@ mod topology;
 
 pub mod echo;
 pub mod mesh;
+pub mod rules;
 
 pub use command::{run, run_in, ChildGuard};
 pub use error::HarnessError;

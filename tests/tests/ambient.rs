@@ -9,6 +9,7 @@ use std::time::Duration;
 use mesh_tests::echo::{payload, round_trip};
 use mesh_tests::mesh::wait_until;
 use mesh_tests::mesh::Mesh;
+use mesh_tests::rules::{assert_installed_once, assert_nothing_left};
 use mesh_tests::{require_root, ChildGuard, Netns, Topology};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
@@ -398,50 +399,6 @@ fn nft_set(node: &Netns) -> String {
         .unwrap_or_default()
 }
 
-fn count_lines(node: &Netns, cmd: &str, needle: &str) -> usize {
-    node.exec(cmd)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.contains(needle))
-        .count()
-}
-
-fn assert_one_of_each_rule(node: &Netns) {
-    assert_eq!(
-        count_lines(node, "nft list tables", "inet ambient"),
-        1,
-        "one nft table"
-    );
-    assert_eq!(
-        count_lines(node, "ip -4 rule list", "fwmark 0x400/0xfff lookup 100"),
-        1,
-        "one ip rule"
-    );
-    assert_eq!(
-        count_lines(node, "ip -4 route show table 100", "local default"),
-        1,
-        "one local route"
-    );
-}
-
-fn assert_no_rules(node: &Netns) {
-    assert_eq!(
-        count_lines(node, "nft list tables", "ambient"),
-        0,
-        "nft table left behind"
-    );
-    assert_eq!(
-        count_lines(node, "ip -4 rule list", "lookup 100"),
-        0,
-        "ip rule left behind"
-    );
-    assert_eq!(
-        count_lines(node, "ip -4 route show table 100", "local"),
-        0,
-        "route left behind"
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_ambient_client_is_allowed_when_permissive_and_refused_when_strict() {
     if !require_root() {
@@ -528,7 +485,7 @@ async fn namespace_label_on_and_off_live_without_rule_leaks() {
 
     mesh.write_config(&labelled);
     wait_until("label on captures the pod", || nft_set(node1).contains(&ip));
-    assert_one_of_each_rule(node1);
+    assert_installed_once(node1);
     assert_eq!(echo_through(&client.ns, to, b"in").await.unwrap(), b"in");
     let ev = mesh.wait_event(1, "captured outbound", |e| e["direction"] == "outbound");
     assert_eq!(
@@ -540,7 +497,7 @@ async fn namespace_label_on_and_off_live_without_rule_leaks() {
     wait_until("label off releases the pod", || {
         !nft_set(node1).contains(&ip)
     });
-    assert_one_of_each_rule(node1);
+    assert_installed_once(node1);
     let before = mesh.access_log(1).len();
     assert_eq!(echo_through(&client.ns, to, b"out").await.unwrap(), b"out");
     std::thread::sleep(Duration::from_millis(300));
@@ -570,7 +527,7 @@ async fn sigterm_drains_then_removes_every_rule() {
     live.write_all(b"before").await.unwrap();
     let mut buf = [0u8; 6];
     live.read_exact(&mut buf).await.unwrap();
-    assert_one_of_each_rule(&topo.node(1).ns);
+    assert_installed_once(&topo.node(1).ns);
 
     // SIGTERM while a connection is open: it keeps working during the drain.
     mesh.signal(1, nix::sys::signal::Signal::SIGTERM);
@@ -586,7 +543,7 @@ async fn sigterm_drains_then_removes_every_rule() {
     live.read_to_end(&mut rest).await.unwrap();
     let status = mesh.wait_exit(1);
     assert!(status.success(), "ztunnel exit status {status}");
-    assert_no_rules(&topo.node(1).ns);
+    assert_nothing_left(&topo.node(1).ns);
     assert!(
         mesh.stderr(1).contains("capture rules removed"),
         "{}",
@@ -613,9 +570,9 @@ async fn killed_mid_stream_then_restarted_works_without_duplicates() {
 
     mesh.kill(1);
     // A crash leaves the rules: capture must not silently open up.
-    assert_one_of_each_rule(&topo.node(1).ns);
+    assert_installed_once(&topo.node(1).ns);
     mesh.start(1);
-    assert_one_of_each_rule(&topo.node(1).ns);
+    assert_installed_once(&topo.node(1).ns);
     for i in 0..5 {
         let back = echo_through(&client.ns, to, b"again").await;
         assert_eq!(

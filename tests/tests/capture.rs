@@ -7,6 +7,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use mesh_tests::echo::{payload, round_trip, spawn_echo};
+use mesh_tests::rules::{assert_nothing_left, ip_rule_count};
 use mesh_tests::{require_root, Netns, Topology};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -46,26 +47,6 @@ async fn accept(listener: &TcpListener) -> (SocketAddr, SocketAddr, tokio::net::
         .expect("no connection captured")
         .expect("accept");
     (orig_dst(&stream).unwrap(), peer, stream)
-}
-
-fn count_ip_rules(node: &Netns) -> usize {
-    let selector = rules::ip_rule_selector();
-    node.exec("ip -4 rule list")
-        .unwrap()
-        .lines()
-        .filter(|l| l.trim_end().ends_with(&selector))
-        .count()
-}
-
-fn assert_nothing_left(node: &Netns) {
-    let tables = node.exec("nft list tables").unwrap();
-    assert!(!tables.contains("ambient"), "table left: {tables}");
-    let rules = node.exec("ip rule list").unwrap();
-    assert!(!rules.contains("lookup 100"), "ip rule left: {rules}");
-    let routes = node
-        .exec("ip route show table 100 2>/dev/null || true")
-        .unwrap();
-    assert!(routes.trim().is_empty(), "route left: {routes}");
 }
 
 #[tokio::test]
@@ -121,13 +102,13 @@ async fn install_twice_keeps_one_ip_rule_and_update_replaces_set() {
     let (n1, a, b) = (&topo.node(1).ns, topo.pod("a"), topo.pod("b"));
     let _first = install(n1, &[a.ip]);
     let mut second = install(n1, &[a.ip]);
-    assert_eq!(count_ip_rules(n1), 1);
+    assert_eq!(ip_rule_count(n1), 1);
     // A duplicate from an older version is cleaned up on install.
     n1.exec(&format!("ip rule add {}", rules::ip_rule_selector()))
         .unwrap();
-    assert_eq!(count_ip_rules(n1), 2);
+    assert_eq!(ip_rule_count(n1), 2);
     let _third = install(n1, &[a.ip]);
-    assert_eq!(count_ip_rules(n1), 1);
+    assert_eq!(ip_rule_count(n1), 1);
 
     let other = Ipv4Addr::new(10, 1, 1, 99);
     n1.run(|| second.update(&set(&[a.ip, other])))
@@ -148,7 +129,7 @@ async fn install_twice_keeps_one_ip_rule_and_update_replaces_set() {
             .count(),
         1
     );
-    assert_eq!(count_ip_rules(n1), 1);
+    assert_eq!(ip_rule_count(n1), 1);
 
     // Leaving the set takes effect at once for new connections.
     let dst = SocketAddr::from((b.ip, 8080));
