@@ -3,7 +3,11 @@
 //! `Drain::signal()` asks everyone to stop taking new work; `wait_idle()`
 //! resolves once every outstanding [`Watch`] (one per connection) dropped.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 
 #[derive(Clone)]
@@ -82,5 +86,36 @@ impl Watch {
 
     pub fn is_draining(&self) -> bool {
         *self.rx.borrow()
+    }
+}
+
+/// Accepts on `listener` until `drain` is signalled. Each connection gets
+/// TCP_NODELAY and goes to `on_accept` with its own [`Watch`], so the drain
+/// waits for it. Accept errors (EMFILE and friends) back off instead of
+/// spinning; `what` names the listener in the log.
+pub async fn accept_until_drained<F>(
+    listener: &TcpListener,
+    drain: &Drain,
+    what: &str,
+    mut on_accept: F,
+) where
+    F: FnMut(TcpStream, SocketAddr, Watch),
+{
+    let mut watch = drain.watch();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = watch.signaled() => return,
+        };
+        match accepted {
+            Ok((sock, peer)) => {
+                let _ = sock.set_nodelay(true);
+                on_accept(sock, peer, drain.watch());
+            }
+            Err(e) => {
+                tracing::warn!(listener = what, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
     }
 }

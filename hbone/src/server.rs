@@ -175,30 +175,16 @@ impl<I: ServerIdentity, H: Handler> HboneServer<I, H> {
     /// Accept connections until drained; then stop accepting and let each
     /// connection finish its streams after a GOAWAY.
     pub async fn serve(&self, listener: TcpListener, drain: Drain) {
-        let mut watch = drain.watch();
-        loop {
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
-                () = watch.signaled() => return,
+        crate::drain::accept_until_drained(&listener, &drain, "HBONE", |sock, peer, watch| {
+            let conn = Connection {
+                identity: self.identity.clone(),
+                handler: self.handler.clone(),
+                config: self.config.clone(),
+                stats: self.stats.clone(),
             };
-            match accepted {
-                Ok((sock, peer)) => {
-                    let _ = sock.set_nodelay(true);
-                    let conn = Connection {
-                        identity: self.identity.clone(),
-                        handler: self.handler.clone(),
-                        config: self.config.clone(),
-                        stats: self.stats.clone(),
-                    };
-                    tokio::spawn(conn.run(sock, peer, drain.watch()));
-                }
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "HBONE accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
+            tokio::spawn(conn.run(sock, peer, watch));
+        })
+        .await;
     }
 }
 

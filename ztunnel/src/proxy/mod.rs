@@ -117,7 +117,7 @@ pub fn reset_on_close(sock: &TcpStream) {
 
 /// Accepts connections on `listener` until the proxy drains, handing each
 /// (with a drain watch that keeps the drain waiting for it) to `handle` on
-/// its own task. Accept errors (EMFILE and friends) back off, not spin.
+/// its own task.
 pub async fn accept_loop<F, Fut>(
     proxy: Arc<Proxy>,
     listener: tokio::net::TcpListener,
@@ -127,22 +127,9 @@ pub async fn accept_loop<F, Fut>(
     F: Fn(Arc<Proxy>, TcpStream, SocketAddr, hbone::drain::Watch) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let mut watch = proxy.drain.watch();
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            () = watch.signaled() => return,
-        };
-        match accepted {
-            Ok((sock, peer)) => {
-                let _ = sock.set_nodelay(true);
-                let guard = proxy.drain.watch();
-                tokio::spawn(handle(proxy.clone(), sock, peer, guard));
-            }
-            Err(e) => {
-                tracing::warn!(listener = what, error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
+    let drain = proxy.drain.clone();
+    hbone::drain::accept_until_drained(&listener, &drain, what, |sock, peer, watch| {
+        tokio::spawn(handle(proxy.clone(), sock, peer, watch));
+    })
+    .await;
 }
