@@ -7,7 +7,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use hbone::copy::{copy_bidirectional, Counters};
 use hbone::drain::Watch;
 use hbone::server::{Handler, InboundRequest, ServerError, ServerIdentity};
 use hbone::{tls, SpiffeId};
@@ -252,27 +251,12 @@ fn register(
 }
 
 /// Copies between the client side and the app until both close, or until
-/// the connection is revoked by a policy change.
+/// the connection is revoked by a policy change (then `DENY`).
 pub async fn relay<D>(mut downstream: D, mut app: TcpStream, mut reg: Registration) -> Outcome
 where
     D: AsyncRead + AsyncWrite + Unpin,
 {
-    let counters = Arc::new(Counters::default());
-    let result = tokio::select! {
-        r = copy_bidirectional(&mut downstream, &mut app, &counters) => Ok(r),
-        why = reg.wait_revoked() => Err(why),
-    };
-    let (sent, recv) = counters.snapshot();
-    let mut outcome = Outcome::ok(sent, recv);
-    match result {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => outcome.error = Some(error_chain(&e)),
-        Err(why) => {
-            outcome.flags = FLAG_DENY;
-            outcome.error = Some(why.to_string());
-        }
-    }
-    outcome
+    super::pipe(&mut downstream, &mut app, reg.wait_revoked()).await
 }
 
 /// `err: cause: cause ...` on one line, for the access log.

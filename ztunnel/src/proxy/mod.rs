@@ -133,3 +133,30 @@ pub async fn accept_loop<F, Fut>(
     })
     .await;
 }
+
+/// Copies `client` ↔ `upstream` until both sides close, or until `revoked`
+/// resolves (a policy change: the outcome is `DENY` with the reason). The
+/// outcome carries the bytes each way and any copy error.
+pub async fn pipe<A, B, R>(client: &mut A, upstream: &mut B, revoked: R) -> record::Outcome
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    R: std::future::Future<Output = conns::Revoked>,
+{
+    let counters = Arc::new(hbone::copy::Counters::default());
+    let result = tokio::select! {
+        r = hbone::copy::copy_bidirectional(client, upstream, &counters) => Ok(r),
+        why = revoked => Err(why),
+    };
+    let (sent, recv) = counters.snapshot();
+    let mut outcome = record::Outcome::ok(sent, recv);
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => outcome.error = Some(inbound::error_chain(&e)),
+        Err(why) => {
+            outcome.flags = record::FLAG_DENY;
+            outcome.error = Some(why.to_string());
+        }
+    }
+    outcome
+}

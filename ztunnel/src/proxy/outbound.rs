@@ -6,11 +6,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use hbone::client::ConnectRequest;
-use hbone::copy::{copy_bidirectional, Counters};
 use hbone::drain::Watch;
 use hbone::headers::{new_traceparent, Baggage, ConnectMeta};
 use hbone::SpiffeId;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::inbound::{error_chain, in_process};
@@ -136,7 +134,7 @@ async fn handle_outbound(proxy: Arc<Proxy>, sock: TcpStream, peer: SocketAddr, _
             let outcome = match proxy.dial_as(peer.ip(), dst).await {
                 Ok(mut upstream) => {
                     let mut sock = sock;
-                    pipe(&mut sock, &mut upstream).await
+                    super::pipe(&mut sock, &mut upstream, std::future::pending()).await
                 }
                 Err(e) => {
                     reset_on_close(&sock);
@@ -183,7 +181,7 @@ impl Tunnel {
         };
         let record = ConnRecord::open(&proxy.telemetry, info);
         let outcome = match proxy.client.connect(&req).await {
-            Ok(mut stream) => pipe(&mut sock, &mut stream).await,
+            Ok(mut stream) => super::pipe(&mut sock, &mut stream, std::future::pending()).await,
             Err(e) => {
                 tracing::info!(src = %peer, via = %req.via, authority = %req.authority, error = %e, cause = ?std::error::Error::source(&e), "HBONE tunnel failed");
                 reset_on_close(&sock);
@@ -192,22 +190,6 @@ impl Tunnel {
         };
         record.finish(outcome);
     }
-}
-
-/// Copies both ways until both sides close; the outcome carries the bytes.
-async fn pipe<A, B>(client: &mut A, upstream: &mut B) -> Outcome
-where
-    A: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
-{
-    let counters = Arc::new(Counters::default());
-    let result = copy_bidirectional(client, upstream, &counters).await;
-    let (sent, recv) = counters.snapshot();
-    let mut outcome = Outcome::ok(sent, recv);
-    if let Err(e) = result {
-        outcome.error = Some(error_chain(&e));
-    }
-    outcome
 }
 
 #[cfg(test)]
