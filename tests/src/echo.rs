@@ -39,3 +39,21 @@ pub async fn round_trip(mut stream: tokio::net::TcpStream, data: &[u8]) -> io::R
     r?;
     Ok(back)
 }
+
+/// How long [`echo_through`] waits for the connect and for the round trip.
+pub const ECHO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Connects from inside `from` to `to`, sends `data`, half-closes, and
+/// returns what came back; each step times out after [`ECHO_TIMEOUT`].
+pub async fn echo_through(
+    from: &crate::Netns,
+    to: std::net::SocketAddr,
+    data: &[u8],
+) -> io::Result<Vec<u8>> {
+    let stream = tokio::time::timeout(ECHO_TIMEOUT, from.connect(to))
+        .await
+        .map_err(|_| io::Error::other("connect timed out"))??;
+    tokio::time::timeout(ECHO_TIMEOUT, round_trip(stream, data))
+        .await
+        .map_err(|_| io::Error::other("round trip timed out"))?
+}

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mesh_tests::echo::{payload, round_trip};
+use mesh_tests::echo::{echo_through, payload, round_trip};
 use mesh_tests::mesh::wait_until;
 use mesh_tests::mesh::Mesh;
 use mesh_tests::rules::{assert_installed_once, assert_nothing_left};
@@ -55,15 +55,6 @@ fn serve_app(ns: &Netns, port: u16, greeting: &'static str) -> App {
         }
     });
     App { peers, task }
-}
-
-async fn echo_through(from: &Netns, to: SocketAddr, data: &[u8]) -> std::io::Result<Vec<u8>> {
-    let stream = tokio::time::timeout(WAIT, from.connect(to))
-        .await
-        .map_err(|_| std::io::Error::other("connect timed out"))??;
-    tokio::time::timeout(WAIT, round_trip(stream, data))
-        .await
-        .map_err(|_| std::io::Error::other("round trip timed out"))?
 }
 
 fn config(pods: &str, extra: &str) -> String {

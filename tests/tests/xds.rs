@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use mesh_tests::echo::round_trip;
+use mesh_tests::echo::echo_through;
 use mesh_tests::mesh::{wait_until, Mesh};
 use mesh_tests::{require_root, Netns, Topology};
 
@@ -36,13 +36,7 @@ policies:
 "#;
 
 async fn talk(from: &Netns, to: SocketAddr) -> bool {
-    let Ok(Ok(stream)) = tokio::time::timeout(WAIT, from.connect(to)).await else {
-        return false;
-    };
-    matches!(
-        tokio::time::timeout(WAIT, round_trip(stream, b"hello")).await,
-        Ok(Ok(back)) if back == b"hello"
-    )
+    matches!(echo_through(from, to, b"hello").await, Ok(back) if back == b"hello")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
