@@ -11,6 +11,10 @@
 //!
 //! Run: `cargo bench -p mesh-benches --bench hbone`.
 
+// The proxies' allocator, so the figures match what ztunnel runs with.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -1,6 +1,14 @@
 //! `control-plane`: serves delta ADS and the CA to ztunnels on 15012 (TLS),
 //! from the local YAML config file, with node bootstrap tokens.
 
+/// mimalloc instead of glibc malloc: glibc returned the TLS record and
+/// HTTP/2 buffers to the kernel and faulted them back in on every burst
+/// (about one minor fault per 4 KiB carried), which cost a quarter of the
+/// bulk-transfer CPU in ztunnel (benches/README.md); the control plane
+/// shares the same TLS and gRPC stack.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 

@@ -8,6 +8,10 @@
 //! - `setup`: pooled stream opens with the upstream dial (closed gracefully);
 //! - `setup-null`: the same without an upstream.
 
+// The proxies' allocator, so the figures match what ztunnel runs with.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 

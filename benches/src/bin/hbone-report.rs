@@ -11,6 +11,10 @@
 //! mode each transfer is checked byte-for-byte (sink byte counts, echoed
 //! payloads); any mismatch makes the process exit non-zero.
 
+// The proxies' allocator, so the figures match what ztunnel runs with.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
