@@ -1,9 +1,15 @@
 //! Bidirectional copy with half-close propagation and byte counts.
 //!
-//! Each direction owns one buffer that starts small (idle connections stay
-//! cheap) and doubles after consecutive full reads up to a fixed cap (bulk
-//! transfers make few, large syscalls). Memory per connection is therefore
-//! bounded by `2 * MAX_BUFFER`.
+//! Each direction reads into a buffer that starts small (idle connections
+//! stay cheap) and doubles after consecutive full reads up to a fixed cap
+//! (bulk transfers make few, large syscalls). Memory per connection is
+//! therefore bounded by `2 * MAX_BUFFER`, plus what HTTP/2 flow control
+//! lets a stream hold.
+//!
+//! An HBONE stream ([`H2Stream`]) on either side is moved without copying:
+//! DATA frames received are written straight from h2's buffer (no read
+//! buffer at all in that direction), and bytes read for the stream are
+//! handed to h2 as the very buffer they were read into. See [`CopyIo`].
 
 use std::future::poll_fn;
 use std::io;
@@ -12,12 +18,45 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::stream::H2Stream;
 
 pub const INITIAL_BUFFER: usize = 4 * 1024;
 pub const MAX_BUFFER: usize = 256 * 1024;
 /// Full reads in a row before the buffer doubles.
 const GROW_AFTER: u8 = 2;
+
+/// A byte stream [`copy_bidirectional`] can move data through. Only
+/// [`H2Stream`] overrides [`CopyIo::as_h2`], which lets the copy skip the
+/// copies that `AsyncRead`/`AsyncWrite` would force on it.
+pub trait CopyIo: AsyncRead + AsyncWrite + Unpin {
+    fn as_h2(&mut self) -> Option<&mut H2Stream> {
+        None
+    }
+}
+
+impl CopyIo for H2Stream {
+    fn as_h2(&mut self) -> Option<&mut H2Stream> {
+        Some(self)
+    }
+}
+
+impl CopyIo for tokio::net::TcpStream {}
+impl CopyIo for tokio::io::DuplexStream {}
+
+impl<T: CopyIo + ?Sized> CopyIo for &mut T {
+    fn as_h2(&mut self) -> Option<&mut H2Stream> {
+        (**self).as_h2()
+    }
+}
+
+impl<T: CopyIo + ?Sized> CopyIo for Box<T> {
+    fn as_h2(&mut self) -> Option<&mut H2Stream> {
+        (**self).as_h2()
+    }
+}
 
 /// Live byte counters, readable while the copy runs (for metrics on
 /// long-lived connections and for access logs after an error).
@@ -53,92 +92,118 @@ pub struct CopyError {
 }
 
 struct Half {
-    buf: Vec<u8>,
-    pos: usize,
-    cap: usize,
+    /// Where reads from a plain reader land; split off into `out` after
+    /// each read, so the allocation is reused once `out` is written.
+    buf: BytesMut,
+    /// Read, not yet written.
+    out: Bytes,
+    /// How much the next plain read asks for.
+    read_size: usize,
     read_done: bool,
     finished: bool,
     need_flush: bool,
     full_reads: u8,
+    /// The largest read asked for (tests).
     peak: usize,
 }
 
 impl Half {
     fn new() -> Self {
         Half {
-            buf: vec![0; INITIAL_BUFFER],
-            pos: 0,
-            cap: 0,
+            buf: BytesMut::new(),
+            out: Bytes::new(),
+            read_size: INITIAL_BUFFER,
             read_done: false,
             finished: false,
             need_flush: false,
             full_reads: 0,
-            peak: INITIAL_BUFFER,
+            peak: 0,
         }
+    }
+
+    /// Fills `out`: a DATA chunk from an HBONE reader, or the bytes of one
+    /// read from a plain one.
+    fn poll_fill<R: CopyIo + ?Sized>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &mut R,
+    ) -> Poll<io::Result<()>> {
+        if let Some(h2) = reader.as_h2() {
+            match ready!(h2.poll_recv_bytes(cx))? {
+                Some(data) => self.out = data,
+                None => self.read_done = true,
+            }
+            return Poll::Ready(Ok(()));
+        }
+        if self.full_reads >= GROW_AFTER && self.read_size < MAX_BUFFER {
+            self.read_size = (self.read_size * 2).min(MAX_BUFFER);
+            self.full_reads = 0;
+        }
+        self.buf.reserve(self.read_size);
+        self.peak = self.peak.max(self.read_size);
+        let spare = &mut self.buf.spare_capacity_mut()[..self.read_size];
+        let mut rb = ReadBuf::uninit(spare);
+        ready!(Pin::new(&mut *reader).poll_read(cx, &mut rb))?;
+        let n = rb.filled().len();
+        if n == 0 {
+            self.read_done = true;
+            return Poll::Ready(Ok(()));
+        }
+        // SAFETY: `poll_read` initialised the first `n` bytes of the spare
+        // capacity (ReadBuf tracks it) and `n <= read_size <= spare len`.
+        unsafe { self.buf.set_len(n) };
+        self.full_reads = if n == self.read_size {
+            self.full_reads.saturating_add(1)
+        } else {
+            0
+        };
+        self.out = self.buf.split().freeze();
+        Poll::Ready(Ok(()))
     }
 
     fn poll_copy<R, W>(
         &mut self,
         cx: &mut Context<'_>,
-        mut reader: Pin<&mut R>,
-        mut writer: Pin<&mut W>,
+        reader: &mut R,
+        writer: &mut W,
         counter: &AtomicU64,
     ) -> Poll<io::Result<()>>
     where
-        R: AsyncRead + ?Sized,
-        W: AsyncWrite + ?Sized,
+        R: CopyIo + ?Sized,
+        W: CopyIo + ?Sized,
     {
         loop {
-            if self.pos == self.cap && !self.read_done {
-                if self.full_reads >= GROW_AFTER && self.buf.len() < MAX_BUFFER {
-                    let len = (self.buf.len() * 2).min(MAX_BUFFER);
-                    self.buf.resize(len, 0);
-                    self.peak = self.peak.max(len);
-                    self.full_reads = 0;
+            if self.out.is_empty() && !self.read_done && self.poll_fill(cx, reader)?.is_pending() {
+                if self.need_flush {
+                    ready!(Pin::new(&mut *writer).poll_flush(cx))?;
+                    self.need_flush = false;
                 }
-                let mut rb = ReadBuf::new(&mut self.buf);
-                match reader.as_mut().poll_read(cx, &mut rb) {
-                    Poll::Ready(Ok(())) => {
-                        let n = rb.filled().len();
-                        if n == 0 {
-                            self.read_done = true;
-                        } else {
-                            self.full_reads = if n == self.buf.len() {
-                                self.full_reads.saturating_add(1)
-                            } else {
-                                0
-                            };
-                            self.pos = 0;
-                            self.cap = n;
-                        }
-                    }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => {
-                        if self.need_flush {
-                            ready!(writer.as_mut().poll_flush(cx))?;
-                            self.need_flush = false;
-                        }
-                        return Poll::Pending;
-                    }
-                }
+                return Poll::Pending;
             }
-            while self.pos < self.cap {
-                let n = ready!(writer
-                    .as_mut()
-                    .poll_write(cx, &self.buf[self.pos..self.cap]))?;
+            while !self.out.is_empty() {
+                let n = match writer.as_h2() {
+                    Some(h2) => ready!(h2.poll_send_bytes(cx, &mut self.out))?,
+                    None => {
+                        let n = ready!(Pin::new(&mut *writer).poll_write(cx, &self.out))?;
+                        self.out.advance(n.min(self.out.len()));
+                        n
+                    }
+                };
                 if n == 0 {
                     return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
                 }
-                self.pos += n;
+                if let Some(h2) = reader.as_h2() {
+                    h2.release(n);
+                }
                 counter.fetch_add(n as u64, Ordering::Relaxed);
                 self.need_flush = true;
             }
             if self.read_done {
-                ready!(writer.as_mut().poll_flush(cx))?;
-                ready!(writer.as_mut().poll_shutdown(cx))?;
+                ready!(Pin::new(&mut *writer).poll_flush(cx))?;
+                ready!(Pin::new(&mut *writer).poll_shutdown(cx))?;
                 self.finished = true;
                 // Free the buffer: a half-closed connection may idle for long.
-                self.buf = Vec::new();
+                self.buf = BytesMut::new();
                 return Poll::Ready(Ok(()));
             }
         }
@@ -153,15 +218,13 @@ pub async fn copy_bidirectional<A, B>(
     counters: &Arc<Counters>,
 ) -> Result<(), CopyError>
 where
-    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
-    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    A: CopyIo + ?Sized,
+    B: CopyIo + ?Sized,
 {
     let (mut ab, mut ba) = (Half::new(), Half::new());
     poll_fn(|cx| {
         if !ab.finished {
-            if let Poll::Ready(Err(source)) =
-                ab.poll_copy(cx, Pin::new(&mut *a), Pin::new(&mut *b), &counters.a_to_b)
-            {
+            if let Poll::Ready(Err(source)) = ab.poll_copy(cx, &mut *a, &mut *b, &counters.a_to_b) {
                 return Poll::Ready(Err(CopyError {
                     direction: Direction::AToB,
                     source,
@@ -169,9 +232,7 @@ where
             }
         }
         if !ba.finished {
-            if let Poll::Ready(Err(source)) =
-                ba.poll_copy(cx, Pin::new(&mut *b), Pin::new(&mut *a), &counters.b_to_a)
-            {
+            if let Poll::Ready(Err(source)) = ba.poll_copy(cx, &mut *b, &mut *a, &counters.b_to_a) {
                 return Poll::Ready(Err(CopyError {
                     direction: Direction::BToA,
                     source,
@@ -230,17 +291,18 @@ mod tests {
         let big = vec![7u8; MAX_BUFFER * 3];
         w.write_all(&big).await.unwrap();
         drop(w);
-        let mut sink = tokio::io::sink();
+        // Room for everything, so the copy never waits on the writer.
+        let (mut sink, _drain) = tokio::io::duplex(MAX_BUFFER * 4);
         let counter = AtomicU64::new(0);
         let mut r = r;
-        poll_fn(|cx| h.poll_copy(cx, Pin::new(&mut r), Pin::new(&mut sink), &counter))
+        poll_fn(|cx| h.poll_copy(cx, &mut r, &mut sink, &counter))
             .await
             .unwrap();
         assert_eq!(
             h.peak, MAX_BUFFER,
             "bulk transfer grows the buffer to the cap"
         );
-        assert!(h.buf.is_empty(), "a finished direction frees its buffer");
+        assert_eq!(h.buf.capacity(), 0, "a finished direction frees its buffer");
         assert_eq!(counter.load(Ordering::Relaxed), (MAX_BUFFER * 3) as u64);
     }
 }

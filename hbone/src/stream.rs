@@ -89,39 +89,75 @@ impl AsyncRead for H2Stream {
             if self.recv_eof {
                 return Poll::Ready(Ok(()));
             }
-            match ready!(self.recv.poll_data(cx)) {
-                Some(Ok(data)) => self.pending = data,
-                Some(Err(e)) if e.reason() == Some(Reason::NO_ERROR) => self.recv_eof = true,
-                Some(Err(e)) => return Poll::Ready(Err(h2_to_io(e))),
-                None => self.recv_eof = true,
-            }
+            ready!(self.poll_next_chunk(cx))?;
         }
     }
 }
 
-impl AsyncWrite for H2Stream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
+impl H2Stream {
+    /// The next received DATA chunk, handed over without copying; `None` at
+    /// the end of the stream. Its flow-control credit is not returned until
+    /// the caller calls [`H2Stream::release`], so a slow consumer still
+    /// pushes back on the sender.
+    pub fn poll_recv_bytes(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
+        loop {
+            if !self.pending.is_empty() {
+                return Poll::Ready(Ok(Some(std::mem::take(&mut self.pending))));
+            }
+            if self.recv_eof {
+                return Poll::Ready(Ok(None));
+            }
+            ready!(self.poll_next_chunk(cx))?;
+        }
+    }
+
+    /// Returns `n` consumed bytes of flow-control credit to the peer.
+    pub fn release(&mut self, n: usize) {
+        let _ = self.recv.flow_control().release_capacity(n);
+    }
+
+    /// Sends a prefix of `data` as one DATA frame, without copying, once
+    /// the peer's window allows; returns how many bytes were sent (split
+    /// off the front of `data`).
+    pub fn poll_send_bytes(
+        &mut self,
         cx: &mut Context<'_>,
-        buf: &[u8],
+        data: &mut Bytes,
     ) -> Poll<io::Result<usize>> {
-        if buf.is_empty() {
+        self.poll_send_with(cx, data.len(), |n| data.split_to(n))
+    }
+
+    fn poll_next_chunk(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match ready!(self.recv.poll_data(cx)) {
+            Some(Ok(data)) => self.pending = data,
+            Some(Err(e)) if e.reason() == Some(Reason::NO_ERROR) => self.recv_eof = true,
+            Some(Err(e)) => return Poll::Ready(Err(h2_to_io(e))),
+            None => self.recv_eof = true,
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Waits for send capacity for up to `len` bytes (one frame at most),
+    /// then sends `take(n)` for the `n` granted.
+    fn poll_send_with(
+        &mut self,
+        cx: &mut Context<'_>,
+        len: usize,
+        take: impl FnOnce(usize) -> Bytes,
+    ) -> Poll<io::Result<usize>> {
+        if len == 0 {
             return Poll::Ready(Ok(0));
         }
         if self.send_closed {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
-        self.send.reserve_capacity(buf.len().min(MAX_WRITE));
+        self.send.reserve_capacity(len.min(MAX_WRITE));
         let sent = loop {
             match ready!(self.send.poll_capacity(cx)) {
                 Some(Ok(0)) => continue, // re-poll registers the waker
                 Some(Ok(n)) => {
-                    let n = n.min(buf.len());
-                    break self
-                        .send
-                        .send_data(Bytes::copy_from_slice(&buf[..n]), false)
-                        .ok()
-                        .map(|()| n);
+                    let n = n.min(len);
+                    break self.send.send_data(take(n), false).ok().map(|()| n);
                 }
                 Some(Err(_)) | None => break None,
             }
@@ -138,6 +174,16 @@ impl AsyncWrite for H2Stream {
             Err(e) => h2_to_io(e),
         };
         Poll::Ready(Err(err))
+    }
+}
+
+impl AsyncWrite for H2Stream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_send_with(cx, buf.len(), |n| Bytes::copy_from_slice(&buf[..n]))
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -11,7 +11,6 @@ use hbone::drain::Watch;
 use hbone::server::{Handler, InboundRequest, ServerError, ServerIdentity};
 use hbone::{tls, SpiffeId};
 use http::StatusCode;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::conns::{Authorized, Registration};
@@ -254,7 +253,7 @@ fn register(
 /// the connection is revoked by a policy change (then `DENY`).
 pub async fn relay<D>(mut downstream: D, mut app: TcpStream, mut reg: Registration) -> Outcome
 where
-    D: AsyncRead + AsyncWrite + Unpin,
+    D: hbone::copy::CopyIo,
 {
     super::pipe(&mut downstream, &mut app, reg.wait_revoked()).await
 }

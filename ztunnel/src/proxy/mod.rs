@@ -139,8 +139,8 @@ pub async fn accept_loop<F, Fut>(
 /// outcome carries the bytes each way and any copy error.
 pub async fn pipe<A, B, R>(client: &mut A, upstream: &mut B, revoked: R) -> record::Outcome
 where
-    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    A: hbone::copy::CopyIo,
+    B: hbone::copy::CopyIo,
     R: std::future::Future<Output = conns::Revoked>,
 {
     let counters = Arc::new(hbone::copy::Counters::default());
