@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use hbone::SpiffeId;
 
-use crate::state::{Service, Snapshot, Tunnel, Workload, HBONE_PORT};
+use crate::state::{Scope, Service, Snapshot, Tunnel, Workload, WorkloadName, HBONE_PORT};
 
 /// The decision for one outbound connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +81,8 @@ impl Route {
 pub enum ClassifyError {
     #[error("source {0} is not a known ambient workload")]
     UnknownSource(IpAddr),
+    #[error("the served workload {0} is not in the config")]
+    UnknownWorkload(String),
     #[error("source {src} runs on node {node:?}, not this one")]
     SourceNotLocal { src: IpAddr, node: String },
     #[error("service {service} does not expose port {port}")]
@@ -93,7 +95,7 @@ impl ClassifyError {
     /// A low-cardinality label for metrics and access logs.
     pub fn reason(&self) -> &'static str {
         match self {
-            ClassifyError::UnknownSource(_) => "unknown_source",
+            ClassifyError::UnknownSource(_) | ClassifyError::UnknownWorkload(_) => "unknown_source",
             ClassifyError::SourceNotLocal { .. } => "source_not_local",
             ClassifyError::UnknownServicePort { .. } => "unknown_service_port",
             ClassifyError::NoEndpoints { .. } => "no_endpoints",
@@ -163,19 +165,8 @@ impl Target<'_> {
                 forwarded_host: host,
             });
         }
-        let target_port =
-            svc.target_port(orig_dst.port())
-                .ok_or_else(|| ClassifyError::UnknownServicePort {
-                    service: svc.key(),
-                    port: orig_dst.port(),
-                })?;
-        let endpoints = self.snap.endpoints(svc);
-        let chosen = endpoints
-            .get(pick % endpoints.len().max(1))
-            .ok_or_else(|| ClassifyError::NoEndpoints { service: svc.key() })?;
-        let ip = same_family_ip(chosen, orig_dst.ip())
-            .ok_or_else(|| ClassifyError::NoEndpoints { service: svc.key() })?;
-        Ok(self.direct(chosen, SocketAddr::new(ip, target_port), host))
+        let (chosen, dst) = pick_endpoint(self.snap, svc, orig_dst, pick)?;
+        Ok(self.direct(chosen, dst, host))
     }
 
     /// Traffic addressed to a pod IP: the pod's waypoint applies.
@@ -216,6 +207,70 @@ impl Target<'_> {
             expect: dest.identity(),
             forwarded_host: host,
         }
+    }
+}
+
+/// Resolves a connection to Service VIP `orig_dst`: endpoint `pick % len`
+/// (of [`Snapshot::endpoints`], sorted by uid) and `endpointIP:targetPort`.
+fn pick_endpoint<'a>(
+    snap: &'a Snapshot,
+    svc: &Service,
+    orig_dst: SocketAddr,
+    pick: usize,
+) -> Result<(&'a Arc<Workload>, SocketAddr), ClassifyError> {
+    let target_port =
+        svc.target_port(orig_dst.port())
+            .ok_or_else(|| ClassifyError::UnknownServicePort {
+                service: svc.key(),
+                port: orig_dst.port(),
+            })?;
+    let endpoints = snap.endpoints(svc);
+    let chosen = endpoints
+        .get(pick % endpoints.len().max(1))
+        .ok_or_else(|| ClassifyError::NoEndpoints { service: svc.key() })?;
+    let ip = same_family_ip(chosen, orig_dst.ip())
+        .ok_or_else(|| ClassifyError::NoEndpoints { service: svc.key() })?;
+    Ok((chosen, SocketAddr::new(ip, target_port)))
+}
+
+/// Routes a connection that the sidecar of pod `served` captured on its
+/// outbound port (the source is always that pod). Sidecars, like Istio's,
+/// never route through waypoints:
+///
+/// | Destination | Route |
+/// |---|---|
+/// | the served pod itself | [`Route::Passthrough`] |
+/// | pod, or VIP endpoint, that accepts HBONE (ambient, or `security.istio.io/tlsMode: istio`) | [`Route::Hbone`] to `podIP:15008`, `:authority` = `podIP:targetPort` |
+/// | anything else | [`Route::Passthrough`] (to the chosen endpoint for a VIP) |
+///
+/// Pure, like [`classify`].
+pub fn classify_sidecar(
+    snap: &Snapshot,
+    served: &WorkloadName,
+    orig_dst: SocketAddr,
+    pick: usize,
+) -> Result<Route, ClassifyError> {
+    let source = Scope::Pod(served.clone())
+        .pod(snap)
+        .ok_or_else(|| ClassifyError::UnknownWorkload(served.to_string()))?
+        .clone();
+    let (dest, dst, host) = match snap.service_by_vip(orig_dst.ip()) {
+        Some(svc) => {
+            let (dest, dst) = pick_endpoint(snap, svc, orig_dst, pick)?;
+            (Some(dest), dst, Some(svc.hostname.clone()))
+        }
+        None => (snap.workload_by_ip(orig_dst.ip()), orig_dst, None),
+    };
+    match dest {
+        Some(dest) if dest.uid != source.uid && snap.accepts_hbone(dest) => Ok(Route::Hbone {
+            via: SocketAddr::new(dst.ip(), HBONE_PORT),
+            authority: dst,
+            expect: dest.identity(),
+            forwarded_host: host,
+            dest: dest.clone(),
+            source,
+        }),
+        _ => Ok(Route::Passthrough { source, dst }),
     }
 }
 
@@ -395,6 +450,100 @@ mod tests {
             assert_eq!(got.as_ref().unwrap_err(), want, "{src} -> {dst}");
         }
         assert_eq!(cases[3].3.reason(), "source_not_local");
+    }
+
+    const SIDECARS: &str = r#"
+nodes: [{name: node1, ip: 10.0.0.1}, {name: node2, ip: 10.0.0.2}]
+namespaces:
+  - {name: mesh}
+  - {name: shop, labels: {istio.io/dataplane-mode: ambient, istio.io/use-waypoint: wp}}
+  - {name: legacy}
+workloads:
+  - {name: client, namespace: mesh, serviceAccount: client, ip: 10.1.1.10, node: node1, labels: {security.istio.io/tlsMode: istio}}
+  - {name: server, namespace: mesh, serviceAccount: server, ip: 10.1.2.10, node: node2, labels: {app: server, security.istio.io/tlsMode: istio}}
+  - {name: amb, namespace: shop, serviceAccount: amb, ip: 10.1.2.11, node: node2}
+  - {name: wp, namespace: shop, serviceAccount: wp, ip: 10.1.1.30, node: node1, labels: {istio.io/dataplane-mode: none}}
+  - {name: plain, namespace: legacy, ip: 10.1.1.40, node: node1, labels: {app: plain}}
+services:
+  - {name: server, namespace: mesh, vip: 10.96.0.10, ports: [{port: 80, targetPort: 8080}], selector: {app: server}}
+  - {name: plain, namespace: legacy, vip: 10.96.0.40, ports: [{port: 80, targetPort: 8080}], selector: {app: plain}}
+  - {name: empty, namespace: mesh, vip: 10.96.0.99, ports: [{port: 80}]}
+"#;
+
+    #[test]
+    fn sidecar_routes_from_client() {
+        let snap = config::parse(SIDECARS).unwrap();
+        let served: WorkloadName = "mesh/client".parse().unwrap();
+        let cases: &[(&str, &str)] = &[
+            // A sidecar pod (tlsMode label): HBONE to its own 15008.
+            (
+                "10.1.2.10:8080",
+                "hbone via=10.1.2.10:15008 auth=10.1.2.10:8080 expect=server host=-",
+            ),
+            // Its VIP: endpoint picked, port mapped, host forwarded.
+            (
+                "10.96.0.10:80",
+                "hbone via=10.1.2.10:15008 auth=10.1.2.10:8080 expect=server host=server.mesh.svc.cluster.local",
+            ),
+            // An ambient pod: HBONE to it directly, its waypoint ignored.
+            (
+                "10.1.2.11:9000",
+                "hbone via=10.1.2.11:15008 auth=10.1.2.11:9000 expect=amb host=-",
+            ),
+            // The waypoint pod opted out: not meshed.
+            ("10.1.1.30:15008", "passthrough 10.1.1.30:15008"),
+            // Outside the mesh: plain TCP, to the endpoint for a VIP.
+            ("10.1.1.40:80", "passthrough 10.1.1.40:80"),
+            ("10.96.0.40:80", "passthrough 10.1.1.40:8080"),
+            ("8.8.8.8:443", "passthrough 8.8.8.8:443"),
+            // The served pod itself.
+            ("10.1.1.10:8080", "passthrough 10.1.1.10:8080"),
+        ];
+        for (dst, want) in cases {
+            let route = classify_sidecar(&snap, &served, dst.parse().unwrap(), 0).unwrap();
+            assert_eq!(describe(&route), *want, "{dst}");
+            assert_eq!(route.source().name, "client", "{dst}");
+        }
+        // A plain pod with a sidecar still tunnels to meshed destinations.
+        let plain: WorkloadName = "legacy/plain".parse().unwrap();
+        let route = classify_sidecar(&snap, &plain, "10.1.2.10:8080".parse().unwrap(), 0).unwrap();
+        assert_eq!(
+            describe(&route),
+            "hbone via=10.1.2.10:15008 auth=10.1.2.10:8080 expect=server host=-"
+        );
+    }
+
+    #[test]
+    fn sidecar_errors() {
+        let snap = config::parse(SIDECARS).unwrap();
+        let cases: &[(&str, &str, ClassifyError)] = &[
+            (
+                "mesh/gone",
+                "10.1.2.10:8080",
+                ClassifyError::UnknownWorkload("mesh/gone".into()),
+            ),
+            (
+                "mesh/client",
+                "10.96.0.10:81",
+                ClassifyError::UnknownServicePort {
+                    service: "mesh/server".into(),
+                    port: 81,
+                },
+            ),
+            (
+                "mesh/client",
+                "10.96.0.99:80",
+                ClassifyError::NoEndpoints {
+                    service: "mesh/empty".into(),
+                },
+            ),
+        ];
+        for (served, dst, want) in cases {
+            let served: WorkloadName = served.parse().unwrap();
+            let got = classify_sidecar(&snap, &served, dst.parse().unwrap(), 0);
+            assert_eq!(got.as_ref().unwrap_err(), want, "{served} -> {dst}");
+        }
+        assert_eq!(cases[0].2.reason(), "unknown_source");
     }
 
     proptest::proptest! {

@@ -12,16 +12,25 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use ztunnel::app::{self, AccessLogTarget, Config, ConfigSource, Listeners, XdsSource};
+use ztunnel::app::{self, AccessLogTarget, Config, ConfigSource, Listeners, Mode, XdsSource};
+use ztunnel::state::WorkloadName;
 
 /// Node proxy for ambient mesh: captures pod traffic with TPROXY and carries
-/// it over HBONE (mutual TLS 1.3 + HTTP/2 CONNECT).
+/// it over HBONE (mutual TLS 1.3 + HTTP/2 CONNECT). With `--mode sidecar`,
+/// one proxy per pod inside the pod's network namespace (nat REDIRECT).
 #[derive(Debug, Parser)]
 #[command(name = "ztunnel", version)]
 struct Args {
     /// This node's name, as it appears in the config's node list.
     #[arg(long, env = "NODE_NAME")]
     node: String,
+    /// `node`: serve every ambient pod of the node, from the node's network
+    /// namespace. `sidecar`: serve only --workload, from its pod's namespace.
+    #[arg(long, value_enum, default_value = "node")]
+    mode: ModeArg,
+    /// The pod a sidecar serves, as <namespace>/<name>; must run on --node.
+    #[arg(long, required_if_eq("mode", "sidecar"))]
+    workload: Option<WorkloadName>,
     /// The local config file (nodes, namespaces, workloads, services,
     /// policies). Watched and applied live. Needs --ca-dir.
     #[arg(
@@ -82,6 +91,12 @@ struct Args {
     readiness_addr: std::net::SocketAddr,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ModeArg {
+    Node,
+    Sidecar,
+}
+
 /// `90s`, `200ms`, `5m`, `24h`.
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
@@ -125,8 +140,18 @@ fn main() -> ExitCode {
         "off" => AccessLogTarget::Off,
         path => AccessLogTarget::File(path.into()),
     };
+    let mode = match (args.mode, args.workload) {
+        (ModeArg::Node, None) => Mode::Node,
+        (ModeArg::Sidecar, Some(w)) => Mode::Sidecar(w),
+        (ModeArg::Node, Some(_)) => {
+            eprintln!("error: --workload needs --mode sidecar");
+            return ExitCode::FAILURE;
+        }
+        (ModeArg::Sidecar, None) => unreachable!("clap requires --workload"),
+    };
     let config = Config {
         node: args.node,
+        mode,
         source: match (args.xds_address, args.config_file, args.ca_dir) {
             (Some(address), _, _) => ConfigSource::Xds(XdsSource {
                 address,
@@ -215,6 +240,34 @@ mod tests {
             .is_err(),
             "not both"
         );
+    }
+
+    #[test]
+    fn sidecar_mode_needs_a_workload() {
+        let parse = |args: &[&str]| {
+            let mut argv = vec![
+                "ztunnel",
+                "--node",
+                "n1",
+                "--config-file",
+                "c",
+                "--ca-dir",
+                "ca",
+            ];
+            argv.extend_from_slice(args);
+            Args::try_parse_from(argv)
+        };
+        let node = parse(&[]).unwrap();
+        assert_eq!(node.mode, ModeArg::Node);
+        let side = parse(&["--mode", "sidecar", "--workload", "shop/a"]).unwrap();
+        assert_eq!(side.mode, ModeArg::Sidecar);
+        assert_eq!(side.workload.unwrap().to_string(), "shop/a");
+        assert!(parse(&["--mode", "sidecar"]).is_err(), "needs --workload");
+        assert!(
+            parse(&["--mode", "sidecar", "--workload", "a"]).is_err(),
+            "<namespace>/<name>"
+        );
+        assert!(parse(&["--mode", "pod"]).is_err());
     }
 
     #[test]

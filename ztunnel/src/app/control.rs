@@ -17,14 +17,11 @@ use crate::capture::Capture;
 use crate::metrics::Metrics;
 use crate::proxy::conns::Connections;
 use crate::source::{Change, FileSource};
-use crate::state::Snapshot;
+use crate::state::{Scope, Snapshot};
 
-/// The identities of ambient pods on `node`: certificates to hold.
-pub fn local_identities(snap: &Snapshot, node: &str) -> BTreeSet<SpiffeId> {
-    snap.workloads()
-        .filter(|w| w.node == node && snap.is_ambient(w))
-        .map(|w| w.identity())
-        .collect()
+/// The identities of the workloads in `scope`: certificates to hold.
+pub fn local_identities(snap: &Snapshot, scope: &Scope) -> BTreeSet<SpiffeId> {
+    scope.served(snap).iter().map(|w| w.identity()).collect()
 }
 
 /// The IPv4 addresses to capture on `node` (capture is IPv4 only for now).
@@ -42,6 +39,8 @@ pub fn capture_set(snap: &Snapshot, node: &str) -> BTreeSet<Ipv4Addr> {
 /// published snapshot.
 pub struct Controller {
     pub node: String,
+    /// What this process serves (certificates to hold).
+    pub scope: Scope,
     pub state: watch::Sender<Arc<Snapshot>>,
     pub certs: Arc<CertStore>,
     pub conns: Arc<Connections>,
@@ -101,11 +100,25 @@ impl Controller {
         }
     }
 
+    /// Node mode: always. Sidecar mode: the served pod is in the config
+    /// and its certificate is loaded.
+    pub fn serving_ready(&self) -> bool {
+        match &self.scope {
+            Scope::Node(_) => true,
+            Scope::Pod(_) => {
+                let snap = self.state.borrow().clone();
+                self.scope
+                    .pod(&snap)
+                    .is_some_and(|w| self.certs.cached(&w.identity()).is_some())
+            }
+        }
+    }
+
     /// Pre-fetches certificates for pods that appeared on this node and
     /// forgets those of pods that left (live tunnels keep their own copy).
     fn reconcile_certs(&self, before: &Snapshot, after: &Snapshot) {
-        let old = local_identities(before, &self.node);
-        let new = local_identities(after, &self.node);
+        let old = local_identities(before, &self.scope);
+        let new = local_identities(after, &self.scope);
         for id in new.difference(&old) {
             self.certs.prefetch(id.clone());
         }
@@ -212,7 +225,7 @@ workloads:
             .map(|i| i.to_string())
             .collect();
         assert_eq!(ips, ["10.1.1.10"]);
-        let ids: Vec<String> = local_identities(&snap, "n1")
+        let ids: Vec<String> = local_identities(&snap, &Scope::Node("n1".into()))
             .iter()
             .map(|i| i.to_string())
             .collect();

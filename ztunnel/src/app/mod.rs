@@ -27,14 +27,14 @@ use tokio::sync::{watch, Notify};
 
 use crate::accesslog::AccessLog;
 use crate::admin::{self, json, text, Route};
-use crate::capture::{transparent_listener, Capture, CaptureError};
+use crate::capture::{sidecar, transparent_listener, Capture, CaptureError};
 use crate::config::ConfigError;
 use crate::metrics::Metrics;
 use crate::proxy::inbound::{serve_plaintext, HboneInbound, LocalIdentities};
 use crate::proxy::outbound::serve_outbound;
 use crate::proxy::record::Telemetry;
 use crate::proxy::Proxy;
-use crate::state::Snapshot;
+use crate::state::{Scope, Snapshot, WorkloadName};
 use control::Controller;
 use sources::Updates;
 pub use sources::{ConfigSource, XdsSource};
@@ -86,10 +86,21 @@ impl Default for Listeners {
     }
 }
 
+/// Node mode serves every ambient pod of the node from the node's
+/// namespace (TPROXY); sidecar mode serves one pod from inside the pod's
+/// namespace (REDIRECT).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Mode {
+    #[default]
+    Node,
+    Sidecar(WorkloadName),
+}
+
 /// Everything `ztunnel` is started with.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub node: String,
+    pub mode: Mode,
     pub source: ConfigSource,
     pub cert_ttl: Duration,
     /// Install nftables capture and use transparent, marked sockets.
@@ -106,6 +117,14 @@ pub enum AppError {
     Config(#[source] ConfigError),
     #[error("node {0:?} is not in the config's node list")]
     UnknownNode(String),
+    #[error("workload {0} (--workload) is not in the config")]
+    UnknownWorkload(WorkloadName),
+    #[error("workload {workload} runs on node {actual:?}, not on --node {node:?}")]
+    WorkloadElsewhere {
+        workload: WorkloadName,
+        actual: String,
+        node: String,
+    },
     #[error("loading the CA")]
     Ca(#[source] CaError),
     #[error("installing capture")]
@@ -193,21 +212,46 @@ struct Shared {
     shutdown: Arc<Notify>,
 }
 
+impl Config {
+    /// What this process serves.
+    pub fn scope(&self) -> Scope {
+        match &self.mode {
+            Mode::Node => Scope::Node(self.node.clone()),
+            Mode::Sidecar(pod) => Scope::Pod(pod.clone()),
+        }
+    }
+}
+
 async fn serve(run: Run, snap: Snapshot) -> Result<(), AppError> {
     let cfg = &run.cfg;
-    let capture = if cfg.capture {
-        let pods = control::capture_set(&snap, &cfg.node);
-        let installed = tokio::task::spawn_blocking(move || Capture::install(&pods))
-            .await
-            .expect("capture install task panicked")
-            .map_err(AppError::Capture)?;
-        Some(Arc::new(Mutex::new(installed)))
-    } else {
-        None
+    let sidecar_mode = matches!(cfg.mode, Mode::Sidecar(_));
+    let captures = cfg.capture;
+    let capture = match (cfg.capture, sidecar_mode) {
+        (false, _) => None,
+        (true, false) => {
+            let pods = control::capture_set(&snap, &cfg.node);
+            let installed = tokio::task::spawn_blocking(move || Capture::install(&pods))
+                .await
+                .expect("capture install task panicked")
+                .map_err(AppError::Capture)?;
+            Some(Arc::new(Mutex::new(installed)))
+        }
+        (true, true) => {
+            tokio::task::spawn_blocking(|| sidecar::install(&sidecar::SidecarRules::default()))
+                .await
+                .expect("capture install task panicked")
+                .map_err(AppError::Capture)?;
+            None
+        }
     };
     let result = serve_captured(run, snap, capture.clone()).await;
-    if capture.is_some() {
-        match tokio::task::spawn_blocking(Capture::remove).await {
+    if captures {
+        let remove = if sidecar_mode {
+            sidecar::remove
+        } else {
+            Capture::remove
+        };
+        match tokio::task::spawn_blocking(remove).await {
             Ok(Ok(())) => tracing::info!("capture rules removed"),
             Ok(Err(e)) => tracing::error!(error = %e, "removing capture rules failed"),
             Err(e) => tracing::error!(error = %e, "capture removal task failed"),
@@ -227,11 +271,14 @@ async fn serve_captured(
         access_log,
         updates,
     } = run;
-    let bind = |addr: SocketAddr| listen(addr, cfg.capture);
+    let scope = cfg.scope();
+    // Sidecar capture is REDIRECT to the pod's own listeners: no TPROXY.
+    let transparent = cfg.capture && !scope.is_sidecar();
+    let bind = |addr: SocketAddr| listen(addr, transparent);
     let outbound = bind(cfg.listeners.outbound)?;
     let plaintext = bind(cfg.listeners.inbound_plaintext)?;
     let hbone = bind(cfg.listeners.hbone)?;
-    let initial_ids = control::local_identities(&snap, &cfg.node);
+    let initial_ids = control::local_identities(&snap, &scope);
     let (state_tx, state_rx) = watch::channel(Arc::new(snap));
     let client = HboneClient::new(
         shared.certs.clone(),
@@ -246,6 +293,7 @@ async fn serve_captured(
     };
     let proxy = Proxy::new(
         cfg.node.clone(),
+        scope.clone(),
         state_rx,
         shared.certs.clone(),
         client,
@@ -255,6 +303,7 @@ async fn serve_captured(
     );
     let controller = Arc::new(Controller {
         node: cfg.node.clone(),
+        scope: scope.clone(),
         state: state_tx,
         certs: shared.certs.clone(),
         conns: proxy.conns.clone(),
@@ -274,9 +323,13 @@ async fn serve_captured(
     let hbone_drain = shared.drain.clone();
     tokio::spawn(async move { server.serve(hbone, hbone_drain).await });
 
-    let control = spawn_control_thread(&cfg, &shared, controller, updates)?;
+    let control = spawn_control_thread(&cfg, &shared, controller.clone(), updates)?;
     shared.ready.store(true, Ordering::Release);
-    tracing::info!(node = %cfg.node, "ztunnel ready");
+    if controller.serving_ready() {
+        tracing::info!(node = %cfg.node, %scope, "ztunnel ready");
+    } else {
+        tracing::warn!(node = %cfg.node, %scope, "serving, but not ready until the workload and its certificate are known");
+    }
 
     wait_for_shutdown(&shared.shutdown).await;
     shared.ready.store(false, Ordering::Release);
@@ -397,7 +450,7 @@ fn spawn_control_thread(
                 ));
                 tokio::spawn(admin::serve(
                     tokio_l(ready_l),
-                    ready_route(&shared),
+                    ready_route(&shared, &controller),
                     drain.clone(),
                 ));
                 let rotation = shared.certs.spawn_rotation(ROTATION_CHECK);
@@ -409,18 +462,21 @@ fn spawn_control_thread(
     Ok(thread)
 }
 
-fn ready_reply(ready: &AtomicBool) -> admin::Reply {
-    if ready.load(Ordering::Acquire) {
+/// Ready once capture and listeners are up and, for a sidecar, the served
+/// pod is in the config with its certificate loaded.
+fn ready_reply(ready: &AtomicBool, controller: &Controller) -> admin::Reply {
+    if ready.load(Ordering::Acquire) && controller.serving_ready() {
         text(StatusCode::OK, "ready\n")
     } else {
         text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
     }
 }
 
-fn ready_route(shared: &Shared) -> Route {
+fn ready_route(shared: &Shared, controller: &Arc<Controller>) -> Route {
     let ready = shared.ready.clone();
+    let controller = controller.clone();
     Arc::new(move |_m: &Method, path: &str| match path {
-        "/healthz/ready" => ready_reply(&ready),
+        "/healthz/ready" => ready_reply(&ready, &controller),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     })
 }
@@ -442,12 +498,13 @@ fn admin_route(shared: &Shared, controller: &Arc<Controller>) -> Route {
     Arc::new(move |method: &Method, path: &str| match (method, path) {
         (_, "/config_dump") => {
             let snap = controller.state.borrow().clone();
-            let captured: Vec<String> = match &controller.capture {
-                Some(c) => {
+            let captured: Vec<String> = match (&controller.capture, controller.scope.pod(&snap)) {
+                (Some(c), _) => {
                     let c = c.lock().expect("capture poisoned");
                     c.pods().iter().map(|ip| ip.to_string()).collect()
                 }
-                None => Vec::new(),
+                (None, Some(pod)) => pod.ips.iter().map(|ip| ip.to_string()).collect(),
+                (None, None) => Vec::new(),
             };
             json(dump::render(
                 &controller.node,
@@ -456,7 +513,7 @@ fn admin_route(shared: &Shared, controller: &Arc<Controller>) -> Route {
                 &shared.certs.all(),
             ))
         }
-        (_, "/healthz/ready") => ready_reply(&shared.ready),
+        (_, "/healthz/ready") => ready_reply(&shared.ready, &controller),
         (&Method::POST, "/quitquitquit") => {
             shared.shutdown.notify_one();
             text(StatusCode::OK, "shutting down\n")

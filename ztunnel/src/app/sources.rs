@@ -79,6 +79,7 @@ pub async fn start(cfg: &Config, drain: &Drain) -> Result<Started, AppError> {
             if snapshot.node(&cfg.node).is_none() {
                 return Err(AppError::UnknownNode(cfg.node.clone()));
             }
+            check_served(cfg, &snapshot)?;
             let ca = DevCa::load_or_create(ca_dir)
                 .map_err(AppError::Ca)?
                 .with_leaf_ttl(cfg.cert_ttl);
@@ -90,6 +91,28 @@ pub async fn start(cfg: &Config, drain: &Drain) -> Result<Started, AppError> {
         }
         ConfigSource::Xds(x) => start_xds(cfg, x, drain).await,
     }
+}
+
+/// In file mode a sidecar's `--workload` must be in the config, on
+/// `--node` (its certificate is issued for a pod of that node). Over xDS
+/// the sidecar instead stays not-ready until the workload appears.
+fn check_served(cfg: &Config, snap: &Snapshot) -> Result<(), AppError> {
+    let super::Mode::Sidecar(name) = &cfg.mode else {
+        return Ok(());
+    };
+    let w = cfg
+        .scope()
+        .pod(snap)
+        .cloned()
+        .ok_or_else(|| AppError::UnknownWorkload(name.clone()))?;
+    if w.node != cfg.node {
+        return Err(AppError::WorkloadElsewhere {
+            workload: name.clone(),
+            actual: w.node.clone(),
+            node: cfg.node.clone(),
+        });
+    }
+    Ok(())
 }
 
 fn read(path: &Path) -> Result<String, AppError> {

@@ -33,3 +33,13 @@ pub fn transparent_listener(addr: SocketAddr) -> io::Result<TcpListener> {
 pub fn orig_dst(stream: &TcpStream) -> io::Result<SocketAddr> {
     stream.local_addr()
 }
+
+/// The original destination of a connection redirected by nat REDIRECT
+/// (sidecar mode): conntrack's `SO_ORIGINAL_DST` (SOL_IP), since the
+/// accepted socket's local address is the proxy's own port. IPv4 only.
+pub fn redirected_orig_dst(stream: &TcpStream) -> io::Result<SocketAddr> {
+    let sin = nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::OriginalDst)
+        .map_err(io::Error::from)?;
+    let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+    Ok(SocketAddr::from((ip, u16::from_be(sin.sin_port))))
+}

@@ -1,4 +1,5 @@
-//! Capture: node-level TPROXY (DESIGN.md §4).
+//! Capture: node-level TPROXY (DESIGN.md §4), and sidecar-mode REDIRECT in
+//! a pod's own namespace ([`sidecar`]).
 //!
 //! - [`rules`]: the pure nftables ruleset for table `inet ambient`;
 //! - [`Capture`]: applies it (`nft -f -`), plus the `ip rule` and the local
@@ -11,6 +12,7 @@
 
 mod listener;
 pub mod rules;
+pub mod sidecar;
 #[cfg(test)]
 mod tests;
 
@@ -19,7 +21,7 @@ use std::io::{self, Write as _};
 use std::net::Ipv4Addr;
 use std::process::{Command, ExitStatus, Stdio};
 
-pub use listener::{orig_dst, transparent_listener, LISTEN_BACKLOG};
+pub use listener::{orig_dst, redirected_orig_dst, transparent_listener, LISTEN_BACKLOG};
 pub use rules::render_ruleset;
 
 const NFT: &str = "nft";

@@ -18,7 +18,7 @@ use super::record::{ConnInfo, ConnRecord, Outcome, Security, FLAG_CONNECT, FLAG_
 use super::{reset_on_close, Proxy};
 use crate::accesslog::Direction;
 use crate::policy::{authorize, ConnCtx, Decision, Denial};
-use crate::state::{MtlsMode, Snapshot, Workload};
+use crate::state::{MtlsMode, Scope, Snapshot, Workload};
 
 /// How a connection reached the inbound path.
 #[derive(Debug, Clone, Copy)]
@@ -36,7 +36,7 @@ pub enum Arrival<'a> {
 pub enum Refusal {
     #[error("CONNECT authority {authority} is not the pod the connection arrived for ({arrived})")]
     AuthorityMismatch { authority: IpAddr, arrived: IpAddr },
-    #[error("{0} is not an ambient workload on this node")]
+    #[error("{0} is not a workload this proxy serves")]
     NotLocal(IpAddr),
     #[error("namespace {0} requires mutual TLS; plaintext refused")]
     StrictMtls(String),
@@ -63,13 +63,14 @@ impl Refusal {
 }
 
 /// Admits a connection from `src_ip` to `dst` arriving by `arrival`: the
-/// destination must be an ambient pod on `node` (for HBONE, the very pod
-/// the connection was addressed to), STRICT namespaces refuse plaintext, and
-/// L4 policy must allow it. Returns the destination workload and the source
-/// identity that was authorized. Pure.
+/// destination must be a workload in `scope` (an ambient pod on the node,
+/// or the sidecar's own pod; for HBONE, the very pod the connection was
+/// addressed to), STRICT namespaces refuse plaintext, and L4 policy must
+/// allow it. Returns the destination workload and the source identity that
+/// was authorized. Pure.
 pub fn admit(
     snap: &Snapshot,
-    node: &str,
+    scope: &Scope,
     arrival: Arrival<'_>,
     src_ip: IpAddr,
     dst: SocketAddr,
@@ -84,7 +85,7 @@ pub fn admit(
     }
     let workload = snap
         .workload_by_ip(dst.ip())
-        .filter(|w| w.node == node && snap.is_ambient(w))
+        .filter(|w| scope.serves(snap, w))
         .ok_or(Refusal::NotLocal(dst.ip()))?;
     let src_identity = match arrival {
         Arrival::Hbone { peer, .. } => Some(peer.clone()),
@@ -108,8 +109,9 @@ pub fn admit(
     }
 }
 
-/// Serves each HBONE connection with the certificate of the local pod it
-/// was addressed to (TPROXY keeps the pod IP as the local address).
+/// Serves each HBONE connection with the certificate of the served pod it
+/// was addressed to (TPROXY keeps the pod IP as the local address; a
+/// sidecar's listener is bound in the pod itself).
 pub struct LocalIdentities(pub Arc<Proxy>);
 
 impl ServerIdentity for LocalIdentities {
@@ -122,7 +124,7 @@ impl ServerIdentity for LocalIdentities {
             let id = {
                 let snap = proxy.snapshot();
                 snap.workload_by_ip(local.ip())
-                    .filter(|w| w.node == proxy.node && snap.is_ambient(w))
+                    .filter(|w| proxy.scope.serves(&snap, w))
                     .map(|w| w.identity())
                     .ok_or(ServerError::UnknownDestination(local))?
             };
@@ -195,7 +197,7 @@ async fn handle_hbone(proxy: Arc<Proxy>, req: InboundRequest) {
         service: req.meta.host.clone(),
         security: Security::MutualTls,
     };
-    let (dst, src_identity) = match admit(&snap, &proxy.node, arrival, src_ip, req.authority) {
+    let (dst, src_identity) = match admit(&snap, &proxy.scope, arrival, src_ip, req.authority) {
         Ok(admitted) => admitted,
         Err(refusal) => {
             tracing::info!(src = %src_addr, peer = %req.peer, dst = %req.authority, reason = %refusal, "inbound HBONE refused");
@@ -276,7 +278,7 @@ pub async fn serve_plaintext(proxy: Arc<Proxy>, listener: TcpListener) {
 }
 
 async fn handle_plaintext(proxy: Arc<Proxy>, sock: TcpStream, peer: SocketAddr, _drain: Watch) {
-    let Ok(dst_addr) = crate::capture::orig_dst(&sock) else {
+    let Ok(dst_addr) = proxy.orig_dst(&sock) else {
         return;
     };
     let snap = proxy.snapshot();
@@ -346,7 +348,7 @@ async fn serve_tcp(
     info: ConnInfo,
 ) -> Outcome {
     let (src_ip, dst_addr) = (info.src_addr.ip(), info.dst_addr);
-    let (dst, src_identity) = match admit(snap, &proxy.node, arrival, src_ip, dst_addr) {
+    let (dst, src_identity) = match admit(snap, &proxy.scope, arrival, src_ip, dst_addr) {
         Ok(admitted) => admitted,
         Err(refusal) => {
             tracing::info!(src = %info.src_addr, dst = %dst_addr, ?arrival, reason = %refusal, "inbound connection refused");

@@ -29,7 +29,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::capture::rules::ZTUNNEL_MARK;
-use crate::state::Snapshot;
+use crate::state::{Scope, Snapshot};
 use conns::Connections;
 use record::Telemetry;
 
@@ -40,6 +40,8 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Proxy {
     /// This node's name: which workloads are local.
     pub node: String,
+    /// What this process serves: the node's ambient pods, or one pod.
+    pub scope: Scope,
     pub state: watch::Receiver<Arc<Snapshot>>,
     pub certs: Arc<CertStore>,
     pub client: Arc<HboneClient>,
@@ -50,16 +52,24 @@ pub struct Proxy {
     /// Marks ztunnel's own sockets so capture skips them (`None` in tests
     /// that run without capture).
     pub mark: Option<u32>,
-    /// Connect from the client's IP (IP_TRANSPARENT). Off only in
-    /// unprivileged in-process tests.
+    /// Connect from the client's IP (IP_TRANSPARENT). Off in sidecar mode
+    /// (the proxy is in the pod: its own address is the pod's) and without
+    /// capture.
     pub spoof_source: bool,
+    /// Where a captured connection's original destination is read from.
+    pub orig_dst: OrigDstSource,
     round_robin: AtomicUsize,
 }
 
 impl Proxy {
+    /// The data path for `scope`. With `capture`, sockets are marked; in
+    /// node mode they are also transparent (TPROXY) and spoof the client's
+    /// IP, in sidecar mode the original destination comes from conntrack
+    /// (REDIRECT).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         node: String,
+        scope: Scope,
         state: watch::Receiver<Arc<Snapshot>>,
         certs: Arc<CertStore>,
         client: Arc<HboneClient>,
@@ -67,8 +77,10 @@ impl Proxy {
         drain: Drain,
         capture: bool,
     ) -> Arc<Self> {
+        let sidecar = scope.is_sidecar();
         Arc::new(Proxy {
             node,
+            scope,
             state,
             certs,
             client,
@@ -77,9 +89,22 @@ impl Proxy {
             drain,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             mark: capture.then_some(ZTUNNEL_MARK),
-            spoof_source: capture,
+            spoof_source: capture && !sidecar,
+            orig_dst: if capture && sidecar {
+                OrigDstSource::Conntrack
+            } else {
+                OrigDstSource::LocalAddr
+            },
             round_robin: AtomicUsize::new(0),
         })
+    }
+
+    /// The original destination of a captured connection.
+    pub fn orig_dst(&self, sock: &TcpStream) -> std::io::Result<SocketAddr> {
+        match self.orig_dst {
+            OrigDstSource::LocalAddr => crate::capture::orig_dst(sock),
+            OrigDstSource::Conntrack => crate::capture::redirected_orig_dst(sock),
+        }
     }
 
     /// The snapshot in force now.
@@ -107,6 +132,16 @@ impl Proxy {
     pub fn tunnel_source(&self, src_ip: IpAddr) -> Option<IpAddr> {
         self.spoof_source.then_some(src_ip)
     }
+}
+
+/// Where the original destination of a captured connection comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrigDstSource {
+    /// The accepted socket's local address: TPROXY (node mode), or no
+    /// capture at all.
+    LocalAddr,
+    /// `SO_ORIGINAL_DST` from conntrack: nat REDIRECT (sidecar mode).
+    Conntrack,
 }
 
 /// Makes closing `sock` send a RST instead of a FIN, so a refused client

@@ -1,6 +1,8 @@
 //! The outbound path: connections from local ambient pods, captured on 15001
 //! by TPROXY (so the accepted socket's local address is the original
-//! destination). [`classify`] decides; this module only does the I/O.
+//! destination), or, in sidecar mode, from the served pod by nat REDIRECT
+//! (original destination from `SO_ORIGINAL_DST`). [`classify`] or
+//! [`classify_sidecar`] decides; this module only does the I/O.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,8 +17,8 @@ use super::inbound::{error_chain, in_process};
 use super::record::{ConnInfo, ConnRecord, Outcome, Security, FLAG_CONNECT};
 use super::{reset_on_close, Proxy};
 use crate::accesslog::Direction;
-use crate::classify::{classify, Route};
-use crate::state::Workload;
+use crate::classify::{classify, classify_sidecar, Route};
+use crate::state::{Scope, Workload};
 
 /// Accepts captured outbound connections until drained.
 pub async fn serve_outbound(proxy: Arc<Proxy>, listener: TcpListener) {
@@ -50,12 +52,21 @@ pub fn baggage_for(w: &Workload) -> Baggage {
 }
 
 async fn handle_outbound(proxy: Arc<Proxy>, sock: TcpStream, peer: SocketAddr, _drain: Watch) {
-    let Ok(orig_dst) = crate::capture::orig_dst(&sock) else {
+    let Ok(orig_dst) = proxy.orig_dst(&sock) else {
         return;
     };
     let snap = proxy.snapshot();
-    let route = classify(&snap, peer.ip(), orig_dst, &proxy.node, proxy.next_pick());
-    let source = snap.workload_by_ip(peer.ip()).cloned();
+    let pick = proxy.next_pick();
+    let (route, source) = match &proxy.scope {
+        Scope::Node(node) => (
+            classify(&snap, peer.ip(), orig_dst, node, pick),
+            snap.workload_by_ip(peer.ip()).cloned(),
+        ),
+        Scope::Pod(pod) => (
+            classify_sidecar(&snap, pod, orig_dst, pick),
+            proxy.scope.pod(&snap).cloned(),
+        ),
+    };
     let mut info = ConnInfo {
         direction: Direction::Outbound,
         src_addr: peer,

@@ -7,6 +7,7 @@
 
 mod authz;
 mod cidr;
+mod scope;
 mod snapshot;
 #[cfg(test)]
 mod tests;
@@ -29,6 +30,7 @@ pub use authz::{
     ServiceAccountMatch, StringMatch,
 };
 pub use cidr::{Cidr, CidrError};
+pub use scope::{Scope, WorkloadName, WorkloadNameError};
 pub use snapshot::{Snapshot, SnapshotParts, StateError};
 
 /// Kubernetes-style labels. Ordered so that dumps and tests are stable.
@@ -40,6 +42,11 @@ pub const DATAPLANE_MODE_LABEL: &str = "istio.io/dataplane-mode";
 pub const DATAPLANE_MODE_AMBIENT: &str = "ambient";
 /// Value of [`DATAPLANE_MODE_LABEL`] on a pod that opts out.
 pub const DATAPLANE_MODE_NONE: &str = "none";
+/// Pod label Istio's sidecar injector sets on pods with a sidecar.
+pub const TLS_MODE_LABEL: &str = "security.istio.io/tlsMode";
+/// Value of [`TLS_MODE_LABEL`] on a pod that accepts mutual TLS (HBONE
+/// from our sidecars).
+pub const TLS_MODE_ISTIO: &str = "istio";
 /// Label on a namespace, Service or pod naming the waypoint to use.
 pub const USE_WAYPOINT_LABEL: &str = "istio.io/use-waypoint";
 /// Optional companion of [`USE_WAYPOINT_LABEL`]: the waypoint's namespace

@@ -65,6 +65,8 @@ pub struct Snapshot {
     policies: Policies,
     workload_by_ip: HashMap<IpAddr, Arc<Workload>>,
     workload_by_uid: HashMap<String, Arc<Workload>>,
+    /// Namespace → name → workload.
+    workload_by_name: HashMap<String, HashMap<String, Arc<Workload>>>,
     service_by_vip: HashMap<IpAddr, Arc<Service>>,
     /// Namespace → service name → endpoints sorted by uid.
     endpoints: HashMap<String, HashMap<String, Vec<Arc<Workload>>>>,
@@ -121,6 +123,10 @@ impl Snapshot {
                 snap.workload_by_ip.insert(*ip, w.clone());
             }
             snap.workload_by_uid.insert(w.uid.clone(), w.clone());
+            snap.workload_by_name
+                .entry(w.namespace.clone())
+                .or_default()
+                .insert(w.name.clone(), w.clone());
             snap.workloads.push(w);
         }
         for mut svc in services {
@@ -214,6 +220,12 @@ impl Snapshot {
         self.workload_by_uid.get(uid)
     }
 
+    /// The workload `<namespace>/<name>` (with several of that name, the
+    /// last listed).
+    pub fn workload_by_name(&self, namespace: &str, name: &str) -> Option<&Arc<Workload>> {
+        self.workload_by_name.get(namespace)?.get(name)
+    }
+
     pub fn service_by_vip(&self, ip: IpAddr) -> Option<&Arc<Service>> {
         self.service_by_vip.get(&ip)
     }
@@ -241,6 +253,15 @@ impl Snapshot {
     /// `istio.io/dataplane-mode=none`); over xDS the control plane sets it.
     pub fn is_ambient(&self, w: &Workload) -> bool {
         w.tunnel == Tunnel::Hbone
+    }
+
+    /// Whether `w` takes HBONE on 15008: an ambient pod (its node's ztunnel
+    /// terminates it), or a pod with a sidecar, which Istio's injector labels
+    /// `security.istio.io/tlsMode: istio`. What a sidecar tunnels to.
+    pub fn accepts_hbone(&self, w: &Workload) -> bool {
+        self.is_ambient(w)
+            || w.labels.get(super::TLS_MODE_LABEL).map(String::as_str)
+                == Some(super::TLS_MODE_ISTIO)
     }
 
     /// The IPs of ambient pods on `node`: the nftables `ambient_pods` set.

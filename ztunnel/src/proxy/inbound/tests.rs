@@ -14,6 +14,7 @@ workloads:
   - {name: remote, namespace: bank, serviceAccount: ledger, ip: 10.1.2.12, node: n2}
   - {name: opted-out, namespace: bank, ip: 10.1.1.13, node: n1, labels: {istio.io/dataplane-mode: none}}
   - {name: old, namespace: legacy, ip: 10.1.1.40, node: n1}
+  - {name: side, namespace: legacy, serviceAccount: side, ip: 10.1.1.41, node: n1, labels: {security.istio.io/tlsMode: istio}}
 policies:
   - name: ledger-no-9090
     namespace: bank
@@ -24,6 +25,10 @@ policies:
     action: ALLOW
     rules: [{from: [{source: {namespaces: [shop]}}]}]
 "#;
+
+fn node1() -> Scope {
+    Scope::Node("n1".into())
+}
 
 fn id(s: &str) -> SpiffeId {
     s.parse().unwrap()
@@ -128,7 +133,80 @@ fn admit_table() {
         ),
     ];
     for (name, arrival, dst, want) in cases {
-        let got = admit(&snap, "n1", arrival, src, addr(dst)).map(|(w, _)| w.name.clone());
+        let got = admit(&snap, &node1(), arrival, src, addr(dst)).map(|(w, _)| w.name.clone());
+        assert_eq!(got, want.map(str::to_owned), "{name}");
+    }
+}
+
+#[test]
+fn sidecar_admits_only_its_own_pod() {
+    let snap = config::parse(CONFIG).unwrap();
+    let client = id("spiffe://cluster.local/ns/shop/sa/client");
+    let stranger = id("spiffe://cluster.local/ns/other/sa/x");
+    let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+    let pod = |s: &str| Scope::Pod(s.parse().unwrap());
+    let hbone = |local: &str, peer| Arrival::Hbone {
+        local: ip(local),
+        peer,
+    };
+    let src = ip("10.1.2.50");
+    type Want = Result<&'static str, Refusal>;
+    let cases: Vec<(&str, Scope, Arrival<'_>, &str, Want)> = vec![
+        (
+            "a sidecar pod (not ambient) is served by its own sidecar",
+            pod("legacy/side"),
+            hbone("10.1.1.41", &client),
+            "10.1.1.41:8080",
+            Ok("side"),
+        ),
+        (
+            "another pod on the same node is not",
+            pod("legacy/side"),
+            hbone("10.1.1.11", &client),
+            "10.1.1.11:8080",
+            Err(Refusal::NotLocal(ip("10.1.1.11"))),
+        ),
+        (
+            "the node scope does not serve the sidecar pod",
+            node1(),
+            hbone("10.1.1.41", &client),
+            "10.1.1.41:8080",
+            Err(Refusal::NotLocal(ip("10.1.1.41"))),
+        ),
+        (
+            "authority names another pod",
+            pod("legacy/side"),
+            hbone("10.1.1.41", &client),
+            "10.1.1.11:8080",
+            Err(Refusal::AuthorityMismatch {
+                authority: ip("10.1.1.11"),
+                arrived: ip("10.1.1.41"),
+            }),
+        ),
+        (
+            "an ambient pod's sidecar scope applies its namespace's policy",
+            pod("bank/ledger"),
+            hbone("10.1.1.12", &stranger),
+            "10.1.1.12:8080",
+            Err(Refusal::Denied(Denial::NoAllowMatch)),
+        ),
+        (
+            "STRICT holds for a sidecar's plaintext too",
+            pod("shop/cart"),
+            Arrival::Plaintext,
+            "10.1.1.11:8080",
+            Err(Refusal::StrictMtls("shop".into())),
+        ),
+        (
+            "PERMISSIVE plaintext into the sidecar pod",
+            pod("legacy/side"),
+            Arrival::Plaintext,
+            "10.1.1.41:8080",
+            Ok("side"),
+        ),
+    ];
+    for (name, scope, arrival, dst, want) in cases {
+        let got = admit(&snap, &scope, arrival, src, addr(dst)).map(|(w, _)| w.name.clone());
         assert_eq!(got, want.map(str::to_owned), "{name}");
     }
 }
@@ -138,7 +216,7 @@ fn plaintext_into_permissive_without_policy_is_allowed_without_identity() {
     let snap = config::parse(&CONFIG.replace("mtls: STRICT", "mtls: PERMISSIVE")).unwrap();
     let (w, identity) = admit(
         &snap,
-        "n1",
+        &node1(),
         Arrival::Plaintext,
         "10.1.1.40".parse().unwrap(),
         addr("10.1.1.11:8080"),

@@ -1,0 +1,164 @@
+//! Sidecar-mode capture (DESIGN §4, last bullet): one nftables table in the
+//! pod's own network namespace that REDIRECTs the pod's TCP to a proxy
+//! running beside it.
+//!
+//! - [`ruleset`] is pure and returns the `nft -f -` script, so another proxy
+//!   (say an Envoy sidecar whose sockets carry the same mark) can be given
+//!   the identical rules with `ip netns exec <pod> nft -f -`;
+//! - [`install`] and [`remove`] apply it in the calling thread's namespace.
+//!
+//! The original destination is then read with `SO_ORIGINAL_DST`
+//! ([`super::redirected_orig_dst`]).
+
+use super::rules::{HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT, ZTUNNEL_MARK};
+use super::{apply_nft, CaptureError};
+
+/// The table sidecar capture owns.
+pub const TABLE: &str = "ambient_sidecar";
+/// Its family: nat REDIRECT of IPv4 (pods are IPv4-only for now).
+pub const FAMILY: &str = "ip";
+/// Admin port (localhost only, but excluded all the same).
+pub const ADMIN_PORT: u16 = 15000;
+/// Prometheus metrics.
+pub const METRICS_PORT: u16 = 15020;
+/// Readiness.
+pub const READINESS_PORT: u16 = 15021;
+
+/// What the rules redirect, and what they leave alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SidecarRules {
+    /// nat OUTPUT redirects the pod's outgoing TCP here.
+    pub outbound_port: u16,
+    /// nat PREROUTING redirects incoming TCP here.
+    pub inbound_port: u16,
+    /// Packets from sockets with this `SO_MARK` (the proxy's own) are never
+    /// redirected.
+    pub mark: u32,
+    /// Incoming TCP to these ports is delivered as is (HBONE, admin,
+    /// metrics, readiness).
+    pub inbound_exclude: Vec<u16>,
+}
+
+impl Default for SidecarRules {
+    fn default() -> Self {
+        SidecarRules {
+            outbound_port: OUTBOUND_PORT,
+            inbound_port: INBOUND_PLAINTEXT_PORT,
+            mark: ZTUNNEL_MARK,
+            inbound_exclude: vec![HBONE_PORT, ADMIN_PORT, METRICS_PORT, READINESS_PORT],
+        }
+    }
+}
+
+/// The complete `nft -f -` script that atomically creates or replaces table
+/// `ip ambient_sidecar` (create-if-missing, delete, define: one
+/// transaction, so a restart after a crash leaves exactly one table):
+///
+/// - output (nat, priority -100, dstnat): non-TCP, the proxy's own marked
+///   packets and anything to 127.0.0.0/8 pass; other TCP →
+///   `redirect to :outbound_port`;
+/// - prerouting (nat, priority -100, dstnat): non-TCP and TCP to an excluded port
+///   pass; other TCP → `redirect to :inbound_port`.
+///
+/// Pure.
+pub fn ruleset(rules: &SidecarRules) -> String {
+    let SidecarRules {
+        outbound_port,
+        inbound_port,
+        mark,
+        inbound_exclude,
+    } = rules;
+    let excluded: Vec<String> = inbound_exclude.iter().map(u16::to_string).collect();
+    let exclude = if excluded.is_empty() {
+        String::new()
+    } else {
+        format!("\t\ttcp dport {{ {} }} return\n", excluded.join(", "))
+    };
+    format!(
+        "table {FAMILY} {TABLE} {{}}\n\
+         delete table {FAMILY} {TABLE}\n\
+         table {FAMILY} {TABLE} {{\n\
+         \tchain output {{\n\
+         \t\ttype nat hook output priority -100; policy accept;\n\
+         \t\tmeta l4proto != tcp return\n\
+         \t\tmeta mark {mark:#x} return\n\
+         \t\tip daddr 127.0.0.0/8 return\n\
+         \t\tmeta l4proto tcp redirect to :{outbound_port}\n\
+         \t}}\n\
+         \tchain prerouting {{\n\
+         \t\ttype nat hook prerouting priority -100; policy accept;\n\
+         \t\tmeta l4proto != tcp return\n\
+         {exclude}\
+         \t\tmeta l4proto tcp redirect to :{inbound_port}\n\
+         \t}}\n\
+         }}\n"
+    )
+}
+
+/// The nft script that deletes the table if present (idempotent).
+pub fn render_delete() -> String {
+    format!("table {FAMILY} {TABLE} {{}}\ndelete table {FAMILY} {TABLE}\n")
+}
+
+/// Installs (or atomically replaces) the sidecar table in the current
+/// network namespace. An nft error names the failing rule (nft's stderr).
+pub fn install(rules: &SidecarRules) -> Result<(), CaptureError> {
+    apply_nft(&ruleset(rules), &format!("replace table {FAMILY} {TABLE}"))
+}
+
+/// Removes the sidecar table from the current network namespace; absent is
+/// not an error.
+pub fn remove() -> Result<(), CaptureError> {
+    apply_nft(&render_delete(), &format!("delete table {FAMILY} {TABLE}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_ruleset_text() {
+        let want = "\
+table ip ambient_sidecar {}
+delete table ip ambient_sidecar
+table ip ambient_sidecar {
+\tchain output {
+\t\ttype nat hook output priority -100; policy accept;
+\t\tmeta l4proto != tcp return
+\t\tmeta mark 0x539 return
+\t\tip daddr 127.0.0.0/8 return
+\t\tmeta l4proto tcp redirect to :15001
+\t}
+\tchain prerouting {
+\t\ttype nat hook prerouting priority -100; policy accept;
+\t\tmeta l4proto != tcp return
+\t\ttcp dport { 15008, 15000, 15020, 15021 } return
+\t\tmeta l4proto tcp redirect to :15006
+\t}
+}
+";
+        assert_eq!(ruleset(&SidecarRules::default()), want);
+    }
+
+    #[test]
+    fn custom_ports_and_no_exclusions() {
+        let text = ruleset(&SidecarRules {
+            outbound_port: 16001,
+            inbound_port: 16006,
+            mark: 0x1,
+            inbound_exclude: vec![],
+        });
+        assert!(text.contains("meta mark 0x1 return"), "{text}");
+        assert!(text.contains("redirect to :16001"), "{text}");
+        assert!(text.contains("redirect to :16006"), "{text}");
+        assert!(!text.contains("dport {"), "{text}");
+    }
+
+    #[test]
+    fn delete_is_idempotent_text() {
+        assert_eq!(
+            render_delete(),
+            "table ip ambient_sidecar {}\ndelete table ip ambient_sidecar\n"
+        );
+    }
+}

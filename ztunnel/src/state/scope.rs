@@ -1,0 +1,148 @@
+//! Which workloads a ztunnel process serves: every ambient pod of a node
+//! (node mode), or one pod whose network namespace it runs in (sidecar
+//! mode). The scope decides inbound admission, the certificates presented
+//! and held, and which outbound sources are accepted.
+
+use std::fmt;
+use std::sync::Arc;
+
+use super::{Snapshot, Workload};
+
+/// A workload named by the `<namespace>/<name>` the operator gave; the
+/// uid is left out because it is source-specific (the file defaults it to
+/// `<namespace>/<name>`, a Kubernetes control plane prefixes it).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct WorkloadName {
+    pub namespace: String,
+    pub name: String,
+}
+
+/// `--workload` is not `<namespace>/<name>`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("workload {0:?} is not <namespace>/<name>")]
+pub struct WorkloadNameError(pub String);
+
+impl std::str::FromStr for WorkloadName {
+    type Err = WorkloadNameError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.split_once('/') {
+            Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+                Ok(WorkloadName {
+                    namespace: ns.to_owned(),
+                    name: name.to_owned(),
+                })
+            }
+            _ => Err(WorkloadNameError(s.to_owned())),
+        }
+    }
+}
+
+impl fmt::Display for WorkloadName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// What one ztunnel process serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Node mode: every ambient (HBONE) pod on this node.
+    Node(String),
+    /// Sidecar mode: exactly this pod, whatever its tunnel protocol (a
+    /// sidecar-injected pod is not ambient).
+    Pod(WorkloadName),
+}
+
+impl Scope {
+    /// Whether `w` is served by this process. Pure.
+    pub fn serves(&self, snap: &Snapshot, w: &Workload) -> bool {
+        match self {
+            Scope::Node(node) => &w.node == node && snap.is_ambient(w),
+            Scope::Pod(pod) => w.namespace == pod.namespace && w.name == pod.name,
+        }
+    }
+
+    /// Every served workload in `snap`.
+    pub fn served<'a>(&'a self, snap: &'a Snapshot) -> Vec<&'a Arc<Workload>> {
+        match self {
+            Scope::Node(_) => snap.workloads().filter(|w| self.serves(snap, w)).collect(),
+            Scope::Pod(_) => self.pod(snap).into_iter().collect(),
+        }
+    }
+
+    /// The served pod of a sidecar, if it is in `snap`; `None` in node mode.
+    pub fn pod<'a>(&self, snap: &'a Snapshot) -> Option<&'a Arc<Workload>> {
+        match self {
+            Scope::Node(_) => None,
+            Scope::Pod(pod) => snap.workload_by_name(&pod.namespace, &pod.name),
+        }
+    }
+
+    /// Whether this is sidecar mode.
+    pub fn is_sidecar(&self) -> bool {
+        matches!(self, Scope::Pod(_))
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Scope::Node(node) => write!(f, "node {node}"),
+            Scope::Pod(pod) => write!(f, "pod {pod}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config;
+
+    #[test]
+    fn node_serves_local_ambient_pods_and_pod_serves_itself() {
+        let snap = config::parse(
+            r#"
+nodes: [{name: n1, ip: 10.0.0.1}, {name: n2, ip: 10.0.0.2}]
+namespaces:
+  - {name: shop, labels: {istio.io/dataplane-mode: ambient}}
+  - {name: bank}
+workloads:
+  - {name: a, namespace: shop, ip: 10.1.1.10, node: n1}
+  - {name: b, namespace: shop, ip: 10.1.2.10, node: n2}
+  - {name: s, namespace: bank, ip: 10.1.1.11, node: n1, labels: {security.istio.io/tlsMode: istio}}
+"#,
+        )
+        .unwrap();
+        let pod = |s: &str| Scope::Pod(s.parse().unwrap());
+        let cases = [
+            (Scope::Node("n1".into()), vec!["a"]),
+            (Scope::Node("n2".into()), vec!["b"]),
+            (Scope::Node("n3".into()), vec![]),
+            (pod("bank/s"), vec!["s"]),
+            (pod("shop/b"), vec!["b"]),
+            (pod("shop/s"), vec![]),
+        ];
+        for (scope, want) in cases {
+            let got: Vec<&str> = scope
+                .served(&snap)
+                .iter()
+                .map(|w| w.name.as_str())
+                .collect();
+            assert_eq!(got, want, "{scope}");
+        }
+    }
+
+    #[test]
+    fn workload_names() {
+        for (s, ok) in [
+            ("shop/a", true),
+            ("shop", false),
+            ("/a", false),
+            ("shop/", false),
+            ("a/b/c", false),
+        ] {
+            assert_eq!(s.parse::<WorkloadName>().is_ok(), ok, "{s}");
+        }
+    }
+}
