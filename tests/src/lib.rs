@@ -18,6 +18,7 @@ mod topology;
 pub mod echo;
 pub mod mesh;
 pub mod rules;
+pub mod sidecar;
 
 pub use command::{run, run_in, ChildGuard};
 pub use error::HarnessError;

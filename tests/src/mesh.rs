@@ -173,6 +173,35 @@ impl Mesh {
         &self.ca_dir
     }
 
+    /// The config file every proxy of this mesh reads (in file mode).
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+
+    /// The ztunnel flags naming the config source for a proxy on `node`
+    /// (1-based): the file and `ca_dir`, or the control plane with the
+    /// node's token.
+    pub fn source_args(&self, node: usize, ca_dir: &Path) -> Vec<String> {
+        let path = |p: &Path| p.to_str().expect("utf-8 path").to_owned();
+        if self.xds {
+            vec![
+                "--xds-address".into(),
+                format!("https://{CONTROL_PLANE_ADDR}"),
+                "--xds-root-cert".into(),
+                path(&ca_dir.join("root-cert.pem")),
+                "--xds-token-file".into(),
+                path(&self.dir.join(format!("token-node{node}"))),
+            ]
+        } else {
+            vec![
+                "--config-file".into(),
+                path(&self.config),
+                "--ca-dir".into(),
+                path(ca_dir),
+            ]
+        }
+    }
+
     /// A fresh directory inside the scratch dir (removed on drop).
     pub fn scratch(&self, name: &str) -> PathBuf {
         let p = self.dir.join(name);
@@ -203,25 +232,7 @@ impl Mesh {
         let script = format!("exec \"$0\" \"$@\" 2>>{}", self.stderr_path(node).display());
         let node_name = format!("node{node}");
         let log = self.access_log_path(node);
-        let root = ca_dir.join("root-cert.pem");
-        let token = self.dir.join(format!("token-node{node}"));
-        let source: Vec<&str> = if self.xds {
-            vec![
-                "--xds-address",
-                "https://10.0.0.1:15012",
-                "--xds-root-cert",
-                root.to_str().expect("utf-8 path"),
-                "--xds-token-file",
-                token.to_str().expect("utf-8 path"),
-            ]
-        } else {
-            vec![
-                "--config-file",
-                self.config.to_str().expect("utf-8 path"),
-                "--ca-dir",
-                ca_dir.to_str().expect("utf-8 path"),
-            ]
-        };
+        let source = self.source_args(node, ca_dir);
         let mut argv = vec![
             "sh",
             "-c",
@@ -236,7 +247,7 @@ impl Mesh {
             "--drain-timeout",
             "2s",
         ];
-        argv.extend(source);
+        argv.extend(source.iter().map(String::as_str));
         let child = ns.spawn(&argv).expect("spawn ztunnel");
         self.ztunnels[node - 1] = Some(child);
         self.wait_ready(node);
@@ -308,22 +319,7 @@ impl Mesh {
 
     /// A plain HTTP/1.1 GET to `127.0.0.1:port` inside the node namespace.
     pub fn http_get(&self, node: usize, port: u16, path: &str) -> std::io::Result<(u16, String)> {
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let mut s = self.nodes[node - 1].std_connect(addr)?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n"
-        )?;
-        let mut out = String::new();
-        s.read_to_string(&mut out)?;
-        let status = out
-            .split(' ')
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let body = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-        Ok((status, body.to_owned()))
+        http_get(&self.nodes[node - 1], port, path)
     }
 
     /// `/metrics` of the node's ztunnel.
@@ -387,6 +383,26 @@ impl Drop for Mesh {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A plain HTTP/1.1 GET to `127.0.0.1:port` inside `ns`: (status, body).
+pub fn http_get(ns: &Netns, port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = ns.std_connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n"
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    Ok((status, body.to_owned()))
 }
 
 /// Polls `cond` every 20 ms for up to 5 s; panics naming `what` if it never

@@ -1,0 +1,236 @@
+//! Real `ztunnel --mode sidecar` processes, one per pod, each inside its
+//! pod's network namespace, sharing the config source and CA of a
+//! [`Mesh`]. Access logs and stderr go to a scratch directory that is
+//! removed on drop (stderr is printed first if the test failed).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::time::{Duration, Instant};
+
+use crate::command::ChildGuard;
+use crate::mesh::{http_get, ztunnel_bin, Mesh, METRICS_PORT, READINESS_PORT, READY_TIMEOUT};
+use crate::netns::Netns;
+use crate::topology::Pod;
+
+/// The nft table sidecar capture installs in a pod namespace.
+pub use ztunnel::capture::sidecar::{FAMILY as TABLE_FAMILY, TABLE};
+
+struct Running {
+    ns: Netns,
+    child: Option<ChildGuard>,
+}
+
+/// The sidecars of a mesh's pods, by pod name.
+pub struct Sidecars {
+    dir: PathBuf,
+    /// `--config-file/--ca-dir` or `--xds-*` for each node (index 0 = node 1).
+    sources: Vec<Vec<String>>,
+    running: std::collections::BTreeMap<String, Running>,
+}
+
+impl Sidecars {
+    /// Sidecars using `mesh`'s config source and CA; starts none. `nodes`
+    /// is the topology's node count.
+    pub fn new(mesh: &Mesh, nodes: usize) -> Sidecars {
+        let dir = mesh.scratch("sidecars");
+        let sources = (1..=nodes)
+            .map(|n| mesh.source_args(n, mesh.ca_dir()))
+            .collect();
+        Sidecars {
+            dir,
+            sources,
+            running: Default::default(),
+        }
+    }
+
+    /// The access log of `pod`'s sidecar.
+    pub fn access_log_path(&self, pod: &str) -> PathBuf {
+        self.dir.join(format!("access-{pod}.log"))
+    }
+
+    fn stderr_path(&self, pod: &str) -> PathBuf {
+        self.dir.join(format!("sidecar-{pod}.stderr"))
+    }
+
+    /// Starts a sidecar for `pod` serving `workload` (`<namespace>/<name>`)
+    /// and waits until it is ready.
+    pub fn start(&mut self, pod: &Pod, workload: &str) {
+        self.start_with(pod, workload, &[]);
+        self.wait_ready(&pod.name);
+    }
+
+    /// Starts a sidecar for `pod` with `extra` ztunnel flags; does not wait.
+    pub fn start_with(&mut self, pod: &Pod, workload: &str, extra: &[&str]) {
+        let bin = ztunnel_bin();
+        let script = format!(
+            "exec \"$0\" \"$@\" 2>>{}",
+            self.stderr_path(&pod.name).display()
+        );
+        let node = format!("node{}", pod.node);
+        let log = self.access_log_path(&pod.name);
+        let mut argv = vec![
+            "sh",
+            "-c",
+            &script,
+            bin.to_str().expect("utf-8 path"),
+            "--mode",
+            "sidecar",
+            "--node",
+            &node,
+            "--workload",
+            workload,
+            "--access-log",
+            log.to_str().expect("utf-8 path"),
+            "--poll-interval",
+            "100ms",
+            "--drain-timeout",
+            "2s",
+        ];
+        argv.extend(self.sources[pod.node - 1].iter().map(String::as_str));
+        argv.extend_from_slice(extra);
+        let child = pod.ns.spawn(&argv).expect("spawn sidecar");
+        self.running.insert(
+            pod.name.clone(),
+            Running {
+                ns: pod.ns.clone(),
+                child: Some(child),
+            },
+        );
+    }
+
+    fn running(&self, pod: &str) -> &Running {
+        self.running
+            .get(pod)
+            .unwrap_or_else(|| panic!("no sidecar for pod {pod}"))
+    }
+
+    /// Waits until `pod`'s sidecar answers 200 on /healthz/ready.
+    pub fn wait_ready(&mut self, pod: &str) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Ok((200, _)) = self.http_get(pod, READINESS_PORT, "/healthz/ready") {
+                return;
+            }
+            let r = self.running.get_mut(pod).expect("started");
+            let alive = r.child.as_mut().is_some_and(ChildGuard::is_running);
+            if !alive {
+                panic!(
+                    "sidecar of {pod} exited during startup:\n{}",
+                    self.stderr(pod)
+                );
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "sidecar of {pod} not ready after {READY_TIMEOUT:?}:\n{}",
+                    self.stderr(pod)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The process id of `pod`'s sidecar (the `sh -c exec` keeps the pid).
+    pub fn pid(&self, pod: &str) -> u32 {
+        self.running(pod).child.as_ref().map_or(0, ChildGuard::id)
+    }
+
+    /// Sends SIGTERM and waits (up to 15 s) for the exit status.
+    pub fn terminate(&mut self, pod: &str) -> ExitStatus {
+        let mut child = self
+            .running
+            .get_mut(pod)
+            .and_then(|r| r.child.take())
+            .expect("sidecar running");
+        child
+            .signal(nix::sys::signal::Signal::SIGTERM)
+            .expect("signal sidecar");
+        child
+            .wait_exit(Duration::from_secs(15))
+            .unwrap_or_else(|| panic!("sidecar of {pod} ignored SIGTERM"))
+    }
+
+    /// SIGKILLs `pod`'s sidecar (a crash): nothing gets cleaned up.
+    pub fn kill(&mut self, pod: &str) {
+        if let Some(mut child) = self.running.get_mut(pod).and_then(|r| r.child.take()) {
+            child.kill();
+        }
+    }
+
+    /// A plain HTTP GET to `127.0.0.1:port` inside `pod`'s namespace.
+    pub fn http_get(&self, pod: &str, port: u16, path: &str) -> std::io::Result<(u16, String)> {
+        http_get(&self.running(pod).ns, port, path)
+    }
+
+    /// `/metrics` of `pod`'s sidecar.
+    pub fn metrics(&self, pod: &str) -> String {
+        let (status, body) = self
+            .http_get(pod, METRICS_PORT, "/metrics")
+            .expect("GET /metrics");
+        assert_eq!(status, 200, "GET /metrics: {body}");
+        body
+    }
+
+    /// Every access-log event of `pod`'s sidecar so far.
+    pub fn access_log(&self, pod: &str) -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(self.access_log_path(pod)).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Waits up to 5 s for an access-log event of `pod`'s sidecar matching
+    /// `pred`.
+    pub fn wait_event<F>(&self, pod: &str, what: &str, pred: F) -> serde_json::Value
+    where
+        F: Fn(&serde_json::Value) -> bool,
+    {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(ev) = self.access_log(pod).into_iter().find(|e| pred(e)) {
+                return ev;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "no access-log event of {pod}'s sidecar for {what}; log:\n{}",
+                    std::fs::read_to_string(self.access_log_path(pod)).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `pod`'s sidecar stderr so far.
+    pub fn stderr(&self, pod: &str) -> String {
+        std::fs::read_to_string(self.stderr_path(pod)).unwrap_or_default()
+    }
+
+    /// The scratch directory (removed with the mesh).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for Sidecars {
+    fn drop(&mut self) {
+        for r in self.running.values_mut() {
+            if let Some(mut c) = r.child.take() {
+                c.kill();
+            }
+        }
+        if std::thread::panicking() {
+            for pod in self.running.keys() {
+                eprintln!("--- sidecar {pod} stderr ---\n{}", self.stderr(pod));
+            }
+        }
+    }
+}
+
+/// How many `ambient_sidecar` tables `ns` holds.
+pub fn table_count(ns: &Netns) -> usize {
+    let want = format!("table {TABLE_FAMILY} {TABLE}");
+    ns.exec("nft list tables")
+        .expect("nft list tables")
+        .lines()
+        .filter(|l| l.trim() == want)
+        .count()
+}

@@ -1,0 +1,476 @@
+//! Sidecar mode end to end: one real `ztunnel --mode sidecar` per pod,
+//! inside the pod's network namespace, with real nft REDIRECT capture,
+//! real HBONE between the two sidecars of a connection, and apps in pods.
+//! No node ztunnel runs: the nodes only forward.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mesh_tests::echo::{echo_through, payload};
+use mesh_tests::mesh::Mesh;
+use mesh_tests::sidecar::{table_count, Sidecars};
+use mesh_tests::{require_root, ChildGuard, Netns, Topology};
+use tokio::task::JoinHandle;
+
+const SERVER_PORT: u16 = 8080;
+const CLIENT_ID: &str = "spiffe://cluster.local/ns/shop/sa/client";
+const SERVER_ID: &str = "spiffe://cluster.local/ns/bank/sa/server";
+
+/// An echo app in a pod that records every peer address it accepted.
+struct App {
+    peers: Arc<Mutex<Vec<SocketAddr>>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl App {
+    fn serve(ns: &Netns, port: u16) -> App {
+        let listener = ns
+            .listen(SocketAddr::from(([0, 0, 0, 0], port)))
+            .expect("app listener");
+        let peers = Arc::new(Mutex::new(Vec::new()));
+        let seen = peers.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut stream, peer)) = listener.accept().await {
+                seen.lock().unwrap().push(peer);
+                tokio::spawn(async move {
+                    let (mut rd, mut wr) = stream.split();
+                    let _ = tokio::io::copy(&mut rd, &mut wr).await;
+                    let _ = tokio::io::AsyncWriteExt::shutdown(&mut wr).await;
+                });
+            }
+        });
+        App { peers, task }
+    }
+
+    fn peers(&self) -> Vec<SocketAddr> {
+        self.peers.lock().unwrap().clone()
+    }
+}
+
+/// Pods `client` (shop, node 1, sidecar-labelled), `server` (bank, node 2,
+/// sidecar-labelled, behind Service VIP 10.96.0.10:80 → 8080) and `plain`
+/// (legacy, node 1, no sidecar).
+fn topology() -> Topology {
+    Topology::builder()
+        .nodes(2)
+        .pod("client", 1)
+        .pod("server", 2)
+        .pod("plain", 1)
+        .build()
+        .unwrap()
+}
+
+fn config(topo: &Topology, bank_mtls: &str, policies: &str) -> String {
+    let (c, s, p) = (topo.pod("client"), topo.pod("server"), topo.pod("plain"));
+    format!(
+        r#"
+trustDomain: cluster.local
+nodes:
+  - {{name: node1, ip: 10.0.0.1}}
+  - {{name: node2, ip: 10.0.0.2}}
+namespaces:
+  - {{name: shop}}
+  - {{name: bank, mtls: {bank_mtls}}}
+  - {{name: legacy}}
+workloads:
+  - {{name: client, namespace: shop, serviceAccount: client, ip: {}, node: node1, labels: {{app: client, security.istio.io/tlsMode: istio}}}}
+  - {{name: server, namespace: bank, serviceAccount: server, ip: {}, node: node2, labels: {{app: server, security.istio.io/tlsMode: istio}}}}
+  - {{name: plain, namespace: legacy, ip: {}, node: node1, labels: {{app: plain}}}}
+services:
+  - {{name: server, namespace: bank, vip: 10.96.0.10, ports: [{{port: 80, targetPort: {SERVER_PORT}}}], selector: {{app: server}}}}
+policies: {policies}
+"#,
+        c.ip, s.ip, p.ip
+    )
+}
+
+/// A mesh of `topo` (file mode, shared CA) with sidecars for `pods`.
+fn start(topo: &Topology, yaml: &str, pods: &[(&str, &str)]) -> (Mesh, Sidecars) {
+    let mesh = Mesh::new(topo, yaml);
+    let mut sidecars = Sidecars::new(&mesh, topo.nodes().len());
+    for (pod, workload) in pods {
+        sidecars.start(topo.pod(pod), workload);
+    }
+    (mesh, sidecars)
+}
+
+fn tcpdump(node: &Netns, file: &std::path::Path) -> ChildGuard {
+    let guard = node
+        .spawn(&[
+            "tcpdump",
+            "-i",
+            "peer0",
+            "-U",
+            "--immediate-mode",
+            "-s",
+            "0",
+            "-w",
+            file.to_str().unwrap(),
+            "tcp",
+        ])
+        .expect("start tcpdump");
+    mesh_tests::mesh::wait_until("tcpdump attached", || {
+        std::fs::metadata(file).is_ok_and(|m| m.len() >= 24)
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    guard
+}
+
+/// Whether a connection was refused: an error (reset), or EOF with nothing
+/// echoed.
+fn refused(result: &std::io::Result<Vec<u8>>) -> bool {
+    match result {
+        Ok(back) => back.is_empty(),
+        Err(_) => true,
+    }
+}
+
+/// Retries an echo from `from` to `to` until `want_ok` holds (config
+/// reloads are polled), up to 5 s.
+async fn eventually(from: &Netns, to: SocketAddr, want_ok: bool, what: &str) {
+    let data = payload(4096);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = echo_through(from, to, &data).await;
+        let ok = matches!(&r, Ok(back) if *back == data);
+        if ok == want_ok && (want_ok || refused(&r)) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: last result {r:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_to_pod_is_mutual_tls_between_the_two_sidecars() {
+    if !require_root() {
+        return;
+    }
+    let topo = topology();
+    let yaml = config(&topo, "STRICT", "[]");
+    let (_mesh, sidecars) = start(
+        &topo,
+        &yaml,
+        &[("client", "shop/client"), ("server", "bank/server")],
+    );
+    let (client, server) = (topo.pod("client"), topo.pod("server"));
+    assert_eq!(table_count(&client.ns), 1);
+    assert_eq!(table_count(&server.ns), 1);
+    let app = App::serve(&server.ns, SERVER_PORT);
+
+    let pcap = std::env::temp_dir().join(format!("{}-sidecar-link.pcap", topo.id()));
+    let mut dump = tcpdump(&topo.node(1).ns, &pcap);
+    let secret = b"SIDECAR-SECRET-PAYLOAD-0123456789-".repeat(100);
+    let dst = SocketAddr::from((server.ip, SERVER_PORT));
+    let back = echo_through(&client.ns, dst, &secret)
+        .await
+        .expect("echo through two sidecars");
+    assert_eq!(back, secret, "byte-exact through HBONE");
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = dump.signal(nix::sys::signal::Signal::SIGINT);
+    dump.wait_exit(Duration::from_secs(5));
+    let captured = std::fs::read(&pcap).expect("read pcap");
+    let _ = std::fs::remove_file(&pcap);
+
+    assert!(
+        captured.len() > secret.len(),
+        "tcpdump saw no traffic ({} bytes)",
+        captured.len()
+    );
+    let needle = b"SIDECAR-SECRET";
+    assert!(
+        !captured.windows(needle.len()).any(|w| w == needle),
+        "payload visible in cleartext on the node link"
+    );
+    assert!(
+        captured.windows(2).any(|w| w == 15008u16.to_be_bytes()),
+        "no HBONE (15008) traffic on the link"
+    );
+    // The destination sidecar dials the app from inside the pod.
+    let peers = app.peers();
+    assert_eq!(peers.len(), 1, "{peers:?}");
+    assert_eq!(peers[0].ip(), IpAddr::V4(server.ip));
+
+    let out = sidecars.wait_event("client", "outbound client->server", |e| {
+        e["direction"] == "outbound" && e["dst.addr"] == dst.to_string()
+    });
+    assert_eq!(out["src.identity"], CLIENT_ID);
+    assert_eq!(out["src.workload"], "shop/client");
+    assert_eq!(out["dst.identity"], SERVER_ID);
+    assert_eq!(out["dst.hbone_addr"], format!("{}:15008", server.ip));
+    assert_eq!(out["bytes_sent"], secret.len() as u64);
+    assert_eq!(out["response_flags"], "-");
+    let inb = sidecars.wait_event("server", "inbound client->server", |e| {
+        e["direction"] == "inbound"
+    });
+    assert_eq!(inb["src.identity"], CLIENT_ID);
+    assert_eq!(inb["dst.identity"], SERVER_ID);
+    assert_eq!(inb["dst.workload"], "bank/server");
+    assert_eq!(inb["bytes_recv"], secret.len() as u64);
+
+    let source = sidecars.metrics("client");
+    let dest = sidecars.metrics("server");
+    for (m, reporter) in [(&source, "source"), (&dest, "destination")] {
+        let line = m
+            .lines()
+            .find(|l| {
+                l.starts_with("istio_tcp_connections_opened_total{")
+                    && l.contains(&format!("reporter=\"{reporter}\""))
+            })
+            .unwrap_or_else(|| panic!("no {reporter} connection metric:\n{m}"));
+        assert!(
+            line.contains("source_principal=\"cluster.local/ns/shop/sa/client\""),
+            "{line}"
+        );
+        assert!(
+            line.contains("destination_principal=\"cluster.local/ns/bank/sa/server\""),
+            "{line}"
+        );
+        assert!(
+            line.contains("connection_security_policy=\"mutual_tls\""),
+            "{line}"
+        );
+    }
+    let (status, dump) = sidecars
+        .http_get("server", 15000, "/config_dump")
+        .expect("config dump");
+    assert_eq!(status, 200);
+    let dump: serde_json::Value = serde_json::from_str(&dump).expect("config dump is JSON");
+    let certs: Vec<&str> = dump["certificates"]
+        .as_array()
+        .expect("certificates")
+        .iter()
+        .filter_map(|c| c["identity"].as_str())
+        .collect();
+    assert_eq!(certs, [SERVER_ID], "only the served pod's certificate");
+    assert_eq!(
+        dump["captured_pods"],
+        serde_json::json!([server.ip.to_string()])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_vip_goes_to_an_endpoint_on_its_target_port() {
+    if !require_root() {
+        return;
+    }
+    let topo = topology();
+    let yaml = config(&topo, "STRICT", "[]");
+    let (_mesh, sidecars) = start(
+        &topo,
+        &yaml,
+        &[("client", "shop/client"), ("server", "bank/server")],
+    );
+    let (client, server) = (topo.pod("client"), topo.pod("server"));
+    let _app = App::serve(&server.ns, SERVER_PORT);
+    let data = payload(64 * 1024);
+    let back = echo_through(&client.ns, "10.96.0.10:80".parse().unwrap(), &data)
+        .await
+        .expect("echo through the VIP");
+    assert_eq!(back, data);
+    let endpoint = format!("{}:{SERVER_PORT}", server.ip);
+    let out = sidecars.wait_event("client", "outbound to the VIP", |e| {
+        e["direction"] == "outbound"
+    });
+    assert_eq!(out["dst.addr"], endpoint, "endpoint picked, port mapped");
+    assert_eq!(out["dst.hbone_addr"], format!("{}:15008", server.ip));
+    assert_eq!(out["dst.identity"], SERVER_ID);
+    let inb = sidecars.wait_event("server", "inbound from the VIP", |e| {
+        e["direction"] == "inbound"
+    });
+    assert_eq!(inb["dst.addr"], endpoint);
+    assert_eq!(inb["src.identity"], CLIENT_ID);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_is_enforced_at_the_destination_sidecar() {
+    if !require_root() {
+        return;
+    }
+    let topo = topology();
+    let deny_client = r#"
+  - name: deny-client
+    namespace: bank
+    action: DENY
+    rules: [{from: [{source: {principals: ["cluster.local/ns/shop/sa/client"]}}]}]
+"#;
+    let allow_ns = |ns: &str| {
+        format!(
+            r#"
+  - name: allow-ns
+    namespace: bank
+    action: ALLOW
+    rules: [{{from: [{{source: {{namespaces: [{ns}]}}}}]}}]
+"#
+        )
+    };
+    let (mesh, sidecars) = start(
+        &topo,
+        &config(&topo, "STRICT", deny_client),
+        &[("client", "shop/client"), ("server", "bank/server")],
+    );
+    let (client, server) = (topo.pod("client"), topo.pod("server"));
+    let app = App::serve(&server.ns, SERVER_PORT);
+    let dst = SocketAddr::from((server.ip, SERVER_PORT));
+
+    // DENY by principal: the client sees a reset or an empty close.
+    let r = echo_through(&client.ns, dst, b"must not arrive").await;
+    assert!(refused(&r), "denied connection carried data: {r:?}");
+    assert!(app.peers().is_empty(), "the app was reached");
+    let inb = sidecars.wait_event("server", "denied inbound", |e| {
+        e["direction"] == "inbound" && e["response_flags"] == "DENY"
+    });
+    assert_eq!(inb["src.identity"], CLIENT_ID);
+    let out = sidecars.wait_event("client", "outbound refused", |e| {
+        e["direction"] == "outbound" && e["response_flags"] != "-"
+    });
+    assert_eq!(out["dst.identity"], SERVER_ID);
+
+    // ALLOW the client's namespace: passes.
+    mesh.write_config(&config(&topo, "STRICT", &allow_ns("shop")));
+    eventually(&client.ns, dst, true, "ALLOW namespace shop").await;
+
+    // ALLOW another namespace only: no ALLOW matches, refused.
+    mesh.write_config(&config(&topo, "STRICT", &allow_ns("legacy")));
+    eventually(&client.ns, dst, false, "ALLOW namespace legacy only").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_refuses_plaintext_and_permissive_allows_it() {
+    if !require_root() {
+        return;
+    }
+    let topo = topology();
+    let (mesh, sidecars) = start(
+        &topo,
+        &config(&topo, "STRICT", "[]"),
+        &[("server", "bank/server")],
+    );
+    let (plain, server) = (topo.pod("plain"), topo.pod("server"));
+    let app = App::serve(&server.ns, SERVER_PORT);
+    let dst = SocketAddr::from((server.ip, SERVER_PORT));
+
+    let r = echo_through(&plain.ns, dst, b"plaintext into STRICT").await;
+    assert!(refused(&r), "STRICT let plaintext through: {r:?}");
+    assert!(app.peers().is_empty(), "the app was reached");
+    let inb = sidecars.wait_event("server", "plaintext refused", |e| {
+        e["direction"] == "inbound" && e["response_flags"] == "DENY"
+    });
+    assert_eq!(
+        inb["src.addr"].as_str().unwrap().split(':').next(),
+        Some(plain.ip.to_string().as_str())
+    );
+
+    mesh.write_config(&config(&topo, "PERMISSIVE", "[]"));
+    eventually(&plain.ns, dst, true, "PERMISSIVE plaintext").await;
+    let ok = sidecars.wait_event("server", "plaintext allowed", |e| {
+        e["direction"] == "inbound" && e["response_flags"] == "-"
+    });
+    assert!(
+        ok.get("src.identity").is_none(),
+        "plaintext has no identity: {ok}"
+    );
+    let m = sidecars.metrics("server");
+    assert!(
+        m.contains("connection_security_policy=\"none\""),
+        "plaintext metric: {m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_to_a_non_mesh_destination_passes_through() {
+    if !require_root() {
+        return;
+    }
+    let topo = topology();
+    let (_mesh, sidecars) = start(
+        &topo,
+        &config(&topo, "STRICT", "[]"),
+        &[("client", "shop/client")],
+    );
+    let (client, plain) = (topo.pod("client"), topo.pod("plain"));
+    let app = App::serve(&plain.ns, 9090);
+    let data = payload(32 * 1024);
+    let dst = SocketAddr::from((plain.ip, 9090));
+    let back = echo_through(&client.ns, dst, &data)
+        .await
+        .expect("passthrough");
+    assert_eq!(back, data);
+    // Plain TCP from the client pod itself: the app sees the client's IP.
+    assert_eq!(app.peers()[0].ip(), IpAddr::V4(client.ip));
+    let out = sidecars.wait_event("client", "passthrough", |e| {
+        e["direction"] == "outbound" && e["dst.addr"] == dst.to_string()
+    });
+    assert!(out.get("dst.hbone_addr").is_none(), "not tunnelled: {out}");
+    assert_eq!(out["bytes_sent"], data.len() as u64);
+    let m = sidecars.metrics("client");
+    assert!(
+        m.contains("connection_security_policy=\"none\""),
+        "passthrough metric: {m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_are_removed_on_sigterm_and_a_crash_restart_leaves_one_table() {
+    if !require_root() {
+        return;
+    }
+    let topo = topology();
+    let (_mesh, mut sidecars) = start(
+        &topo,
+        &config(&topo, "PERMISSIVE", "[]"),
+        &[("server", "bank/server")],
+    );
+    let (plain, server) = (topo.pod("plain"), topo.pod("server"));
+    let _app = App::serve(&server.ns, SERVER_PORT);
+    let dst = SocketAddr::from((server.ip, SERVER_PORT));
+    assert_eq!(table_count(&server.ns), 1);
+    eventually(&plain.ns, dst, true, "through the sidecar").await;
+
+    let status = sidecars.terminate("server");
+    assert!(status.success(), "clean exit after SIGTERM: {status}");
+    assert_eq!(table_count(&server.ns), 0, "table removed");
+    // Without rules the app is reached directly.
+    eventually(&plain.ns, dst, true, "direct, no sidecar").await;
+
+    // A crash leaves the table; the restart replaces it, never duplicates.
+    sidecars.start(server, "bank/server");
+    sidecars.kill("server");
+    assert_eq!(table_count(&server.ns), 1, "a crash leaves the table");
+    sidecars.start(server, "bank/server");
+    assert_eq!(
+        table_count(&server.ns),
+        1,
+        "exactly one table after restart"
+    );
+    eventually(&plain.ns, dst, true, "through the restarted sidecar").await;
+    let stderr = sidecars.stderr("server");
+    assert!(stderr.contains("capture rules removed"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workload_missing_from_the_config_is_a_startup_error() {
+    if !require_root() {
+        return;
+    }
+    let topo = topology();
+    let (_mesh, mut sidecars) = start(&topo, &config(&topo, "STRICT", "[]"), &[]);
+    let server = topo.pod("server");
+    sidecars.start_with(server, "bank/nobody", &[]);
+    mesh_tests::mesh::wait_until("the sidecar exits", || {
+        sidecars.stderr("server").contains("error:")
+    });
+    let stderr = sidecars.stderr("server");
+    assert!(
+        stderr.contains("workload bank/nobody (--workload) is not in the config"),
+        "{stderr}"
+    );
+    assert_eq!(table_count(&server.ns), 0, "no capture installed");
+}
