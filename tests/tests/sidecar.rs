@@ -474,3 +474,32 @@ async fn a_workload_missing_from_the_config_is_a_startup_error() {
     );
     assert_eq!(table_count(&server.ns), 0, "no capture installed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_follows_the_control_plane_over_xds() {
+    if !require_root() {
+        return;
+    }
+    let topo = topology();
+    let mesh = Mesh::with_control_plane(&topo, &config(&topo, "PERMISSIVE", "[]"));
+    let mut sidecars = Sidecars::new(&mesh, topo.nodes().len());
+    let (plain, server) = (topo.pod("plain"), topo.pod("server"));
+    // The certificate comes from the control plane's CA with node 2's
+    // token, over a marked connection that escapes the pod's REDIRECT.
+    sidecars.start(server, "bank/server");
+    assert_eq!(table_count(&server.ns), 1);
+    let _app = App::serve(&server.ns, SERVER_PORT);
+    let dst = SocketAddr::from((server.ip, SERVER_PORT));
+    eventually(&plain.ns, dst, true, "PERMISSIVE over xDS").await;
+    let deny_port = r#"
+  - name: no-8080
+    namespace: bank
+    action: DENY
+    rules: [{to: [{operation: {ports: ["8080"]}}]}]
+"#;
+    mesh.write_config(&config(&topo, "PERMISSIVE", deny_port));
+    eventually(&plain.ns, dst, false, "a DENY pushed over xDS").await;
+    let status = sidecars.terminate("server");
+    assert!(status.success(), "{status}");
+    assert_eq!(table_count(&server.ns), 0);
+}

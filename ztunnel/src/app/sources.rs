@@ -142,10 +142,19 @@ async fn start_xds(cfg: &Config, x: &XdsSource, drain: &Drain) -> Result<Started
         .map_err(AppError::XdsEndpoint)?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true);
-    let ca = RemoteCa::new(endpoint.connect_lazy(), token.clone(), roots, cfg.cert_ttl);
+    // A sidecar's own control-plane sockets must escape its pod's REDIRECT.
+    let mark = (cfg.capture && matches!(cfg.mode, super::Mode::Sidecar(_)))
+        .then_some(crate::capture::rules::ZTUNNEL_MARK);
+    let ca = RemoteCa::new(
+        crate::xds::connector::connect_lazy(&endpoint, mark),
+        token.clone(),
+        roots,
+        cfg.cert_ttl,
+    );
     let (publish, mut updates) = mpsc::channel(8);
     let client = XdsClient {
         endpoint,
+        mark,
         node: Node {
             id: format!("ztunnel~{}", cfg.node),
             ..Default::default()

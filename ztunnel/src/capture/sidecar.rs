@@ -50,15 +50,23 @@ impl Default for SidecarRules {
     }
 }
 
+/// Matches TCP packets other than a connection's opening SYN. Connections
+/// that were open before the table existed have no conntrack entry (the
+/// namespace had no conntrack user), so conntrack picks them up mid-stream
+/// as new; redirecting such a packet would reset a live connection (the
+/// sidecar's own xDS stream, or the app's). Only a SYN starts a redirect.
+const MID_STREAM: &str = "tcp flags & (fin | syn | rst | ack) != syn";
+
 /// The complete `nft -f -` script that atomically creates or replaces table
 /// `ip ambient_sidecar` (create-if-missing, delete, define: one
 /// transaction, so a restart after a crash leaves exactly one table):
 ///
-/// - output (nat, priority -100, dstnat): non-TCP, the proxy's own marked
+/// - output (nat, priority -100, dstnat): non-TCP, packets other than a
+///   SYN (connections open before the table), the proxy's own marked
 ///   packets and anything to 127.0.0.0/8 pass; other TCP →
 ///   `redirect to :outbound_port`;
-/// - prerouting (nat, priority -100, dstnat): non-TCP and TCP to an excluded port
-///   pass; other TCP → `redirect to :inbound_port`.
+/// - prerouting (nat, priority -100, dstnat): non-TCP, non-SYN and TCP to an
+///   excluded port pass; other TCP → `redirect to :inbound_port`.
 ///
 /// Pure.
 pub fn ruleset(rules: &SidecarRules) -> String {
@@ -81,6 +89,7 @@ pub fn ruleset(rules: &SidecarRules) -> String {
          \tchain output {{\n\
          \t\ttype nat hook output priority -100; policy accept;\n\
          \t\tmeta l4proto != tcp return\n\
+         \t\t{MID_STREAM} return\n\
          \t\tmeta mark {mark:#x} return\n\
          \t\tip daddr 127.0.0.0/8 return\n\
          \t\tmeta l4proto tcp redirect to :{outbound_port}\n\
@@ -88,6 +97,7 @@ pub fn ruleset(rules: &SidecarRules) -> String {
          \tchain prerouting {{\n\
          \t\ttype nat hook prerouting priority -100; policy accept;\n\
          \t\tmeta l4proto != tcp return\n\
+         \t\t{MID_STREAM} return\n\
          {exclude}\
          \t\tmeta l4proto tcp redirect to :{inbound_port}\n\
          \t}}\n\
@@ -125,6 +135,7 @@ table ip ambient_sidecar {
 \tchain output {
 \t\ttype nat hook output priority -100; policy accept;
 \t\tmeta l4proto != tcp return
+\t\ttcp flags & (fin | syn | rst | ack) != syn return
 \t\tmeta mark 0x539 return
 \t\tip daddr 127.0.0.0/8 return
 \t\tmeta l4proto tcp redirect to :15001
@@ -132,6 +143,7 @@ table ip ambient_sidecar {
 \tchain prerouting {
 \t\ttype nat hook prerouting priority -100; policy accept;
 \t\tmeta l4proto != tcp return
+\t\ttcp flags & (fin | syn | rst | ack) != syn return
 \t\ttcp dport { 15008, 15000, 15020, 15021 } return
 \t\tmeta l4proto tcp redirect to :15006
 \t}

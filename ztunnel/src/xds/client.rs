@@ -110,6 +110,8 @@ pub enum XdsError {
 /// Drives one ztunnel's subscription.
 pub struct XdsClient {
     pub endpoint: tonic::transport::Endpoint,
+    /// `SO_MARK` for the connection (sidecar mode), see [`super::connector`].
+    pub mark: Option<u32>,
     pub node: Node,
     /// Sent as `authorization: Bearer <token>`.
     pub token: Option<String>,
@@ -150,7 +152,9 @@ impl XdsClient {
     /// One ADS stream, until it fails. Resets `attempt` once a response
     /// arrives (the connection is good).
     async fn session(&mut self, attempt: &mut u32) -> Result<(), XdsError> {
-        let channel: Channel = self.endpoint.connect().await.map_err(XdsError::Connect)?;
+        let channel: Channel = super::connector::connect(&self.endpoint, self.mark)
+            .await
+            .map_err(XdsError::Connect)?;
         self.stats.connects.fetch_add(1, Ordering::Relaxed);
         let (tx, mut rx) = mpsc::channel::<DeltaDiscoveryRequest>(8);
         for type_url in TYPE_URLS {

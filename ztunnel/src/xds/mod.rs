@@ -8,12 +8,14 @@
 //! - [`client`]: the delta ADS stream (ACK/NACK, backoff, resync with
 //!   `initial_resource_versions`);
 //! - [`ca`]: the CA client, a [`hbone::cert::CertProvider`] over
-//!   `CreateCertificate`.
+//!   `CreateCertificate`;
+//! - [`connector`]: marked control-plane sockets (sidecar mode).
 //!
 //! Not wired yet: `ztunnel --xds-address` (the binary still reads the local
 //! config file and uses the dev CA).
 
 pub mod ca;
 pub mod client;
+pub mod connector;
 pub mod convert;
 pub mod store;

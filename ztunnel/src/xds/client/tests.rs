@@ -185,6 +185,7 @@ async fn acks_nacks_keeps_state_and_resyncs_with_versions() {
     let (publish, mut snapshots) = mpsc::channel(8);
     let stats = Arc::new(XdsStats::default());
     let client = XdsClient {
+        mark: None,
         endpoint: tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap(),
         node: Node {
             id: "ztunnel~node1".into(),
