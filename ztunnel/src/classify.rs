@@ -8,6 +8,9 @@
 //! | HBONE pod elsewhere | [`Route::Hbone`]: HBONE to `podIP:15008`, `:authority` = `podIP:targetPort` |
 //! | anything else | [`Route::Passthrough`]: plain TCP |
 //!
+//! Sidecar mode routes with [`classify_sidecar`] instead (no waypoints, no
+//! in-process path).
+//!
 //! A Service VIP is resolved to one endpoint first (by the caller's `pick`)
 //! and its port mapped to the target port. A waypoint on the Service applies
 //! to VIP traffic; a waypoint on the pod applies to traffic addressed to the

@@ -9,7 +9,7 @@
 //!
 //! The I/O shell at the edges:
 //! - [`capture`]: the `inet ambient` nftables table, ip rule and transparent
-//!   listeners;
+//!   listeners, and sidecar mode's `ip ambient_sidecar` REDIRECT table;
 //! - [`metrics`] (Istio names), [`accesslog`] (one JSON line per connection)
 //!   and [`admin`] (admin, metrics and readiness HTTP endpoints).
 //!
