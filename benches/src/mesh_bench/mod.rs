@@ -1,0 +1,96 @@
+//! The pure parts of the netns macro-benchmark (`mesh-bench`): how each mode
+//! is configured, the statistics, and the report. No sockets, no processes,
+//! no clock: the binary (`src/bin/mesh-bench.rs`) does the I/O.
+//!
+//! - [`envoy`]: the static bootstrap of an Envoy sidecar, shaped like the one
+//!   Istio generates (outbound 15001, inbound 15006, mutual TLS 1.3 with
+//!   SPIFFE SAN checks, SO_MARK on upstream sockets);
+//! - [`capture`]: the nat REDIRECT rules a sidecar needs inside its pod;
+//! - [`stats`]: percentiles, min/median/max, ratios;
+//! - [`report`]: the JSON document and the self-contained HTML report.
+
+pub mod capture;
+pub mod envoy;
+pub mod report;
+pub mod stats;
+
+use serde::{Deserialize, Serialize};
+
+/// Trust domain of every identity in the benchmark.
+pub const TRUST_DOMAIN: &str = "cluster.local";
+/// Kubernetes namespace of every benchmark pod.
+pub const NAMESPACE: &str = "bench";
+/// Mark a sidecar puts on its own sockets so capture skips them (DESIGN §4).
+pub const PROXY_MARK: u32 = 0x539;
+/// Sidecar outbound capture port.
+pub const OUTBOUND_PORT: u16 = 15001;
+/// Sidecar inbound capture port.
+pub const INBOUND_PORT: u16 = 15006;
+/// HBONE port (never captured inbound).
+pub const HBONE_PORT: u16 = 15008;
+/// Admin port (Envoy: `/ready`, `/stats`; localhost only).
+pub const ADMIN_PORT: u16 = 15000;
+/// Prometheus metrics port.
+pub const METRICS_PORT: u16 = 15020;
+/// Readiness port.
+pub const READINESS_PORT: u16 = 15021;
+
+/// The data paths compared, in the order they alternate within a repetition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Plain TCP pod to pod, no proxy.
+    NoMesh,
+    /// One `ztunnel --mode sidecar` per pod.
+    Sidecar,
+    /// One Envoy per pod, configured like an Istio sidecar.
+    Envoy,
+    /// One ztunnel per node.
+    Ambient,
+}
+
+impl Mode {
+    /// Every mode, in alternation order.
+    pub const ALL: [Mode; 4] = [Mode::NoMesh, Mode::Sidecar, Mode::Envoy, Mode::Ambient];
+
+    /// The JSON key (`no_mesh`, `sidecar`, `envoy`, `ambient`).
+    pub fn key(self) -> &'static str {
+        match self {
+            Mode::NoMesh => "no_mesh",
+            Mode::Sidecar => "sidecar",
+            Mode::Envoy => "envoy",
+            Mode::Ambient => "ambient",
+        }
+    }
+
+    /// A label for tables and charts.
+    pub fn label(self) -> &'static str {
+        match self {
+            Mode::NoMesh => "no mesh",
+            Mode::Sidecar => "ztunnel sidecar",
+            Mode::Envoy => "Envoy sidecar",
+            Mode::Ambient => "ambient",
+        }
+    }
+
+    /// Parses [`Mode::key`] (also `none` and `nomesh`).
+    pub fn parse(s: &str) -> Option<Mode> {
+        match s {
+            "no_mesh" | "nomesh" | "none" | "no-mesh" => Some(Mode::NoMesh),
+            "sidecar" => Some(Mode::Sidecar),
+            "envoy" => Some(Mode::Envoy),
+            "ambient" => Some(Mode::Ambient),
+            _ => None,
+        }
+    }
+
+    /// Whether traffic crosses a proxy in this mode.
+    pub fn is_meshed(self) -> bool {
+        self != Mode::NoMesh
+    }
+}
+
+/// `spiffe://cluster.local/ns/bench/sa/<service account>`.
+pub fn spiffe_uri(service_account: &str) -> String {
+    format!("spiffe://{TRUST_DOMAIN}/ns/{NAMESPACE}/sa/{service_account}")
+}
