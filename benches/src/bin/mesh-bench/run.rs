@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use mesh_benches::mesh_bench::envoy::{sum_stats, INBOUND_STAT_PREFIX, OUTBOUND_STAT_PREFIX};
-use mesh_benches::mesh_bench::report::{html, rss_id, startup_id, Meta, Report};
+use mesh_benches::mesh_bench::report::{html, pss_id, rss_id, startup_id, Meta, Report};
 use mesh_benches::mesh_bench::stats::{percentile, quantile_curve, sorted, Spread};
 use mesh_benches::mesh_bench::Mode;
 use mesh_tests::mesh::Mesh;
@@ -353,12 +353,14 @@ impl Bench<'_> {
                 1000
             }))
             .await;
-            let rss = running.rss_mib();
+            let mem = (running.rss_mib(), running.pss_mib());
             conns.check().await?;
-            Ok::<_, String>(rss)
+            Ok::<_, String>(mem)
         });
-        let rss = rss.map_err(|e| format!("{} idle connections at {n} pods: {e}", mode.label()))?;
+        let (rss, pss) =
+            rss.map_err(|e| format!("{} idle connections at {n} pods: {e}", mode.label()))?;
         self.push(&rss_id(n), mode, rss[0].max(rss[1]));
+        self.push(&pss_id(n), mode, pss[0].max(pss[1]));
         Ok(())
     }
 

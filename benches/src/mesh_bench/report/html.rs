@@ -4,7 +4,7 @@
 use std::fmt::Write;
 
 use super::svg::{self, escape, fmt_num, line_chart, Series, XAxis};
-use super::{figure_def, rss_id, startup_id, Report, FIGURES};
+use super::{figure_def, pss_id, rss_id, startup_id, Report, FIGURES};
 use crate::mesh_bench::stats::Spread;
 use crate::mesh_bench::Mode;
 
@@ -137,6 +137,7 @@ fn figure_ids(r: &Report) -> Vec<String> {
     let mut ids: Vec<String> = FIGURES.iter().map(|f| f.id.to_owned()).collect();
     for n in r.pod_counts() {
         ids.push(rss_id(n));
+        ids.push(pss_id(n));
     }
     let mut startups: Vec<usize> = r
         .figures

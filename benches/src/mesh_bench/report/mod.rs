@@ -143,6 +143,13 @@ pub fn rss_id(pods: usize) -> String {
     format!("proxy_rss_mib_per_node_{pods}_pods")
 }
 
+/// Figure id of the proportional set size (shared pages, such as the
+/// proxy binary's text, divided among the processes mapping them) of every
+/// proxy per node, the larger node, with `pods` pods per node.
+pub fn pss_id(pods: usize) -> String {
+    format!("proxy_pss_mib_per_node_{pods}_pods")
+}
+
 /// Figure id of the time until every proxy is ready with `pods` pods per node.
 pub fn startup_id(pods: usize) -> String {
     format!("startup_s_{pods}_pods")
@@ -157,6 +164,15 @@ pub fn figure_def(id: &str) -> Option<FigureDef> {
         return Some(fig(
             "proxy_rss",
             "total proxy RSS per node (larger node)",
+            "MiB",
+            Better::Lower,
+            false,
+        ));
+    }
+    if id.starts_with("proxy_pss_mib_per_node_") {
+        return Some(fig(
+            "proxy_pss",
+            "total proxy PSS per node (larger node)",
             "MiB",
             Better::Lower,
             false,

@@ -106,6 +106,7 @@ fn json_carries_figures_ratios_and_targets() {
 fn per_pod_count_figures_have_definitions() {
     assert_eq!(figure_def(&rss_id(25)).unwrap().unit, "MiB");
     assert_eq!(figure_def(&startup_id(25)).unwrap().unit, "s");
+    assert!(figure_def(&pss_id(25)).unwrap().label.contains("PSS"));
     assert!(figure_def("closed_p99_us").unwrap().latency);
     assert!(figure_def("nonsense").is_none());
 }
