@@ -207,8 +207,6 @@ pub fn fmt_num(v: f64) -> String {
     let a = v.abs();
     if a == 0.0 {
         "0".into()
-    } else if a >= 1000.0 {
-        format!("{v:.0}")
     } else if a >= 100.0 {
         format!("{v:.0}")
     } else if a >= 10.0 {
