@@ -33,6 +33,7 @@ struct Bench<'a> {
 pub fn run(opts: &Opts) -> Result<(), String> {
     let load_before = load_avg();
     let started_utc = utc_now();
+    let commit = git_commit();
     let mut not_run = BTreeMap::new();
     let mut modes = opts.modes.clone();
     if modes.contains(&Mode::Sidecar) {
@@ -127,7 +128,7 @@ pub fn run(opts: &Opts) -> Result<(), String> {
         command: std::env::args().collect::<Vec<_>>().join(" "),
         started_utc,
         elapsed_s: elapsed.as_secs_f64(),
-        git_commit: git_commit(),
+        git_commit: commit,
         machine: machine(opts),
         cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
         load_avg_before: load_before,
