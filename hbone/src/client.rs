@@ -328,7 +328,7 @@ impl HboneClient {
         let addr = key.via;
         let opts = DialOptions {
             mark: self.config.mark,
-            source_ip: key.source_ip,
+            source: key.source_ip.map(|ip| SocketAddr::new(ip, 0)),
             transparent: key.source_ip.is_some(),
         };
         let tcp = dial(addr, opts, self.config.connect_timeout)

@@ -3,7 +3,7 @@
 //! a non-local source address (`IP_TRANSPARENT`, so peers see the real pod).
 
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
@@ -13,8 +13,9 @@ use tokio::net::{TcpSocket, TcpStream};
 pub struct DialOptions {
     /// `SO_MARK` for the socket.
     pub mark: Option<u32>,
-    /// Bind to this source IP; with `transparent`, it may be a pod's address.
-    pub source_ip: Option<IpAddr>,
+    /// Bind to this source address (port 0: an ephemeral port); with
+    /// `transparent`, it may be a pod's address.
+    pub source: Option<SocketAddr>,
     pub transparent: bool,
 }
 
@@ -60,10 +61,10 @@ pub fn prepare(addr: SocketAddr, opts: DialOptions) -> io::Result<TcpSocket> {
             SocketAddr::V6(_) => sock.set_ip_transparent_v6(true)?,
         }
     }
-    if let Some(ip) = opts.source_ip {
+    if let Some(source) = opts.source {
         // Several sockets may share a spoofed source; the 4-tuple stays unique.
         sock.set_reuse_address(true)?;
-        sock.bind(&SockAddr::from(SocketAddr::new(ip, 0)))?;
+        sock.bind(&SockAddr::from(source))?;
     }
     Ok(TcpSocket::from_std_stream(sock.into()))
 }

@@ -190,6 +190,13 @@ async fn cross_node_traffic_is_hbone_encrypted_with_real_source_ip() {
     );
     assert_eq!(inb["dst.workload"], "bank/server");
     assert_eq!(inb["bytes_recv"], secret.len() as u64);
+    // ... and the app saw the client's own source port too, as without a mesh.
+    assert_eq!(
+        out["src.addr"],
+        peers[0].to_string(),
+        "the app's peer is the client's own address and port"
+    );
+    assert_eq!(inb["src.addr"], out["src.addr"]);
 
     let metrics = mesh.metrics(2);
     assert!(

@@ -175,12 +175,10 @@ impl Handler for HboneInbound {
 async fn handle_hbone(proxy: Arc<Proxy>, req: InboundRequest) {
     let snap = proxy.snapshot();
     let src_ip = req.peer_addr.ip();
-    // The client's own port, when the forwarded header agrees on the IP.
-    let src_addr = req
-        .meta
-        .client
-        .filter(|c| c.ip() == src_ip)
-        .unwrap_or(req.peer_addr);
+    // The client's own address, when the forwarded header agrees on the IP
+    // (not so behind a waypoint).
+    let client = req.meta.client.filter(|c| c.ip() == src_ip);
+    let src_addr = client.unwrap_or(req.peer_addr);
     let arrival = Arrival::Hbone {
         local: req.local_addr.ip(),
         peer: &req.peer,
@@ -216,7 +214,10 @@ async fn handle_hbone(proxy: Arc<Proxy>, req: InboundRequest) {
     info.dst = Some(dst.clone());
     let registration = register(&proxy, src_identity, src_ip, &dst, req.authority.port());
     let record = ConnRecord::open(&proxy.telemetry, info);
-    let app = match proxy.dial_as(src_ip, req.authority).await {
+    // From the client's own port when known: the client pod is on another
+    // node, so that tuple is free in this network namespace.
+    let from = SocketAddr::new(src_ip, client.map_or(0, |c| c.port()));
+    let app = match proxy.dial_as(from, req.authority).await {
         Ok(app) => app,
         Err(e) => {
             tracing::info!(dst = %req.authority, error = %e, "app unreachable");
@@ -361,7 +362,9 @@ async fn serve_tcp(
     };
     let registration = register(proxy, src_identity, src_ip, &dst, dst_addr.port());
     let record = ConnRecord::open(&proxy.telemetry, info);
-    let outcome = match proxy.dial_as(src_ip, dst_addr).await {
+    // An ephemeral port: the client's own tuple is this very connection's,
+    // held by the captured socket in this network namespace.
+    let outcome = match proxy.dial_as(SocketAddr::new(src_ip, 0), dst_addr).await {
         Ok(app) => relay(client, app, registration).await,
         Err(e) => {
             reset_on_close(&client);

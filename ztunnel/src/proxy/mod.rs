@@ -117,15 +117,37 @@ impl Proxy {
         self.round_robin.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Dial `dst` on behalf of a client at `src_ip`: marked, and leaving
-    /// from `src_ip` when spoofing is on.
-    pub async fn dial_as(&self, src_ip: IpAddr, dst: SocketAddr) -> Result<TcpStream, DialError> {
-        let opts = DialOptions {
+    /// Dial `dst` on behalf of a client at `src`: marked, and leaving from
+    /// `src` when spoofing is on. Port 0 picks an ephemeral port.
+    ///
+    /// A non-zero port is the client's own: the app then sees exactly the
+    /// 4-tuple it would without the mesh, and the port stays owned by the
+    /// client pod's port allocator. (An ephemeral port chosen here comes from
+    /// the node's port space; the TIME_WAIT it left in the server pod used
+    /// to stall a later direct connection of the client that happened to
+    /// pick the same port.) If that tuple is still taken here, for example
+    /// by our own TIME_WAIT from the previous connection on that port, the
+    /// dial falls back to an ephemeral port.
+    pub async fn dial_as(&self, src: SocketAddr, dst: SocketAddr) -> Result<TcpStream, DialError> {
+        let opts = |source: SocketAddr| DialOptions {
             mark: self.mark,
-            source_ip: self.spoof_source.then_some(src_ip),
+            source: self.spoof_source.then_some(source),
             transparent: self.spoof_source,
         };
-        dial(dst, opts, self.connect_timeout).await
+        if self.spoof_source && src.port() != 0 {
+            match dial(dst, opts(src), self.connect_timeout).await {
+                Err(e) if e.io_kind().is_some_and(port_taken) => {
+                    tracing::debug!(%src, %dst, error = %e, "client port taken here; dialling from an ephemeral port");
+                }
+                done => return done,
+            }
+        }
+        dial(
+            dst,
+            opts(SocketAddr::new(src.ip(), 0)),
+            self.connect_timeout,
+        )
+        .await
     }
 
     /// The source IP outbound tunnels leave from.
@@ -142,6 +164,14 @@ pub enum OrigDstSource {
     LocalAddr,
     /// `SO_ORIGINAL_DST` from conntrack: nat REDIRECT (sidecar mode).
     Conntrack,
+}
+
+/// The errors that mean "this source address and port are in use here".
+fn port_taken(kind: std::io::ErrorKind) -> bool {
+    matches!(
+        kind,
+        std::io::ErrorKind::AddrInUse | std::io::ErrorKind::AddrNotAvailable
+    )
 }
 
 /// Makes closing `sock` send a RST instead of a FIN, so a refused client

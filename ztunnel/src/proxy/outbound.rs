@@ -142,7 +142,7 @@ async fn handle_outbound(proxy: Arc<Proxy>, sock: TcpStream, peer: SocketAddr, _
             info.dst_addr = dst;
             info.security = Security::None;
             let record = ConnRecord::open(&proxy.telemetry, info);
-            let outcome = match proxy.dial_as(peer.ip(), dst).await {
+            let outcome = match proxy.dial_as(SocketAddr::new(peer.ip(), 0), dst).await {
                 Ok(mut upstream) => {
                     let mut sock = sock;
                     super::pipe(&mut sock, &mut upstream, std::future::pending()).await

@@ -50,7 +50,7 @@ impl tonic::codegen::Service<http::Uri> for MarkedConnector {
                 .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, host.clone()))?;
             let opts = DialOptions {
                 mark: Some(mark),
-                source_ip: None,
+                source: None,
                 transparent: false,
             };
             let stream = dial(addr, opts, CONNECT_TIMEOUT)
