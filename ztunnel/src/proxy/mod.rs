@@ -122,12 +122,9 @@ impl Proxy {
     ///
     /// A non-zero port is the client's own: the app then sees exactly the
     /// 4-tuple it would without the mesh, and the port stays owned by the
-    /// client pod's port allocator. (An ephemeral port chosen here comes from
-    /// the node's port space; the TIME_WAIT it left in the server pod used
-    /// to stall a later direct connection of the client that happened to
-    /// pick the same port.) If that tuple is still taken here, for example
-    /// by our own TIME_WAIT from the previous connection on that port, the
-    /// dial falls back to an ephemeral port.
+    /// client pod's port allocator rather than the node's. If that tuple is
+    /// still taken here, for example by our own TIME_WAIT from the previous
+    /// connection on that port, the dial falls back to an ephemeral port.
     pub async fn dial_as(&self, src: SocketAddr, dst: SocketAddr) -> Result<TcpStream, DialError> {
         let opts = |source: SocketAddr| DialOptions {
             mark: self.mark,
