@@ -134,6 +134,15 @@ impl Sidecars {
         self.running(pod).child.as_ref().map_or(0, ChildGuard::id)
     }
 
+    /// How many file descriptors `pod`'s sidecar holds open now
+    /// (`/proc/<pid>/fd`).
+    pub fn fd_count(&self, pod: &str) -> usize {
+        let dir = format!("/proc/{}/fd", self.pid(pod));
+        std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("reading {dir}: {e}"))
+            .count()
+    }
+
     /// Sends SIGTERM and waits (up to 15 s) for the exit status.
     pub fn terminate(&mut self, pod: &str) -> ExitStatus {
         let mut child = self

@@ -384,6 +384,68 @@ async fn strict_refuses_plaintext_and_permissive_allows_it() {
     );
 }
 
+/// A connection to the sidecar's own capture listeners (15001, 15006) on
+/// its pod's IP, from another pod or from the pod itself, is refused at
+/// once; forwarding it would land back on the sidecar, again and again,
+/// until the process ran out of file descriptors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_to_the_sidecars_own_listeners_is_refused_not_looped() {
+    if !require_root() {
+        return;
+    }
+    let topo = topology();
+    // PERMISSIVE: plaintext would otherwise be admitted and forwarded.
+    let (_mesh, sidecars) = start(
+        &topo,
+        &config(&topo, "PERMISSIVE", "[]"),
+        &[("server", "bank/server")],
+    );
+    let (plain, server) = (topo.pod("plain"), topo.pod("server"));
+    let fds_before = sidecars.fd_count("server");
+    for (from, port, path) in [
+        (plain, 15001, "inbound"),
+        (plain, 15006, "inbound"),
+        (server, 15001, "outbound"),
+        (server, 15006, "outbound"),
+    ] {
+        let dst = SocketAddr::from((server.ip, port));
+        let started = Instant::now();
+        let r = echo_through(&from.ns, dst, b"loop?").await;
+        let took = started.elapsed();
+        assert!(refused(&r), "{} -> {dst}: {r:?}", from.name);
+        assert!(
+            took < Duration::from_secs(3),
+            "{} -> {dst}: refused only after {took:?}",
+            from.name
+        );
+        let ev = sidecars.wait_event("server", "own-listener refusal", |e| {
+            e["direction"] == path && e["dst.addr"] == dst.to_string()
+        });
+        assert_eq!(ev["response_flags"], "CONNECT", "{ev}");
+        assert!(
+            ev["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("own listener")),
+            "{ev}"
+        );
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let fds_after = sidecars.fd_count("server");
+    assert!(
+        fds_after < fds_before + 50,
+        "the sidecar's fds went from {fds_before} to {fds_after}"
+    );
+    // Still serving: nothing was exhausted.
+    let _app = App::serve(&server.ns, SERVER_PORT);
+    eventually(
+        &plain.ns,
+        SocketAddr::from((server.ip, SERVER_PORT)),
+        true,
+        "the app after the refusals",
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traffic_to_a_non_mesh_destination_passes_through() {
     if !require_root() {

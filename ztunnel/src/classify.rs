@@ -92,6 +92,8 @@ pub enum ClassifyError {
     UnknownServicePort { service: String, port: u16 },
     #[error("service {service} has no endpoints")]
     NoEndpoints { service: String },
+    #[error("{0} is this sidecar's own listener; forwarding it would loop")]
+    OwnListener(SocketAddr),
 }
 
 impl ClassifyError {
@@ -102,6 +104,7 @@ impl ClassifyError {
             ClassifyError::SourceNotLocal { .. } => "source_not_local",
             ClassifyError::UnknownServicePort { .. } => "unknown_service_port",
             ClassifyError::NoEndpoints { .. } => "no_endpoints",
+            ClassifyError::OwnListener(_) => "own_listener",
         }
     }
 }
@@ -242,6 +245,7 @@ fn pick_endpoint<'a>(
 ///
 /// | Destination | Route |
 /// |---|---|
+/// | the served pod itself, or loopback, on one of `proxy_ports` (the sidecar's capture listeners) | [`ClassifyError::OwnListener`]: it would loop |
 /// | the served pod itself | [`Route::Passthrough`] |
 /// | pod, or VIP endpoint, that accepts HBONE (ambient, or `security.istio.io/tlsMode: istio`) | [`Route::Hbone`] to `podIP:15008`, `:authority` = `podIP:targetPort` |
 /// | anything else | [`Route::Passthrough`] (to the chosen endpoint for a VIP) |
@@ -251,12 +255,17 @@ pub fn classify_sidecar(
     snap: &Snapshot,
     served: &WorkloadName,
     orig_dst: SocketAddr,
+    proxy_ports: &[u16],
     pick: usize,
 ) -> Result<Route, ClassifyError> {
-    let source = Scope::Pod(served.clone())
+    let scope = Scope::Pod(served.clone());
+    let source = scope
         .pod(snap)
         .ok_or_else(|| ClassifyError::UnknownWorkload(served.to_string()))?
         .clone();
+    if scope.is_own_listener(snap, orig_dst, proxy_ports) {
+        return Err(ClassifyError::OwnListener(orig_dst));
+    }
     let (dest, dst, host) = match snap.service_by_vip(orig_dst.ip()) {
         Some(svc) => {
             let (dest, dst) = pick_endpoint(snap, svc, orig_dst, pick)?;
@@ -455,6 +464,9 @@ mod tests {
         assert_eq!(cases[3].3.reason(), "source_not_local");
     }
 
+    /// A sidecar's capture listeners (outbound, inbound plaintext).
+    const PROXY_PORTS: &[u16] = &[15001, 15006];
+
     const SIDECARS: &str = r#"
 nodes: [{name: node1, ip: 10.0.0.1}, {name: node2, ip: 10.0.0.2}]
 namespaces:
@@ -499,17 +511,28 @@ services:
             ("10.1.1.40:80", "passthrough 10.1.1.40:80"),
             ("10.96.0.40:80", "passthrough 10.1.1.40:8080"),
             ("8.8.8.8:443", "passthrough 8.8.8.8:443"),
-            // The served pod itself.
+            // The served pod itself, and its other proxy-looking ports.
             ("10.1.1.10:8080", "passthrough 10.1.1.10:8080"),
+            ("10.1.1.10:15008", "passthrough 10.1.1.10:15008"),
+            // Another pod's 15001 is not ours.
+            ("10.1.1.40:15001", "passthrough 10.1.1.40:15001"),
         ];
         for (dst, want) in cases {
-            let route = classify_sidecar(&snap, &served, dst.parse().unwrap(), 0).unwrap();
+            let route =
+                classify_sidecar(&snap, &served, dst.parse().unwrap(), PROXY_PORTS, 0).unwrap();
             assert_eq!(describe(&route), *want, "{dst}");
             assert_eq!(route.source().name, "client", "{dst}");
         }
         // A plain pod with a sidecar still tunnels to meshed destinations.
         let plain: WorkloadName = "legacy/plain".parse().unwrap();
-        let route = classify_sidecar(&snap, &plain, "10.1.2.10:8080".parse().unwrap(), 0).unwrap();
+        let route = classify_sidecar(
+            &snap,
+            &plain,
+            "10.1.2.10:8080".parse().unwrap(),
+            PROXY_PORTS,
+            0,
+        )
+        .unwrap();
         assert_eq!(
             describe(&route),
             "hbone via=10.1.2.10:15008 auth=10.1.2.10:8080 expect=server host=-"
@@ -540,13 +563,30 @@ services:
                     service: "mesh/empty".into(),
                 },
             ),
+            // Its own capture listeners, on its IP or loopback: a loop.
+            (
+                "mesh/client",
+                "10.1.1.10:15001",
+                ClassifyError::OwnListener("10.1.1.10:15001".parse().unwrap()),
+            ),
+            (
+                "mesh/client",
+                "10.1.1.10:15006",
+                ClassifyError::OwnListener("10.1.1.10:15006".parse().unwrap()),
+            ),
+            (
+                "mesh/client",
+                "127.0.0.1:15001",
+                ClassifyError::OwnListener("127.0.0.1:15001".parse().unwrap()),
+            ),
         ];
         for (served, dst, want) in cases {
             let served: WorkloadName = served.parse().unwrap();
-            let got = classify_sidecar(&snap, &served, dst.parse().unwrap(), 0);
+            let got = classify_sidecar(&snap, &served, dst.parse().unwrap(), PROXY_PORTS, 0);
             assert_eq!(got.as_ref().unwrap_err(), want, "{served} -> {dst}");
         }
         assert_eq!(cases[0].2.reason(), "unknown_source");
+        assert_eq!(cases[3].2.reason(), "own_listener");
     }
 
     proptest::proptest! {

@@ -72,6 +72,13 @@ pub struct Listeners {
     pub readiness: SocketAddr,
 }
 
+impl Listeners {
+    /// The ports traffic is captured to: outbound, then inbound plaintext.
+    pub fn capture_ports(&self) -> Vec<u16> {
+        vec![self.outbound.port(), self.inbound_plaintext.port()]
+    }
+}
+
 impl Default for Listeners {
     fn default() -> Self {
         let p = |s: &str| s.parse().expect("constant address");
@@ -300,6 +307,7 @@ async fn serve_captured(
         telemetry,
         shared.drain.clone(),
         cfg.capture,
+        cfg.listeners.capture_ports(),
     );
     let controller = Arc::new(Controller {
         node: cfg.node.clone(),

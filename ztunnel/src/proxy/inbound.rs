@@ -38,6 +38,8 @@ pub enum Refusal {
     AuthorityMismatch { authority: IpAddr, arrived: IpAddr },
     #[error("{0} is not a workload this proxy serves")]
     NotLocal(IpAddr),
+    #[error("{0} is this sidecar's own listener; forwarding it would loop")]
+    OwnListener(SocketAddr),
     #[error("namespace {0} requires mutual TLS; plaintext refused")]
     StrictMtls(String),
     #[error("{0}")]
@@ -48,7 +50,9 @@ impl Refusal {
     /// The HBONE response status (DESIGN §3).
     pub fn status(&self) -> StatusCode {
         match self {
-            Refusal::AuthorityMismatch { .. } | Refusal::NotLocal(_) => StatusCode::BAD_REQUEST,
+            Refusal::AuthorityMismatch { .. } | Refusal::NotLocal(_) | Refusal::OwnListener(_) => {
+                StatusCode::BAD_REQUEST
+            }
             Refusal::StrictMtls(_) | Refusal::Denied(_) => StatusCode::UNAUTHORIZED,
         }
     }
@@ -56,7 +60,9 @@ impl Refusal {
     /// `response_flags` for metrics and the access log.
     pub fn flags(&self) -> &'static str {
         match self {
-            Refusal::AuthorityMismatch { .. } | Refusal::NotLocal(_) => FLAG_CONNECT,
+            Refusal::AuthorityMismatch { .. } | Refusal::NotLocal(_) | Refusal::OwnListener(_) => {
+                FLAG_CONNECT
+            }
             Refusal::StrictMtls(_) | Refusal::Denied(_) => FLAG_DENY,
         }
     }
@@ -66,11 +72,14 @@ impl Refusal {
 /// destination must be a workload in `scope` (an ambient pod on the node,
 /// or the sidecar's own pod; for HBONE, the very pod the connection was
 /// addressed to), STRICT namespaces refuse plaintext, and L4 policy must
-/// allow it. Returns the destination workload and the source identity that
-/// was authorized. Pure.
+/// allow it. A sidecar refuses its own `proxy_ports` (the capture
+/// listeners) on its pod's IP or loopback: dialling them would loop back
+/// into itself. Returns the destination workload and the source identity
+/// that was authorized. Pure.
 pub fn admit(
     snap: &Snapshot,
     scope: &Scope,
+    proxy_ports: &[u16],
     arrival: Arrival<'_>,
     src_ip: IpAddr,
     dst: SocketAddr,
@@ -82,6 +91,9 @@ pub fn admit(
                 arrived: local,
             });
         }
+    }
+    if scope.is_own_listener(snap, dst, proxy_ports) {
+        return Err(Refusal::OwnListener(dst));
     }
     let workload = snap
         .workload_by_ip(dst.ip())
@@ -195,7 +207,14 @@ async fn handle_hbone(proxy: Arc<Proxy>, req: InboundRequest) {
         service: req.meta.host.clone(),
         security: Security::MutualTls,
     };
-    let (dst, src_identity) = match admit(&snap, &proxy.scope, arrival, src_ip, req.authority) {
+    let (dst, src_identity) = match admit(
+        &snap,
+        &proxy.scope,
+        &proxy.listener_ports,
+        arrival,
+        src_ip,
+        req.authority,
+    ) {
         Ok(admitted) => admitted,
         Err(refusal) => {
             tracing::info!(src = %src_addr, peer = %req.peer, dst = %req.authority, reason = %refusal, "inbound HBONE refused");
@@ -349,7 +368,14 @@ async fn serve_tcp(
     info: ConnInfo,
 ) -> Outcome {
     let (src_ip, dst_addr) = (info.src_addr.ip(), info.dst_addr);
-    let (dst, src_identity) = match admit(snap, &proxy.scope, arrival, src_ip, dst_addr) {
+    let (dst, src_identity) = match admit(
+        snap,
+        &proxy.scope,
+        &proxy.listener_ports,
+        arrival,
+        src_ip,
+        dst_addr,
+    ) {
         Ok(admitted) => admitted,
         Err(refusal) => {
             tracing::info!(src = %info.src_addr, dst = %dst_addr, ?arrival, reason = %refusal, "inbound connection refused");

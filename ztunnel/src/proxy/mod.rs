@@ -58,6 +58,10 @@ pub struct Proxy {
     pub spoof_source: bool,
     /// Where a captured connection's original destination is read from.
     pub orig_dst: OrigDstSource,
+    /// The ports of the capture listeners (outbound, inbound plaintext):
+    /// a sidecar refuses to forward to them on its own pod
+    /// ([`Scope::is_own_listener`]).
+    pub listener_ports: Vec<u16>,
     round_robin: AtomicUsize,
 }
 
@@ -76,6 +80,7 @@ impl Proxy {
         telemetry: Telemetry,
         drain: Drain,
         capture: bool,
+        listener_ports: Vec<u16>,
     ) -> Arc<Self> {
         let sidecar = scope.is_sidecar();
         Arc::new(Proxy {
@@ -95,6 +100,7 @@ impl Proxy {
             } else {
                 OrigDstSource::LocalAddr
             },
+            listener_ports,
             round_robin: AtomicUsize::new(0),
         })
     }

@@ -63,7 +63,7 @@ async fn handle_outbound(proxy: Arc<Proxy>, sock: TcpStream, peer: SocketAddr, _
             snap.workload_by_ip(peer.ip()).cloned(),
         ),
         Scope::Pod(pod) => (
-            classify_sidecar(&snap, pod, orig_dst, pick),
+            classify_sidecar(&snap, pod, orig_dst, &proxy.listener_ports, pick),
             proxy.scope.pod(&snap).cloned(),
         ),
     };

@@ -4,6 +4,7 @@
 //! and held, and which outbound sources are accepted.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::{Snapshot, Workload};
@@ -79,6 +80,22 @@ impl Scope {
         }
     }
 
+    /// Whether `dst` is one of this sidecar's own listeners: a port of
+    /// `proxy_ports` on the served pod's IP or on loopback. Forwarding to it
+    /// would land back on the proxy, which would forward it again, without
+    /// end (a marked dial is not redirected, and `SO_ORIGINAL_DST` of an
+    /// unredirected connection is its own destination). Always `false` in
+    /// node mode, whose listeners are not in the pods. Pure.
+    pub fn is_own_listener(&self, snap: &Snapshot, dst: SocketAddr, proxy_ports: &[u16]) -> bool {
+        if !self.is_sidecar() || !proxy_ports.contains(&dst.port()) {
+            return false;
+        }
+        let ip = dst.ip();
+        ip.is_loopback()
+            || ip.is_unspecified()
+            || self.pod(snap).is_some_and(|w| w.ips.contains(&ip))
+    }
+
     /// Whether this is sidecar mode.
     pub fn is_sidecar(&self) -> bool {
         matches!(self, Scope::Pod(_))
@@ -130,6 +147,41 @@ workloads:
                 .map(|w| w.name.as_str())
                 .collect();
             assert_eq!(got, want, "{scope}");
+        }
+    }
+
+    #[test]
+    fn own_listeners_are_the_served_pods_proxy_ports() {
+        let snap = config::parse(
+            r#"
+nodes: [{name: n1, ip: 10.0.0.1}]
+namespaces: [{name: bank}]
+workloads:
+  - {name: s, namespace: bank, ip: 10.1.1.11, node: n1}
+  - {name: t, namespace: bank, ip: 10.1.1.12, node: n1}
+"#,
+        )
+        .unwrap();
+        let ports = [15001, 15006];
+        let pod = Scope::Pod("bank/s".parse().unwrap());
+        let node = Scope::Node("n1".into());
+        let cases = [
+            (&pod, "10.1.1.11:15001", true),
+            (&pod, "10.1.1.11:15006", true),
+            (&pod, "127.0.0.1:15001", true),
+            (&pod, "127.0.0.53:15006", true),
+            (&pod, "0.0.0.0:15006", true),
+            (&pod, "[::1]:15001", true),
+            (&pod, "10.1.1.11:8080", false),
+            (&pod, "10.1.1.11:15008", false),
+            (&pod, "127.0.0.1:8080", false),
+            (&pod, "10.1.1.12:15001", false),
+            (&node, "10.1.1.11:15001", false),
+            (&node, "127.0.0.1:15006", false),
+        ];
+        for (scope, dst, want) in cases {
+            let got = scope.is_own_listener(&snap, dst.parse().unwrap(), &ports);
+            assert_eq!(got, want, "{scope} {dst}");
         }
     }
 

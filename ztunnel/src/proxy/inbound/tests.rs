@@ -26,6 +26,9 @@ policies:
     rules: [{from: [{source: {namespaces: [shop]}}]}]
 "#;
 
+/// The capture listeners' ports (outbound, inbound plaintext).
+const PROXY_PORTS: &[u16] = &[15001, 15006];
+
 fn node1() -> Scope {
     Scope::Node("n1".into())
 }
@@ -133,7 +136,8 @@ fn admit_table() {
         ),
     ];
     for (name, arrival, dst, want) in cases {
-        let got = admit(&snap, &node1(), arrival, src, addr(dst)).map(|(w, _)| w.name.clone());
+        let got = admit(&snap, &node1(), PROXY_PORTS, arrival, src, addr(dst))
+            .map(|(w, _)| w.name.clone());
         assert_eq!(got, want.map(str::to_owned), "{name}");
     }
 }
@@ -204,9 +208,45 @@ fn sidecar_admits_only_its_own_pod() {
             "10.1.1.41:8080",
             Ok("side"),
         ),
+        (
+            "plaintext to the sidecar's own outbound listener would loop",
+            pod("legacy/side"),
+            Arrival::Plaintext,
+            "10.1.1.41:15001",
+            Err(Refusal::OwnListener(addr("10.1.1.41:15001"))),
+        ),
+        (
+            "plaintext to its own inbound listener would loop",
+            pod("legacy/side"),
+            Arrival::Plaintext,
+            "10.1.1.41:15006",
+            Err(Refusal::OwnListener(addr("10.1.1.41:15006"))),
+        ),
+        (
+            "HBONE to its own listener would loop too",
+            pod("legacy/side"),
+            hbone("10.1.1.41", &client),
+            "10.1.1.41:15006",
+            Err(Refusal::OwnListener(addr("10.1.1.41:15006"))),
+        ),
+        (
+            "loopback on a listener port",
+            pod("legacy/side"),
+            Arrival::Plaintext,
+            "127.0.0.1:15001",
+            Err(Refusal::OwnListener(addr("127.0.0.1:15001"))),
+        ),
+        (
+            "node mode: the pod's 15001 is the app's, not ztunnel's",
+            node1(),
+            Arrival::Plaintext,
+            "10.1.1.40:15001",
+            Err(Refusal::NotLocal(ip("10.1.1.40"))),
+        ),
     ];
     for (name, scope, arrival, dst, want) in cases {
-        let got = admit(&snap, &scope, arrival, src, addr(dst)).map(|(w, _)| w.name.clone());
+        let got =
+            admit(&snap, &scope, PROXY_PORTS, arrival, src, addr(dst)).map(|(w, _)| w.name.clone());
         assert_eq!(got, want.map(str::to_owned), "{name}");
     }
 }
@@ -217,6 +257,7 @@ fn plaintext_into_permissive_without_policy_is_allowed_without_identity() {
     let (w, identity) = admit(
         &snap,
         &node1(),
+        PROXY_PORTS,
         Arrival::Plaintext,
         "10.1.1.40".parse().unwrap(),
         addr("10.1.1.11:8080"),
@@ -239,6 +280,11 @@ fn refusals_map_to_design_statuses_and_flags() {
                 authority: "10.0.0.9".parse().unwrap(),
                 arrived: "10.0.0.8".parse().unwrap(),
             },
+            StatusCode::BAD_REQUEST,
+            "CONNECT",
+        ),
+        (
+            Refusal::OwnListener("10.0.0.9:15006".parse().unwrap()),
             StatusCode::BAD_REQUEST,
             "CONNECT",
         ),
