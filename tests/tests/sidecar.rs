@@ -446,6 +446,42 @@ async fn a_connection_to_the_sidecars_own_listeners_is_refused_not_looped() {
     .await;
 }
 
+/// Kubelet probes come from the node's own IP and are not captured
+/// (DESIGN §4), so STRICT does not refuse them; another pod's plaintext
+/// still is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_from_the_node_reach_the_app_in_a_strict_namespace() {
+    if !require_root() {
+        return;
+    }
+    let topo = topology();
+    let (_mesh, _sidecars) = start(
+        &topo,
+        &config(&topo, "STRICT", "[]"),
+        &[("server", "bank/server")],
+    );
+    let (node, plain, server) = (topo.node(2), topo.pod("plain"), topo.pod("server"));
+    let app = App::serve(&server.ns, SERVER_PORT);
+    let dst = SocketAddr::from((server.ip, SERVER_PORT));
+    let data = payload(1024);
+    let back = echo_through(&node.ns, dst, &data)
+        .await
+        .expect("probe from the node");
+    assert_eq!(back, data);
+    let peers = app.peers();
+    assert_eq!(peers.len(), 1, "{peers:?}");
+    assert_eq!(peers[0].ip(), IpAddr::V4(node.ip), "straight from the node");
+
+    let r = echo_through(&plain.ns, dst, b"plaintext into STRICT").await;
+    assert!(refused(&r), "STRICT let another pod's plaintext in: {r:?}");
+    assert_eq!(
+        app.peers().len(),
+        1,
+        "the app was reached by {:?}",
+        app.peers()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traffic_to_a_non_mesh_destination_passes_through() {
     if !require_root() {

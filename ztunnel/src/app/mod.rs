@@ -244,7 +244,11 @@ async fn serve(run: Run, snap: Snapshot) -> Result<(), AppError> {
             Some(Arc::new(Mutex::new(installed)))
         }
         (true, true) => {
-            tokio::task::spawn_blocking(|| sidecar::install(&sidecar::SidecarRules::default()))
+            let rules = sidecar::SidecarRules {
+                inbound_exempt_sources: node_ips(&snap, &cfg.node),
+                ..sidecar::SidecarRules::default()
+            };
+            tokio::task::spawn_blocking(move || sidecar::install(&rules))
                 .await
                 .expect("capture install task panicked")
                 .map_err(AppError::Capture)?;
@@ -265,6 +269,19 @@ async fn serve(run: Run, snap: Snapshot) -> Result<(), AppError> {
         }
     }
     result
+}
+
+/// The IPv4 address of `node` from the config's node list, which a sidecar
+/// leaves uncaptured (kubelet probes). Over xDS nodes carry no address:
+/// then nothing is exempt, and a warning says so.
+fn node_ips(snap: &Snapshot, node: &str) -> Vec<std::net::Ipv4Addr> {
+    match snap.node(node).map(|n| n.ip) {
+        Some(std::net::IpAddr::V4(ip)) => vec![ip],
+        other => {
+            tracing::warn!(node, ip = ?other, "no IPv4 address known for this node; probes from it will be captured (and refused in STRICT namespaces)");
+            Vec::new()
+        }
+    }
 }
 
 async fn serve_captured(

@@ -10,6 +10,8 @@
 //! The original destination is then read with `SO_ORIGINAL_DST`
 //! ([`super::redirected_orig_dst`]).
 
+use std::net::Ipv4Addr;
+
 use super::rules::{HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT, ZTUNNEL_MARK};
 use super::{apply_nft, CaptureError};
 
@@ -37,6 +39,10 @@ pub struct SidecarRules {
     /// Incoming TCP to these ports is delivered as is (HBONE, admin,
     /// metrics, readiness).
     pub inbound_exclude: Vec<u16>,
+    /// Incoming TCP from these addresses is delivered as is: the node's own
+    /// IP, whence kubelet probes come (DESIGN §4: not captured, so STRICT
+    /// cannot refuse them).
+    pub inbound_exempt_sources: Vec<Ipv4Addr>,
 }
 
 impl Default for SidecarRules {
@@ -46,6 +52,7 @@ impl Default for SidecarRules {
             inbound_port: INBOUND_PLAINTEXT_PORT,
             mark: ZTUNNEL_MARK,
             inbound_exclude: vec![HBONE_PORT, ADMIN_PORT, METRICS_PORT, READINESS_PORT],
+            inbound_exempt_sources: Vec::new(),
         }
     }
 }
@@ -65,8 +72,9 @@ const MID_STREAM: &str = "tcp flags & (fin | syn | rst | ack) != syn";
 ///   SYN (connections open before the table), the proxy's own marked
 ///   packets and anything to 127.0.0.0/8 pass; other TCP →
 ///   `redirect to :outbound_port`;
-/// - prerouting (nat, priority -100, dstnat): non-TCP, non-SYN and TCP to an
-///   excluded port pass; other TCP → `redirect to :inbound_port`.
+/// - prerouting (nat, priority -100, dstnat): non-TCP, non-SYN, TCP from an
+///   exempt source (the node: kubelet probes) and TCP to an excluded port
+///   pass; other TCP → `redirect to :inbound_port`.
 ///
 /// Pure.
 pub fn ruleset(rules: &SidecarRules) -> String {
@@ -75,12 +83,22 @@ pub fn ruleset(rules: &SidecarRules) -> String {
         inbound_port,
         mark,
         inbound_exclude,
+        inbound_exempt_sources,
     } = rules;
     let excluded: Vec<String> = inbound_exclude.iter().map(u16::to_string).collect();
     let exclude = if excluded.is_empty() {
         String::new()
     } else {
         format!("\t\ttcp dport {{ {} }} return\n", excluded.join(", "))
+    };
+    let exempt: Vec<String> = inbound_exempt_sources
+        .iter()
+        .map(Ipv4Addr::to_string)
+        .collect();
+    let exempt = if exempt.is_empty() {
+        String::new()
+    } else {
+        format!("\t\tip saddr {{ {} }} return\n", exempt.join(", "))
     };
     format!(
         "table {FAMILY} {TABLE} {{}}\n\
@@ -98,6 +116,7 @@ pub fn ruleset(rules: &SidecarRules) -> String {
          \t\ttype nat hook prerouting priority -100; policy accept;\n\
          \t\tmeta l4proto != tcp return\n\
          \t\t{MID_STREAM} return\n\
+         {exempt}\
          {exclude}\
          \t\tmeta l4proto tcp redirect to :{inbound_port}\n\
          \t}}\n\
@@ -153,17 +172,37 @@ table ip ambient_sidecar {
     }
 
     #[test]
+    fn node_ips_are_exempt_from_inbound_capture() {
+        let text = ruleset(&SidecarRules {
+            inbound_exempt_sources: vec![Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(10, 0, 0, 9)],
+            ..SidecarRules::default()
+        });
+        let prerouting = text.split("chain prerouting").nth(1).expect("prerouting");
+        let want = "\
+\t\ttcp flags & (fin | syn | rst | ack) != syn return
+\t\tip saddr { 10.0.0.2, 10.0.0.9 } return
+\t\ttcp dport { 15008, 15000, 15020, 15021 } return
+\t\tmeta l4proto tcp redirect to :15006
+";
+        assert!(prerouting.contains(want), "{text}");
+        let output = text.split("chain prerouting").next().expect("output");
+        assert!(!output.contains("saddr"), "probes are inbound only: {text}");
+    }
+
+    #[test]
     fn custom_ports_and_no_exclusions() {
         let text = ruleset(&SidecarRules {
             outbound_port: 16001,
             inbound_port: 16006,
             mark: 0x1,
             inbound_exclude: vec![],
+            inbound_exempt_sources: vec![],
         });
         assert!(text.contains("meta mark 0x1 return"), "{text}");
         assert!(text.contains("redirect to :16001"), "{text}");
         assert!(text.contains("redirect to :16006"), "{text}");
         assert!(!text.contains("dport {"), "{text}");
+        assert!(!text.contains("saddr"), "{text}");
     }
 
     #[test]
