@@ -77,6 +77,25 @@ impl Listeners {
     pub fn capture_ports(&self) -> Vec<u16> {
         vec![self.outbound.port(), self.inbound_plaintext.port()]
     }
+
+    /// Sidecar capture to these listeners: REDIRECT to the outbound and
+    /// inbound plaintext ports; HBONE, admin, metrics and readiness
+    /// delivered as is; nothing from `exempt_sources` (the node) captured.
+    /// Pure.
+    pub fn sidecar_rules(&self, exempt_sources: Vec<std::net::Ipv4Addr>) -> sidecar::SidecarRules {
+        sidecar::SidecarRules {
+            outbound_port: self.outbound.port(),
+            inbound_port: self.inbound_plaintext.port(),
+            mark: crate::capture::rules::ZTUNNEL_MARK,
+            inbound_exclude: vec![
+                self.hbone.port(),
+                self.admin.port(),
+                self.metrics.port(),
+                self.readiness.port(),
+            ],
+            inbound_exempt_sources: exempt_sources,
+        }
+    }
 }
 
 impl Default for Listeners {
@@ -244,10 +263,7 @@ async fn serve(run: Run, snap: Snapshot) -> Result<(), AppError> {
             Some(Arc::new(Mutex::new(installed)))
         }
         (true, true) => {
-            let rules = sidecar::SidecarRules {
-                inbound_exempt_sources: node_ips(&snap, &cfg.node),
-                ..sidecar::SidecarRules::default()
-            };
+            let rules = cfg.listeners.sidecar_rules(node_ips(&snap, &cfg.node));
             tokio::task::spawn_blocking(move || sidecar::install(&rules))
                 .await
                 .expect("capture install task panicked")
@@ -546,3 +562,6 @@ fn admin_route(shared: &Shared, controller: &Arc<Controller>) -> Route {
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     })
 }
+
+#[cfg(test)]
+mod tests;

@@ -7,24 +7,20 @@
 //!   the identical rules with `ip netns exec <pod> nft -f -`;
 //! - [`install`] and [`remove`] apply it in the calling thread's namespace.
 //!
+//! ztunnel builds its [`SidecarRules`] from its listener flags
+//! (`crate::app::Listeners::sidecar_rules`).
+//!
 //! The original destination is then read with `SO_ORIGINAL_DST`
 //! ([`super::redirected_orig_dst`]).
 
 use std::net::Ipv4Addr;
 
-use super::rules::{HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT, ZTUNNEL_MARK};
 use super::{apply_nft, CaptureError};
 
 /// The table sidecar capture owns.
 pub const TABLE: &str = "ambient_sidecar";
 /// Its family: nat REDIRECT of IPv4 (pods are IPv4-only for now).
 pub const FAMILY: &str = "ip";
-/// Admin port (localhost only, but excluded all the same).
-pub const ADMIN_PORT: u16 = 15000;
-/// Prometheus metrics.
-pub const METRICS_PORT: u16 = 15020;
-/// Readiness.
-pub const READINESS_PORT: u16 = 15021;
 
 /// What the rules redirect, and what they leave alone.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,18 +39,6 @@ pub struct SidecarRules {
     /// IP, whence kubelet probes come (DESIGN §4: not captured, so STRICT
     /// cannot refuse them).
     pub inbound_exempt_sources: Vec<Ipv4Addr>,
-}
-
-impl Default for SidecarRules {
-    fn default() -> Self {
-        SidecarRules {
-            outbound_port: OUTBOUND_PORT,
-            inbound_port: INBOUND_PLAINTEXT_PORT,
-            mark: ZTUNNEL_MARK,
-            inbound_exclude: vec![HBONE_PORT, ADMIN_PORT, METRICS_PORT, READINESS_PORT],
-            inbound_exempt_sources: Vec::new(),
-        }
-    }
 }
 
 /// Matches TCP packets other than a connection's opening SYN. Connections
@@ -145,6 +129,17 @@ pub fn remove() -> Result<(), CaptureError> {
 mod tests {
     use super::*;
 
+    /// The listeners' default ports (DESIGN §2) and ztunnel's mark.
+    fn default_rules() -> SidecarRules {
+        SidecarRules {
+            outbound_port: 15001,
+            inbound_port: 15006,
+            mark: 0x539,
+            inbound_exclude: vec![15008, 15000, 15020, 15021],
+            inbound_exempt_sources: vec![],
+        }
+    }
+
     #[test]
     fn default_ruleset_text() {
         let want = "\
@@ -168,14 +163,14 @@ table ip ambient_sidecar {
 \t}
 }
 ";
-        assert_eq!(ruleset(&SidecarRules::default()), want);
+        assert_eq!(ruleset(&default_rules()), want);
     }
 
     #[test]
     fn node_ips_are_exempt_from_inbound_capture() {
         let text = ruleset(&SidecarRules {
             inbound_exempt_sources: vec![Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(10, 0, 0, 9)],
-            ..SidecarRules::default()
+            ..default_rules()
         });
         let prerouting = text.split("chain prerouting").nth(1).expect("prerouting");
         let want = "\

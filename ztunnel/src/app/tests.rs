@@ -1,0 +1,35 @@
+use super::*;
+
+#[test]
+fn sidecar_rules_follow_the_listener_flags() {
+    let default = Listeners::default().sidecar_rules(vec![]);
+    assert_eq!(default.outbound_port, 15001);
+    assert_eq!(default.inbound_port, 15006);
+    assert_eq!(default.inbound_exclude, [15008, 15000, 15020, 15021]);
+    let p = |s: &str| s.parse().unwrap();
+    let moved = Listeners {
+        outbound: p("0.0.0.0:16001"),
+        inbound_plaintext: p("0.0.0.0:16006"),
+        hbone: p("0.0.0.0:16008"),
+        admin: p("127.0.0.1:16000"),
+        metrics: p("0.0.0.0:16020"),
+        readiness: p("0.0.0.0:16021"),
+    };
+    let rules = moved.sidecar_rules(vec!["10.0.0.2".parse().unwrap()]);
+    assert_eq!(rules.outbound_port, 16001);
+    assert_eq!(rules.inbound_port, 16006);
+    assert_eq!(rules.inbound_exclude, [16008, 16000, 16020, 16021]);
+    assert_eq!(
+        rules.inbound_exempt_sources,
+        ["10.0.0.2".parse::<std::net::Ipv4Addr>().unwrap()]
+    );
+    assert_eq!(rules.mark, crate::capture::rules::ZTUNNEL_MARK);
+    assert_eq!(moved.capture_ports(), [16001, 16006]);
+    let text = sidecar::ruleset(&rules);
+    assert!(text.contains("redirect to :16001"), "{text}");
+    assert!(text.contains("redirect to :16006"), "{text}");
+    assert!(
+        text.contains("tcp dport { 16008, 16000, 16020, 16021 } return"),
+        "{text}"
+    );
+}
