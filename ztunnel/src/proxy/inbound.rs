@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::conns::{Authorized, Registration};
 use super::record::{ConnInfo, ConnRecord, Outcome, Security, FLAG_CONNECT, FLAG_DENY};
-use super::{reset_on_close, Proxy};
+use super::{refuse_unknown_orig_dst, reset_on_close, Proxy};
 use crate::accesslog::Direction;
 use crate::policy::{authorize, ConnCtx, Decision, Denial};
 use crate::state::{MtlsMode, Scope, Snapshot, Workload};
@@ -298,8 +298,9 @@ pub async fn serve_plaintext(proxy: Arc<Proxy>, listener: TcpListener) {
 }
 
 async fn handle_plaintext(proxy: Arc<Proxy>, sock: TcpStream, peer: SocketAddr, _drain: Watch) {
-    let Ok(dst_addr) = proxy.orig_dst(&sock) else {
-        return;
+    let dst_addr = match proxy.orig_dst(&sock) {
+        Ok(dst) => dst,
+        Err(e) => return refuse_unknown_orig_dst(&proxy, &sock, Direction::Inbound, peer, &e),
     };
     let snap = proxy.snapshot();
     let info = tcp_info(&snap, peer, None, dst_addr, None, Security::None);

@@ -28,6 +28,7 @@ use hbone::socket::{dial, DialError, DialOptions};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use crate::accesslog::Direction;
 use crate::capture::rules::ZTUNNEL_MARK;
 use crate::state::{Scope, Snapshot};
 use conns::Connections;
@@ -177,6 +178,42 @@ fn port_taken(kind: std::io::ErrorKind) -> bool {
     )
 }
 
+/// A captured connection whose original destination cannot be read (say,
+/// no conntrack entry for a REDIRECT): logged, reset, and recorded as
+/// refused (`CONNECT`) with the listener's own address as its destination,
+/// so it never vanishes silently.
+pub fn refuse_unknown_orig_dst(
+    proxy: &Proxy,
+    sock: &TcpStream,
+    direction: Direction,
+    peer: SocketAddr,
+    err: &std::io::Error,
+) {
+    let local = sock.local_addr().unwrap_or(peer);
+    tracing::info!(src = %peer, listener = %local, ?direction, error = %err, "original destination unknown; connection refused");
+    reset_on_close(sock);
+    let snap = proxy.snapshot();
+    let info = record::ConnInfo {
+        direction,
+        src_addr: peer,
+        src: snap.workload_by_ip(peer.ip()).cloned(),
+        src_identity: None,
+        dst_addr: local,
+        dst_hbone_addr: None,
+        dst: None,
+        dst_identity: None,
+        service: None,
+        security: record::Security::None,
+    };
+    let outcome =
+        record::Outcome::failed(record::FLAG_CONNECT, format!("{ORIG_DST_UNKNOWN}: {err}"));
+    record::ConnRecord::refused(&proxy.telemetry, info, outcome);
+}
+
+/// The access-log `error` of a connection whose original destination could
+/// not be read.
+pub const ORIG_DST_UNKNOWN: &str = "original destination unknown";
+
 /// Makes closing `sock` send a RST instead of a FIN, so a refused client
 /// learns at once instead of seeing a clean (and misleading) EOF.
 pub fn reset_on_close(sock: &TcpStream) {
@@ -228,3 +265,6 @@ where
     }
     outcome
 }
+
+#[cfg(test)]
+mod tests;

@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::inbound::{error_chain, in_process};
 use super::record::{ConnInfo, ConnRecord, Outcome, Security, FLAG_CONNECT};
-use super::{reset_on_close, Proxy};
+use super::{refuse_unknown_orig_dst, reset_on_close, Proxy};
 use crate::accesslog::Direction;
 use crate::classify::{classify, classify_sidecar, Route};
 use crate::state::{Scope, Workload};
@@ -52,8 +52,9 @@ pub fn baggage_for(w: &Workload) -> Baggage {
 }
 
 async fn handle_outbound(proxy: Arc<Proxy>, sock: TcpStream, peer: SocketAddr, _drain: Watch) {
-    let Ok(orig_dst) = proxy.orig_dst(&sock) else {
-        return;
+    let orig_dst = match proxy.orig_dst(&sock) {
+        Ok(dst) => dst,
+        Err(e) => return refuse_unknown_orig_dst(&proxy, &sock, Direction::Outbound, peer, &e),
     };
     let snap = proxy.snapshot();
     let pick = proxy.next_pick();

@@ -1,0 +1,111 @@
+use std::net::Ipv6Addr;
+use std::path::PathBuf;
+
+use hbone::ca::DevCa;
+use hbone::client::ClientConfig;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpListener;
+
+use super::*;
+use crate::accesslog::AccessLog;
+use crate::metrics::Metrics;
+
+/// A sidecar-scope proxy that reads original destinations from conntrack,
+/// logging to `log`.
+fn conntrack_proxy(log: &std::path::Path) -> Arc<Proxy> {
+    let snap = crate::config::parse(
+        "nodes: [{name: n1, ip: 10.0.0.1}]\n\
+         namespaces: [{name: bank}]\n\
+         workloads: [{name: s, namespace: bank, ip: 10.1.1.11, node: n1}]\n",
+    )
+    .unwrap();
+    let (_tx, state) = watch::channel(Arc::new(snap));
+    let certs = CertStore::new(Arc::new(DevCa::generate().unwrap()));
+    let client = HboneClient::new(certs.clone(), ClientConfig::default());
+    let telemetry = Telemetry {
+        metrics: Metrics::new(),
+        access_log: Arc::new(AccessLog::file(log).unwrap()),
+    };
+    let mut proxy = Proxy::new(
+        "n1".into(),
+        Scope::Pod("bank/s".parse().unwrap()),
+        state,
+        certs,
+        client,
+        telemetry,
+        Drain::new(),
+        false,
+        vec![15001, 15006],
+    );
+    Arc::get_mut(&mut proxy).unwrap().orig_dst = OrigDstSource::Conntrack;
+    proxy
+}
+
+/// A unique scratch file, removed on drop.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// An IPv6 connection has no IPv4 conntrack entry, so `SO_ORIGINAL_DST`
+/// fails for it whatever the host's netfilter state: the connection must be
+/// reset, logged and counted, not dropped silently.
+#[tokio::test]
+async fn an_unknown_original_destination_is_refused_and_recorded() {
+    for (direction, want) in [
+        (Direction::Outbound, "outbound"),
+        (Direction::Inbound, "inbound"),
+    ] {
+        let log = Scratch(
+            std::env::temp_dir().join(format!("ztunnel-origdst-{}-{want}.log", std::process::id())),
+        );
+        let proxy = conntrack_proxy(&log.0);
+        let listener = TcpListener::bind((Ipv6Addr::LOCALHOST, 0))
+            .await
+            .expect("IPv6 loopback");
+        let addr = listener.local_addr().unwrap();
+        let serve = match direction {
+            Direction::Outbound => tokio::spawn(outbound::serve_outbound(proxy.clone(), listener)),
+            Direction::Inbound => tokio::spawn(inbound::serve_plaintext(proxy.clone(), listener)),
+        };
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf))
+            .await
+            .expect("closed at once");
+        assert!(
+            matches!(read, Err(ref e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+            "{direction:?}: want a reset, got {read:?}"
+        );
+        serve.abort();
+
+        let text = std::fs::read_to_string(&log.0).unwrap();
+        let events: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(events.len(), 1, "{text}");
+        let ev = &events[0];
+        assert_eq!(ev["direction"], want, "{ev}");
+        assert_eq!(ev["response_flags"], record::FLAG_CONNECT, "{ev}");
+        assert_eq!(ev["dst.addr"], addr.to_string(), "{ev}");
+        assert!(
+            ev["error"]
+                .as_str()
+                .is_some_and(|e| e.starts_with(ORIG_DST_UNKNOWN)),
+            "{ev}"
+        );
+        let metrics = proxy.telemetry.metrics.encode();
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("istio_tcp_connections_closed_total{")
+                    && l.contains("response_flags=\"CONNECT\"")
+                    && l.ends_with(" 1")),
+            "{metrics}"
+        );
+    }
+}
