@@ -129,7 +129,9 @@ pub struct Config {
     pub mode: Mode,
     pub source: ConfigSource,
     pub cert_ttl: Duration,
-    /// Install nftables capture and use transparent, marked sockets.
+    /// Install nftables capture and use marked sockets: TPROXY with
+    /// transparent sockets in node mode, nat REDIRECT in the pod in sidecar
+    /// mode.
     pub capture: bool,
     pub listeners: Listeners,
     pub access_log: AccessLogTarget,
@@ -332,7 +334,6 @@ async fn serve_captured(
         access_log,
     };
     let proxy = Proxy::new(
-        cfg.node.clone(),
         scope.clone(),
         state_rx,
         shared.certs.clone(),

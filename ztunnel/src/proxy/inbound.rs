@@ -1,7 +1,9 @@
 //! The inbound path (DESIGN §3–§5): HBONE on 15008, plaintext on 15006, and
 //! the in-process path for same-node traffic. Each connection is admitted by
-//! [`admit`] (pure), then ztunnel connects to the app from the client's IP
-//! and relays until both sides close or a policy change revokes it.
+//! [`admit`] (pure), then ztunnel connects to the app (from the client's IP
+//! in node mode; from the pod's own address in sidecar mode, where the proxy
+//! shares the pod's namespace) and relays until both sides close or a policy
+//! change revokes it.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -358,9 +360,10 @@ fn tcp_info(
 }
 
 /// Admits a client connection that arrived as plain TCP (15006, or our own
-/// outbound path), then connects to the app from the client's IP and
-/// relays. A refused or failed client is reset. Returns the outcome, also
-/// recorded as this connection's inbound event.
+/// outbound path), then connects to the app (from the client's IP in node
+/// mode, the pod's own in sidecar mode) and relays. A refused or failed
+/// client is reset. Returns the outcome, also recorded as this
+/// connection's inbound event.
 async fn serve_tcp(
     proxy: &Arc<Proxy>,
     snap: &Snapshot,

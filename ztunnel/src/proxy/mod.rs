@@ -4,7 +4,8 @@
 //! - [`outbound`]: connections captured on 15001, routed by `classify` to
 //!   HBONE, the in-process inbound path, or passthrough;
 //! - [`inbound`]: HBONE on 15008 and plaintext on 15006, authorized by
-//!   `authorize`, then connected to the app from the client's IP;
+//!   `authorize`, then connected to the app: from the client's IP in node
+//!   mode (IP_TRANSPARENT), from the pod's own address in sidecar mode;
 //! - [`conns`]: live inbound connections, re-authorized on policy change;
 //! - [`record`]: metrics and access-log bookkeeping per connection.
 //!
@@ -39,8 +40,6 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Everything the data path shares.
 pub struct Proxy {
-    /// This node's name: which workloads are local.
-    pub node: String,
     /// What this process serves: the node's ambient pods, or one pod.
     pub scope: Scope,
     pub state: watch::Receiver<Arc<Snapshot>>,
@@ -73,7 +72,6 @@ impl Proxy {
     /// (REDIRECT).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        node: String,
         scope: Scope,
         state: watch::Receiver<Arc<Snapshot>>,
         certs: Arc<CertStore>,
@@ -85,7 +83,6 @@ impl Proxy {
     ) -> Arc<Self> {
         let sidecar = scope.is_sidecar();
         Arc::new(Proxy {
-            node,
             scope,
             state,
             certs,

@@ -27,7 +27,6 @@ fn conntrack_proxy(log: &std::path::Path) -> Arc<Proxy> {
         access_log: Arc::new(AccessLog::file(log).unwrap()),
     };
     let mut proxy = Proxy::new(
-        "n1".into(),
         Scope::Pod("bank/s".parse().unwrap()),
         state,
         certs,

@@ -11,8 +11,8 @@
 //!   `CreateCertificate`;
 //! - [`connector`]: marked control-plane sockets (sidecar mode).
 //!
-//! Not wired yet: `ztunnel --xds-address` (the binary still reads the local
-//! config file and uses the dev CA).
+//! `ztunnel --xds-address` uses all of these (`crate::app::sources`);
+//! without it the binary reads a local config file and uses the dev CA.
 
 pub mod ca;
 pub mod client;
