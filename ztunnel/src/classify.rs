@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use hbone::SpiffeId;
 
-use crate::state::{Scope, Service, Snapshot, Tunnel, Workload, WorkloadName, HBONE_PORT};
+use crate::state::{ServedPod, Service, Snapshot, Tunnel, Workload, HBONE_PORT};
 
 /// The decision for one outbound connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -253,17 +253,16 @@ fn pick_endpoint<'a>(
 /// Pure, like [`classify`].
 pub fn classify_sidecar(
     snap: &Snapshot,
-    served: &WorkloadName,
+    served: &ServedPod,
     orig_dst: SocketAddr,
     proxy_ports: &[u16],
     pick: usize,
 ) -> Result<Route, ClassifyError> {
-    let scope = Scope::Pod(served.clone());
-    let source = scope
-        .pod(snap)
-        .ok_or_else(|| ClassifyError::UnknownWorkload(served.to_string()))?
+    let source = served
+        .find(snap)
+        .ok_or_else(|| ClassifyError::UnknownWorkload(served.workload.to_string()))?
         .clone();
-    if scope.is_own_listener(snap, orig_dst, proxy_ports) {
+    if served.is_own_listener(snap, orig_dst, proxy_ports) {
         return Err(ClassifyError::OwnListener(orig_dst));
     }
     let (dest, dst, host) = match snap.service_by_vip(orig_dst.ip()) {
@@ -464,6 +463,13 @@ mod tests {
         assert_eq!(cases[3].3.reason(), "source_not_local");
     }
 
+    fn served_pod(workload: &str, node: &str) -> ServedPod {
+        ServedPod {
+            workload: workload.parse().unwrap(),
+            node: node.into(),
+        }
+    }
+
     /// A sidecar's capture listeners (outbound, inbound plaintext).
     const PROXY_PORTS: &[u16] = &[15001, 15006];
 
@@ -488,7 +494,7 @@ services:
     #[test]
     fn sidecar_routes_from_client() {
         let snap = config::parse(SIDECARS).unwrap();
-        let served: WorkloadName = "mesh/client".parse().unwrap();
+        let served = served_pod("mesh/client", "node1");
         let cases: &[(&str, &str)] = &[
             // A sidecar pod (tlsMode label): HBONE to its own 15008.
             (
@@ -524,7 +530,7 @@ services:
             assert_eq!(route.source().name, "client", "{dst}");
         }
         // A plain pod with a sidecar still tunnels to meshed destinations.
-        let plain: WorkloadName = "legacy/plain".parse().unwrap();
+        let plain = served_pod("legacy/plain", "node1");
         let route = classify_sidecar(
             &snap,
             &plain,
@@ -547,6 +553,12 @@ services:
                 "mesh/gone",
                 "10.1.2.10:8080",
                 ClassifyError::UnknownWorkload("mesh/gone".into()),
+            ),
+            // A same-named pod on another node is not the served one.
+            (
+                "mesh/server",
+                "10.1.1.40:80",
+                ClassifyError::UnknownWorkload("mesh/server".into()),
             ),
             (
                 "mesh/client",
@@ -581,12 +593,12 @@ services:
             ),
         ];
         for (served, dst, want) in cases {
-            let served: WorkloadName = served.parse().unwrap();
+            let served = served_pod(served, "node1");
             let got = classify_sidecar(&snap, &served, dst.parse().unwrap(), PROXY_PORTS, 0);
             assert_eq!(got.as_ref().unwrap_err(), want, "{served} -> {dst}");
         }
         assert_eq!(cases[0].2.reason(), "unknown_source");
-        assert_eq!(cases[3].2.reason(), "own_listener");
+        assert_eq!(cases[4].2.reason(), "own_listener");
     }
 
     proptest::proptest! {

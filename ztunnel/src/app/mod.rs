@@ -34,7 +34,7 @@ use crate::proxy::inbound::{serve_plaintext, HboneInbound, LocalIdentities};
 use crate::proxy::outbound::serve_outbound;
 use crate::proxy::record::Telemetry;
 use crate::proxy::Proxy;
-use crate::state::{Scope, Snapshot, WorkloadName};
+use crate::state::{Scope, ServedPod, Snapshot, WorkloadName};
 use control::Controller;
 use sources::Updates;
 pub use sources::{ConfigSource, XdsSource};
@@ -245,7 +245,10 @@ impl Config {
     pub fn scope(&self) -> Scope {
         match &self.mode {
             Mode::Node => Scope::Node(self.node.clone()),
-            Mode::Sidecar(pod) => Scope::Pod(pod.clone()),
+            Mode::Sidecar(pod) => Scope::Pod(ServedPod {
+                workload: pod.clone(),
+                node: self.node.clone(),
+            }),
         }
     }
 }

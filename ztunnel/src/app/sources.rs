@@ -95,15 +95,16 @@ pub async fn start(cfg: &Config, drain: &Drain) -> Result<Started, AppError> {
 
 /// In file mode a sidecar's `--workload` must be in the config, on
 /// `--node` (its certificate is issued for a pod of that node). Over xDS
-/// the sidecar instead stays not-ready until the workload appears.
+/// the sidecar instead stays not-ready until the workload appears on its
+/// node.
 fn check_served(cfg: &Config, snap: &Snapshot) -> Result<(), AppError> {
     let super::Mode::Sidecar(name) = &cfg.mode else {
         return Ok(());
     };
-    let w = cfg
-        .scope()
-        .pod(snap)
-        .cloned()
+    // By name only, to tell "elsewhere" from "missing"; the scope itself
+    // never matches a pod on another node.
+    let w = snap
+        .workload_by_name(&name.namespace, &name.name)
         .ok_or_else(|| AppError::UnknownWorkload(name.clone()))?;
     if w.node != cfg.node {
         return Err(AppError::WorkloadElsewhere {

@@ -27,7 +27,10 @@ fn conntrack_proxy(log: &std::path::Path) -> Arc<Proxy> {
         access_log: Arc::new(AccessLog::file(log).unwrap()),
     };
     let mut proxy = Proxy::new(
-        Scope::Pod("bank/s".parse().unwrap()),
+        Scope::Pod(crate::state::ServedPod {
+            workload: "bank/s".parse().unwrap(),
+            node: "n1".into(),
+        }),
         state,
         certs,
         client,

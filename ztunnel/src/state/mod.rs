@@ -30,7 +30,7 @@ pub use authz::{
     ServiceAccountMatch, StringMatch,
 };
 pub use cidr::{Cidr, CidrError};
-pub use scope::{Scope, WorkloadName, WorkloadNameError};
+pub use scope::{Scope, ServedPod, WorkloadName, WorkloadNameError};
 pub use snapshot::{Snapshot, SnapshotParts, StateError};
 
 /// Kubernetes-style labels. Ordered so that dumps and tests are stable.

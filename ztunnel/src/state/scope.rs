@@ -45,14 +45,58 @@ impl fmt::Display for WorkloadName {
     }
 }
 
+/// The pod a sidecar serves: its name, on its node. A workload of that name
+/// on another node (rescheduled, or a misconfigured `--node`) is not it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServedPod {
+    pub workload: WorkloadName,
+    pub node: String,
+}
+
+impl ServedPod {
+    /// The served pod in `snap`, if it is there and on this node. Pure.
+    pub fn find<'a>(&self, snap: &'a Snapshot) -> Option<&'a Arc<Workload>> {
+        snap.workload_by_name(&self.workload.namespace, &self.workload.name)
+            .filter(|w| self.is(w))
+    }
+
+    /// Whether `w` is the served pod.
+    pub fn is(&self, w: &Workload) -> bool {
+        w.namespace == self.workload.namespace
+            && w.name == self.workload.name
+            && w.node == self.node
+    }
+
+    /// Whether `dst` is one of this sidecar's own listeners: a port of
+    /// `proxy_ports` on the served pod's IP or on loopback. Forwarding to it
+    /// would land back on the proxy, which would forward it again, without
+    /// end (a marked dial is not redirected, and `SO_ORIGINAL_DST` of an
+    /// unredirected connection is its own destination). Pure.
+    pub fn is_own_listener(&self, snap: &Snapshot, dst: SocketAddr, proxy_ports: &[u16]) -> bool {
+        if !proxy_ports.contains(&dst.port()) {
+            return false;
+        }
+        let ip = dst.ip();
+        ip.is_loopback()
+            || ip.is_unspecified()
+            || self.find(snap).is_some_and(|w| w.ips.contains(&ip))
+    }
+}
+
+impl fmt::Display for ServedPod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} on node {}", self.workload, self.node)
+    }
+}
+
 /// What one ztunnel process serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Scope {
     /// Node mode: every ambient (HBONE) pod on this node.
     Node(String),
-    /// Sidecar mode: exactly this pod, whatever its tunnel protocol (a
-    /// sidecar-injected pod is not ambient).
-    Pod(WorkloadName),
+    /// Sidecar mode: exactly this pod on this node, whatever its tunnel
+    /// protocol (a sidecar-injected pod is not ambient).
+    Pod(ServedPod),
 }
 
 impl Scope {
@@ -60,7 +104,7 @@ impl Scope {
     pub fn serves(&self, snap: &Snapshot, w: &Workload) -> bool {
         match self {
             Scope::Node(node) => &w.node == node && snap.is_ambient(w),
-            Scope::Pod(pod) => w.namespace == pod.namespace && w.name == pod.name,
+            Scope::Pod(pod) => pod.is(w),
         }
     }
 
@@ -76,24 +120,17 @@ impl Scope {
     pub fn pod<'a>(&self, snap: &'a Snapshot) -> Option<&'a Arc<Workload>> {
         match self {
             Scope::Node(_) => None,
-            Scope::Pod(pod) => snap.workload_by_name(&pod.namespace, &pod.name),
+            Scope::Pod(pod) => pod.find(snap),
         }
     }
 
-    /// Whether `dst` is one of this sidecar's own listeners: a port of
-    /// `proxy_ports` on the served pod's IP or on loopback. Forwarding to it
-    /// would land back on the proxy, which would forward it again, without
-    /// end (a marked dial is not redirected, and `SO_ORIGINAL_DST` of an
-    /// unredirected connection is its own destination). Always `false` in
-    /// node mode, whose listeners are not in the pods. Pure.
+    /// [`ServedPod::is_own_listener`] for a sidecar; always `false` in node
+    /// mode, whose listeners are not in the pods. Pure.
     pub fn is_own_listener(&self, snap: &Snapshot, dst: SocketAddr, proxy_ports: &[u16]) -> bool {
-        if !self.is_sidecar() || !proxy_ports.contains(&dst.port()) {
-            return false;
+        match self {
+            Scope::Node(_) => false,
+            Scope::Pod(pod) => pod.is_own_listener(snap, dst, proxy_ports),
         }
-        let ip = dst.ip();
-        ip.is_loopback()
-            || ip.is_unspecified()
-            || self.pod(snap).is_some_and(|w| w.ips.contains(&ip))
     }
 
     /// Whether this is sidecar mode.
@@ -116,6 +153,13 @@ mod tests {
     use super::*;
     use crate::config;
 
+    fn served(workload: &str, node: &str) -> ServedPod {
+        ServedPod {
+            workload: workload.parse().unwrap(),
+            node: node.into(),
+        }
+    }
+
     #[test]
     fn node_serves_local_ambient_pods_and_pod_serves_itself() {
         let snap = config::parse(
@@ -131,14 +175,17 @@ workloads:
 "#,
         )
         .unwrap();
-        let pod = |s: &str| Scope::Pod(s.parse().unwrap());
+        let pod = |s: &str, node: &str| Scope::Pod(served(s, node));
         let cases = [
             (Scope::Node("n1".into()), vec!["a"]),
             (Scope::Node("n2".into()), vec!["b"]),
             (Scope::Node("n3".into()), vec![]),
-            (pod("bank/s"), vec!["s"]),
-            (pod("shop/b"), vec!["b"]),
-            (pod("shop/s"), vec![]),
+            (pod("bank/s", "n1"), vec!["s"]),
+            (pod("shop/b", "n2"), vec!["b"]),
+            (pod("shop/s", "n1"), vec![]),
+            // The same name on another node is not the served pod.
+            (pod("shop/b", "n1"), vec![]),
+            (pod("bank/s", "n2"), vec![]),
         ];
         for (scope, want) in cases {
             let got: Vec<&str> = scope
@@ -163,7 +210,7 @@ workloads:
         )
         .unwrap();
         let ports = [15001, 15006];
-        let pod = Scope::Pod("bank/s".parse().unwrap());
+        let pod = Scope::Pod(served("bank/s", "n1"));
         let node = Scope::Node("n1".into());
         let cases = [
             (&pod, "10.1.1.11:15001", true),

@@ -148,7 +148,12 @@ fn sidecar_admits_only_its_own_pod() {
     let client = id("spiffe://cluster.local/ns/shop/sa/client");
     let stranger = id("spiffe://cluster.local/ns/other/sa/x");
     let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
-    let pod = |s: &str| Scope::Pod(s.parse().unwrap());
+    let pod = |s: &str| {
+        Scope::Pod(crate::state::ServedPod {
+            workload: s.parse().unwrap(),
+            node: "n1".into(),
+        })
+    };
     let hbone = |local: &str, peer| Arrival::Hbone {
         local: ip(local),
         peer,
@@ -162,6 +167,13 @@ fn sidecar_admits_only_its_own_pod() {
             hbone("10.1.1.41", &client),
             "10.1.1.41:8080",
             Ok("side"),
+        ),
+        (
+            "a same-named pod on another node is not the served one",
+            pod("bank/remote"),
+            hbone("10.1.2.12", &client),
+            "10.1.2.12:8080",
+            Err(Refusal::NotLocal(ip("10.1.2.12"))),
         ),
         (
             "another pod on the same node is not",
