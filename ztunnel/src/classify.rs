@@ -5,7 +5,7 @@
 //! |---|---|
 //! | Service VIP or pod with a waypoint | [`Route::Waypoint`]: HBONE to the waypoint, `:authority` = the original destination |
 //! | ambient pod on this node | [`Route::Local`]: the in-process inbound path |
-//! | HBONE pod elsewhere | [`Route::Hbone`]: HBONE to `podIP:15008`, `:authority` = `podIP:targetPort` |
+//! | ambient pod elsewhere, or a pod with its own sidecar (`native_tunnel`) anywhere | [`Route::Hbone`]: HBONE to `podIP:15008`, `:authority` = `podIP:targetPort` |
 //! | anything else | [`Route::Passthrough`]: plain TCP |
 //!
 //! Sidecar mode routes with [`classify_sidecar`] instead (no waypoints, no
@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use hbone::SpiffeId;
 
-use crate::state::{ServedPod, Service, Snapshot, Tunnel, Workload, HBONE_PORT};
+use crate::state::{ServedPod, Service, Snapshot, Workload, HBONE_PORT};
 
 /// The decision for one outbound connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -189,9 +189,11 @@ impl Target<'_> {
         }
     }
 
-    /// No waypoint: straight to the pod, tunnelled if it is in the mesh.
+    /// No waypoint: straight to the pod, tunnelled if it is in the mesh. A
+    /// pod with its own sidecar is never local: its sidecar, not this
+    /// ztunnel, terminates the tunnel.
     fn direct(self, dest: &Arc<Workload>, dst: SocketAddr, host: Option<String>) -> Route {
-        if dest.tunnel != Tunnel::Hbone {
+        if !self.snap.accepts_hbone(dest) {
             return Route::Passthrough {
                 source: self.source,
                 dst,
@@ -247,7 +249,7 @@ fn pick_endpoint<'a>(
 /// |---|---|
 /// | the served pod itself, or loopback, on one of `proxy_ports` (the sidecar's capture listeners) | [`ClassifyError::OwnListener`]: it would loop |
 /// | the served pod itself | [`Route::Passthrough`] |
-/// | pod, or VIP endpoint, that accepts HBONE (ambient, or `security.istio.io/tlsMode: istio`) | [`Route::Hbone`] to `podIP:15008`, `:authority` = `podIP:targetPort` |
+/// | pod, or VIP endpoint, that accepts HBONE (ambient, or its own sidecar: `native_tunnel`) | [`Route::Hbone`] to `podIP:15008`, `:authority` = `podIP:targetPort` |
 /// | anything else | [`Route::Passthrough`] (to the chosen endpoint for a VIP) |
 ///
 /// Pure, like [`classify`].
@@ -485,6 +487,10 @@ workloads:
   - {name: amb, namespace: shop, serviceAccount: amb, ip: 10.1.2.11, node: node2}
   - {name: wp, namespace: shop, serviceAccount: wp, ip: 10.1.1.30, node: node1, labels: {istio.io/dataplane-mode: none}}
   - {name: plain, namespace: legacy, ip: 10.1.1.40, node: node1, labels: {app: plain}}
+  - {name: native, namespace: legacy, serviceAccount: native, ip: 10.1.1.41, node: node1, nativeTunnel: true}
+  - {name: optout, namespace: legacy, ip: 10.1.1.42, node: node1, nativeTunnel: false, labels: {security.istio.io/tlsMode: istio}}
+  - {name: both, namespace: shop, serviceAccount: both, ip: 10.1.2.13, node: node2, labels: {security.istio.io/tlsMode: istio, istio.io/use-waypoint: none}}
+  - {name: amb2, namespace: shop, serviceAccount: amb2, ip: 10.1.2.14, node: node2, labels: {istio.io/use-waypoint: none}}
 services:
   - {name: server, namespace: mesh, vip: 10.96.0.10, ports: [{port: 80, targetPort: 8080}], selector: {app: server}}
   - {name: plain, namespace: legacy, vip: 10.96.0.40, ports: [{port: 80, targetPort: 8080}], selector: {app: plain}}
@@ -496,7 +502,8 @@ services:
         let snap = config::parse(SIDECARS).unwrap();
         let served = served_pod("mesh/client", "node1");
         let cases: &[(&str, &str)] = &[
-            // A sidecar pod (tlsMode label): HBONE to its own 15008.
+            // A sidecar pod (tlsMode label, so native_tunnel): HBONE to
+            // its own 15008.
             (
                 "10.1.2.10:8080",
                 "hbone via=10.1.2.10:15008 auth=10.1.2.10:8080 expect=server host=-",
@@ -511,6 +518,17 @@ services:
                 "10.1.2.11:9000",
                 "hbone via=10.1.2.11:15008 auth=10.1.2.11:9000 expect=amb host=-",
             ),
+            // native_tunnel set explicitly, or in an ambient namespace.
+            (
+                "10.1.1.41:80",
+                "hbone via=10.1.1.41:15008 auth=10.1.1.41:80 expect=native host=-",
+            ),
+            (
+                "10.1.2.13:80",
+                "hbone via=10.1.2.13:15008 auth=10.1.2.13:80 expect=both host=-",
+            ),
+            // The label overridden with nativeTunnel: false: not meshed.
+            ("10.1.1.42:80", "passthrough 10.1.1.42:80"),
             // The waypoint pod opted out: not meshed.
             ("10.1.1.30:15008", "passthrough 10.1.1.30:15008"),
             // Outside the mesh: plain TCP, to the endpoint for a VIP.
@@ -543,6 +561,56 @@ services:
             describe(&route),
             "hbone via=10.1.2.10:15008 auth=10.1.2.10:8080 expect=server host=-"
         );
+    }
+
+    /// An ambient client (node mode) reaching pods that run their own
+    /// sidecar: HBONE straight to the pod's 15008 with its identity, never
+    /// the in-process path, even on the same node or in an ambient
+    /// namespace.
+    #[test]
+    fn ambient_client_to_native_tunnel_pods() {
+        let snap = config::parse(SIDECARS).unwrap();
+        let src: IpAddr = "10.1.2.14".parse().unwrap(); // amb2 on node2
+        let cases: &[(&str, &str)] = &[
+            // Same node as the client.
+            (
+                "10.1.2.10:8080",
+                "hbone via=10.1.2.10:15008 auth=10.1.2.10:8080 expect=server host=-",
+            ),
+            (
+                "10.96.0.10:80",
+                "hbone via=10.1.2.10:15008 auth=10.1.2.10:8080 expect=server host=server.mesh.svc.cluster.local",
+            ),
+            (
+                "10.1.2.13:80",
+                "hbone via=10.1.2.13:15008 auth=10.1.2.13:80 expect=both host=-",
+            ),
+            // The other node.
+            (
+                "10.1.1.10:8080",
+                "hbone via=10.1.1.10:15008 auth=10.1.1.10:8080 expect=client host=-",
+            ),
+            (
+                "10.1.1.41:80",
+                "hbone via=10.1.1.41:15008 auth=10.1.1.41:80 expect=native host=-",
+            ),
+            // An ambient pod on this node stays local; no sidecar, no mesh.
+            ("10.1.2.11:9000", "waypoint via=10.1.1.30:15008 auth=10.1.2.11:9000 expect=wp host=-"),
+            ("10.1.1.42:80", "passthrough 10.1.1.42:80"),
+            ("10.1.1.40:80", "passthrough 10.1.1.40:80"),
+        ];
+        for (dst, want) in cases {
+            let route = classify(&snap, src, dst.parse().unwrap(), "node2", 0).unwrap();
+            assert_eq!(describe(&route), *want, "{dst}");
+        }
+        let route = classify(&snap, src, "10.1.2.14:80".parse().unwrap(), "node2", 0).unwrap();
+        assert_eq!(describe(&route), "local shop/amb2 10.1.2.14:80 host=-");
+        // A pod with its own sidecar is no node ztunnel's source.
+        for (src, node) in [("10.1.2.13", "node2"), ("10.1.1.10", "node1")] {
+            let src: IpAddr = src.parse().unwrap();
+            let got = classify(&snap, src, "10.1.2.14:80".parse().unwrap(), node, 0);
+            assert_eq!(got, Err(ClassifyError::UnknownSource(src)), "{src}");
+        }
     }
 
     #[test]

@@ -182,6 +182,7 @@ mod tests {
             ips: vec!["10.1.1.11".parse().unwrap()],
             node: "node1".into(),
             tunnel: Tunnel::Hbone,
+            native_tunnel: false,
             labels: labels(&[("app", "cart")]),
             waypoint: None,
             authorization_policies: Vec::new(),

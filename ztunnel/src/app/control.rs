@@ -206,6 +206,8 @@ mod tests {
 
     #[test]
     fn local_sets_follow_the_namespace_label_and_opt_out() {
+        // e and f run their own sidecars (native tunnel): never captured, and
+        // the node ztunnel holds no certificate for them.
         let snap = config::parse(
             r#"
 nodes: [{name: n1, ip: 10.0.0.1}, {name: n2, ip: 10.0.0.2}]
@@ -217,6 +219,8 @@ workloads:
   - {name: b, namespace: shop, serviceAccount: b, ip: 10.1.2.10, node: n2}
   - {name: c, namespace: shop, ip: 10.1.1.11, node: n1, labels: {istio.io/dataplane-mode: none}}
   - {name: d, namespace: legacy, ip: 10.1.1.12, node: n1}
+  - {name: e, namespace: shop, serviceAccount: e, ip: 10.1.1.13, node: n1, labels: {security.istio.io/tlsMode: istio}}
+  - {name: f, namespace: legacy, serviceAccount: f, ip: 10.1.1.14, node: n1, nativeTunnel: true}
 "#,
         )
         .unwrap();

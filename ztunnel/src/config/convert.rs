@@ -12,9 +12,9 @@ use super::model::{
 };
 use super::{ConfigError, DEFAULT_ROOT_NAMESPACE};
 use crate::state::{
-    selected_policies, Cidr, Clause, Match, MtlsMode, Namespace, Node, Policy, PolicyAction,
-    PolicyScope, Rule, Service, ServicePort, SnapshotParts, StringMatch, Tunnel, Workload,
-    DEFAULT_TRUST_DOMAIN,
+    selected_policies, Cidr, Clause, Labels, Match, MtlsMode, Namespace, Node, Policy,
+    PolicyAction, PolicyScope, Rule, Service, ServicePort, SnapshotParts, StringMatch, Tunnel,
+    Workload, DEFAULT_TRUST_DOMAIN, TLS_MODE_ISTIO, TLS_MODE_LABEL,
 };
 
 /// Service account used when a workload names none (as in Kubernetes).
@@ -175,10 +175,11 @@ impl Ctx<'_> {
             .unwrap_or_else(|| DEFAULT_SERVICE_ACCOUNT.to_owned());
         check_name(&at("serviceAccount"), &service_account)?;
         let ip = self.claim_ip(at("ip"), &w.ip)?;
+        let native_tunnel = w.native_tunnel.unwrap_or_else(|| has_sidecar(&w.labels));
         let tunnel = match w.tunnel {
             Some(TunnelDoc::Hbone) => Tunnel::Hbone,
             Some(TunnelDoc::None) => Tunnel::None,
-            None if ns_ambient => Tunnel::Hbone,
+            None if ns_ambient || native_tunnel => Tunnel::Hbone,
             None => Tunnel::None,
         };
         Ok(Workload {
@@ -190,6 +191,7 @@ impl Ctx<'_> {
             ips: vec![ip],
             node: w.node,
             tunnel,
+            native_tunnel,
             labels: w.labels,
             waypoint: None,
             authorization_policies: Vec::new(),
@@ -262,6 +264,12 @@ impl Ctx<'_> {
 
 fn is_ambient(ns: &Namespace, w: &WorkloadDoc) -> bool {
     crate::state::ambient_enrolled(&ns.labels, &w.labels)
+}
+
+/// Istio's injector labels a pod with a sidecar `security.istio.io/tlsMode:
+/// istio`; that sidecar terminates HBONE itself.
+fn has_sidecar(labels: &Labels) -> bool {
+    labels.get(TLS_MODE_LABEL).map(String::as_str) == Some(TLS_MODE_ISTIO)
 }
 
 /// Istio's conversion: `from` becomes one clause (any source), `to` another

@@ -9,6 +9,11 @@
 //! workloads:
 //!   - {name: cart-1, namespace: shop, serviceAccount: cart, ip: 10.1.1.11, node: node1,
 //!      labels: {app: cart}}        # uid defaults to shop/cart-1, tunnel to HBONE if ambient
+//!   - {name: pay-1, namespace: bank, ip: 10.1.1.20, node: node1,
+//!      labels: {security.istio.io/tlsMode: istio}}  # runs its own sidecar: nativeTunnel
+//!                                   # defaults to true (and tunnel to HBONE); node ztunnels
+//!                                   # do not capture it and send it HBONE directly.
+//!                                   # `nativeTunnel: true|false` says so explicitly.
 //! services:
 //!   - {name: cart, namespace: shop, vip: 10.96.0.10, ports: [{port: 80, targetPort: 8080}],
 //!      selector: {app: cart}}

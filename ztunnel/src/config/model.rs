@@ -72,9 +72,15 @@ pub(super) struct WorkloadDoc {
     pub node: String,
     #[serde(default)]
     pub labels: Labels,
-    /// Default: HBONE for ambient pods, NONE otherwise.
+    /// Default: HBONE for ambient pods and for pods with `nativeTunnel`,
+    /// NONE otherwise.
     #[serde(default)]
     pub tunnel: Option<TunnelDoc>,
+    /// The pod runs its own sidecar, which terminates HBONE on its 15008
+    /// (xDS `native_tunnel`): node ztunnels do not capture it. Default:
+    /// true when the pod is labelled `security.istio.io/tlsMode: istio`.
+    #[serde(default)]
+    pub native_tunnel: Option<bool>,
 }
 
 /// A port number, written as a number or (as Istio does) a string.

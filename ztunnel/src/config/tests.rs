@@ -305,3 +305,41 @@ workloads:
         "line 13: workloads[1].node: unknown node \"n7\""
     );
 }
+
+#[test]
+fn native_tunnel_from_the_sidecar_label_or_the_field() {
+    let snap = parse(
+        r#"
+nodes: [{name: n, ip: 10.0.0.1}]
+namespaces: [{name: amb, labels: {istio.io/dataplane-mode: ambient}}, {name: plain}]
+workloads:
+  - {name: labelled, namespace: plain, ip: 10.1.0.1, node: n, labels: {security.istio.io/tlsMode: istio}}
+  - {name: field, namespace: plain, ip: 10.1.0.2, node: n, nativeTunnel: true}
+  - {name: off, namespace: plain, ip: 10.1.0.3, node: n, nativeTunnel: false, labels: {security.istio.io/tlsMode: istio}}
+  - {name: disabled, namespace: plain, ip: 10.1.0.4, node: n, labels: {security.istio.io/tlsMode: disabled}}
+  - {name: in-ambient, namespace: amb, ip: 10.1.0.5, node: n, labels: {security.istio.io/tlsMode: istio}}
+  - {name: ambient, namespace: amb, ip: 10.1.0.6, node: n}
+"#,
+    )
+    .unwrap();
+    // (pod, native_tunnel, tunnel, captured by the node ztunnel)
+    let cases: &[(&str, bool, Tunnel, bool)] = &[
+        ("plain/labelled", true, Tunnel::Hbone, false),
+        ("plain/field", true, Tunnel::Hbone, false),
+        ("plain/off", false, Tunnel::None, false),
+        ("plain/disabled", false, Tunnel::None, false),
+        // A pod with a sidecar in an ambient namespace is left to it.
+        ("amb/in-ambient", true, Tunnel::Hbone, false),
+        ("amb/ambient", false, Tunnel::Hbone, true),
+    ];
+    for (uid, native, tunnel, ambient) in cases {
+        let w = snap.workload_by_uid(uid).unwrap();
+        assert_eq!(w.native_tunnel, *native, "{uid} native_tunnel");
+        assert_eq!(w.tunnel, *tunnel, "{uid} tunnel");
+        assert_eq!(snap.is_ambient(w), *ambient, "{uid} ambient");
+    }
+    assert_eq!(
+        snap.local_ambient_ips("n").into_iter().collect::<Vec<_>>(),
+        [ip("10.1.0.6")]
+    );
+}

@@ -220,6 +220,7 @@ mod tests {
             ips: vec![],
             node: "n1".into(),
             tunnel: TunnelProtocol::Hbone,
+            native_tunnel: false,
             labels: Default::default(),
             waypoint: None,
             authorization_policies: Vec::new(),

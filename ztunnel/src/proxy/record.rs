@@ -222,6 +222,7 @@ mod tests {
             ips: vec!["10.1.1.10".parse().unwrap()],
             node: "node1".into(),
             tunnel: Tunnel::Hbone,
+            native_tunnel: false,
             labels: Default::default(),
             waypoint: None,
             authorization_policies: Vec::new(),

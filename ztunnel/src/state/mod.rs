@@ -42,7 +42,9 @@ pub const DATAPLANE_MODE_LABEL: &str = "istio.io/dataplane-mode";
 pub const DATAPLANE_MODE_AMBIENT: &str = "ambient";
 /// Value of [`DATAPLANE_MODE_LABEL`] on a pod that opts out.
 pub const DATAPLANE_MODE_NONE: &str = "none";
-/// Pod label Istio's sidecar injector sets on pods with a sidecar.
+/// Pod label Istio's sidecar injector sets on pods with a sidecar. The
+/// local config turns it into [`Workload::native_tunnel`]; labels do not
+/// travel over xDS.
 pub const TLS_MODE_LABEL: &str = "security.istio.io/tlsMode";
 /// Value of [`TLS_MODE_LABEL`] on a pod that accepts mutual TLS (HBONE
 /// from our sidecars).
@@ -128,6 +130,11 @@ pub struct Workload {
     /// Name of the node the pod runs on.
     pub node: String,
     pub tunnel: Tunnel,
+    /// The pod's own proxy (a sidecar) terminates HBONE on its 15008 (xDS
+    /// `native_tunnel`). Node ztunnels must not capture such a pod, and
+    /// send it HBONE directly, as sidecars do; see
+    /// [`Snapshot::is_ambient`] and [`Snapshot::accepts_hbone`].
+    pub native_tunnel: bool,
     pub labels: Labels,
     /// The waypoint for traffic addressed to this pod. When built from
     /// labels, [`Snapshot::build`] fills this in.

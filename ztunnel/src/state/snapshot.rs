@@ -247,21 +247,22 @@ impl Snapshot {
             .unwrap_or_default()
     }
 
-    /// Whether ztunnel captures this pod: it speaks HBONE (Istio's
-    /// `tunnel_protocol`). The local config sets that from the namespace
-    /// label `istio.io/dataplane-mode=ambient` (unless the pod opts out with
+    /// Whether a node ztunnel captures this pod: it speaks HBONE (Istio's
+    /// `tunnel_protocol`) and does not terminate it itself
+    /// ([`Workload::native_tunnel`]: a pod with a sidecar is left to it).
+    /// The local config sets the protocol from the namespace label
+    /// `istio.io/dataplane-mode=ambient` (unless the pod opts out with
     /// `istio.io/dataplane-mode=none`); over xDS the control plane sets it.
     pub fn is_ambient(&self, w: &Workload) -> bool {
-        w.tunnel == Tunnel::Hbone
+        w.tunnel == Tunnel::Hbone && !w.native_tunnel
     }
 
-    /// Whether `w` takes HBONE on 15008: an ambient pod (its node's ztunnel
-    /// terminates it), or a pod with a sidecar, which Istio's injector labels
-    /// `security.istio.io/tlsMode: istio`. What a sidecar tunnels to.
+    /// Whether `w` takes HBONE on `podIP:15008`: an ambient pod (its node's
+    /// ztunnel terminates it), or a pod whose own sidecar does
+    /// ([`Workload::native_tunnel`]). What sidecars, and node ztunnels for
+    /// a pod without a waypoint, tunnel to.
     pub fn accepts_hbone(&self, w: &Workload) -> bool {
-        self.is_ambient(w)
-            || w.labels.get(super::TLS_MODE_LABEL).map(String::as_str)
-                == Some(super::TLS_MODE_ISTIO)
+        self.is_ambient(w) || w.native_tunnel
     }
 
     /// The IPs of ambient pods on `node`: the nftables `ambient_pods` set.

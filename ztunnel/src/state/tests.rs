@@ -34,6 +34,7 @@ fn pod(ns: &str, name: &str, addr: &str, node: &str, l: &[(&str, &str)]) -> Work
         ips: vec![ip(addr)],
         node: node.into(),
         tunnel: Tunnel::Hbone,
+        native_tunnel: false,
         labels: labels(l),
         waypoint: None,
         authorization_policies: Vec::new(),
@@ -78,6 +79,17 @@ fn parts() -> SnapshotParts {
                 tunnel: Tunnel::None,
                 ..pod("plain", "z", "10.1.1.3", "n1", &[("app", "x"), AMBIENT])
             },
+            // Pods whose own sidecar terminates HBONE: as Istio sends them
+            // (HBONE + native_tunnel), and with no tunnel protocol at all.
+            Workload {
+                native_tunnel: true,
+                ..pod("a", "side", "10.1.1.4", "n1", &[])
+            },
+            Workload {
+                tunnel: Tunnel::None,
+                native_tunnel: true,
+                ..pod("plain", "side", "10.1.1.5", "n1", &[])
+            },
         ],
         services: vec![svc("a", "s", "10.96.0.1", &[("app", "x")])],
         policies: vec![],
@@ -87,15 +99,19 @@ fn parts() -> SnapshotParts {
 #[test]
 fn ambient_enrolment() {
     let snap = Snapshot::build(parts()).unwrap();
-    let cases: &[(&str, bool)] = &[
-        ("10.1.1.1", true),  // ambient namespace
-        ("10.1.2.1", true),  // on the other node, still ambient
-        ("10.1.1.2", false), // opted out with dataplane-mode=none
-        ("10.1.1.3", false), // a pod label alone does not enrol
+    // (pod, captured by its node's ztunnel, takes HBONE on podIP:15008)
+    let cases: &[(&str, bool, bool)] = &[
+        ("10.1.1.1", true, true),   // ambient namespace
+        ("10.1.2.1", true, true),   // on the other node, still ambient
+        ("10.1.1.2", false, false), // opted out with dataplane-mode=none
+        ("10.1.1.3", false, false), // a pod label alone does not enrol
+        ("10.1.1.4", false, true),  // its sidecar terminates HBONE
+        ("10.1.1.5", false, true),  // the same, whatever the protocol says
     ];
-    for (addr, want) in cases {
+    for (addr, ambient, hbone) in cases {
         let w = snap.workload_by_ip(ip(addr)).unwrap();
-        assert_eq!(snap.is_ambient(w), *want, "{addr}");
+        assert_eq!(snap.is_ambient(w), *ambient, "{addr} ambient");
+        assert_eq!(snap.accepts_hbone(w), *hbone, "{addr} accepts HBONE");
     }
     assert_eq!(
         snap.local_ambient_ips("n1"),

@@ -198,6 +198,7 @@ pub fn workload(w: &pb::Workload) -> Result<WorkloadEntry, ConvertError> {
             ips,
             node: w.node.clone(),
             tunnel,
+            native_tunnel: w.native_tunnel,
             labels: Default::default(),
             waypoint: None,
             authorization_policies,
