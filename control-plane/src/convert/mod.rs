@@ -144,6 +144,7 @@ pub fn workload(
             Tunnel::None => pb::TunnelProtocol::None,
             Tunnel::Hbone => pb::TunnelProtocol::Hbone,
         } as i32,
+        native_tunnel: w.native_tunnel,
         trust_domain: w.trust_domain.clone(),
         service_account: w.service_account.clone(),
         waypoint: w.waypoint.as_ref().map(gateway),

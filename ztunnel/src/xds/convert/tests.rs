@@ -62,6 +62,26 @@ fn workload_converts_with_istio_defaults() {
 }
 
 #[test]
+fn workload_native_tunnel() {
+    // (native_tunnel, tunnel_protocol) -> (native_tunnel, tunnel). Istio
+    // sends HBONE with native_tunnel for a pod whose sidecar speaks HBONE.
+    let cases: &[(bool, pb::TunnelProtocol, bool, Tunnel)] = &[
+        (true, pb::TunnelProtocol::Hbone, true, Tunnel::Hbone),
+        (true, pb::TunnelProtocol::None, true, Tunnel::None),
+        (false, pb::TunnelProtocol::Hbone, false, Tunnel::Hbone),
+        (false, pb::TunnelProtocol::None, false, Tunnel::None),
+    ];
+    for (native, proto_tunnel, want_native, want_tunnel) in cases {
+        let mut w = workload_pb();
+        w.native_tunnel = *native;
+        w.tunnel_protocol = *proto_tunnel as i32;
+        let got = workload(&w).unwrap().workload;
+        assert_eq!(got.native_tunnel, *want_native, "{native} {proto_tunnel:?}");
+        assert_eq!(got.tunnel, *want_tunnel, "{native} {proto_tunnel:?}");
+    }
+}
+
+#[test]
 fn workload_errors_name_the_field() {
     type Edit = fn(&mut pb::Workload);
     let cases: &[(&str, Edit, &str)] = &[
