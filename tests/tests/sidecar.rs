@@ -148,6 +148,50 @@ async fn eventually(from: &Netns, to: SocketAddr, want_ok: bool, what: &str) {
     }
 }
 
+/// Both sidecars logged the connection client -> `dst` (`bytes` each way)
+/// with both identities, and count it as `mutual_tls`.
+fn assert_mutual_tls(sidecars: &Sidecars, dst: SocketAddr, bytes: u64) {
+    let out = sidecars.wait_event("client", "outbound client->server", |e| {
+        e["direction"] == "outbound" && e["dst.addr"] == dst.to_string()
+    });
+    assert_eq!(out["src.identity"], CLIENT_ID);
+    assert_eq!(out["src.workload"], "shop/client");
+    assert_eq!(out["dst.identity"], SERVER_ID);
+    assert_eq!(out["dst.hbone_addr"], format!("{}:15008", dst.ip()));
+    assert_eq!(out["bytes_sent"], bytes);
+    assert_eq!(out["response_flags"], "-");
+    let inb = sidecars.wait_event("server", "inbound client->server", |e| {
+        e["direction"] == "inbound" && e["src.identity"] == CLIENT_ID
+    });
+    assert_eq!(inb["dst.identity"], SERVER_ID);
+    assert_eq!(inb["dst.workload"], "bank/server");
+    assert_eq!(inb["bytes_recv"], bytes);
+    for (pod, reporter) in [("client", "source"), ("server", "destination")] {
+        assert_mutual_tls_metric(&sidecars.metrics(pod), reporter);
+    }
+}
+
+/// `metrics` count a connection opened shop/client -> bank/server over
+/// mutual TLS, reported by `reporter`.
+fn assert_mutual_tls_metric(metrics: &str, reporter: &str) {
+    let line = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("istio_tcp_connections_opened_total{")
+                && l.contains(&format!("reporter=\"{reporter}\""))
+                && l.contains("source_principal=\"cluster.local/ns/shop/sa/client\"")
+        })
+        .unwrap_or_else(|| panic!("no {reporter} connection metric from client:\n{metrics}"));
+    assert!(
+        line.contains("destination_principal=\"cluster.local/ns/bank/sa/server\""),
+        "{line}"
+    );
+    assert!(
+        line.contains("connection_security_policy=\"mutual_tls\""),
+        "{line}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pod_to_pod_is_mutual_tls_between_the_two_sidecars() {
     if !require_root() {
@@ -198,46 +242,7 @@ async fn pod_to_pod_is_mutual_tls_between_the_two_sidecars() {
     assert_eq!(peers.len(), 1, "{peers:?}");
     assert_eq!(peers[0].ip(), IpAddr::V4(server.ip));
 
-    let out = sidecars.wait_event("client", "outbound client->server", |e| {
-        e["direction"] == "outbound" && e["dst.addr"] == dst.to_string()
-    });
-    assert_eq!(out["src.identity"], CLIENT_ID);
-    assert_eq!(out["src.workload"], "shop/client");
-    assert_eq!(out["dst.identity"], SERVER_ID);
-    assert_eq!(out["dst.hbone_addr"], format!("{}:15008", server.ip));
-    assert_eq!(out["bytes_sent"], secret.len() as u64);
-    assert_eq!(out["response_flags"], "-");
-    let inb = sidecars.wait_event("server", "inbound client->server", |e| {
-        e["direction"] == "inbound"
-    });
-    assert_eq!(inb["src.identity"], CLIENT_ID);
-    assert_eq!(inb["dst.identity"], SERVER_ID);
-    assert_eq!(inb["dst.workload"], "bank/server");
-    assert_eq!(inb["bytes_recv"], secret.len() as u64);
-
-    let source = sidecars.metrics("client");
-    let dest = sidecars.metrics("server");
-    for (m, reporter) in [(&source, "source"), (&dest, "destination")] {
-        let line = m
-            .lines()
-            .find(|l| {
-                l.starts_with("istio_tcp_connections_opened_total{")
-                    && l.contains(&format!("reporter=\"{reporter}\""))
-            })
-            .unwrap_or_else(|| panic!("no {reporter} connection metric:\n{m}"));
-        assert!(
-            line.contains("source_principal=\"cluster.local/ns/shop/sa/client\""),
-            "{line}"
-        );
-        assert!(
-            line.contains("destination_principal=\"cluster.local/ns/bank/sa/server\""),
-            "{line}"
-        );
-        assert!(
-            line.contains("connection_security_policy=\"mutual_tls\""),
-            "{line}"
-        );
-    }
+    assert_mutual_tls(&sidecars, dst, secret.len() as u64);
     let (status, dump) = sidecars
         .http_get("server", 15000, "/config_dump")
         .expect("config dump");
@@ -581,14 +586,24 @@ async fn a_sidecar_follows_the_control_plane_over_xds() {
     let topo = topology();
     let mesh = Mesh::with_control_plane(&topo, &config(&topo, "PERMISSIVE", "[]"));
     let mut sidecars = Sidecars::new(&mesh, topo.nodes().len());
-    let (plain, server) = (topo.pod("plain"), topo.pod("server"));
-    // The certificate comes from the control plane's CA with node 2's
-    // token, over a marked connection that escapes the pod's REDIRECT.
+    let (client, plain, server) = (topo.pod("client"), topo.pod("plain"), topo.pod("server"));
+    // The certificates come from the control plane's CA with each node's
+    // token, over marked connections that escape the pods' REDIRECT.
     sidecars.start(server, "bank/server");
+    sidecars.start(client, "shop/client");
     assert_eq!(table_count(&server.ns), 1);
     let _app = App::serve(&server.ns, SERVER_PORT);
     let dst = SocketAddr::from((server.ip, SERVER_PORT));
     eventually(&plain.ns, dst, true, "PERMISSIVE over xDS").await;
+    // Sidecar to sidecar: labels do not travel over xDS; the server's
+    // native_tunnel does, so the client's sidecar tunnels (before it did
+    // not, and the server logged plaintext from the client's IP).
+    let data = payload(4096);
+    let back = echo_through(&client.ns, dst, &data)
+        .await
+        .expect("client -> server over xDS");
+    assert_eq!(back, data);
+    assert_mutual_tls(&sidecars, dst, data.len() as u64);
     let deny_port = r#"
   - name: no-8080
     namespace: bank
@@ -600,4 +615,79 @@ async fn a_sidecar_follows_the_control_plane_over_xds() {
     let status = sidecars.terminate("server");
     assert!(status.success(), "{status}");
     assert_eq!(table_count(&server.ns), 0);
+}
+
+/// Interop: an ambient pod, captured by its node's ztunnel, reaches a pod
+/// that runs its own sidecar. The node ztunnel tunnels straight to the
+/// pod's 15008 with the pod's identity. The sidecar pod's namespace is
+/// ambient too, yet node 2's ztunnel must leave it to its sidecar (not in
+/// its capture set, no certificate for it, no connection seen).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ambient_client_reaches_a_sidecar_pod_over_hbone() {
+    if !require_root() {
+        return;
+    }
+    let topo = topology();
+    let yaml = config(&topo, "STRICT", "[]").replace(
+        "{name: shop}",
+        "{name: shop, labels: {istio.io/dataplane-mode: ambient}}",
+    );
+    let yaml = yaml
+        .replace(
+            "{name: bank, mtls: STRICT}",
+            "{name: bank, labels: {istio.io/dataplane-mode: ambient}, mtls: STRICT}",
+        )
+        .replace(
+            "labels: {app: client, security.istio.io/tlsMode: istio}",
+            "labels: {app: client}",
+        );
+    let (mut mesh, sidecars) = start(&topo, &yaml, &[("server", "bank/server")]);
+    mesh.start_all();
+    let (client, server) = (topo.pod("client"), topo.pod("server"));
+    let app = App::serve(&server.ns, SERVER_PORT);
+    let (status, dump) = mesh.http_get(2, 15000, "/config_dump").expect("dump");
+    assert_eq!(status, 200);
+    let dump: serde_json::Value = serde_json::from_str(&dump).expect("JSON");
+    assert_eq!(
+        dump["captured_pods"],
+        serde_json::json!([]),
+        "node 2 captures no sidecar pod"
+    );
+    assert_eq!(dump["certificates"], serde_json::json!([]), "{dump}");
+
+    let data = payload(4096);
+    let dst = SocketAddr::from((server.ip, SERVER_PORT));
+    let back = echo_through(&client.ns, dst, &data)
+        .await
+        .expect("ambient client -> sidecar server (STRICT)");
+    assert_eq!(back, data);
+    // The node ztunnel dials from the client's IP; the sidecar reaches the
+    // app from inside the pod.
+    assert_eq!(app.peers()[0].ip(), IpAddr::V4(server.ip));
+    let out = mesh.wait_event(1, "outbound client->server", |e| {
+        e["direction"] == "outbound" && e["dst.addr"] == dst.to_string()
+    });
+    assert_eq!(out["src.identity"], CLIENT_ID);
+    assert_eq!(out["dst.identity"], SERVER_ID);
+    assert_eq!(out["dst.hbone_addr"], format!("{}:15008", server.ip));
+    assert_eq!(out["response_flags"], "-");
+    let inb = sidecars.wait_event("server", "inbound client->server", |e| {
+        e["direction"] == "inbound" && e["src.identity"] == CLIENT_ID
+    });
+    assert_eq!(
+        inb["src.addr"]
+            .as_str()
+            .map(|a| a.starts_with(&format!("{}:", client.ip))),
+        Some(true),
+        "{inb}"
+    );
+    assert_eq!(inb["dst.identity"], SERVER_ID);
+    assert_eq!(inb["bytes_recv"], data.len() as u64);
+    assert_mutual_tls_metric(&mesh.metrics(1), "source");
+    assert_mutual_tls_metric(&sidecars.metrics("server"), "destination");
+    assert!(
+        mesh.access_log(2).is_empty(),
+        "node 2's ztunnel saw the connection: {:?}",
+        mesh.access_log(2)
+    );
 }
