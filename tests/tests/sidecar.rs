@@ -624,6 +624,17 @@ async fn a_sidecar_follows_the_control_plane_over_xds() {
 /// its capture set, no certificate for it, no connection seen).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ambient_client_reaches_a_sidecar_pod_over_hbone() {
+    ambient_client_to_sidecar_pod(false).await;
+}
+
+/// The same over xDS, where only `native_tunnel` tells node 2's ztunnel
+/// that the pod has its own sidecar.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ambient_client_reaches_a_sidecar_pod_over_xds() {
+    ambient_client_to_sidecar_pod(true).await;
+}
+
+async fn ambient_client_to_sidecar_pod(xds: bool) {
     if !require_root() {
         return;
     }
@@ -641,7 +652,14 @@ async fn an_ambient_client_reaches_a_sidecar_pod_over_hbone() {
             "labels: {app: client, security.istio.io/tlsMode: istio}",
             "labels: {app: client}",
         );
-    let (mut mesh, sidecars) = start(&topo, &yaml, &[("server", "bank/server")]);
+    let (mut mesh, sidecars) = if xds {
+        let mesh = Mesh::with_control_plane(&topo, &yaml);
+        let mut sidecars = Sidecars::new(&mesh, topo.nodes().len());
+        sidecars.start(topo.pod("server"), "bank/server");
+        (mesh, sidecars)
+    } else {
+        start(&topo, &yaml, &[("server", "bank/server")])
+    };
     mesh.start_all();
     let (client, server) = (topo.pod("client"), topo.pod("server"));
     let app = App::serve(&server.ns, SERVER_PORT);
