@@ -14,7 +14,9 @@
 //!   server pod while the proxies' RSS is summed per node.
 //!
 //! Every byte is checked in every mode, and each meshed mode is checked to
-//! have really carried the traffic (Envoy: TLS 1.3 handshakes and bytes in
+//! have really carried the traffic (ztunnel sidecar: the bytes in both
+//! sidecars' access logs with the peer identities, and in the client
+//! sidecar's `mutual_tls` metrics; Envoy: TLS 1.3 handshakes and bytes in
 //! its admin stats on both sides; ambient: bytes in ztunnel's access log).
 //! Writes JSON (every figure, min/median/max) and a self-contained HTML
 //! report. `--smoke`: a few seconds, small N, correctness only (CI).

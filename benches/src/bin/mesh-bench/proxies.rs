@@ -3,6 +3,8 @@
 //! - Envoy: one Envoy per pod (a [`ChildGuard`] each, so it is killed and
 //!   reaped whatever happens), the REDIRECT rules applied in the pod with
 //!   `nft -f -`, per-pod certificates from the mesh's dev CA written to files.
+//! - ztunnel sidecar: one `ztunnel --mode sidecar` per pod through the
+//!   harness's [`Sidecars`] (it installs its own capture table).
 //! - Ambient: one ztunnel per node through the harness's [`Mesh`].
 
 use std::io::{Read, Write};
@@ -12,8 +14,9 @@ use std::time::{Duration, Instant};
 
 use hbone::ca::DevCa;
 use mesh_benches::mesh_bench::envoy::{self, Destination, Sidecar};
-use mesh_benches::mesh_bench::{capture, spiffe_uri, ADMIN_PORT, NAMESPACE, TRUST_DOMAIN};
+use mesh_benches::mesh_bench::{capture, spiffe_uri, Mode, ADMIN_PORT, NAMESPACE, TRUST_DOMAIN};
 use mesh_tests::mesh::Mesh;
+use mesh_tests::sidecar::{table_count, Sidecars};
 use mesh_tests::{ChildGuard, Netns, Pod, Topology};
 
 use crate::support;
@@ -272,13 +275,21 @@ impl Drop for EnvoyFleet {
     }
 }
 
-/// The harness config for ambient mode: the first `n` client and server
-/// pods, in a namespace labelled ambient.
-pub fn ambient_config(topo: &Topology, n: usize) -> String {
+/// The harness config with the first `n` client and server pods:
+/// - ambient: their namespace is labelled ambient (the node ztunnels
+///   capture them);
+/// - ztunnel sidecar: the namespace is not, and every pod carries
+///   `security.istio.io/tlsMode: istio`, which is what makes a sidecar
+///   tunnel to it (file mode: labels do not travel over xDS).
+pub fn mesh_config(topo: &Topology, n: usize, mode: Mode) -> String {
+    let (ns_labels, tls_mode) = match mode {
+        Mode::Sidecar => ("{}", ", security.istio.io/tlsMode: istio"),
+        _ => ("{istio.io/dataplane-mode: ambient}", ""),
+    };
     let mut w = String::new();
     for pod in topo.pods().iter().filter(|p| pod_index(&p.name) < n) {
         w += &format!(
-            "  - {{name: {name}, namespace: {NAMESPACE}, serviceAccount: {name}, ip: {ip}, node: node{node}, labels: {{app: {name}}}}}\n",
+            "  - {{name: {name}, namespace: {NAMESPACE}, serviceAccount: {name}, ip: {ip}, node: node{node}, labels: {{app: {name}{tls_mode}}}}}\n",
             name = pod.name,
             ip = pod.ip,
             node = pod.node
@@ -286,7 +297,7 @@ pub fn ambient_config(topo: &Topology, n: usize) -> String {
     }
     format!(
         "trustDomain: {TRUST_DOMAIN}\nnodes:\n  - {{name: node1, ip: 10.0.0.1}}\n  - {{name: node2, ip: 10.0.0.2}}\n\
-         namespaces:\n  - {{name: {NAMESPACE}, labels: {{istio.io/dataplane-mode: ambient}}}}\nworkloads:\n{w}"
+         namespaces:\n  - {{name: {NAMESPACE}, labels: {ns_labels}}}\nworkloads:\n{w}"
     )
 }
 
@@ -300,7 +311,7 @@ pub fn pod_index(name: &str) -> usize {
 
 /// Starts both ztunnels with the first `n` pods per node in the mesh.
 pub fn start_ambient(mesh: &mut Mesh, topo: &Topology, n: usize) -> Running {
-    mesh.write_config(&ambient_config(topo, n));
+    mesh.write_config(&mesh_config(topo, n, Mode::Ambient));
     let started = Instant::now();
     mesh.start_all();
     let startup_s = started.elapsed().as_secs_f64();
@@ -323,6 +334,51 @@ pub fn stop_ambient(mesh: &mut Mesh, topo: &Topology) {
             !tables.contains("ambient"),
             "node{} kept a capture table after SIGTERM: {tables}",
             node.index
+        );
+    }
+}
+
+/// Starts one `ztunnel --mode sidecar` per pod in `pods` (the first `n`
+/// per node), all at once, and returns when every one is ready.
+pub fn start_sidecars(
+    mesh: &Mesh,
+    sidecars: &mut Sidecars,
+    topo: &Topology,
+    pods: &[&Pod],
+    n: usize,
+) -> Running {
+    mesh.write_config(&mesh_config(topo, n, Mode::Sidecar));
+    let started = Instant::now();
+    for pod in pods {
+        sidecars.start_with(pod, &format!("{NAMESPACE}/{}", pod.name), &[]);
+    }
+    for pod in pods {
+        sidecars.wait_ready(&pod.name);
+    }
+    let mut running = Running {
+        startup_s: started.elapsed().as_secs_f64(),
+        ..Running::default()
+    };
+    for pod in pods {
+        running.pids[pod.node - 1].push(sidecars.pid(&pod.name));
+    }
+    running
+}
+
+/// SIGTERMs every sidecar of `pods` and checks each removed its table.
+pub fn stop_sidecars(sidecars: &mut Sidecars, pods: &[&Pod]) {
+    for pod in pods {
+        let status = sidecars.terminate(&pod.name);
+        assert!(
+            status.success(),
+            "sidecar of {} exited with {status}",
+            pod.name
+        );
+        assert_eq!(
+            table_count(&pod.ns),
+            0,
+            "sidecar of {} left its capture table after SIGTERM",
+            pod.name
         );
     }
 }

@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 use mesh_benches::mesh_bench::envoy::{sum_stats, INBOUND_STAT_PREFIX, OUTBOUND_STAT_PREFIX};
 use mesh_benches::mesh_bench::report::{html, pss_id, rss_id, startup_id, Meta, Report};
 use mesh_benches::mesh_bench::stats::{percentile, quantile_curve, sorted, Spread};
-use mesh_benches::mesh_bench::Mode;
+use mesh_benches::mesh_bench::{spiffe_uri, Mode, HBONE_PORT};
 use mesh_tests::mesh::Mesh;
+use mesh_tests::sidecar::Sidecars;
 use mesh_tests::{Netns, Topology};
 
 use crate::proxies::{self, EnvoyFleet, Running};
@@ -22,6 +23,8 @@ type Samples = BTreeMap<String, BTreeMap<Mode, Vec<f64>>>;
 struct Bench<'a> {
     opts: &'a Opts,
     topo: &'a Topology,
+    /// Before `mesh`: dropped (killed) before its scratch dir goes.
+    sidecars: Sidecars,
     mesh: Mesh,
     envoy: Option<EnvoyFleet>,
     samples: Samples,
@@ -36,14 +39,6 @@ pub fn run(opts: &Opts) -> Result<(), String> {
     let commit = git_commit();
     let mut not_run = BTreeMap::new();
     let mut modes = opts.modes.clone();
-    if modes.contains(&Mode::Sidecar) {
-        // Wired once `ztunnel --mode sidecar` is on main (issue 5, first half).
-        not_run.insert(
-            Mode::Sidecar.key().to_owned(),
-            "ztunnel --mode sidecar is on main but not yet wired into mesh-bench (mesh_tests::sidecar::Sidecars)".to_owned(),
-        );
-        modes.retain(|m| *m != Mode::Sidecar);
-    }
     let envoy_bin = match proxies::envoy_bin() {
         Ok(b) => Some(b),
         Err(e) if modes.contains(&Mode::Envoy) => {
@@ -93,7 +88,8 @@ pub fn run(opts: &Opts) -> Result<(), String> {
             opts.reps * Mode::ALL.len(),
         );
     }
-    let mesh = Mesh::new(&topo, &proxies::ambient_config(&topo, 0));
+    let mesh = Mesh::new(&topo, &proxies::mesh_config(&topo, 0, Mode::Ambient));
+    let sidecars = Sidecars::new(&mesh, topo.nodes().len());
     let envoy = envoy_bin.as_ref().map(|bin| {
         let ca = hbone::ca::DevCa::load_or_create(mesh.ca_dir()).expect("mesh CA");
         EnvoyFleet::new(bin.clone(), mesh.scratch("envoy"), ca)
@@ -101,6 +97,7 @@ pub fn run(opts: &Opts) -> Result<(), String> {
     let mut bench = Bench {
         opts,
         topo: &topo,
+        sidecars,
         mesh,
         envoy,
         samples: Samples::new(),
@@ -119,7 +116,7 @@ pub fn run(opts: &Opts) -> Result<(), String> {
                     bench.perf(*mode, &running, shot_port)?;
                 }
                 bench.idle(*mode, *n, &running)?;
-                bench.stop(*mode);
+                bench.stop(*mode, *n);
             }
         }
     }
@@ -160,7 +157,7 @@ pub fn run(opts: &Opts) -> Result<(), String> {
     Ok(())
 }
 
-impl Bench<'_> {
+impl<'a> Bench<'a> {
     fn push(&mut self, id: &str, mode: Mode, v: f64) {
         self.samples
             .entry(id.to_owned())
@@ -170,13 +167,17 @@ impl Bench<'_> {
             .push(v);
     }
 
-    fn start(&mut self, mode: Mode, n: usize) -> Running {
-        let pods: Vec<&mesh_tests::Pod> = self
-            .topo
+    /// The first `n` client and server pods.
+    fn pods(&self, n: usize) -> Vec<&'a mesh_tests::Pod> {
+        self.topo
             .pods()
             .iter()
             .filter(|p| proxies::pod_index(&p.name) < n)
-            .collect();
+            .collect()
+    }
+
+    fn start(&mut self, mode: Mode, n: usize) -> Running {
+        let pods = self.pods(n);
         match mode {
             Mode::NoMesh => Running::default(),
             Mode::Envoy => {
@@ -187,13 +188,19 @@ impl Bench<'_> {
                     .start(&pods, &dest)
             }
             Mode::Ambient => proxies::start_ambient(&mut self.mesh, self.topo, n),
-            Mode::Sidecar => unreachable!("sidecar mode is filtered out until it lands"),
+            Mode::Sidecar => {
+                proxies::start_sidecars(&self.mesh, &mut self.sidecars, self.topo, &pods, n)
+            }
         }
     }
 
-    fn stop(&mut self, mode: Mode) {
+    fn stop(&mut self, mode: Mode, n: usize) {
         match mode {
-            Mode::NoMesh | Mode::Sidecar => {}
+            Mode::NoMesh => {}
+            Mode::Sidecar => {
+                let pods = self.pods(n);
+                proxies::stop_sidecars(&mut self.sidecars, &pods);
+            }
             Mode::Envoy => self.envoy.as_mut().expect("envoy available").stop(),
             Mode::Ambient => proxies::stop_ambient(&mut self.mesh, self.topo),
         }
@@ -276,7 +283,8 @@ impl Bench<'_> {
     /// Did the meshed mode really carry the bulk bytes, over mutual TLS?
     fn verify_bulk(&mut self, mode: Mode, bytes: u64) -> Result<(), String> {
         let line = match mode {
-            Mode::NoMesh | Mode::Sidecar => return Ok(()),
+            Mode::NoMesh => return Ok(()),
+            Mode::Sidecar => self.verify_sidecar_bulk(bytes)?,
             Mode::Ambient => {
                 let dst = SocketAddr::from((self.topo.pod("server-0").ip, SINK_PORT)).to_string();
                 self.mesh.wait_event(1, "bulk outbound", |e| {
@@ -324,6 +332,53 @@ impl Bench<'_> {
             v.push(line);
         }
         Ok(())
+    }
+
+    /// The client-0 sidecar's access log and metrics, and the server-0
+    /// sidecar's access log, show the bulk bytes crossing both sidecars
+    /// over mutual TLS with server-0's identity.
+    fn verify_sidecar_bulk(&self, bytes: u64) -> Result<String, String> {
+        let server = self.topo.pod("server-0").ip;
+        let dst = SocketAddr::from((server, SINK_PORT)).to_string();
+        let hbone = SocketAddr::from((server, HBONE_PORT)).to_string();
+        let (src_id, dst_id) = (spiffe_uri("client-0"), spiffe_uri("server-0"));
+        let out = self.sidecars.wait_event("client-0", "bulk outbound", |e| {
+            e["direction"] == "outbound"
+                && e["dst.addr"] == dst.as_str()
+                && e["bytes_sent"] == bytes
+        });
+        if out["dst.identity"] != dst_id.as_str() || out["dst.hbone_addr"] != hbone.as_str() {
+            return Err(format!(
+                "client-0 sidecar did not tunnel the bulk to {dst_id} at {hbone}: {out}"
+            ));
+        }
+        self.sidecars.wait_event("server-0", "bulk inbound", |e| {
+            e["direction"] == "inbound"
+                && e["src.identity"] == src_id.as_str()
+                && e["dst.identity"] == dst_id.as_str()
+                && e["bytes_recv"] == bytes
+        });
+        let principal = dst_id.trim_start_matches("spiffe://");
+        let metrics = self.sidecars.metrics("client-0");
+        let sent: f64 = metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("istio_tcp_sent_bytes_total{")
+                    && l.contains("reporter=\"source\"")
+                    && l.contains("connection_security_policy=\"mutual_tls\"")
+                    && l.contains(&format!("destination_principal=\"{principal}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        if sent < bytes as f64 {
+            return Err(format!(
+                "client-0 sidecar metrics show {sent} B sent over mutual_tls to {principal}, want >= {bytes}"
+            ));
+        }
+        Ok(format!(
+            "client-0 sidecar access log: outbound to {dst} via HBONE {hbone}, dst.identity {dst_id}, bytes_sent = {bytes} (the bytes the client wrote); \
+             server-0 sidecar: inbound from {src_id} with bytes_recv = {bytes}; client-0 istio_tcp_sent_bytes_total{{connection_security_policy=\"mutual_tls\", destination_principal=\"{principal}\"}} = {sent}"
+        ))
     }
 
     /// Idle connections from every client pod to its server pod; RSS per node.
