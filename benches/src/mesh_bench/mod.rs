@@ -4,12 +4,12 @@
 //!
 //! - [`envoy`]: the static bootstrap of an Envoy sidecar, shaped like the one
 //!   Istio generates (outbound 15001, inbound 15006, mutual TLS 1.3 with
-//!   SPIFFE SAN checks, SO_MARK on upstream sockets);
-//! - [`capture`]: the nat REDIRECT rules a sidecar needs inside its pod;
+//!   SPIFFE SAN checks, SO_MARK on upstream sockets), captured by the same
+//!   nft rules as `ztunnel --mode sidecar`
+//!   (`ztunnel::capture::sidecar::ruleset`);
 //! - [`stats`]: percentiles, min/median/max, ratios;
 //! - [`report`]: the JSON document and the self-contained HTML report.
 
-pub mod capture;
 pub mod envoy;
 pub mod report;
 pub mod stats;
@@ -20,20 +20,17 @@ use serde::{Deserialize, Serialize};
 pub const TRUST_DOMAIN: &str = "cluster.local";
 /// Kubernetes namespace of every benchmark pod.
 pub const NAMESPACE: &str = "bench";
-/// Mark a sidecar puts on its own sockets so capture skips them (DESIGN §4).
-pub const PROXY_MARK: u32 = 0x539;
-/// Sidecar outbound capture port.
-pub const OUTBOUND_PORT: u16 = 15001;
-/// Sidecar inbound capture port.
-pub const INBOUND_PORT: u16 = 15006;
+/// Mark a sidecar puts on its own sockets so capture skips them (DESIGN §4):
+/// the one `ztunnel::capture::sidecar::ruleset` skips.
+pub const PROXY_MARK: u32 = ztunnel::capture::rules::ZTUNNEL_MARK;
+/// Sidecar outbound capture port (where the shared ruleset redirects).
+pub const OUTBOUND_PORT: u16 = ztunnel::capture::rules::OUTBOUND_PORT;
+/// Sidecar inbound capture port (where the shared ruleset redirects).
+pub const INBOUND_PORT: u16 = ztunnel::capture::rules::INBOUND_PLAINTEXT_PORT;
 /// HBONE port (never captured inbound).
-pub const HBONE_PORT: u16 = 15008;
+pub const HBONE_PORT: u16 = ztunnel::capture::rules::HBONE_PORT;
 /// Admin port (Envoy: `/ready`, `/stats`; localhost only).
-pub const ADMIN_PORT: u16 = 15000;
-/// Prometheus metrics port.
-pub const METRICS_PORT: u16 = 15020;
-/// Readiness port.
-pub const READINESS_PORT: u16 = 15021;
+pub const ADMIN_PORT: u16 = ztunnel::capture::sidecar::ADMIN_PORT;
 
 /// The data paths compared, in the order they alternate within a repetition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -93,4 +90,21 @@ impl Mode {
 /// `spiffe://cluster.local/ns/bench/sa/<service account>`.
 pub fn spiffe_uri(service_account: &str) -> String {
     format!("spiffe://{TRUST_DOMAIN}/ns/{NAMESPACE}/sa/{service_account}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ztunnel::capture::sidecar::SidecarRules;
+
+    /// The Envoy pods get `SidecarRules::default()`: its redirects must land
+    /// on Envoy's listeners and skip Envoy's marked sockets.
+    #[test]
+    fn envoy_ports_are_where_the_shared_sidecar_rules_redirect() {
+        let rules = SidecarRules::default();
+        assert_eq!(rules.outbound_port, OUTBOUND_PORT);
+        assert_eq!(rules.inbound_port, INBOUND_PORT);
+        assert_eq!(rules.mark, PROXY_MARK);
+        assert!(rules.inbound_exclude.contains(&ADMIN_PORT));
+    }
 }

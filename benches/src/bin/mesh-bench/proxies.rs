@@ -1,8 +1,9 @@
 //! Starting and stopping each mode's proxies, and finding their processes.
 //!
 //! - Envoy: one Envoy per pod (a [`ChildGuard`] each, so it is killed and
-//!   reaped whatever happens), the REDIRECT rules applied in the pod with
-//!   `nft -f -`, per-pod certificates from the mesh's dev CA written to files.
+//!   reaped whatever happens), the REDIRECT rules of `ztunnel --mode
+//!   sidecar` (`ztunnel::capture::sidecar::install`) applied in the pod,
+//!   per-pod certificates from the mesh's dev CA written to files.
 //! - ztunnel sidecar: one `ztunnel --mode sidecar` per pod through the
 //!   harness's [`Sidecars`] (it installs its own capture table).
 //! - Ambient: one ztunnel per node through the harness's [`Mesh`].
@@ -14,10 +15,11 @@ use std::time::{Duration, Instant};
 
 use hbone::ca::DevCa;
 use mesh_benches::mesh_bench::envoy::{self, Destination, Sidecar};
-use mesh_benches::mesh_bench::{capture, spiffe_uri, Mode, ADMIN_PORT, NAMESPACE, TRUST_DOMAIN};
+use mesh_benches::mesh_bench::{spiffe_uri, Mode, ADMIN_PORT, NAMESPACE, TRUST_DOMAIN};
 use mesh_tests::mesh::Mesh;
 use mesh_tests::sidecar::{table_count, Sidecars};
 use mesh_tests::{ChildGuard, Netns, Pod, Topology};
+use ztunnel::capture::sidecar::{self as sidecar_capture, SidecarRules};
 
 use crate::support;
 
@@ -195,10 +197,8 @@ impl EnvoyFleet {
         let configs: Vec<PathBuf> = pods.iter().map(|p| self.prepare(p, destinations)).collect();
         for pod in pods {
             pod.ns
-                .exec(&format!(
-                    "printf '%s' '{}' | nft -f -",
-                    capture::render_ruleset()
-                ))
+                .run(|| sidecar_capture::install(&SidecarRules::default()))
+                .expect("enter pod namespace")
                 .expect("sidecar capture rules");
         }
         let started = Instant::now();
@@ -257,11 +257,9 @@ impl EnvoyFleet {
     pub fn stop(&mut self) {
         for (ns, _, mut child) in self.children.drain(..) {
             child.kill();
-            ns.exec(&format!(
-                "printf '%s' '{}' | nft -f -",
-                capture::render_delete()
-            ))
-            .expect("remove sidecar capture rules");
+            ns.run(sidecar_capture::remove)
+                .expect("enter pod namespace")
+                .expect("remove sidecar capture rules");
         }
     }
 }
