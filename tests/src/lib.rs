@@ -17,6 +17,7 @@ mod topology;
 
 pub mod echo;
 pub mod mesh;
+pub mod process;
 pub mod rules;
 pub mod sidecar;
 

