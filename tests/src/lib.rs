@@ -16,6 +16,7 @@ mod skip;
 mod topology;
 
 pub mod echo;
+pub mod load;
 pub mod mesh;
 pub mod process;
 pub mod rules;

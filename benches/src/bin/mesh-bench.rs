@@ -25,8 +25,6 @@
 mod proxies;
 #[path = "mesh-bench/run.rs"]
 mod run;
-#[path = "mesh-bench/workloads.rs"]
-mod workloads;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -21,21 +21,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use mesh_tests::echo::payload;
+use mesh_tests::load::{
+    bulk, churn, closed_loop, in_ns, serve, ECHO_PORT, ONESHOT_PORT, REQ_LEN, SINK_PORT,
+};
 use mesh_tests::mesh::Mesh;
 use mesh_tests::process;
 use mesh_tests::{require_root, Netns, Topology};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-const SINK_PORT: u16 = 5001;
-const ECHO_PORT: u16 = 5002;
-/// The first of the one-shot ports: each (repetition, mode) uses its own, see
-/// `shot_port`.
-const ONESHOT_PORT: u16 = 5100;
-const REQ_LEN: usize = 1024;
-const SHOT_LEN: usize = 16;
-const BULK_BUF: usize = 256 * 1024;
 
 #[derive(Debug, Clone)]
 struct Opts {
@@ -181,7 +174,7 @@ fn run(opts: &Opts) {
         .enable_all()
         .build()
         .expect("server runtime");
-    serve(&server_rt, &topo.pod("server").ns, 2 * opts.reps);
+    serve(&server_rt, &topo.pod("server").ns, true, 2 * opts.reps);
 
     let mut samples = Samples::new();
     let started = Instant::now();
@@ -347,7 +340,7 @@ fn one_rep(
     }
 
     let c0 = cpu(pids);
-    let mut rtts = in_ns(client, latency(echo, opts.latency))
+    let mut rtts = in_ns(client, closed_loop(echo, opts.latency))
         .unwrap_or_else(|e| panic!("{mode:?} latency: {e}"));
     let c1 = cpu(pids);
     assert!(!rtts.is_empty(), "{mode:?} latency: no round trips");
@@ -358,7 +351,7 @@ fn one_rep(
     push(s, "ztunnel_cpu_s_latency", mode, c1 - c0);
 
     let c0 = cpu(pids);
-    let (conns, secs) = in_ns(client, conn_rate(shot, opts.workers, opts.rate))
+    let (conns, secs) = in_ns(client, churn(shot, opts.workers, opts.rate))
         .unwrap_or_else(|e| panic!("{mode:?} connection rate: {e}"));
     let c1 = cpu(pids);
     assert!(
@@ -383,170 +376,6 @@ fn percentile(sorted_us: &[f64], q: f64) -> f64 {
     }
     let i = ((sorted_us.len() - 1) as f64 * q).round() as usize;
     sorted_us[i]
-}
-
-/// Runs a client future on a thread inside `ns` with its own current-thread
-/// runtime: its sockets are created in the client pod without a thread hop
-/// per connection.
-fn in_ns<T: Send, F: std::future::Future<Output = T> + Send>(ns: &Netns, fut: F) -> T {
-    ns.run(move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("client runtime")
-            .block_on(fut)
-    })
-    .expect("enter client namespace")
-}
-
-/// The server pod's apps: a byte sink that answers with (count, sum), an
-/// echo, and a one-shot 16-byte echo that closes first.
-fn serve(rt: &tokio::runtime::Runtime, ns: &Netns, shot_ports: usize) {
-    let _enter = rt.enter();
-    let listen = |port| {
-        ns.listen(SocketAddr::from(([0, 0, 0, 0], port)))
-            .expect("server listener")
-    };
-    let (sink, echo) = (listen(SINK_PORT), listen(ECHO_PORT));
-    rt.spawn(async move {
-        while let Ok((mut s, _)) = sink.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; BULK_BUF];
-                let (mut count, mut sum) = (0u64, 0u64);
-                while let Ok(n) = s.read(&mut buf).await {
-                    if n == 0 {
-                        break;
-                    }
-                    count += n as u64;
-                    sum = buf[..n]
-                        .iter()
-                        .fold(sum, |a, b| a.wrapping_add(u64::from(*b)));
-                }
-                let mut reply = count.to_le_bytes().to_vec();
-                reply.extend_from_slice(&sum.to_le_bytes());
-                let _ = s.write_all(&reply).await;
-                let _ = s.shutdown().await;
-            });
-        }
-    });
-    rt.spawn(async move {
-        while let Ok((mut s, _)) = echo.accept().await {
-            let _ = s.set_nodelay(true);
-            tokio::spawn(async move {
-                let (mut rd, mut wr) = s.split();
-                let _ = tokio::io::copy(&mut rd, &mut wr).await;
-                let _ = wr.shutdown().await;
-            });
-        }
-    });
-    for i in 0..shot_ports {
-        let shot = listen(ONESHOT_PORT + i as u16);
-        rt.spawn(async move {
-            while let Ok((mut s, _)) = shot.accept().await {
-                tokio::spawn(async move {
-                    let mut buf = [0u8; SHOT_LEN];
-                    if s.read_exact(&mut buf).await.is_ok() {
-                        let _ = s.write_all(&buf).await;
-                    }
-                    let _ = s.shutdown().await;
-                });
-            }
-        });
-    }
-}
-
-/// Streams for `dur`, half-closes, and checks the server's (count, sum).
-async fn bulk(to: SocketAddr, dur: Duration) -> Result<(u64, f64), String> {
-    let buf = payload(BULK_BUF);
-    let buf_sum = buf.iter().fold(0u64, |a, b| a.wrapping_add(u64::from(*b)));
-    let mut s = tokio::net::TcpStream::connect(to)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    let start = Instant::now();
-    let mut writes = 0u64;
-    while start.elapsed() < dur {
-        s.write_all(&buf).await.map_err(|e| format!("write: {e}"))?;
-        writes += 1;
-    }
-    s.shutdown().await.map_err(|e| format!("shutdown: {e}"))?;
-    let mut reply = [0u8; 16];
-    s.read_exact(&mut reply)
-        .await
-        .map_err(|e| format!("reading the count: {e}"))?;
-    let secs = start.elapsed().as_secs_f64();
-    let count = u64::from_le_bytes(reply[..8].try_into().expect("8 bytes"));
-    let sum = u64::from_le_bytes(reply[8..].try_into().expect("8 bytes"));
-    let sent = writes * BULK_BUF as u64;
-    if count != sent || sum != buf_sum.wrapping_mul(writes) {
-        return Err(format!("server got {count} bytes (sum {sum}), sent {sent}"));
-    }
-    Ok((sent, secs))
-}
-
-/// 1 KiB request, 1 KiB response, on one connection, for `dur` (after 200
-/// warm-up round trips). Returns every round trip in µs.
-async fn latency(to: SocketAddr, dur: Duration) -> Result<Vec<f64>, String> {
-    let req = payload(REQ_LEN);
-    let mut resp = vec![0u8; REQ_LEN];
-    let mut s = tokio::net::TcpStream::connect(to)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    s.set_nodelay(true).map_err(|e| e.to_string())?;
-    let mut rtts = Vec::new();
-    let mut i = 0u64;
-    let start = Instant::now();
-    while i < 200 || start.elapsed() < dur {
-        let t = Instant::now();
-        s.write_all(&req).await.map_err(|e| format!("write: {e}"))?;
-        s.read_exact(&mut resp)
-            .await
-            .map_err(|e| format!("read: {e}"))?;
-        let rtt = t.elapsed();
-        if resp != req {
-            return Err(format!("round trip {i}: response differs from request"));
-        }
-        if i >= 200 {
-            rtts.push(rtt.as_secs_f64() * 1e6);
-        }
-        i += 1;
-    }
-    Ok(rtts)
-}
-
-/// `workers` loops of connect, 16-byte echo, read to EOF, for `dur`.
-async fn conn_rate(to: SocketAddr, workers: usize, dur: Duration) -> Result<(u64, f64), String> {
-    let start = Instant::now();
-    let tasks: Vec<_> = (0..workers)
-        .map(|w| {
-            tokio::spawn(async move {
-                let msg = [w as u8; SHOT_LEN];
-                let mut done = 0u64;
-                while start.elapsed() < dur {
-                    let mut s = tokio::net::TcpStream::connect(to)
-                        .await
-                        .map_err(|e| format!("connect {done}: {e}"))?;
-                    s.write_all(&msg).await.map_err(|e| format!("write: {e}"))?;
-                    let mut back = Vec::with_capacity(SHOT_LEN);
-                    s.read_to_end(&mut back)
-                        .await
-                        .map_err(|e| format!("read: {e}"))?;
-                    if back != msg {
-                        return Err(format!(
-                            "connection {done}: got {} bytes back, not the 16 sent",
-                            back.len()
-                        ));
-                    }
-                    done += 1;
-                }
-                Ok::<u64, String>(done)
-            })
-        })
-        .collect();
-    let mut total = 0;
-    for t in tasks {
-        total += t.await.map_err(|e| e.to_string())??;
-    }
-    Ok((total, start.elapsed().as_secs_f64()))
 }
 
 /// RSS with many workloads configured and many idle connections open.

@@ -8,12 +8,12 @@ use mesh_benches::mesh_bench::envoy::{sum_stats, INBOUND_STAT_PREFIX, OUTBOUND_S
 use mesh_benches::mesh_bench::report::{html, pss_id, rss_id, startup_id, Meta, Report};
 use mesh_benches::mesh_bench::stats::{percentile, quantile_curve, sorted, Spread};
 use mesh_benches::mesh_bench::{spiffe_uri, Mode, HBONE_PORT};
+use mesh_tests::load::{self as workloads, in_ns, IdleConns, ECHO_PORT, ONESHOT_PORT, SINK_PORT};
 use mesh_tests::mesh::Mesh;
 use mesh_tests::sidecar::Sidecars;
 use mesh_tests::{Netns, Topology};
 
 use crate::proxies::{self, EnvoyFleet, Running};
-use crate::workloads::{self, in_ns, IdleConns, ECHO_PORT, ONESHOT_PORT, SINK_PORT};
 use crate::Opts;
 
 /// figure id -> mode -> one sample per repetition.

@@ -1,4 +1,5 @@
-//! The apps in the server pods and the client workloads, every byte checked.
+//! Benchmark load: the apps in server pods and the client workloads of
+//! `netns-bench` and `mesh-bench`, every byte checked.
 //!
 //! Server pods: an echo on [`ECHO_PORT`] (every server pod), and in the
 //! measured server pod a sink that answers with (count, sum) on
@@ -9,8 +10,8 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use mesh_tests::echo::payload;
-use mesh_tests::Netns;
+use crate::echo::payload;
+use crate::netns::Netns;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub const SINK_PORT: u16 = 5001;
@@ -99,7 +100,7 @@ pub async fn warm_up(to: SocketAddr, msg: &[u8]) -> Result<(), String> {
     let s = tokio::net::TcpStream::connect(to)
         .await
         .map_err(|e| format!("connect: {e}"))?;
-    let back = mesh_tests::echo::round_trip(s, msg)
+    let back = crate::echo::round_trip(s, msg)
         .await
         .map_err(|e| format!("echo: {e}"))?;
     if back != msg {
