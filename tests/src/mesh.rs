@@ -294,6 +294,22 @@ impl Mesh {
             .unwrap_or_else(|| panic!("ztunnel on node{node} ignored SIGTERM"))
     }
 
+    /// SIGTERMs every node's ztunnel, checks each exited cleanly and
+    /// removed its capture table.
+    pub fn terminate_all(&mut self) {
+        for node in 1..=self.nodes.len() {
+            let status = self.terminate(node);
+            assert!(status.success(), "ztunnel node{node} exited with {status}");
+            let tables = self.nodes[node - 1]
+                .exec("nft list tables")
+                .unwrap_or_default();
+            assert!(
+                !tables.contains("ambient"),
+                "node{node} kept a capture table after SIGTERM: {tables}"
+            );
+        }
+    }
+
     /// Sends `sig` to the node's ztunnel without waiting.
     pub fn signal(&self, node: usize, sig: nix::sys::signal::Signal) {
         self.ztunnels[node - 1]
@@ -333,10 +349,7 @@ impl Mesh {
 
     /// Every access-log event of the node so far.
     pub fn access_log(&self, node: usize) -> Vec<serde_json::Value> {
-        let text = std::fs::read_to_string(self.access_log_path(node)).unwrap_or_default();
-        text.lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
+        read_access_log(&self.access_log_path(node))
     }
 
     /// Waits up to 5 s for an access-log event on `node` matching `pred`.
@@ -344,19 +357,11 @@ impl Mesh {
     where
         F: Fn(&serde_json::Value) -> bool,
     {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            if let Some(ev) = self.access_log(node).into_iter().find(|e| pred(e)) {
-                return ev;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "no access-log event on node{node} for {what}; log:\n{}",
-                    std::fs::read_to_string(self.access_log_path(node)).unwrap_or_default()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_access_log_event(
+            &self.access_log_path(node),
+            &format!("on node{node} for {what}"),
+            pred,
+        )
     }
 
     /// The node's ztunnel stderr so far.
@@ -382,6 +387,35 @@ impl Drop for Mesh {
             }
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Every JSON event of the access log at `path` so far.
+pub fn read_access_log(path: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Waits up to 5 s for an event of the access log at `path` matching
+/// `pred`; panics with `what` and the log otherwise.
+pub fn wait_access_log_event<F>(path: &Path, what: &str, pred: F) -> serde_json::Value
+where
+    F: Fn(&serde_json::Value) -> bool,
+{
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(ev) = read_access_log(path).into_iter().find(|e| pred(e)) {
+            return ev;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "no access-log event {what}; log:\n{}",
+                std::fs::read_to_string(path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

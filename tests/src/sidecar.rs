@@ -8,7 +8,10 @@ use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use crate::command::ChildGuard;
-use crate::mesh::{http_get, ztunnel_bin, Mesh, METRICS_PORT, READINESS_PORT, READY_TIMEOUT};
+use crate::mesh::{
+    http_get, read_access_log, wait_access_log_event, ztunnel_bin, Mesh, METRICS_PORT,
+    READINESS_PORT, READY_TIMEOUT,
+};
 use crate::netns::Netns;
 use crate::topology::Pod;
 
@@ -181,10 +184,7 @@ impl Sidecars {
 
     /// Every access-log event of `pod`'s sidecar so far.
     pub fn access_log(&self, pod: &str) -> Vec<serde_json::Value> {
-        let text = std::fs::read_to_string(self.access_log_path(pod)).unwrap_or_default();
-        text.lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
+        read_access_log(&self.access_log_path(pod))
     }
 
     /// Waits up to 5 s for an access-log event of `pod`'s sidecar matching
@@ -193,19 +193,11 @@ impl Sidecars {
     where
         F: Fn(&serde_json::Value) -> bool,
     {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            if let Some(ev) = self.access_log(pod).into_iter().find(|e| pred(e)) {
-                return ev;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "no access-log event of {pod}'s sidecar for {what}; log:\n{}",
-                    std::fs::read_to_string(self.access_log_path(pod)).unwrap_or_default()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_access_log_event(
+            &self.access_log_path(pod),
+            &format!("of {pod}'s sidecar for {what}"),
+            pred,
+        )
     }
 
     /// `pod`'s sidecar stderr so far.

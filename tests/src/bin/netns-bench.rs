@@ -181,7 +181,7 @@ fn run(opts: &Opts) {
     for rep in 1..=opts.reps {
         for mode in [Mode::NoMesh, Mode::Ambient] {
             eprintln!("rep {rep}/{}: {}", opts.reps, mode.key());
-            set_mode(&mut mesh, &topo, mode);
+            set_mode(&mut mesh, mode);
             let pids = ztunnel_pids(&mesh, mode);
             let server = Server {
                 ip: server_ip,
@@ -207,7 +207,7 @@ fn run(opts: &Opts) {
             }
         }
     }
-    set_mode(&mut mesh, &topo, Mode::NoMesh);
+    set_mode(&mut mesh, Mode::NoMesh);
     let scale = scale_phase(opts, &topo, &mut mesh, &client, server_ip);
     let elapsed = started.elapsed();
     report(opts, &samples, &scale, elapsed);
@@ -241,24 +241,11 @@ fn config(topo: &Topology, dummies: usize) -> String {
 
 /// Starts or stops both ztunnels; in no-mesh mode also checks that no capture
 /// table is left in either node.
-fn set_mode(mesh: &mut Mesh, topo: &Topology, mode: Mode) {
+fn set_mode(mesh: &mut Mesh, mode: Mode) {
     let running = process::find_pid_with_arg(&mesh.access_log_path(1)).is_some();
     match (mode, running) {
         (Mode::Ambient, false) => mesh.start_all(),
-        (Mode::NoMesh, true) => {
-            for node in 1..=2 {
-                let status = mesh.terminate(node);
-                assert!(status.success(), "ztunnel node{node} exited with {status}");
-            }
-            for node in topo.nodes() {
-                let tables = node.ns.exec("nft list tables").unwrap_or_default();
-                assert!(
-                    !tables.contains("ambient"),
-                    "node{} still has a capture table after SIGTERM: {tables}",
-                    node.index
-                );
-            }
-        }
+        (Mode::NoMesh, true) => mesh.terminate_all(),
         _ => {}
     }
 }

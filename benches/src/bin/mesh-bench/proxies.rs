@@ -8,15 +8,14 @@
 //!   harness's [`Sidecars`] (it installs its own capture table).
 //! - Ambient: one ztunnel per node through the harness's [`Mesh`].
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use hbone::ca::DevCa;
 use mesh_benches::mesh_bench::envoy::{self, Destination, Sidecar};
 use mesh_benches::mesh_bench::{spiffe_uri, Mode, ADMIN_PORT, NAMESPACE, TRUST_DOMAIN};
-use mesh_tests::mesh::Mesh;
+use mesh_tests::mesh::{http_get, Mesh};
 use mesh_tests::process;
 use mesh_tests::sidecar::{table_count, Sidecars};
 use mesh_tests::{ChildGuard, Netns, Pod, Topology};
@@ -94,25 +93,6 @@ pub fn envoy_version(bin: &Path) -> String {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default()
-}
-
-/// A plain HTTP/1.1 GET to `127.0.0.1:port` inside `ns`: (status, body).
-pub fn http_get(ns: &Netns, port: u16, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = ns.std_connect(SocketAddr::from(([127, 0, 0, 1], port)))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n"
-    )?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    let status = out
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    Ok((status, body.to_owned()))
 }
 
 fn pem(tag: &str, der: &[u8]) -> String {
@@ -300,22 +280,6 @@ pub fn start_ambient(mesh: &mut Mesh, topo: &Topology, n: usize) -> Running {
     Running {
         pids: [vec![pid(1)], vec![pid(2)]],
         startup_s,
-    }
-}
-
-/// SIGTERMs both ztunnels and checks they removed their capture tables.
-pub fn stop_ambient(mesh: &mut Mesh, topo: &Topology) {
-    for node in 1..=2 {
-        let status = mesh.terminate(node);
-        assert!(status.success(), "ztunnel node{node} exited with {status}");
-    }
-    for node in topo.nodes() {
-        let tables = node.ns.exec("nft list tables").unwrap_or_default();
-        assert!(
-            !tables.contains("ambient"),
-            "node{} kept a capture table after SIGTERM: {tables}",
-            node.index
-        );
     }
 }
 

@@ -202,7 +202,7 @@ impl<'a> Bench<'a> {
                 proxies::stop_sidecars(&mut self.sidecars, &pods);
             }
             Mode::Envoy => self.envoy.as_mut().expect("envoy available").stop(),
-            Mode::Ambient => proxies::stop_ambient(&mut self.mesh, self.topo),
+            Mode::Ambient => self.mesh.terminate_all(),
         }
         // Nothing of the mode may be left in the pods: no-mesh must be plain.
         for pod in self.topo.pods().iter().take(2) {
