@@ -261,37 +261,20 @@ impl Mesh {
     }
 
     fn wait_ready(&mut self, node: usize) {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if let Ok((200, _)) = self.http_get(node, READINESS_PORT, "/healthz/ready") {
-                return;
-            }
-            let child = self.ztunnels[node - 1].as_mut().expect("started");
-            if !child.is_running() {
-                panic!(
-                    "ztunnel on node{node} exited during startup:\n{}",
-                    self.stderr(node)
-                );
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "ztunnel on node{node} not ready after {READY_TIMEOUT:?}:\n{}",
-                    self.stderr(node)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let stderr = self.stderr_path(node);
+        let child = self.ztunnels[node - 1].as_mut().expect("started");
+        wait_proxy_ready(
+            &self.nodes[node - 1],
+            child,
+            &format!("ztunnel on node{node}"),
+            &stderr,
+        );
     }
 
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(&mut self, node: usize) -> ExitStatus {
-        let mut child = self.ztunnels[node - 1].take().expect("ztunnel running");
-        child
-            .signal(nix::sys::signal::Signal::SIGTERM)
-            .expect("signal ztunnel");
-        child
-            .wait_exit(Duration::from_secs(15))
-            .unwrap_or_else(|| panic!("ztunnel on node{node} ignored SIGTERM"))
+        let child = self.ztunnels[node - 1].take().expect("ztunnel running");
+        terminate_proxy(child, &format!("ztunnel on node{node}"))
     }
 
     /// SIGTERMs every node's ztunnel, checks each exited cleanly and
@@ -388,6 +371,36 @@ impl Drop for Mesh {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Polls the readiness port in `ns` until it answers 200; panics naming
+/// `who`, with its stderr (the file `stderr`), if `child` exits first or
+/// [`READY_TIMEOUT`] passes.
+pub(crate) fn wait_proxy_ready(ns: &Netns, child: &mut ChildGuard, who: &str, stderr: &Path) {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let log = || std::fs::read_to_string(stderr).unwrap_or_default();
+    loop {
+        if let Ok((200, _)) = http_get(ns, READINESS_PORT, "/healthz/ready") {
+            return;
+        }
+        if !child.is_running() {
+            panic!("{who} exited during startup:\n{}", log());
+        }
+        if Instant::now() > deadline {
+            panic!("{who} not ready after {READY_TIMEOUT:?}:\n{}", log());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Sends SIGTERM to `child` and waits up to 15 s for its exit status.
+pub(crate) fn terminate_proxy(mut child: ChildGuard, who: &str) -> ExitStatus {
+    child
+        .signal(nix::sys::signal::Signal::SIGTERM)
+        .unwrap_or_else(|e| panic!("signal {who}: {e}"));
+    child
+        .wait_exit(Duration::from_secs(15))
+        .unwrap_or_else(|| panic!("{who} ignored SIGTERM"))
 }
 
 /// Every JSON event of the access log at `path` so far.

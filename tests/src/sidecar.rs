@@ -5,12 +5,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
-use std::time::{Duration, Instant};
 
 use crate::command::ChildGuard;
 use crate::mesh::{
-    http_get, read_access_log, wait_access_log_event, ztunnel_bin, Mesh, METRICS_PORT,
-    READINESS_PORT, READY_TIMEOUT,
+    http_get, read_access_log, terminate_proxy, wait_access_log_event, wait_proxy_ready,
+    ztunnel_bin, Mesh, METRICS_PORT,
 };
 use crate::netns::Netns;
 use crate::topology::Pod;
@@ -109,27 +108,13 @@ impl Sidecars {
 
     /// Waits until `pod`'s sidecar answers 200 on /healthz/ready.
     pub fn wait_ready(&mut self, pod: &str) {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if let Ok((200, _)) = self.http_get(pod, READINESS_PORT, "/healthz/ready") {
-                return;
-            }
-            let r = self.running.get_mut(pod).expect("started");
-            let alive = r.child.as_mut().is_some_and(ChildGuard::is_running);
-            if !alive {
-                panic!(
-                    "sidecar of {pod} exited during startup:\n{}",
-                    self.stderr(pod)
-                );
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "sidecar of {pod} not ready after {READY_TIMEOUT:?}:\n{}",
-                    self.stderr(pod)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let stderr = self.stderr_path(pod);
+        let r = self.running.get_mut(pod).expect("started");
+        let child = r
+            .child
+            .as_mut()
+            .unwrap_or_else(|| panic!("sidecar of {pod} was stopped"));
+        wait_proxy_ready(&r.ns, child, &format!("sidecar of {pod}"), &stderr);
     }
 
     /// The process id of `pod`'s sidecar (the `sh -c exec` keeps the pid).
@@ -148,17 +133,12 @@ impl Sidecars {
 
     /// Sends SIGTERM and waits (up to 15 s) for the exit status.
     pub fn terminate(&mut self, pod: &str) -> ExitStatus {
-        let mut child = self
+        let child = self
             .running
             .get_mut(pod)
             .and_then(|r| r.child.take())
             .expect("sidecar running");
-        child
-            .signal(nix::sys::signal::Signal::SIGTERM)
-            .expect("signal sidecar");
-        child
-            .wait_exit(Duration::from_secs(15))
-            .unwrap_or_else(|| panic!("sidecar of {pod} ignored SIGTERM"))
+        terminate_proxy(child, &format!("sidecar of {pod}"))
     }
 
     /// SIGKILLs `pod`'s sidecar (a crash): nothing gets cleaned up.
