@@ -228,26 +228,11 @@ impl Mesh {
     /// certificates the rest of the mesh must not trust.
     pub fn start_with_ca(&mut self, node: usize, ca_dir: &Path) {
         let ns = self.nodes[node - 1].clone();
-        let bin = ztunnel_bin();
-        let script = format!("exec \"$0\" \"$@\" 2>>{}", self.stderr_path(node).display());
         let node_name = format!("node{node}");
-        let log = self.access_log_path(node);
-        let source = self.source_args(node, ca_dir);
-        let mut argv = vec![
-            "sh",
-            "-c",
-            &script,
-            bin.to_str().expect("utf-8 path"),
-            "--node",
-            &node_name,
-            "--access-log",
-            log.to_str().expect("utf-8 path"),
-            "--poll-interval",
-            "100ms",
-            "--drain-timeout",
-            "2s",
-        ];
-        argv.extend(source.iter().map(String::as_str));
+        let mut args = vec!["--node".to_owned(), node_name];
+        args.extend(self.source_args(node, ca_dir));
+        let argv = ztunnel_argv(&self.stderr_path(node), &self.access_log_path(node), &args);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         let child = ns.spawn(&argv).expect("spawn ztunnel");
         self.ztunnels[node - 1] = Some(child);
         self.wait_ready(node);
@@ -323,11 +308,7 @@ impl Mesh {
 
     /// `/metrics` of the node's ztunnel.
     pub fn metrics(&self, node: usize) -> String {
-        let (status, body) = self
-            .http_get(node, METRICS_PORT, "/metrics")
-            .expect("GET /metrics");
-        assert_eq!(status, 200, "GET /metrics: {body}");
-        body
+        metrics(&self.nodes[node - 1])
     }
 
     /// Every access-log event of the node so far.
@@ -371,6 +352,34 @@ impl Drop for Mesh {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The argv that runs ztunnel with `args` under `sh -c exec`, stderr
+/// appended to `stderr`, with the harness's access log at `access_log`,
+/// 100 ms config polling and a 2 s drain.
+pub(crate) fn ztunnel_argv(stderr: &Path, access_log: &Path, args: &[String]) -> Vec<String> {
+    let path = |p: &Path| p.to_str().expect("utf-8 path").to_owned();
+    let mut argv: Vec<String> = vec![
+        "sh".into(),
+        "-c".into(),
+        format!("exec \"$0\" \"$@\" 2>>{}", stderr.display()),
+        path(&ztunnel_bin()),
+        "--access-log".into(),
+        path(access_log),
+        "--poll-interval".into(),
+        "100ms".into(),
+        "--drain-timeout".into(),
+        "2s".into(),
+    ];
+    argv.extend_from_slice(args);
+    argv
+}
+
+/// `/metrics` (Prometheus text) of the proxy in `ns`.
+pub fn metrics(ns: &Netns) -> String {
+    let (status, body) = http_get(ns, METRICS_PORT, "/metrics").expect("GET /metrics");
+    assert_eq!(status, 200, "GET /metrics: {body}");
+    body
 }
 
 /// Polls the readiness port in `ns` until it answers 200; panics naming

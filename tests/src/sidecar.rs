@@ -8,8 +8,8 @@ use std::process::ExitStatus;
 
 use crate::command::ChildGuard;
 use crate::mesh::{
-    http_get, read_access_log, terminate_proxy, wait_access_log_event, wait_proxy_ready,
-    ztunnel_bin, Mesh, METRICS_PORT,
+    http_get, metrics, read_access_log, terminate_proxy, wait_access_log_event, wait_proxy_ready,
+    ztunnel_argv, Mesh,
 };
 use crate::netns::Netns;
 use crate::topology::Pod;
@@ -63,33 +63,22 @@ impl Sidecars {
 
     /// Starts a sidecar for `pod` with `extra` ztunnel flags; does not wait.
     pub fn start_with(&mut self, pod: &Pod, workload: &str, extra: &[&str]) {
-        let bin = ztunnel_bin();
-        let script = format!(
-            "exec \"$0\" \"$@\" 2>>{}",
-            self.stderr_path(&pod.name).display()
-        );
-        let node = format!("node{}", pod.node);
-        let log = self.access_log_path(&pod.name);
-        let mut argv = vec![
-            "sh",
-            "-c",
-            &script,
-            bin.to_str().expect("utf-8 path"),
-            "--mode",
-            "sidecar",
-            "--node",
-            &node,
-            "--workload",
-            workload,
-            "--access-log",
-            log.to_str().expect("utf-8 path"),
-            "--poll-interval",
-            "100ms",
-            "--drain-timeout",
-            "2s",
+        let mut args: Vec<String> = vec![
+            "--mode".into(),
+            "sidecar".into(),
+            "--node".into(),
+            format!("node{}", pod.node),
+            "--workload".into(),
+            workload.into(),
         ];
-        argv.extend(self.sources[pod.node - 1].iter().map(String::as_str));
-        argv.extend_from_slice(extra);
+        args.extend(self.sources[pod.node - 1].iter().cloned());
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        let argv = ztunnel_argv(
+            &self.stderr_path(&pod.name),
+            &self.access_log_path(&pod.name),
+            &args,
+        );
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         let child = pod.ns.spawn(&argv).expect("spawn sidecar");
         self.running.insert(
             pod.name.clone(),
@@ -155,11 +144,7 @@ impl Sidecars {
 
     /// `/metrics` of `pod`'s sidecar.
     pub fn metrics(&self, pod: &str) -> String {
-        let (status, body) = self
-            .http_get(pod, METRICS_PORT, "/metrics")
-            .expect("GET /metrics");
-        assert_eq!(status, 200, "GET /metrics: {body}");
-        body
+        metrics(&self.running(pod).ns)
     }
 
     /// Every access-log event of `pod`'s sidecar so far.
