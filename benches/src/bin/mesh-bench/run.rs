@@ -356,14 +356,15 @@ impl<'a> Bench<'a> {
             e["direction"] == "inbound"
                 && e["src.identity"] == src_id.as_str()
                 && e["dst.identity"] == dst_id.as_str()
-                && e["bytes_recv"] == bytes
+                && e["bytes_sent"] == bytes
         });
         let principal = dst_id.trim_start_matches("spiffe://");
         let metrics = self.sidecars.metrics("client-0");
+        // Istio's naming: "received" is the request direction (client to server).
         let sent: f64 = metrics
             .lines()
             .filter(|l| {
-                l.starts_with("istio_tcp_sent_bytes_total{")
+                l.starts_with("istio_tcp_received_bytes_total{")
                     && l.contains("reporter=\"source\"")
                     && l.contains("connection_security_policy=\"mutual_tls\"")
                     && l.contains(&format!("destination_principal=\"{principal}\""))
@@ -372,12 +373,12 @@ impl<'a> Bench<'a> {
             .sum();
         if sent < bytes as f64 {
             return Err(format!(
-                "client-0 sidecar metrics show {sent} B sent over mutual_tls to {principal}, want >= {bytes}"
+                "client-0 sidecar metrics show {sent} B received from the client over mutual_tls to {principal}, want >= {bytes}"
             ));
         }
         Ok(format!(
             "client-0 sidecar access log: outbound to {dst} via HBONE {hbone}, dst.identity {dst_id}, bytes_sent = {bytes} (the bytes the client wrote); \
-             server-0 sidecar: inbound from {src_id} with bytes_recv = {bytes}; client-0 istio_tcp_sent_bytes_total{{connection_security_policy=\"mutual_tls\", destination_principal=\"{principal}\"}} = {sent}"
+             server-0 sidecar: inbound from {src_id} with bytes_sent (client to app) = {bytes}; client-0 istio_tcp_received_bytes_total{{connection_security_policy=\"mutual_tls\", destination_principal=\"{principal}\"}} = {sent}"
         ))
     }
 
