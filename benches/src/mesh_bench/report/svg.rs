@@ -37,6 +37,55 @@ pub enum XAxis {
     Quantile,
 }
 
+/// How the y axis is drawn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum YAxis {
+    /// Linear from 0 to a "nice" maximum.
+    Linear,
+    /// Logarithmic over whole decades, so values two orders of magnitude
+    /// apart (Envoy's memory and ambient's, a p50 and a p99.9) both stay
+    /// readable; values <= 0 are not drawn.
+    Log,
+}
+
+/// The decades a log axis spans: (low, high) powers of ten around the
+/// positive finite values, at least one decade apart.
+pub fn log_bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (lo, hi) = values
+        .filter(|v| v.is_finite() && *v > 0.0)
+        .fold((f64::INFINITY, 0.0f64), |(lo, hi), v| {
+            (lo.min(v), hi.max(v))
+        });
+    if hi <= 0.0 {
+        return (1.0, 10.0);
+    }
+    let low = lo.log10().floor();
+    let high = hi.log10().ceil().max(low + 1.0);
+    (10f64.powf(low), 10f64.powf(high))
+}
+
+/// Tick values of a log axis from `lo` to `hi` (powers of ten): every
+/// 1, 2 and 5 × 10^k while that is at most 13 ticks, else the powers only.
+pub fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    let decades = (hi / lo).log10().round() as i32;
+    let steps: &[f64] = if decades <= 4 {
+        &[1.0, 2.0, 5.0]
+    } else {
+        &[1.0]
+    };
+    let mut ticks = Vec::new();
+    for d in 0..=decades {
+        let base = lo * 10f64.powi(d);
+        for m in steps {
+            let t = base * m;
+            if t <= hi * (1.0 + 1e-9) {
+                ticks.push(t);
+            }
+        }
+    }
+    ticks
+}
+
 const Q_MAX: f64 = 0.999;
 
 fn quantile_x(q: f64) -> f64 {
@@ -63,6 +112,7 @@ pub fn line_chart(
     x_label: &str,
     y_label: &str,
     x: &XAxis,
+    y: YAxis,
     series: &[Series],
 ) -> String {
     let xs = |v: f64| match x {
@@ -76,20 +126,32 @@ pub fn line_chart(
         ),
         XAxis::Quantile => (0.0, quantile_x(Q_MAX)),
     };
-    let y_top = nice_max(
-        series
-            .iter()
-            .flat_map(|s| {
-                s.points
-                    .iter()
-                    .map(|p| p.1)
-                    .chain(s.whiskers.iter().map(|w| w.2))
-            })
-            .filter(|v| v.is_finite())
-            .fold(0.0, f64::max),
-    );
+    let values = || {
+        series.iter().flat_map(|s| {
+            s.points
+                .iter()
+                .map(|p| p.1)
+                .chain(s.whiskers.iter().flat_map(|w| [w.1, w.2]))
+        })
+    };
+    let (y_lo, y_top) = match y {
+        YAxis::Linear => (
+            0.0,
+            nice_max(values().filter(|v| v.is_finite()).fold(0.0, f64::max)),
+        ),
+        YAxis::Log => log_bounds(values()),
+    };
     let px = |v: f64| LEFT + (xs(v) - x_min) / (x_max - x_min).max(1e-9) * (W - LEFT - RIGHT);
-    let py = |v: f64| H - BOTTOM - v / y_top * (H - TOP - BOTTOM);
+    let frac = |v: f64| match y {
+        YAxis::Linear => v / y_top,
+        YAxis::Log => (v.max(y_lo) / y_lo).log10() / (y_top / y_lo).log10(),
+    };
+    let py = |v: f64| H - BOTTOM - frac(v) * (H - TOP - BOTTOM);
+    let drawable = |v: f64| v.is_finite() && (y == YAxis::Linear || v > 0.0);
+    let y_ticks: Vec<f64> = match y {
+        YAxis::Linear => (0..=4).map(|i| y_top * f64::from(i) / 4.0).collect(),
+        YAxis::Log => log_ticks(y_lo, y_top),
+    };
     let mut s = String::new();
     let _ = write!(
         s,
@@ -103,8 +165,7 @@ pub fn line_chart(
         b = H - BOTTOM,
         r = W - RIGHT
     );
-    for i in 0..=4 {
-        let v = y_top * f64::from(i) / 4.0;
+    for v in y_ticks {
         let y = py(v);
         let _ = write!(
             s,
@@ -157,7 +218,7 @@ pub fn line_chart(
         let pts: Vec<String> = series
             .points
             .iter()
-            .filter(|p| p.1.is_finite())
+            .filter(|p| drawable(p.1))
             .map(|p| format!("{:.1},{:.1}", px(p.0), py(p.1)))
             .collect();
         if !pts.is_empty() {
@@ -167,7 +228,7 @@ pub fn line_chart(
                 pts.join(" ")
             );
         }
-        for p in series.points.iter().filter(|p| p.1.is_finite()) {
+        for p in series.points.iter().filter(|p| drawable(p.1)) {
             let _ = write!(
                 s,
                 r#"<circle cx="{:.1}" cy="{:.1}" r="2.5" fill="{c}"/>"#,
@@ -175,7 +236,7 @@ pub fn line_chart(
                 py(p.1)
             );
         }
-        for (wx, lo, hi) in &series.whiskers {
+        for (wx, lo, hi) in series.whiskers.iter().filter(|w| drawable(w.2)) {
             let _ = write!(
                 s,
                 r#"<line x1="{x:.1}" y1="{:.1}" x2="{x:.1}" y2="{:.1}" stroke="{c}" stroke-width="1"/>"#,
@@ -266,6 +327,7 @@ mod tests {
             &XAxis::Linear {
                 ticks: vec![10.0, 50.0],
             },
+            YAxis::Linear,
             &series,
         );
         assert!(svg.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""));
@@ -275,6 +337,67 @@ mod tests {
         assert!(svg.contains("Envoy sidecar") && svg.contains("ambient"));
         assert!(!svg.contains("NaN"), "non-finite points are skipped");
         assert!(!svg.contains("<script"));
+    }
+
+    #[test]
+    fn log_axis_spans_whole_decades_around_the_positive_values() {
+        for (values, want) in [
+            (vec![43.0, 3500.0], (10.0, 10000.0)),
+            (vec![0.0, 12.0, 600.0, f64::NAN], (10.0, 1000.0)),
+            (vec![100.0], (100.0, 1000.0)),
+            (vec![0.0], (1.0, 10.0)),
+        ] {
+            assert_eq!(log_bounds(values.into_iter()), want);
+        }
+        assert_eq!(
+            log_ticks(10.0, 1000.0),
+            vec![10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0]
+        );
+        assert_eq!(log_ticks(1.0, 1e6).len(), 7, "powers only past 4 decades");
+    }
+
+    #[test]
+    fn log_chart_draws_what_is_two_orders_apart_and_skips_zeros() {
+        let series = vec![
+            Series {
+                mode: Mode::NoMesh,
+                points: vec![(10.0, 0.0), (50.0, 0.0)],
+                whiskers: vec![(10.0, 0.0, 0.0)],
+            },
+            Series {
+                mode: Mode::Envoy,
+                points: vec![(10.0, 670.0), (50.0, 3500.0)],
+                whiskers: vec![],
+            },
+            Series {
+                mode: Mode::Ambient,
+                points: vec![(10.0, 30.0), (50.0, 43.0)],
+                whiskers: vec![],
+            },
+        ];
+        let svg = line_chart(
+            "mem",
+            "pods",
+            "MiB",
+            &XAxis::Linear {
+                ticks: vec![10.0, 50.0],
+            },
+            YAxis::Log,
+            &series,
+        );
+        assert_eq!(svg.matches("<polyline").count(), 2, "no line for zeros");
+        assert!(svg.contains(">10000</text>") && svg.contains(">10.0</text>"));
+        // Ambient at 30 MiB sits ~40 px above the bottom of the plot
+        // (y=276); on a linear 0..5000 axis it would be under 2 px.
+        let amb = svg
+            .split("<polyline")
+            .nth(2)
+            .and_then(|p| p.split("points=\"").nth(1))
+            .and_then(|p| p.split(',').nth(1))
+            .and_then(|v| v.split(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .expect("ambient's first point");
+        assert!(amb < 276.0 - 30.0, "ambient at y={amb}");
     }
 
     #[test]

@@ -110,3 +110,10 @@ fn per_pod_count_figures_have_definitions() {
     assert!(figure_def("closed_p99_us").unwrap().latency);
     assert!(figure_def("nonsense").is_none());
 }
+
+#[test]
+fn json_document_reads_back_into_the_same_report() {
+    let r = sample_report();
+    let back = Report::from_json(&r.to_json()).expect("reads back");
+    assert_eq!(back, r);
+}
