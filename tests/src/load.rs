@@ -22,6 +22,18 @@ const SHOT_LEN: usize = 16;
 const BULK_BUF: usize = 256 * 1024;
 const WARM_UP: u64 = 200;
 
+/// Readies `ns` for connection churn: TIME_WAIT ports are reused and the
+/// ephemeral range widened to 1024–65000, minus 15000–15090 (the proxies'
+/// ports), which are reserved: a sidecar starting in a pod must never find
+/// 15001/15006/15008 taken by one of the pod's own client connections.
+pub fn prepare_for_churn(ns: &Netns) -> Result<(), crate::HarnessError> {
+    ns.exec(
+        "sysctl -qw net.ipv4.tcp_tw_reuse=1 net.ipv4.ip_local_port_range='1024 65000' \
+         net.ipv4.ip_local_reserved_ports=15000-15090",
+    )
+    .map(drop)
+}
+
 /// Runs a client future on a thread inside `ns` with its own current-thread
 /// runtime, so its sockets are created in that pod.
 pub fn in_ns<T: Send, F: std::future::Future<Output = T> + Send>(ns: &Netns, fut: F) -> T {

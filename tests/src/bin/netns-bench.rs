@@ -22,7 +22,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use mesh_tests::load::{
-    bulk, churn, closed_loop, in_ns, serve, ECHO_PORT, ONESHOT_PORT, REQ_LEN, SINK_PORT,
+    bulk, churn, closed_loop, in_ns, prepare_for_churn, serve, ECHO_PORT, ONESHOT_PORT, REQ_LEN,
+    SINK_PORT,
 };
 use mesh_tests::mesh::Mesh;
 use mesh_tests::process;
@@ -162,9 +163,7 @@ fn run(opts: &Opts) {
         .map(|p| &p.ns)
         .chain(topo.nodes().iter().map(|n| &n.ns))
     {
-        // Connection churn: reuse TIME_WAIT ports and widen the range.
-        ns.exec("sysctl -qw net.ipv4.tcp_tw_reuse=1 net.ipv4.ip_local_port_range='1024 65000'")
-            .expect("sysctl");
+        prepare_for_churn(ns).expect("sysctl");
     }
     let client = topo.pod("client").ns.clone();
     let server_ip = topo.pod("server").ip;

@@ -71,9 +71,7 @@ pub fn run(opts: &Opts) -> Result<(), String> {
         &topo.pod("server-0").ns,
     ];
     for ns in churn_ns {
-        // Connection churn: reuse TIME_WAIT ports and widen the range.
-        ns.exec("sysctl -qw net.ipv4.tcp_tw_reuse=1 net.ipv4.ip_local_port_range='1024 65000'")
-            .map_err(|e| e.to_string())?;
+        workloads::prepare_for_churn(ns).map_err(|e| e.to_string())?;
     }
     let server_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
