@@ -229,3 +229,102 @@ pub fn pss_kib(pid: u32) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// The command line of a harness binary, flag by flag. A missing or
+/// unparsable value ends the program through `usage` (which prints the
+/// message and the usage text, and exits).
+pub struct Flags {
+    args: std::vec::IntoIter<String>,
+    usage: fn(&str) -> !,
+}
+
+impl Flags {
+    /// This process's arguments (without the program name).
+    pub fn from_env(usage: fn(&str) -> !) -> Flags {
+        Flags::new(std::env::args().skip(1).collect(), usage)
+    }
+
+    /// `args` (without the program name).
+    pub fn new(args: Vec<String>, usage: fn(&str) -> !) -> Flags {
+        Flags {
+            args: args.into_iter(),
+            usage,
+        }
+    }
+
+    /// The next flag, if any.
+    pub fn next_flag(&mut self) -> Option<String> {
+        self.args.next()
+    }
+
+    /// The value after `flag`.
+    pub fn string(&mut self, flag: &str) -> String {
+        let usage = self.usage;
+        self.args
+            .next()
+            .unwrap_or_else(|| usage(&format!("{flag} needs a value")))
+    }
+
+    /// The value after `flag`, parsed.
+    pub fn value<T: std::str::FromStr>(&mut self, flag: &str) -> T {
+        let v = self.string(flag);
+        v.parse()
+            .unwrap_or_else(|_| (self.usage)(&format!("{flag}: invalid value {v:?}")))
+    }
+
+    /// The comma-separated values after `flag`, each parsed.
+    pub fn list<T: std::str::FromStr>(&mut self, flag: &str) -> Vec<T> {
+        let v = self.string(flag);
+        v.split(',')
+            .map(|item| {
+                item.trim().parse().unwrap_or_else(|_| {
+                    (self.usage)(&format!("{flag}: invalid value {item:?} in {v:?}"))
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Flags;
+
+    fn no_usage(err: &str) -> ! {
+        panic!("usage: {err}")
+    }
+
+    #[test]
+    fn flags_yield_values_parsed_and_lists_split() {
+        let args = [
+            "--reps",
+            "5",
+            "--pods",
+            "10, 25,50",
+            "--out",
+            "x/y",
+            "--smoke",
+        ];
+        let mut f = Flags::new(args.iter().map(|a| (*a).to_owned()).collect(), no_usage);
+        assert_eq!(f.next_flag().as_deref(), Some("--reps"));
+        assert_eq!(f.value::<usize>("--reps"), 5);
+        assert_eq!(f.next_flag().as_deref(), Some("--pods"));
+        assert_eq!(f.list::<usize>("--pods"), vec![10, 25, 50]);
+        assert_eq!(f.next_flag().as_deref(), Some("--out"));
+        assert_eq!(f.string("--out"), "x/y");
+        assert_eq!(f.next_flag().as_deref(), Some("--smoke"));
+        assert_eq!(f.next_flag(), None);
+    }
+
+    #[test]
+    #[should_panic(expected = "usage: --reps: invalid value \"x\"")]
+    fn a_bad_value_goes_to_usage_naming_the_flag() {
+        let mut f = Flags::new(vec!["x".into()], no_usage);
+        f.value::<usize>("--reps");
+    }
+
+    #[test]
+    #[should_panic(expected = "usage: --out needs a value")]
+    fn a_missing_value_goes_to_usage() {
+        Flags::new(vec![], no_usage).string("--out");
+    }
+}

@@ -70,32 +70,16 @@ impl Opts {
             churn: Duration::from_secs(3),
             churn_workers: 8,
         };
-        let mut args = std::env::args().skip(1);
-        while let Some(a) = args.next() {
-            let mut val = |name: &str| {
-                args.next()
-                    .unwrap_or_else(|| usage(&format!("{name} needs a value")))
-            };
-            let secs =
-                |v: String| Duration::from_secs_f64(v.parse().unwrap_or_else(|_| usage("seconds")));
+        let mut flags = process::Flags::from_env(usage);
+        while let Some(a) = flags.next_flag() {
             match a.as_str() {
                 "--smoke" => o.smoke = true,
-                "--reps" => o.reps = val("--reps").parse().unwrap_or_else(|_| usage("--reps N")),
-                "--pods" => {
-                    o.pods = val("--pods")
-                        .split(',')
-                        .map(|n| {
-                            n.trim()
-                                .parse()
-                                .unwrap_or_else(|_| usage("--pods 10,25,50"))
-                        })
-                        .collect();
-                }
-                "--idle" => {
-                    o.idle_per_pod = val("--idle").parse().unwrap_or_else(|_| usage("--idle N"))
-                }
+                "--reps" => o.reps = flags.value("--reps"),
+                "--pods" => o.pods = flags.list("--pods"),
+                "--idle" => o.idle_per_pod = flags.value("--idle"),
                 "--modes" => {
-                    o.modes = val("--modes")
+                    o.modes = flags
+                        .string("--modes")
                         .split(',')
                         .map(|m| {
                             Mode::parse(m.trim())
@@ -103,18 +87,14 @@ impl Opts {
                         })
                         .collect();
                 }
-                "--out" => o.out = val("--out").into(),
-                "--render" => o.render = Some(val("--render").into()),
-                "--machine" => o.machine = val("--machine"),
+                "--out" => o.out = flags.string("--out").into(),
+                "--render" => o.render = Some(flags.string("--render").into()),
+                "--machine" => o.machine = flags.string("--machine"),
                 "--secs" => {
-                    let d = secs(val("--secs"));
+                    let d = Duration::from_secs_f64(flags.value("--secs"));
                     (o.bulk, o.closed, o.open, o.churn) = (d, d, d, d);
                 }
-                "--open-rate" => {
-                    o.open_rate = val("--open-rate")
-                        .parse()
-                        .unwrap_or_else(|_| usage("--open-rate R"))
-                }
+                "--open-rate" => o.open_rate = flags.value("--open-rate"),
                 "-h" | "--help" => usage(""),
                 other => usage(&format!("unknown argument {other}")),
             }

@@ -61,24 +61,16 @@ impl Opts {
             scale_workloads: 1000,
             scale_conns: 1000,
         };
-        let mut args = std::env::args().skip(1);
-        while let Some(a) = args.next() {
-            let mut val = |name: &str| {
-                args.next()
-                    .unwrap_or_else(|| usage(&format!("{name} needs a value")))
-            };
+        let mut flags = process::Flags::from_env(usage);
+        while let Some(a) = flags.next_flag() {
             match a.as_str() {
                 "--quick" => o.quick = true,
                 "--shared-port" => o.shared_port = true,
-                "--reps" => o.reps = val("--reps").parse().unwrap_or_else(|_| usage("--reps N")),
-                "--out" => o.out = val("--out").into(),
+                "--reps" => o.reps = flags.value("--reps"),
+                "--out" => o.out = flags.string("--out").into(),
                 "--secs" => {
-                    let s: u64 = val("--secs").parse().unwrap_or_else(|_| usage("--secs N"));
-                    (o.bulk, o.latency, o.rate) = (
-                        Duration::from_secs(s),
-                        Duration::from_secs(s),
-                        Duration::from_secs(s),
-                    );
+                    let d = Duration::from_secs(flags.value("--secs"));
+                    (o.bulk, o.latency, o.rate) = (d, d, d);
                 }
                 "-h" | "--help" => usage(""),
                 other => usage(&format!("unknown argument {other}")),
