@@ -161,6 +161,21 @@ pub fn leftovers() -> (Vec<String>, bool) {
     (ns, nft)
 }
 
+/// Runs a binary's body, then tears down whatever it left (even when it
+/// panicked): [`emergency_cleanup`], and exit 1 if [`leftovers`] still
+/// finds a namespace of this run or a root `ambient` table. `None` when
+/// the body panicked (the panic message is already printed).
+pub fn run_guarded<T>(body: impl FnOnce() -> T + std::panic::UnwindSafe) -> Option<T> {
+    let result = std::panic::catch_unwind(body);
+    emergency_cleanup();
+    let (ns, nft) = leftovers();
+    if !ns.is_empty() || nft {
+        eprintln!("teardown left namespaces {ns:?} / root nft table: {nft}");
+        std::process::exit(1);
+    }
+    result.ok()
+}
+
 /// The pid of the ztunnel whose command line contains `arg` (the harness
 /// gives each node's ztunnel its own `--access-log` path).
 pub fn find_pid_with_arg(arg: &Path) -> Option<u32> {

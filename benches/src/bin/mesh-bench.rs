@@ -157,19 +157,12 @@ fn main() {
         eprintln!("mesh-bench builds network namespaces: run it as root");
         std::process::exit(2);
     }
-    let result = std::panic::catch_unwind(|| run::run(&opts));
-    process::emergency_cleanup();
-    let (ns, nft) = process::leftovers();
-    if !ns.is_empty() || nft {
-        eprintln!("teardown left namespaces {ns:?} / root nft table: {nft}");
-        std::process::exit(1);
-    }
-    match result {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
+    match process::run_guarded(|| run::run(&opts)) {
+        Some(Ok(())) => {}
+        Some(Err(e)) => {
             eprintln!("mesh-bench: {e}");
             std::process::exit(1);
         }
-        Err(_) => std::process::exit(1),
+        None => std::process::exit(1),
     }
 }

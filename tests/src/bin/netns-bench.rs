@@ -129,16 +129,8 @@ fn main() {
         eprintln!("netns-bench builds network namespaces: run it as root");
         std::process::exit(2);
     }
-    let result = std::panic::catch_unwind(|| run(&opts));
-    process::emergency_cleanup();
-    let (ns, nft) = process::leftovers();
-    if !ns.is_empty() || nft {
-        eprintln!("teardown left namespaces {ns:?} / root nft table: {nft}");
+    if process::run_guarded(|| run(&opts)).is_none() {
         std::process::exit(1);
-    }
-    match result {
-        Ok(()) => {}
-        Err(_) => std::process::exit(1),
     }
 }
 
