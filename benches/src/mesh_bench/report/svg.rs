@@ -170,14 +170,14 @@ pub fn line_chart(
         let _ = write!(
             s,
             r##"<line x1="{LEFT}" y1="{y:.1}" x2="{r}" y2="{y:.1}" stroke="#eee"/><text x="{tx}" y="{ty:.1}" font-size="11" text-anchor="end">{}</text>"##,
-            fmt_num(v),
+            fmt_tick(v),
             r = W - RIGHT,
             tx = LEFT - 6.0,
             ty = y + 4.0
         );
     }
     let ticks: Vec<(f64, String)> = match x {
-        XAxis::Linear { ticks } => ticks.iter().map(|t| (*t, fmt_num(*t))).collect(),
+        XAxis::Linear { ticks } => ticks.iter().map(|t| (*t, fmt_tick(*t))).collect(),
         XAxis::Quantile => [
             (0.0, "p0"),
             (0.5, "p50"),
@@ -276,6 +276,16 @@ pub fn fmt_num(v: f64) -> String {
         format!("{v:.2}")
     } else {
         format!("{v:.3}")
+    }
+}
+
+/// An axis tick: whole numbers without decimals (`10`, not `10.0`),
+/// others as [`fmt_num`].
+pub fn fmt_tick(v: f64) -> String {
+    if v.is_finite() && v.abs() >= 1.0 && v.fract() == 0.0 {
+        format!("{v:.0}")
+    } else {
+        fmt_num(v)
     }
 }
 
@@ -386,7 +396,7 @@ mod tests {
             &series,
         );
         assert_eq!(svg.matches("<polyline").count(), 2, "no line for zeros");
-        assert!(svg.contains(">10000</text>") && svg.contains(">10.0</text>"));
+        assert!(svg.contains(">10000</text>") && svg.contains(">10</text>"));
         // Ambient at 30 MiB sits ~40 px above the bottom of the plot
         // (y=276); on a linear 0..5000 axis it would be under 2 px.
         let amb = svg
@@ -419,6 +429,9 @@ mod tests {
             (f64::INFINITY, "–"),
         ] {
             assert_eq!(fmt_num(v), want);
+        }
+        for (v, want) in [(10.0, "10"), (50.0, "50"), (2.5, "2.50"), (0.5, "0.500")] {
+            assert_eq!(fmt_tick(v), want);
         }
     }
 }
