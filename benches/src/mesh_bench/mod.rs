@@ -21,7 +21,7 @@ pub const TRUST_DOMAIN: &str = "cluster.local";
 /// Kubernetes namespace of every benchmark pod.
 pub const NAMESPACE: &str = "bench";
 /// Mark a sidecar puts on its own sockets so capture skips them (DESIGN §4):
-/// the one `ztunnel::capture::sidecar::ruleset` skips.
+/// the one ztunnel's sidecar rules skip.
 pub const PROXY_MARK: u32 = ztunnel::capture::rules::ZTUNNEL_MARK;
 /// Sidecar outbound capture port (where the shared ruleset redirects).
 pub const OUTBOUND_PORT: u16 = ztunnel::capture::rules::OUTBOUND_PORT;
@@ -29,8 +29,17 @@ pub const OUTBOUND_PORT: u16 = ztunnel::capture::rules::OUTBOUND_PORT;
 pub const INBOUND_PORT: u16 = ztunnel::capture::rules::INBOUND_PLAINTEXT_PORT;
 /// HBONE port (never captured inbound).
 pub const HBONE_PORT: u16 = ztunnel::capture::rules::HBONE_PORT;
-/// Admin port (Envoy: `/ready`, `/stats`; localhost only).
-pub const ADMIN_PORT: u16 = ztunnel::capture::sidecar::ADMIN_PORT;
+/// Admin port (Envoy: `/ready`, `/stats`; localhost only; ztunnel's too,
+/// so the shared rules leave it alone).
+pub const ADMIN_PORT: u16 = 15000;
+
+/// The capture an Envoy pod on the node at `node_ip` gets: exactly the
+/// table a `ztunnel --mode sidecar` with default listeners installs there
+/// (REDIRECT to 15001/15006, mark 0x539 and loopback skipped, 15008/15000/
+/// 15020/15021 and the node's own IP not captured inbound). Pure.
+pub fn envoy_capture(node_ip: std::net::Ipv4Addr) -> ztunnel::capture::sidecar::SidecarRules {
+    ztunnel::app::Listeners::default().sidecar_rules(vec![node_ip])
+}
 
 /// The data paths compared, in the order they alternate within a repetition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -95,16 +104,19 @@ pub fn spiffe_uri(service_account: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ztunnel::capture::sidecar::SidecarRules;
+    use std::net::Ipv4Addr;
 
-    /// The Envoy pods get `SidecarRules::default()`: its redirects must land
-    /// on Envoy's listeners and skip Envoy's marked sockets.
+    /// The Envoy pods get ztunnel's sidecar rules: their redirects must land
+    /// on Envoy's listeners and skip Envoy's marked sockets and admin port.
     #[test]
     fn envoy_ports_are_where_the_shared_sidecar_rules_redirect() {
-        let rules = SidecarRules::default();
+        let node = Ipv4Addr::new(10, 0, 0, 2);
+        let rules = envoy_capture(node);
         assert_eq!(rules.outbound_port, OUTBOUND_PORT);
         assert_eq!(rules.inbound_port, INBOUND_PORT);
         assert_eq!(rules.mark, PROXY_MARK);
         assert!(rules.inbound_exclude.contains(&ADMIN_PORT));
+        assert!(rules.inbound_exclude.contains(&HBONE_PORT));
+        assert_eq!(rules.inbound_exempt_sources, vec![node]);
     }
 }

@@ -14,12 +14,14 @@ use std::time::{Duration, Instant};
 
 use hbone::ca::DevCa;
 use mesh_benches::mesh_bench::envoy::{self, Destination, Sidecar};
-use mesh_benches::mesh_bench::{spiffe_uri, Mode, ADMIN_PORT, NAMESPACE, TRUST_DOMAIN};
+use mesh_benches::mesh_bench::{
+    envoy_capture, spiffe_uri, Mode, ADMIN_PORT, NAMESPACE, TRUST_DOMAIN,
+};
 use mesh_tests::mesh::{http_get, Mesh};
 use mesh_tests::process;
 use mesh_tests::sidecar::{table_count, Sidecars};
 use mesh_tests::{ChildGuard, Netns, Pod, Topology};
-use ztunnel::capture::sidecar::{self as sidecar_capture, SidecarRules};
+use ztunnel::capture::sidecar as sidecar_capture;
 
 /// How long all proxies of one mode may take to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -154,13 +156,19 @@ impl EnvoyFleet {
     }
 
     /// Starts an Envoy in each of `pods` (node, pod), each allowed to call
-    /// `destinations`; returns when every one is ready.
-    pub fn start(&mut self, pods: &[&Pod], destinations: &[Destination]) -> Running {
+    /// `destinations`; returns when every one is ready. `node_ips[i]` is
+    /// node i+1's address (not captured inbound, as for our sidecars).
+    pub fn start(
+        &mut self,
+        pods: &[&Pod],
+        destinations: &[Destination],
+        node_ips: &[Ipv4Addr],
+    ) -> Running {
         assert!(self.children.is_empty(), "Envoy fleet already running");
         let configs: Vec<PathBuf> = pods.iter().map(|p| self.prepare(p, destinations)).collect();
         for pod in pods {
             pod.ns
-                .run(|| sidecar_capture::install(&SidecarRules::default()))
+                .run(|| sidecar_capture::install(&envoy_capture(node_ips[pod.node - 1])))
                 .expect("enter pod namespace")
                 .expect("sidecar capture rules");
         }

@@ -180,10 +180,11 @@ impl<'a> Bench<'a> {
             Mode::NoMesh => Running::default(),
             Mode::Envoy => {
                 let dest = proxies::destinations(self.topo, n);
+                let node_ips: Vec<_> = self.topo.nodes().iter().map(|n| n.ip).collect();
                 self.envoy
                     .as_mut()
                     .expect("envoy available")
-                    .start(&pods, &dest)
+                    .start(&pods, &dest, &node_ips)
             }
             Mode::Ambient => proxies::start_ambient(&mut self.mesh, self.topo, n),
             Mode::Sidecar => {
