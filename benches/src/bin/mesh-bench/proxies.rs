@@ -248,8 +248,8 @@ impl Drop for EnvoyFleet {
 /// - ambient: their namespace is labelled ambient (the node ztunnels
 ///   capture them);
 /// - ztunnel sidecar: the namespace is not, and every pod carries
-///   `security.istio.io/tlsMode: istio`, which is what makes a sidecar
-///   tunnel to it (file mode: labels do not travel over xDS).
+///   `security.istio.io/tlsMode: istio`, which marks it `native_tunnel`
+///   (its own sidecar terminates HBONE), so the client sidecar tunnels to it.
 pub fn mesh_config(topo: &Topology, n: usize, mode: Mode) -> String {
     let (ns_labels, tls_mode) = match mode {
         Mode::Sidecar => ("{}", ", security.istio.io/tlsMode: istio"),
