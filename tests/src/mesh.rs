@@ -461,6 +461,32 @@ pub fn http_get(ns: &Netns, port: u16, path: &str) -> std::io::Result<(u16, Stri
     Ok((status, body.to_owned()))
 }
 
+/// Starts tcpdump on `node`'s link to the other nodes (`peer0`), writing
+/// every TCP packet to `file`, and returns once it is attached. Stop it with
+/// SIGINT (`ChildGuard::signal`) so that it flushes.
+pub fn tcpdump(node: &Netns, file: &Path) -> ChildGuard {
+    let guard = node
+        .spawn(&[
+            "tcpdump",
+            "-i",
+            "peer0",
+            "-U",
+            "--immediate-mode",
+            "-s",
+            "0",
+            "-w",
+            file.to_str().expect("utf-8 path"),
+            "tcp",
+        ])
+        .expect("start tcpdump (is it installed? ./scripts/install-deps)");
+    // tcpdump writes the pcap header once it is attached to the link.
+    wait_until("tcpdump attached", || {
+        std::fs::metadata(file).is_ok_and(|m| m.len() >= 24)
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    guard
+}
+
 /// Polls `cond` every 20 ms for up to 5 s; panics naming `what` if it never
 /// holds.
 pub fn wait_until<F: FnMut() -> bool>(what: &str, mut cond: F) {

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use mesh_tests::echo::{echo_through, payload, round_trip};
 use mesh_tests::mesh::wait_until;
-use mesh_tests::mesh::Mesh;
+use mesh_tests::mesh::{tcpdump, Mesh};
 use mesh_tests::rules::{assert_installed_once, assert_nothing_left};
-use mesh_tests::{require_root, ChildGuard, Netns, Topology};
+use mesh_tests::{require_root, Netns, Topology};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
 
@@ -96,29 +96,6 @@ fn client_and_server() -> (Topology, String) {
     let pods = pod_line(&topo, "client", "shop", "client", "app: client")
         + &pod_line(&topo, "server", "bank", "server", "app: server");
     (topo, pods)
-}
-
-fn tcpdump(node: &Netns, file: &std::path::Path) -> ChildGuard {
-    let guard = node
-        .spawn(&[
-            "tcpdump",
-            "-i",
-            "peer0",
-            "-U",
-            "--immediate-mode",
-            "-s",
-            "0",
-            "-w",
-            file.to_str().unwrap(),
-            "tcp",
-        ])
-        .expect("start tcpdump");
-    // tcpdump writes the pcap header once it is attached to the link.
-    mesh_tests::mesh::wait_until("tcpdump attached", || {
-        std::fs::metadata(file).is_ok_and(|m| m.len() >= 24)
-    });
-    std::thread::sleep(Duration::from_millis(100));
-    guard
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

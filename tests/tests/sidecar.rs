@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mesh_tests::echo::{echo_through, payload};
-use mesh_tests::mesh::Mesh;
+use mesh_tests::mesh::{tcpdump, Mesh};
 use mesh_tests::sidecar::{table_count, Sidecars};
-use mesh_tests::{require_root, ChildGuard, Netns, Topology};
+use mesh_tests::{require_root, Netns, Topology};
 use tokio::task::JoinHandle;
 
 const SERVER_PORT: u16 = 8080;
@@ -99,28 +99,6 @@ fn start(topo: &Topology, yaml: &str, pods: &[(&str, &str)]) -> (Mesh, Sidecars)
         sidecars.start(topo.pod(pod), workload);
     }
     (mesh, sidecars)
-}
-
-fn tcpdump(node: &Netns, file: &std::path::Path) -> ChildGuard {
-    let guard = node
-        .spawn(&[
-            "tcpdump",
-            "-i",
-            "peer0",
-            "-U",
-            "--immediate-mode",
-            "-s",
-            "0",
-            "-w",
-            file.to_str().unwrap(),
-            "tcp",
-        ])
-        .expect("start tcpdump");
-    mesh_tests::mesh::wait_until("tcpdump attached", || {
-        std::fs::metadata(file).is_ok_and(|m| m.len() >= 24)
-    });
-    std::thread::sleep(Duration::from_millis(100));
-    guard
 }
 
 /// Whether a connection was refused: an error (reset), or EOF with nothing
