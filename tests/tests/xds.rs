@@ -11,6 +11,12 @@ use mesh_tests::{require_root, Netns, Topology};
 
 const WAIT: Duration = Duration::from_secs(10);
 
+/// The issue's bound for a config edit to change traffic behaviour.
+const WITHIN: Duration = Duration::from_secs(1);
+/// Allowance on top of [`WITHIN`] for a loaded CI machine: these are
+/// correctness tests, not timing tests (the benchmark measures latency).
+const SLACK: Duration = Duration::from_secs(2);
+
 fn config(client_ip: &str, server_ip: &str, policies: &str) -> String {
     format!(
         r#"
@@ -101,4 +107,174 @@ async fn ztunnels_follow_the_control_plane_and_survive_its_death() {
             .is_ok_and(|(_, b)| !b.contains("no-shop"))
     });
     assert!(talk(&c.ns, to).await, "allowed again after the resync");
+}
+
+/// Connects from `from` to `to` every 20 ms until `effect` holds (checked
+/// after each attempt), for at most [`WITHIN`] + [`SLACK`] after `edited`;
+/// returns how long it took.
+async fn poll_effect<F>(
+    edited: Instant,
+    from: &Netns,
+    to: SocketAddr,
+    what: &str,
+    effect: F,
+) -> Duration
+where
+    F: Fn() -> bool,
+{
+    loop {
+        let _ = talk(from, to).await;
+        if effect() {
+            let took = edited.elapsed();
+            eprintln!("{what}: took effect {took:?} after the file edit");
+            return took;
+        }
+        assert!(
+            edited.elapsed() < WITHIN + SLACK,
+            "{what}: no effect {:?} after the file edit",
+            WITHIN + SLACK
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn nft_set(node: &Netns) -> String {
+    node.exec("nft list set inet ambient ambient_pods")
+        .unwrap_or_default()
+}
+
+/// A connection on `node` from `src_ip` with identity `id` in the access log.
+fn logged(mesh: &Mesh, node: usize, direction: &str, src_ip: &str, id: &str) -> bool {
+    mesh.access_log(node).iter().any(|e| {
+        e["direction"] == direction
+            && e["src.identity"] == id
+            && e["src.addr"]
+                .as_str()
+                .is_some_and(|a| a.split(':').next() == Some(src_ip))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_added_to_the_control_planes_file_joins_the_mesh() {
+    if !require_root() {
+        return;
+    }
+    let topo = Topology::builder()
+        .nodes(2)
+        .pod("client", 1)
+        .pod("server", 2)
+        .pod("newbie", 1)
+        .build()
+        .unwrap();
+    let (c, s, n) = (topo.pod("client"), topo.pod("server"), topo.pod("newbie"));
+    let before = config(&c.ip.to_string(), &s.ip.to_string(), "");
+    let newbie = format!(
+        "  - {{name: newbie, namespace: shop, serviceAccount: newbie, ip: {}, node: node1}}\n",
+        n.ip
+    );
+    let after = before.replace(
+        "\n  - {name: server",
+        &format!("\n{newbie}  - {{name: server"),
+    );
+    assert_ne!(before, after, "the newbie line must be inserted");
+    let mut mesh = Mesh::with_control_plane(&topo, &before);
+    mesh.start_all();
+    let listener = s.ns.listen(SocketAddr::from(([0, 0, 0, 0], 8080))).unwrap();
+    let _echo = mesh_tests::echo::spawn_echo(listener);
+    let to = SocketAddr::from((s.ip, 8080));
+    let node1 = &topo.node(1).ns;
+    let ip = n.ip.to_string();
+    let id = "spiffe://cluster.local/ns/shop/sa/newbie";
+
+    // Unknown to the mesh: not captured, so it arrives as plaintext.
+    assert!(!nft_set(node1).contains(&ip));
+    assert!(talk(&n.ns, to).await, "plaintext into PERMISSIVE works");
+    let ev = mesh.wait_event(2, "the newbie's plaintext", |e| {
+        e["src.addr"]
+            .as_str()
+            .is_some_and(|a| a.starts_with(&format!("{ip}:")))
+    });
+    assert!(
+        ev.get("src.identity").is_none(),
+        "not in the mesh yet: {ev}"
+    );
+
+    let edited = Instant::now();
+    mesh.write_config(&after);
+    poll_effect(edited, &n.ns, to, "added pod", || {
+        logged(&mesh, 2, "inbound", &ip, id)
+    })
+    .await;
+    // Captured on its node, over HBONE, with its own certificate.
+    assert!(nft_set(node1).contains(&ip), "{}", nft_set(node1));
+    let out = mesh.wait_event(1, "the newbie's outbound", |e| {
+        e["direction"] == "outbound" && e["src.identity"] == id
+    });
+    assert_eq!(out["dst.hbone_addr"], format!("{}:15008", s.ip));
+    assert_eq!(
+        out["dst.identity"],
+        "spiffe://cluster.local/ns/bank/sa/server"
+    );
+    assert_eq!(out["response_flags"], "-");
+    assert!(
+        mesh.metrics(2)
+            .contains("source_principal=\"cluster.local/ns/shop/sa/newbie\""),
+        "destination metrics name the new pod"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn labelling_a_namespace_in_the_control_planes_file_captures_its_pods() {
+    if !require_root() {
+        return;
+    }
+    let topo = Topology::builder()
+        .nodes(2)
+        .pod("client", 1)
+        .pod("server", 2)
+        .build()
+        .unwrap();
+    let (c, s) = (topo.pod("client"), topo.pod("server"));
+    let labelled = config(&c.ip.to_string(), &s.ip.to_string(), "");
+    let unlabelled = labelled.replace(
+        "{name: shop, labels: {istio.io/dataplane-mode: ambient}}",
+        "{name: shop}",
+    );
+    assert_ne!(labelled, unlabelled);
+    let mut mesh = Mesh::with_control_plane(&topo, &unlabelled);
+    mesh.start_all();
+    let listener = s.ns.listen(SocketAddr::from(([0, 0, 0, 0], 8080))).unwrap();
+    let _echo = mesh_tests::echo::spawn_echo(listener);
+    let to = SocketAddr::from((s.ip, 8080));
+    let node1 = &topo.node(1).ns;
+    let ip = c.ip.to_string();
+    let id = "spiffe://cluster.local/ns/shop/sa/client";
+
+    // Unlabelled: node 1 leaves the client alone.
+    assert!(!nft_set(node1).contains(&ip));
+    assert!(talk(&c.ns, to).await);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        mesh.access_log(1).is_empty(),
+        "an unlabelled pod was captured"
+    );
+
+    let edited = Instant::now();
+    mesh.write_config(&labelled);
+    poll_effect(edited, &c.ns, to, "namespace label", || {
+        logged(&mesh, 1, "outbound", &ip, id)
+    })
+    .await;
+    assert!(nft_set(node1).contains(&ip), "{}", nft_set(node1));
+    let inb = mesh.wait_event(2, "inbound with the client's identity", |e| {
+        e["direction"] == "inbound" && e["src.identity"] == id
+    });
+    assert_eq!(inb["dst.workload"], "bank/server");
+    let metrics = mesh.metrics(1);
+    assert!(
+        metrics.lines().any(|l| l
+            .starts_with("istio_tcp_connections_opened_total{reporter=\"source\"")
+            && l.contains("source_principal=\"cluster.local/ns/shop/sa/client\"")),
+        "{metrics}"
+    );
 }
