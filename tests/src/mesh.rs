@@ -57,6 +57,8 @@ pub fn control_plane_bin() -> PathBuf {
 
 /// Where the control plane listens in xDS mode (inside node 1's namespace).
 pub const CONTROL_PLANE_ADDR: &str = "10.0.0.1:15012";
+/// The control plane's `/metrics` and `/healthz/ready` (node 1's namespace).
+pub const CONTROL_PLANE_METRICS_ADDR: &str = "10.0.0.1:15014";
 
 /// One ztunnel per node, started on demand.
 pub struct Mesh {
@@ -139,7 +141,7 @@ impl Mesh {
             "--listen",
             CONTROL_PLANE_ADDR,
             "--metrics-listen",
-            "10.0.0.1:15014",
+            CONTROL_PLANE_METRICS_ADDR,
         ];
         let child = self.nodes[0].spawn(&argv).expect("spawn control-plane");
         self.control_plane = Some(child);
@@ -153,6 +155,21 @@ impl Mesh {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The control plane's process id (`ip netns exec` and `sh -c exec`
+    /// both exec, so it is the id of the process spawned), if running.
+    pub fn control_plane_pid(&self) -> Option<u32> {
+        self.control_plane.as_ref().map(ChildGuard::id)
+    }
+
+    /// `/metrics` of the control plane.
+    pub fn control_plane_metrics(&self) -> String {
+        let addr = CONTROL_PLANE_METRICS_ADDR.parse().expect("constant");
+        let (status, body) =
+            http_get_addr(&self.nodes[0], addr, "/metrics").expect("GET control-plane /metrics");
+        assert_eq!(status, 200, "GET control-plane /metrics: {body}");
+        body
     }
 
     /// SIGKILLs the control plane.
@@ -443,7 +460,11 @@ where
 
 /// A plain HTTP/1.1 GET to `127.0.0.1:port` inside `ns`: (status, body).
 pub fn http_get(ns: &Netns, port: u16, path: &str) -> std::io::Result<(u16, String)> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    http_get_addr(ns, SocketAddr::from(([127, 0, 0, 1], port)), path)
+}
+
+/// A plain HTTP/1.1 GET to `addr` from inside `ns`: (status, body).
+pub fn http_get_addr(ns: &Netns, addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     let mut s = ns.std_connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     write!(
