@@ -2,7 +2,9 @@
 //! local YAML file is the first ([`FileSource`]), and a Kubernetes source
 //! can slot in beside it.
 
-use std::path::Path;
+mod watch;
+
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +12,9 @@ use futures::future::BoxFuture;
 use ztunnel::source::{Change, FileSource as FilePoller};
 use ztunnel::state::Snapshot;
 
-/// How often the config file is polled.
+/// How often the config file is polled. An edit is normally seen at once
+/// (inotify on its directory); the poll catches what inotify cannot see
+/// (e.g. network filesystems).
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(100);
 
 /// A stream of snapshots. Invalid input never reaches the caller: a source
@@ -20,9 +24,14 @@ pub trait Source: Send + 'static {
     fn next(&mut self) -> BoxFuture<'_, Option<Arc<Snapshot>>>;
 }
 
-/// The local YAML file, polled for content changes.
+/// The local YAML file: re-read when its directory reports a finished write
+/// or a rename into it, and at least every `interval`.
 pub struct FileSource {
     poller: FilePoller,
+    dir: PathBuf,
+    /// Created on the first wait (it needs the runtime); `None` when inotify
+    /// is unavailable, and then only the poll remains.
+    watch: Option<watch::DirWatch>,
     interval: Duration,
     rejected: prometheus_client::metrics::counter::Counter,
     first: bool,
@@ -30,8 +39,14 @@ pub struct FileSource {
 
 impl FileSource {
     pub fn new(path: &Path, interval: Duration) -> Self {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+            _ => PathBuf::from("."),
+        };
         FileSource {
             poller: FilePoller::new(path),
+            dir,
+            watch: None,
             interval,
             rejected: Default::default(),
             first: true,
@@ -57,10 +72,24 @@ impl Source for FileSource {
     fn next(&mut self) -> BoxFuture<'_, Option<Arc<Snapshot>>> {
         Box::pin(async move {
             loop {
-                if !self.first {
-                    tokio::time::sleep(self.interval).await;
+                if self.first {
+                    self.first = false;
+                    self.watch = watch::DirWatch::new(&self.dir)
+                        .inspect_err(|e| {
+                            tracing::warn!(dir = %self.dir.display(), error = %e, "no inotify on the config directory; polling only")
+                        })
+                        .ok();
+                } else {
+                    match &mut self.watch {
+                        Some(w) => {
+                            tokio::select! {
+                                () = tokio::time::sleep(self.interval) => {}
+                                () = w.changed() => {}
+                            }
+                        }
+                        None => tokio::time::sleep(self.interval).await,
+                    }
                 }
-                self.first = false;
                 match self.poller.poll() {
                     Change::Unchanged => {}
                     Change::Updated(snap) => return Some(Arc::new(*snap)),
@@ -108,5 +137,31 @@ mod tests {
         std::fs::write(&path, "nodes: [{name: n2, ip: 10.0.0.2}]\n").unwrap();
         let next = src.next().await.unwrap();
         assert!(next.node("n2").is_some());
+    }
+
+    #[tokio::test]
+    async fn a_rename_into_place_is_seen_without_waiting_for_the_poll() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mesh.yaml");
+        std::fs::write(&path, "nodes: [{name: n1, ip: 10.0.0.1}]\n").unwrap();
+        // A poll interval far beyond the timeout below: only inotify can
+        // deliver the edit in time.
+        let mut src = FileSource::new(&path, Duration::from_secs(3600));
+        src.next().await.unwrap();
+        let tmp = dir.path().join("mesh.yaml.tmp");
+        std::fs::write(&tmp, "nodes: [{name: n2, ip: 10.0.0.2}]\n").unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        let next = tokio::time::timeout(Duration::from_secs(5), src.next())
+            .await
+            .expect("the rename wakes the source")
+            .unwrap();
+        assert!(next.node("n2").is_some());
+        // An in-place write (close after write) too.
+        std::fs::write(&path, "nodes: [{name: n3, ip: 10.0.0.3}]\n").unwrap();
+        let next = tokio::time::timeout(Duration::from_secs(5), src.next())
+            .await
+            .expect("the write wakes the source")
+            .unwrap();
+        assert!(next.node("n3").is_some());
     }
 }
