@@ -100,14 +100,32 @@ impl Snapshot {
                 .map(|w| ((w.namespace.as_str(), w.name.as_str()), w))
                 .collect(),
         };
-        let mut resolved = Vec::with_capacity(workloads.len());
+        // Waypoints are resolved while the resolver borrows the workloads,
+        // which are then moved (not cloned) into the snapshot.
+        let mut waypoints = Vec::with_capacity(workloads.len());
         for w in &workloads {
-            let mut w = w.clone();
-            if w.waypoint.is_none() {
-                w.waypoint = resolver.resolve(&w.key(), &w.namespace, &w.labels, Some(&w.uid))?;
-            }
-            resolved.push(Arc::new(w));
+            waypoints.push(match &w.waypoint {
+                Some(_) => None,
+                None => resolver.resolve(&w.key(), &w.namespace, &w.labels, Some(&w.uid))?,
+            });
         }
+        let mut services = services;
+        for svc in &mut services {
+            if svc.waypoint.is_none() {
+                svc.waypoint = resolver.resolve(&svc.key(), &svc.namespace, &svc.labels, None)?;
+            }
+        }
+        drop(resolver);
+        let resolved: Vec<Arc<Workload>> = workloads
+            .into_iter()
+            .zip(waypoints)
+            .map(|(mut w, wp)| {
+                if w.waypoint.is_none() {
+                    w.waypoint = wp;
+                }
+                Arc::new(w)
+            })
+            .collect();
         let mut snap = Snapshot {
             trust_domain: if trust_domain.is_empty() {
                 DEFAULT_TRUST_DOMAIN.to_owned()
@@ -118,7 +136,7 @@ impl Snapshot {
             policies: Policies::new(policies),
             ..Snapshot::default()
         };
-        for w in resolved {
+        for w in &resolved {
             for ip in &w.ips {
                 snap.workload_by_ip.insert(*ip, w.clone());
             }
@@ -127,19 +145,17 @@ impl Snapshot {
                 .entry(w.namespace.clone())
                 .or_default()
                 .insert(w.name.clone(), w.clone());
-            snap.workloads.push(w);
         }
-        for mut svc in services {
-            if svc.waypoint.is_none() {
-                svc.waypoint = resolver.resolve(&svc.key(), &svc.namespace, &svc.labels, None)?;
-            }
-            snap.add_service(svc)?;
+        let labels = LabelIndex::new(&resolved);
+        for svc in services {
+            snap.add_service(svc, &labels)?;
         }
+        snap.workloads = resolved;
         snap.namespaces = ns_map;
         Ok(snap)
     }
 
-    fn add_service(&mut self, svc: Service) -> Result<(), StateError> {
+    fn add_service(&mut self, svc: Service, labels: &LabelIndex<'_>) -> Result<(), StateError> {
         if self
             .endpoints
             .get(&svc.namespace)
@@ -163,18 +179,17 @@ impl Snapshot {
             }
             self.service_by_vip.insert(*vip, svc.clone());
         }
-        let mut eps: Vec<Arc<Workload>> = self
-            .workloads
-            .iter()
-            .filter(|w| {
-                let selected = w.namespace == svc.namespace
-                    && !svc.selector.is_empty()
-                    && labels_match(&svc.selector, &w.labels);
-                selected || svc.endpoint_uids.contains(&w.uid)
-            })
+        let mut eps: Vec<Arc<Workload>> = labels
+            .select(&svc.namespace, &svc.selector)
+            .chain(
+                svc.endpoint_uids
+                    .iter()
+                    .filter_map(|uid| self.workload_by_uid.get(uid)),
+            )
             .cloned()
             .collect();
         eps.sort_by(|a, b| a.uid.cmp(&b.uid));
+        eps.dedup_by(|a, b| a.uid == b.uid);
         self.endpoints
             .entry(svc.namespace.clone())
             .or_default()
@@ -272,6 +287,50 @@ impl Snapshot {
             .filter(|w| w.node == node && self.is_ambient(w))
             .flat_map(|w| w.ips.iter().copied())
             .collect()
+    }
+}
+
+/// Workloads by (namespace, label key, label value), so a service's
+/// selector finds its endpoints without scanning every workload (which made
+/// building a snapshot O(services × workloads)).
+struct LabelIndex<'a> {
+    by_label: HashMap<(&'a str, &'a str, &'a str), Vec<&'a Arc<Workload>>>,
+}
+
+impl<'a> LabelIndex<'a> {
+    fn new(workloads: &'a [Arc<Workload>]) -> Self {
+        let mut by_label: HashMap<_, Vec<_>> = HashMap::new();
+        for w in workloads {
+            for (k, v) in &w.labels {
+                by_label
+                    .entry((w.namespace.as_str(), k.as_str(), v.as_str()))
+                    .or_default()
+                    .push(w);
+            }
+        }
+        LabelIndex { by_label }
+    }
+
+    /// The workloads of `namespace` that carry every label of `selector`;
+    /// none for an empty selector. Walks the shortest posting list.
+    fn select<'s>(
+        &'s self,
+        namespace: &'s str,
+        selector: &'s Labels,
+    ) -> impl Iterator<Item = &'a Arc<Workload>> + 's {
+        let shortest = selector
+            .iter()
+            .map(|(k, v)| {
+                self.by_label
+                    .get(&(namespace, k.as_str(), v.as_str()))
+                    .map_or(&[][..], Vec::as_slice)
+            })
+            .min_by_key(|list| list.len())
+            .unwrap_or(&[]);
+        shortest
+            .iter()
+            .copied()
+            .filter(move |w| labels_match(selector, &w.labels))
     }
 }
 

@@ -142,6 +142,61 @@ fn endpoints_by_selector_and_uid() {
 }
 
 #[test]
+fn selector_endpoints_come_from_the_label_index() {
+    // (selector, explicit uids) -> endpoint uids, over the same pods.
+    let pods = || {
+        vec![
+            pod(
+                "a",
+                "p1",
+                "10.1.0.1",
+                "n1",
+                &[("app", "web"), ("tier", "1")],
+            ),
+            pod(
+                "a",
+                "p2",
+                "10.1.0.2",
+                "n1",
+                &[("app", "web"), ("tier", "2")],
+            ),
+            pod("a", "p3", "10.1.0.3", "n1", &[("app", "db")]),
+            pod(
+                "b",
+                "p4",
+                "10.1.0.4",
+                "n1",
+                &[("app", "web"), ("tier", "1")],
+            ),
+        ]
+    };
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str], &'a [&'a str]);
+    let cases: &[Case] = &[
+        (&[("app", "web")], &[], &["a/p1", "a/p2"]),
+        (&[("app", "web"), ("tier", "1")], &[], &["a/p1"]),
+        (&[("tier", "1"), ("app", "web")], &[], &["a/p1"]),
+        (&[("app", "web"), ("tier", "3")], &[], &[]),
+        (&[("app", "nope")], &[], &[]),
+        // Empty selector: only the explicit uids, from any namespace.
+        (&[], &["b/p4", "a/p3"], &["a/p3", "b/p4"]),
+        // Selected and listed: once.
+        (&[("app", "db")], &["a/p3", "b/p4"], &["a/p3", "b/p4"]),
+    ];
+    for (selector, uids, want) in cases {
+        let mut s = svc("a", "s", "10.96.0.9", selector);
+        s.endpoint_uids = uids.iter().map(|u| u.to_string()).collect();
+        let snap = Snapshot::build(SnapshotParts {
+            workloads: pods(),
+            services: vec![s.clone()],
+            ..SnapshotParts::default()
+        })
+        .unwrap();
+        let got: Vec<&str> = snap.endpoints(&s).iter().map(|w| w.uid.as_str()).collect();
+        assert_eq!(&got, want, "selector {selector:?}, uids {uids:?}");
+    }
+}
+
+#[test]
 fn lookups_and_defaults() {
     let snap = Snapshot::build(parts()).unwrap();
     assert_eq!(snap.trust_domain(), DEFAULT_TRUST_DOMAIN);
