@@ -219,6 +219,7 @@ impl Fleet {
             let (publish, mut snapshots) = mpsc::channel(8);
             let client = XdsClient {
                 endpoint: endpoint.clone(),
+                mark: None,
                 node: Node {
                     id: format!("ztunnel~{node}"),
                     ..Default::default()
