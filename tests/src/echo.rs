@@ -1,22 +1,74 @@
 //! A tokio echo server and a byte-exact round-trip check, for reachability tests.
 
 use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
+
+use crate::netns::Netns;
 
 /// Echoes every accepted connection until EOF. Abort the handle to stop.
 pub fn spawn_echo(listener: TcpListener) -> JoinHandle<()> {
     tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut rd, mut wr) = stream.split();
-                let _ = tokio::io::copy(&mut rd, &mut wr).await;
-                let _ = wr.shutdown().await;
-            });
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(echo_connection(stream, ""));
         }
     })
+}
+
+/// Sends `greeting` (if any), then echoes until EOF and half-closes.
+async fn echo_connection(mut stream: TcpStream, greeting: &'static str) {
+    if !greeting.is_empty() && stream.write_all(greeting.as_bytes()).await.is_err() {
+        return;
+    }
+    let (mut rd, mut wr) = stream.split();
+    let _ = tokio::io::copy(&mut rd, &mut wr).await;
+    let _ = wr.shutdown().await;
+}
+
+/// An echo app in a pod (on `0.0.0.0:port` of its netns) that records the
+/// peer address of every connection it accepted. Stops when dropped.
+pub struct App {
+    peers: Arc<Mutex<Vec<SocketAddr>>>,
+    task: JoinHandle<()>,
+}
+
+impl App {
+    /// Echoes each connection.
+    pub fn serve(ns: &Netns, port: u16) -> App {
+        App::serve_with_greeting(ns, port, "")
+    }
+
+    /// Echoes each connection after first sending `greeting` (so a client
+    /// can tell which endpoint answered).
+    pub fn serve_with_greeting(ns: &Netns, port: u16, greeting: &'static str) -> App {
+        let listener = ns
+            .listen(SocketAddr::from(([0, 0, 0, 0], port)))
+            .expect("app listener");
+        let peers = Arc::new(Mutex::new(Vec::new()));
+        let seen = peers.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, peer)) = listener.accept().await {
+                seen.lock().unwrap().push(peer);
+                tokio::spawn(echo_connection(stream, greeting));
+            }
+        });
+        App { peers, task }
+    }
+
+    /// Every peer accepted so far.
+    pub fn peers(&self) -> Vec<SocketAddr> {
+        self.peers.lock().unwrap().clone()
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// Deterministic test payload of `len` bytes (every byte value occurs).

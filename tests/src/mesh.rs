@@ -465,8 +465,13 @@ pub fn http_get(ns: &Netns, port: u16, path: &str) -> std::io::Result<(u16, Stri
 
 /// A plain HTTP/1.1 GET to `addr` from inside `ns`: (status, body).
 pub fn http_get_addr(ns: &Netns, addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = ns.std_connect(addr)?;
+    let s = ns.std_connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    http_get_on(s, path)
+}
+
+/// A plain HTTP/1.1 GET of `path` on an open connection: (status, body).
+pub fn http_get_on<S: Read + Write>(mut s: S, path: &str) -> std::io::Result<(u16, String)> {
     write!(
         s,
         "GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n"

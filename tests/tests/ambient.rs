@@ -3,59 +3,16 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mesh_tests::echo::{echo_through, payload, round_trip};
+use mesh_tests::echo::{echo_through, payload, round_trip, App};
 use mesh_tests::mesh::wait_until;
 use mesh_tests::mesh::{tcpdump, Mesh};
 use mesh_tests::rules::{assert_installed_once, assert_nothing_left};
 use mesh_tests::{require_root, Netns, Topology};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::task::JoinHandle;
 
 const WAIT: Duration = Duration::from_secs(10);
-
-/// An app in a pod: echoes each connection, after first sending `greeting`
-/// (if any), and records every peer address it accepted.
-struct App {
-    peers: Arc<Mutex<Vec<SocketAddr>>>,
-    task: JoinHandle<()>,
-}
-
-impl Drop for App {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl App {
-    fn peers(&self) -> Vec<SocketAddr> {
-        self.peers.lock().unwrap().clone()
-    }
-}
-
-fn serve_app(ns: &Netns, port: u16, greeting: &'static str) -> App {
-    let listener = ns
-        .listen(SocketAddr::from(([0, 0, 0, 0], port)))
-        .expect("app listener");
-    let peers = Arc::new(Mutex::new(Vec::new()));
-    let seen = peers.clone();
-    let task = tokio::spawn(async move {
-        while let Ok((mut stream, peer)) = listener.accept().await {
-            seen.lock().unwrap().push(peer);
-            tokio::spawn(async move {
-                if !greeting.is_empty() && stream.write_all(greeting.as_bytes()).await.is_err() {
-                    return;
-                }
-                let (mut rd, mut wr) = stream.split();
-                let _ = tokio::io::copy(&mut rd, &mut wr).await;
-                let _ = wr.shutdown().await;
-            });
-        }
-    });
-    App { peers, task }
-}
 
 fn config(pods: &str, extra: &str) -> String {
     format!(
@@ -108,7 +65,7 @@ async fn cross_node_traffic_is_hbone_encrypted_with_real_source_ip() {
     mesh.start_all();
     let server = topo.pod("server");
     let client = topo.pod("client");
-    let app = serve_app(&server.ns, 8080, "");
+    let app = App::serve(&server.ns, 8080);
 
     let pcap = std::env::temp_dir().join(format!("{}-link.pcap", topo.id()));
     let mut dump = tcpdump(&topo.node(1).ns, &pcap);
@@ -212,7 +169,7 @@ services:
     mesh.start_all();
     let _apps: Vec<App> = ["cart-1", "cart-2", "cart-3"]
         .iter()
-        .map(|n| serve_app(&topo.pod(n).ns, 8080, n))
+        .map(|n| App::serve_with_greeting(&topo.pod(n).ns, 8080, n))
         .collect();
     let client = topo.pod("client");
 
@@ -302,8 +259,8 @@ async fn policy_by_principal_namespace_and_port_and_live_revocation() {
     let mut mesh = Mesh::new(&topo, &config(&pods, POLICIES));
     mesh.start_all();
     let server = topo.pod("server");
-    let _app = serve_app(&server.ns, 8080, "");
-    let _admin_app = serve_app(&server.ns, 9090, "");
+    let _app = App::serve(&server.ns, 8080);
+    let _admin_app = App::serve(&server.ns, 9090);
     let to = |port| SocketAddr::from((server.ip, port));
     let client = &topo.pod("client").ns;
 
@@ -391,7 +348,7 @@ async fn non_ambient_client_is_allowed_when_permissive_and_refused_when_strict()
     mesh.start_all();
     let server = topo.pod("server");
     let old = topo.pod("old");
-    let _app = serve_app(&server.ns, 8080, "");
+    let _app = App::serve(&server.ns, 8080);
     let to = SocketAddr::from((server.ip, 8080));
 
     // Never captured on the non-ambient side.
@@ -453,7 +410,7 @@ async fn namespace_label_on_and_off_live_without_rule_leaks() {
     let node1 = &topo.node(1).ns;
     let client = topo.pod("client");
     let server = topo.pod("server");
-    let _app = serve_app(&server.ns, 8080, "");
+    let _app = App::serve(&server.ns, 8080);
     let to = SocketAddr::from((server.ip, 8080));
     let ip = client.ip.to_string();
     assert!(!nft_set(node1).contains(&ip));
@@ -492,7 +449,7 @@ async fn sigterm_drains_then_removes_every_rule() {
     let mut mesh = Mesh::new(&topo, &config(&pods, ""));
     mesh.start_all();
     let server = topo.pod("server");
-    let _app = serve_app(&server.ns, 8080, "");
+    let _app = App::serve(&server.ns, 8080);
     let client = topo.pod("client");
     let mut live = client
         .ns
@@ -535,7 +492,7 @@ async fn killed_mid_stream_then_restarted_works_without_duplicates() {
     let mut mesh = Mesh::new(&topo, &config(&pods, ""));
     mesh.start_all();
     let server = topo.pod("server");
-    let _app = serve_app(&server.ns, 8080, "");
+    let _app = App::serve(&server.ns, 8080);
     let client = topo.pod("client");
     let to = SocketAddr::from((server.ip, 8080));
     let mut live = client.ns.connect(to).await.unwrap();
@@ -569,7 +526,7 @@ async fn a_proxy_with_another_root_cannot_open_a_tunnel() {
     mesh.start_with_ca(1, &rogue_ca);
     mesh.start(2);
     let server = topo.pod("server");
-    let app = serve_app(&server.ns, 8080, "");
+    let app = App::serve(&server.ns, 8080);
     assert_refused(
         &topo.pod("client").ns,
         SocketAddr::from((server.ip, 8080)),
@@ -598,7 +555,7 @@ async fn a_thousand_concurrent_connections_complete_byte_exact() {
     let mut mesh = Mesh::new(&topo, &config(&pods, ""));
     mesh.start_all();
     let server = topo.pod("server");
-    let _app = serve_app(&server.ns, 8080, "");
+    let _app = App::serve(&server.ns, 8080);
     let to = SocketAddr::from((server.ip, 8080));
     const N: usize = 1000;
     let sockets = topo

@@ -4,55 +4,16 @@
 //! No node ztunnel runs: the nodes only forward.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mesh_tests::echo::{echo_through, payload};
+use mesh_tests::echo::{echo_through, payload, App};
 use mesh_tests::mesh::{tcpdump, Mesh};
 use mesh_tests::sidecar::{table_count, Sidecars};
 use mesh_tests::{require_root, Netns, Topology};
-use tokio::task::JoinHandle;
 
 const SERVER_PORT: u16 = 8080;
 const CLIENT_ID: &str = "spiffe://cluster.local/ns/shop/sa/client";
 const SERVER_ID: &str = "spiffe://cluster.local/ns/bank/sa/server";
-
-/// An echo app in a pod that records every peer address it accepted.
-struct App {
-    peers: Arc<Mutex<Vec<SocketAddr>>>,
-    task: JoinHandle<()>,
-}
-
-impl Drop for App {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl App {
-    fn serve(ns: &Netns, port: u16) -> App {
-        let listener = ns
-            .listen(SocketAddr::from(([0, 0, 0, 0], port)))
-            .expect("app listener");
-        let peers = Arc::new(Mutex::new(Vec::new()));
-        let seen = peers.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((mut stream, peer)) = listener.accept().await {
-                seen.lock().unwrap().push(peer);
-                tokio::spawn(async move {
-                    let (mut rd, mut wr) = stream.split();
-                    let _ = tokio::io::copy(&mut rd, &mut wr).await;
-                    let _ = tokio::io::AsyncWriteExt::shutdown(&mut wr).await;
-                });
-            }
-        });
-        App { peers, task }
-    }
-
-    fn peers(&self) -> Vec<SocketAddr> {
-        self.peers.lock().unwrap().clone()
-    }
-}
 
 /// Pods `client` (shop, node 1, sidecar-labelled), `server` (bank, node 2,
 /// sidecar-labelled, behind Service VIP 10.96.0.10:80 → 8080) and `plain`
