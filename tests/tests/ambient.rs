@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use mesh_tests::echo::{echo_through, payload, round_trip, App};
 use mesh_tests::mesh::wait_until;
-use mesh_tests::mesh::{tcpdump, Mesh};
+use mesh_tests::mesh::{assert_hbone_on_the_wire, LinkCapture, Mesh};
 use mesh_tests::rules::{assert_installed_once, assert_nothing_left};
 use mesh_tests::{require_root, Netns, Topology};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -67,18 +67,13 @@ async fn cross_node_traffic_is_hbone_encrypted_with_real_source_ip() {
     let client = topo.pod("client");
     let app = App::serve(&server.ns, 8080);
 
-    let pcap = std::env::temp_dir().join(format!("{}-link.pcap", topo.id()));
-    let mut dump = tcpdump(&topo.node(1).ns, &pcap);
+    let capture = LinkCapture::start(&topo.node(1).ns, &format!("{}-link", topo.id()));
     let secret = b"TOP-SECRET-PAYLOAD-0123456789-".repeat(100);
     let back = echo_through(&client.ns, SocketAddr::from((server.ip, 8080)), &secret)
         .await
         .expect("echo through the mesh");
     assert_eq!(back, secret, "byte-exact through HBONE");
-    std::thread::sleep(Duration::from_millis(300));
-    let _ = dump.signal(nix::sys::signal::Signal::SIGINT);
-    dump.wait_exit(Duration::from_secs(5));
-    let captured = std::fs::read(&pcap).expect("read pcap");
-    let _ = std::fs::remove_file(&pcap);
+    let captured = capture.finish();
 
     // The app saw the client pod's own IP, not a node or ztunnel address.
     let peers = app.peers();
@@ -86,21 +81,7 @@ async fn cross_node_traffic_is_hbone_encrypted_with_real_source_ip() {
     assert_eq!(peers[0].ip(), std::net::IpAddr::V4(client.ip));
 
     // The link carried TLS to 15008, never the payload in cleartext.
-    assert!(
-        captured.len() > secret.len(),
-        "capture too small ({} bytes): tcpdump saw no traffic",
-        captured.len()
-    );
-    let needle = b"TOP-SECRET-PAYLOAD";
-    assert!(
-        !captured.windows(needle.len()).any(|w| w == needle),
-        "payload visible in cleartext on the node link"
-    );
-    let port = 15008u16.to_be_bytes();
-    assert!(
-        captured.windows(2).any(|w| w == port),
-        "no HBONE (15008) traffic on the link"
-    );
+    assert_hbone_on_the_wire(&captured, secret.len(), b"TOP-SECRET-PAYLOAD");
 
     // Both ztunnels logged the connection with both identities.
     let out = mesh.wait_event(1, "outbound client->server", |e| {

@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use mesh_tests::echo::{echo_through, payload, App};
-use mesh_tests::mesh::{tcpdump, Mesh};
+use mesh_tests::mesh::{assert_hbone_on_the_wire, LinkCapture, Mesh};
 use mesh_tests::sidecar::{table_count, Sidecars};
 use mesh_tests::{require_root, Netns, Topology};
 
@@ -148,34 +148,15 @@ async fn pod_to_pod_is_mutual_tls_between_the_two_sidecars() {
     assert_eq!(table_count(&server.ns), 1);
     let app = App::serve(&server.ns, SERVER_PORT);
 
-    let pcap = std::env::temp_dir().join(format!("{}-sidecar-link.pcap", topo.id()));
-    let mut dump = tcpdump(&topo.node(1).ns, &pcap);
+    let capture = LinkCapture::start(&topo.node(1).ns, &format!("{}-sidecar-link", topo.id()));
     let secret = b"SIDECAR-SECRET-PAYLOAD-0123456789-".repeat(100);
     let dst = SocketAddr::from((server.ip, SERVER_PORT));
     let back = echo_through(&client.ns, dst, &secret)
         .await
         .expect("echo through two sidecars");
     assert_eq!(back, secret, "byte-exact through HBONE");
-    std::thread::sleep(Duration::from_millis(300));
-    let _ = dump.signal(nix::sys::signal::Signal::SIGINT);
-    dump.wait_exit(Duration::from_secs(5));
-    let captured = std::fs::read(&pcap).expect("read pcap");
-    let _ = std::fs::remove_file(&pcap);
-
-    assert!(
-        captured.len() > secret.len(),
-        "tcpdump saw no traffic ({} bytes)",
-        captured.len()
-    );
-    let needle = b"SIDECAR-SECRET";
-    assert!(
-        !captured.windows(needle.len()).any(|w| w == needle),
-        "payload visible in cleartext on the node link"
-    );
-    assert!(
-        captured.windows(2).any(|w| w == 15008u16.to_be_bytes()),
-        "no HBONE (15008) traffic on the link"
-    );
+    let captured = capture.finish();
+    assert_hbone_on_the_wire(&captured, secret.len(), b"SIDECAR-SECRET");
     // The destination sidecar dials the app from inside the pod.
     let peers = app.peers();
     assert_eq!(peers.len(), 1, "{peers:?}");
