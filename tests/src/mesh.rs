@@ -399,6 +399,15 @@ pub fn metrics(ns: &Netns) -> String {
     body
 }
 
+/// The value of one series in Prometheus text, e.g.
+/// `ztunnel_access_log_lines_total` or `name{label="v"}`, written exactly as
+/// the exposition prints it.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// Polls the readiness port in `ns` until it answers 200; panics naming
 /// `who`, with its stderr (the file `stderr`), if `child` exits first or
 /// [`READY_TIMEOUT`] passes.

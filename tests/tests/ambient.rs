@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use mesh_tests::echo::{echo_through, payload, round_trip, App};
 use mesh_tests::mesh::wait_until;
-use mesh_tests::mesh::{assert_hbone_on_the_wire, LinkCapture, Mesh};
+use mesh_tests::mesh::{assert_hbone_on_the_wire, metric_value, LinkCapture, Mesh};
 use mesh_tests::rules::{assert_installed_once, assert_nothing_left};
 use mesh_tests::{require_root, Netns, Topology};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -419,6 +419,53 @@ async fn namespace_label_on_and_off_live_without_rule_leaks() {
         before,
         "released pod still captured"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_costs_access_log_lines_not_connections() {
+    if !require_root() {
+        return;
+    }
+    let (topo, pods) = client_and_server();
+    let mut mesh = Mesh::new(&topo, &config(&pods, ""));
+    // Node 1's access log is /dev/full: every write fails with ENOSPC.
+    std::os::unix::fs::symlink("/dev/full", mesh.access_log_path(1)).unwrap();
+    mesh.start_all();
+    let server = topo.pod("server");
+    let _app = App::serve(&server.ns, 8080);
+    let to = SocketAddr::from((server.ip, 8080));
+    const CONNS: usize = 20;
+    for i in 0..CONNS {
+        let data = payload(1000 + i);
+        let back = echo_through(&topo.pod("client").ns, to, &data)
+            .await
+            .unwrap_or_else(|e| panic!("connection {i} with a full disk: {e}"));
+        assert_eq!(back, data, "connection {i} byte-exact");
+    }
+    // Every outbound line on node 1 was lost and counted; node 2 wrote its own.
+    let lost = "ztunnel_access_log_lost_lines_total{reason=\"write_failed\"}";
+    wait_until("node 1 counts its lost access-log lines", || {
+        metric_value(&mesh.metrics(1), lost).is_some_and(|v| v >= CONNS as f64)
+    });
+    assert_eq!(
+        metric_value(&mesh.metrics(1), "ztunnel_access_log_lines_total"),
+        Some(0.0)
+    );
+    wait_until("node 2 logs every inbound connection", || {
+        mesh.access_log(2)
+            .iter()
+            .filter(|e| e["direction"] == "inbound")
+            .count()
+            == CONNS
+    });
+    // One warning, not one per connection.
+    let warnings = mesh
+        .stderr(1)
+        .matches("writing the access log failed")
+        .count();
+    assert_eq!(warnings, 1, "{}", mesh.stderr(1));
+    // And the proxy still shuts down cleanly.
+    mesh.terminate_all();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,13 +1,17 @@
 //! The access log: one JSON object per connection, on its own line, with
-//! the fields from DESIGN §7. Building the event is pure; writing it is a
-//! single `write_all` of one line under a short lock.
+//! the fields from DESIGN §7. Building the event is pure; writing it
+//! happens on a thread of its own (see [`AccessLog`]).
 
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::{mpsc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use serde::Serialize;
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
@@ -57,41 +61,226 @@ impl ConnEvent {
     }
 }
 
-/// Where access-log lines go.
+/// How many lines may wait for the writer thread. A line is ~400 bytes, so
+/// a stalled disk costs at most ~2 MiB before lines are dropped (and
+/// counted), never a blocked connection.
+pub const QUEUE_LINES: usize = 4096;
+/// The writer gathers queued lines into one write of up to this many bytes.
+const BATCH_BYTES: usize = 64 * 1024;
+/// At most one warning per this interval for each kind of loss.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// Why an access-log line was lost (the `reason` label).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LostLabels {
+    pub reason: &'static str,
+}
+
+/// The writer was behind by [`QUEUE_LINES`] (a slow or stalled disk).
+pub const LOST_QUEUE_FULL: &str = "queue_full";
+/// The write failed (a full disk, a closed pipe).
+pub const LOST_WRITE_FAILED: &str = "write_failed";
+/// Logged after [`AccessLog::close`].
+pub const LOST_CLOSED: &str = "closed";
+
+/// The access log's own counters, registered by [`crate::metrics::Metrics`].
+#[derive(Clone, Debug, Default)]
+pub struct AccessLogCounters {
+    pub written: Counter,
+    pub lost: Family<LostLabels, Counter>,
+}
+
+impl AccessLogCounters {
+    fn lose(&self, reason: &'static str, lines: u64) {
+        self.lost
+            .get_or_create(&LostLabels { reason })
+            .inc_by(lines);
+    }
+
+    pub fn lost(&self, reason: &'static str) -> u64 {
+        self.lost.get_or_create(&LostLabels { reason }).get()
+    }
+}
+
+enum Msg {
+    Line(String),
+    /// Write everything queued before this, then answer.
+    Flush(mpsc::SyncSender<()>),
+    /// Write everything queued before this, then stop.
+    Close,
+}
+
+/// Where access-log lines go. The data path only serializes an event and
+/// queues the line; a dedicated thread writes the lines in batches. A slow
+/// or full disk therefore never blocks a connection: the queue is bounded,
+/// and a line that does not fit, or whose write fails, is dropped, counted
+/// in `ztunnel_access_log_lost_lines_total{reason}` and warned about at most
+/// once per 10 s.
 pub struct AccessLog {
-    out: Mutex<Box<dyn Write + Send>>,
+    /// `None` for a sink.
+    tx: Option<mpsc::SyncSender<Msg>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    counters: AccessLogCounters,
+    next_warn: Mutex<Instant>,
 }
 
 impl AccessLog {
-    pub fn stdout() -> Self {
-        AccessLog {
-            out: Mutex::new(Box::new(std::io::stdout())),
-        }
+    pub fn stdout(counters: AccessLogCounters) -> Self {
+        Self::spawn(Box::new(std::io::stdout()), counters)
     }
 
-    pub fn file(path: &Path) -> std::io::Result<Self> {
+    pub fn file(path: &Path, counters: AccessLogCounters) -> std::io::Result<Self> {
         let f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)?;
-        Ok(AccessLog {
-            out: Mutex::new(Box::new(f)),
-        })
+        Ok(Self::spawn(Box::new(f), counters))
     }
 
-    /// Discards every event (tests, or `--access-log none`).
+    /// Discards every event (tests, or `--access-log off`).
     pub fn sink() -> Self {
         AccessLog {
-            out: Mutex::new(Box::new(std::io::sink())),
+            tx: None,
+            writer: Mutex::new(None),
+            counters: AccessLogCounters::default(),
+            next_warn: Mutex::new(Instant::now()),
         }
     }
 
+    /// Starts the writer thread over `out`.
+    pub fn spawn(out: Box<dyn Write + Send>, counters: AccessLogCounters) -> Self {
+        let (tx, rx) = mpsc::sync_channel(QUEUE_LINES);
+        let c = counters.clone();
+        let writer = std::thread::Builder::new()
+            .name("ztunnel-accesslog".into())
+            .spawn(move || write_lines(rx, out, &c))
+            .expect("spawn the access-log writer");
+        AccessLog {
+            tx: Some(tx),
+            writer: Mutex::new(Some(writer)),
+            counters,
+            next_warn: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// Queues one line for `event`; never blocks on the disk.
     pub fn log(&self, event: &ConnEvent) {
-        let line = event.to_json_line();
-        let mut out = self.out.lock().expect("access log poisoned");
-        if let Err(e) = out.write_all(line.as_bytes()).and_then(|()| out.flush()) {
-            // A full disk must not take the data path down with it.
-            tracing::warn!(error = %e, "writing access log failed");
+        let Some(tx) = &self.tx else {
+            return;
+        };
+        match tx.try_send(Msg::Line(event.to_json_line())) {
+            Ok(()) => {}
+            Err(mpsc::TrySendError::Full(_)) => {
+                self.counters.lose(LOST_QUEUE_FULL, 1);
+                self.warn_queue_full();
+            }
+            Err(mpsc::TrySendError::Disconnected(_)) => self.counters.lose(LOST_CLOSED, 1),
+        }
+    }
+
+    /// Blocks until every line queued so far is written (or lost).
+    pub fn flush(&self) {
+        if let Some(tx) = &self.tx {
+            let (done, wait) = mpsc::sync_channel(1);
+            if tx.send(Msg::Flush(done)).is_ok() {
+                let _ = wait.recv();
+            }
+        }
+    }
+
+    /// Writes what is queued and stops the writer. Lines logged afterwards
+    /// are counted as lost (`closed`).
+    pub fn close(&self) {
+        if let Some(writer) = self.writer.lock().expect("access log poisoned").take() {
+            if let Some(tx) = &self.tx {
+                let _ = tx.send(Msg::Close);
+            }
+            let _ = writer.join();
+        }
+    }
+
+    pub fn counters(&self) -> &AccessLogCounters {
+        &self.counters
+    }
+
+    fn warn_queue_full(&self) {
+        let mut next = self.next_warn.lock().expect("access log poisoned");
+        let now = Instant::now();
+        if now >= *next {
+            *next = now + WARN_EVERY;
+            tracing::warn!(
+                lost = self.counters.lost(LOST_QUEUE_FULL),
+                "access log writer is behind; dropping lines (lost so far)"
+            );
+        }
+    }
+}
+
+impl Drop for AccessLog {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// The writer thread: waits for a line, takes whatever else is queued (up
+/// to [`BATCH_BYTES`]), writes it in one call, and flushes.
+fn write_lines(
+    rx: mpsc::Receiver<Msg>,
+    mut out: Box<dyn Write + Send>,
+    counters: &AccessLogCounters,
+) {
+    let mut batch = Vec::with_capacity(BATCH_BYTES);
+    let mut lines = 0u64;
+    let mut waiting: Vec<mpsc::SyncSender<()>> = Vec::new();
+    let mut failing: Option<Instant> = None;
+    let mut closing = false;
+    while let Ok(first) = rx.recv() {
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                Msg::Line(line) => {
+                    batch.extend_from_slice(line.as_bytes());
+                    lines += 1;
+                }
+                Msg::Flush(done) => waiting.push(done),
+                Msg::Close => closing = true,
+            }
+            if batch.len() < BATCH_BYTES && !closing {
+                next = rx.try_recv().ok();
+            }
+        }
+        if lines > 0 {
+            match out.write_all(&batch).and_then(|()| out.flush()) {
+                Ok(()) => {
+                    counters.written.inc_by(lines);
+                    if failing.take().is_some() {
+                        tracing::info!("access log writable again");
+                    }
+                }
+                Err(e) => {
+                    counters.lose(LOST_WRITE_FAILED, lines);
+                    let now = Instant::now();
+                    if failing.is_none_or(|last| now.duration_since(last) >= WARN_EVERY) {
+                        failing = Some(now);
+                        tracing::warn!(
+                            error = %e,
+                            lost = counters.lost(LOST_WRITE_FAILED),
+                            "writing the access log failed; dropping lines (lost so far)"
+                        );
+                    }
+                }
+            }
+            batch.clear();
+            if batch.capacity() > 4 * BATCH_BYTES {
+                batch.shrink_to(BATCH_BYTES);
+            }
+            lines = 0;
+        }
+        for done in waiting.drain(..) {
+            let _ = done.send(());
+        }
+        if closing {
+            return;
         }
     }
 }
@@ -99,6 +288,130 @@ impl AccessLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
+    use std::sync::Arc;
+
+    fn event(n: u64) -> ConnEvent {
+        ConnEvent {
+            src_addr: "10.1.1.2:40000".parse().unwrap(),
+            src_workload: Some("client".into()),
+            src_identity: Some("spiffe://cluster.local/ns/shop/sa/client".into()),
+            dst_addr: "10.1.2.2:8080".parse().unwrap(),
+            dst_hbone_addr: None,
+            dst_workload: Some("server".into()),
+            dst_identity: None,
+            direction: Direction::Inbound,
+            bytes_sent: n,
+            bytes_recv: 0,
+            duration: Duration::from_millis(3),
+            response_flags: "-",
+            error: None,
+        }
+    }
+
+    fn sent(line: &str) -> u64 {
+        let v: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+        v["bytes_sent"].as_u64().expect("bytes_sent")
+    }
+
+    /// Logs `n` events on another thread; panics if that blocks for 30 s
+    /// (the data path must never wait for the disk).
+    fn log_without_blocking(log: &Arc<AccessLog>, n: u64) {
+        let (done, wait) = mpsc::channel();
+        let l = log.clone();
+        std::thread::spawn(move || {
+            for i in 0..n {
+                l.log(&event(i));
+            }
+            done.send(()).unwrap();
+        });
+        wait.recv_timeout(Duration::from_secs(30))
+            .expect("AccessLog::log blocked");
+    }
+
+    #[test]
+    fn lines_arrive_in_order_and_close_writes_the_rest() {
+        let path = std::env::temp_dir().join(format!("accesslog-order-{}.log", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let counters = AccessLogCounters::default();
+        let log = AccessLog::file(&path, counters.clone()).unwrap();
+        let n = (QUEUE_LINES / 2) as u64; // fits the queue: nothing may be lost
+        for i in 0..n {
+            log.log(&event(i));
+        }
+        log.close();
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let got: Vec<u64> = text.lines().map(sent).collect();
+        assert_eq!(got, (0..n).collect::<Vec<_>>());
+        assert_eq!(counters.written.get(), n);
+        assert_eq!(
+            counters.lost(LOST_QUEUE_FULL) + counters.lost(LOST_WRITE_FAILED),
+            0
+        );
+        // After close a line has nowhere to go: counted, not written.
+        log.log(&event(n));
+        assert_eq!(counters.lost(LOST_CLOSED), 1);
+    }
+
+    #[test]
+    fn a_full_disk_loses_lines_and_counts_them() {
+        let counters = AccessLogCounters::default();
+        let log = Arc::new(AccessLog::file(Path::new("/dev/full"), counters.clone()).unwrap());
+        log_without_blocking(&log, 100);
+        log.flush();
+        assert_eq!(counters.written.get(), 0);
+        assert_eq!(counters.lost(LOST_WRITE_FAILED), 100);
+    }
+
+    #[test]
+    fn a_stalled_disk_drops_lines_instead_of_blocking_connections() {
+        // A pipe nobody reads yet: the writer thread blocks in write() once
+        // the pipe's 64 KiB are full, as it would on a hung disk.
+        let (rd, wr) = nix::unistd::pipe().unwrap();
+        let counters = AccessLogCounters::default();
+        let log = Arc::new(AccessLog::spawn(
+            Box::new(std::fs::File::from(wr)),
+            counters.clone(),
+        ));
+        let total = 3 * QUEUE_LINES as u64;
+        log_without_blocking(&log, total);
+        let dropped = counters.lost(LOST_QUEUE_FULL);
+        assert!(
+            dropped > 0,
+            "a stalled writer must drop lines, not queue them all"
+        );
+
+        // The disk recovers: everything queued is written, nothing else lost.
+        let reader = std::thread::spawn(move || {
+            let mut text = String::new();
+            std::fs::File::from(rd).read_to_string(&mut text).unwrap();
+            text
+        });
+        log.close();
+        let text = reader.join().unwrap();
+        let got: Vec<u64> = text.lines().map(sent).collect();
+        assert_eq!(
+            got.len() as u64 + dropped,
+            total,
+            "every line written or counted"
+        );
+        assert!(
+            got.windows(2).all(|w| w[0] < w[1]),
+            "written lines keep their order"
+        );
+        assert_eq!(counters.written.get(), got.len() as u64);
+        assert_eq!(counters.lost(LOST_WRITE_FAILED), 0);
+    }
+
+    #[test]
+    fn a_sink_writes_nothing() {
+        let log = AccessLog::sink();
+        log.log(&event(1));
+        log.flush();
+        log.close();
+        assert_eq!(log.counters().written.get(), 0);
+    }
 
     #[test]
     fn event_has_design_field_names() {

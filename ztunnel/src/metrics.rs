@@ -10,6 +10,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::accesslog::AccessLogCounters;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
 pub enum Reporter {
@@ -62,6 +64,7 @@ pub struct Metrics {
     pub config_updates: Counter,
     pub config_rejected: Counter,
     pub capture_errors: Counter,
+    pub access_log: AccessLogCounters,
 }
 
 impl Metrics {
@@ -76,6 +79,7 @@ impl Metrics {
             config_updates: Counter::default(),
             config_rejected: Counter::default(),
             capture_errors: Counter::default(),
+            access_log: AccessLogCounters::default(),
             registry: Registry::default(),
         };
         // prometheus-client appends `_total` to counters.
@@ -120,6 +124,16 @@ impl Metrics {
             "capture_errors",
             "Failures applying nftables capture rules",
             m.capture_errors.clone(),
+        );
+        ours.register(
+            "access_log_lines",
+            "Access-log lines written",
+            m.access_log.written.clone(),
+        );
+        ours.register(
+            "access_log_lost_lines",
+            "Access-log lines dropped: the writer was behind (queue_full) or the write failed (write_failed)",
+            m.access_log.lost.clone(),
         );
         Arc::new(Metrics { registry, ..m })
     }

@@ -187,11 +187,13 @@ pub enum AppError {
 
 /// Runs ztunnel until SIGTERM, SIGINT or `POST /quitquitquit`.
 pub fn run(cfg: Config) -> Result<(), AppError> {
+    let metrics = Metrics::new();
+    let counters = metrics.access_log.clone();
     let access_log = Arc::new(match &cfg.access_log {
-        AccessLogTarget::Stdout => AccessLog::stdout(),
+        AccessLogTarget::Stdout => AccessLog::stdout(counters),
         AccessLogTarget::Off => AccessLog::sink(),
         AccessLogTarget::File(path) => {
-            AccessLog::file(path).map_err(|source| AppError::AccessLog {
+            AccessLog::file(path, counters).map_err(|source| AppError::AccessLog {
                 path: path.clone(),
                 source,
             })?
@@ -202,12 +204,13 @@ pub fn run(cfg: Config) -> Result<(), AppError> {
         .thread_name("ztunnel-data")
         .build()
         .map_err(AppError::Runtime)?;
-    runtime.block_on(async move {
+    let log = access_log.clone();
+    let result = runtime.block_on(async move {
         let drain = Drain::new();
         let started = sources::start(&cfg, &drain).await?;
         let shared = Shared {
             certs: started.certs,
-            metrics: Metrics::new(),
+            metrics,
             drain,
             ready: Arc::new(AtomicBool::new(false)),
             shutdown: Arc::new(Notify::new()),
@@ -219,7 +222,12 @@ pub fn run(cfg: Config) -> Result<(), AppError> {
             updates: started.updates,
         };
         serve(run, started.snapshot).await
-    })
+    });
+    // Connections still open after the drain are cancelled with the
+    // runtime; their access-log lines are written before ztunnel exits.
+    drop(runtime);
+    log.close();
+    result
 }
 
 /// Everything `serve` needs besides the first snapshot.

@@ -24,7 +24,7 @@ fn conntrack_proxy(log: &std::path::Path) -> Arc<Proxy> {
     let client = HboneClient::new(certs.clone(), ClientConfig::default());
     let telemetry = Telemetry {
         metrics: Metrics::new(),
-        access_log: Arc::new(AccessLog::file(log).unwrap()),
+        access_log: Arc::new(AccessLog::file(log, Default::default()).unwrap()),
     };
     let mut proxy = Proxy::new(
         Scope::Pod(crate::state::ServedPod {
@@ -84,6 +84,7 @@ async fn an_unknown_original_destination_is_refused_and_recorded() {
         );
         serve.abort();
 
+        proxy.telemetry.access_log.flush();
         let text = std::fs::read_to_string(&log.0).unwrap();
         let events: Vec<serde_json::Value> = text
             .lines()
