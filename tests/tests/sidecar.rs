@@ -376,16 +376,33 @@ async fn a_connection_to_the_sidecars_own_listeners_is_refused_not_looped() {
 /// still is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probes_from_the_node_reach_the_app_in_a_strict_namespace() {
+    probes_from_the_node_reach_the_app(false).await;
+}
+
+/// Over xDS nodes carry no address: `--node-ip` (Kubernetes: status.hostIP)
+/// names the probes' source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_from_the_node_pass_over_xds_with_node_ip() {
+    probes_from_the_node_reach_the_app(true).await;
+}
+
+async fn probes_from_the_node_reach_the_app(xds: bool) {
     if !require_root() {
         return;
     }
     let topo = topology();
-    let (_mesh, _sidecars) = start(
-        &topo,
-        &config(&topo, "STRICT", "[]"),
-        &[("server", "bank/server")],
-    );
+    let yaml = config(&topo, "STRICT", "[]");
     let (node, plain, server) = (topo.node(2), topo.pod("plain"), topo.pod("server"));
+    let (_mesh, _sidecars) = if xds {
+        let mesh = Mesh::with_control_plane(&topo, &yaml);
+        let mut sidecars = Sidecars::new(&mesh, topo.nodes().len());
+        let node_ip = node.ip.to_string();
+        sidecars.start_with(server, "bank/server", &["--node-ip", &node_ip]);
+        sidecars.wait_ready("server");
+        (mesh, sidecars)
+    } else {
+        start(&topo, &yaml, &[("server", "bank/server")])
+    };
     let app = App::serve(&server.ns, SERVER_PORT);
     let dst = SocketAddr::from((server.ip, SERVER_PORT));
     let data = payload(1024);

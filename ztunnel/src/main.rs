@@ -31,6 +31,11 @@ struct Args {
     /// The pod a sidecar serves, as <namespace>/<name>; must run on --node.
     #[arg(long, required_if_eq("mode", "sidecar"))]
     workload: Option<WorkloadName>,
+    /// The node's IPv4 address (Kubernetes: status.hostIP). A sidecar leaves
+    /// connections from it (kubelet probes) uncaptured; by default the
+    /// address comes from the config's node list, which xDS does not carry.
+    #[arg(long, env = "HOST_IP")]
+    node_ip: Option<std::net::Ipv4Addr>,
     /// The local config file (nodes, namespaces, workloads, services,
     /// policies). Watched and applied live. Needs --ca-dir.
     #[arg(
@@ -178,6 +183,7 @@ fn main() -> ExitCode {
         access_log,
         drain_timeout: args.drain_timeout,
         poll_interval: args.poll_interval,
+        node_ip: args.node_ip,
     };
     match app::run(config) {
         Ok(()) => ExitCode::SUCCESS,

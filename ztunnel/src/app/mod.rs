@@ -137,6 +137,10 @@ pub struct Config {
     pub access_log: AccessLogTarget,
     pub drain_timeout: Duration,
     pub poll_interval: Duration,
+    /// The node's IPv4 address, whence kubelet probes come: a sidecar
+    /// leaves connections from it uncaptured. Without it, the config's node
+    /// list is asked (over xDS nodes carry no address).
+    pub node_ip: Option<std::net::Ipv4Addr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -276,7 +280,9 @@ async fn serve(run: Run, snap: Snapshot) -> Result<(), AppError> {
             Some(Arc::new(Mutex::new(installed)))
         }
         (true, true) => {
-            let rules = cfg.listeners.sidecar_rules(node_ips(&snap, &cfg.node));
+            let rules = cfg
+                .listeners
+                .sidecar_rules(probe_sources(cfg.node_ip, &snap, &cfg.node));
             tokio::task::spawn_blocking(move || sidecar::install(&rules))
                 .await
                 .expect("capture install task panicked")
@@ -300,14 +306,22 @@ async fn serve(run: Run, snap: Snapshot) -> Result<(), AppError> {
     result
 }
 
-/// The IPv4 address of `node` from the config's node list, which a sidecar
-/// leaves uncaptured (kubelet probes). Over xDS nodes carry no address:
-/// then nothing is exempt, and a warning says so.
-fn node_ips(snap: &Snapshot, node: &str) -> Vec<std::net::Ipv4Addr> {
+/// Where kubelet probes come from, which a sidecar leaves uncaptured:
+/// `--node-ip`, else the node's IPv4 address in the config's node list.
+/// Over xDS nodes carry no address: without `--node-ip` nothing is exempt,
+/// and a warning says so.
+pub fn probe_sources(
+    node_ip: Option<std::net::Ipv4Addr>,
+    snap: &Snapshot,
+    node: &str,
+) -> Vec<std::net::Ipv4Addr> {
+    if let Some(ip) = node_ip {
+        return vec![ip];
+    }
     match snap.node(node).map(|n| n.ip) {
         Some(std::net::IpAddr::V4(ip)) => vec![ip],
         other => {
-            tracing::warn!(node, ip = ?other, "no IPv4 address known for this node; probes from it will be captured (and refused in STRICT namespaces)");
+            tracing::warn!(node, ip = ?other, "no IPv4 address known for this node (set --node-ip); probes from it will be captured (and refused in STRICT namespaces)");
             Vec::new()
         }
     }

@@ -33,3 +33,30 @@ fn sidecar_rules_follow_the_listener_flags() {
         "{text}"
     );
 }
+
+#[test]
+fn probe_sources_prefer_the_flag_then_the_config() {
+    let snap = crate::config::parse(
+        "nodes: [{name: n1, ip: 10.0.0.1}, {name: n6, ip: 'fd00::6'}]\n\
+         namespaces: [{name: shop}]\n\
+         workloads: [{name: a, namespace: shop, ip: 10.1.1.2, node: n1}]\n",
+    )
+    .unwrap();
+    let ip = |s: &str| s.parse::<std::net::Ipv4Addr>().unwrap();
+    let cases: [(Option<&str>, &str, Vec<std::net::Ipv4Addr>); 5] = [
+        (Some("10.9.9.9"), "n1", vec![ip("10.9.9.9")]),
+        (None, "n1", vec![ip("10.0.0.1")]),
+        (Some("10.9.9.9"), "unknown", vec![ip("10.9.9.9")]),
+        // Not in the config (as over xDS) and no flag: nothing is exempt.
+        (None, "unknown", vec![]),
+        // An IPv6-only node: the IPv4 ruleset has nothing to exempt.
+        (None, "n6", vec![]),
+    ];
+    for (flag, node, want) in cases {
+        assert_eq!(
+            probe_sources(flag.map(ip), &snap, node),
+            want,
+            "--node-ip {flag:?}, node {node}"
+        );
+    }
+}
