@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use std::hash::{Hash, Hasher};
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelSetEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -36,6 +38,44 @@ pub struct ConnLabels {
 
 pub const UNKNOWN: &str = "unknown";
 
+/// [`ConnLabels`] with their hash computed once. A connection touches four
+/// metric families (opened; closed, sent and received bytes), and each
+/// lookup would otherwise hash every label value again; this hashes them
+/// once and each lookup hashes 8 bytes. Equality still compares every
+/// label, so a hash collision cannot merge two series.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HashedLabels {
+    hash: u64,
+    labels: ConnLabels,
+}
+
+impl HashedLabels {
+    pub fn new(labels: ConnLabels) -> Self {
+        let mut h = std::hash::DefaultHasher::new();
+        labels.hash(&mut h);
+        HashedLabels {
+            hash: h.finish(),
+            labels,
+        }
+    }
+
+    pub fn labels(&self) -> &ConnLabels {
+        &self.labels
+    }
+}
+
+impl Hash for HashedLabels {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+impl EncodeLabelSet for HashedLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        self.labels.encode(encoder)
+    }
+}
+
 impl Default for ConnLabels {
     fn default() -> Self {
         ConnLabels {
@@ -56,10 +96,10 @@ impl Default for ConnLabels {
 
 pub struct Metrics {
     pub registry: Registry,
-    pub opened: Family<ConnLabels, Counter>,
-    pub closed: Family<ConnLabels, Counter>,
-    pub sent_bytes: Family<ConnLabels, Counter>,
-    pub received_bytes: Family<ConnLabels, Counter>,
+    pub opened: Family<HashedLabels, Counter>,
+    pub closed: Family<HashedLabels, Counter>,
+    pub sent_bytes: Family<HashedLabels, Counter>,
+    pub received_bytes: Family<HashedLabels, Counter>,
     pub active_connections: Gauge,
     pub config_updates: Counter,
     pub config_rejected: Counter,
@@ -145,8 +185,13 @@ impl Metrics {
         out
     }
 
+    /// Record an opened connection.
+    pub fn record_open(&self, labels: &HashedLabels) {
+        self.opened.get_or_create(labels).inc();
+    }
+
     /// Record a finished connection: bytes in each direction and the close.
-    pub fn record_close(&self, labels: &ConnLabels, request_bytes: u64, response_bytes: u64) {
+    pub fn record_close(&self, labels: &HashedLabels, request_bytes: u64, response_bytes: u64) {
         self.received_bytes
             .get_or_create(labels)
             .inc_by(request_bytes);
@@ -162,12 +207,12 @@ mod tests {
     #[test]
     fn istio_names_are_exposed() {
         let m = Metrics::new();
-        let labels = ConnLabels {
+        let labels = HashedLabels::new(ConnLabels {
             reporter: Reporter::destination,
             response_flags: "DENY",
             ..Default::default()
-        };
-        m.opened.get_or_create(&labels).inc();
+        });
+        m.record_open(&labels);
         m.record_close(&labels, 10, 20);
         let text = m.encode();
         for name in [
@@ -181,5 +226,37 @@ mod tests {
         assert!(text.contains("reporter=\"destination\""));
         assert!(text.contains("response_flags=\"DENY\""));
         assert!(text.contains("istio_tcp_sent_bytes_total{") && text.contains("} 20"));
+    }
+
+    #[test]
+    fn hashed_labels_keep_series_apart_and_together() {
+        let m = Metrics::new();
+        let ok = || {
+            HashedLabels::new(ConnLabels {
+                source_workload: "a".into(),
+                ..Default::default()
+            })
+        };
+        let other = HashedLabels::new(ConnLabels {
+            source_workload: "b".into(),
+            ..Default::default()
+        });
+        assert_eq!(ok(), ok());
+        assert_ne!(ok(), other);
+        m.record_open(&ok());
+        m.record_open(&ok());
+        m.record_open(&other);
+        let text = m.encode();
+        let series: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("istio_tcp_connections_opened_total{"))
+            .collect();
+        assert_eq!(series.len(), 2, "{text}");
+        assert!(series
+            .iter()
+            .any(|l| l.contains("source_workload=\"a\"") && l.ends_with(" 2")));
+        assert!(series
+            .iter()
+            .any(|l| l.contains("source_workload=\"b\"") && l.ends_with(" 1")));
     }
 }

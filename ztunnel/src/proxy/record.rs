@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use hbone::SpiffeId;
 
 use crate::accesslog::{AccessLog, ConnEvent, Direction};
-use crate::metrics::{ConnLabels, Metrics, Reporter, UNKNOWN};
+use crate::metrics::{ConnLabels, HashedLabels, Metrics, Reporter, UNKNOWN};
 use crate::policy::principal_string;
 use crate::state::Workload;
 
@@ -146,21 +146,22 @@ pub struct Telemetry {
 pub struct ConnRecord {
     telemetry: Telemetry,
     info: ConnInfo,
+    /// The labels it was opened with (`FLAG_OK`), reused when it closes
+    /// normally.
+    labels: HashedLabels,
     started: Instant,
     finished: bool,
 }
 
 impl ConnRecord {
     pub fn open(telemetry: &Telemetry, info: ConnInfo) -> Self {
-        telemetry
-            .metrics
-            .opened
-            .get_or_create(&info.labels(FLAG_OK))
-            .inc();
+        let labels = HashedLabels::new(info.labels(FLAG_OK));
+        telemetry.metrics.record_open(&labels);
         telemetry.metrics.active_connections.inc();
         ConnRecord {
             telemetry: telemetry.clone(),
             info,
+            labels,
             started: Instant::now(),
             finished: false,
         }
@@ -169,8 +170,8 @@ impl ConnRecord {
     /// Reports a connection refused before it was opened (denied, or no
     /// route): counted as opened and closed with `outcome.flags`.
     pub fn refused(telemetry: &Telemetry, info: ConnInfo, outcome: Outcome) {
-        let labels = info.labels(outcome.flags);
-        telemetry.metrics.opened.get_or_create(&labels).inc();
+        let labels = HashedLabels::new(info.labels(outcome.flags));
+        telemetry.metrics.record_open(&labels);
         telemetry.metrics.record_close(&labels, 0, 0);
         telemetry
             .access_log
@@ -187,9 +188,13 @@ impl ConnRecord {
 
     fn report(&mut self, outcome: &Outcome) {
         self.finished = true;
-        let labels = self.info.labels(outcome.flags);
         let m = &self.telemetry.metrics;
-        m.record_close(&labels, outcome.bytes_sent, outcome.bytes_recv);
+        if outcome.flags == self.labels.labels().response_flags {
+            m.record_close(&self.labels, outcome.bytes_sent, outcome.bytes_recv);
+        } else {
+            let labels = HashedLabels::new(self.info.labels(outcome.flags));
+            m.record_close(&labels, outcome.bytes_sent, outcome.bytes_recv);
+        }
         m.active_connections.dec();
         let event = self.info.event(outcome, self.started.elapsed());
         self.telemetry.access_log.log(&event);
