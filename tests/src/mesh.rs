@@ -333,6 +333,19 @@ impl Mesh {
         read_access_log(&self.access_log_path(node))
     }
 
+    /// Every access-log event of the node, once every connection it has
+    /// closed is in the log (written or counted lost): what a test that
+    /// asserts the *absence* of an event must read.
+    pub fn settled_access_log(&self, node: usize) -> Vec<serde_json::Value> {
+        wait_until(&format!("node{node}'s access log caught up"), || {
+            let text = self.metrics(node);
+            let sum = |name| metric_sum(&text, name, None);
+            sum("ztunnel_access_log_lines_total") + sum("ztunnel_access_log_lost_lines_total")
+                >= sum("istio_tcp_connections_closed_total")
+        });
+        self.access_log(node)
+    }
+
     /// Waits up to 5 s for an access-log event on `node` matching `pred`.
     pub fn wait_event<F>(&self, node: usize, what: &str, pred: F) -> serde_json::Value
     where
@@ -406,6 +419,19 @@ pub fn metric_value(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
+}
+
+/// Sum of every sample of `name` (a metric name up to its labels) in a
+/// Prometheus text exposition, optionally only lines containing `only`.
+pub fn metric_sum(text: &str, name: &str, only: Option<&str>) -> u64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(['{', ' ']))
+                && only.is_none_or(|o| l.contains(o))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
 }
 
 /// Polls the readiness port in `ns` until it answers 200; panics naming

@@ -347,7 +347,7 @@ async fn non_ambient_client_is_allowed_when_permissive_and_refused_when_strict()
         Some(old.ip.to_string().as_str())
     );
     assert!(
-        mesh.access_log(1).is_empty(),
+        mesh.settled_access_log(1).is_empty(),
         "node1 must not see the legacy pod's traffic"
     );
 

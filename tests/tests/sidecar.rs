@@ -640,9 +640,9 @@ async fn ambient_client_to_sidecar_pod(xds: bool) {
     assert_eq!(inb["bytes_recv"], data.len() as u64);
     assert_mutual_tls_metric(&mesh.metrics(1), "source");
     assert_mutual_tls_metric(&sidecars.metrics("server"), "destination");
+    let node2 = mesh.settled_access_log(2);
     assert!(
-        mesh.access_log(2).is_empty(),
-        "node 2's ztunnel saw the connection: {:?}",
-        mesh.access_log(2)
+        node2.is_empty(),
+        "node 2's ztunnel saw the connection: {node2:?}"
     );
 }

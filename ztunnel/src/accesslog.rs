@@ -5,6 +5,7 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -82,6 +83,11 @@ pub const LOST_QUEUE_FULL: &str = "queue_full";
 pub const LOST_WRITE_FAILED: &str = "write_failed";
 /// Logged after [`AccessLog::close`].
 pub const LOST_CLOSED: &str = "closed";
+/// The writer thread is gone (it panicked).
+pub const LOST_WRITER_DIED: &str = "writer_died";
+/// How long [`AccessLog::close`] waits for the writer (a hung disk must not
+/// keep the process from exiting).
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The access log's own counters, registered by [`crate::metrics::Metrics`].
 #[derive(Clone, Debug, Default)]
@@ -120,6 +126,7 @@ pub struct AccessLog {
     /// `None` for a sink.
     tx: Option<mpsc::SyncSender<Msg>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    closed: AtomicBool,
     counters: AccessLogCounters,
     next_warn: Mutex<Instant>,
 }
@@ -142,6 +149,7 @@ impl AccessLog {
         AccessLog {
             tx: None,
             writer: Mutex::new(None),
+            closed: AtomicBool::new(false),
             counters: AccessLogCounters::default(),
             next_warn: Mutex::new(Instant::now()),
         }
@@ -153,11 +161,12 @@ impl AccessLog {
         let c = counters.clone();
         let writer = std::thread::Builder::new()
             .name("ztunnel-accesslog".into())
-            .spawn(move || write_lines(rx, out, &c))
+            .spawn(move || Writer::new(out, c).run(rx))
             .expect("spawn the access-log writer");
         AccessLog {
             tx: Some(tx),
             writer: Mutex::new(Some(writer)),
+            closed: AtomicBool::new(false),
             counters,
             next_warn: Mutex::new(Instant::now()),
         }
@@ -168,13 +177,16 @@ impl AccessLog {
         let Some(tx) = &self.tx else {
             return;
         };
+        if self.closed.load(Ordering::Relaxed) {
+            return self.counters.lose(LOST_CLOSED, 1);
+        }
         match tx.try_send(Msg::Line(event.to_json_line())) {
             Ok(()) => {}
-            Err(mpsc::TrySendError::Full(_)) => {
-                self.counters.lose(LOST_QUEUE_FULL, 1);
-                self.warn_queue_full();
+            Err(mpsc::TrySendError::Full(_)) => self.lose(LOST_QUEUE_FULL),
+            Err(mpsc::TrySendError::Disconnected(_)) if self.closed.load(Ordering::Relaxed) => {
+                self.counters.lose(LOST_CLOSED, 1)
             }
-            Err(mpsc::TrySendError::Disconnected(_)) => self.counters.lose(LOST_CLOSED, 1),
+            Err(mpsc::TrySendError::Disconnected(_)) => self.lose(LOST_WRITER_DIED),
         }
     }
 
@@ -188,14 +200,46 @@ impl AccessLog {
         }
     }
 
-    /// Writes what is queued and stops the writer. Lines logged afterwards
-    /// are counted as lost (`closed`).
+    /// Writes what is queued and stops the writer, waiting at most
+    /// [`CLOSE_TIMEOUT`]. Lines logged afterwards are counted as lost
+    /// (`closed`).
     pub fn close(&self) {
-        if let Some(writer) = self.writer.lock().expect("access log poisoned").take() {
-            if let Some(tx) = &self.tx {
-                let _ = tx.send(Msg::Close);
+        self.close_within(CLOSE_TIMEOUT);
+    }
+
+    /// [`AccessLog::close`], waiting at most `timeout` for the writer: on a
+    /// hung disk it gives up, says so, and leaves the writer behind.
+    pub fn close_within(&self, timeout: Duration) {
+        let Some(writer) = self.writer.lock().expect("access log poisoned").take() else {
+            return;
+        };
+        self.closed.store(true, Ordering::Relaxed);
+        let deadline = Instant::now() + timeout;
+        let stuck = || {
+            tracing::warn!(
+                ?timeout,
+                "access log writer is stuck (a hung disk?); exiting without its queued lines"
+            );
+        };
+        if let Some(tx) = &self.tx {
+            loop {
+                match tx.try_send(Msg::Close) {
+                    Ok(()) | Err(mpsc::TrySendError::Disconnected(_)) => break,
+                    Err(mpsc::TrySendError::Full(_)) if Instant::now() < deadline => {
+                        std::thread::sleep(CLOSE_POLL);
+                    }
+                    Err(mpsc::TrySendError::Full(_)) => return stuck(),
+                }
             }
-            let _ = writer.join();
+        }
+        while !writer.is_finished() {
+            if Instant::now() >= deadline {
+                return stuck();
+            }
+            std::thread::sleep(CLOSE_POLL);
+        }
+        if writer.join().is_err() {
+            tracing::warn!("the access log writer had panicked; lines were lost");
         }
     }
 
@@ -203,15 +247,20 @@ impl AccessLog {
         &self.counters
     }
 
-    fn warn_queue_full(&self) {
+    /// Counts one line lost for `reason` and warns at most once per
+    /// [`WARN_EVERY`].
+    fn lose(&self, reason: &'static str) {
+        self.counters.lose(reason, 1);
         let mut next = self.next_warn.lock().expect("access log poisoned");
         let now = Instant::now();
         if now >= *next {
             *next = now + WARN_EVERY;
-            tracing::warn!(
-                lost = self.counters.lost(LOST_QUEUE_FULL),
-                "access log writer is behind; dropping lines (lost so far)"
-            );
+            let why = if reason == LOST_QUEUE_FULL {
+                "access log writer is behind; dropping lines"
+            } else {
+                "access log writer is gone; dropping lines"
+            };
+            tracing::warn!(reason, lost = self.counters.lost(reason), "{why}");
         }
     }
 }
@@ -222,65 +271,125 @@ impl Drop for AccessLog {
     }
 }
 
-/// The writer thread: waits for a line, takes whatever else is queued (up
-/// to [`BATCH_BYTES`]), writes it in one call, and flushes.
-fn write_lines(
-    rx: mpsc::Receiver<Msg>,
-    mut out: Box<dyn Write + Send>,
-    counters: &AccessLogCounters,
-) {
-    let mut batch = Vec::with_capacity(BATCH_BYTES);
-    let mut lines = 0u64;
-    let mut waiting: Vec<mpsc::SyncSender<()>> = Vec::new();
-    let mut failing: Option<Instant> = None;
-    let mut closing = false;
-    while let Ok(first) = rx.recv() {
-        let mut next = Some(first);
-        while let Some(msg) = next.take() {
-            match msg {
-                Msg::Line(line) => {
-                    batch.extend_from_slice(line.as_bytes());
-                    lines += 1;
-                }
-                Msg::Flush(done) => waiting.push(done),
-                Msg::Close => closing = true,
-            }
-            if batch.len() < BATCH_BYTES && !closing {
-                next = rx.try_recv().ok();
-            }
+const CLOSE_POLL: Duration = Duration::from_millis(5);
+
+/// The writer thread's state.
+struct Writer {
+    out: Box<dyn Write + Send>,
+    counters: AccessLogCounters,
+    /// The last write stopped inside a line: the next write ends it first,
+    /// so one torn line does not swallow the next.
+    torn: bool,
+    failing: bool,
+    last_warn: Option<Instant>,
+}
+
+impl Writer {
+    fn new(out: Box<dyn Write + Send>, counters: AccessLogCounters) -> Self {
+        Writer {
+            out,
+            counters,
+            torn: false,
+            failing: false,
+            last_warn: None,
         }
-        if lines > 0 {
-            match out.write_all(&batch).and_then(|()| out.flush()) {
-                Ok(()) => {
-                    counters.written.inc_by(lines);
-                    if failing.take().is_some() {
-                        tracing::info!("access log writable again");
+    }
+
+    /// Waits for a line, takes whatever else is queued (up to
+    /// [`BATCH_BYTES`]), writes it, and answers flushes; until `Close`.
+    fn run(mut self, rx: mpsc::Receiver<Msg>) {
+        let mut batch = Vec::with_capacity(BATCH_BYTES);
+        let mut lines = 0u64;
+        let mut waiting: Vec<mpsc::SyncSender<()>> = Vec::new();
+        let mut closing = false;
+        while let Ok(first) = rx.recv() {
+            let mut next = Some(first);
+            while let Some(msg) = next.take() {
+                match msg {
+                    Msg::Line(line) => {
+                        batch.extend_from_slice(line.as_bytes());
+                        lines += 1;
+                    }
+                    Msg::Flush(done) => waiting.push(done),
+                    Msg::Close => closing = true,
+                }
+                if batch.len() < BATCH_BYTES && !closing {
+                    next = rx.try_recv().ok();
+                }
+            }
+            if lines > 0 {
+                self.write_batch(&batch, lines);
+                batch.clear();
+                if batch.capacity() > 4 * BATCH_BYTES {
+                    batch.shrink_to(BATCH_BYTES);
+                }
+                lines = 0;
+            }
+            for done in waiting.drain(..) {
+                let _ = done.send(());
+            }
+            if closing {
+                // Lines that raced with close: counted, not silently dropped.
+                for msg in rx.try_iter() {
+                    match msg {
+                        Msg::Line(_) => self.counters.lose(LOST_CLOSED, 1),
+                        Msg::Flush(done) => {
+                            let _ = done.send(());
+                        }
+                        Msg::Close => {}
                     }
                 }
-                Err(e) => {
-                    counters.lose(LOST_WRITE_FAILED, lines);
-                    let now = Instant::now();
-                    if failing.is_none_or(|last| now.duration_since(last) >= WARN_EVERY) {
-                        failing = Some(now);
-                        tracing::warn!(
-                            error = %e,
-                            lost = counters.lost(LOST_WRITE_FAILED),
-                            "writing the access log failed; dropping lines (lost so far)"
-                        );
-                    }
+                return;
+            }
+        }
+    }
+
+    /// Writes `batch` (`lines` whole lines). Lines that reached the file
+    /// count as written, the rest as lost; a line cut by the failure is
+    /// ended before the next batch.
+    fn write_batch(&mut self, batch: &[u8], lines: u64) {
+        let mut result = Ok(());
+        if self.torn {
+            result = self.out.write_all(b"\n");
+            self.torn = result.is_err();
+        }
+        let mut done = 0;
+        while result.is_ok() && done < batch.len() {
+            match self.out.write(&batch[done..]) {
+                Ok(0) => result = Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => result = Err(e),
+            }
+        }
+        let result = result.and_then(|()| self.out.flush());
+        let written = batch[..done].iter().filter(|&&b| b == b'\n').count() as u64;
+        self.counters.written.inc_by(written);
+        if done > 0 && batch[done - 1] != b'\n' {
+            self.torn = true;
+        }
+        match result {
+            Ok(()) => {
+                if std::mem::take(&mut self.failing) {
+                    tracing::info!("access log writable again");
                 }
             }
-            batch.clear();
-            if batch.capacity() > 4 * BATCH_BYTES {
-                batch.shrink_to(BATCH_BYTES);
+            Err(e) => {
+                self.failing = true;
+                self.counters.lose(LOST_WRITE_FAILED, lines - written);
+                let now = Instant::now();
+                if self
+                    .last_warn
+                    .is_none_or(|last| now.duration_since(last) >= WARN_EVERY)
+                {
+                    self.last_warn = Some(now);
+                    tracing::warn!(
+                        error = %e,
+                        lost = self.counters.lost(LOST_WRITE_FAILED),
+                        "writing the access log failed; dropping lines (lost so far)"
+                    );
+                }
             }
-            lines = 0;
-        }
-        for done in waiting.drain(..) {
-            let _ = done.send(());
-        }
-        if closing {
-            return;
         }
     }
 }
@@ -402,6 +511,114 @@ mod tests {
         );
         assert_eq!(counters.written.get(), got.len() as u64);
         assert_eq!(counters.lost(LOST_WRITE_FAILED), 0);
+    }
+
+    /// A disk with `room` bytes left: writes what fits, then ENOSPC.
+    #[derive(Clone, Default)]
+    struct Disk {
+        data: Arc<Mutex<Vec<u8>>>,
+        room: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl Write for Disk {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let room = self.room.load(Ordering::SeqCst);
+            if room == 0 {
+                return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            let n = buf.len().min(room);
+            self.room.fetch_sub(n, Ordering::SeqCst);
+            self.data.lock().unwrap().extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_disk_filling_mid_line_tears_one_line_and_counts_the_rest() {
+        let disk = Disk::default();
+        let line = event(0).to_json_line().len();
+        disk.room.store(line + line / 2, Ordering::SeqCst);
+        let counters = AccessLogCounters::default();
+        let log = AccessLog::spawn(Box::new(disk.clone()), counters.clone());
+        // One batch: the first line fits, the second is cut, three are lost.
+        let (done, wait) = mpsc::sync_channel(1);
+        let tx = log.tx.as_ref().unwrap();
+        for i in 0..5 {
+            tx.send(Msg::Line(event(i).to_json_line())).unwrap();
+        }
+        tx.send(Msg::Flush(done)).unwrap();
+        wait.recv().unwrap();
+        assert_eq!(counters.written.get(), 1);
+        assert_eq!(counters.lost(LOST_WRITE_FAILED), 4);
+        // Space again: the cut line is ended, the next lines are whole.
+        disk.room.store(usize::MAX / 2, Ordering::SeqCst);
+        log.log(&event(5));
+        log.log(&event(6));
+        log.close();
+        assert_eq!(counters.written.get(), 3);
+        let text = String::from_utf8(disk.data.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        assert!(serde_json::from_str::<serde_json::Value>(lines[1]).is_err());
+        let whole: Vec<u64> = [lines[0], lines[2], lines[3]]
+            .into_iter()
+            .map(sent)
+            .collect();
+        assert_eq!(whole, [0, 5, 6]);
+    }
+
+    #[test]
+    fn close_gives_up_on_a_hung_disk() {
+        let (rd, wr) = nix::unistd::pipe().unwrap();
+        let counters = AccessLogCounters::default();
+        let log = Arc::new(AccessLog::spawn(
+            Box::new(std::fs::File::from(wr)),
+            counters.clone(),
+        ));
+        log_without_blocking(&log, 2 * QUEUE_LINES as u64);
+        let (done, wait) = mpsc::channel();
+        let l = log.clone();
+        std::thread::spawn(move || {
+            l.close_within(Duration::from_millis(200));
+            done.send(()).unwrap();
+        });
+        wait.recv_timeout(Duration::from_secs(30))
+            .expect("close waited forever on a hung disk");
+        // Later lines are counted, not queued for a writer that will not
+        // come back.
+        log.log(&event(0));
+        assert_eq!(counters.lost(LOST_CLOSED), 1);
+        // Let the stuck writer go (its pipe drains) so the thread ends.
+        let reader = std::thread::spawn(move || {
+            let mut sink = Vec::new();
+            std::fs::File::from(rd).read_to_end(&mut sink).unwrap();
+        });
+        drop(log);
+        reader.join().unwrap();
+    }
+
+    #[test]
+    fn a_dead_writer_is_counted_not_waited_for() {
+        struct Panics;
+        impl Write for Panics {
+            fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+                panic!("the disk driver exploded (test)");
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let counters = AccessLogCounters::default();
+        let log = AccessLog::spawn(Box::new(Panics), counters.clone());
+        log.log(&event(0));
+        log.flush(); // returns: the writer's panic drops the flush's sender
+        log.log(&event(1));
+        assert_eq!(counters.lost(LOST_WRITER_DIED), 1);
+        log.close();
     }
 
     #[test]

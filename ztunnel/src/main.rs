@@ -31,11 +31,12 @@ struct Args {
     /// The pod a sidecar serves, as <namespace>/<name>; must run on --node.
     #[arg(long, required_if_eq("mode", "sidecar"))]
     workload: Option<WorkloadName>,
-    /// The node's IPv4 address (Kubernetes: status.hostIP). A sidecar leaves
+    /// The node's address (Kubernetes: status.hostIP). A sidecar leaves
     /// connections from it (kubelet probes) uncaptured; by default the
     /// address comes from the config's node list, which xDS does not carry.
-    #[arg(long, env = "HOST_IP")]
-    node_ip: Option<std::net::Ipv4Addr>,
+    /// Its capture is IPv4: an IPv6 address is ignored with a warning.
+    #[arg(long, env = "ZTUNNEL_NODE_IP")]
+    node_ip: Option<std::net::IpAddr>,
     /// The local config file (nodes, namespaces, workloads, services,
     /// policies). Watched and applied live. Needs --ca-dir.
     #[arg(

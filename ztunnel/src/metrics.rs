@@ -172,7 +172,7 @@ impl Metrics {
         );
         ours.register(
             "access_log_lost_lines",
-            "Access-log lines dropped: the writer was behind (queue_full) or the write failed (write_failed)",
+            "Access-log lines dropped: the writer was behind (queue_full), the write failed (write_failed), logged after exit began (closed), or the writer thread died (writer_died)",
             m.access_log.lost.clone(),
         );
         Arc::new(Metrics { registry, ..m })

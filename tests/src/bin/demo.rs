@@ -19,7 +19,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use mesh_tests::mesh::{ztunnel_bin, Mesh, CONTROL_PLANE_ADDR, CONTROL_PLANE_METRICS_ADDR};
+use mesh_tests::mesh::{
+    metric_sum, ztunnel_bin, Mesh, CONTROL_PLANE_ADDR, CONTROL_PLANE_METRICS_ADDR,
+};
 use mesh_tests::process;
 use mesh_tests::{require_root, ChildGuard, Netns, Topology};
 use serde_json::Value;
@@ -566,19 +568,6 @@ fn print_wire(w: &Wire, secret_len: usize) {
             "not seen"
         }
     );
-}
-
-/// Sum of every sample of `name` (a metric name up to its labels) in a
-/// Prometheus text exposition, optionally only lines containing `only`.
-fn metric_sum(text: &str, name: &str, only: Option<&str>) -> u64 {
-    text.lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with(['{', ' ']))
-                && only.is_none_or(|o| l.contains(o))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
 }
 
 fn print_control_plane(mesh: &Mesh) {

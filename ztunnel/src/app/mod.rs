@@ -140,7 +140,7 @@ pub struct Config {
     /// The node's IPv4 address, whence kubelet probes come: a sidecar
     /// leaves connections from it uncaptured. Without it, the config's node
     /// list is asked (over xDS nodes carry no address).
-    pub node_ip: Option<std::net::Ipv4Addr>,
+    pub node_ip: Option<std::net::IpAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -307,16 +307,21 @@ async fn serve(run: Run, snap: Snapshot) -> Result<(), AppError> {
 }
 
 /// Where kubelet probes come from, which a sidecar leaves uncaptured:
-/// `--node-ip`, else the node's IPv4 address in the config's node list.
+/// `--node-ip` if IPv4, else the node's IPv4 address in the config's node
+/// list.
 /// Over xDS nodes carry no address: without `--node-ip` nothing is exempt,
 /// and a warning says so.
 pub fn probe_sources(
-    node_ip: Option<std::net::Ipv4Addr>,
+    node_ip: Option<std::net::IpAddr>,
     snap: &Snapshot,
     node: &str,
 ) -> Vec<std::net::Ipv4Addr> {
-    if let Some(ip) = node_ip {
-        return vec![ip];
+    match node_ip {
+        Some(std::net::IpAddr::V4(ip)) => return vec![ip],
+        Some(ip) => {
+            tracing::warn!(%ip, "--node-ip is not IPv4 and the sidecar's capture is; ignored")
+        }
+        None => {}
     }
     match snap.node(node).map(|n| n.ip) {
         Some(std::net::IpAddr::V4(ip)) => vec![ip],

@@ -43,7 +43,7 @@ fn probe_sources_prefer_the_flag_then_the_config() {
     )
     .unwrap();
     let ip = |s: &str| s.parse::<std::net::Ipv4Addr>().unwrap();
-    let cases: [(Option<&str>, &str, Vec<std::net::Ipv4Addr>); 5] = [
+    let cases: [(Option<&str>, &str, Vec<std::net::Ipv4Addr>); 7] = [
         (Some("10.9.9.9"), "n1", vec![ip("10.9.9.9")]),
         (None, "n1", vec![ip("10.0.0.1")]),
         (Some("10.9.9.9"), "unknown", vec![ip("10.9.9.9")]),
@@ -51,10 +51,14 @@ fn probe_sources_prefer_the_flag_then_the_config() {
         (None, "unknown", vec![]),
         // An IPv6-only node: the IPv4 ruleset has nothing to exempt.
         (None, "n6", vec![]),
+        // An IPv6 flag is ignored: the config's address still counts.
+        (Some("fd00::9"), "n1", vec![ip("10.0.0.1")]),
+        (Some("fd00::9"), "unknown", vec![]),
     ];
     for (flag, node, want) in cases {
+        let flag_ip = flag.map(|f| f.parse::<std::net::IpAddr>().unwrap());
         assert_eq!(
-            probe_sources(flag.map(ip), &snap, node),
+            probe_sources(flag_ip, &snap, node),
             want,
             "--node-ip {flag:?}, node {node}"
         );
