@@ -19,6 +19,7 @@ use ztunnel::state::Snapshot;
 
 use crate::auth::{Tokens, TokensError};
 use crate::ca::CaService;
+use crate::delta::History;
 use crate::metrics::Metrics;
 use crate::resources::ResourceSet;
 use crate::source::{FileSource, Source, DEFAULT_POLL_INTERVAL};
@@ -199,31 +200,60 @@ fn monitoring_route(
     })
 }
 
-/// Converts each snapshot off the async threads and publishes it.
+/// Converts each snapshot off the async threads and publishes it. Each set
+/// is made from the previous one ([`ResourceSet::update`]): only what the
+/// edit touched is converted again, and the changed names go out with it
+/// so each client diffs only those.
 async fn publish(
     mut source: impl Source,
     snapshots: watch::Sender<Option<Arc<Snapshot>>>,
     feed: watch::Sender<Option<Arc<Published>>>,
 ) {
+    let mut last: Option<(Arc<Snapshot>, Arc<Published>)> = None;
     while let Some(snap) = source.next().await {
         let at = tokio::time::Instant::now();
+        let prev = last.clone();
         let for_convert = snap.clone();
-        let resources =
-            match tokio::task::spawn_blocking(move || ResourceSet::from_snapshot(&for_convert))
-                .await
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::error!(error = %e, "converting the snapshot failed");
-                    continue;
+        let converted = tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let next = match &prev {
+                Some((old, p)) => {
+                    let (resources, changes) = p.resources.update(old, &for_convert);
+                    let mut history = p.history.clone();
+                    history.push(p.generation + 1, Arc::new(changes));
+                    (resources, p.generation + 1, history)
+                }
+                None => {
+                    let resources = ResourceSet::from_snapshot(&for_convert);
+                    (resources, 1, History::default())
                 }
             };
+            (next, started.elapsed())
+        })
+        .await;
+        let ((resources, generation, history), took) = match converted {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "converting the snapshot failed");
+                continue;
+            }
+        };
         tracing::info!(
+            generation,
             addresses = resources.addresses.len(),
             authorizations = resources.authorizations.len(),
+            changed = history.last_len(),
+            convert_ms = took.as_secs_f64() * 1e3,
             "publishing config"
         );
-        snapshots.send_replace(Some(snap));
-        feed.send_replace(Some(Arc::new(Published { resources, at })));
+        let published = Arc::new(Published {
+            resources,
+            at,
+            generation,
+            history,
+        });
+        snapshots.send_replace(Some(snap.clone()));
+        feed.send_replace(Some(published.clone()));
+        last = Some((snap, published));
     }
 }

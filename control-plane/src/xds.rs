@@ -3,9 +3,10 @@
 //! One task per stream owns that client's [`Subscription`]s (one per type)
 //! and reacts to two things: a request (subscription change, ACK or NACK)
 //! and a newly published resource set. Either way it computes the delta
-//! with the pure [`Subscription::diff`] and sends it only if non-empty (the
-//! first request of each type is always answered, so a client knows it is
-//! in sync).
+//! with the pure [`Subscription::diff_published`] (only the names changed
+//! since the generation the client is in sync with) and sends it only if
+//! non-empty (the first request of each type is always answered, so a
+//! client knows it is in sync).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{NodeName, Tokens};
-use crate::delta::{Delta, Reply, Subscription};
+use crate::delta::{Delta, History, Reply, Subscription};
 use crate::metrics::Metrics;
 use crate::resources::{Kind, ResourceSet};
 
@@ -30,6 +31,10 @@ const STREAM_BUFFER: usize = 16;
 pub struct Published {
     pub resources: ResourceSet,
     pub at: Instant,
+    /// One more than the set published before.
+    pub generation: u64,
+    /// What the last few generations changed, this one included.
+    pub history: History,
 }
 
 pub type Feed = watch::Receiver<Option<Arc<Published>>>;
@@ -164,11 +169,12 @@ impl ClientStream {
         published_at: Option<Instant>,
     ) -> Result<(), Closed> {
         let sub = self.subs.get_mut(&kind).expect("subscribed kind");
-        let delta = sub.diff(p.resources.of(kind));
+        let delta = sub.diff_published(p.resources.of(kind), p.generation, &p.history, kind);
         if delta.is_empty() && !always {
+            sub.commit_at(&delta, p.generation);
             return Ok(());
         }
-        sub.commit(&delta);
+        sub.commit_at(&delta, p.generation);
         self.nonce += 1;
         let resp = response(kind, &delta, self.nonce.to_string());
         self.tx.send(Ok(resp)).await.map_err(|_| Closed)?;

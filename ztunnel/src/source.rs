@@ -5,13 +5,16 @@
 //! Polling the contents (not the mtime) catches every editor's way of
 //! saving, including atomic renames and same-second rewrites, and a missing
 //! file is an error like any other, not an empty config.
+//!
+//! New contents are parsed with [`IncrementalParser`]: only the list items
+//! (and sections) whose text changed are parsed again.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::config::{self, ConfigError};
+use crate::config::{ConfigError, IncrementalParser, ParseStats};
 use crate::state::Snapshot;
 
 /// How often the file is checked.
@@ -39,6 +42,7 @@ pub struct FileSource {
     last: Option<u64>,
     /// The last read error, reported once.
     last_error: Option<io::ErrorKind>,
+    parser: IncrementalParser,
 }
 
 impl FileSource {
@@ -47,11 +51,17 @@ impl FileSource {
             path: path.to_owned(),
             last: None,
             last_error: None,
+            parser: IncrementalParser::new(),
         }
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// What the last parse did (pieces parsed and reused).
+    pub fn parse_stats(&self) -> ParseStats {
+        self.parser.stats()
     }
 
     /// Reads the file and reports what changed since the last poll.
@@ -79,7 +89,7 @@ impl FileSource {
             return Change::Unchanged;
         }
         self.last = Some(hash);
-        match config::parse(text) {
+        match self.parser.parse(text) {
             Ok(snap) => Change::Updated(Box::new(snap)),
             Err(e) => Change::Rejected(e),
         }

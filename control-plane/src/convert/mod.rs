@@ -81,10 +81,25 @@ pub fn authorizations(snap: &Snapshot) -> BTreeMap<String, pb_sec::Authorization
 
 /// Workload uid → (`namespace/hostname` → ports) for every service it backs.
 fn services_by_workload(snap: &Snapshot) -> BTreeMap<&str, BTreeMap<String, pb::PortList>> {
+    backed_services(snap, |_| true)
+}
+
+/// [`services_by_workload`] for only the workloads whose uid `wanted`
+/// accepts.
+pub fn backed_services(
+    snap: &Snapshot,
+    wanted: impl Fn(&str) -> bool,
+) -> BTreeMap<&str, BTreeMap<String, pb::PortList>> {
     let mut map: BTreeMap<&str, BTreeMap<String, pb::PortList>> = BTreeMap::new();
     for svc in snap.services() {
-        let ports = pb::PortList { ports: ports(svc) };
+        let mut ports = None;
         for ep in snap.endpoints(svc) {
+            if !wanted(&ep.uid) {
+                continue;
+            }
+            let ports = ports.get_or_insert_with(|| pb::PortList {
+                ports: self::ports(svc),
+            });
             map.entry(ep.uid.as_str())
                 .or_default()
                 .insert(service_name(svc), ports.clone());
@@ -129,12 +144,14 @@ pub fn workload(
     w: &Workload,
     services: BTreeMap<String, pb::PortList>,
 ) -> pb::Workload {
-    let selected: Vec<String> = snap
+    // Sorted, so the bytes do not depend on the order policies are listed in.
+    let mut selected: Vec<String> = snap
         .policies()
         .iter()
         .filter(|p| selects(p, w))
         .map(|p| policy_name(&p.namespace, &p.name))
         .collect();
+    selected.sort();
     pb::Workload {
         uid: w.uid.clone(),
         name: w.name.clone(),

@@ -11,16 +11,21 @@
 //!   `removed_resources`.
 //! - A NACK changes nothing: the rejected versions count as held, so the
 //!   same bytes are not pushed again; the next change to the resource is.
+//! - Work per push is proportional to what changed: a subscription that is
+//!   in sync with generation `g` of the published sets diffs only the names
+//!   that changed after `g` ([`History`]), not every resource. Anything
+//!   that could break that (the first request, a wildcard turned on or off,
+//!   a generation older than the history) falls back to a full diff.
 
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use proto::discovery::DeltaDiscoveryRequest;
 
-use crate::resources::{Resources, Versioned};
+use crate::resources::{Changes, Kind, Resources, Versioned};
 
 /// The wildcard resource name.
 pub const WILDCARD: &str = "*";
@@ -62,13 +67,18 @@ pub struct Subscription {
     held: BTreeMap<String, String>,
     /// Names to answer on the next push even if unchanged.
     forced: BTreeSet<String>,
+    /// The generation `held` is in sync with (every interested name holds
+    /// that generation's version), if known.
+    synced: Option<u64>,
 }
 
 impl Subscription {
     /// Applies a request's subscription changes; says whether it (N)ACKs.
     pub fn on_request(&mut self, req: &DeltaDiscoveryRequest) -> Reply {
+        let wildcard = self.wildcard;
         if !self.started {
             self.started = true;
+            self.synced = None;
             self.held = req
                 .initial_resource_versions
                 .iter()
@@ -95,9 +105,15 @@ impl Subscription {
                 self.forced.remove(name);
             }
         }
+        // Newly interested in everything: what it holds is unknown.
+        if self.wildcard != wildcard {
+            self.synced = None;
+        }
         // The client forgets what it is no longer interested in.
-        let (wildcard, names) = (self.wildcard, &self.names);
-        self.held.retain(|n, _| wildcard || names.contains(n));
+        if !req.resource_names_unsubscribe.is_empty() {
+            let (wildcard, names) = (self.wildcard, &self.names);
+            self.held.retain(|n, _| wildcard || names.contains(n));
+        }
         if req.response_nonce.is_empty() {
             return Reply::None;
         }
@@ -143,6 +159,58 @@ impl Subscription {
         delta
     }
 
+    /// What differs from generation `generation` of the published sets
+    /// (`resources`, with `history` holding the recent changes of `kind`):
+    /// only the names changed since the generation this subscription is in
+    /// sync with, or a full [`Subscription::diff`] when that is unknown.
+    pub fn diff_published(
+        &self,
+        resources: &Resources,
+        generation: u64,
+        history: &History,
+        kind: Kind,
+    ) -> Delta {
+        let changed = self
+            .synced
+            .and_then(|since| history.changed(since, generation, kind));
+        match changed {
+            Some(names) => self.diff_names(resources, names),
+            None => self.diff(resources),
+        }
+    }
+
+    /// [`Subscription::diff`] restricted to `names` (and the forced ones):
+    /// the same answer when every other name is known to be unchanged.
+    fn diff_names(&self, resources: &Resources, names: BTreeSet<&str>) -> Delta {
+        let mut names = names;
+        names.extend(self.forced.iter().map(String::as_str));
+        let mut delta = Delta::default();
+        for name in names {
+            match resources.get(name) {
+                Some(r) if self.interested(name) => {
+                    let stale = self.held.get(name) != Some(&r.version);
+                    if stale || self.forced.contains(name) {
+                        delta.updated.push(r.clone());
+                    }
+                }
+                Some(_) => {}
+                None => {
+                    if self.held.contains_key(name) || self.forced.contains(name) {
+                        delta.removed.push(name.to_owned());
+                    }
+                }
+            }
+        }
+        delta
+    }
+
+    /// Records that `delta`, computed against generation `generation`, was
+    /// sent: the subscription is now in sync with it.
+    pub fn commit_at(&mut self, delta: &Delta, generation: u64) {
+        self.commit(delta);
+        self.synced = Some(generation);
+    }
+
     /// Records that `delta` was sent.
     pub fn commit(&mut self, delta: &Delta) {
         for r in &delta.updated {
@@ -157,5 +225,61 @@ impl Subscription {
     /// What the client holds, name → version.
     pub fn held(&self) -> &BTreeMap<String, String> {
         &self.held
+    }
+}
+
+/// What changed in each of the last [`History::KEPT`] published
+/// generations, so a client a few generations behind diffs only those
+/// names.
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    /// (generation, what it changed from the one before), oldest first.
+    entries: VecDeque<(u64, Arc<Changes>)>,
+}
+
+impl History {
+    /// Generations remembered; a client further behind gets a full diff.
+    pub const KEPT: usize = 64;
+
+    /// How many names the newest generation changed.
+    pub fn last_len(&self) -> usize {
+        self.entries.back().map_or(0, |(_, c)| c.len())
+    }
+
+    /// Records what `generation` changed from `generation - 1`.
+    pub fn push(&mut self, generation: u64, changes: Arc<Changes>) {
+        if self
+            .entries
+            .back()
+            .is_some_and(|(g, _)| *g + 1 != generation)
+        {
+            // A gap: the older entries no longer chain up to this one.
+            self.entries.clear();
+        }
+        self.entries.push_back((generation, changes));
+        while self.entries.len() > Self::KEPT {
+            self.entries.pop_front();
+        }
+    }
+
+    /// The names of `kind` changed after generation `since` up to and
+    /// including `current`; `None` when not all of those are remembered.
+    pub fn changed(&self, since: u64, current: u64, kind: Kind) -> Option<BTreeSet<&str>> {
+        if since > current {
+            return None;
+        }
+        let mut names = BTreeSet::new();
+        let mut next = since + 1;
+        for (g, changes) in &self.entries {
+            if *g <= since || *g > current {
+                continue;
+            }
+            if *g != next {
+                return None;
+            }
+            names.extend(changes.of(kind).iter().map(String::as_str));
+            next += 1;
+        }
+        (next == current + 1).then_some(names)
     }
 }

@@ -92,7 +92,16 @@ impl Source for FileSource {
                 }
                 match self.poller.poll() {
                     Change::Unchanged => {}
-                    Change::Updated(snap) => return Some(Arc::new(*snap)),
+                    Change::Updated(snap) => {
+                        let stats = self.poller.parse_stats();
+                        tracing::debug!(
+                            parsed = stats.parsed,
+                            reused = stats.reused,
+                            whole = stats.whole,
+                            "config parsed"
+                        );
+                        return Some(Arc::new(*snap));
+                    }
                     Change::Rejected(e) => {
                         self.rejected.inc();
                         tracing::warn!(

@@ -28,6 +28,7 @@
 //! See `ztunnel/examples/demo-config.yaml` for a complete file.
 
 mod convert;
+mod incremental;
 mod locate;
 mod model;
 #[cfg(test)]
@@ -39,6 +40,8 @@ use std::path::{Path, PathBuf};
 use hbone::identity::SpiffeIdError;
 
 use crate::state::{CidrError, Snapshot, StateError};
+
+pub use incremental::{IncrementalParser, ParseStats};
 
 /// The namespace whose policies apply mesh-wide, unless configured.
 pub const DEFAULT_ROOT_NAMESPACE: &str = "istio-system";
@@ -152,7 +155,12 @@ pub fn parse(yaml: &str) -> Result<Snapshot, ConfigError> {
             source,
         }
     })?;
-    let parts = convert::to_parts(file.unwrap_or_default()).map_err(|e| e.located(yaml))?;
+    build(file.unwrap_or_default(), yaml)
+}
+
+/// The checks after parsing and the snapshot; `yaml` locates errors.
+fn build(file: model::File, yaml: &str) -> Result<Snapshot, ConfigError> {
+    let parts = convert::to_parts(file).map_err(|e| e.located(yaml))?;
     Snapshot::build(parts).map_err(ConfigError::State)
 }
 

@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 use crate::state::Labels;
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, Clone, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(super) struct File {
     #[serde(default)]
@@ -25,14 +25,14 @@ pub(super) struct File {
     pub policies: Vec<PolicyDoc>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub(super) struct NodeDoc {
     pub name: String,
     pub ip: String,
 }
 
-#[derive(Debug, Deserialize, Default, Clone, Copy)]
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq)]
 pub(super) enum MtlsDoc {
     #[serde(rename = "STRICT")]
     Strict,
@@ -41,7 +41,7 @@ pub(super) enum MtlsDoc {
     Permissive,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub(super) struct NamespaceDoc {
     pub name: String,
@@ -51,7 +51,7 @@ pub(super) struct NamespaceDoc {
     pub mtls: MtlsDoc,
 }
 
-#[derive(Debug, Deserialize, Clone, Copy)]
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq)]
 pub(super) enum TunnelDoc {
     #[serde(rename = "NONE")]
     None,
@@ -59,7 +59,7 @@ pub(super) enum TunnelDoc {
     Hbone,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Clone, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(super) struct WorkloadDoc {
     #[serde(default)]
@@ -84,7 +84,7 @@ pub(super) struct WorkloadDoc {
 }
 
 /// A port number, written as a number or (as Istio does) a string.
-#[derive(Debug, Deserialize, Clone)]
+#[derive(Debug, Deserialize, Clone, PartialEq)]
 #[serde(untagged)]
 pub(super) enum PortDoc {
     Number(i64),
@@ -100,7 +100,7 @@ impl std::fmt::Display for PortDoc {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Clone, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(super) struct ServicePortDoc {
     pub port: PortDoc,
@@ -109,7 +109,7 @@ pub(super) struct ServicePortDoc {
     pub target_port: Option<PortDoc>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ServiceDoc {
     pub name: String,
@@ -123,7 +123,7 @@ pub(super) struct ServiceDoc {
     pub labels: Labels,
 }
 
-#[derive(Debug, Deserialize, Default, Clone, Copy)]
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq)]
 pub(super) enum ActionDoc {
     #[serde(rename = "ALLOW")]
     #[default]
@@ -132,7 +132,7 @@ pub(super) enum ActionDoc {
     Deny,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Clone, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(super) struct SelectorDoc {
     #[serde(default)]
@@ -141,7 +141,7 @@ pub(super) struct SelectorDoc {
 
 /// Istio's `AuthorizationPolicy` (L4 subset): `spec` flattened into the
 /// entry, alongside `name` and `namespace`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub(super) struct PolicyDoc {
     pub name: String,
@@ -154,7 +154,7 @@ pub(super) struct PolicyDoc {
     pub rules: Vec<RuleDoc>,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RuleDoc {
     #[serde(default)]
@@ -163,13 +163,13 @@ pub(super) struct RuleDoc {
     pub to: Vec<ToDoc>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub(super) struct FromDoc {
     pub source: SourceDoc,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, Clone, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(super) struct SourceDoc {
     #[serde(default)]
@@ -186,13 +186,13 @@ pub(super) struct SourceDoc {
     pub not_ip_blocks: Vec<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ToDoc {
     pub operation: OperationDoc,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, Clone, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(super) struct OperationDoc {
     #[serde(default)]

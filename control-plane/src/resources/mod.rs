@@ -11,6 +11,12 @@ use ztunnel::state::Snapshot;
 
 use crate::convert;
 
+#[cfg(test)]
+mod tests;
+mod update;
+
+pub use update::Changes;
+
 /// The resource types we serve.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
@@ -111,44 +117,5 @@ impl ResourceSet {
             Kind::Address => &self.addresses,
             Kind::Authorization => &self.authorizations,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const BASE: &str = "nodes: [{name: n1, ip: 10.0.0.1}]\n\
-        namespaces: [{name: a, labels: {istio.io/dataplane-mode: ambient}}]\n\
-        workloads:\n\
-        - {name: p1, namespace: a, ip: 10.1.0.1, node: n1, labels: {app: x}}\n\
-        - {name: p2, namespace: a, ip: 10.1.0.2, node: n1}\n";
-
-    fn set(yaml: &str) -> ResourceSet {
-        ResourceSet::from_snapshot(&ztunnel::config::parse(yaml).unwrap())
-    }
-
-    #[test]
-    fn versions_follow_content_only() {
-        let a = set(BASE);
-        let b = set(BASE);
-        assert_eq!(a, b, "same input, same versions");
-        let edited = set(&BASE.replace("10.1.0.2", "10.1.0.3"));
-        assert_eq!(
-            a.addresses["a/p1"].version, edited.addresses["a/p1"].version,
-            "untouched workload keeps its version"
-        );
-        assert_ne!(
-            a.addresses["a/p2"].version,
-            edited.addresses["a/p2"].version
-        );
-    }
-
-    #[test]
-    fn kinds_round_trip_type_urls() {
-        for k in Kind::ALL {
-            assert_eq!(Kind::from_type_url(k.type_url()), Some(k));
-        }
-        assert_eq!(Kind::from_type_url("type.googleapis.com/x.Y"), None);
     }
 }
