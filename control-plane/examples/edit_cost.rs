@@ -1,17 +1,25 @@
 //! Where one config edit's control-plane time goes, in-process, on the
 //! xds-bench mesh (`--workloads N`, default 10,000, a tenth as many
 //! services): parsing the file, converting and encoding the resource set,
-//! and one client's delta. Each stage is timed over a few edits that rename
-//! one workload; prints the median per stage.
+//! and one client's delta, both from scratch (as before issue 4) and
+//! incrementally (what the control plane does now). Each stage is timed
+//! over a few edits that rename one workload; prints the median per stage.
 //!
 //! `cargo run --release -p control-plane --example edit_cost [-- --workloads N]`
 
 use std::fmt::Write;
 use std::time::{Duration, Instant};
 
-use control_plane::delta::Subscription;
-use control_plane::resources::ResourceSet;
+use std::sync::Arc;
+
+use control_plane::delta::{History, Subscription};
+use control_plane::resources::{Kind, ResourceSet};
 use proto::discovery::DeltaDiscoveryRequest;
+use ztunnel::config::IncrementalParser;
+
+/// As in the `control-plane` binary.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const NODES: usize = 50;
 const NAMESPACES: usize = 20;
@@ -96,37 +104,52 @@ fn main() {
 
     let mut sub = Subscription::default();
     sub.on_request(&DeltaDiscoveryRequest::default());
-    let first = ztunnel::config::parse(&texts[0]).unwrap();
-    let mut set = ResourceSet::from_snapshot(&first);
-    sub.commit(&sub.diff(&set.addresses));
-    for text in &texts[1..] {
+    let mut parser = IncrementalParser::new();
+    let mut snap = parser.parse(&texts[0]).unwrap();
+    let mut set = ResourceSet::from_snapshot(&snap);
+    let mut history = History::default();
+    sub.commit_at(&sub.diff(&set.addresses), 0);
+    for (generation, text) in (1..).zip(&texts[1..]) {
+        // From scratch.
         let t = Instant::now();
         let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).unwrap();
-        time("serde_yaml_ng to Value (reference)", t.elapsed());
+        time("whole: serde_yaml_ng to a Value (reference)", t.elapsed());
         drop(value);
-
         let t = Instant::now();
-        let snap = ztunnel::config::parse(text).unwrap();
+        let whole = ztunnel::config::parse(text).unwrap();
         time(
-            "config::parse (YAML + checks + Snapshot::build)",
+            "whole: config::parse (YAML, checks, Snapshot::build)",
             t.elapsed(),
         );
-
         let t = Instant::now();
-        let addrs = control_plane::convert::addresses(&snap);
-        time("convert::addresses (no encoding)", t.elapsed());
+        let addrs = control_plane::convert::addresses(&whole);
+        time("whole: convert::addresses (no encoding)", t.elapsed());
         drop(addrs);
-
         let t = Instant::now();
-        set = ResourceSet::from_snapshot(&snap);
-        time("ResourceSet::from_snapshot", t.elapsed());
-
+        let scratch = ResourceSet::from_snapshot(&whole);
+        time("whole: ResourceSet::from_snapshot", t.elapsed());
         let t = Instant::now();
-        let delta = sub.diff(&set.addresses);
-        time("one client's diff", t.elapsed());
-        assert_eq!(delta.updated.len(), 1);
-        assert_eq!(delta.removed.len(), 1);
-        sub.commit(&delta);
+        let full = sub.diff(&scratch.addresses);
+        time("whole: one client's full diff", t.elapsed());
+        assert_eq!((full.updated.len(), full.removed.len()), (1, 1));
+
+        // Incremental.
+        let t = Instant::now();
+        let next = parser.parse(text).unwrap();
+        time("incremental: IncrementalParser::parse", t.elapsed());
+        assert_eq!(parser.stats().parsed, 1, "{:?}", parser.stats());
+        let t = Instant::now();
+        let (next_set, changes) = set.update(&snap, &next);
+        time("incremental: ResourceSet::update", t.elapsed());
+        assert_eq!(changes.len(), 2);
+        history.push(generation, Arc::new(changes));
+        let t = Instant::now();
+        let delta = sub.diff_published(&next_set.addresses, generation, &history, Kind::Address);
+        time("incremental: one client's diff_published", t.elapsed());
+        assert_eq!((delta.updated.len(), delta.removed.len()), (1, 1));
+        sub.commit_at(&delta, generation);
+        assert_eq!(next_set, scratch);
+        (snap, set) = (next, next_set);
     }
     for (name, v) in stages {
         println!("{:>10.2} ms  {name}", median(v).as_secs_f64() * 1e3);

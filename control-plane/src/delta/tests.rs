@@ -1,5 +1,5 @@
 use super::*;
-use crate::resources::Versioned;
+use crate::resources::{Changes, Kind, Versioned};
 
 fn res(entries: &[(&str, &str)]) -> Resources {
     entries
@@ -158,4 +158,148 @@ fn nack_is_reported_and_not_retried() {
         ..Default::default()
     };
     assert_eq!(s.on_request(&ack), Reply::Ack { nonce: "2".into() });
+}
+
+#[test]
+fn history_table() {
+    let changes = |names: &[&str]| {
+        Arc::new(Changes {
+            addresses: names.iter().map(|n| n.to_string()).collect(),
+            authorizations: Default::default(),
+        })
+    };
+    let mut h = History::default();
+    for (g, n) in [(2, "b"), (3, "c"), (4, "d")] {
+        h.push(g, changes(&[n]));
+    }
+    let got = |since, current| {
+        h.changed(since, current, Kind::Address)
+            .map(|s| s.into_iter().collect::<Vec<_>>())
+    };
+    assert_eq!(got(4, 4), Some(vec![]), "in sync");
+    assert_eq!(got(3, 4), Some(vec!["d"]));
+    assert_eq!(got(1, 4), Some(vec!["b", "c", "d"]));
+    assert_eq!(got(1, 3), Some(vec!["b", "c"]), "a newer generation is ignored");
+    assert_eq!(got(0, 4), None, "generation 1 is not remembered");
+    assert_eq!(got(5, 4), None);
+    assert_eq!(got(4, 6), None, "not published yet");
+    // A gap drops what came before it.
+    h.push(9, changes(&["z"]));
+    assert_eq!(got(3, 9), None);
+    assert_eq!(got(8, 9), Some(vec!["z"]));
+    assert_eq!(h.changed(8, 9, Kind::Authorization), Some(Default::default()));
+}
+
+mod published {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// One step of a client's life: a new published set (names 0..6 with
+    /// versions 0..3, absent as `None`), or a request.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Publish(Vec<Option<u8>>),
+        Request { sub: Vec<u8>, unsub: Vec<u8>, wildcard: Option<bool> },
+        /// The client misses generations (the watch channel coalesces).
+        Skip(Vec<Option<u8>>),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        let set = prop::collection::vec(prop::option::of(0u8..3), 6);
+        prop_oneof![
+            4 => set.clone().prop_map(Step::Publish),
+            1 => set.prop_map(Step::Skip),
+            2 => (
+                prop::collection::vec(0u8..6, 0..3),
+                prop::collection::vec(0u8..6, 0..2),
+                prop::option::of(any::<bool>()),
+            )
+                .prop_map(|(sub, unsub, wildcard)| Step::Request { sub, unsub, wildcard }),
+        ]
+    }
+
+    fn resources(set: &[Option<u8>]) -> Resources {
+        set.iter()
+            .enumerate()
+            .filter_map(|(i, v)| {
+                let name = format!("r{i}");
+                v.map(|v| (name.clone(), Arc::new(Versioned::new(name, vec![v]))))
+            })
+            .collect()
+    }
+
+    fn changes(old: &Resources, new: &Resources) -> Arc<Changes> {
+        let old = crate::resources::ResourceSet {
+            addresses: old.clone(),
+            ..Default::default()
+        };
+        let new = crate::resources::ResourceSet {
+            addresses: new.clone(),
+            ..Default::default()
+        };
+        Arc::new(Changes::between(&old, &new))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// A subscription that diffs only the changed names sends exactly
+        /// what one that diffs everything sends, whatever the requests and
+        /// however many generations it misses.
+        #[test]
+        fn diffing_changes_equals_diffing_everything(
+            first_wildcard in any::<bool>(),
+            steps in prop::collection::vec(step(), 1..25),
+        ) {
+            let (mut fast, mut full) = (Subscription::default(), Subscription::default());
+            let first = if first_wildcard { req(&["*"], &[]) } else { req(&["r1", "r2"], &[]) };
+            let mut current = res(&[]);
+            let mut generation = 1;
+            let mut history = History::default();
+            fast.on_request(&first);
+            full.on_request(&first);
+            let check = |fast: &mut Subscription, full: &mut Subscription, current: &Resources, generation: u64, history: &History| {
+                let a = fast.diff_published(current, generation, history, Kind::Address);
+                let b = full.diff(current);
+                fast.commit_at(&a, generation);
+                full.commit(&b);
+                (a, b)
+            };
+            let (a, b) = check(&mut fast, &mut full, &current, generation, &history);
+            prop_assert_eq!(a, b);
+            for s in steps {
+                match s {
+                    Step::Publish(set) | Step::Skip(set) => {
+                        let next = resources(&set);
+                        generation += 1;
+                        history.push(generation, changes(&current, &next));
+                        current = next;
+                        if matches!(s, Step::Skip(_)) {
+                            continue;
+                        }
+                    }
+                    Step::Request { sub, unsub, wildcard } => {
+                        let mut sub: Vec<String> = sub.iter().map(|i| format!("r{i}")).collect();
+                        let mut unsub: Vec<String> = unsub.iter().map(|i| format!("r{i}")).collect();
+                        match wildcard {
+                            Some(true) => sub.push(WILDCARD.into()),
+                            Some(false) => unsub.push(WILDCARD.into()),
+                            None => {}
+                        }
+                        let r = DeltaDiscoveryRequest {
+                            resource_names_subscribe: sub,
+                            resource_names_unsubscribe: unsub,
+                            ..Default::default()
+                        };
+                        fast.on_request(&r);
+                        full.on_request(&r);
+                    }
+                }
+                let (a, b) = check(&mut fast, &mut full, &current, generation, &history);
+                prop_assert_eq!(a, b);
+                prop_assert_eq!(fast.held(), full.held());
+            }
+        }
+    }
 }

@@ -153,8 +153,7 @@ fn authorization_named(snap: &Snapshot, name: &str) -> Option<proto::security::A
     }
     snap.policies()
         .iter()
-        .filter(|p| p.namespace == ns && p.name == policy)
-        .last()
+        .rfind(|p| p.namespace == ns && p.name == policy)
         .map(convert::authorization)
 }
 

@@ -1,7 +1,8 @@
 //! From the YAML model to domain types, with semantic checks that name the
 //! offending key and value.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::fmt;
 use std::net::IpAddr;
 
 use hbone::SpiffeId;
@@ -46,8 +47,9 @@ pub(super) fn to_parts(file: File) -> Result<SnapshotParts, ConfigError> {
         trust_domain: &trust_domain,
         nodes: nodes.iter().map(|n| n.name.clone()).collect(),
         namespaces: namespaces.iter().map(|n| (n.name.clone(), n)).collect(),
-        ips: BTreeMap::new(),
-        names: BTreeSet::new(),
+        ips: HashMap::new(),
+        names: HashSet::new(),
+        checked_names: HashSet::new(),
     };
     let workloads = file
         .workloads
@@ -114,49 +116,79 @@ fn namespaces(docs: Vec<NamespaceDoc>) -> Result<Vec<Namespace>, ConfigError> {
     Ok(out)
 }
 
+/// A key path such as `workloads[3].ip`, formatted only for an error (a
+/// parse of 10,000 workloads would otherwise format 50,000 of them).
+#[derive(Debug, Clone, Copy)]
+struct At {
+    section: &'static str,
+    index: usize,
+    field: &'static str,
+}
+
+impl fmt::Display for At {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}[{}].{}", self.section, self.index, self.field)
+    }
+}
+
 struct Ctx<'a> {
     trust_domain: &'a str,
     nodes: BTreeSet<String>,
     namespaces: BTreeMap<String, &'a Namespace>,
     /// Every workload IP and VIP so far, with the key that claimed it.
-    ips: BTreeMap<IpAddr, String>,
+    ips: HashMap<IpAddr, At>,
     /// Workload uids and `service/<ns>/<name>` keys seen so far.
-    names: BTreeSet<String>,
+    names: HashSet<String>,
+    /// Service-account names already found valid (they repeat).
+    checked_names: HashSet<String>,
 }
 
 impl Ctx<'_> {
-    fn namespace(&self, key: String, value: &str) -> Result<&Namespace, ConfigError> {
+    fn namespace(&self, key: At, value: &str) -> Result<&Namespace, ConfigError> {
         self.namespaces
             .get(value)
             .copied()
             .ok_or_else(|| ConfigError::UnknownNamespace {
-                key,
+                key: key.to_string(),
                 value: value.to_owned(),
             })
     }
 
-    fn claim_ip(&mut self, key: String, value: &str) -> Result<IpAddr, ConfigError> {
-        let ip = parse_ip(key.clone(), value)?;
+    fn claim_ip(&mut self, key: At, value: &str) -> Result<IpAddr, ConfigError> {
+        let ip = parse_ip_at(key, value)?;
         if let Some(first) = self.ips.get(&ip) {
             return Err(ConfigError::DuplicateIp {
-                key,
+                key: key.to_string(),
                 value: ip,
-                first: first.clone(),
+                first: first.to_string(),
             });
         }
         self.ips.insert(ip, key);
         Ok(ip)
     }
 
-    fn claim_name(&mut self, key: String, value: &str) -> Result<(), ConfigError> {
+    fn claim_name(&mut self, key: At, value: &str) -> Result<(), ConfigError> {
         if !self.names.insert(value.to_owned()) {
-            return Err(duplicate(key, value));
+            return Err(duplicate(key.to_string(), value));
+        }
+        Ok(())
+    }
+
+    /// [`check_name`], remembering names that passed.
+    fn check_name(&mut self, key: At, value: &str) -> Result<(), ConfigError> {
+        if !self.checked_names.contains(value) {
+            check_name(&key.to_string(), value)?;
+            self.checked_names.insert(value.to_owned());
         }
         Ok(())
     }
 
     fn workload(&mut self, i: usize, w: WorkloadDoc) -> Result<Workload, ConfigError> {
-        let at = |field: &str| format!("workloads[{i}].{field}");
+        let at = |field: &'static str| At {
+            section: "workloads",
+            index: i,
+            field,
+        };
         let ns = self.namespace(at("namespace"), &w.namespace)?;
         let ns_ambient = is_ambient(ns, &w);
         let (uid_key, uid) = match &w.uid {
@@ -166,14 +198,14 @@ impl Ctx<'_> {
         self.claim_name(uid_key, &uid)?;
         if !self.nodes.contains(&w.node) {
             return Err(ConfigError::UnknownNode {
-                key: at("node"),
+                key: at("node").to_string(),
                 value: w.node,
             });
         }
         let service_account = w
             .service_account
             .unwrap_or_else(|| DEFAULT_SERVICE_ACCOUNT.to_owned());
-        check_name(&at("serviceAccount"), &service_account)?;
+        self.check_name(at("serviceAccount"), &service_account)?;
         let ip = self.claim_ip(at("ip"), &w.ip)?;
         let native_tunnel = w.native_tunnel.unwrap_or_else(|| has_sidecar(&w.labels));
         let tunnel = match w.tunnel {
@@ -199,22 +231,24 @@ impl Ctx<'_> {
     }
 
     fn service(&mut self, i: usize, s: ServiceDoc) -> Result<Service, ConfigError> {
-        let at = |field: &str| format!("services[{i}].{field}");
+        let at = |field: &'static str| At {
+            section: "services",
+            index: i,
+            field,
+        };
+        let port_key = |j: usize, field: &str| format!("services[{i}].ports[{j}].{field}");
         self.namespace(at("namespace"), &s.namespace)?;
         self.claim_name(at("name"), &format!("service/{}/{}", s.namespace, s.name))?;
         let vip = self.claim_ip(at("vip"), &s.vip)?;
         let mut ports = Vec::with_capacity(s.ports.len());
         for (j, p) in s.ports.iter().enumerate() {
-            let port = port(at(&format!("ports[{j}].port")), &p.port)?;
+            let port = port_at(|| port_key(j, "port"), &p.port)?;
             let target_port = match &p.target_port {
-                Some(t) => self::port(at(&format!("ports[{j}].targetPort")), t)?,
+                Some(t) => port_at(|| port_key(j, "targetPort"), t)?,
                 None => port,
             };
             if ports.iter().any(|p: &ServicePort| p.port == port) {
-                return Err(duplicate(
-                    at(&format!("ports[{j}].port")),
-                    &port.to_string(),
-                ));
+                return Err(duplicate(port_key(j, "port"), &port.to_string()));
             }
             ports.push(ServicePort { port, target_port });
         }
@@ -234,7 +268,12 @@ impl Ctx<'_> {
     fn policy(&self, i: usize, p: PolicyDoc, root_ns: &str) -> Result<Policy, ConfigError> {
         let at = format!("policies[{i}]");
         if p.namespace != root_ns {
-            self.namespace(format!("{at}.namespace"), &p.namespace)?;
+            let key = At {
+                section: "policies",
+                index: i,
+                field: "namespace",
+            };
+            self.namespace(key, &p.namespace)?;
         }
         let scope = match p.selector {
             Some(sel) if !sel.match_labels.is_empty() => PolicyScope::WorkloadSelector {
@@ -336,12 +375,17 @@ fn operation(at: &str, o: OperationDoc) -> Result<Match, ConfigError> {
 }
 
 fn port(key: String, p: &PortDoc) -> Result<u16, ConfigError> {
+    port_at(|| key, p)
+}
+
+/// [`port`] with the key made only on error.
+fn port_at(key: impl FnOnce() -> String, p: &PortDoc) -> Result<u16, ConfigError> {
     let n = match p {
         PortDoc::Number(n) => u16::try_from(*n).ok(),
         PortDoc::Text(s) => s.trim().parse::<u16>().ok(),
     };
     n.filter(|n| *n != 0).ok_or_else(|| ConfigError::BadPort {
-        key,
+        key: key(),
         value: p.to_string(),
     })
 }
@@ -349,6 +393,14 @@ fn port(key: String, p: &PortDoc) -> Result<u16, ConfigError> {
 fn parse_ip(key: String, value: &str) -> Result<IpAddr, ConfigError> {
     value.parse().map_err(|source| ConfigError::BadIp {
         key,
+        value: value.to_owned(),
+        source,
+    })
+}
+
+fn parse_ip_at(key: At, value: &str) -> Result<IpAddr, ConfigError> {
+    value.parse().map_err(|source| ConfigError::BadIp {
+        key: key.to_string(),
         value: value.to_owned(),
         source,
     })
