@@ -42,7 +42,8 @@ pub struct FileSource {
     last: Option<u64>,
     /// The last read error, reported once.
     last_error: Option<io::ErrorKind>,
-    parser: IncrementalParser,
+    /// Boxed: six caches would make `FileSource` (and enums holding it) large.
+    parser: Box<IncrementalParser>,
 }
 
 impl FileSource {
@@ -51,7 +52,7 @@ impl FileSource {
             path: path.to_owned(),
             last: None,
             last_error: None,
-            parser: IncrementalParser::new(),
+            parser: Box::default(),
         }
     }
 
