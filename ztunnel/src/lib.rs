@@ -18,6 +18,7 @@
 
 pub mod accesslog;
 pub mod admin;
+pub mod allocator;
 pub mod app;
 pub mod capture;
 pub mod classify;

@@ -86,6 +86,15 @@ pub fn answer(
     req
 }
 
+/// Encoded bytes of the resources in `resp`.
+pub fn resource_bytes(resp: &DeltaDiscoveryResponse) -> usize {
+    resp.resources
+        .iter()
+        .filter_map(|r| r.resource.as_ref())
+        .map(|a| a.value.len())
+        .sum()
+}
+
 /// Counters for metrics and tests.
 #[derive(Debug, Default)]
 pub struct XdsStats {
@@ -183,6 +192,13 @@ impl XdsClient {
                 .ok_or(XdsError::Closed)?;
             *attempt = 0;
             let reply = self.handle(&resp).await;
+            let bulk = resource_bytes(&resp) >= crate::allocator::BULK_UPDATE_BYTES;
+            drop(resp);
+            if bulk {
+                // The response and the store's transient state are freed:
+                // return their pages now rather than keep them resident.
+                crate::allocator::release_free_memory();
+            }
             if tx.send(reply).await.is_err() {
                 return Err(XdsError::Closed);
             }
@@ -192,13 +208,8 @@ impl XdsClient {
     async fn handle(&mut self, resp: &DeltaDiscoveryResponse) -> DeltaDiscoveryRequest {
         let s = &self.stats;
         s.responses.fetch_add(1, Ordering::Relaxed);
-        let bytes: usize = resp
-            .resources
-            .iter()
-            .filter_map(|r| r.resource.as_ref())
-            .map(|a| a.value.len())
-            .sum();
-        s.resource_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        s.resource_bytes
+            .fetch_add(resource_bytes(resp) as u64, Ordering::Relaxed);
         let applied = self
             .store
             .apply(&resp.type_url, &resp.resources, &resp.removed_resources);
