@@ -7,6 +7,7 @@
 
 mod authz;
 mod cidr;
+mod delta;
 mod scope;
 mod snapshot;
 #[cfg(test)]
@@ -31,7 +32,8 @@ pub use authz::{
 };
 pub use cidr::{Cidr, CidrError};
 pub use scope::{Scope, ServedPod, WorkloadName, WorkloadNameError};
-pub use snapshot::{Snapshot, SnapshotParts, StateError};
+pub use delta::SnapshotDelta;
+pub use snapshot::{SharedParts, Snapshot, SnapshotParts, StateError};
 
 /// Kubernetes-style labels. Ordered so that dumps and tests are stable.
 pub type Labels = BTreeMap<String, String>;

@@ -1,7 +1,9 @@
 //! The immutable, indexed view of the mesh. Built once per update and shared
 //! as `Arc<Snapshot>`; lookups never allocate.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::borrow::Borrow;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -21,6 +23,18 @@ pub struct SnapshotParts {
     pub nodes: Vec<Node>,
     pub namespaces: Vec<Namespace>,
     pub workloads: Vec<Workload>,
+    pub services: Vec<Service>,
+    pub policies: Vec<Policy>,
+}
+
+/// [`SnapshotParts`] with the workloads behind `Arc`s, for
+/// [`Snapshot::build_shared`].
+#[derive(Debug, Clone, Default)]
+pub struct SharedParts {
+    pub trust_domain: String,
+    pub nodes: Vec<Node>,
+    pub namespaces: Vec<Namespace>,
+    pub workloads: Vec<Arc<Workload>>,
     pub services: Vec<Service>,
     pub policies: Vec<Policy>,
 }
@@ -55,22 +69,64 @@ pub enum StateError {
 }
 
 /// An immutable, indexed view of the mesh.
-#[derive(Debug, Default)]
+///
+/// Cloning one copies the indexes (pointers, no workload or string is
+/// copied): [`Snapshot::patch`] builds the next snapshot from a clone.
+#[derive(Debug, Default, Clone)]
 pub struct Snapshot {
-    trust_domain: String,
-    nodes: BTreeMap<String, Node>,
-    namespaces: BTreeMap<String, Namespace>,
-    workloads: Vec<Arc<Workload>>,
-    services: Vec<Arc<Service>>,
-    policies: Policies,
-    workload_by_ip: HashMap<IpAddr, Arc<Workload>>,
-    workload_by_uid: HashMap<String, Arc<Workload>>,
-    /// Namespace → name → workload.
-    workload_by_name: HashMap<String, HashMap<String, Arc<Workload>>>,
-    service_by_vip: HashMap<IpAddr, Arc<Service>>,
-    /// Namespace → service name → endpoints sorted by uid.
-    endpoints: HashMap<String, HashMap<String, Vec<Arc<Workload>>>>,
+    pub(super) trust_domain: String,
+    pub(super) nodes: BTreeMap<String, Node>,
+    pub(super) namespaces: BTreeMap<String, Namespace>,
+    pub(super) workloads: Vec<Arc<Workload>>,
+    pub(super) services: Vec<Arc<Service>>,
+    pub(super) policies: Policies,
+    pub(super) workload_by_ip: HashMap<IpAddr, Arc<Workload>>,
+    /// Keyed by the workload's own uid (no copy of the string).
+    pub(super) workload_by_uid: HashSet<ByUid>,
+    /// Namespace → workloads keyed by their own name.
+    pub(super) workload_by_name: HashMap<String, HashSet<ByName>>,
+    pub(super) service_by_vip: HashMap<IpAddr, Arc<Service>>,
+    /// Namespace → service name → the service and its endpoints.
+    pub(super) endpoints: HashMap<String, HashMap<String, Served>>,
 }
+
+/// A service and its endpoints, sorted by uid.
+#[derive(Debug, Clone)]
+pub(super) struct Served {
+    pub(super) service: Arc<Service>,
+    pub(super) workloads: Vec<Arc<Workload>>,
+}
+
+/// A workload in a set keyed by its uid.
+#[derive(Debug, Clone)]
+pub(super) struct ByUid(pub(super) Arc<Workload>);
+
+/// A workload in a set keyed by its name.
+#[derive(Debug, Clone)]
+pub(super) struct ByName(pub(super) Arc<Workload>);
+
+macro_rules! keyed_by {
+    ($t:ident, $field:ident) => {
+        impl Borrow<str> for $t {
+            fn borrow(&self) -> &str {
+                &self.0.$field
+            }
+        }
+        impl Hash for $t {
+            fn hash<H: Hasher>(&self, h: &mut H) {
+                self.0.$field.as_str().hash(h)
+            }
+        }
+        impl PartialEq for $t {
+            fn eq(&self, other: &Self) -> bool {
+                self.0.$field == other.0.$field
+            }
+        }
+        impl Eq for $t {}
+    };
+}
+keyed_by!(ByUid, uid);
+keyed_by!(ByName, name);
 
 impl Snapshot {
     /// Validates and indexes `parts`, and resolves `istio.io/use-waypoint`
@@ -78,6 +134,29 @@ impl Snapshot {
     /// already name one.
     pub fn build(parts: SnapshotParts) -> Result<Snapshot, StateError> {
         let SnapshotParts {
+            trust_domain,
+            nodes,
+            namespaces,
+            workloads,
+            services,
+            policies,
+        } = parts;
+        let shared = SharedParts {
+            trust_domain,
+            nodes,
+            namespaces,
+            workloads: workloads.into_iter().map(Arc::new).collect(),
+            services,
+            policies,
+        };
+        Snapshot::build_shared(shared)
+    }
+
+    /// [`Snapshot::build`] from workloads already behind `Arc`s (the xDS
+    /// store's): a workload whose waypoint needs no resolving is shared,
+    /// not copied.
+    pub fn build_shared(parts: SharedParts) -> Result<Snapshot, StateError> {
+        let SharedParts {
             trust_domain,
             nodes,
             namespaces,
@@ -97,7 +176,7 @@ impl Snapshot {
             namespaces: &ns_map,
             by_name: workloads
                 .iter()
-                .map(|w| ((w.namespace.as_str(), w.name.as_str()), w))
+                .map(|w| ((w.namespace.as_str(), w.name.as_str()), &**w))
                 .collect(),
         };
         // Waypoints are resolved while the resolver borrows the workloads,
@@ -120,10 +199,10 @@ impl Snapshot {
             .into_iter()
             .zip(waypoints)
             .map(|(mut w, wp)| {
-                if w.waypoint.is_none() {
-                    w.waypoint = wp;
+                if let Some(wp) = wp {
+                    Arc::make_mut(&mut w).waypoint = Some(wp);
                 }
-                Arc::new(w)
+                w
             })
             .collect();
         let mut snap = Snapshot {
@@ -136,15 +215,10 @@ impl Snapshot {
             policies: Policies::new(policies),
             ..Snapshot::default()
         };
+        snap.workload_by_ip.reserve(resolved.len());
+        snap.workload_by_uid.reserve(resolved.len());
         for w in &resolved {
-            for ip in &w.ips {
-                snap.workload_by_ip.insert(*ip, w.clone());
-            }
-            snap.workload_by_uid.insert(w.uid.clone(), w.clone());
-            snap.workload_by_name
-                .entry(w.namespace.clone())
-                .or_default()
-                .insert(w.name.clone(), w.clone());
+            snap.index_workload(w);
         }
         let labels = LabelIndex::new(&resolved);
         for svc in services {
@@ -155,7 +229,28 @@ impl Snapshot {
         Ok(snap)
     }
 
-    fn add_service(&mut self, svc: Service, labels: &LabelIndex<'_>) -> Result<(), StateError> {
+    /// Adds `w` to the lookup indexes (not to the workload list).
+    pub(super) fn index_workload(&mut self, w: &Arc<Workload>) {
+        for ip in &w.ips {
+            self.workload_by_ip.insert(*ip, w.clone());
+        }
+        self.workload_by_uid.insert(ByUid(w.clone()));
+        let by_name = match self.workload_by_name.get_mut(w.namespace.as_str()) {
+            Some(m) => m,
+            None => self
+                .workload_by_name
+                .entry(w.namespace.clone())
+                .or_default(),
+        };
+        // The last one listed wins, as a map insert would.
+        by_name.replace(ByName(w.clone()));
+    }
+
+    pub(super) fn add_service(
+        &mut self,
+        svc: Service,
+        labels: &LabelIndex<'_>,
+    ) -> Result<(), StateError> {
         if self
             .endpoints
             .get(&svc.namespace)
@@ -184,7 +279,7 @@ impl Snapshot {
             .chain(
                 svc.endpoint_uids
                     .iter()
-                    .filter_map(|uid| self.workload_by_uid.get(uid)),
+                    .filter_map(|uid| self.workload_by_uid.get(uid.as_str()).map(|b| &b.0)),
             )
             .cloned()
             .collect();
@@ -193,7 +288,13 @@ impl Snapshot {
         self.endpoints
             .entry(svc.namespace.clone())
             .or_default()
-            .insert(svc.name.clone(), eps);
+            .insert(
+                svc.name.clone(),
+                Served {
+                    service: svc.clone(),
+                    workloads: eps,
+                },
+            );
         self.services.push(svc);
         Ok(())
     }
@@ -232,13 +333,18 @@ impl Snapshot {
     }
 
     pub fn workload_by_uid(&self, uid: &str) -> Option<&Arc<Workload>> {
-        self.workload_by_uid.get(uid)
+        self.workload_by_uid.get(uid).map(|b| &b.0)
     }
 
     /// The workload `<namespace>/<name>` (with several of that name, the
     /// last listed).
     pub fn workload_by_name(&self, namespace: &str, name: &str) -> Option<&Arc<Workload>> {
-        self.workload_by_name.get(namespace)?.get(name)
+        self.workload_by_name.get(namespace)?.get(name).map(|b| &b.0)
+    }
+
+    /// The service `<namespace>/<name>`.
+    pub fn service_by_name(&self, namespace: &str, name: &str) -> Option<&Arc<Service>> {
+        Some(&self.endpoints.get(namespace)?.get(name)?.service)
     }
 
     pub fn service_by_vip(&self, ip: IpAddr) -> Option<&Arc<Service>> {
@@ -250,7 +356,7 @@ impl Snapshot {
         self.endpoints
             .get(&svc.namespace)
             .and_then(|m| m.get(&svc.name))
-            .map(Vec::as_slice)
+            .map(|s| s.workloads.as_slice())
             .unwrap_or(&[])
     }
 
@@ -293,12 +399,13 @@ impl Snapshot {
 /// Workloads by (namespace, label key, label value), so a service's
 /// selector finds its endpoints without scanning every workload (which made
 /// building a snapshot O(services × workloads)).
-struct LabelIndex<'a> {
+#[derive(Default)]
+pub(super) struct LabelIndex<'a> {
     by_label: HashMap<(&'a str, &'a str, &'a str), Vec<&'a Arc<Workload>>>,
 }
 
 impl<'a> LabelIndex<'a> {
-    fn new(workloads: &'a [Arc<Workload>]) -> Self {
+    pub(super) fn new(workloads: &'a [Arc<Workload>]) -> Self {
         let mut by_label: HashMap<_, Vec<_>> = HashMap::new();
         for w in workloads {
             for (k, v) in &w.labels {
@@ -334,19 +441,14 @@ impl<'a> LabelIndex<'a> {
     }
 }
 
-fn check_workloads(workloads: Vec<Workload>) -> Result<Vec<Workload>, StateError> {
+fn check_workloads(workloads: Vec<Arc<Workload>>) -> Result<Vec<Arc<Workload>>, StateError> {
     let mut uids = BTreeSet::new();
     let mut ips: HashMap<IpAddr, String> = HashMap::new();
     for w in &workloads {
         if !uids.insert(w.uid.as_str()) {
             return Err(StateError::DuplicateWorkload(w.uid.clone()));
         }
-        SpiffeId::new(&w.trust_domain, &w.namespace, &w.service_account).map_err(|source| {
-            StateError::BadIdentity {
-                workload: w.key(),
-                source,
-            }
-        })?;
+        check_identity(w)?;
         for ip in &w.ips {
             if let Some(first) = ips.insert(*ip, w.key()) {
                 return Err(StateError::DuplicateIp {
@@ -358,6 +460,15 @@ fn check_workloads(workloads: Vec<Workload>) -> Result<Vec<Workload>, StateError
         }
     }
     Ok(workloads)
+}
+
+pub(super) fn check_identity(w: &Workload) -> Result<(), StateError> {
+    SpiffeId::new(&w.trust_domain, &w.namespace, &w.service_account)
+        .map(|_| ())
+        .map_err(|source| StateError::BadIdentity {
+            workload: w.key(),
+            source,
+        })
 }
 
 struct WaypointResolver<'a> {
