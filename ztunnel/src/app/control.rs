@@ -54,8 +54,7 @@ pub struct Controller {
 
 impl Controller {
     /// Publishes `snap` and reconciles everything that depends on it.
-    pub async fn apply(&self, snap: Snapshot) {
-        let snap = Arc::new(snap);
+    pub async fn apply(&self, snap: Arc<Snapshot>) {
         let before = self.state.send_replace(snap.clone());
         self.metrics.config_updates.inc();
         self.reconcile_capture(&snap).await;
@@ -185,7 +184,7 @@ impl Controller {
                         self.reconcile_capture(&snap).await;
                     }
                 }
-                Change::Updated(snap) => self.apply(*snap).await,
+                Change::Updated(snap) => self.apply(Arc::new(*snap)).await,
                 Change::Rejected(e) => {
                     self.metrics.config_rejected.inc();
                     tracing::error!(file = %path, error = %e, "config rejected; the last good config stays in force");

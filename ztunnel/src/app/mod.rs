@@ -265,7 +265,7 @@ impl Config {
     }
 }
 
-async fn serve(run: Run, snap: Snapshot) -> Result<(), AppError> {
+async fn serve(run: Run, snap: Arc<Snapshot>) -> Result<(), AppError> {
     let cfg = &run.cfg;
     let sidecar_mode = matches!(cfg.mode, Mode::Sidecar(_));
     let captures = cfg.capture;
@@ -334,7 +334,7 @@ pub fn probe_sources(
 
 async fn serve_captured(
     run: Run,
-    snap: Snapshot,
+    snap: Arc<Snapshot>,
     capture: Option<Arc<Mutex<Capture>>>,
 ) -> Result<(), AppError> {
     let Run {
@@ -351,7 +351,7 @@ async fn serve_captured(
     let plaintext = bind(cfg.listeners.inbound_plaintext)?;
     let hbone = bind(cfg.listeners.hbone)?;
     let initial_ids = control::local_identities(&snap, &scope);
-    let (state_tx, state_rx) = watch::channel(Arc::new(snap));
+    let (state_tx, state_rx) = watch::channel(snap);
     let client = HboneClient::new(
         shared.certs.clone(),
         ClientConfig {

@@ -57,11 +57,11 @@ pub struct XdsSource {
 /// What the control thread follows after startup.
 pub enum Updates {
     File(FileSource),
-    Xds(mpsc::Receiver<Snapshot>),
+    Xds(mpsc::Receiver<Arc<Snapshot>>),
 }
 
 pub struct Started {
-    pub snapshot: Snapshot,
+    pub snapshot: Arc<Snapshot>,
     pub certs: Arc<CertStore>,
     pub updates: Updates,
 }
@@ -84,7 +84,7 @@ pub async fn start(cfg: &Config, drain: &Drain) -> Result<Started, AppError> {
                 .map_err(AppError::Ca)?
                 .with_leaf_ttl(cfg.cert_ttl);
             Ok(Started {
-                snapshot,
+                snapshot: Arc::new(snapshot),
                 certs: CertStore::new(Arc::new(ca)),
                 updates: Updates::File(FileSource::new(config_file)),
             })

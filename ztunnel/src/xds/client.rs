@@ -128,7 +128,7 @@ pub struct XdsClient {
     pub stats: Arc<XdsStats>,
     /// Each applied snapshot goes here, from the first one that has heard
     /// from every type on (so no snapshot ever lacks the policies).
-    pub publish: mpsc::Sender<Snapshot>,
+    pub publish: mpsc::Sender<Arc<Snapshot>>,
     /// Types answered at least once since start.
     pub synced: std::collections::BTreeSet<String>,
 }
@@ -191,10 +191,11 @@ impl XdsClient {
                 .map_err(XdsError::Stream)?
                 .ok_or(XdsError::Closed)?;
             *attempt = 0;
+            let was_synced = self.is_synced();
             let reply = self.handle(&resp).await;
             let bulk = resource_bytes(&resp) >= crate::allocator::BULK_UPDATE_BYTES;
             drop(resp);
-            if bulk {
+            if bulk || (!was_synced && self.is_synced()) {
                 // The response and the store's transient state are freed:
                 // return their pages now rather than keep them resident.
                 crate::allocator::release_free_memory();
@@ -203,6 +204,11 @@ impl XdsClient {
                 return Err(XdsError::Closed);
             }
         }
+    }
+
+    /// Every type has been answered at least once.
+    fn is_synced(&self) -> bool {
+        TYPE_URLS.iter().all(|t| self.synced.contains(*t))
     }
 
     async fn handle(&mut self, resp: &DeltaDiscoveryResponse) -> DeltaDiscoveryRequest {
@@ -232,8 +238,7 @@ impl XdsClient {
             s.acks.fetch_add(1, Ordering::Relaxed);
         }
         self.synced.insert(resp.type_url.clone());
-        let complete = TYPE_URLS.iter().all(|t| self.synced.contains(*t));
-        if let Some(snap) = snapshot.filter(|_| complete) {
+        if let Some(snap) = snapshot.filter(|_| self.is_synced()) {
             // The receiver applies snapshots in order; if it is gone we are
             // shutting down.
             let _ = self.publish.send(snap).await;

@@ -60,7 +60,7 @@ impl ConvertError {
 
 /// Where a workload's or service's waypoint is, before it is resolved to an
 /// address and identity against the rest of the state.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum WaypointRef {
     Address(IpAddr),
     /// A Service, by `namespace/hostname`.

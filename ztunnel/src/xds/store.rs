@@ -8,8 +8,9 @@
 //! (say two workloads claim one IP), the whole response is rejected and the
 //! previous state stays in force.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use prost::Message;
 use proto::discovery::Resource;
@@ -17,7 +18,7 @@ use proto::workload::address::Type as AddressType;
 use proto::{security as pb_sec, workload as pb, ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
 
 use super::convert::{self, ConvertError, ServiceEntry, WaypointRef, WorkloadEntry};
-use crate::state::{Policy, Snapshot, SnapshotParts, StateError, Waypoint, Workload};
+use crate::state::{Policy, SharedParts, Snapshot, SnapshotDelta, StateError, Waypoint, Workload};
 
 /// Why one resource was not applied.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -56,24 +57,92 @@ pub struct Rejection {
 #[derive(Debug)]
 pub enum Applied {
     /// Everything applied; publish this snapshot.
-    Ok(Snapshot),
+    Ok(Arc<Snapshot>),
     /// Some resources were rejected (NACK with these), the rest applied.
-    Partial(Snapshot, Vec<Rejection>),
+    Partial(Arc<Snapshot>, Vec<Rejection>),
     /// The response as a whole is inconsistent; nothing changed.
     Inconsistent(StateError),
 }
 
+/// A workload as held: shared with every snapshot that holds it unchanged
+/// (one with a waypoint gets its own copy, with the waypoint resolved).
+#[derive(Debug, Clone)]
+struct StoredWorkload {
+    workload: Arc<Workload>,
+    waypoint: Option<WaypointRef>,
+    /// `namespace/hostname` of the services it is an endpoint of.
+    services: Vec<String>,
+}
+
+impl From<WorkloadEntry> for StoredWorkload {
+    fn from(e: WorkloadEntry) -> Self {
+        StoredWorkload {
+            workload: Arc::new(e.workload),
+            waypoint: e.waypoint,
+            services: e.services,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 enum AddressEntry {
-    Workload(WorkloadEntry),
+    Workload(StoredWorkload),
     Service(ServiceEntry),
 }
 
-/// Every resource held, by type URL and name, with its version.
-#[derive(Debug, Clone, Default)]
+impl AddressEntry {
+    fn waypoint(&self) -> Option<&WaypointRef> {
+        match self {
+            AddressEntry::Workload(w) => w.waypoint.as_ref(),
+            AddressEntry::Service(s) => s.waypoint.as_ref(),
+        }
+    }
+}
+
+/// A resource as held, with its version.
+#[derive(Debug, Clone)]
+struct Held<T> {
+    version: String,
+    value: T,
+}
+
+/// A decoded and converted resource.
+enum Decoded {
+    Address(AddressEntry),
+    Authorization(Policy),
+}
+
+/// What one response changed: every touched name with what it held before
+/// (`None`: nothing), to roll back an inconsistent response and to patch
+/// the snapshot.
+#[derive(Default)]
+struct Touched {
+    addresses: BTreeMap<String, Option<Held<AddressEntry>>>,
+    authorizations: BTreeMap<String, Option<Held<Policy>>>,
+}
+
+/// A delta touching more addresses than this (or than an eighth of those
+/// held) builds the snapshot from scratch instead of patching it.
+const MAX_PATCH: usize = 64;
+
+/// Every resource held, by type URL and name, with its version, and the
+/// snapshot built from them.
+///
+/// A response is applied in place, remembering what it replaced, and
+/// undone if the result is inconsistent. The next snapshot is patched from
+/// the previous one ([`Snapshot::patch`]) when the delta is small and
+/// touches nothing a waypoint reference resolves through; otherwise it is
+/// built from scratch ([`XdsStore::snapshot`]).
+#[derive(Debug, Default)]
 pub struct XdsStore {
-    addresses: BTreeMap<String, (String, AddressEntry)>,
-    authorizations: BTreeMap<String, (String, Policy)>,
+    addresses: BTreeMap<String, Held<AddressEntry>>,
+    authorizations: BTreeMap<String, Held<Policy>>,
+    /// Service resource names by `namespace/hostname`.
+    services_by_key: HashMap<String, BTreeSet<String>>,
+    /// The waypoint references held, with how many resources make each.
+    waypoint_refs: HashMap<WaypointRef, usize>,
+    /// The snapshot of what is held: the base of the next patch.
+    last: Option<Arc<Snapshot>>,
 }
 
 impl XdsStore {
@@ -84,12 +153,12 @@ impl XdsStore {
             ADDRESS_TYPE_URL => self
                 .addresses
                 .iter()
-                .map(|(k, (v, _))| (k.clone(), v.clone()))
+                .map(|(k, h)| (k.clone(), h.version.clone()))
                 .collect(),
             AUTHORIZATION_TYPE_URL => self
                 .authorizations
                 .iter()
-                .map(|(k, (v, _))| (k.clone(), v.clone()))
+                .map(|(k, h)| (k.clone(), h.version.clone()))
                 .collect(),
             _ => HashMap::new(),
         }
@@ -105,97 +174,323 @@ impl XdsStore {
 
     /// Applies one delta response for `type_url`.
     pub fn apply(&mut self, type_url: &str, resources: &[Resource], removed: &[String]) -> Applied {
-        let mut next = self.clone();
+        let mut touched = Touched::default();
         let mut rejected = Vec::new();
         for r in resources {
-            if let Err(error) = next.upsert(type_url, r) {
-                rejected.push(Rejection {
+            match decode(type_url, r) {
+                Ok(value) => self.put(&mut touched, r.name.clone(), &r.version, value),
+                Err(error) => rejected.push(Rejection {
                     name: r.name.clone(),
                     error,
-                });
+                }),
             }
         }
         for name in removed {
             match type_url {
-                ADDRESS_TYPE_URL => {
-                    next.addresses.remove(name);
-                }
-                AUTHORIZATION_TYPE_URL => {
-                    next.authorizations.remove(name);
-                }
+                ADDRESS_TYPE_URL => self.set_address(&mut touched, name.clone(), None),
+                AUTHORIZATION_TYPE_URL => self.set_authorization(&mut touched, name.clone(), None),
                 _ => {}
             }
         }
-        match next.snapshot() {
+        match self.next_snapshot(&touched) {
             Ok(snap) => {
-                *self = next;
+                self.last = Some(snap.clone());
                 if rejected.is_empty() {
                     Applied::Ok(snap)
                 } else {
                     Applied::Partial(snap, rejected)
                 }
             }
-            Err(e) => Applied::Inconsistent(e),
+            Err(e) => {
+                self.undo(touched);
+                Applied::Inconsistent(e)
+            }
         }
     }
 
-    fn upsert(&mut self, type_url: &str, r: &Resource) -> Result<(), ResourceError> {
-        let any = r.resource.as_ref().ok_or(ResourceError::Empty)?;
-        let want = match type_url {
-            ADDRESS_TYPE_URL => ADDRESS_TYPE_URL,
-            AUTHORIZATION_TYPE_URL => AUTHORIZATION_TYPE_URL,
-            other => return Err(ResourceError::UnknownTypeUrl(other.to_owned())),
+    fn put(&mut self, touched: &mut Touched, name: String, version: &str, value: Decoded) {
+        let version = version.to_owned();
+        match value {
+            Decoded::Address(value) => {
+                self.set_address(touched, name, Some(Held { version, value }))
+            }
+            Decoded::Authorization(value) => {
+                self.set_authorization(touched, name, Some(Held { version, value }))
+            }
+        }
+    }
+
+    fn set_address(
+        &mut self,
+        touched: &mut Touched,
+        name: String,
+        new: Option<Held<AddressEntry>>,
+    ) {
+        let old = match new {
+            Some(h) => {
+                self.index(&name, &h.value, true);
+                self.addresses.insert(name.clone(), h)
+            }
+            None => self.addresses.remove(&name),
         };
-        if any.type_url != want {
-            return Err(ResourceError::WrongType {
-                got: any.type_url.clone(),
-                want,
-            });
+        if let Some(o) = &old {
+            self.index(&name, &o.value, false);
         }
-        let decode_err = |e: prost::DecodeError| ResourceError::Decode(e.to_string());
-        if want == ADDRESS_TYPE_URL {
-            let addr = pb::Address::decode(any.value.as_slice()).map_err(decode_err)?;
-            let entry = match addr.r#type {
-                Some(AddressType::Workload(w)) => AddressEntry::Workload(convert::workload(&w)?),
-                Some(AddressType::Service(s)) => AddressEntry::Service(convert::service(&s)?),
-                None => return Err(ConvertError::Missing("type").into()),
-            };
-            self.addresses
-                .insert(r.name.clone(), (r.version.clone(), entry));
-        } else {
-            let a = pb_sec::Authorization::decode(any.value.as_slice()).map_err(decode_err)?;
-            let policy = convert::authorization(&a)?;
-            self.authorizations
-                .insert(r.name.clone(), (r.version.clone(), policy));
-        }
-        Ok(())
+        touched.addresses.entry(name).or_insert(old);
     }
 
-    /// Builds the domain snapshot: services get their endpoints from the
-    /// workloads that name them, and waypoint references are resolved to an
-    /// address and identity. A waypoint that cannot be resolved leaves its
-    /// owner out of the snapshot (never a silent bypass of the waypoint).
+    fn set_authorization(
+        &mut self,
+        touched: &mut Touched,
+        name: String,
+        new: Option<Held<Policy>>,
+    ) {
+        let old = match new {
+            Some(h) => self.authorizations.insert(name.clone(), h),
+            None => self.authorizations.remove(&name),
+        };
+        touched.authorizations.entry(name).or_insert(old);
+    }
+
+    /// Adds (`add`) or removes `e`, held as `name`, in the store's indexes.
+    fn index(&mut self, name: &str, e: &AddressEntry, add: bool) {
+        if let AddressEntry::Service(s) = e {
+            let key = service_key(&s.service.namespace, &s.service.hostname);
+            if add {
+                self.services_by_key
+                    .entry(key)
+                    .or_default()
+                    .insert(name.to_owned());
+            } else if let Some(names) = self.services_by_key.get_mut(&key) {
+                names.remove(name);
+                if names.is_empty() {
+                    self.services_by_key.remove(&key);
+                }
+            }
+        }
+        if let Some(r) = e.waypoint() {
+            if add {
+                *self.waypoint_refs.entry(r.clone()).or_default() += 1;
+            } else if let Some(n) = self.waypoint_refs.get_mut(r) {
+                *n -= 1;
+                if *n == 0 {
+                    self.waypoint_refs.remove(r);
+                }
+            }
+        }
+    }
+
+    /// Puts back what `touched` replaced.
+    fn undo(&mut self, touched: Touched) {
+        let mut scratch = Touched::default();
+        for (name, old) in touched.addresses {
+            self.set_address(&mut scratch, name, old);
+        }
+        for (name, old) in touched.authorizations {
+            self.set_authorization(&mut scratch, name, old);
+        }
+    }
+
+    fn next_snapshot(&self, touched: &Touched) -> Result<Arc<Snapshot>, StateError> {
+        let Some(last) = &self.last else {
+            return self.snapshot().map(Arc::new);
+        };
+        if touched.addresses.is_empty() && touched.authorizations.is_empty() {
+            return Ok(last.clone());
+        }
+        let mut delta = if touched.addresses.is_empty() {
+            SnapshotDelta::default()
+        } else {
+            match self.address_delta(last, &touched.addresses) {
+                Some(d) => d,
+                None => return self.snapshot().map(Arc::new),
+            }
+        };
+        if !touched.authorizations.is_empty() {
+            delta.policies = Some(self.policies());
+        }
+        last.patch(delta).map(Arc::new)
+    }
+
+    fn policies(&self) -> Vec<Policy> {
+        self.authorizations
+            .values()
+            .map(|h| h.value.clone())
+            .collect()
+    }
+
+    /// The patch from `last` for the addresses in `touched`, or `None`
+    /// when the snapshot must be built from scratch: a large delta, or one
+    /// that touches a waypoint reference or what one resolves through.
+    fn address_delta(
+        &self,
+        last: &Snapshot,
+        touched: &BTreeMap<String, Option<Held<AddressEntry>>>,
+    ) -> Option<SnapshotDelta> {
+        if touched.len() > MAX_PATCH.max(self.addresses.len() / 8) {
+            return None;
+        }
+        let now = |name: &str| self.addresses.get(name).map(|h| &h.value);
+        let affects_waypoints = touched.iter().any(|(name, old)| {
+            old.as_ref()
+                .is_some_and(|o| self.affects_waypoints(&o.value))
+                || now(name).is_some_and(|e| self.affects_waypoints(e))
+        });
+        if affects_waypoints {
+            return None;
+        }
+        let mut delta = SnapshotDelta::default();
+        // Service key → uids that left it, uids that joined it.
+        let mut members: BTreeMap<&str, (Vec<&str>, Vec<&str>)> = BTreeMap::new();
+        for (name, old) in touched {
+            match old.as_ref().map(|h| &h.value) {
+                Some(AddressEntry::Workload(w)) => {
+                    delta.removed_workloads.push(w.workload.uid.clone());
+                    for key in &w.services {
+                        members.entry(key).or_default().0.push(&w.workload.uid);
+                    }
+                }
+                Some(AddressEntry::Service(s)) => delta
+                    .removed_services
+                    .push((s.service.namespace.clone(), s.service.name.clone())),
+                None => {}
+            }
+            match now(name) {
+                Some(AddressEntry::Workload(w)) => {
+                    delta.workloads.push(w.workload.clone());
+                    for key in &w.services {
+                        members.entry(key).or_default().1.push(&w.workload.uid);
+                    }
+                }
+                Some(AddressEntry::Service(s)) => {
+                    let mut service = s.service.clone();
+                    let key = service_key(&service.namespace, &service.hostname);
+                    service.endpoint_uids = self.members_of(&key);
+                    delta.services.push(service);
+                }
+                None => {}
+            }
+        }
+        for (key, (left, joined)) in members {
+            let names = self.services_by_key.get(key).into_iter().flatten();
+            for name in names.filter(|n| !touched.contains_key(*n)) {
+                let Some(AddressEntry::Service(s)) = now(name) else {
+                    continue;
+                };
+                let (ns, svc_name) = (&s.service.namespace, &s.service.name);
+                // Not in the last snapshot: left out, and stays out.
+                let Some(prev) = last.service_by_name(ns, svc_name) else {
+                    continue;
+                };
+                let mut service = (**prev).clone();
+                for uid in &left {
+                    if let Some(i) = service.endpoint_uids.iter().position(|u| u == uid) {
+                        service.endpoint_uids.remove(i);
+                    }
+                }
+                service
+                    .endpoint_uids
+                    .extend(joined.iter().map(|u| (*u).to_owned()));
+                service.endpoint_uids.sort();
+                delta.removed_services.push((ns.clone(), svc_name.clone()));
+                delta.services.push(service);
+            }
+        }
+        Some(delta)
+    }
+
+    /// Whether changing `e` can change how a waypoint reference resolves
+    /// (or `e` has one to resolve).
+    fn affects_waypoints(&self, e: &AddressEntry) -> bool {
+        if e.waypoint().is_some() {
+            return true;
+        }
+        if self.waypoint_refs.is_empty() {
+            return false;
+        }
+        let address = |ip: &IpAddr| self.waypoint_refs.contains_key(&WaypointRef::Address(*ip));
+        match e {
+            AddressEntry::Workload(w) => {
+                w.workload.ips.iter().any(address)
+                    || w.services.iter().any(|k| self.key_referenced(k))
+            }
+            AddressEntry::Service(s) => {
+                s.service.vips.iter().any(address)
+                    || self.key_referenced(&service_key(&s.service.namespace, &s.service.hostname))
+            }
+        }
+    }
+
+    /// Whether a waypoint reference names the service key `key`, or a VIP
+    /// of a service with that key.
+    fn key_referenced(&self, key: &str) -> bool {
+        if self
+            .waypoint_refs
+            .contains_key(&WaypointRef::Service(key.to_owned()))
+        {
+            return true;
+        }
+        let names = self.services_by_key.get(key).into_iter().flatten();
+        names
+            .filter_map(|n| match self.addresses.get(n).map(|h| &h.value) {
+                Some(AddressEntry::Service(s)) => Some(s),
+                _ => None,
+            })
+            .any(|s| {
+                s.service
+                    .vips
+                    .iter()
+                    .any(|ip| self.waypoint_refs.contains_key(&WaypointRef::Address(*ip)))
+            })
+    }
+
+    /// The uids of the workloads that name service `key`, sorted: a scan,
+    /// for a service that changed.
+    fn members_of(&self, key: &str) -> Vec<String> {
+        let mut uids: Vec<String> = self
+            .addresses
+            .values()
+            .filter_map(|h| match &h.value {
+                AddressEntry::Workload(w) if w.services.iter().any(|k| k == key) => {
+                    Some(w.workload.uid.clone())
+                }
+                _ => None,
+            })
+            .collect();
+        uids.sort();
+        uids
+    }
+
+    /// Builds the domain snapshot from scratch: services get their
+    /// endpoints from the workloads that name them, and waypoint references
+    /// are resolved to an address and identity. A waypoint that cannot be
+    /// resolved leaves its owner out of the snapshot (never a silent bypass
+    /// of the waypoint). Workloads without a waypoint are shared with the
+    /// store, not copied.
     pub fn snapshot(&self) -> Result<Snapshot, StateError> {
-        let mut workloads: Vec<&WorkloadEntry> = Vec::new();
+        let mut workloads: Vec<&StoredWorkload> = Vec::new();
         let mut services: Vec<&ServiceEntry> = Vec::new();
-        for (_, entry) in self.addresses.values() {
-            match entry {
+        for h in self.addresses.values() {
+            match &h.value {
                 AddressEntry::Workload(w) => workloads.push(w),
                 AddressEntry::Service(s) => services.push(s),
             }
         }
         let resolver = Resolver::index(&workloads, &services);
-        let mut parts = SnapshotParts::default();
+        let mut parts = SharedParts::default();
+        parts.workloads.reserve(workloads.len());
         for w in &workloads {
-            let mut workload = w.workload.clone();
             match resolver.waypoint(w.waypoint.as_ref()) {
-                Ok(wp) => workload.waypoint = wp,
+                Ok(None) => parts.workloads.push(w.workload.clone()),
+                Ok(Some(wp)) => {
+                    let mut workload = (*w.workload).clone();
+                    workload.waypoint = Some(wp);
+                    parts.workloads.push(Arc::new(workload));
+                }
                 Err(()) => {
-                    tracing::warn!(workload = %workload.uid, waypoint = ?w.waypoint, "waypoint unknown; workload left out");
-                    continue;
+                    tracing::warn!(workload = %w.workload.uid, waypoint = ?w.waypoint, "waypoint unknown; workload left out");
                 }
             }
-            parts.workloads.push(workload);
         }
         for s in &services {
             let mut service = s.service.clone();
@@ -214,12 +509,39 @@ impl XdsStore {
             }
             parts.services.push(service);
         }
-        parts.policies = self
-            .authorizations
-            .values()
-            .map(|(_, p)| p.clone())
-            .collect();
-        Snapshot::build(parts)
+        parts.policies = self.policies();
+        Snapshot::build_shared(parts)
+    }
+}
+
+/// Decodes and converts one resource of `type_url`.
+fn decode(type_url: &str, r: &Resource) -> Result<Decoded, ResourceError> {
+    let any = r.resource.as_ref().ok_or(ResourceError::Empty)?;
+    let want = match type_url {
+        ADDRESS_TYPE_URL => ADDRESS_TYPE_URL,
+        AUTHORIZATION_TYPE_URL => AUTHORIZATION_TYPE_URL,
+        other => return Err(ResourceError::UnknownTypeUrl(other.to_owned())),
+    };
+    if any.type_url != want {
+        return Err(ResourceError::WrongType {
+            got: any.type_url.clone(),
+            want,
+        });
+    }
+    let decode_err = |e: prost::DecodeError| ResourceError::Decode(e.to_string());
+    if want == ADDRESS_TYPE_URL {
+        let addr = pb::Address::decode(any.value.as_slice()).map_err(decode_err)?;
+        let entry = match addr.r#type {
+            Some(AddressType::Workload(w)) => {
+                AddressEntry::Workload(convert::workload(&w)?.into())
+            }
+            Some(AddressType::Service(s)) => AddressEntry::Service(convert::service(&s)?),
+            None => return Err(ConvertError::Missing("type").into()),
+        };
+        Ok(Decoded::Address(entry))
+    } else {
+        let a = pb_sec::Authorization::decode(any.value.as_slice()).map_err(decode_err)?;
+        Ok(Decoded::Authorization(convert::authorization(&a)?))
     }
 }
 
@@ -241,7 +563,7 @@ struct Resolver<'a> {
 }
 
 impl<'a> Resolver<'a> {
-    fn index(workloads: &[&'a WorkloadEntry], services: &[&'a ServiceEntry]) -> Self {
+    fn index(workloads: &[&'a StoredWorkload], services: &[&'a ServiceEntry]) -> Self {
         let mut members: HashMap<&str, Vec<&Workload>> = HashMap::new();
         let mut owner_by_ip: HashMap<IpAddr, &Workload> = HashMap::new();
         for w in workloads {

@@ -2,6 +2,7 @@ use super::*;
 use proptest::prelude::*;
 use prost_types::Any;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 fn workload(uid: &str, name: &str, ns: &str, ip: [u8; 4], services: &[&str]) -> pb::Workload {
     pb::Workload {
@@ -67,7 +68,7 @@ fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-fn snap(applied: Applied) -> Snapshot {
+fn snap(applied: Applied) -> Arc<Snapshot> {
     match applied {
         Applied::Ok(s) => s,
         other => panic!("expected a clean apply, got {other:?}"),
