@@ -226,15 +226,15 @@ impl XdsStore {
         name: String,
         new: Option<Held<AddressEntry>>,
     ) {
-        let old = match new {
-            Some(h) => {
-                self.index(&name, &h.value, true);
-                self.addresses.insert(name.clone(), h)
-            }
-            None => self.addresses.remove(&name),
-        };
+        // Unindex the old entry before indexing the new one: both may
+        // carry the same keys.
+        let old = self.addresses.remove(&name);
         if let Some(o) = &old {
             self.index(&name, &o.value, false);
+        }
+        if let Some(h) = new {
+            self.index(&name, &h.value, true);
+            self.addresses.insert(name.clone(), h);
         }
         touched.addresses.entry(name).or_insert(old);
     }

@@ -1,6 +1,7 @@
 use super::*;
 use proptest::prelude::*;
 use prost_types::Any;
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -272,5 +273,165 @@ proptest! {
         };
         let mut store = XdsStore::default();
         let _ = store.apply(ADDRESS_TYPE_URL, &[addr_resource("w", "1", AddressType::Workload(wl))], &[]);
+    }
+}
+
+/// Everything a snapshot answers, in a canonical order, to compare a
+/// patched snapshot with one built from scratch.
+fn canonical(s: &Snapshot) -> String {
+    let mut workloads: Vec<&Workload> = s.workloads().map(|w| &**w).collect();
+    workloads.sort_by(|a, b| a.uid.cmp(&b.uid));
+    let mut out = String::new();
+    for w in workloads {
+        let by_ip: Vec<bool> = w
+            .ips
+            .iter()
+            .map(|ip| s.workload_by_ip(*ip).is_some_and(|x| x.uid == w.uid))
+            .collect();
+        let by_name = s.workload_by_name(&w.namespace, &w.name).map(|x| &x.uid);
+        let by_uid = s.workload_by_uid(&w.uid).map(|x| &**x);
+        out += &format!("{w:?} ip:{by_ip:?} name:{by_name:?} uid:{}\n", by_uid == Some(w));
+    }
+    let mut services: Vec<_> = s.services().collect();
+    services.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    for svc in services {
+        let eps: Vec<String> = s
+            .endpoints(svc)
+            .iter()
+            .map(|w| format!("{w:?}"))
+            .collect();
+        let vips: Vec<bool> = svc
+            .vips
+            .iter()
+            .map(|ip| s.service_by_vip(*ip).is_some_and(|x| x.name == svc.name))
+            .collect();
+        let named = s.service_by_name(&svc.namespace, &svc.name) == Some(svc);
+        out += &format!("{svc:?} eps:{eps:?} vips:{vips:?} named:{named}\n");
+    }
+    out += &format!("{:?}", s.policies());
+    out
+}
+
+/// One generated resource: a workload or service drawn from small pools,
+/// so that IPs clash, services gain and lose endpoints, and waypoint
+/// references come and go.
+fn arb_resource() -> impl Strategy<Value = Resource> {
+    use pb::gateway_address::Destination;
+    let waypoint = prop_oneof![
+        4 => Just(None),
+        1 => (0u8..6).prop_map(|i| Some(Destination::Address(pb::NetworkAddress {
+            network: String::new(),
+            address: vec![10, 0, 0, i],
+        }))),
+        1 => (0u8..3).prop_map(|i| Some(Destination::Hostname(pb::NamespacedHostname {
+            namespace: "shop".into(),
+            hostname: format!("s{i}.shop.svc.cluster.local"),
+        }))),
+    ]
+    .prop_map(|d| {
+        d.map(|d| pb::GatewayAddress {
+            destination: Some(d),
+            hbone_mtls_port: 15008,
+        })
+    });
+    let wl = (
+        0u8..8,
+        proptest::collection::vec(0u8..6, 1..3),
+        proptest::collection::btree_set(0u8..4, 0..3),
+        waypoint.clone(),
+        any::<bool>(),
+        0u8..3,
+    )
+        .prop_map(|(i, ips, svcs, waypoint, healthy, sa)| {
+            let uid = format!("w{i}");
+            let keys: Vec<String> = svcs
+                .iter()
+                .map(|s| format!("shop/s{s}.shop.svc.cluster.local"))
+                .collect();
+            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+            let mut pw = workload(&uid, &uid, "shop", [10, 0, 0, 0], &keys);
+            pw.addresses = ips.iter().map(|i| vec![10, 0, 0, *i]).collect();
+            pw.waypoint = waypoint;
+            pw.service_account = format!("sa{sa}");
+            if !healthy {
+                pw.status = pb::WorkloadStatus::Unhealthy as i32;
+            }
+            addr_resource(&uid, "1", AddressType::Workload(pw))
+        });
+    let sv = (0u8..4, 0u8..8, waypoint).prop_map(|(i, vip, waypoint)| {
+        let mut r = svc(&format!("s{i}"), [10, 0, 0, vip]);
+        let any = r.resource.as_mut().unwrap();
+        let mut a = pb::Address::decode(any.value.as_slice()).unwrap();
+        if let Some(AddressType::Service(s)) = &mut a.r#type {
+            s.waypoint = waypoint;
+        }
+        any.value = a.encode_to_vec();
+        r
+    });
+    prop_oneof![3 => wl, 1 => sv]
+}
+
+/// The decoded bodies, for failure messages.
+fn describe(rs: &[Resource]) -> Vec<String> {
+    rs.iter()
+        .map(|r| {
+            let body = pb::Address::decode(r.resource.as_ref().unwrap().value.as_slice());
+            format!("{}: {:?}", r.name, body.map(|a| a.r#type))
+        })
+        .collect()
+}
+
+fn resource_names() -> impl Strategy<Value = String> {
+    prop_oneof![
+        (0u8..8).prop_map(|i| format!("w{i}")),
+        (0u8..4).prop_map(|i| format!("shop/s{i}.shop.svc.cluster.local")),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// After any sequence of address deltas, the published snapshot (mostly
+    /// patched from the previous one) equals a fresh store's snapshot of the
+    /// same resources built from scratch, and a delta is rejected exactly
+    /// when the scratch build rejects the resulting state.
+    #[test]
+    fn patched_snapshots_equal_scratch_builds(
+        steps in proptest::collection::vec(
+            (proptest::collection::vec(arb_resource(), 0..4),
+             proptest::collection::vec(resource_names(), 0..2)),
+            1..12),
+    ) {
+        let mut store = XdsStore::default();
+        let mut model: BTreeMap<String, Resource> = BTreeMap::new();
+        let mut log = Vec::new();
+        for (upserts, removed) in steps {
+            log.push((describe(&upserts), removed.clone()));
+            let mut next = model.clone();
+            for r in &upserts {
+                next.insert(r.name.clone(), r.clone());
+            }
+            for name in &removed {
+                next.remove(name);
+            }
+            let all: Vec<Resource> = next.values().cloned().collect();
+            let scratch = XdsStore::default().apply(ADDRESS_TYPE_URL, &all, &[]);
+            match (store.apply(ADDRESS_TYPE_URL, &upserts, &removed), scratch) {
+                (Applied::Ok(patched), Applied::Ok(fresh)) => {
+                    prop_assert_eq!(
+                        canonical(&patched),
+                        canonical(&fresh),
+                        "steps: {:#?}",
+                        log
+                    );
+                    model = next;
+                }
+                (Applied::Inconsistent(_), Applied::Inconsistent(_)) => log.push((vec!["inconsistent".into()], vec![])),
+                (got, want) => prop_assert!(false, "store gave {got:?}, a scratch build {want:?}"),
+            }
+            if let Some(last) = &store.last {
+                prop_assert_eq!(canonical(&store.snapshot().unwrap()), canonical(last));
+            }
+        }
     }
 }
