@@ -31,8 +31,8 @@ pub use authz::{
     ServiceAccountMatch, StringMatch,
 };
 pub use cidr::{Cidr, CidrError};
-pub use scope::{Scope, ServedPod, WorkloadName, WorkloadNameError};
 pub use delta::SnapshotDelta;
+pub use scope::{Scope, ServedPod, WorkloadName, WorkloadNameError};
 pub use snapshot::{SharedParts, Snapshot, SnapshotParts, StateError};
 
 /// Kubernetes-style labels. Ordered so that dumps and tests are stable.

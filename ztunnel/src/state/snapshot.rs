@@ -339,7 +339,10 @@ impl Snapshot {
     /// The workload `<namespace>/<name>` (with several of that name, the
     /// last listed).
     pub fn workload_by_name(&self, namespace: &str, name: &str) -> Option<&Arc<Workload>> {
-        self.workload_by_name.get(namespace)?.get(name).map(|b| &b.0)
+        self.workload_by_name
+            .get(namespace)?
+            .get(name)
+            .map(|b| &b.0)
     }
 
     /// The service `<namespace>/<name>`.

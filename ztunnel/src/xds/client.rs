@@ -192,9 +192,8 @@ impl XdsClient {
                 .ok_or(XdsError::Closed)?;
             *attempt = 0;
             let was_synced = self.is_synced();
-            let reply = self.handle(&resp).await;
             let bulk = resource_bytes(&resp) >= crate::allocator::BULK_UPDATE_BYTES;
-            drop(resp);
+            let reply = self.handle(resp).await;
             if bulk || (!was_synced && self.is_synced()) {
                 // The response and the store's transient state are freed:
                 // return their pages now rather than keep them resident.
@@ -211,25 +210,26 @@ impl XdsClient {
         TYPE_URLS.iter().all(|t| self.synced.contains(*t))
     }
 
-    async fn handle(&mut self, resp: &DeltaDiscoveryResponse) -> DeltaDiscoveryRequest {
+    async fn handle(&mut self, mut resp: DeltaDiscoveryResponse) -> DeltaDiscoveryRequest {
         let s = &self.stats;
         s.responses.fetch_add(1, Ordering::Relaxed);
         s.resource_bytes
-            .fetch_add(resource_bytes(resp) as u64, Ordering::Relaxed);
+            .fetch_add(resource_bytes(&resp) as u64, Ordering::Relaxed);
+        let resources = std::mem::take(&mut resp.resources);
         let applied = self
             .store
-            .apply(&resp.type_url, &resp.resources, &resp.removed_resources);
+            .apply(&resp.type_url, resources, &resp.removed_resources);
         let (snapshot, reply) = match applied {
-            Applied::Ok(snap) => (Some(snap), answer(resp, &[], None)),
+            Applied::Ok(snap) => (Some(snap), answer(&resp, &[], None)),
             Applied::Partial(snap, rejected) => {
                 for r in &rejected {
                     tracing::warn!(resource = %r.name, reason = r.error.reason(), error = %r.error, "xDS resource rejected");
                 }
-                (Some(snap), answer(resp, &rejected, None))
+                (Some(snap), answer(&resp, &rejected, None))
             }
             Applied::Inconsistent(e) => {
                 tracing::error!(error = %e, type_url = %resp.type_url, "xDS response rejected; keeping the last good config");
-                (None, answer(resp, &[], Some(&e.to_string())))
+                (None, answer(&resp, &[], Some(&e.to_string())))
             }
         };
         if reply.error_detail.is_some() {

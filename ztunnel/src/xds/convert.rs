@@ -104,8 +104,12 @@ fn required(field: &'static str, v: &str) -> Result<String, ConvertError> {
     }
 }
 
-fn or_default(v: &str, default: &str) -> String {
-    if v.is_empty() { default } else { v }.to_owned()
+fn or_default(v: String, default: &str) -> String {
+    if v.is_empty() {
+        default.to_owned()
+    } else {
+        v
+    }
 }
 
 fn port(field: &'static str, value: u32) -> Result<u16, ConvertError> {
@@ -144,10 +148,14 @@ fn policy_key(s: &str) -> Result<PolicyKey, ConvertError> {
 }
 
 /// `istio.workload.Workload` → [`WorkloadEntry`].
-pub fn workload(w: &pb::Workload) -> Result<WorkloadEntry, ConvertError> {
-    let uid = required("uid", &w.uid)?;
-    let namespace = required("namespace", &w.namespace)?;
-    let name = required("name", &w.name)?;
+///
+/// Takes the message by value and moves its strings into the workload:
+/// copying them would leave the decoded message's strings as garbage
+/// between the long-lived ones (allocator fragmentation, benches/README.md).
+pub fn workload(mut w: pb::Workload) -> Result<WorkloadEntry, ConvertError> {
+    required("uid", &w.uid)?;
+    required("namespace", &w.namespace)?;
+    required("name", &w.name)?;
     let ips = w
         .addresses
         .iter()
@@ -167,11 +175,14 @@ pub fn workload(w: &pb::Workload) -> Result<WorkloadEntry, ConvertError> {
         field: "status",
         value: w.status,
     })?;
-    let service_account = or_default(&w.service_account, DEFAULT_SERVICE_ACCOUNT);
-    let trust_domain = or_default(&w.trust_domain, DEFAULT_TRUST_DOMAIN);
-    SpiffeId::new(&trust_domain, &namespace, &service_account).map_err(|_| {
+    let service_account = or_default(
+        std::mem::take(&mut w.service_account),
+        DEFAULT_SERVICE_ACCOUNT,
+    );
+    let trust_domain = or_default(std::mem::take(&mut w.trust_domain), DEFAULT_TRUST_DOMAIN);
+    SpiffeId::new(&trust_domain, &w.namespace, &service_account).map_err(|_| {
         ConvertError::BadIdentity {
-            namespace: namespace.clone(),
+            namespace: w.namespace.clone(),
             service_account: service_account.clone(),
         }
     })?;
@@ -182,7 +193,7 @@ pub fn workload(w: &pb::Workload) -> Result<WorkloadEntry, ConvertError> {
         .collect::<Result<Vec<_>, _>>()?;
     authorization_policies.sort();
     let mut services: Vec<String> = match status {
-        pb::WorkloadStatus::Healthy => w.services.keys().cloned().collect(),
+        pb::WorkloadStatus::Healthy => std::mem::take(&mut w.services).into_keys().collect(),
         pb::WorkloadStatus::Unhealthy => Vec::new(),
     };
     services.sort();
@@ -190,13 +201,13 @@ pub fn workload(w: &pb::Workload) -> Result<WorkloadEntry, ConvertError> {
         waypoint: w.waypoint.as_ref().map(waypoint_ref).transpose()?,
         services,
         workload: Workload {
-            uid,
-            name,
-            namespace,
+            uid: w.uid,
+            name: w.name,
+            namespace: w.namespace,
             service_account,
             trust_domain,
             ips,
-            node: w.node.clone(),
+            node: w.node,
             tunnel,
             native_tunnel: w.native_tunnel,
             labels: Default::default(),

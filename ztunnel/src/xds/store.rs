@@ -87,7 +87,9 @@ impl From<WorkloadEntry> for StoredWorkload {
 #[derive(Debug, Clone)]
 enum AddressEntry {
     Workload(StoredWorkload),
-    Service(ServiceEntry),
+    /// Boxed: a `Service` is several times a workload's entry, and every
+    /// slot of the map would be that large.
+    Service(Box<ServiceEntry>),
 }
 
 impl AddressEntry {
@@ -173,14 +175,22 @@ impl XdsStore {
     }
 
     /// Applies one delta response for `type_url`.
-    pub fn apply(&mut self, type_url: &str, resources: &[Resource], removed: &[String]) -> Applied {
+    ///
+    /// Takes the resources by value: their names and versions move into
+    /// the store instead of being copied (see [`convert::workload`]).
+    pub fn apply(
+        &mut self,
+        type_url: &str,
+        resources: Vec<Resource>,
+        removed: &[String],
+    ) -> Applied {
         let mut touched = Touched::default();
         let mut rejected = Vec::new();
         for r in resources {
-            match decode(type_url, r) {
-                Ok(value) => self.put(&mut touched, r.name.clone(), &r.version, value),
+            match decode(type_url, &r) {
+                Ok(value) => self.put(&mut touched, r.name, r.version, value),
                 Err(error) => rejected.push(Rejection {
-                    name: r.name.clone(),
+                    name: r.name,
                     error,
                 }),
             }
@@ -208,8 +218,7 @@ impl XdsStore {
         }
     }
 
-    fn put(&mut self, touched: &mut Touched, name: String, version: &str, value: Decoded) {
-        let version = version.to_owned();
+    fn put(&mut self, touched: &mut Touched, name: String, version: String, value: Decoded) {
         match value {
             Decoded::Address(value) => {
                 self.set_address(touched, name, Some(Held { version, value }))
@@ -473,7 +482,7 @@ impl XdsStore {
         for h in self.addresses.values() {
             match &h.value {
                 AddressEntry::Workload(w) => workloads.push(w),
-                AddressEntry::Service(s) => services.push(s),
+                AddressEntry::Service(s) => services.push(&**s),
             }
         }
         let resolver = Resolver::index(&workloads, &services);
@@ -532,10 +541,8 @@ fn decode(type_url: &str, r: &Resource) -> Result<Decoded, ResourceError> {
     if want == ADDRESS_TYPE_URL {
         let addr = pb::Address::decode(any.value.as_slice()).map_err(decode_err)?;
         let entry = match addr.r#type {
-            Some(AddressType::Workload(w)) => {
-                AddressEntry::Workload(convert::workload(&w)?.into())
-            }
-            Some(AddressType::Service(s)) => AddressEntry::Service(convert::service(&s)?),
+            Some(AddressType::Workload(w)) => AddressEntry::Workload(convert::workload(w)?.into()),
+            Some(AddressType::Service(s)) => AddressEntry::Service(Box::new(convert::service(&s)?)),
             None => return Err(ConvertError::Missing("type").into()),
         };
         Ok(Decoded::Address(entry))

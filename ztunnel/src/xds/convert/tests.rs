@@ -28,7 +28,7 @@ fn workload_pb() -> pb::Workload {
 
 #[test]
 fn workload_converts_with_istio_defaults() {
-    let e = workload(&workload_pb()).unwrap();
+    let e = workload(workload_pb()).unwrap();
     let w = &e.workload;
     assert_eq!(w.uid, "cluster1//Pod/shop/cart-1");
     assert_eq!(w.ips, vec!["10.1.1.11".parse::<IpAddr>().unwrap()]);
@@ -52,7 +52,7 @@ fn workload_converts_with_istio_defaults() {
     unhealthy.status = pb::WorkloadStatus::Unhealthy as i32;
     unhealthy.service_account.clear();
     unhealthy.addresses.push(vec![0xfd; 16]);
-    let e = workload(&unhealthy).unwrap();
+    let e = workload(unhealthy.clone()).unwrap();
     assert!(
         e.services.is_empty(),
         "unhealthy workloads are no endpoints"
@@ -75,7 +75,7 @@ fn workload_native_tunnel() {
         let mut w = workload_pb();
         w.native_tunnel = *native;
         w.tunnel_protocol = *proto_tunnel as i32;
-        let got = workload(&w).unwrap().workload;
+        let got = workload(w.clone()).unwrap().workload;
         assert_eq!(got.native_tunnel, *want_native, "{native} {proto_tunnel:?}");
         assert_eq!(got.tunnel, *want_tunnel, "{native} {proto_tunnel:?}");
     }
@@ -125,7 +125,7 @@ fn workload_errors_name_the_field() {
     for (what, edit, want) in cases {
         let mut w = workload_pb();
         edit(&mut w);
-        let err = workload(&w).expect_err(what);
+        let err = workload(w.clone()).expect_err(what);
         assert!(err.to_string().contains(want), "{what}: {err}");
     }
 }
@@ -141,7 +141,7 @@ fn waypoints_by_address_and_by_hostname() {
         })),
         hbone_mtls_port: 15008,
     });
-    let e = workload(&w).unwrap();
+    let e = workload(w.clone()).unwrap();
     assert_eq!(
         e.waypoint,
         Some(WaypointRef::Address("10.1.1.30".parse().unwrap()))
@@ -153,7 +153,7 @@ fn waypoints_by_address_and_by_hostname() {
         })),
         hbone_mtls_port: 15008,
     });
-    let e = workload(&w).unwrap();
+    let e = workload(w.clone()).unwrap();
     assert_eq!(
         e.waypoint,
         Some(WaypointRef::Service(
