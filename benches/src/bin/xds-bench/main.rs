@@ -12,6 +12,8 @@
 //! - **ztunnel memory per workload**: the real `ztunnel` (`--no-capture`,
 //!   xDS mode, ports moved off the defaults) holding 0, 1,000 and 10,000
 //!   workloads; RSS growth per workload.
+//! - **Store delta** (`store`): in-process, the time ztunnel's xDS store
+//!   takes to apply a one-workload delta while holding 10,000 workloads.
 //!
 //! `xds-bench [--quick] [--out FILE]`: `--quick` is a correctness smoke
 //! (2 clients, a small mesh, a few edits, every edit must reach every
@@ -19,6 +21,7 @@
 
 mod cluster;
 mod mesh;
+mod store;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -32,7 +35,7 @@ use mesh::Scale;
 struct Args {
     quick: bool,
     out: Option<PathBuf>,
-    /// `push-small`, `push-large` or `ztunnel`: run only that part.
+    /// `push-small`, `push-large`, `ztunnel` or `store`: run only that part.
     only: Option<String>,
 }
 
@@ -49,7 +52,7 @@ fn parse_args() -> Args {
             "--out" => args.out = it.next().map(PathBuf::from),
             "--only" => args.only = it.next(),
             other => {
-                eprintln!("xds-bench: unknown argument {other:?}; usage: xds-bench [--quick] [--out FILE] [--only push-small|push-large|ztunnel]");
+                eprintln!("xds-bench: unknown argument {other:?}; usage: xds-bench [--quick] [--out FILE] [--only push-small|push-large|ztunnel|store]");
                 std::process::exit(2);
             }
         }
@@ -115,10 +118,16 @@ async fn full(only: Option<&str>) -> Value {
     } else {
         Value::Null
     };
+    let store = if runs("store") {
+        store::delta_apply(&Scale::large(), 200)
+    } else {
+        Value::Null
+    };
     json!({
         "machine": machine(),
         "push": push,
         "ztunnel_memory": ztunnel,
+        "store_delta": store,
     })
 }
 
