@@ -41,7 +41,11 @@ fn workload(i: usize, services: usize, name: &str) -> Resource {
     let mut svcs = std::collections::BTreeMap::new();
     if services > 0 {
         svcs.insert(
-            format!("ns-{}/{}", app % NAMESPACES, hostname(app, app % NAMESPACES)),
+            format!(
+                "ns-{}/{}",
+                app % NAMESPACES,
+                hostname(app, app % NAMESPACES)
+            ),
             pb::PortList::default(),
         );
     }
