@@ -218,7 +218,7 @@ impl XdsClient {
         let resources = std::mem::take(&mut resp.resources);
         let applied = self
             .store
-            .apply(&resp.type_url, resources, &resp.removed_resources);
+            .apply_owned(&resp.type_url, resources, &resp.removed_resources);
         let (snapshot, reply) = match applied {
             Applied::Ok(snap) => (Some(snap), answer(&resp, &[], None)),
             Applied::Partial(snap, rejected) => {

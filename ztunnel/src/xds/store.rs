@@ -174,11 +174,17 @@ impl XdsStore {
         self.len() == 0
     }
 
+    /// Applies one delta response for `type_url`, copying the resources;
+    /// [`XdsStore::apply_owned`] moves them instead.
+    pub fn apply(&mut self, type_url: &str, resources: &[Resource], removed: &[String]) -> Applied {
+        self.apply_owned(type_url, resources.to_vec(), removed)
+    }
+
     /// Applies one delta response for `type_url`.
     ///
     /// Takes the resources by value: their names and versions move into
     /// the store instead of being copied (see [`convert::workload`]).
-    pub fn apply(
+    pub fn apply_owned(
         &mut self,
         type_url: &str,
         resources: Vec<Resource>,

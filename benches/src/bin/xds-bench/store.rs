@@ -96,7 +96,7 @@ pub fn delta_apply(scale: &Scale, rounds: usize) -> Value {
         .collect();
     all.extend((0..scale.services).map(service));
     let start = Instant::now();
-    let first = store.apply(ADDRESS_TYPE_URL, all, &[]);
+    let first = store.apply_owned(ADDRESS_TYPE_URL, all, &[]);
     let full_ms = start.elapsed().as_secs_f64() * 1e3;
     assert!(matches!(first, Applied::Ok(_)), "{first:?}");
     drop(first);
@@ -104,7 +104,7 @@ pub fn delta_apply(scale: &Scale, rounds: usize) -> Value {
     for r in 0..rounds {
         let edit = workload(7, scale.services, &format!("renamed-{r}"));
         let start = Instant::now();
-        let applied = store.apply(ADDRESS_TYPE_URL, vec![edit], &[]);
+        let applied = store.apply_owned(ADDRESS_TYPE_URL, vec![edit], &[]);
         let ok = matches!(applied, Applied::Ok(_));
         drop(applied);
         times.push(start.elapsed().as_secs_f64() * 1e3);

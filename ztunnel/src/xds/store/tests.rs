@@ -81,7 +81,7 @@ const CART: &str = "shop/cart.shop.svc.cluster.local";
 #[test]
 fn services_get_endpoints_from_workloads_and_removal_works() {
     let mut store = XdsStore::default();
-    let s = snap(store.apply(
+    let s = snap(store.apply_owned(
         ADDRESS_TYPE_URL,
         vec![
             w("a", [10, 1, 1, 1], &[CART]),
@@ -96,7 +96,7 @@ fn services_get_endpoints_from_workloads_and_removal_works() {
     assert_eq!(eps, ["a", "b"]);
     assert_eq!(store.versions(ADDRESS_TYPE_URL).len(), 4);
 
-    let s = snap(store.apply(ADDRESS_TYPE_URL, vec![], &["b".into()]));
+    let s = snap(store.apply_owned(ADDRESS_TYPE_URL, vec![], &["b".into()]));
     assert!(s.workload_by_ip(ip("10.1.2.1")).is_none());
     let cart = s.service_by_vip(ip("10.96.0.10")).unwrap();
     assert_eq!(s.endpoints(cart).len(), 1);
@@ -106,7 +106,7 @@ fn services_get_endpoints_from_workloads_and_removal_works() {
 #[test]
 fn a_bad_resource_is_rejected_alone_and_keeps_its_old_version() {
     let mut store = XdsStore::default();
-    snap(store.apply(ADDRESS_TYPE_URL, vec![w("a", [10, 1, 1, 1], &[])], &[]));
+    snap(store.apply_owned(ADDRESS_TYPE_URL, vec![w("a", [10, 1, 1, 1], &[])], &[]));
     let mut bad_ip = workload("a", "a", "shop", [10, 1, 1, 9], &[]);
     bad_ip.addresses = vec![vec![1, 2, 3]];
     let mut wrong_type = w("x", [10, 1, 1, 5], &[]);
@@ -115,7 +115,7 @@ fn a_bad_resource_is_rejected_alone_and_keeps_its_old_version() {
     garbage.resource.as_mut().unwrap().value = vec![0xff, 0xff, 0xff];
     let mut unknown_enum = workload("z", "z", "shop", [10, 1, 1, 7], &[]);
     unknown_enum.tunnel_protocol = 42;
-    let applied = store.apply(
+    let applied = store.apply_owned(
         ADDRESS_TYPE_URL,
         vec![
             addr_resource("a", "v2", AddressType::Workload(bad_ip)),
@@ -156,8 +156,8 @@ fn a_bad_resource_is_rejected_alone_and_keeps_its_old_version() {
 #[test]
 fn an_inconsistent_response_changes_nothing() {
     let mut store = XdsStore::default();
-    snap(store.apply(ADDRESS_TYPE_URL, vec![w("a", [10, 1, 1, 1], &[])], &[]));
-    let applied = store.apply(ADDRESS_TYPE_URL, vec![w("b", [10, 1, 1, 1], &[])], &[]);
+    snap(store.apply_owned(ADDRESS_TYPE_URL, vec![w("a", [10, 1, 1, 1], &[])], &[]));
+    let applied = store.apply_owned(ADDRESS_TYPE_URL, vec![w("b", [10, 1, 1, 1], &[])], &[]);
     assert!(
         matches!(
             applied,
@@ -190,7 +190,7 @@ fn waypoints_resolve_to_the_serving_workload_identity() {
         })),
         hbone_mtls_port: 15008,
     });
-    let s = snap(store.apply(
+    let s = snap(store.apply_owned(
         ADDRESS_TYPE_URL,
         vec![
             addr_resource("client", "1", AddressType::Workload(client)),
@@ -232,9 +232,9 @@ fn authorizations_apply_and_remove() {
         }),
         ..Default::default()
     };
-    let s = snap(store.apply(AUTHORIZATION_TYPE_URL, vec![r], &[]));
+    let s = snap(store.apply_owned(AUTHORIZATION_TYPE_URL, vec![r], &[]));
     assert_eq!(s.policies().len(), 1);
-    let s = snap(store.apply(AUTHORIZATION_TYPE_URL, vec![], &["shop/deny-all".into()]));
+    let s = snap(store.apply_owned(AUTHORIZATION_TYPE_URL, vec![], &["shop/deny-all".into()]));
     assert!(s.policies().is_empty());
 }
 
@@ -251,7 +251,7 @@ proptest! {
             ..Default::default()
         };
         let mut store = XdsStore::default();
-        let _ = store.apply(url, vec![r], &[]);
+        let _ = store.apply_owned(url, vec![r], &[]);
     }
 
     /// Structurally valid but arbitrary workloads either convert or are
@@ -272,7 +272,7 @@ proptest! {
             ..Default::default()
         };
         let mut store = XdsStore::default();
-        let _ = store.apply(ADDRESS_TYPE_URL, vec![addr_resource("w", "1", AddressType::Workload(wl))], &[]);
+        let _ = store.apply_owned(ADDRESS_TYPE_URL, vec![addr_resource("w", "1", AddressType::Workload(wl))], &[]);
     }
 }
 
@@ -414,8 +414,8 @@ proptest! {
                 next.remove(name);
             }
             let all: Vec<Resource> = next.values().cloned().collect();
-            let scratch = XdsStore::default().apply(ADDRESS_TYPE_URL, all, &[]);
-            match (store.apply(ADDRESS_TYPE_URL, upserts.clone(), &removed), scratch) {
+            let scratch = XdsStore::default().apply_owned(ADDRESS_TYPE_URL, all, &[]);
+            match (store.apply(ADDRESS_TYPE_URL, &upserts, &removed), scratch) {
                 (Applied::Ok(patched), Applied::Ok(fresh)) => {
                     prop_assert_eq!(
                         canonical(&patched),
