@@ -5,9 +5,8 @@
 //! incrementally (what the control plane does now). Each stage is timed
 //! over a few edits that rename one workload; prints the median per stage.
 //!
-//! `cargo run --release -p control-plane --example edit_cost [-- --workloads N]`
+//! `cargo run --release -p mesh-benches --bin edit-cost [-- --workloads N]`
 
-use std::fmt::Write;
 use std::time::{Duration, Instant};
 
 use std::sync::Arc;
@@ -17,62 +16,16 @@ use control_plane::resources::{Kind, ResourceSet};
 use proto::discovery::DeltaDiscoveryRequest;
 use ztunnel::config::IncrementalParser;
 
+/// xds-bench's generated mesh; this tool uses only its config file.
+#[allow(dead_code)]
+#[path = "xds-bench/mesh.rs"]
+mod mesh;
+
 /// As in the `control-plane` binary.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const NODES: usize = 50;
-const NAMESPACES: usize = 20;
-const APPS: usize = 1000;
 const EDITS: usize = 9;
-
-/// The same shape as xds-bench's mesh.
-fn config(workloads: usize, services: usize, generation: usize) -> String {
-    let mut y = String::with_capacity(workloads * 160 + 4096);
-    y.push_str("trustDomain: cluster.local\nnodes:\n");
-    for n in 0..NODES {
-        let _ = writeln!(y, "  - {{name: node{}, ip: 10.0.0.{}}}", n + 1, n + 1);
-    }
-    y.push_str("namespaces:\n");
-    for ns in 0..NAMESPACES {
-        let _ = writeln!(
-            y,
-            "  - {{name: ns{ns}, labels: {{istio.io/dataplane-mode: ambient}}}}"
-        );
-    }
-    y.push_str("workloads:\n");
-    for i in 0..workloads {
-        let _ = writeln!(
-            y,
-            "  - {{name: w{i}, namespace: ns{}, serviceAccount: sa{}, ip: 10.{}.{}.{}, node: node{}, labels: {{app: app{}}}}}",
-            i % NAMESPACES,
-            i % 50,
-            128 + (i >> 16),
-            (i >> 8) & 255,
-            i & 255,
-            i % NODES + 1,
-            i % APPS
-        );
-    }
-    let _ = writeln!(
-        y,
-        "  - {{name: marker-{generation}, namespace: ns0, serviceAccount: marker, ip: 10.255.0.1, node: node1}}"
-    );
-    if services > 0 {
-        y.push_str("services:\n");
-    }
-    for j in 0..services {
-        let _ = writeln!(
-            y,
-            "  - {{name: s{j}, namespace: ns{}, vip: 10.96.{}.{}, ports: [{{port: 80, targetPort: 8080}}], selector: {{app: app{}}}}}",
-            j % NAMESPACES,
-            j / 250,
-            j % 250 + 1,
-            j % APPS
-        );
-    }
-    y
-}
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -90,7 +43,15 @@ fn main() {
     }
     let services = workloads / 10;
     let texts: Vec<String> = (0..=EDITS)
-        .map(|g| config(workloads, services, g))
+        .map(|g| {
+            mesh::config(
+                &mesh::Scale {
+                    workloads,
+                    services,
+                },
+                g,
+            )
+        })
         .collect();
     println!(
         "{workloads} workloads, {services} services, file {} KiB, {EDITS} edits",
