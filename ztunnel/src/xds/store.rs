@@ -18,7 +18,8 @@ use proto::workload::address::Type as AddressType;
 use proto::{security as pb_sec, workload as pb, ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
 
 use super::convert::{self, ConvertError, ServiceEntry, WaypointRef, WorkloadEntry};
-use crate::state::{Policy, SharedParts, Snapshot, SnapshotDelta, StateError, Waypoint, Workload};
+use crate::state::{Policy, SharedParts, Snapshot, SnapshotDelta, StateError, Workload};
+use resolve::Resolver;
 
 /// Why one resource was not applied.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -563,84 +564,6 @@ pub fn service_key(namespace: &str, hostname: &str) -> String {
     format!("{namespace}/{hostname}")
 }
 
-/// Indexes built once per snapshot, so resolving every workload's
-/// waypoint and every service's endpoints stays linear in the state size.
-struct Resolver<'a> {
-    /// Service key → the workloads that name it, sorted by uid.
-    members: HashMap<&'a str, Vec<&'a Workload>>,
-    /// Address → the workload with the smallest uid that holds it.
-    owner_by_ip: HashMap<IpAddr, &'a Workload>,
-    /// The first service (in resource order) by key and by VIP.
-    service_by_key: HashMap<String, &'a ServiceEntry>,
-    service_by_vip: HashMap<IpAddr, &'a ServiceEntry>,
-}
-
-impl<'a> Resolver<'a> {
-    fn index(workloads: &[&'a StoredWorkload], services: &[&'a ServiceEntry]) -> Self {
-        let mut members: HashMap<&str, Vec<&Workload>> = HashMap::new();
-        let mut owner_by_ip: HashMap<IpAddr, &Workload> = HashMap::new();
-        for w in workloads {
-            for key in &w.services {
-                members.entry(key.as_str()).or_default().push(&w.workload);
-            }
-            for ip in &w.workload.ips {
-                let owner = owner_by_ip.entry(*ip).or_insert(&w.workload);
-                if w.workload.uid < owner.uid {
-                    *owner = &w.workload;
-                }
-            }
-        }
-        for list in members.values_mut() {
-            list.sort_by(|a, b| a.uid.cmp(&b.uid));
-        }
-        let mut service_by_key = HashMap::new();
-        let mut service_by_vip = HashMap::new();
-        for s in services {
-            let key = service_key(&s.service.namespace, &s.service.hostname);
-            service_by_key.entry(key).or_insert(*s);
-            for vip in &s.service.vips {
-                service_by_vip.entry(*vip).or_insert(*s);
-            }
-        }
-        Resolver {
-            members,
-            owner_by_ip,
-            service_by_key,
-            service_by_vip,
-        }
-    }
-
-    fn members(&self, key: &str) -> &[&'a Workload] {
-        self.members.get(key).map(Vec::as_slice).unwrap_or(&[])
-    }
-
-    /// The waypoint behind `r`: its address, and the identity of the
-    /// workload that serves it. `Err` when it names nothing we know.
-    fn waypoint(&self, r: Option<&WaypointRef>) -> Result<Option<Waypoint>, ()> {
-        let Some(r) = r else { return Ok(None) };
-        let (svc, address) = match r {
-            WaypointRef::Address(ip) => {
-                if let Some(owner) = self.owner_by_ip.get(ip) {
-                    return Ok(Some(Waypoint {
-                        address: *ip,
-                        identity: owner.identity(),
-                    }));
-                }
-                (*self.service_by_vip.get(ip).ok_or(())?, *ip)
-            }
-            WaypointRef::Service(key) => {
-                let svc = *self.service_by_key.get(key).ok_or(())?;
-                (svc, *svc.service.vips.first().ok_or(())?)
-            }
-        };
-        let key = service_key(&svc.service.namespace, &svc.service.hostname);
-        let server = self.members(&key).first().ok_or(())?;
-        Ok(Some(Waypoint {
-            address,
-            identity: server.identity(),
-        }))
-    }
-}
-
+mod resolve;
 #[cfg(test)]
 mod tests;
