@@ -191,7 +191,8 @@ impl AccessLog {
         }
     }
 
-    /// Blocks until every line queued so far is written (or lost).
+    /// Blocks until every line queued so far is written (or lost), for as
+    /// long as the disk takes: for tests and tools, never the data path.
     pub fn flush(&self) {
         if let Some(tx) = &self.tx {
             let (done, wait) = mpsc::sync_channel(1);
