@@ -2,9 +2,16 @@
 //! table, the `fwmark 0x400/0xfff lookup 100` ip rule and the local route
 //! in table 100. Shared by the capture and end-to-end suites.
 
-use ztunnel::capture::rules::{ip_rule_selector, ROUTE_TABLE, TABLE};
+use ztunnel::capture::rules::{ip_rule_selector, POD_SET, ROUTE_TABLE, TABLE};
 
 use crate::Netns;
+
+/// The capture table's set of ambient pod addresses in `node`, as `nft`
+/// lists it (empty when there is no table).
+pub fn pod_set(node: &Netns) -> String {
+    node.exec(&format!("nft list set inet {TABLE} {POD_SET}"))
+        .unwrap_or_default()
+}
 
 /// Copies of the capture ip rule in `node`.
 pub fn ip_rule_count(node: &Netns) -> usize {

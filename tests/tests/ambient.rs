@@ -8,7 +8,7 @@ use std::time::Duration;
 use mesh_tests::echo::{echo_through, payload, round_trip, App};
 use mesh_tests::mesh::wait_until;
 use mesh_tests::mesh::{assert_hbone_on_the_wire, metric_value, LinkCapture, Mesh};
-use mesh_tests::rules::{assert_installed_once, assert_nothing_left};
+use mesh_tests::rules::{assert_installed_once, assert_nothing_left, pod_set};
 use mesh_tests::{require_root, Netns, Topology};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -307,11 +307,6 @@ async fn policy_by_principal_namespace_and_port_and_live_revocation() {
     assert_refused(client, to(8080), "after the new DENY").await;
 }
 
-fn nft_set(node: &Netns) -> String {
-    node.exec("nft list set inet ambient ambient_pods")
-        .unwrap_or_default()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_ambient_client_is_allowed_when_permissive_and_refused_when_strict() {
     if !require_root() {
@@ -333,7 +328,7 @@ async fn non_ambient_client_is_allowed_when_permissive_and_refused_when_strict()
     let to = SocketAddr::from((server.ip, 8080));
 
     // Never captured on the non-ambient side.
-    assert!(!nft_set(&topo.node(1).ns).contains(&old.ip.to_string()));
+    assert!(!pod_set(&topo.node(1).ns).contains(&old.ip.to_string()));
     let back = echo_through(&old.ns, to, b"plain").await.unwrap();
     assert_eq!(back, b"plain");
     let ev = mesh.wait_event(2, "plaintext inbound", |e| e["direction"] == "inbound");
@@ -394,10 +389,10 @@ async fn namespace_label_on_and_off_live_without_rule_leaks() {
     let _app = App::serve(&server.ns, 8080);
     let to = SocketAddr::from((server.ip, 8080));
     let ip = client.ip.to_string();
-    assert!(!nft_set(node1).contains(&ip));
+    assert!(!pod_set(node1).contains(&ip));
 
     mesh.write_config(&labelled);
-    wait_until("label on captures the pod", || nft_set(node1).contains(&ip));
+    wait_until("label on captures the pod", || pod_set(node1).contains(&ip));
     assert_installed_once(node1);
     assert_eq!(echo_through(&client.ns, to, b"in").await.unwrap(), b"in");
     let ev = mesh.wait_event(1, "captured outbound", |e| e["direction"] == "outbound");
@@ -408,7 +403,7 @@ async fn namespace_label_on_and_off_live_without_rule_leaks() {
 
     mesh.write_config(&unlabelled);
     wait_until("label off releases the pod", || {
-        !nft_set(node1).contains(&ip)
+        !pod_set(node1).contains(&ip)
     });
     assert_installed_once(node1);
     let before = mesh.access_log(1).len();

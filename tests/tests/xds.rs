@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use mesh_tests::echo::echo_through;
 use mesh_tests::mesh::{wait_until, Mesh};
+use mesh_tests::rules::pod_set;
 use mesh_tests::{require_root, Netns, Topology};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -138,11 +139,6 @@ where
     }
 }
 
-fn nft_set(node: &Netns) -> String {
-    node.exec("nft list set inet ambient ambient_pods")
-        .unwrap_or_default()
-}
-
 /// A connection on `node` from `src_ip` with identity `id` in the access log.
 fn logged(mesh: &Mesh, node: usize, direction: &str, src_ip: &str, id: &str) -> bool {
     mesh.access_log(node).iter().any(|e| {
@@ -187,7 +183,7 @@ async fn a_pod_added_to_the_control_planes_file_joins_the_mesh() {
     let id = "spiffe://cluster.local/ns/shop/sa/newbie";
 
     // Unknown to the mesh: not captured, so it arrives as plaintext.
-    assert!(!nft_set(node1).contains(&ip));
+    assert!(!pod_set(node1).contains(&ip));
     assert!(talk(&n.ns, to).await, "plaintext into PERMISSIVE works");
     let ev = mesh.wait_event(2, "the newbie's plaintext", |e| {
         e["src.addr"]
@@ -206,7 +202,7 @@ async fn a_pod_added_to_the_control_planes_file_joins_the_mesh() {
     })
     .await;
     // Captured on its node, over HBONE, with its own certificate.
-    assert!(nft_set(node1).contains(&ip), "{}", nft_set(node1));
+    assert!(pod_set(node1).contains(&ip), "{}", pod_set(node1));
     let out = mesh.wait_event(1, "the newbie's outbound", |e| {
         e["direction"] == "outbound" && e["src.identity"] == id
     });
@@ -251,11 +247,10 @@ async fn labelling_a_namespace_in_the_control_planes_file_captures_its_pods() {
     let id = "spiffe://cluster.local/ns/shop/sa/client";
 
     // Unlabelled: node 1 leaves the client alone.
-    assert!(!nft_set(node1).contains(&ip));
+    assert!(!pod_set(node1).contains(&ip));
     assert!(talk(&c.ns, to).await);
-    std::thread::sleep(Duration::from_millis(200));
     assert!(
-        mesh.access_log(1).is_empty(),
+        mesh.settled_access_log(1).is_empty(),
         "an unlabelled pod was captured"
     );
 
@@ -265,7 +260,7 @@ async fn labelling_a_namespace_in_the_control_planes_file_captures_its_pods() {
         logged(&mesh, 1, "outbound", &ip, id)
     })
     .await;
-    assert!(nft_set(node1).contains(&ip), "{}", nft_set(node1));
+    assert!(pod_set(node1).contains(&ip), "{}", pod_set(node1));
     let inb = mesh.wait_event(2, "inbound with the client's identity", |e| {
         e["direction"] == "inbound" && e["src.identity"] == id
     });
