@@ -4,7 +4,8 @@
 //! - [`identity`]: `SpiffeId` and its strict parser.
 //! - [`ca`] and [`cert`]: the dev CA, workload certificates, and the store
 //!   that rotates them at half-life.
-//! - [`tls`]: rustls configurations (TLS 1.3, ALPN h2, no SNI, SAN checks).
+//! - [`tls`]: rustls configurations (TLS 1.3, ALPN h2, no SNI, SAN checks);
+//!   [`seal`]: how records are sealed (ring's AEADs, copied in short pieces).
 //! - [`client`]: the pooled HBONE client; [`server`]: the HBONE server.
 //! - [`stream`]: a CONNECT stream as `AsyncRead + AsyncWrite`;
 //!   [`copy`]: bidirectional copy with half-close and byte counts.
@@ -17,6 +18,7 @@ pub mod copy;
 pub mod drain;
 pub mod headers;
 pub mod identity;
+pub mod seal;
 pub mod server;
 pub mod socket;
 pub mod stream;
