@@ -19,6 +19,7 @@ pub mod echo;
 pub mod load;
 pub mod mesh;
 pub mod process;
+pub mod relay;
 pub mod rules;
 pub mod sidecar;
 

@@ -1,15 +1,20 @@
 //! `netns-bench`: ambient mesh against no mesh, pod to pod across two nodes
 //! in network namespaces, in one run with the modes alternated
-//! (no-mesh, ambient, no-mesh, ambient, ...) so machine drift cancels out.
+//! (no-mesh, relay, ambient, no-mesh, relay, ambient, ...) so machine drift
+//! cancels out.
 //!
 //! - no mesh: no ztunnel running (stopped with SIGTERM, which removes its
 //!   nftables table), so nothing is captured;
+//! - relay: no ztunnel either; the client dials node 1's address, where a
+//!   plain user-space TCP relay (`tcp-relay`) forwards to one in node 2,
+//!   which forwards to the server pod: ambient's three TCP legs without
+//!   TLS, HTTP/2 or policy, the floor of any node proxy on this machine;
 //! - ambient: both ztunnels running, the pods' namespace labelled ambient.
 //!
 //! Workloads (client pod on node 1, server pod on node 2): single-stream bulk
 //! throughput, 1 KiB request/response latency (closed loop), new connections
 //! per second (connect, 16-byte echo, close; several workers), and the
-//! ztunnels' CPU seconds and peak RSS. A last phase configures 1,000 extra
+//! proxies' CPU seconds and peak RSS. A last phase configures 1,000 extra
 //! workloads and holds 1,000 idle connections through the mesh, then reads
 //! the ztunnels' RSS. Every byte is checked in every mode.
 //!
@@ -22,14 +27,15 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use mesh_tests::load::{
-    bulk, churn, closed_loop, in_ns, prepare_for_churn, serve, ECHO_PORT, ONESHOT_PORT, REQ_LEN,
-    SINK_PORT,
+    bulk, churn, closed_loop, in_ns, prepare_for_churn, serve, ECHO_PORT, ONESHOT_PORT, SINK_PORT,
 };
 use mesh_tests::mesh::Mesh;
 use mesh_tests::process;
+use mesh_tests::relay::RelayChain;
 use mesh_tests::{require_root, Netns, Topology};
-use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+mod report;
 
 #[derive(Debug, Clone)]
 struct Opts {
@@ -101,17 +107,60 @@ fn usage(err: &str) -> ! {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Mode {
     NoMesh,
+    Relay,
     Ambient,
 }
+
+/// Every mode, in the order each repetition runs them.
+const MODES: [Mode; 3] = [Mode::NoMesh, Mode::Relay, Mode::Ambient];
 
 impl Mode {
     fn key(self) -> &'static str {
         match self {
             Mode::NoMesh => "no_mesh",
+            Mode::Relay => "relay",
             Mode::Ambient => "ambient",
         }
     }
+
+    /// The names of the proxy figures of this mode: the relays' own in
+    /// relay mode; ztunnel's otherwise (zero in no-mesh mode, where no
+    /// process is measured).
+    fn proxy_keys(self) -> &'static ProxyKeys {
+        match self {
+            Mode::Relay => &RELAY_KEYS,
+            Mode::NoMesh | Mode::Ambient => &ZTUNNEL_KEYS,
+        }
+    }
 }
+
+/// Figure names of the proxy processes' CPU and memory.
+struct ProxyKeys {
+    cpu_s_bulk: &'static str,
+    cpu_s_per_gib: &'static str,
+    cpu_s_latency: &'static str,
+    cpu_s_conns: &'static str,
+    cpu_us_per_conn: &'static str,
+    peak_rss_mib: &'static str,
+}
+
+const ZTUNNEL_KEYS: ProxyKeys = ProxyKeys {
+    cpu_s_bulk: "ztunnel_cpu_s_bulk",
+    cpu_s_per_gib: "ztunnel_cpu_s_per_gib",
+    cpu_s_latency: "ztunnel_cpu_s_latency",
+    cpu_s_conns: "ztunnel_cpu_s_conns",
+    cpu_us_per_conn: "ztunnel_cpu_us_per_conn",
+    peak_rss_mib: "ztunnel_peak_rss_mib",
+};
+
+const RELAY_KEYS: ProxyKeys = ProxyKeys {
+    cpu_s_bulk: "relay_cpu_s_bulk",
+    cpu_s_per_gib: "relay_cpu_s_per_gib",
+    cpu_s_latency: "relay_cpu_s_latency",
+    cpu_s_conns: "relay_cpu_s_conns",
+    cpu_us_per_conn: "relay_cpu_us_per_conn",
+    peak_rss_mib: "relay_peak_rss_mib",
+};
 
 /// figure name -> mode -> one sample per repetition.
 type Samples = BTreeMap<&'static str, BTreeMap<Mode, Vec<f64>>>;
@@ -157,43 +206,57 @@ fn run(opts: &Opts) {
         .enable_all()
         .build()
         .expect("server runtime");
-    serve(&server_rt, &topo.pod("server").ns, true, 2 * opts.reps);
+    serve(
+        &server_rt,
+        &topo.pod("server").ns,
+        true,
+        MODES.len() * opts.reps,
+    );
 
     let mut samples = Samples::new();
     let started = Instant::now();
     for rep in 1..=opts.reps {
-        for mode in [Mode::NoMesh, Mode::Ambient] {
+        for mode in MODES {
             eprintln!("rep {rep}/{}: {}", opts.reps, mode.key());
             set_mode(&mut mesh, mode);
-            let pids = ztunnel_pids(&mesh, mode);
-            let server = Server {
-                ip: server_ip,
-                shot_port: if opts.shared_port {
-                    ONESHOT_PORT
-                } else {
-                    shot_port(rep, mode)
-                },
+            let shot_port = if opts.shared_port {
+                ONESHOT_PORT
+            } else {
+                shot_port(rep, mode)
             };
+            let relays = (mode == Mode::Relay).then(|| {
+                let ports = [SINK_PORT, ECHO_PORT, shot_port];
+                RelayChain::start(&topo, &mesh.scratch("relays"), server_ip, &ports)
+            });
+            let pids = match &relays {
+                Some(chain) => chain.pids(),
+                None => ztunnel_pids(&mesh, mode),
+            };
+            // In relay mode the client dials the relay in its own node.
+            let ip = relays.as_ref().map_or(server_ip, RelayChain::entry);
+            let server = Server { ip, shot_port };
             one_rep(opts, &client, server, &mesh, &pids, mode, &mut samples);
-            if mode == Mode::Ambient {
+            if mode != Mode::NoMesh {
                 let hwm = pids
                     .iter()
                     .map(|p| process::status_kib(*p, "VmHWM"))
                     .max()
                     .unwrap_or(0);
-                push(
-                    &mut samples,
-                    "ztunnel_peak_rss_mib",
-                    mode,
-                    hwm as f64 / 1024.0,
-                );
+                let key = mode.proxy_keys().peak_rss_mib;
+                push(&mut samples, key, mode, hwm as f64 / 1024.0);
+            }
+            if let Some(chain) = relays {
+                for line in chain.errors() {
+                    eprintln!("warning: {line}");
+                }
+                chain.stop();
             }
         }
     }
     set_mode(&mut mesh, Mode::NoMesh);
     let scale = scale_phase(opts, &topo, &mut mesh, &client, server_ip);
     let elapsed = started.elapsed();
-    report(opts, &samples, &scale, elapsed);
+    report::report(opts, &samples, &scale, elapsed);
     drop(mesh);
     drop(server_rt);
 }
@@ -222,19 +285,19 @@ fn config(topo: &Topology, dummies: usize) -> String {
     )
 }
 
-/// Starts or stops both ztunnels; in no-mesh mode also checks that no capture
-/// table is left in either node.
+/// Starts or stops both ztunnels; in no-mesh and relay mode also checks
+/// that no capture table is left in either node.
 fn set_mode(mesh: &mut Mesh, mode: Mode) {
     let running = process::find_pid_with_arg(&mesh.access_log_path(1)).is_some();
     match (mode, running) {
         (Mode::Ambient, false) => mesh.start_all(),
-        (Mode::NoMesh, true) => mesh.terminate_all(),
+        (Mode::NoMesh | Mode::Relay, true) => mesh.terminate_all(),
         _ => {}
     }
 }
 
 fn ztunnel_pids(mesh: &Mesh, mode: Mode) -> Vec<u32> {
-    if mode == Mode::NoMesh {
+    if mode != Mode::Ambient {
         return Vec::new();
     }
     (1..=2)
@@ -250,7 +313,8 @@ fn push(s: &mut Samples, fig: &'static str, mode: Mode, v: f64) {
     s.entry(fig).or_default().entry(mode).or_default().push(v);
 }
 
-/// Where the server pod listens in one repetition.
+/// Where the client connects in one repetition: the server pod, or in
+/// relay mode the relay in node 1 (same ports).
 #[derive(Debug, Clone, Copy)]
 struct Server {
     ip: std::net::Ipv4Addr,
@@ -262,7 +326,8 @@ struct Server {
 /// to ~1/s (connects stalled for seconds; see tests/NETNS-BENCH.md), so the
 /// modes would not be measured alike.
 fn shot_port(rep: usize, mode: Mode) -> u16 {
-    ONESHOT_PORT + (2 * (rep - 1) + usize::from(mode == Mode::Ambient)) as u16
+    let index = MODES.iter().position(|m| *m == mode).expect("a mode");
+    ONESHOT_PORT + (MODES.len() * (rep - 1) + index) as u16
 }
 
 fn one_rep(
@@ -280,6 +345,7 @@ fn one_rep(
 
     // Warm up neighbour entries (proxy ARP answers after up to 0.8 s), the
     // HBONE pool and certificates, and check the path end to end.
+    let keys = mode.proxy_keys();
     let back = in_ns(client, async move {
         let s = tokio::net::TcpStream::connect(echo).await?;
         mesh_tests::echo::round_trip(s, b"warm-up").await
@@ -298,10 +364,12 @@ fn one_rep(
         mode,
         bytes as f64 * 8.0 / secs / 1e9,
     );
-    push(s, "ztunnel_cpu_s_bulk", mode, c1 - c0);
-    if mode == Mode::Ambient {
+    push(s, keys.cpu_s_bulk, mode, c1 - c0);
+    if mode != Mode::NoMesh {
         let gib = bytes as f64 / (1u64 << 30) as f64;
-        push(s, "ztunnel_cpu_s_per_gib", mode, (c1 - c0) / gib);
+        push(s, keys.cpu_s_per_gib, mode, (c1 - c0) / gib);
+    }
+    if mode == Mode::Ambient {
         // The mesh carried it: the source ztunnel counted exactly these bytes.
         let dst = sink.to_string();
         mesh.wait_event(1, "bulk outbound", |e| {
@@ -318,7 +386,7 @@ fn one_rep(
     push(s, "latency_p50_us", mode, percentile(&rtts, 0.50));
     push(s, "latency_p99_us", mode, percentile(&rtts, 0.99));
     push(s, "latency_round_trips", mode, rtts.len() as f64);
-    push(s, "ztunnel_cpu_s_latency", mode, c1 - c0);
+    push(s, keys.cpu_s_latency, mode, c1 - c0);
 
     let c0 = cpu(pids);
     let (conns, secs) = in_ns(client, churn(shot, opts.workers, opts.rate))
@@ -329,11 +397,11 @@ fn one_rep(
         "{mode:?} connection rate: no connection completed"
     );
     push(s, "new_conns_per_s", mode, conns as f64 / secs);
-    push(s, "ztunnel_cpu_s_conns", mode, c1 - c0);
-    if mode == Mode::Ambient {
+    push(s, keys.cpu_s_conns, mode, c1 - c0);
+    if mode != Mode::NoMesh {
         push(
             s,
-            "ztunnel_cpu_us_per_conn",
+            keys.cpu_us_per_conn,
             mode,
             (c1 - c0) * 1e6 / conns as f64,
         );
@@ -426,183 +494,4 @@ fn scale_phase(
         hwm_kib,
         open_s,
     }
-}
-
-fn stats(v: &[f64]) -> (f64, f64, f64) {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let med = if s.len() % 2 == 1 {
-        s[s.len() / 2]
-    } else {
-        (s[s.len() / 2 - 1] + s[s.len() / 2]) / 2.0
-    };
-    (s[0], med, s[s.len() - 1])
-}
-
-fn median(s: &Samples, fig: &str, mode: Mode) -> f64 {
-    s.get(fig)
-        .and_then(|m| m.get(&mode))
-        .map_or(f64::NAN, |v| stats(v).1)
-}
-
-fn report(opts: &Opts, s: &Samples, scale: &Scale, elapsed: Duration) {
-    let mut figures = serde_json::Map::new();
-    for (fig, modes) in s {
-        let mut m = serde_json::Map::new();
-        for (mode, v) in modes {
-            let (min, med, max) = stats(v);
-            m.insert(
-                mode.key().into(),
-                json!({"min": min, "median": med, "max": max, "samples": v}),
-            );
-        }
-        figures.insert((*fig).into(), m.into());
-    }
-    let thr = median(s, "throughput_gbit_s", Mode::Ambient)
-        / median(s, "throughput_gbit_s", Mode::NoMesh);
-    let p50 =
-        median(s, "latency_p50_us", Mode::Ambient) - median(s, "latency_p50_us", Mode::NoMesh);
-    let p99 =
-        median(s, "latency_p99_us", Mode::Ambient) - median(s, "latency_p99_us", Mode::NoMesh);
-    let cps =
-        median(s, "new_conns_per_s", Mode::Ambient) / median(s, "new_conns_per_s", Mode::NoMesh);
-    let max_rss_mib = scale.rss_conns_kib.iter().max().copied().unwrap_or(0) as f64 / 1024.0;
-    let doc = json!({
-        "command": std::env::args().collect::<Vec<_>>().join(" "),
-        "quick": opts.quick,
-        "repetitions": opts.reps,
-        "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
-        "elapsed_s": elapsed.as_secs_f64(),
-        "params": {"bulk_s": opts.bulk.as_secs_f64(), "latency_s": opts.latency.as_secs_f64(),
-                   "rate_s": opts.rate.as_secs_f64(), "rate_workers": opts.workers, "request_bytes": REQ_LEN},
-        "figures": figures,
-        "scale": {"workloads": scale.workloads, "idle_conns": scale.conns, "startup_s": scale.startup_s,
-                  "open_s": scale.open_s, "rss_idle_kib": scale.rss_idle_kib,
-                  "rss_with_conns_kib": scale.rss_conns_kib, "hwm_kib": scale.hwm_kib},
-        "ratios": {"throughput": thr, "added_p50_us": p50, "added_p99_us": p99, "new_conns": cps},
-        "targets": {"throughput_min_ratio": 0.5, "added_p99_max_us": 100.0, "new_conns_min_ratio": 0.45, "rss_max_mib": 40.0},
-        "met": {"throughput": thr >= 0.5, "added_p99": p99 <= 100.0, "new_conns": cps >= 0.45, "rss": max_rss_mib < 40.0},
-    });
-    if let Some(dir) = opts.out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    std::fs::write(
-        &opts.out,
-        serde_json::to_string_pretty(&doc).expect("json") + "\n",
-    )
-    .expect("write results");
-    print_table(opts, s, scale, (thr, p50, p99, cps, max_rss_mib));
-}
-
-fn print_table(
-    opts: &Opts,
-    s: &Samples,
-    scale: &Scale,
-    (thr, p50, p99, cps, rss): (f64, f64, f64, f64, f64),
-) {
-    let cell = |fig: &str, mode: Mode| -> String {
-        match s.get(fig).and_then(|m| m.get(&mode)) {
-            Some(v) => {
-                let (lo, med, hi) = stats(v);
-                format!("{med:.1} [{lo:.1}-{hi:.1}]")
-            }
-            None => "-".into(),
-        }
-    };
-    let yes = |b: bool| if b { "yes" } else { "NO" };
-    println!(
-        "\nnetns-bench: {} repetition(s) per mode, alternated; median [min-max]",
-        opts.reps
-    );
-    println!(
-        "{:<32} {:>24} {:>24} {:>12}  target (issue 3)",
-        "figure", "no mesh", "ambient", "ambient/none"
-    );
-    let row = |label: &str, fig: &str, ratio: String, target: String| {
-        println!(
-            "{label:<32} {:>24} {:>24} {ratio:>12}  {target}",
-            cell(fig, Mode::NoMesh),
-            cell(fig, Mode::Ambient)
-        );
-    };
-    row(
-        "throughput (Gbit/s)",
-        "throughput_gbit_s",
-        format!("{thr:.2}"),
-        format!(">= 0.50: {}", yes(thr >= 0.5)),
-    );
-    row(
-        "1 KiB RR p50 (us)",
-        "latency_p50_us",
-        format!("+{p50:.0} us"),
-        String::new(),
-    );
-    row(
-        "1 KiB RR p99 (us)",
-        "latency_p99_us",
-        format!("+{p99:.0} us"),
-        format!("<= +100 us: {}", yes(p99 <= 100.0)),
-    );
-    row(
-        "new connections/s",
-        "new_conns_per_s",
-        format!("{cps:.2}"),
-        format!(">= 0.45: {}", yes(cps >= 0.45)),
-    );
-    row(
-        "ztunnel CPU s, bulk",
-        "ztunnel_cpu_s_bulk",
-        String::new(),
-        String::new(),
-    );
-    row(
-        "ztunnel CPU s per GiB",
-        "ztunnel_cpu_s_per_gib",
-        String::new(),
-        String::new(),
-    );
-    row(
-        "ztunnel CPU s, latency",
-        "ztunnel_cpu_s_latency",
-        String::new(),
-        String::new(),
-    );
-    row(
-        "ztunnel CPU s, conns",
-        "ztunnel_cpu_s_conns",
-        String::new(),
-        String::new(),
-    );
-    row(
-        "ztunnel CPU us per conn",
-        "ztunnel_cpu_us_per_conn",
-        String::new(),
-        String::new(),
-    );
-    row(
-        "ztunnel peak RSS MiB (max node)",
-        "ztunnel_peak_rss_mib",
-        String::new(),
-        String::new(),
-    );
-    let mib = |v: &[u64]| {
-        v.iter()
-            .map(|k| format!("{:.1}", *k as f64 / 1024.0))
-            .collect::<Vec<_>>()
-            .join(" / ")
-    };
-    println!(
-        "scale: {} workloads + {} idle conns: ztunnel RSS node1 / node2 = {} MiB idle, {} MiB with conns (peak {}); target < 40 MiB: {}",
-        scale.workloads,
-        scale.conns,
-        mib(&scale.rss_idle_kib),
-        mib(&scale.rss_conns_kib),
-        mib(&scale.hwm_kib),
-        yes(rss < 40.0)
-    );
-    println!(
-        "  (startup with that config {:.2} s; opening the connections took {:.2} s)",
-        scale.startup_s, scale.open_s
-    );
-    println!("results: {}", opts.out.display());
 }

@@ -1,0 +1,241 @@
+//! The results of a run: the JSON file (`--out`) and the printed table.
+
+use std::time::Duration;
+
+use mesh_tests::load::REQ_LEN;
+use serde_json::json;
+
+use crate::{Mode, Opts, Samples, Scale, MODES, RELAY_KEYS, ZTUNNEL_KEYS};
+
+/// Issue 3's targets for ambient mode.
+const THROUGHPUT_MIN_RATIO: f64 = 0.5;
+const ADDED_P99_MAX_US: f64 = 100.0;
+const NEW_CONNS_MIN_RATIO: f64 = 0.45;
+const RSS_MAX_MIB: f64 = 40.0;
+
+const RELAY_NOTE: &str = "relay: two plain user-space TCP relays (tcp-relay: no TLS, HTTP/2 or \
+    policy), client -> node1 -> node2 -> server, ztunnels stopped. It opens a new node-to-node \
+    TCP connection per client connection (ambient pools them), so its connection rate is \
+    informational, not a floor.";
+
+fn stats(v: &[f64]) -> (f64, f64, f64) {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let med = if s.len() % 2 == 1 {
+        s[s.len() / 2]
+    } else {
+        (s[s.len() / 2 - 1] + s[s.len() / 2]) / 2.0
+    };
+    (s[0], med, s[s.len() - 1])
+}
+
+fn median(s: &Samples, fig: &str, mode: Mode) -> f64 {
+    s.get(fig)
+        .and_then(|m| m.get(&mode))
+        .map_or(f64::NAN, |v| stats(v).1)
+}
+
+/// One mode against no mesh, from the medians.
+#[derive(Debug, Clone, Copy)]
+struct Ratios {
+    throughput: f64,
+    added_p50_us: f64,
+    added_p99_us: f64,
+    new_conns: f64,
+}
+
+impl Ratios {
+    fn of(s: &Samples, mode: Mode) -> Ratios {
+        let ratio = |fig| median(s, fig, mode) / median(s, fig, Mode::NoMesh);
+        let added = |fig| median(s, fig, mode) - median(s, fig, Mode::NoMesh);
+        Ratios {
+            throughput: ratio("throughput_gbit_s"),
+            added_p50_us: added("latency_p50_us"),
+            added_p99_us: added("latency_p99_us"),
+            new_conns: ratio("new_conns_per_s"),
+        }
+    }
+
+    fn json(self) -> serde_json::Value {
+        json!({"throughput": self.throughput, "added_p50_us": self.added_p50_us,
+               "added_p99_us": self.added_p99_us, "new_conns": self.new_conns})
+    }
+
+    /// Which of issue 3's targets these ratios meet (RSS aside).
+    fn met(self) -> serde_json::Value {
+        json!({"throughput": self.throughput >= THROUGHPUT_MIN_RATIO,
+               "added_p99": self.added_p99_us <= ADDED_P99_MAX_US,
+               "new_conns": self.new_conns >= NEW_CONNS_MIN_RATIO})
+    }
+}
+
+pub(crate) fn report(opts: &Opts, s: &Samples, scale: &Scale, elapsed: Duration) {
+    let mut figures = serde_json::Map::new();
+    for (fig, modes) in s {
+        let mut m = serde_json::Map::new();
+        for (mode, v) in modes {
+            let (min, med, max) = stats(v);
+            m.insert(
+                mode.key().into(),
+                json!({"min": min, "median": med, "max": max, "samples": v}),
+            );
+        }
+        figures.insert((*fig).into(), m.into());
+    }
+    let ambient = Ratios::of(s, Mode::Ambient);
+    let relay = Ratios::of(s, Mode::Relay);
+    let max_rss_mib = scale.rss_conns_kib.iter().max().copied().unwrap_or(0) as f64 / 1024.0;
+    let mut met = ambient.met();
+    met["rss"] = (max_rss_mib < RSS_MAX_MIB).into();
+    let doc = json!({
+        "command": std::env::args().collect::<Vec<_>>().join(" "),
+        "quick": opts.quick,
+        "repetitions": opts.reps,
+        "modes": MODES.map(Mode::key),
+        "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "elapsed_s": elapsed.as_secs_f64(),
+        "params": {"bulk_s": opts.bulk.as_secs_f64(), "latency_s": opts.latency.as_secs_f64(),
+                   "rate_s": opts.rate.as_secs_f64(), "rate_workers": opts.workers, "request_bytes": REQ_LEN},
+        "figures": figures,
+        "scale": {"workloads": scale.workloads, "idle_conns": scale.conns, "startup_s": scale.startup_s,
+                  "open_s": scale.open_s, "rss_idle_kib": scale.rss_idle_kib,
+                  "rss_with_conns_kib": scale.rss_conns_kib, "hwm_kib": scale.hwm_kib},
+        "ratios": ambient.json(),
+        "targets": {"throughput_min_ratio": THROUGHPUT_MIN_RATIO, "added_p99_max_us": ADDED_P99_MAX_US,
+                    "new_conns_min_ratio": NEW_CONNS_MIN_RATIO, "rss_max_mib": RSS_MAX_MIB},
+        "met": met,
+        "relay_floor": {
+            "ratios": relay.json(),
+            "met": relay.met(),
+            "ambient_over_relay": {
+                "throughput": ambient.throughput / relay.throughput,
+                "new_conns": ambient.new_conns / relay.new_conns,
+            },
+            "note": RELAY_NOTE,
+        },
+    });
+    if let Some(dir) = opts.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    std::fs::write(
+        &opts.out,
+        serde_json::to_string_pretty(&doc).expect("json") + "\n",
+    )
+    .expect("write results");
+    print_table(opts, s, scale, ambient, relay, max_rss_mib);
+}
+
+fn print_table(
+    opts: &Opts,
+    s: &Samples,
+    scale: &Scale,
+    amb: Ratios,
+    rel: Ratios,
+    max_rss_mib: f64,
+) {
+    let cell = |fig: &str, mode: Mode| -> String {
+        match s.get(fig).and_then(|m| m.get(&mode)) {
+            Some(v) => {
+                let (lo, med, hi) = stats(v);
+                format!("{med:.1} [{lo:.1}-{hi:.1}]")
+            }
+            None => "-".into(),
+        }
+    };
+    let yes = |b: bool| if b { "yes" } else { "NO" };
+    println!(
+        "\nnetns-bench: {} repetition(s) per mode, alternated; median [min-max]",
+        opts.reps
+    );
+    println!(
+        "{:<32} {:>24} {:>24} {:>24} {:>11} {:>12}  target (issue 3, ambient)",
+        "figure", "no mesh", "relay", "ambient", "relay/none", "ambient/none"
+    );
+    // `figs`: the figure shown in each column (no mesh, relay, ambient).
+    let row = |label: &str, figs: [&str; 3], ratios: [String; 2], target: String| {
+        let [rel, amb] = ratios;
+        println!(
+            "{label:<32} {:>24} {:>24} {:>24} {rel:>11} {amb:>12}  {target}",
+            cell(figs[0], Mode::NoMesh),
+            cell(figs[1], Mode::Relay),
+            cell(figs[2], Mode::Ambient)
+        );
+    };
+    let ratio = |f: fn(&Ratios) -> f64| [format!("{:.2}", f(&rel)), format!("{:.2}", f(&amb))];
+    let added =
+        |f: fn(&Ratios) -> f64| [format!("+{:.0} us", f(&rel)), format!("+{:.0} us", f(&amb))];
+    row(
+        "throughput (Gbit/s)",
+        ["throughput_gbit_s"; 3],
+        ratio(|r| r.throughput),
+        format!(
+            ">= {THROUGHPUT_MIN_RATIO:.2}: {}",
+            yes(amb.throughput >= THROUGHPUT_MIN_RATIO)
+        ),
+    );
+    row(
+        "1 KiB RR p50 (us)",
+        ["latency_p50_us"; 3],
+        added(|r| r.added_p50_us),
+        String::new(),
+    );
+    row(
+        "1 KiB RR p99 (us)",
+        ["latency_p99_us"; 3],
+        added(|r| r.added_p99_us),
+        format!(
+            "<= +{ADDED_P99_MAX_US:.0} us: {}",
+            yes(amb.added_p99_us <= ADDED_P99_MAX_US)
+        ),
+    );
+    row(
+        "new connections/s",
+        ["new_conns_per_s"; 3],
+        ratio(|r| r.new_conns),
+        format!(
+            ">= {NEW_CONNS_MIN_RATIO:.2}: {}",
+            yes(amb.new_conns >= NEW_CONNS_MIN_RATIO)
+        ),
+    );
+    // Proxy rows: the relays' figures in the relay column, ztunnel's in the
+    // others (zero with no mesh).
+    let proxy_rows: [(&str, fn(&crate::ProxyKeys) -> &'static str); 6] = [
+        ("proxy CPU s, bulk", |k| k.cpu_s_bulk),
+        ("proxy CPU s per GiB", |k| k.cpu_s_per_gib),
+        ("proxy CPU s, latency", |k| k.cpu_s_latency),
+        ("proxy CPU s, conns", |k| k.cpu_s_conns),
+        ("proxy CPU us per conn", |k| k.cpu_us_per_conn),
+        ("proxy peak RSS MiB (max node)", |k| k.peak_rss_mib),
+    ];
+    for (label, key) in proxy_rows {
+        let (z, r) = (key(&ZTUNNEL_KEYS), key(&RELAY_KEYS));
+        row(
+            label,
+            [z, r, z],
+            [String::new(), String::new()],
+            String::new(),
+        );
+    }
+    println!("  (proxy: both relays in relay mode, both ztunnels in ambient mode)");
+    println!("  {RELAY_NOTE}");
+    let mib = |v: &[u64]| {
+        v.iter()
+            .map(|k| format!("{:.1}", *k as f64 / 1024.0))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    };
+    println!(
+        "scale: {} workloads + {} idle conns: ztunnel RSS node1 / node2 = {} MiB idle, {} MiB with conns (peak {}); target < {RSS_MAX_MIB:.0} MiB: {}",
+        scale.workloads,
+        scale.conns,
+        mib(&scale.rss_idle_kib),
+        mib(&scale.rss_conns_kib),
+        mib(&scale.hwm_kib),
+        yes(max_rss_mib < RSS_MAX_MIB)
+    );
+    println!(
+        "  (startup with that config {:.2} s; opening the connections took {:.2} s)",
+        scale.startup_s, scale.open_s
+    );
+    println!("results: {}", opts.out.display());
+}

@@ -1,0 +1,154 @@
+//! `tcp-relay` (netns-bench's floor) on loopback: it relays byte-exact both
+//! ways with half-close, survives a peer's reset and an unreachable next
+//! hop (one stderr line each), and exits 0 on SIGTERM. No root needed:
+//! the relay listens on 127.0.0.1 and forwards to 127.0.0.2, where the
+//! test's server listens on an ephemeral port.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use mesh_tests::echo::payload;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// The relay process; killed and reaped if the test fails before stopping it.
+struct Relay {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Relay {
+    fn start(ports: &[u16]) -> Relay {
+        let ports = ports
+            .iter()
+            .map(u16::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tcp-relay"))
+            .args(["--listen", "127.0.0.1", "--next-hop", "127.0.0.2"])
+            .args(["--ports", &ports])
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tcp-relay");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let relay = Relay { child, lines };
+        let first = relay.next_line();
+        assert!(first.starts_with("tcp-relay: listening"), "{first}");
+        relay
+    }
+
+    fn next_line(&self) -> String {
+        self.lines
+            .recv_timeout(WAIT)
+            .expect("a line on tcp-relay's stderr")
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn connect(port: u16) -> TcpStream {
+    let s = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).expect("connect relay");
+    s.set_read_timeout(Some(WAIT)).expect("timeout");
+    s
+}
+
+#[test]
+fn relays_both_ways_with_half_close_and_survives_resets() {
+    let server = TcpListener::bind("127.0.0.2:0").expect("server on 127.0.0.2");
+    let port = server.local_addr().expect("addr").port();
+    // A port nothing listens on at the next hop.
+    let dead = TcpListener::bind("127.0.0.2:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let relay = Relay::start(&[port, dead]);
+
+    // 1 MiB up, half-close, then the server's reply down after it saw EOF.
+    let sent = payload(1 << 20);
+    std::thread::scope(|scope| {
+        let srv = scope.spawn(|| {
+            let (mut s, _) = server.accept().expect("accept");
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).expect("server read to EOF");
+            s.write_all(format!("got {}", got.len()).as_bytes())
+                .expect("reply");
+            s.shutdown(Shutdown::Write).expect("server half-close");
+            got
+        });
+        let mut c = connect(port);
+        c.write_all(&sent).expect("send");
+        c.shutdown(Shutdown::Write).expect("client half-close");
+        let mut reply = String::new();
+        c.read_to_string(&mut reply).expect("reply to EOF");
+        assert_eq!(reply, format!("got {}", sent.len()));
+        assert!(srv.join().expect("server") == sent, "bytes differ");
+    });
+
+    // The client resets mid-stream: one error line, and the relay goes on.
+    std::thread::scope(|scope| {
+        let srv = scope.spawn(|| {
+            let (mut s, _) = server.accept().expect("accept");
+            s.set_read_timeout(Some(WAIT)).expect("timeout");
+            let mut buf = [0u8; 64];
+            while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+        });
+        let c = connect(port);
+        (&c).write_all(b"partial").expect("send");
+        socket2::SockRef::from(&c)
+            .set_linger(Some(Duration::ZERO))
+            .expect("linger 0");
+        std::thread::sleep(Duration::from_millis(50));
+        drop(c); // RST
+        srv.join().expect("server");
+    });
+    let line = relay.next_line();
+    assert!(line.contains(&format!("127.0.0.2:{port}")), "{line}");
+
+    // No listener at the next hop: the client's connection is closed and
+    // the relay says why.
+    let mut c = connect(dead);
+    let mut rest = Vec::new();
+    let _ = c.read_to_end(&mut rest);
+    assert!(rest.is_empty());
+    let line = relay.next_line();
+    assert!(
+        line.contains(&format!("127.0.0.2:{dead}")) && line.contains("connecting"),
+        "{line}"
+    );
+
+    // Still relaying, then a clean exit on SIGTERM.
+    std::thread::scope(|scope| {
+        let srv = scope.spawn(|| {
+            let (mut s, _) = server.accept().expect("accept");
+            let mut buf = [0u8; 5];
+            s.read_exact(&mut buf).expect("read");
+            s.write_all(&buf).expect("echo");
+        });
+        let mut c = connect(port);
+        c.write_all(b"again").expect("send");
+        let mut back = [0u8; 5];
+        c.read_exact(&mut back).expect("echo back");
+        assert_eq!(&back, b"again");
+        srv.join().expect("server");
+    });
+    let mut relay = relay;
+    let pid = nix::unistd::Pid::from_raw(relay.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    let status = relay.child.wait().expect("wait");
+    assert!(status.success(), "tcp-relay exited with {status}");
+}
