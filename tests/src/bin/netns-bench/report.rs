@@ -199,22 +199,26 @@ fn print_table(
     );
     // Proxy rows: the relays' figures in the relay column, ztunnel's in the
     // others (zero with no mesh).
-    let proxy_rows: [(&str, fn(&crate::ProxyKeys) -> &'static str); 6] = [
-        ("proxy CPU s, bulk", |k| k.cpu_s_bulk),
-        ("proxy CPU s per GiB", |k| k.cpu_s_per_gib),
-        ("proxy CPU s, latency", |k| k.cpu_s_latency),
-        ("proxy CPU s, conns", |k| k.cpu_s_conns),
-        ("proxy CPU us per conn", |k| k.cpu_us_per_conn),
-        ("proxy peak RSS MiB (max node)", |k| k.peak_rss_mib),
+    let (z, r) = (&ZTUNNEL_KEYS, &RELAY_KEYS);
+    let proxy_rows = [
+        ("proxy CPU s, bulk", z.cpu_s_bulk, r.cpu_s_bulk),
+        ("proxy CPU s per GiB", z.cpu_s_per_gib, r.cpu_s_per_gib),
+        ("proxy CPU s, latency", z.cpu_s_latency, r.cpu_s_latency),
+        ("proxy CPU s, conns", z.cpu_s_conns, r.cpu_s_conns),
+        (
+            "proxy CPU us per conn",
+            z.cpu_us_per_conn,
+            r.cpu_us_per_conn,
+        ),
+        (
+            "proxy peak RSS MiB (max node)",
+            z.peak_rss_mib,
+            r.peak_rss_mib,
+        ),
     ];
-    for (label, key) in proxy_rows {
-        let (z, r) = (key(&ZTUNNEL_KEYS), key(&RELAY_KEYS));
-        row(
-            label,
-            [z, r, z],
-            [String::new(), String::new()],
-            String::new(),
-        );
+    for (label, ztunnel, relay) in proxy_rows {
+        let none = [String::new(), String::new()];
+        row(label, [ztunnel, relay, ztunnel], none, String::new());
     }
     println!("  (proxy: both relays in relay mode, both ztunnels in ambient mode)");
     println!("  {RELAY_NOTE}");
