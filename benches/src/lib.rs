@@ -9,13 +9,18 @@
 //!   identity, and an [`HboneServer`] whose [`ForwardHandler`] connects each
 //!   CONNECT to its `:authority` over loopback TCP and copies both ways with
 //!   `hbone::copy::copy_bidirectional` (what a destination ztunnel does). The
-//!   special authority [`NULL_AUTHORITY`] is answered in-process without an
-//!   upstream (to isolate the cost of the HBONE stream itself).
+//!   special authorities [`NULL_AUTHORITY`] and [`NULL_SINK_AUTHORITY`] are
+//!   answered in-process without an upstream (to isolate the cost of the
+//!   HBONE stream itself);
+//! - [`spawn_forwarder`]: a plain TCP forwarder running that same forward
+//!   path without TLS and HTTP/2 (a floor for the forwarded HBONE figures).
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::Duration;
+
+use std::future::poll_fn;
 
 use futures::future::BoxFuture;
 use hbone::ca::DevCa;
@@ -27,6 +32,7 @@ use hbone::headers::ConnectMeta;
 use hbone::server::{
     FixedIdentity, Handler, HboneServer, InboundRequest, ServerConfig, ServerStats,
 };
+use hbone::stream::H2Stream;
 use hbone::SpiffeId;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -36,6 +42,15 @@ pub const TRUST_DOMAIN: &str = "cluster.local";
 /// A CONNECT to this authority is accepted by the server without any
 /// upstream: the stream is read (and discarded) until EOF, then closed.
 pub const NULL_AUTHORITY: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9));
+
+/// A CONNECT to this authority is answered in-process like [`spawn_sink`]
+/// answers a TCP connection, without any upstream: the stream's bytes are
+/// counted to EOF, then the count (u64, big-endian) is sent back and the
+/// stream closed. DATA frames are consumed the way the forward path consumes
+/// them (`poll_recv_bytes`, then `release`), so a bulk transfer to it costs
+/// the tunnel alone.
+pub const NULL_SINK_AUTHORITY: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 10));
 
 /// Size of the write buffer used by the bulk senders.
 pub const BULK_CHUNK: usize = 1024 * 1024;
@@ -102,6 +117,29 @@ pub async fn spawn_echo() -> io::Result<SocketAddr> {
                     }
                 }
                 let _ = w.shutdown().await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// A loopback plain TCP forwarder to `upstream`: each accepted connection
+/// dials `upstream` and runs `hbone::copy::copy_bidirectional` between the
+/// two, the same copy (and buffer sizes) as [`ForwardHandler`]'s forward
+/// path, minus TLS and HTTP/2. Both sockets use `TCP_NODELAY`, like the
+/// HBONE server's. A failed upstream dial drops the client connection.
+pub async fn spawn_forwarder(upstream: SocketAddr) -> io::Result<SocketAddr> {
+    let listener = loopback_listener().await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((mut down, _)) = listener.accept().await {
+            let _ = down.set_nodelay(true);
+            tokio::spawn(async move {
+                let Ok(mut up) = connect_plain(upstream).await else {
+                    return;
+                };
+                let counters = Arc::new(Counters::default());
+                let _ = copy_bidirectional(&mut down, &mut up, &counters).await;
             });
         }
     });
@@ -195,32 +233,61 @@ where
 }
 
 /// The destination side: connects each CONNECT to its `:authority` and
-/// copies both ways. Upstream failure drops the request (503).
+/// copies both ways. Upstream failure drops the request (503). The two null
+/// authorities are answered in-process instead.
 pub struct ForwardHandler;
 
 impl Handler for ForwardHandler {
     fn handle(&self, req: InboundRequest) -> BoxFuture<'static, ()> {
         Box::pin(async move {
-            if req.authority == NULL_AUTHORITY {
-                let Ok(mut down) = req.accept() else { return };
-                let mut buf = [0u8; 512];
-                while let Ok(n) = down.read(&mut buf).await {
-                    if n == 0 {
-                        break;
-                    }
+            match req.authority {
+                NULL_AUTHORITY => {
+                    let Ok(down) = req.accept() else { return };
+                    discard(down).await;
                 }
-                let _ = down.shutdown().await;
-                return;
+                NULL_SINK_AUTHORITY => {
+                    let Ok(mut down) = req.accept() else { return };
+                    let Ok(total) = count_to_eof(&mut down).await else {
+                        return;
+                    };
+                    let _ = down.write_all(&total.to_be_bytes()).await;
+                    let _ = down.shutdown().await;
+                }
+                authority => {
+                    let Ok(mut up) = TcpStream::connect(authority).await else {
+                        return; // dropped unanswered: 503
+                    };
+                    let _ = up.set_nodelay(true);
+                    let Ok(mut down) = req.accept() else { return };
+                    let counters = Arc::new(Counters::default());
+                    let _ = copy_bidirectional(&mut down, &mut up, &counters).await;
+                }
             }
-            let Ok(mut up) = TcpStream::connect(req.authority).await else {
-                return; // dropped unanswered: 503
-            };
-            let _ = up.set_nodelay(true);
-            let Ok(mut down) = req.accept() else { return };
-            let counters = Arc::new(Counters::default());
-            let _ = copy_bidirectional(&mut down, &mut up, &counters).await;
         })
     }
+}
+
+/// [`NULL_AUTHORITY`]: read and drop until EOF, then close.
+async fn discard(mut down: H2Stream) {
+    let mut buf = [0u8; 512];
+    while let Ok(n) = down.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+    }
+    let _ = down.shutdown().await;
+}
+
+/// [`NULL_SINK_AUTHORITY`]: count the stream's bytes to EOF, taking each
+/// DATA frame without copying and returning its flow-control credit at once
+/// (what `copy_bidirectional` does once the bytes are written upstream).
+async fn count_to_eof(down: &mut H2Stream) -> io::Result<u64> {
+    let mut total: u64 = 0;
+    while let Some(data) = poll_fn(|cx| down.poll_recv_bytes(cx)).await? {
+        total += data.len() as u64;
+        down.release(data.len());
+    }
+    Ok(total)
 }
 
 /// A running HBONE server on loopback plus the certificates a client needs.

@@ -15,6 +15,7 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -24,9 +25,10 @@ use std::time::{Duration, Instant};
 use hbone::client::HboneClient;
 use mesh_benches::{
     close_gracefully, connect_plain, echo_bulk_verify, echo_roundtrip, pattern, percentile,
-    rss_bytes, runtime, send_to_sink, spawn_echo, spawn_sink, trim_heap, HboneFixture, BULK_CHUNK,
-    NULL_AUTHORITY,
+    rss_bytes, runtime, send_to_sink, spawn_echo, spawn_forwarder, spawn_sink, trim_heap,
+    HboneFixture, BULK_CHUNK, NULL_AUTHORITY, NULL_SINK_AUTHORITY,
 };
+use tokio::io::{AsyncRead, AsyncWrite};
 
 #[derive(Clone, Copy)]
 struct Sizes {
@@ -75,6 +77,8 @@ struct Fx {
     fixture: HboneFixture,
     client: Arc<HboneClient>,
     sink: SocketAddr,
+    /// A plain TCP forwarder to `sink`.
+    forwarder: SocketAddr,
     echo: SocketAddr,
 }
 
@@ -86,45 +90,61 @@ fn mibps(bytes: u64, d: Duration) -> f64 {
     bytes as f64 / (1024.0 * 1024.0) / d.as_secs_f64()
 }
 
-/// (1) Bulk throughput: all plain iterations, then all tunnel iterations,
-/// each after one unmeasured warm-up iteration. Returns (plain, tunnel) in
-/// MiB/s over the measured iterations.
-async fn throughput(fx: &Fx, s: &Sizes) -> (f64, f64) {
+/// Bulk throughput in MiB/s, each row measured over the same iterations.
+struct Throughput {
+    /// bench -> loopback TCP -> sink.
+    plain: f64,
+    /// bench -> TCP -> in-process plain forwarder -> TCP -> sink.
+    plain_forwarder: f64,
+    /// bench -> tunnel -> server handler -> TCP -> sink.
+    hbone: f64,
+    /// bench -> tunnel -> server handler counting in-process.
+    hbone_null_upstream: f64,
+}
+
+/// Time `iters` bulk transfers (after one unmeasured warm-up) over
+/// connections from `open`, checking each reported byte count; returns MiB/s
+/// over the measured ones. The timer covers the open, as for every row.
+async fn bulk<S, F, Fut>(s: &Sizes, chunk: &[u8], what: &str, mut open: F) -> f64
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = S>,
+{
+    let mut spent = Duration::ZERO;
+    for i in 0..=s.bulk_iters {
+        let start = Instant::now();
+        let mut c = open().await;
+        let n = send_to_sink(&mut c, chunk, s.bulk_bytes)
+            .await
+            .unwrap_or_else(|e| panic!("{what} bulk: {e}"));
+        if i > 0 {
+            spent += start.elapsed();
+        }
+        if n != s.bulk_bytes {
+            mismatch(&format!("{what} sink got {n} of {} bytes", s.bulk_bytes));
+        }
+    }
+    mibps(s.bulk_bytes * s.bulk_iters as u64, spent)
+}
+
+/// (1) Bulk throughput: all iterations of one row, then the next row.
+async fn throughput(fx: &Fx, s: &Sizes) -> Throughput {
     let chunk = pattern(BULK_CHUNK, 42);
-    let mut plain = Duration::ZERO;
-    for i in 0..=s.bulk_iters {
-        let start = Instant::now();
-        let mut c = connect_plain(fx.sink).await.expect("plain connect");
-        let n = send_to_sink(&mut c, &chunk, s.bulk_bytes)
-            .await
-            .expect("plain bulk");
-        if i > 0 {
-            plain += start.elapsed();
+    let tunnel = |authority| {
+        let req = fx.fixture.request(authority);
+        move || {
+            let req = req.clone();
+            async move { fx.client.connect(&req).await.expect("tunnel connect") }
         }
-        if n != s.bulk_bytes {
-            mismatch(&format!("plain sink got {n} of {} bytes", s.bulk_bytes));
-        }
+    };
+    let plain = |addr| move || async move { connect_plain(addr).await.expect("plain connect") };
+    Throughput {
+        plain: bulk(s, &chunk, "plain", plain(fx.sink)).await,
+        plain_forwarder: bulk(s, &chunk, "plain forwarder", plain(fx.forwarder)).await,
+        hbone: bulk(s, &chunk, "tunnel", tunnel(fx.sink)).await,
+        hbone_null_upstream: bulk(s, &chunk, "tunnel null sink", tunnel(NULL_SINK_AUTHORITY)).await,
     }
-    let mut tunnel = Duration::ZERO;
-    for i in 0..=s.bulk_iters {
-        let start = Instant::now();
-        let mut t = fx
-            .client
-            .connect(&fx.fixture.request(fx.sink))
-            .await
-            .expect("tunnel connect");
-        let n = send_to_sink(&mut t, &chunk, s.bulk_bytes)
-            .await
-            .expect("tunnel bulk");
-        if i > 0 {
-            tunnel += start.elapsed();
-        }
-        if n != s.bulk_bytes {
-            mismatch(&format!("tunnel sink got {n} of {} bytes", s.bulk_bytes));
-        }
-    }
-    let total = s.bulk_bytes * s.bulk_iters as u64;
-    (mibps(total, plain), mibps(total, tunnel))
 }
 
 /// Content check in both directions through an echo upstream.
@@ -150,7 +170,7 @@ async fn verify_echo_bulk(fx: &Fx, s: &Sizes) {
 /// (2) 1 KiB request/response samples on one established connection.
 async fn echo_samples<S>(mut conn: S, s: &Sizes, what: &str) -> Vec<Duration>
 where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut req = pattern(ECHO_BYTES, 7);
     let mut resp = vec![0u8; ECHO_BYTES];
@@ -270,11 +290,13 @@ fn main() -> ExitCode {
         let fixture = HboneFixture::start().await;
         let sink = spawn_sink().await.expect("sink");
         let echo = spawn_echo().await.expect("echo");
+        let forwarder = spawn_forwarder(sink).await.expect("forwarder");
         let client = fixture.client();
         let fx = Fx {
             fixture,
             client,
             sink,
+            forwarder,
             echo,
         };
         // Warm the pooled connection.
@@ -288,7 +310,7 @@ fn main() -> ExitCode {
         // Memory first, before the bulk runs leave large buffers around.
         let (mem_null, conns_null) = idle_memory(&fx, s.idle_streams, NULL_AUTHORITY).await;
         let (mem_fwd, conns_fwd) = idle_memory(&fx, s.idle_streams, echo).await;
-        let (plain_tp, tunnel_tp) = throughput(&fx, &s).await;
+        let tp = throughput(&fx, &s).await;
         verify_echo_bulk(&fx, &s).await;
         let plain_echo = echo_samples(connect_plain(echo).await.expect("plain"), &s, "plain").await;
         let tunnel_conn = fx
@@ -302,8 +324,7 @@ fn main() -> ExitCode {
         let pooled_null_setup = setup_pooled(&fx, s.pooled_setups, NULL_AUTHORITY).await;
         let fresh_setup = setup_fresh(&fx, s.fresh_setups).await;
         Report {
-            plain_tp,
-            tunnel_tp,
+            tp,
             plain_echo,
             tunnel_echo,
             plain_setup,
@@ -335,8 +356,7 @@ fn main() -> ExitCode {
 }
 
 struct Report {
-    plain_tp: f64,
-    tunnel_tp: f64,
+    tp: Throughput,
     plain_echo: Vec<Duration>,
     tunnel_echo: Vec<Duration>,
     plain_setup: Vec<Duration>,
@@ -352,7 +372,10 @@ struct Report {
 impl Report {
     fn print(&self, s: &Sizes, quick: bool, block_on: bool, elapsed: Duration) {
         let p = |v: &[Duration], q: f64| us(percentile(v, q));
-        let tp_ratio = self.tunnel_tp / self.plain_tp;
+        let tp = &self.tp;
+        let tp_ratio = tp.hbone / tp.plain;
+        let fwd_ratio = tp.plain_forwarder / tp.plain;
+        let null_ratio = tp.hbone_null_upstream / tp.plain;
         let (pe50, pe99) = (p(&self.plain_echo, 50.0), p(&self.plain_echo, 99.0));
         let (te50, te99) = (p(&self.tunnel_echo, 50.0), p(&self.tunnel_echo, 99.0));
         let plain_setup = p(&self.plain_setup, 50.0);
@@ -369,8 +392,16 @@ impl Report {
         println!("| Scenario | Plain TCP | HBONE | HBONE / plain |");
         println!("|---|---|---|---|");
         println!(
-            "| Bulk throughput ({} x {mib} MiB), MiB/s | {:.0} | {:.0} | {:.2} |",
-            s.bulk_iters, self.plain_tp, self.tunnel_tp, tp_ratio
+            "| Bulk throughput ({} x {mib} MiB), MiB/s | {:.0} | {:.0} | {tp_ratio:.2} |",
+            s.bulk_iters, tp.plain, tp.hbone
+        );
+        println!(
+            "| Floor: bulk through a plain TCP forwarder (HBONE row minus TLS and HTTP/2), MiB/s | {:.0} | {:.0} (forwarder) | {fwd_ratio:.2} |",
+            tp.plain, tp.plain_forwarder
+        );
+        println!(
+            "| Floor: bulk through the tunnel only (null upstream, counted in-process), MiB/s | {:.0} | {:.0} | {null_ratio:.2} |",
+            tp.plain, tp.hbone_null_upstream
         );
         println!(
             "| 1 KiB echo p50 ({} samples), µs | {pe50:.1} | {te50:.1} | {:.2} |",
@@ -424,14 +455,18 @@ impl Report {
         );
         println!();
         println!(
-            "{{\"mode\":\"{mode}\",\"driver\":\"{driver}\",\"throughput_mib_s\":{{\"plain\":{:.1},\"hbone\":{:.1},\"ratio\":{tp_ratio:.3}}},\
+            "{{\"mode\":\"{mode}\",\"driver\":\"{driver}\",\"throughput_mib_s\":{{\"plain\":{:.1},\"hbone\":{:.1},\"ratio\":{tp_ratio:.3},\
+\"plain_forwarder\":{:.1},\"plain_forwarder_ratio\":{fwd_ratio:.3},\
+\"hbone_null_upstream\":{:.1},\"hbone_null_upstream_ratio\":{null_ratio:.3}}},\
 \"echo_1k_us\":{{\"plain_p50\":{pe50:.2},\"plain_p99\":{pe99:.2},\"hbone_p50\":{te50:.2},\"hbone_p99\":{te99:.2}}},\
 \"setup_median_us\":{{\"plain_tcp_connect\":{plain_setup:.2},\"pooled_stream\":{pooled:.2},\"pooled_stream_null_upstream\":{pooled_null:.2},\"fresh_connection\":{fresh:.2}}},\
 \"idle_stream_rss_bytes\":{{\"null_upstream\":{:.0},\"forwarded\":{:.0}}},\
 \"targets\":{{\"throughput_ge_60pct\":{tp_ok},\"pooled_setup_lt_50us\":{setup_ok}}},\
 \"byte_mismatches\":{}}}",
-            self.plain_tp,
-            self.tunnel_tp,
+            tp.plain,
+            tp.hbone,
+            tp.plain_forwarder,
+            tp.hbone_null_upstream,
             self.mem_null,
             self.mem_fwd,
             MISMATCHES.load(Ordering::Relaxed)
