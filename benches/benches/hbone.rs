@@ -2,7 +2,10 @@
 //! baseline measured in the same run:
 //!
 //! - `throughput/*`: 64 MiB per iteration to a counting sink, through one
-//!   tunnel (a new stream on a pooled connection) vs a plain TCP connection;
+//!   tunnel (a new stream on a pooled connection) vs a plain TCP connection,
+//!   plus two floors: a plain TCP forwarder in front of the sink (the tunnel
+//!   row minus TLS and HTTP/2) and the tunnel to a server that counts the
+//!   bytes itself (the tunnel row minus the upstream leg);
 //! - `echo_1k/*`: 1 KiB request/response latency on an established pooled
 //!   tunnel vs an established plain TCP connection;
 //! - `setup/*`: how fast a tunnel opens: a new stream on a warm pooled
@@ -22,7 +25,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use mesh_benches::{
     close_gracefully, connect_plain, echo_roundtrip, pattern, runtime, send_to_sink, spawn_echo,
-    spawn_sink, HboneFixture, BULK_CHUNK, NULL_AUTHORITY,
+    spawn_forwarder, spawn_sink, HboneFixture, BULK_CHUNK, NULL_AUTHORITY, NULL_SINK_AUTHORITY,
 };
 
 const BULK_BYTES: u64 = 64 * 1024 * 1024;
@@ -41,11 +44,12 @@ const ECHO_BYTES: usize = 1024;
 
 fn benches(c: &mut Criterion) {
     let rt = runtime(2);
-    let (fixture, sink, echo) = rt.block_on(async {
+    let (fixture, sink, forwarder, echo) = rt.block_on(async {
         let fixture = HboneFixture::start().await;
         let sink = spawn_sink().await.expect("sink");
+        let forwarder = spawn_forwarder(sink).await.expect("forwarder");
         let echo = spawn_echo().await.expect("echo");
-        (Arc::new(fixture), sink, echo)
+        (Arc::new(fixture), sink, forwarder, echo)
     });
     let client = rt.block_on(async {
         let client = fixture.client();
@@ -65,28 +69,35 @@ fn benches(c: &mut Criterion) {
         g.throughput(Throughput::Bytes(BULK_BYTES));
         g.sample_size(10);
         g.measurement_time(Duration::from_secs(15));
-        g.bench_function("plain_tcp", |b| {
-            let chunk = chunk.clone();
-            b.to_async(&rt).iter(|| {
+        for (name, addr) in [("plain_tcp", sink), ("plain_forwarder", forwarder)] {
+            g.bench_function(name, |b| {
                 let chunk = chunk.clone();
-                on_worker(async move {
-                    let mut s = connect_plain(sink).await.unwrap();
-                    let n = send_to_sink(&mut s, &chunk, BULK_BYTES).await.unwrap();
-                    assert_eq!(n, BULK_BYTES);
+                b.to_async(&rt).iter(|| {
+                    let chunk = chunk.clone();
+                    on_worker(async move {
+                        let mut s = connect_plain(addr).await.unwrap();
+                        let n = send_to_sink(&mut s, &chunk, BULK_BYTES).await.unwrap();
+                        assert_eq!(n, BULK_BYTES);
+                    })
                 })
-            })
-        });
-        g.bench_function("hbone_tunnel", |b| {
-            let (chunk, client, fixture) = (chunk.clone(), client.clone(), fixture.clone());
-            b.to_async(&rt).iter(|| {
+            });
+        }
+        for (name, authority) in [
+            ("hbone_tunnel", sink),
+            ("hbone_tunnel_null_upstream", NULL_SINK_AUTHORITY),
+        ] {
+            g.bench_function(name, |b| {
                 let (chunk, client, fixture) = (chunk.clone(), client.clone(), fixture.clone());
-                on_worker(async move {
-                    let mut s = client.connect(&fixture.request(sink)).await.unwrap();
-                    let n = send_to_sink(&mut s, &chunk, BULK_BYTES).await.unwrap();
-                    assert_eq!(n, BULK_BYTES);
+                b.to_async(&rt).iter(|| {
+                    let (chunk, client, fixture) = (chunk.clone(), client.clone(), fixture.clone());
+                    on_worker(async move {
+                        let mut s = client.connect(&fixture.request(authority)).await.unwrap();
+                        let n = send_to_sink(&mut s, &chunk, BULK_BYTES).await.unwrap();
+                        assert_eq!(n, BULK_BYTES);
+                    })
                 })
-            })
-        });
+            });
+        }
         g.finish();
     }
 
