@@ -1,9 +1,10 @@
 //! One HBONE scenario in a loop, for profilers (`perf record`, `valgrind
 //! --tool=callgrind`): no statistics, no baseline, just the hot path.
 //!
-//! `hbone-profile <bulk|echo|setup|setup-null> [iterations]`
+//! `hbone-profile <bulk|bulk-null|echo|setup|setup-null> [iterations]`
 //!
 //! - `bulk`: 64 MiB per iteration through one new pooled stream into a sink;
+//! - `bulk-null`: the same, counted by the HBONE server itself (no upstream);
 //! - `echo`: 1 KiB round trips on one established tunnel;
 //! - `setup`: pooled stream opens with the upstream dial (closed gracefully);
 //! - `setup-null`: the same without an upstream.
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use mesh_benches::{
     close_gracefully, echo_roundtrip, pattern, runtime, send_to_sink, spawn_echo, spawn_sink,
-    HboneFixture, BULK_CHUNK, NULL_AUTHORITY,
+    HboneFixture, BULK_CHUNK, NULL_AUTHORITY, NULL_SINK_AUTHORITY,
 };
 
 const BULK_BYTES: u64 = 64 * 1024 * 1024;
@@ -25,7 +26,7 @@ const BULK_BYTES: u64 = 64 * 1024 * 1024;
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(mode) = args.first().cloned() else {
-        eprintln!("usage: hbone-profile <bulk|echo|setup|setup-null> [iterations]");
+        eprintln!("usage: hbone-profile <bulk|bulk-null|echo|setup|setup-null> [iterations]");
         return ExitCode::from(2);
     };
     let iters: usize = match args.get(1).map(|s| s.parse()) {
@@ -48,11 +49,19 @@ fn main() -> ExitCode {
         let start = Instant::now();
         let cpu_start = cpu_time();
         match mode.as_str() {
-            "bulk" => {
+            "bulk" | "bulk-null" => {
                 let chunk = pattern(BULK_CHUNK, 42);
                 let n = if iters == 0 { 16 } else { iters };
+                let authority = if mode == "bulk" {
+                    sink
+                } else {
+                    NULL_SINK_AUTHORITY
+                };
                 for _ in 0..n {
-                    let mut t = client.connect(&fixture.request(sink)).await.expect("open");
+                    let mut t = client
+                        .connect(&fixture.request(authority))
+                        .await
+                        .expect("open");
                     let got = send_to_sink(&mut t, &chunk, BULK_BYTES)
                         .await
                         .expect("bulk");
@@ -62,9 +71,10 @@ fn main() -> ExitCode {
                 let mib = (BULK_BYTES * n as u64) as f64 / (1024.0 * 1024.0);
                 let cpu = (cpu_time() - cpu_start).as_secs_f64();
                 println!(
-                    "bulk: {:.0} MiB/s wall, {:.0} µs CPU (user+sys, whole process) per MiB",
+                    "{mode}: {:.0} MiB/s wall, {:.0} µs CPU (user+sys, whole process) per MiB, {:.2} cores busy",
                     mib / secs,
-                    cpu * 1e6 / mib
+                    cpu * 1e6 / mib,
+                    cpu / secs
                 );
             }
             "echo" => {
