@@ -63,11 +63,20 @@ pub(super) fn to_parts(file: File) -> Result<SnapshotParts, ConfigError> {
         .enumerate()
         .map(|(i, s)| ctx.service(i, s))
         .collect::<Result<Vec<_>, _>>()?;
+    // A policy is named by namespace and name, as in Kubernetes: a second
+    // one of the same name would silently shadow or add to the first.
+    let mut policy_names = HashSet::new();
     let policies = file
         .policies
         .into_iter()
         .enumerate()
-        .map(|(i, p)| ctx.policy(i, p, &root_ns))
+        .map(|(i, p)| {
+            if !policy_names.insert((p.namespace.clone(), p.name.clone())) {
+                let value = format!("{}/{}", p.namespace, p.name);
+                return Err(duplicate(format!("policies[{i}].name"), &value));
+            }
+            ctx.policy(i, p, &root_ns)
+        })
         .collect::<Result<Vec<_>, _>>()?;
     drop(ctx);
     let mut workloads = workloads;

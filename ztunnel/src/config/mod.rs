@@ -114,8 +114,12 @@ impl ConfigError {
     /// The key path and value a semantic error is about.
     fn key_value(&self) -> Option<(&str, String)> {
         match self {
-            ConfigError::Duplicate { key, value }
-            | ConfigError::UnknownNamespace { key, value }
+            // `ns/name` (or `service/ns/name`) is reported whole but written
+            // as `name: ...` in the item: look for the name.
+            ConfigError::Duplicate { key, value } => {
+                Some((key, value.rsplit('/').next().unwrap_or(value).to_owned()))
+            }
+            ConfigError::UnknownNamespace { key, value }
             | ConfigError::UnknownNode { key, value }
             | ConfigError::BadIp { key, value, .. }
             | ConfigError::BadCidr { key, value, .. }

@@ -216,7 +216,9 @@ fn rejects_bad_configs() {
     }
 }
 
-/// Duplicate nodes and namespaces are caught before anything refers to them.
+/// Duplicate nodes and namespaces are caught before anything refers to them;
+/// so are two policies of one name in one namespace (the same name in two
+/// namespaces is fine).
 #[test]
 fn rejects_duplicate_definitions() {
     let cases: &[(&str, &str)] = &[
@@ -227,6 +229,10 @@ fn rejects_duplicate_definitions() {
         (
             "namespaces: [{name: a}, {name: a}]",
             "namespaces[1].name: \"a\" is defined more than once",
+        ),
+        (
+            "namespaces: [{name: a}, {name: b}]\npolicies:\n  - {name: p, namespace: a, action: DENY}\n  - {name: p, namespace: b, action: DENY}\n  - {name: p, namespace: a, action: ALLOW}\n",
+            "policies[2].name: \"a/p\" is defined more than once",
         ),
     ];
     for (doc, want) in cases {
@@ -303,6 +309,31 @@ workloads:
     assert_eq!(
         err.to_string(),
         "line 13: workloads[1].node: unknown node \"n7\""
+    );
+    let doc = "\
+namespaces: [{name: a}]
+policies:
+  - name: p
+    namespace: a
+    action: DENY
+  - name: p
+    namespace: a
+    action: ALLOW
+";
+    assert_eq!(
+        parse(doc).unwrap_err().to_string(),
+        "line 6: policies[1].name: \"a/p\" is defined more than once"
+    );
+    let doc = "\
+nodes: [{name: n1, ip: 10.0.0.1}]
+namespaces: [{name: a}]
+workloads:
+  - {name: w, namespace: a, ip: 10.1.0.1, node: n1}
+  - {name: w, namespace: a, ip: 10.1.0.2, node: n1}
+";
+    assert_eq!(
+        parse(doc).unwrap_err().to_string(),
+        "line 5: workloads[1].name: \"a/w\" is defined more than once"
     );
 }
 
