@@ -40,13 +40,15 @@ pub struct SealingAead {
 
 impl Tls13AeadAlgorithm for SealingAead {
     fn encrypter(&self, key: AeadKey, iv: Iv) -> Box<dyn MessageEncrypter> {
-        // The key length comes from `key_len()` (ring's), so it matches `alg`.
-        let key = ring::aead::UnboundKey::new(self.alg, key.as_ref())
-            .expect("TLS 1.3 key schedule produced a key of the AEAD's length");
-        Box::new(Sealer {
-            key: ring::aead::LessSafeKey::new(key),
-            iv,
-        })
+        // The key length comes from `key_len()` (ring's), so it matches
+        // `alg`; should it ever not, ring's own sealer decides what to do.
+        match ring::aead::UnboundKey::new(self.alg, key.as_ref()) {
+            Ok(k) => Box::new(Sealer {
+                key: ring::aead::LessSafeKey::new(k),
+                iv,
+            }),
+            Err(_) => self.ring.encrypter(key, iv),
+        }
     }
 
     fn decrypter(&self, key: AeadKey, iv: Iv) -> Box<dyn MessageDecrypter> {
@@ -138,11 +140,13 @@ fn ring_algorithm(suite: rustls::CipherSuite) -> Option<&'static ring::aead::Alg
     }
 }
 
-/// `provider` with every TLS 1.3 suite sealing through [`SealingAead`].
-/// Suites it does not know (and TLS 1.2 suites) are left as they are.
-/// Call once per process: the new suites are leaked, as rustls needs them
+/// rustls's ring provider with every TLS 1.3 suite sealing through
+/// [`SealingAead`] (TLS 1.2 suites, if any, are left as they are). Only
+/// ring's: the wrapper seals with ring, so it must wrap ring's suites. Call
+/// once per process: the new suites are leaked, as rustls needs them
 /// `'static`.
-pub fn with_sealing(mut provider: CryptoProvider) -> CryptoProvider {
+pub fn ring_provider() -> CryptoProvider {
+    let mut provider = rustls::crypto::ring::default_provider();
     for s in &mut provider.cipher_suites {
         // Refutable once rustls's `tls12` feature is on.
         #[allow(irrefutable_let_patterns)]

@@ -54,7 +54,7 @@ pub fn provider() -> Arc<CryptoProvider> {
         .get_or_init(|| {
             // Records are sealed by `seal`, which avoids a slow copy path of
             // glibc's (see there); opening stays ring's.
-            let mut p = crate::seal::with_sealing(rustls::crypto::ring::default_provider());
+            let mut p = crate::seal::ring_provider();
             // AES-128-GCM first: the fastest AEAD with hardware AES, as Istio prefers.
             p.cipher_suites
                 .sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);

@@ -76,12 +76,14 @@ impl RelayChain {
                 .collect::<Vec<_>>()
                 .join(",");
             let (listen, next_hop) = (node.ip.to_string(), next_hop.to_string());
-            let script = format!("exec \"$0\" \"$@\" 2>>{}", stderr.display());
+            // The stderr path travels as an argument, never as script text.
+            let script = "log=$1; shift; exec \"$0\" \"$@\" 2>>\"$log\"";
             let argv = [
                 "sh",
                 "-c",
-                &script,
+                script,
                 bin.to_str().expect("utf-8 path"),
+                stderr.to_str().expect("utf-8 path"),
                 "--listen",
                 &listen,
                 "--next-hop",

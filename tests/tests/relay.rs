@@ -101,9 +101,15 @@ fn relays_both_ways_with_half_close_and_survives_resets() {
 
     // The client resets mid-stream: one error line, and the relay goes on.
     std::thread::scope(|scope| {
-        let srv = scope.spawn(|| {
+        let (relayed, relayed_rx) = mpsc::channel();
+        let server = &server;
+        let srv = scope.spawn(move || {
             let (mut s, _) = server.accept().expect("accept");
             s.set_read_timeout(Some(WAIT)).expect("timeout");
+            let mut first = [0u8; 7];
+            s.read_exact(&mut first)
+                .expect("the bytes before the reset");
+            relayed.send(()).expect("tell the client");
             let mut buf = [0u8; 64];
             while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
         });
@@ -112,7 +118,9 @@ fn relays_both_ways_with_half_close_and_survives_resets() {
         socket2::SockRef::from(&c)
             .set_linger(Some(Duration::ZERO))
             .expect("linger 0");
-        std::thread::sleep(Duration::from_millis(50));
+        // Reset only once the relay has dialled and forwarded: the error
+        // line is then about the copy, not the set-up.
+        relayed_rx.recv_timeout(WAIT).expect("relayed");
         drop(c); // RST
         srv.join().expect("server");
     });
@@ -151,4 +159,10 @@ fn relays_both_ways_with_half_close_and_survives_resets() {
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
     let status = relay.child.wait().expect("wait");
     assert!(status.success(), "tcp-relay exited with {status}");
+    // Nothing else went wrong on the way: no error lines beyond the two.
+    let mut extra = Vec::new();
+    while let Ok(line) = relay.lines.recv_timeout(WAIT) {
+        extra.push(line);
+    }
+    assert!(extra.is_empty(), "unexpected relay output: {extra:?}");
 }

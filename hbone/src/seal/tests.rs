@@ -6,7 +6,7 @@ use rustls::crypto::cipher::{AeadKey, Iv, OutboundChunks, OutboundPlainMessage};
 use rustls::crypto::CryptoProvider;
 use rustls::{CipherSuite, ContentType, ProtocolVersion, SupportedCipherSuite};
 
-use super::{for_each_slice, with_sealing, SealingAead};
+use super::{for_each_slice, ring_provider, SealingAead};
 
 fn flatten(chunks: &OutboundChunks<'_>) -> Vec<u8> {
     let mut out = Vec::new();
@@ -77,6 +77,11 @@ proptest! {
         cuts in proptest::collection::vec(any::<usize>(), 0..4),
         trim in (any::<usize>(), any::<usize>()),
         chacha in any::<bool>(),
+        typ in prop_oneof![
+            Just(ContentType::ApplicationData),
+            Just(ContentType::Handshake),
+            Just(ContentType::Alert),
+        ],
     ) {
         let suite = if chacha {
             CipherSuite::TLS13_CHACHA20_POLY1305_SHA256
@@ -94,7 +99,7 @@ proptest! {
         let end = start + trim.1 % (data.len() - start + 1);
         let chunks = OutboundChunks::Multiple { chunks: &parts, start, end };
         let msg = || OutboundPlainMessage {
-            typ: ContentType::ApplicationData,
+            typ,
             version: ProtocolVersion::TLSv1_2,
             payload: chunks.clone(),
         };
@@ -120,13 +125,14 @@ proptest! {
                 seq,
             )
             .expect("ring opens our record");
+        prop_assert_eq!(opened.typ, typ);
         prop_assert_eq!(opened.payload, &data[start..end]);
     }
 }
 
 #[test]
 fn every_tls13_suite_seals_through_the_wrapper() {
-    let p = with_sealing(rustls::crypto::ring::default_provider());
+    let p = ring_provider();
     let mut wrapped = 0;
     for s in &p.cipher_suites {
         // Refutable once rustls's `tls12` feature is on.
@@ -153,10 +159,11 @@ fn every_tls13_suite_seals_through_the_wrapper() {
 
 /// One provider restricted to `suite`, optionally with our sealing.
 fn only(suite: CipherSuite, sealing: bool) -> Arc<CryptoProvider> {
-    let mut p = rustls::crypto::ring::default_provider();
-    if sealing {
-        p = with_sealing(p);
-    }
+    let mut p = if sealing {
+        ring_provider()
+    } else {
+        rustls::crypto::ring::default_provider()
+    };
     p.cipher_suites.retain(|s| s.suite() == suite);
     assert_eq!(p.cipher_suites.len(), 1);
     Arc::new(p)

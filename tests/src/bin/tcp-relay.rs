@@ -98,6 +98,19 @@ async fn run(cfg: Config) -> ExitCode {
             }
         }
     }
+    // The signal handlers exist before the ready line, so a SIGTERM sent as
+    // soon as it appears still ends the relay cleanly.
+    use tokio::signal::unix::{signal, SignalKind};
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(t), Ok(i)) => (t, i),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("tcp-relay: installing the SIGTERM/SIGINT handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     for listener in listeners {
         tokio::spawn(accept_loop(listener, cfg.next_hop));
     }
@@ -105,16 +118,9 @@ async fn run(cfg: Config) -> ExitCode {
         "tcp-relay: listening on {} ports {:?}, forwarding to {}",
         cfg.listen, cfg.ports, cfg.next_hop
     );
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("tcp-relay: installing the SIGTERM handler: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
     tokio::select! {
         _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+        _ = int.recv() => {}
     }
     ExitCode::SUCCESS
 }

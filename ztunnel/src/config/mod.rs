@@ -116,9 +116,13 @@ impl ConfigError {
         match self {
             // `ns/name` (or `service/ns/name`) is reported whole but written
             // as `name: ...` in the item: look for the name.
-            ConfigError::Duplicate { key, value } => {
-                Some((key, value.rsplit('/').next().unwrap_or(value).to_owned()))
-            }
+            ConfigError::Duplicate { key, value } => Some((
+                key,
+                value
+                    .rsplit_once('/')
+                    .map_or(value.as_str(), |(_, n)| n)
+                    .to_owned(),
+            )),
             ConfigError::UnknownNamespace { key, value }
             | ConfigError::UnknownNode { key, value }
             | ConfigError::BadIp { key, value, .. }

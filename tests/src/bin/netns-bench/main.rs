@@ -178,6 +178,8 @@ fn main() {
         eprintln!("netns-bench builds network namespaces: run it as root");
         std::process::exit(2);
     }
+    // A missing tcp-relay fails here, not after the first repetition.
+    mesh_tests::relay::relay_bin();
     if process::run_guarded(|| run(&opts)).is_none() {
         std::process::exit(1);
     }
