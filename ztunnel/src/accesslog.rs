@@ -6,7 +6,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Mutex};
+use std::sync::{mpsc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -128,6 +128,8 @@ pub struct AccessLog {
     tx: Option<mpsc::SyncSender<Msg>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     closed: AtomicBool,
+    /// Set once the process exits: until then a full queue waits for room.
+    exit_deadline: OnceLock<Instant>,
     counters: AccessLogCounters,
     next_warn: Mutex<Instant>,
 }
@@ -151,6 +153,7 @@ impl AccessLog {
             tx: None,
             writer: Mutex::new(None),
             closed: AtomicBool::new(false),
+            exit_deadline: OnceLock::new(),
             counters: AccessLogCounters::default(),
             next_warn: Mutex::new(Instant::now()),
         }
@@ -168,12 +171,14 @@ impl AccessLog {
             tx: Some(tx),
             writer: Mutex::new(Some(writer)),
             closed: AtomicBool::new(false),
+            exit_deadline: OnceLock::new(),
             counters,
             next_warn: Mutex::new(Instant::now()),
         }
     }
 
-    /// Queues one line for `event`; never blocks on the disk.
+    /// Queues one line for `event`; never blocks on the disk, except after
+    /// [`AccessLog::begin_exit`].
     pub fn log(&self, event: &ConnEvent) {
         let Some(tx) = &self.tx else {
             return;
@@ -181,14 +186,33 @@ impl AccessLog {
         if self.closed.load(Ordering::Relaxed) {
             return self.counters.lose(LOST_CLOSED, 1);
         }
-        match tx.try_send(Msg::Line(event.to_json_line())) {
-            Ok(()) => {}
-            Err(mpsc::TrySendError::Full(_)) => self.lose(LOST_QUEUE_FULL),
-            Err(mpsc::TrySendError::Disconnected(_)) if self.closed.load(Ordering::Relaxed) => {
-                self.counters.lose(LOST_CLOSED, 1)
+        let mut line = Msg::Line(event.to_json_line());
+        loop {
+            match tx.try_send(line) {
+                Ok(()) => return,
+                Err(mpsc::TrySendError::Full(back)) => match self.exit_deadline.get() {
+                    Some(deadline) if Instant::now() < *deadline => {
+                        line = back;
+                        std::thread::sleep(EXIT_POLL);
+                    }
+                    _ => return self.lose(LOST_QUEUE_FULL),
+                },
+                Err(mpsc::TrySendError::Disconnected(_)) if self.closed.load(Ordering::Relaxed) => {
+                    return self.counters.lose(LOST_CLOSED, 1)
+                }
+                Err(mpsc::TrySendError::Disconnected(_)) => return self.lose(LOST_WRITER_DIED),
             }
-            Err(mpsc::TrySendError::Disconnected(_)) => self.lose(LOST_WRITER_DIED),
         }
+    }
+
+    /// The process is exiting: the connections cancelled at exit log their
+    /// lines in one burst, larger than the queue when thousands were open,
+    /// and nothing is left on the data path to keep fast. From now on a full
+    /// queue makes [`AccessLog::log`] wait for room, and [`AccessLog::close`]
+    /// waits for the writer, together for at most `timeout` (a hung disk
+    /// still cannot hold the exit for longer).
+    pub fn begin_exit(&self, timeout: Duration) {
+        let _ = self.exit_deadline.set(Instant::now() + timeout);
     }
 
     /// Blocks until every line queued so far is written (or lost), for as
@@ -203,10 +227,17 @@ impl AccessLog {
     }
 
     /// Writes what is queued and stops the writer, waiting at most
-    /// [`CLOSE_TIMEOUT`]. Lines logged afterwards are counted as lost
-    /// (`closed`).
+    /// [`CLOSE_TIMEOUT`], or what is left of [`AccessLog::begin_exit`]'s.
+    /// Lines logged afterwards are counted as lost (`closed`).
     pub fn close(&self) {
-        self.close_within(CLOSE_TIMEOUT);
+        // A healthy disk writes the last batch in far less than the floor.
+        let timeout = match self.exit_deadline.get() {
+            Some(deadline) => deadline
+                .saturating_duration_since(Instant::now())
+                .max(CLOSE_FLOOR),
+            None => CLOSE_TIMEOUT,
+        };
+        self.close_within(timeout);
     }
 
     /// [`AccessLog::close`], waiting at most `timeout` for the writer: on a
@@ -274,6 +305,11 @@ impl Drop for AccessLog {
 }
 
 const CLOSE_POLL: Duration = Duration::from_millis(5);
+/// The least [`AccessLog::close`] waits after [`AccessLog::begin_exit`]'s
+/// budget is spent.
+const CLOSE_FLOOR: Duration = Duration::from_millis(500);
+/// How often a line waiting for room at exit looks again.
+const EXIT_POLL: Duration = Duration::from_millis(1);
 /// How often a busy writer looks at its queue: the most a line waits.
 const TICK: Duration = Duration::from_millis(20);
 
@@ -422,264 +458,4 @@ impl Writer {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Read;
-    use std::sync::Arc;
-
-    fn event(n: u64) -> ConnEvent {
-        ConnEvent {
-            src_addr: "10.1.1.2:40000".parse().unwrap(),
-            src_workload: Some("client".into()),
-            src_identity: Some("spiffe://cluster.local/ns/shop/sa/client".into()),
-            dst_addr: "10.1.2.2:8080".parse().unwrap(),
-            dst_hbone_addr: None,
-            dst_workload: Some("server".into()),
-            dst_identity: None,
-            direction: Direction::Inbound,
-            bytes_sent: n,
-            bytes_recv: 0,
-            duration: Duration::from_millis(3),
-            response_flags: "-",
-            error: None,
-        }
-    }
-
-    fn sent(line: &str) -> u64 {
-        let v: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
-        v["bytes_sent"].as_u64().expect("bytes_sent")
-    }
-
-    /// Logs `n` events on another thread; panics if that blocks for 30 s
-    /// (the data path must never wait for the disk).
-    fn log_without_blocking(log: &Arc<AccessLog>, n: u64) {
-        let (done, wait) = mpsc::channel();
-        let l = log.clone();
-        std::thread::spawn(move || {
-            for i in 0..n {
-                l.log(&event(i));
-            }
-            done.send(()).unwrap();
-        });
-        wait.recv_timeout(Duration::from_secs(30))
-            .expect("AccessLog::log blocked");
-    }
-
-    #[test]
-    fn lines_arrive_in_order_and_close_writes_the_rest() {
-        let path = std::env::temp_dir().join(format!("accesslog-order-{}.log", std::process::id()));
-        let _ = std::fs::remove_file(&path);
-        let counters = AccessLogCounters::default();
-        let log = AccessLog::file(&path, counters.clone()).unwrap();
-        let n = (QUEUE_LINES / 2) as u64; // fits the queue: nothing may be lost
-        for i in 0..n {
-            log.log(&event(i));
-        }
-        log.close();
-        let text = std::fs::read_to_string(&path).unwrap();
-        std::fs::remove_file(&path).unwrap();
-        let got: Vec<u64> = text.lines().map(sent).collect();
-        assert_eq!(got, (0..n).collect::<Vec<_>>());
-        assert_eq!(counters.written.get(), n);
-        assert_eq!(
-            counters.lost(LOST_QUEUE_FULL) + counters.lost(LOST_WRITE_FAILED),
-            0
-        );
-        // After close a line has nowhere to go: counted, not written.
-        log.log(&event(n));
-        assert_eq!(counters.lost(LOST_CLOSED), 1);
-    }
-
-    #[test]
-    fn a_full_disk_loses_lines_and_counts_them() {
-        let counters = AccessLogCounters::default();
-        let log = Arc::new(AccessLog::file(Path::new("/dev/full"), counters.clone()).unwrap());
-        log_without_blocking(&log, 100);
-        log.flush();
-        assert_eq!(counters.written.get(), 0);
-        assert_eq!(counters.lost(LOST_WRITE_FAILED), 100);
-    }
-
-    #[test]
-    fn a_stalled_disk_drops_lines_instead_of_blocking_connections() {
-        // A pipe nobody reads yet: the writer thread blocks in write() once
-        // the pipe's 64 KiB are full, as it would on a hung disk.
-        let (rd, wr) = nix::unistd::pipe().unwrap();
-        let counters = AccessLogCounters::default();
-        let log = Arc::new(AccessLog::spawn(
-            Box::new(std::fs::File::from(wr)),
-            counters.clone(),
-        ));
-        let total = 3 * QUEUE_LINES as u64;
-        log_without_blocking(&log, total);
-        let dropped = counters.lost(LOST_QUEUE_FULL);
-        assert!(
-            dropped > 0,
-            "a stalled writer must drop lines, not queue them all"
-        );
-
-        // The disk recovers: everything queued is written, nothing else lost.
-        let reader = std::thread::spawn(move || {
-            let mut text = String::new();
-            std::fs::File::from(rd).read_to_string(&mut text).unwrap();
-            text
-        });
-        log.close();
-        let text = reader.join().unwrap();
-        let got: Vec<u64> = text.lines().map(sent).collect();
-        assert_eq!(
-            got.len() as u64 + dropped,
-            total,
-            "every line written or counted"
-        );
-        assert!(
-            got.windows(2).all(|w| w[0] < w[1]),
-            "written lines keep their order"
-        );
-        assert_eq!(counters.written.get(), got.len() as u64);
-        assert_eq!(counters.lost(LOST_WRITE_FAILED), 0);
-    }
-
-    /// A disk with `room` bytes left: writes what fits, then ENOSPC.
-    #[derive(Clone, Default)]
-    struct Disk {
-        data: Arc<Mutex<Vec<u8>>>,
-        room: Arc<std::sync::atomic::AtomicUsize>,
-    }
-
-    impl Write for Disk {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            let room = self.room.load(Ordering::SeqCst);
-            if room == 0 {
-                return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
-            }
-            let n = buf.len().min(room);
-            self.room.fetch_sub(n, Ordering::SeqCst);
-            self.data.lock().unwrap().extend_from_slice(&buf[..n]);
-            Ok(n)
-        }
-
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    #[test]
-    fn a_disk_filling_mid_line_tears_one_line_and_counts_the_rest() {
-        let disk = Disk::default();
-        let line = event(0).to_json_line().len();
-        disk.room.store(line + line / 2, Ordering::SeqCst);
-        let counters = AccessLogCounters::default();
-        let log = AccessLog::spawn(Box::new(disk.clone()), counters.clone());
-        // One batch: the first line fits, the second is cut, three are lost.
-        let (done, wait) = mpsc::sync_channel(1);
-        let tx = log.tx.as_ref().unwrap();
-        for i in 0..5 {
-            tx.send(Msg::Line(event(i).to_json_line())).unwrap();
-        }
-        tx.send(Msg::Flush(done)).unwrap();
-        wait.recv().unwrap();
-        assert_eq!(counters.written.get(), 1);
-        assert_eq!(counters.lost(LOST_WRITE_FAILED), 4);
-        // Space again: the cut line is ended, the next lines are whole.
-        disk.room.store(usize::MAX / 2, Ordering::SeqCst);
-        log.log(&event(5));
-        log.log(&event(6));
-        log.close();
-        assert_eq!(counters.written.get(), 3);
-        let text = String::from_utf8(disk.data.lock().unwrap().clone()).unwrap();
-        let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 4, "{text}");
-        assert!(serde_json::from_str::<serde_json::Value>(lines[1]).is_err());
-        let whole: Vec<u64> = [lines[0], lines[2], lines[3]]
-            .into_iter()
-            .map(sent)
-            .collect();
-        assert_eq!(whole, [0, 5, 6]);
-    }
-
-    #[test]
-    fn close_gives_up_on_a_hung_disk() {
-        let (rd, wr) = nix::unistd::pipe().unwrap();
-        let counters = AccessLogCounters::default();
-        let log = Arc::new(AccessLog::spawn(
-            Box::new(std::fs::File::from(wr)),
-            counters.clone(),
-        ));
-        log_without_blocking(&log, 2 * QUEUE_LINES as u64);
-        let (done, wait) = mpsc::channel();
-        let l = log.clone();
-        std::thread::spawn(move || {
-            l.close_within(Duration::from_millis(200));
-            done.send(()).unwrap();
-        });
-        wait.recv_timeout(Duration::from_secs(30))
-            .expect("close waited forever on a hung disk");
-        // Later lines are counted, not queued for a writer that will not
-        // come back.
-        log.log(&event(0));
-        assert_eq!(counters.lost(LOST_CLOSED), 1);
-        // Let the stuck writer go (its pipe drains) so the thread ends.
-        let reader = std::thread::spawn(move || {
-            let mut sink = Vec::new();
-            std::fs::File::from(rd).read_to_end(&mut sink).unwrap();
-        });
-        drop(log);
-        reader.join().unwrap();
-    }
-
-    #[test]
-    fn a_dead_writer_is_counted_not_waited_for() {
-        struct Panics;
-        impl Write for Panics {
-            fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
-                panic!("the disk driver exploded (test)");
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let counters = AccessLogCounters::default();
-        let log = AccessLog::spawn(Box::new(Panics), counters.clone());
-        log.log(&event(0));
-        log.flush(); // returns: the writer's panic drops the flush's sender
-        log.log(&event(1));
-        assert_eq!(counters.lost(LOST_WRITER_DIED), 1);
-        log.close();
-    }
-
-    #[test]
-    fn a_sink_writes_nothing() {
-        let log = AccessLog::sink();
-        log.log(&event(1));
-        log.flush();
-        log.close();
-        assert_eq!(log.counters().written.get(), 0);
-    }
-
-    #[test]
-    fn event_has_design_field_names() {
-        let ev = ConnEvent {
-            src_addr: "10.1.1.2:40000".parse().unwrap(),
-            src_workload: Some("client".into()),
-            src_identity: Some("spiffe://cluster.local/ns/shop/sa/client".into()),
-            dst_addr: "10.1.2.2:8080".parse().unwrap(),
-            dst_hbone_addr: Some("10.1.2.2:15008".parse().unwrap()),
-            dst_workload: Some("server".into()),
-            dst_identity: Some("spiffe://cluster.local/ns/shop/sa/server".into()),
-            direction: Direction::Outbound,
-            bytes_sent: 5,
-            bytes_recv: 7,
-            duration: Duration::from_millis(1500),
-            response_flags: "-",
-            error: None,
-        };
-        let v: serde_json::Value = serde_json::from_str(&ev.to_json_line()).unwrap();
-        assert_eq!(v["src.addr"], "10.1.1.2:40000");
-        assert_eq!(v["dst.hbone_addr"], "10.1.2.2:15008");
-        assert_eq!(v["direction"], "outbound");
-        assert_eq!(v["duration"], 1.5);
-        assert_eq!(v["bytes_recv"], 7);
-        assert!(v.get("error").is_none());
-    }
-}
+mod tests;

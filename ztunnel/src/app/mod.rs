@@ -228,7 +228,9 @@ pub fn run(cfg: Config) -> Result<(), AppError> {
         serve(run, started.snapshot).await
     });
     // Connections still open after the drain are cancelled with the
-    // runtime; their access-log lines are written before ztunnel exits.
+    // runtime; their access-log lines are written before ztunnel exits,
+    // however many there are (waiting for the disk, within a bound).
+    log.begin_exit(crate::accesslog::CLOSE_TIMEOUT);
     drop(runtime);
     log.close();
     result
