@@ -75,16 +75,23 @@ fn a_full_disk_loses_lines_and_counts_them() {
     assert_eq!(counters.lost(LOST_WRITE_FAILED), 100);
 }
 
-#[test]
-fn a_stalled_disk_drops_lines_instead_of_blocking_connections() {
-    // A pipe nobody reads yet: the writer thread blocks in write() once
-    // the pipe's 64 KiB are full, as it would on a hung disk.
+/// An access log writing into a pipe, and the pipe's read end: a disk that
+/// hangs until something reads it (the writer blocks once 64 KiB are in).
+fn log_to_pipe() -> (std::os::fd::OwnedFd, Arc<AccessLog>, AccessLogCounters) {
     let (rd, wr) = nix::unistd::pipe().unwrap();
     let counters = AccessLogCounters::default();
     let log = Arc::new(AccessLog::spawn(
         Box::new(std::fs::File::from(wr)),
         counters.clone(),
     ));
+    (rd, log, counters)
+}
+
+#[test]
+fn a_stalled_disk_drops_lines_instead_of_blocking_connections() {
+    // A pipe nobody reads yet: the writer thread blocks in write() once
+    // the pipe's 64 KiB are full, as it would on a hung disk.
+    let (rd, log, counters) = log_to_pipe();
     let total = 3 * QUEUE_LINES as u64;
     log_without_blocking(&log, total);
     let dropped = counters.lost(LOST_QUEUE_FULL);
@@ -132,12 +139,7 @@ fn log_in_background(log: &Arc<AccessLog>, n: u64) -> mpsc::Receiver<()> {
 fn at_exit_a_burst_larger_than_the_queue_waits_for_the_disk() {
     // The disk stalls (a pipe nobody reads yet) while the connections
     // cancelled at exit log three queues' worth of lines.
-    let (rd, wr) = nix::unistd::pipe().unwrap();
-    let counters = AccessLogCounters::default();
-    let log = Arc::new(AccessLog::spawn(
-        Box::new(std::fs::File::from(wr)),
-        counters.clone(),
-    ));
+    let (rd, log, counters) = log_to_pipe();
     log.begin_exit(Duration::from_secs(30));
     let total = 3 * QUEUE_LINES as u64;
     let done = log_in_background(&log, total);
@@ -162,12 +164,7 @@ fn at_exit_a_burst_larger_than_the_queue_waits_for_the_disk() {
 
 #[test]
 fn at_exit_a_hung_disk_holds_the_exit_only_for_the_budget() {
-    let (_rd, wr) = nix::unistd::pipe().unwrap(); // never read
-    let counters = AccessLogCounters::default();
-    let log = Arc::new(AccessLog::spawn(
-        Box::new(std::fs::File::from(wr)),
-        counters.clone(),
-    ));
+    let (_rd, log, counters) = log_to_pipe(); // never read
     let budget = Duration::from_millis(200);
     let started = Instant::now();
     log.begin_exit(budget);
@@ -244,12 +241,7 @@ fn a_disk_filling_mid_line_tears_one_line_and_counts_the_rest() {
 
 #[test]
 fn close_gives_up_on_a_hung_disk() {
-    let (rd, wr) = nix::unistd::pipe().unwrap();
-    let counters = AccessLogCounters::default();
-    let log = Arc::new(AccessLog::spawn(
-        Box::new(std::fs::File::from(wr)),
-        counters.clone(),
-    ));
+    let (rd, log, counters) = log_to_pipe();
     log_without_blocking(&log, 2 * QUEUE_LINES as u64);
     let (done, wait) = mpsc::channel();
     let l = log.clone();
