@@ -165,12 +165,7 @@ impl Snapshot {
         }
         check_identity(&w)?;
         for ip in &w.ips {
-            let clash = self
-                .workload_by_ip
-                .get(ip)
-                .map(|o| o.key())
-                .or_else(|| self.service_by_vip.get(ip).map(|s| s.key()));
-            if let Some(first) = clash {
+            if let Some(first) = self.ip_claimed_by(ip) {
                 return Err(StateError::DuplicateIp {
                     ip: *ip,
                     first,

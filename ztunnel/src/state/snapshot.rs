@@ -246,6 +246,14 @@ impl Snapshot {
         by_name.replace(ByName(w.clone()));
     }
 
+    /// The workload or service that already holds `ip`, by key.
+    pub(super) fn ip_claimed_by(&self, ip: &IpAddr) -> Option<String> {
+        self.workload_by_ip
+            .get(ip)
+            .map(|w| w.key())
+            .or_else(|| self.service_by_vip.get(ip).map(|s| s.key()))
+    }
+
     pub(super) fn add_service(
         &mut self,
         svc: Service,
@@ -260,12 +268,7 @@ impl Snapshot {
         }
         let svc = Arc::new(svc);
         for vip in &svc.vips {
-            let clash = self
-                .workload_by_ip
-                .get(vip)
-                .map(|w| w.key())
-                .or_else(|| self.service_by_vip.get(vip).map(|s| s.key()));
-            if let Some(first) = clash {
+            if let Some(first) = self.ip_claimed_by(vip) {
                 return Err(StateError::DuplicateIp {
                     ip: *vip,
                     first,
