@@ -29,6 +29,7 @@ use hbone::copy::{copy_bidirectional, Counters};
 use hbone::socket::{dial, DialOptions};
 use mesh_tests::process::Flags;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use ztunnel::proxy::inbound::error_chain;
 
 /// ztunnel's capture listeners use the same backlog.
 const LISTEN_BACKLOG: u32 = 1024;
@@ -179,15 +180,4 @@ async fn relay(mut inbound: TcpStream, peer: SocketAddr, next_hop: IpAddr) {
             error_chain(&e)
         );
     }
-}
-
-/// `err: cause: cause ...`, so a line names the layer and the OS error.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        out += &format!(": {s}");
-        source = s.source();
-    }
-    out
 }
