@@ -28,15 +28,8 @@ fn sent(line: &str) -> u64 {
 /// Logs `n` events on another thread; panics if that blocks for 30 s
 /// (the data path must never wait for the disk).
 fn log_without_blocking(log: &Arc<AccessLog>, n: u64) {
-    let (done, wait) = mpsc::channel();
-    let l = log.clone();
-    std::thread::spawn(move || {
-        for i in 0..n {
-            l.log(&event(i));
-        }
-        done.send(()).unwrap();
-    });
-    wait.recv_timeout(Duration::from_secs(30))
+    log_in_background(log, n)
+        .recv_timeout(Duration::from_secs(30))
         .expect("AccessLog::log blocked");
 }
 
