@@ -45,6 +45,8 @@ impl CopyIo for H2Stream {
 
 impl CopyIo for tokio::net::TcpStream {}
 impl CopyIo for tokio::io::DuplexStream {}
+impl<S: AsyncRead + AsyncWrite + Unpin> CopyIo for tokio_rustls::client::TlsStream<S> {}
+impl<S: AsyncRead + AsyncWrite + Unpin> CopyIo for tokio_rustls::server::TlsStream<S> {}
 
 impl<T: CopyIo + ?Sized> CopyIo for &mut T {
     fn as_h2(&mut self) -> Option<&mut H2Stream> {

@@ -4,7 +4,9 @@
 //! target pod, on the same port at every hop. A client pod that dials node
 //! 1's address instead of the target's reaches the target through three TCP
 //! legs, as ambient mode does, with no TLS, HTTP/2 or policy on the way:
-//! `netns-bench`'s floor.
+//! `netns-bench`'s floor. With [`Hop::Tls`] the node-to-node leg is mutual
+//! TLS 1.3 with HBONE's own configurations, and still no HTTP/2: the data
+//! path of a sidecar mesh, `netns-bench`'s second floor.
 //!
 //! Each relay runs under `ip netns exec` in its node's namespace, with its
 //! stderr in a file of the given directory. Dropping the chain kills and
@@ -53,6 +55,16 @@ struct Relay {
     who: String,
 }
 
+/// What the node-to-node leg of a [`RelayChain`] carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hop {
+    /// Plain TCP.
+    Plain,
+    /// Mutual TLS 1.3 (`tcp-relay --tls`), with certificates from a dev CA
+    /// created in the chain's directory.
+    Tls,
+}
+
 /// Two running relays: node 1 -> node 2 -> target.
 pub struct RelayChain {
     relays: Vec<Relay>,
@@ -62,11 +74,24 @@ pub struct RelayChain {
 impl RelayChain {
     /// Starts the relay in node 2 (to `target`) and then the one in node 1
     /// (to node 2), each listening on `ports` of its node's address, and
-    /// waits until both listen. Stderr goes to `dir`.
-    pub fn start(topo: &Topology, dir: &Path, target: Ipv4Addr, ports: &[u16]) -> RelayChain {
+    /// waits until both listen. Stderr goes to `dir`, and with [`Hop::Tls`]
+    /// the CA both relays load too.
+    pub fn start(
+        topo: &Topology,
+        dir: &Path,
+        target: Ipv4Addr,
+        ports: &[u16],
+        hop: Hop,
+    ) -> RelayChain {
         let (n1, n2) = (topo.node(1), topo.node(2));
+        let ca = dir.join("relay-ca");
+        if hop == Hop::Tls {
+            // Created here, so the two relays cannot race to create it.
+            hbone::ca::DevCa::load_or_create(&ca).expect("create the relays' CA");
+        }
+        let ca = ca.to_str().expect("utf-8 path");
         let mut relays = Vec::with_capacity(2);
-        for (node, next_hop) in [(n2, target), (n1, n2.ip)] {
+        for (node, next_hop, side) in [(n2, target, "accept"), (n1, n2.ip, "connect")] {
             let stderr = dir.join(format!("tcp-relay-node{}.stderr", node.index));
             let _ = std::fs::remove_file(&stderr);
             let bin = relay_bin();
@@ -78,7 +103,7 @@ impl RelayChain {
             let (listen, next_hop) = (node.ip.to_string(), next_hop.to_string());
             // The stderr path travels as an argument, never as script text.
             let script = "log=$1; shift; exec \"$0\" \"$@\" 2>>\"$log\"";
-            let argv = [
+            let mut argv = vec![
                 "sh",
                 "-c",
                 script,
@@ -91,6 +116,9 @@ impl RelayChain {
                 "--ports",
                 &ports,
             ];
+            if hop == Hop::Tls {
+                argv.extend(["--tls", side, "--ca", ca]);
+            }
             let child = node.ns.spawn(&argv).expect("spawn tcp-relay");
             let mut relay = Relay {
                 child,

@@ -1,8 +1,10 @@
-//! `tcp-relay` (netns-bench's floor) on loopback: it relays byte-exact both
+//! `tcp-relay` (netns-bench's floors) on loopback: it relays byte-exact both
 //! ways with half-close, survives a peer's reset and an unreachable next
 //! hop (one stderr line each), and exits 0 on SIGTERM. No root needed:
 //! the relay listens on 127.0.0.1 and forwards to 127.0.0.2, where the
-//! test's server listens on an ephemeral port.
+//! test's server listens on an ephemeral port. In TLS mode, a `connect`
+//! relay on 127.0.0.1 reaches an `accept` relay on 127.0.0.3 over mutual
+//! TLS, and a peer with another CA's certificate, or none, gets nowhere.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -22,14 +24,19 @@ struct Relay {
 
 impl Relay {
     fn start(ports: &[u16]) -> Relay {
+        Relay::start_with("127.0.0.1", "127.0.0.2", ports, &[])
+    }
+
+    fn start_with(listen: &str, next_hop: &str, ports: &[u16], extra: &[&str]) -> Relay {
         let ports = ports
             .iter()
             .map(u16::to_string)
             .collect::<Vec<_>>()
             .join(",");
         let mut child = Command::new(env!("CARGO_BIN_EXE_tcp-relay"))
-            .args(["--listen", "127.0.0.1", "--next-hop", "127.0.0.2"])
+            .args(["--listen", listen, "--next-hop", next_hop])
             .args(["--ports", &ports])
+            .args(extra)
             .stdin(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -78,26 +85,7 @@ fn relays_both_ways_with_half_close_and_survives_resets() {
         .port();
     let relay = Relay::start(&[port, dead]);
 
-    // 1 MiB up, half-close, then the server's reply down after it saw EOF.
-    let sent = payload(1 << 20);
-    std::thread::scope(|scope| {
-        let srv = scope.spawn(|| {
-            let (mut s, _) = server.accept().expect("accept");
-            let mut got = Vec::new();
-            s.read_to_end(&mut got).expect("server read to EOF");
-            s.write_all(format!("got {}", got.len()).as_bytes())
-                .expect("reply");
-            s.shutdown(Shutdown::Write).expect("server half-close");
-            got
-        });
-        let mut c = connect(port);
-        c.write_all(&sent).expect("send");
-        c.shutdown(Shutdown::Write).expect("client half-close");
-        let mut reply = String::new();
-        c.read_to_string(&mut reply).expect("reply to EOF");
-        assert_eq!(reply, format!("got {}", sent.len()));
-        assert!(srv.join().expect("server") == sent, "bytes differ");
-    });
+    exchange(&server, port);
 
     // The client resets mid-stream: one error line, and the relay goes on.
     std::thread::scope(|scope| {
@@ -165,4 +153,105 @@ fn relays_both_ways_with_half_close_and_survives_resets() {
         extra.push(line);
     }
     assert!(extra.is_empty(), "unexpected relay output: {extra:?}");
+}
+
+/// A directory of this test's own, removed when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A `--tls` relay with the CA in `ca` (created by the first relay to start).
+fn tls_relay(listen: &str, next_hop: &str, port: u16, side: &str, ca: &std::path::Path) -> Relay {
+    let ca = ca.to_str().expect("utf-8 path");
+    Relay::start_with(listen, next_hop, &[port], &["--tls", side, "--ca", ca])
+}
+
+/// 1 MiB up, half-close, then the server's reply down after it saw EOF.
+fn exchange(server: &TcpListener, port: u16) {
+    let sent = payload(1 << 20);
+    std::thread::scope(|scope| {
+        let srv = scope.spawn(|| {
+            let (mut s, _) = server.accept().expect("accept");
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).expect("server read to EOF");
+            s.write_all(format!("got {}", got.len()).as_bytes())
+                .expect("reply");
+            s.shutdown(Shutdown::Write).expect("server half-close");
+            got
+        });
+        let mut c = connect(port);
+        c.write_all(&sent).expect("send");
+        c.shutdown(Shutdown::Write).expect("client half-close");
+        let mut reply = String::new();
+        c.read_to_string(&mut reply).expect("reply to EOF");
+        assert_eq!(reply, format!("got {}", sent.len()));
+        assert!(srv.join().expect("server") == sent, "bytes differ");
+    });
+}
+
+#[test]
+fn tls_relays_tunnel_byte_exact_and_refuse_strangers() {
+    let dir = TempDir::new("tls-relay");
+    let server = TcpListener::bind("127.0.0.2:0").expect("server on 127.0.0.2");
+    let port = server.local_addr().expect("addr").port();
+    // 127.0.0.1 --plain--> connect relay --TLS--> 127.0.0.3 accept relay
+    // --plain--> 127.0.0.2 server, the same port at every hop.
+    let ca = dir.0.join("ca");
+    let accept = tls_relay("127.0.0.3", "127.0.0.2", port, "accept", &ca);
+    let connect_relay = tls_relay("127.0.0.1", "127.0.0.3", port, "connect", &ca);
+    exchange(&server, port);
+    exchange(&server, port);
+
+    // Plaintext straight to the TLS side: the handshake fails, the bytes go
+    // nowhere, and the relay says why.
+    let mut c = TcpStream::connect(("127.0.0.3", port)).expect("connect accept relay");
+    c.set_read_timeout(Some(WAIT)).expect("timeout");
+    c.write_all(b"GET / HTTP/1.1\r\n\r\n").expect("send");
+    let mut rest = Vec::new();
+    let _ = c.read_to_end(&mut rest);
+    let line = accept.next_line();
+    assert!(line.contains("TLS handshake"), "{line}");
+    drop(connect_relay);
+    drop(accept);
+
+    // A connect relay whose CA the accept relay does not trust: both sides
+    // refuse the handshake, and the client's connection carries nothing.
+    let stranger = tls_relay(
+        "127.0.0.1",
+        "127.0.0.3",
+        port,
+        "connect",
+        &dir.0.join("other-ca"),
+    );
+    let accept = tls_relay("127.0.0.3", "127.0.0.2", port, "accept", &ca);
+    let mut c = connect(port);
+    c.write_all(b"secret").expect("send");
+    let mut rest = Vec::new();
+    let _ = c.read_to_end(&mut rest);
+    assert!(
+        rest.is_empty(),
+        "a reply through an untrusted tunnel: {rest:?}"
+    );
+    let line = stranger.next_line();
+    assert!(line.contains("TLS handshake"), "{line}");
+    let line = accept.next_line();
+    assert!(line.contains("TLS handshake"), "{line}");
+    server.set_nonblocking(true).expect("non-blocking listener");
+    assert!(
+        server.accept().is_err(),
+        "the server was reached through an untrusted tunnel"
+    );
 }

@@ -1,7 +1,7 @@
 //! `netns-bench`: ambient mesh against no mesh, pod to pod across two nodes
 //! in network namespaces, in one run with the modes alternated
-//! (no-mesh, relay, ambient, no-mesh, relay, ambient, ...) so machine drift
-//! cancels out.
+//! (no-mesh, relay, tls-relay, ambient, no-mesh, relay, ...) so machine
+//! drift cancels out.
 //!
 //! - no mesh: no ztunnel running (stopped with SIGTERM, which removes its
 //!   nftables table), so nothing is captured;
@@ -9,6 +9,10 @@
 //!   plain user-space TCP relay (`tcp-relay`) forwards to one in node 2,
 //!   which forwards to the server pod: ambient's three TCP legs without
 //!   TLS, HTTP/2 or policy, the floor of any node proxy on this machine;
+//! - tls-relay: the same relays with mutual TLS 1.3 between the nodes
+//!   (HBONE's rustls configurations and record sealing, no HTTP/2): the
+//!   data path of a sidecar mesh, and the floor of any proxy that encrypts
+//!   between nodes in user space (this kernel has no kTLS);
 //! - ambient: both ztunnels running, the pods' namespace labelled ambient.
 //!
 //! Workloads (client pod on node 1, server pod on node 2): single-stream bulk
@@ -31,7 +35,7 @@ use mesh_tests::load::{
 };
 use mesh_tests::mesh::Mesh;
 use mesh_tests::process;
-use mesh_tests::relay::RelayChain;
+use mesh_tests::relay::{Hop, RelayChain};
 use mesh_tests::{require_root, Netns, Topology};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -108,28 +112,40 @@ fn usage(err: &str) -> ! {
 enum Mode {
     NoMesh,
     Relay,
+    TlsRelay,
     Ambient,
 }
 
 /// Every mode, in the order each repetition runs them.
-const MODES: [Mode; 3] = [Mode::NoMesh, Mode::Relay, Mode::Ambient];
+const MODES: [Mode; 4] = [Mode::NoMesh, Mode::Relay, Mode::TlsRelay, Mode::Ambient];
 
 impl Mode {
     fn key(self) -> &'static str {
         match self {
             Mode::NoMesh => "no_mesh",
             Mode::Relay => "relay",
+            Mode::TlsRelay => "tls_relay",
             Mode::Ambient => "ambient",
         }
     }
 
     /// The names of the proxy figures of this mode: the relays' own in
-    /// relay mode; ztunnel's otherwise (zero in no-mesh mode, where no
+    /// the relay modes; ztunnel's otherwise (zero in no-mesh mode, where no
     /// process is measured).
     fn proxy_keys(self) -> &'static ProxyKeys {
         match self {
             Mode::Relay => &RELAY_KEYS,
+            Mode::TlsRelay => &TLS_RELAY_KEYS,
             Mode::NoMesh | Mode::Ambient => &ZTUNNEL_KEYS,
+        }
+    }
+
+    /// The relays this mode runs, if any.
+    fn hop(self) -> Option<Hop> {
+        match self {
+            Mode::Relay => Some(Hop::Plain),
+            Mode::TlsRelay => Some(Hop::Tls),
+            Mode::NoMesh | Mode::Ambient => None,
         }
     }
 }
@@ -160,6 +176,15 @@ const RELAY_KEYS: ProxyKeys = ProxyKeys {
     cpu_s_conns: "relay_cpu_s_conns",
     cpu_us_per_conn: "relay_cpu_us_per_conn",
     peak_rss_mib: "relay_peak_rss_mib",
+};
+
+const TLS_RELAY_KEYS: ProxyKeys = ProxyKeys {
+    cpu_s_bulk: "tls_relay_cpu_s_bulk",
+    cpu_s_per_gib: "tls_relay_cpu_s_per_gib",
+    cpu_s_latency: "tls_relay_cpu_s_latency",
+    cpu_s_conns: "tls_relay_cpu_s_conns",
+    cpu_us_per_conn: "tls_relay_cpu_us_per_conn",
+    peak_rss_mib: "tls_relay_peak_rss_mib",
 };
 
 /// figure name -> mode -> one sample per repetition.
@@ -226,15 +251,15 @@ fn run(opts: &Opts) {
             } else {
                 shot_port(rep, mode)
             };
-            let relays = (mode == Mode::Relay).then(|| {
+            let relays = mode.hop().map(|hop| {
                 let ports = [SINK_PORT, ECHO_PORT, shot_port];
-                RelayChain::start(&topo, &mesh.scratch("relays"), server_ip, &ports)
+                RelayChain::start(&topo, &mesh.scratch("relays"), server_ip, &ports, hop)
             });
             let pids = match &relays {
                 Some(chain) => chain.pids(),
                 None => ztunnel_pids(&mesh, mode),
             };
-            // In relay mode the client dials the relay in its own node.
+            // In the relay modes the client dials the relay in its own node.
             let ip = relays.as_ref().map_or(server_ip, RelayChain::entry);
             let server = Server { ip, shot_port };
             one_rep(opts, &client, server, &mesh, &pids, mode, &mut samples);
@@ -287,13 +312,13 @@ fn config(topo: &Topology, dummies: usize) -> String {
     )
 }
 
-/// Starts or stops both ztunnels; in no-mesh and relay mode also checks
+/// Starts or stops both ztunnels; in no-mesh and the relay modes also checks
 /// that no capture table is left in either node.
 fn set_mode(mesh: &mut Mesh, mode: Mode) {
     let running = process::find_pid_with_arg(&mesh.access_log_path(1)).is_some();
     match (mode, running) {
         (Mode::Ambient, false) => mesh.start_all(),
-        (Mode::NoMesh | Mode::Relay, true) => mesh.terminate_all(),
+        (Mode::NoMesh | Mode::Relay | Mode::TlsRelay, true) => mesh.terminate_all(),
         _ => {}
     }
 }
@@ -315,8 +340,8 @@ fn push(s: &mut Samples, fig: &'static str, mode: Mode, v: f64) {
     s.entry(fig).or_default().entry(mode).or_default().push(v);
 }
 
-/// Where the client connects in one repetition: the server pod, or in
-/// relay mode the relay in node 1 (same ports).
+/// Where the client connects in one repetition: the server pod, or in the
+/// relay modes the relay in node 1 (same ports).
 #[derive(Debug, Clone, Copy)]
 struct Server {
     ip: std::net::Ipv4Addr,

@@ -5,7 +5,9 @@ use std::time::Duration;
 use mesh_tests::load::REQ_LEN;
 use serde_json::json;
 
-use crate::{Mode, Opts, Samples, Scale, MODES, RELAY_KEYS, ZTUNNEL_KEYS};
+use crate::{
+    Mode, Opts, ProxyKeys, Samples, Scale, MODES, RELAY_KEYS, TLS_RELAY_KEYS, ZTUNNEL_KEYS,
+};
 
 /// Issue 3's targets for ambient mode.
 const THROUGHPUT_MIN_RATIO: f64 = 0.5;
@@ -17,6 +19,15 @@ const RELAY_NOTE: &str = "relay: two plain user-space TCP relays (tcp-relay: no 
     policy), client -> node1 -> node2 -> server, ztunnels stopped. It opens a new node-to-node \
     TCP connection per client connection (ambient pools them), so its connection rate is \
     informational, not a floor.";
+
+const TLS_RELAY_NOTE: &str = "tls relay: the same two relays with mutual TLS 1.3 between the \
+    nodes (HBONE's rustls configurations, SPIFFE checks and record sealing; no HTTP/2): a sidecar \
+    mesh's data path, and the floor of any proxy that encrypts between nodes in user space (no \
+    kTLS on this kernel). It makes a TLS handshake per client connection (ambient pools them), so \
+    its connection rate is informational, not a floor.";
+
+/// Picks one figure's name out of a mode's [`ProxyKeys`].
+type KeyOf = fn(&ProxyKeys) -> &'static str;
 
 fn stats(v: &[f64]) -> (f64, f64, f64) {
     let mut s = v.to_vec();
@@ -84,6 +95,12 @@ pub(crate) fn report(opts: &Opts, s: &Samples, scale: &Scale, elapsed: Duration)
     }
     let ambient = Ratios::of(s, Mode::Ambient);
     let relay = Ratios::of(s, Mode::Relay);
+    let tls_relay = Ratios::of(s, Mode::TlsRelay);
+    let over = |floor: Ratios| {
+        json!({"throughput": ambient.throughput / floor.throughput,
+               "new_conns": ambient.new_conns / floor.new_conns,
+               "added_p99_us": ambient.added_p99_us - floor.added_p99_us})
+    };
     let max_rss_mib = scale.rss_conns_kib.iter().max().copied().unwrap_or(0) as f64 / 1024.0;
     let mut met = ambient.met();
     met["rss"] = (max_rss_mib < RSS_MAX_MIB).into();
@@ -107,11 +124,14 @@ pub(crate) fn report(opts: &Opts, s: &Samples, scale: &Scale, elapsed: Duration)
         "relay_floor": {
             "ratios": relay.json(),
             "met": relay.met(),
-            "ambient_over_relay": {
-                "throughput": ambient.throughput / relay.throughput,
-                "new_conns": ambient.new_conns / relay.new_conns,
-            },
+            "ambient_over_relay": over(relay),
             "note": RELAY_NOTE,
+        },
+        "tls_relay_floor": {
+            "ratios": tls_relay.json(),
+            "met": tls_relay.met(),
+            "ambient_over_tls_relay": over(tls_relay),
+            "note": TLS_RELAY_NOTE,
         },
     });
     if let Some(dir) = opts.out.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -122,17 +142,11 @@ pub(crate) fn report(opts: &Opts, s: &Samples, scale: &Scale, elapsed: Duration)
         serde_json::to_string_pretty(&doc).expect("json") + "\n",
     )
     .expect("write results");
-    print_table(opts, s, scale, ambient, relay, max_rss_mib);
+    print_table(opts, s, scale, [relay, tls_relay, ambient], max_rss_mib);
 }
 
-fn print_table(
-    opts: &Opts,
-    s: &Samples,
-    scale: &Scale,
-    amb: Ratios,
-    rel: Ratios,
-    max_rss_mib: f64,
-) {
+fn print_table(opts: &Opts, s: &Samples, scale: &Scale, ratios: [Ratios; 3], max_rss_mib: f64) {
+    let amb = ratios[2];
     let cell = |fig: &str, mode: Mode| -> String {
         match s.get(fig).and_then(|m| m.get(&mode)) {
             Some(v) => {
@@ -148,25 +162,29 @@ fn print_table(
         opts.reps
     );
     println!(
-        "{:<32} {:>24} {:>24} {:>24} {:>11} {:>12}  target (issue 3, ambient)",
-        "figure", "no mesh", "relay", "ambient", "relay/none", "ambient/none"
+        "{:<30} {:>22} {:>22} {:>22} {:>22} {:>10} {:>10} {:>12}  target (issue 3, ambient)",
+        "figure",
+        "no mesh",
+        "relay",
+        "tls relay",
+        "ambient",
+        "relay/none",
+        "tls/none",
+        "ambient/none"
     );
-    // `figs`: the figure shown in each column (no mesh, relay, ambient).
-    let row = |label: &str, figs: [&str; 3], ratios: [String; 2], target: String| {
-        let [rel, amb] = ratios;
+    // `figs`: the figure shown in each column, in `MODES` order.
+    let row = |label: &str, figs: [&str; 4], ratios: [String; 3], target: String| {
+        let [rel, tls, amb] = ratios;
+        let [none_c, rel_c, tls_c, amb_c] = [0, 1, 2, 3].map(|i| cell(figs[i], MODES[i]));
         println!(
-            "{label:<32} {:>24} {:>24} {:>24} {rel:>11} {amb:>12}  {target}",
-            cell(figs[0], Mode::NoMesh),
-            cell(figs[1], Mode::Relay),
-            cell(figs[2], Mode::Ambient)
+            "{label:<30} {none_c:>22} {rel_c:>22} {tls_c:>22} {amb_c:>22} {rel:>10} {tls:>10} {amb:>12}  {target}"
         );
     };
-    let ratio = |f: fn(&Ratios) -> f64| [format!("{:.2}", f(&rel)), format!("{:.2}", f(&amb))];
-    let added =
-        |f: fn(&Ratios) -> f64| [format!("+{:.0} us", f(&rel)), format!("+{:.0} us", f(&amb))];
+    let ratio = |f: fn(&Ratios) -> f64| ratios.map(|r| format!("{:.2}", f(&r)));
+    let added = |f: fn(&Ratios) -> f64| ratios.map(|r| format!("+{:.0} us", f(&r)));
     row(
         "throughput (Gbit/s)",
-        ["throughput_gbit_s"; 3],
+        ["throughput_gbit_s"; 4],
         ratio(|r| r.throughput),
         format!(
             ">= {THROUGHPUT_MIN_RATIO:.2}: {}",
@@ -175,13 +193,13 @@ fn print_table(
     );
     row(
         "1 KiB RR p50 (us)",
-        ["latency_p50_us"; 3],
+        ["latency_p50_us"; 4],
         added(|r| r.added_p50_us),
         String::new(),
     );
     row(
         "1 KiB RR p99 (us)",
-        ["latency_p99_us"; 3],
+        ["latency_p99_us"; 4],
         added(|r| r.added_p99_us),
         format!(
             "<= +{ADDED_P99_MAX_US:.0} us: {}",
@@ -190,38 +208,31 @@ fn print_table(
     );
     row(
         "new connections/s",
-        ["new_conns_per_s"; 3],
+        ["new_conns_per_s"; 4],
         ratio(|r| r.new_conns),
         format!(
             ">= {NEW_CONNS_MIN_RATIO:.2}: {}",
             yes(amb.new_conns >= NEW_CONNS_MIN_RATIO)
         ),
     );
-    // Proxy rows: the relays' figures in the relay column, ztunnel's in the
-    // others (zero with no mesh).
-    let (z, r) = (&ZTUNNEL_KEYS, &RELAY_KEYS);
-    let proxy_rows = [
-        ("proxy CPU s, bulk", z.cpu_s_bulk, r.cpu_s_bulk),
-        ("proxy CPU s per GiB", z.cpu_s_per_gib, r.cpu_s_per_gib),
-        ("proxy CPU s, latency", z.cpu_s_latency, r.cpu_s_latency),
-        ("proxy CPU s, conns", z.cpu_s_conns, r.cpu_s_conns),
-        (
-            "proxy CPU us per conn",
-            z.cpu_us_per_conn,
-            r.cpu_us_per_conn,
-        ),
-        (
-            "proxy peak RSS MiB (max node)",
-            z.peak_rss_mib,
-            r.peak_rss_mib,
-        ),
+    // Proxy rows: each relay mode's own figures in its column, ztunnel's in
+    // the others (zero with no mesh).
+    let proxy_rows: [(&str, KeyOf); 6] = [
+        ("proxy CPU s, bulk", |k| k.cpu_s_bulk),
+        ("proxy CPU s per GiB", |k| k.cpu_s_per_gib),
+        ("proxy CPU s, latency", |k| k.cpu_s_latency),
+        ("proxy CPU s, conns", |k| k.cpu_s_conns),
+        ("proxy CPU us per conn", |k| k.cpu_us_per_conn),
+        ("proxy peak RSS MiB (max node)", |k| k.peak_rss_mib),
     ];
-    for (label, ztunnel, relay) in proxy_rows {
-        let none = [String::new(), String::new()];
-        row(label, [ztunnel, relay, ztunnel], none, String::new());
+    let keys = [&ZTUNNEL_KEYS, &RELAY_KEYS, &TLS_RELAY_KEYS, &ZTUNNEL_KEYS];
+    for (label, key) in proxy_rows {
+        let none = [String::new(), String::new(), String::new()];
+        row(label, keys.map(key), none, String::new());
     }
-    println!("  (proxy: both relays in relay mode, both ztunnels in ambient mode)");
+    println!("  (proxy: both relays in the relay modes, both ztunnels in ambient mode)");
     println!("  {RELAY_NOTE}");
+    println!("  {TLS_RELAY_NOTE}");
     let mib = |v: &[u64]| {
         v.iter()
             .map(|k| format!("{:.1}", *k as f64 / 1024.0))
