@@ -250,33 +250,29 @@ async fn relay(inbound: TcpStream, peer: SocketAddr, next_hop: IpAddr, tls: Opti
     if let Err(e) = inbound.set_nodelay(true) {
         eprintln!("tcp-relay: {peer} -> {local}: TCP_NODELAY: {e}");
     }
-    let result = match tls.as_deref() {
-        None => match dial(to, DialOptions::default(), CONNECT_TIMEOUT).await {
-            Ok(outbound) => copy(inbound, outbound).await,
-            Err(e) => Err(error_chain(&e)),
-        },
-        Some(Tls::Connect(connector)) => {
-            match dial(to, DialOptions::default(), CONNECT_TIMEOUT).await {
-                Ok(outbound) => {
-                    let name = hbone::tls::server_name(to);
-                    match handshake(connector.connect(name, outbound)).await {
-                        Ok(outbound) => copy(inbound, outbound).await,
-                        Err(e) => Err(e),
-                    }
-                }
-                Err(e) => Err(error_chain(&e)),
-            }
-        }
-        Some(Tls::Accept(acceptor)) => match handshake(acceptor.accept(inbound)).await {
-            Ok(inbound) => match dial(to, DialOptions::default(), CONNECT_TIMEOUT).await {
-                Ok(outbound) => copy(inbound, outbound).await,
-                Err(e) => Err(error_chain(&e)),
-            },
-            Err(e) => Err(e),
-        },
-    };
-    if let Err(e) = result {
+    if let Err(e) = forward(inbound, to, tls.as_deref()).await {
         eprintln!("tcp-relay: {peer} -> {to}: {e}");
+    }
+}
+
+/// Dials `to`, with the TLS handshake on whichever side has it, and copies.
+async fn forward(inbound: TcpStream, to: SocketAddr, tls: Option<&Tls>) -> Result<(), String> {
+    let dial_next = || async {
+        dial(to, DialOptions::default(), CONNECT_TIMEOUT)
+            .await
+            .map_err(|e| error_chain(&e))
+    };
+    match tls {
+        None => copy(inbound, dial_next().await?).await,
+        Some(Tls::Connect(connector)) => {
+            let name = hbone::tls::server_name(to);
+            let outbound = handshake(connector.connect(name, dial_next().await?)).await?;
+            copy(inbound, outbound).await
+        }
+        Some(Tls::Accept(acceptor)) => {
+            let inbound = handshake(acceptor.accept(inbound)).await?;
+            copy(inbound, dial_next().await?).await
+        }
     }
 }
 
