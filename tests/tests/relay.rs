@@ -4,7 +4,8 @@
 //! the relay listens on 127.0.0.1 and forwards to 127.0.0.2, where the
 //! test's server listens on an ephemeral port. In TLS mode, a `connect`
 //! relay on 127.0.0.1 reaches an `accept` relay on 127.0.0.3 over mutual
-//! TLS, and a peer with another CA's certificate, or none, gets nowhere.
+//! TLS; plaintext, a server from another CA, and a client presenting
+//! another CA's certificate all get nowhere.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -74,8 +75,17 @@ fn connect(port: u16) -> TcpStream {
     s
 }
 
+/// The two tests pick ephemeral ports on 127.0.0.2 and then listen on the
+/// same numbers on other loopback addresses; run one at a time so one's
+/// freed "dead" port cannot become the other's live one.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[test]
 fn relays_both_ways_with_half_close_and_survives_resets() {
+    let _serial = serial();
     let server = TcpListener::bind("127.0.0.2:0").expect("server on 127.0.0.2");
     let port = server.local_addr().expect("addr").port();
     // A port nothing listens on at the next hop.
@@ -155,24 +165,6 @@ fn relays_both_ways_with_half_close_and_survives_resets() {
     assert!(extra.is_empty(), "unexpected relay output: {extra:?}");
 }
 
-/// A directory of this test's own, removed when dropped.
-struct TempDir(std::path::PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// A `--tls` relay with the CA in `ca` (created by the first relay to start).
 fn tls_relay(listen: &str, next_hop: &str, port: u16, side: &str, ca: &std::path::Path) -> Relay {
     let ca = ca.to_str().expect("utf-8 path");
@@ -204,12 +196,13 @@ fn exchange(server: &TcpListener, port: u16) {
 
 #[test]
 fn tls_relays_tunnel_byte_exact_and_refuse_strangers() {
-    let dir = TempDir::new("tls-relay");
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("temp dir");
     let server = TcpListener::bind("127.0.0.2:0").expect("server on 127.0.0.2");
     let port = server.local_addr().expect("addr").port();
     // 127.0.0.1 --plain--> connect relay --TLS--> 127.0.0.3 accept relay
     // --plain--> 127.0.0.2 server, the same port at every hop.
-    let ca = dir.0.join("ca");
+    let ca = dir.path().join("ca");
     let accept = tls_relay("127.0.0.3", "127.0.0.2", port, "accept", &ca);
     let connect_relay = tls_relay("127.0.0.1", "127.0.0.3", port, "connect", &ca);
     exchange(&server, port);
@@ -234,7 +227,7 @@ fn tls_relays_tunnel_byte_exact_and_refuse_strangers() {
         "127.0.0.3",
         port,
         "connect",
-        &dir.0.join("other-ca"),
+        &dir.path().join("other-ca"),
     );
     let accept = tls_relay("127.0.0.3", "127.0.0.2", port, "accept", &ca);
     let mut c = connect(port);
@@ -247,6 +240,48 @@ fn tls_relays_tunnel_byte_exact_and_refuse_strangers() {
     );
     let line = stranger.next_line();
     assert!(line.contains("TLS handshake"), "{line}");
+    let line = accept.next_line();
+    assert!(line.contains("TLS handshake"), "{line}");
+    drop(stranger);
+
+    // A client that trusts the right root, so it accepts the relay's
+    // certificate, but presents one from another CA: the accept relay must
+    // refuse it and never dial the server.
+    let ca_root = hbone::ca::DevCa::load_or_create(&ca).expect("the relays' CA");
+    let other = hbone::ca::DevCa::load_or_create(&dir.path().join("other-ca")).expect("other CA");
+    let id = hbone::SpiffeId::new("cluster.local", "bench", "tcp-relay").expect("identity");
+    let foreign = other.issue(&id).expect("a foreign certificate");
+    let foreign = hbone::cert::WorkloadCert::new(
+        id.clone(),
+        foreign.chain().to_vec(),
+        foreign.key(),
+        foreign.not_before(),
+        foreign.not_after(),
+        vec![ca_root.root()],
+    );
+    let config = hbone::tls::client_config(&foreign, &[id]).expect("client config");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let outcome = rt.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = SocketAddr::from(([127, 0, 0, 3], port));
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        let name = hbone::tls::server_name(addr);
+        // TLS 1.3: the client finishes its side before the server has
+        // judged its certificate, so the refusal shows on the first read.
+        let mut tls = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await?;
+        tls.write_all(b"secret").await?;
+        let mut buf = [0u8; 16];
+        tokio::time::timeout(WAIT, tls.read(&mut buf)).await?
+    });
+    assert!(
+        !matches!(outcome, Ok(n) if n > 0),
+        "a reply to a client with a foreign certificate: {outcome:?}"
+    );
     let line = accept.next_line();
     assert!(line.contains("TLS handshake"), "{line}");
     server.set_nonblocking(true).expect("non-blocking listener");

@@ -138,6 +138,8 @@ fn main() -> ExitCode {
 }
 
 /// The TLS side of this relay, with a fresh certificate from the dev CA.
+/// HBONE's own configurations, ALPN `h2` included although the relays send
+/// raw bytes: the handshake is byte for byte the one ztunnels make.
 fn tls(side: TlsSide, ca: &Path) -> Result<Tls, String> {
     let ca = DevCa::load_or_create(ca).map_err(|e| format!("the CA in {}: {e}", ca.display()))?;
     let id = SpiffeId::new("cluster.local", "bench", "tcp-relay").expect("a valid identity");
