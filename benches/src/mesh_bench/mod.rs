@@ -51,20 +51,33 @@ pub enum Mode {
     Sidecar,
     /// One Envoy per pod, configured like an Istio sidecar.
     Envoy,
+    /// A floor, not a mesh: the client dials node 1, where a `tcp-relay`
+    /// forwards over mutual TLS 1.3 (HBONE's rustls configurations and
+    /// sealing, no HTTP/2) to one in node 2, which dials the server pod
+    /// (`mesh_tests::relay::RelayChain` with `Hop::Tls`). No capture, no
+    /// policy, no per-pod proxy: only the perf phase runs.
+    TlsRelay,
     /// One ztunnel per node.
     Ambient,
 }
 
 impl Mode {
     /// Every mode, in alternation order.
-    pub const ALL: [Mode; 4] = [Mode::NoMesh, Mode::Sidecar, Mode::Envoy, Mode::Ambient];
+    pub const ALL: [Mode; 5] = [
+        Mode::NoMesh,
+        Mode::Sidecar,
+        Mode::Envoy,
+        Mode::TlsRelay,
+        Mode::Ambient,
+    ];
 
-    /// The JSON key (`no_mesh`, `sidecar`, `envoy`, `ambient`).
+    /// The JSON key (`no_mesh`, `sidecar`, `envoy`, `tls_relay`, `ambient`).
     pub fn key(self) -> &'static str {
         match self {
             Mode::NoMesh => "no_mesh",
             Mode::Sidecar => "sidecar",
             Mode::Envoy => "envoy",
+            Mode::TlsRelay => "tls_relay",
             Mode::Ambient => "ambient",
         }
     }
@@ -75,6 +88,7 @@ impl Mode {
             Mode::NoMesh => "no mesh",
             Mode::Sidecar => "ztunnel sidecar",
             Mode::Envoy => "Envoy sidecar",
+            Mode::TlsRelay => "TLS relay (floor)",
             Mode::Ambient => "ambient",
         }
     }
@@ -85,6 +99,7 @@ impl Mode {
             "no_mesh" | "nomesh" | "none" | "no-mesh" => Some(Mode::NoMesh),
             "sidecar" => Some(Mode::Sidecar),
             "envoy" => Some(Mode::Envoy),
+            "tls_relay" | "tls-relay" => Some(Mode::TlsRelay),
             "ambient" => Some(Mode::Ambient),
             _ => None,
         }
@@ -93,6 +108,14 @@ impl Mode {
     /// Whether traffic crosses a proxy in this mode.
     pub fn is_meshed(self) -> bool {
         self != Mode::NoMesh
+    }
+
+    /// Whether the mode runs only the perf phase (bulk, closed and open
+    /// loop, churn at the first pod count): it has no per-pod proxies, so
+    /// the memory-vs-pods and time-to-start figures have no entry for it
+    /// (absent, not zero).
+    pub fn perf_only(self) -> bool {
+        self == Mode::TlsRelay
     }
 }
 
@@ -108,6 +131,21 @@ mod tests {
 
     /// The Envoy pods get ztunnel's sidecar rules: their redirects must land
     /// on Envoy's listeners and skip Envoy's marked sockets and admin port.
+    #[test]
+    fn keys_parse_back_and_all_is_in_alternation_order() {
+        for m in Mode::ALL {
+            assert_eq!(Mode::parse(m.key()), Some(m));
+        }
+        let mut sorted = Mode::ALL;
+        sorted.sort_unstable();
+        assert_eq!(sorted, Mode::ALL, "--modes are sorted into this order");
+        assert_eq!(
+            Mode::ALL.iter().filter(|m| m.perf_only()).count(),
+            1,
+            "only the TLS relay floor skips the per-pod-count phases"
+        );
+    }
+
     #[test]
     fn envoy_ports_are_where_the_shared_sidecar_rules_redirect() {
         let node = Ipv4Addr::new(10, 0, 0, 2);

@@ -7,6 +7,8 @@
 //! - ztunnel sidecar: one `ztunnel --mode sidecar` per pod through the
 //!   harness's [`Sidecars`] (it installs its own capture table).
 //! - Ambient: one ztunnel per node through the harness's [`Mesh`].
+//! - TLS relay (the floor): two `tcp-relay`s, one per node, mutual TLS 1.3
+//!   between them, through the harness's [`RelayChain`].
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -19,6 +21,7 @@ use mesh_benches::mesh_bench::{
 };
 use mesh_tests::mesh::{http_get, Mesh};
 use mesh_tests::process;
+use mesh_tests::relay::{Hop, RelayChain};
 use mesh_tests::sidecar::{table_count, Sidecars};
 use mesh_tests::{ChildGuard, Netns, Pod, Topology};
 use ztunnel::capture::sidecar as sidecar_capture;
@@ -31,19 +34,22 @@ const READY_TIMEOUT: Duration = Duration::from_secs(120);
 pub struct Running {
     pub pids: [Vec<u32>; 2],
     pub startup_s: f64,
+    /// The address the client dials instead of the server pod's, in a mode
+    /// without capture (the TLS relay's entry in node 1); same ports.
+    pub entry: Option<Ipv4Addr>,
 }
 
 impl Running {
-    pub fn all_pids(&self) -> Vec<u32> {
-        self.pids.iter().flatten().copied().collect()
-    }
-
     /// utime + stime of every proxy, in seconds.
     pub fn cpu_s(&self) -> f64 {
-        self.all_pids()
-            .iter()
-            .map(|p| process::cpu_seconds(*p))
-            .sum()
+        self.cpu_s_by_node().iter().sum()
+    }
+
+    /// utime + stime of the proxies on each node, in seconds.
+    pub fn cpu_s_by_node(&self) -> [f64; 2] {
+        self.pids
+            .clone()
+            .map(|pids| pids.iter().map(|p| process::cpu_seconds(*p)).sum())
     }
 
     /// Total VmRSS of the proxies on each node, MiB.
@@ -288,6 +294,7 @@ pub fn start_ambient(mesh: &mut Mesh, topo: &Topology, n: usize) -> Running {
     Running {
         pids: [vec![pid(1)], vec![pid(2)]],
         startup_s,
+        entry: None,
     }
 }
 
@@ -334,6 +341,21 @@ pub fn stop_sidecars(sidecars: &mut Sidecars, pods: &[&Pod]) {
             pod.name
         );
     }
+}
+
+/// The TLS relay floor: a `tcp-relay` in each node listening on `ports`
+/// of its node's address, mutual TLS 1.3 from node 1's to node 2's, and
+/// node 2's dialling server-0 on the same port. Returns when both listen;
+/// the client dials [`Running::entry`] (node 1's address).
+pub fn start_tls_relay(topo: &Topology, dir: &Path, ports: &[u16]) -> (RelayChain, Running) {
+    let started = Instant::now();
+    let chain = RelayChain::start(topo, dir, ip_of(topo, "server-0"), ports, Hop::Tls);
+    let running = Running {
+        pids: chain.pids_by_node().map(|pid| vec![pid]),
+        startup_s: started.elapsed().as_secs_f64(),
+        entry: Some(chain.entry()),
+    };
+    (chain, running)
 }
 
 /// The destination list every Envoy gets: all server pods up to `n`, like

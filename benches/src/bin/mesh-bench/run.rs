@@ -1,7 +1,7 @@
 //! One run: topology, apps, the alternation of modes, and the report.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use mesh_benches::mesh_bench::envoy::{sum_stats, INBOUND_STAT_PREFIX, OUTBOUND_STAT_PREFIX};
@@ -10,6 +10,7 @@ use mesh_benches::mesh_bench::stats::{percentile, quantile_curve, sorted, Spread
 use mesh_benches::mesh_bench::{spiffe_uri, Mode, HBONE_PORT};
 use mesh_tests::load::{self as workloads, in_ns, IdleConns, ECHO_PORT, ONESHOT_PORT, SINK_PORT};
 use mesh_tests::mesh::Mesh;
+use mesh_tests::relay::RelayChain;
 use mesh_tests::sidecar::Sidecars;
 use mesh_tests::{Netns, Topology};
 
@@ -25,6 +26,9 @@ struct Bench<'a> {
     topo: &'a Topology,
     /// Before `mesh`: dropped (killed) before its scratch dir goes.
     sidecars: Sidecars,
+    /// The TLS relay floor while it runs (also before `mesh`, whose scratch
+    /// dir holds the relays' CA and stderr).
+    relays: Option<RelayChain>,
     mesh: Mesh,
     envoy: Option<EnvoyFleet>,
     samples: Samples,
@@ -52,6 +56,10 @@ pub fn run(opts: &Opts) -> Result<(), String> {
         }
         Err(_) => None,
     };
+    if modes.contains(&Mode::TlsRelay) {
+        // A missing tcp-relay fails here, not after the first modes ran.
+        mesh_tests::relay::relay_bin();
+    }
     let n_max = *opts.pods.last().expect("pod counts");
     eprintln!("building 2 nodes x {n_max} pods ...");
     let mut builder = Topology::builder().nodes(2);
@@ -96,6 +104,7 @@ pub fn run(opts: &Opts) -> Result<(), String> {
         opts,
         topo: &topo,
         sidecars,
+        relays: None,
         mesh,
         envoy,
         samples: Samples::new(),
@@ -106,14 +115,23 @@ pub fn run(opts: &Opts) -> Result<(), String> {
     for rep in 1..=opts.reps {
         for (pi, n) in opts.pods.iter().enumerate() {
             for (mi, mode) in modes.iter().enumerate() {
+                // The floor has no per-pod proxies: only the perf phase, at
+                // the first pod count; no startup or memory figures.
+                if mode.perf_only() && pi > 0 {
+                    continue;
+                }
                 eprintln!("rep {rep}/{}, {n} pods/node: {}", opts.reps, mode.label());
-                let running = bench.start(*mode, *n);
-                bench.push(&startup_id(*n), *mode, running.startup_s);
+                let shot_port = ONESHOT_PORT + ((rep - 1) * Mode::ALL.len() + mi) as u16;
+                let running = bench.start(*mode, *n, shot_port);
+                if !mode.perf_only() {
+                    bench.push(&startup_id(*n), *mode, running.startup_s);
+                }
                 if pi == 0 {
-                    let shot_port = ONESHOT_PORT + ((rep - 1) * Mode::ALL.len() + mi) as u16;
                     bench.perf(*mode, &running, shot_port)?;
                 }
-                bench.idle(*mode, *n, &running)?;
+                if !mode.perf_only() {
+                    bench.idle(*mode, *n, &running)?;
+                }
                 bench.stop(*mode, *n);
             }
         }
@@ -174,10 +192,19 @@ impl<'a> Bench<'a> {
             .collect()
     }
 
-    fn start(&mut self, mode: Mode, n: usize) -> Running {
+    /// Starts `mode` for `n` pods per node; `shot_port` is the churn port
+    /// of this (repetition, mode), which the TLS relays must carry too.
+    fn start(&mut self, mode: Mode, n: usize, shot_port: u16) -> Running {
         let pods = self.pods(n);
         match mode {
             Mode::NoMesh => Running::default(),
+            Mode::TlsRelay => {
+                let dir = self.mesh.scratch("relays");
+                let ports = [SINK_PORT, ECHO_PORT, shot_port];
+                let (chain, running) = proxies::start_tls_relay(self.topo, &dir, &ports);
+                self.relays = Some(chain);
+                running
+            }
             Mode::Envoy => {
                 let dest = proxies::destinations(self.topo, n);
                 let node_ips: Vec<_> = self.topo.nodes().iter().map(|n| n.ip).collect();
@@ -201,6 +228,13 @@ impl<'a> Bench<'a> {
                 proxies::stop_sidecars(&mut self.sidecars, &pods);
             }
             Mode::Envoy => self.envoy.as_mut().expect("envoy available").stop(),
+            Mode::TlsRelay => {
+                let chain = self.relays.take().expect("TLS relays running");
+                for line in chain.errors() {
+                    eprintln!("warning: {line}");
+                }
+                chain.stop();
+            }
             Mode::Ambient => self.mesh.terminate_all(),
         }
         // Nothing of the mode may be left in the pods: no-mesh must be plain.
@@ -218,7 +252,8 @@ impl<'a> Bench<'a> {
     fn perf(&mut self, mode: Mode, running: &Running, shot_port: u16) -> Result<(), String> {
         let o = self.opts;
         let client = self.topo.pod("client-0").ns.clone();
-        let server = self.topo.pod("server-0").ip;
+        // Server-0, or where a mode without capture takes its traffic.
+        let server: Ipv4Addr = running.entry.unwrap_or(self.topo.pod("server-0").ip);
         let (sink, echo, shot) = (
             SocketAddr::from((server, SINK_PORT)),
             SocketAddr::from((server, ECHO_PORT)),
@@ -227,13 +262,15 @@ impl<'a> Bench<'a> {
         let ctx = |what: &str, e: String| format!("{} {what}: {e}", mode.label());
         in_ns(&client, workloads::warm_up(echo, b"warm-up")).map_err(|e| ctx("warm-up", e))?;
 
-        let c0 = running.cpu_s();
+        let c0 = running.cpu_s_by_node();
         let (bytes, secs) =
             in_ns(&client, workloads::bulk(sink, o.bulk)).map_err(|e| ctx("bulk", e))?;
-        let cpu = running.cpu_s() - c0;
+        let c1 = running.cpu_s_by_node();
+        let node_cpu = [c1[0] - c0[0], c1[1] - c0[1]];
+        let cpu = node_cpu[0] + node_cpu[1];
         self.push("throughput_gbit_s", mode, bytes as f64 * 8.0 / secs / 1e9);
         self.push("cpu_s_per_gb", mode, cpu / (bytes as f64 / 1e9));
-        self.verify_bulk(mode, bytes)?;
+        self.verify_bulk(mode, bytes, sink, node_cpu)?;
 
         let c0 = running.cpu_s();
         let rtts = in_ns(&client, workloads::closed_loop(echo, o.closed))
@@ -279,11 +316,20 @@ impl<'a> Bench<'a> {
             .extend(samples);
     }
 
-    /// Did the meshed mode really carry the bulk bytes, over mutual TLS?
-    fn verify_bulk(&mut self, mode: Mode, bytes: u64) -> Result<(), String> {
+    /// Did the meshed mode really carry the bulk bytes (sent to `sink`),
+    /// over mutual TLS? `node_cpu`: the proxies' CPU seconds on each node
+    /// during the bulk.
+    fn verify_bulk(
+        &mut self,
+        mode: Mode,
+        bytes: u64,
+        sink: SocketAddr,
+        node_cpu: [f64; 2],
+    ) -> Result<(), String> {
         let line = match mode {
             Mode::NoMesh => return Ok(()),
             Mode::Sidecar => self.verify_sidecar_bulk(bytes)?,
+            Mode::TlsRelay => self.verify_relay_bulk(bytes, sink, node_cpu)?,
             Mode::Ambient => {
                 let dst = SocketAddr::from((self.topo.pod("server-0").ip, SINK_PORT)).to_string();
                 self.mesh.wait_event(1, "bulk outbound", |e| {
@@ -331,6 +377,37 @@ impl<'a> Bench<'a> {
             v.push(line);
         }
         Ok(())
+    }
+
+    /// The client dialled node 1's address, where only the node-1 relay
+    /// listens (the pods have no nft table, checked at every stop), and the
+    /// sink counted every byte; both relays must have worked during the
+    /// bulk and reported no failed connection.
+    fn verify_relay_bulk(
+        &self,
+        bytes: u64,
+        sink: SocketAddr,
+        node_cpu: [f64; 2],
+    ) -> Result<String, String> {
+        let chain = self.relays.as_ref().expect("TLS relays running");
+        let errors = chain.errors();
+        if !errors.is_empty() {
+            return Err(format!(
+                "the TLS relays reported failed connections: {}",
+                errors.join("; ")
+            ));
+        }
+        if node_cpu.iter().any(|c| *c <= 0.0) {
+            return Err(format!(
+                "a TLS relay used no CPU during the bulk of {bytes} B (node 1: {:.3} s, node 2: {:.3} s): it did not carry it",
+                node_cpu[0], node_cpu[1]
+            ));
+        }
+        Ok(format!(
+            "client-0 sent the bulk to {sink} (node 1's address, where only the node-1 tcp-relay listens; no nft table in the pods) and server-0's sink counted all {bytes} B; \
+             relay CPU during the bulk: node 1 {:.2} s, node 2 {:.2} s (mutual TLS 1.3 between them); no failed connection on either relay",
+            node_cpu[0], node_cpu[1]
+        ))
     }
 
     /// The client-0 sidecar's access log and metrics, and the server-0
@@ -486,22 +563,20 @@ pub fn render(json: &std::path::Path) -> Result<(), String> {
 }
 
 fn print_summary(r: &Report) {
-    println!(
-        "\n{:<34} {:>10} {:>10} {:>10} {:>10}   (medians)",
-        "figure", "no mesh", "sidecar", "envoy", "ambient"
-    );
+    print!("\n{:<34}", "figure");
+    for m in Mode::ALL {
+        print!(" {:>10}", m.key());
+    }
+    println!("   (medians)");
     for id in r.figures.keys() {
-        let cell = |m: Mode| {
-            r.median(id, m)
-                .map_or("-".to_owned(), |v| format!("{v:.2}"))
-        };
-        println!(
-            "{id:<34} {:>10} {:>10} {:>10} {:>10}",
-            cell(Mode::NoMesh),
-            cell(Mode::Sidecar),
-            cell(Mode::Envoy),
-            cell(Mode::Ambient)
-        );
+        print!("{id:<34}");
+        for m in Mode::ALL {
+            let cell = r
+                .median(id, m)
+                .map_or("-".to_owned(), |v| format!("{v:.2}"));
+            print!(" {cell:>10}");
+        }
+        println!();
     }
     for t in r.targets() {
         let met = match t.met {
@@ -515,6 +590,15 @@ fn print_summary(r: &Report) {
             t.rule,
             t.value.map_or("-".into(), |v| format!("{v:.2}"))
         );
+    }
+    if r.meta.modes.contains(&Mode::TlsRelay) {
+        for f in r.floor_ratios() {
+            println!(
+                "floor: {} -> {}",
+                f.name,
+                f.value.map_or("-".into(), |v| format!("{v:.2}"))
+            );
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 use std::fmt::Write;
 
 use super::svg::{self, escape, fmt_num, line_chart, Series, XAxis, YAxis};
-use super::{figure_def, pss_id, rss_id, startup_id, Report, FIGURES};
+use super::{figure_def, pss_id, rss_id, startup_id, Report, FIGURES, RATIO_BASES};
 use crate::mesh_bench::stats::Spread;
 use crate::mesh_bench::Mode;
 
@@ -18,9 +18,14 @@ code,pre{background:#f6f6f6}pre{padding:.5em;white-space:pre-wrap}";
 pub fn render(r: &Report) -> String {
     let mut h = String::new();
     let _ = write!(h, "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>mesh-bench: ambient vs sidecars</title><style>{STYLE}</style></head><body>");
-    h.push_str("<h1>mesh-bench: no mesh, ztunnel sidecar, Envoy sidecar, ambient</h1>");
+    h.push_str("<h1>mesh-bench: no mesh, ztunnel sidecar, Envoy sidecar, ambient");
+    if has_floor(r) {
+        h.push_str(", and a TLS relay floor");
+    }
+    h.push_str("</h1>");
     meta(&mut h, r);
     targets(&mut h, r);
+    floor(&mut h, r);
     charts(&mut h, r);
     figures(&mut h, r);
     verification(&mut h, r);
@@ -83,6 +88,38 @@ fn targets(h: &mut String, r: &Report) {
     h.push_str("</table>");
 }
 
+/// Whether the run has the TLS relay floor (it ran, or has figures).
+fn has_floor(r: &Report) -> bool {
+    r.meta.modes.contains(&Mode::TlsRelay)
+        || r.figures.values().any(|m| m.contains_key(&Mode::TlsRelay))
+}
+
+fn floor(h: &mut String, r: &Report) {
+    if !has_floor(r) {
+        return;
+    }
+    h.push_str(
+        "<h2>The TLS relay floor</h2><p>Not a mesh: a floor for what any proxy pair with our crypto can do here. \
+         The client dials node 1's address, where a <code>tcp-relay</code> forwards each connection over mutual TLS 1.3 \
+         (HBONE's rustls configurations, SPIFFE checks and record sealing) to a <code>tcp-relay</code> in node 2, which \
+         dials the server pod: TLS only, no HTTP/2, no capture (no nftables, no original-destination lookup), no policy, \
+         no telemetry, and no per-pod proxy, so it runs only the single-pair figures (throughput, latency, connections, \
+         CPU) and is absent, not zero, from the memory and start-up figures. Each client connection is its own TLS \
+         connection with a full handshake (no pooling), so its new connections/s is informational. The targets stay \
+         ambient vs Envoy sidecars.</p>",
+    );
+    h.push_str("<table><tr><th class=\"l\">ratio of medians</th><th>measured</th></tr>");
+    for f in r.floor_ratios() {
+        let _ = write!(
+            h,
+            "<tr><td class=\"l\">{}</td><td>{}</td></tr>",
+            escape(&f.name),
+            f.value.map_or("–".into(), |v| format!("{v:.2}")),
+        );
+    }
+    h.push_str("</table>");
+}
+
 fn charts(h: &mut String, r: &Report) {
     h.push_str("<h2>Charts</h2>");
     for (kind, title) in [
@@ -126,9 +163,14 @@ fn charts(h: &mut String, r: &Report) {
             })
             .collect();
         let ticks = pods.iter().map(|n| *n as f64).collect();
+        let absent = if has_floor(r) {
+            " The TLS relay floor has no per-pod proxies and is not measured here."
+        } else {
+            ""
+        };
         let _ = write!(
             h,
-            "<figure>{}<figcaption>Total proxy RSS on the larger node vs pods per node (median, whiskers min–max; log scale), with idle connections open. No mesh runs no proxy.</figcaption></figure>",
+            "<figure>{}<figcaption>Total proxy RSS on the larger node vs pods per node (median, whiskers min–max; log scale), with idle connections open. No mesh runs no proxy.{absent}</figcaption></figure>",
             line_chart("proxy memory per node", "pods per node", "MiB (log scale)", &XAxis::Linear { ticks }, YAxis::Log, &series)
         );
     }
@@ -158,13 +200,21 @@ fn figure_ids(r: &Report) -> Vec<String> {
 
 fn figures(h: &mut String, r: &Report) {
     h.push_str("<h2>Every figure: median [min–max] over repetitions, and ratios of medians</h2>");
-    h.push_str("<table><tr><th class=\"l\">figure</th><th class=\"l\">mode</th><th>median [min–max]</th><th>÷ no mesh</th><th>÷ ztunnel sidecar</th><th>÷ Envoy sidecar</th><th>added vs no mesh</th></tr>");
+    h.push_str(
+        "<table><tr><th class=\"l\">figure</th><th class=\"l\">mode</th><th>median [min–max]</th>",
+    );
+    for base in RATIO_BASES {
+        let _ = write!(h, "<th>÷ {}</th>", base.label());
+    }
+    h.push_str("<th>added vs no mesh</th></tr>");
+    let columns = RATIO_BASES.len() + 2;
     for id in figure_ids(r) {
         let def = figure_def(&id).expect("known figure");
         let label = match id.rsplit('_').nth(1) {
             Some(n) if id.ends_with("_pods") => format!("{} at {n} pods/node", def.label),
             _ => def.label.to_owned(),
         };
+        let label = format!("{} ({})", escape(&label), def.unit);
         for (mode, s) in &r.figures[&id] {
             let ratio = |base: Mode| {
                 if base == *mode {
@@ -181,21 +231,41 @@ fn figures(h: &mut String, r: &Report) {
             };
             let _ = write!(
                 h,
-                "<tr><td class=\"l\">{} ({})</td><td class=\"l\"><span style=\"color:{}\">■</span> {}</td><td>{} [{}–{}]</td><td>{}</td><td>{}</td><td>{}</td><td>{added}</td></tr>",
-                escape(&label),
-                def.unit,
-                svg::colour(*mode),
-                mode.label(),
+                "<tr><td class=\"l\">{label}</td><td class=\"l\">{}</td><td>{} [{}–{}]</td>",
+                mode_cell(*mode),
                 fmt_num(s.median),
                 fmt_num(s.min),
                 fmt_num(s.max),
-                ratio(Mode::NoMesh),
-                ratio(Mode::Sidecar),
-                ratio(Mode::Envoy),
             );
+            for base in RATIO_BASES {
+                let _ = write!(h, "<td>{}</td>", ratio(base));
+            }
+            let _ = write!(h, "<td>{added}</td></tr>");
+        }
+        // A perf-only mode that ran has no entry in the per-pod-count
+        // figures: say so rather than leave the reader to guess (or read 0).
+        if id.ends_with("_pods") {
+            for mode in r.meta.modes.iter().filter(|m| m.perf_only()) {
+                if !r.figures[&id].contains_key(mode) {
+                    let _ = write!(
+                        h,
+                        "<tr><td class=\"l\">{label}</td><td class=\"l\">{}</td><td class=\"na l\" colspan=\"{columns}\">not measured: no per-pod proxies (single-pair figures only)</td></tr>",
+                        mode_cell(*mode),
+                    );
+                }
+            }
         }
     }
     h.push_str("</table>");
+}
+
+/// A mode's colour swatch and label.
+fn mode_cell(mode: Mode) -> String {
+    format!(
+        "<span style=\"color:{}\">■</span> {}",
+        svg::colour(mode),
+        mode.label()
+    )
 }
 
 fn verification(h: &mut String, r: &Report) {

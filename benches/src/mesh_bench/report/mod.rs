@@ -21,6 +21,10 @@ pub enum Better {
     Lower,
 }
 
+/// The modes every figure is also given as a ratio to (JSON `ratios`
+/// `vs_<key>`, and a column each in the HTML table).
+pub const RATIO_BASES: [Mode; 4] = [Mode::NoMesh, Mode::Sidecar, Mode::Envoy, Mode::TlsRelay];
+
 /// What a figure is: its id in [`Report::figures`], a label, a unit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FigureDef {
@@ -228,6 +232,17 @@ pub struct Report {
     pub verification: BTreeMap<String, Vec<String>>,
 }
 
+/// A ratio that places the TLS relay floor between ambient and Envoy, on
+/// the run's medians. Informational: the targets stay ambient vs Envoy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FloorRatio {
+    /// Stable key, e.g. `throughput_ambient_vs_tls_relay`.
+    pub id: String,
+    pub name: String,
+    /// `None` when a mode needed for it did not run.
+    pub value: Option<f64>,
+}
+
 /// One of the targets, evaluated on the run's medians.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TargetResult {
@@ -254,6 +269,12 @@ impl Report {
         added(self.median(id, mode), self.median(id, Mode::NoMesh))
     }
 
+    /// Ratio of the latency `mode` adds to no mesh to what `base` adds
+    /// (medians), for a latency figure.
+    pub fn added_ratio(&self, id: &str, mode: Mode, base: Mode) -> Option<f64> {
+        ratio(self.added(id, mode), self.added(id, base))
+    }
+
     /// The pod counts that have an RSS figure, ascending.
     pub fn pod_counts(&self) -> Vec<usize> {
         let mut v: Vec<usize> = self
@@ -274,10 +295,7 @@ impl Report {
     pub fn targets(&self) -> Vec<TargetResult> {
         let largest = self.pod_counts().last().copied().unwrap_or(0);
         let mem = self.ratio(&rss_id(largest), Mode::Ambient, Mode::Envoy);
-        let p99 = ratio(
-            self.added("closed_p99_us", Mode::Ambient),
-            self.added("closed_p99_us", Mode::Envoy),
-        );
+        let p99 = self.added_ratio("closed_p99_us", Mode::Ambient, Mode::Envoy);
         let thr = self.ratio("throughput_gbit_s", Mode::Ambient, Mode::Envoy);
         vec![
             TargetResult {
@@ -302,15 +320,49 @@ impl Report {
         ]
     }
 
-    /// The JSON document: the report plus the derived ratios and targets,
-    /// so a reader needs no code to get them.
+    /// Where the TLS relay floor sits: ambient ÷ floor and floor ÷ Envoy,
+    /// for single-stream throughput and added closed-loop p99.
+    pub fn floor_ratios(&self) -> Vec<FloorRatio> {
+        let (thr, p99) = ("throughput_gbit_s", "closed_p99_us");
+        let floor = Mode::TlsRelay;
+        let r = |id: &str, name: &str, value| FloorRatio {
+            id: id.into(),
+            name: name.into(),
+            value,
+        };
+        vec![
+            r(
+                "throughput_ambient_vs_tls_relay",
+                "ambient single-stream throughput / TLS relay floor's",
+                self.ratio(thr, Mode::Ambient, floor),
+            ),
+            r(
+                "throughput_tls_relay_vs_envoy",
+                "TLS relay floor single-stream throughput / Envoy sidecars'",
+                self.ratio(thr, floor, Mode::Envoy),
+            ),
+            r(
+                "added_closed_p99_ambient_vs_tls_relay",
+                "ambient added p99 latency / TLS relay floor's (closed loop)",
+                self.added_ratio(p99, Mode::Ambient, floor),
+            ),
+            r(
+                "added_closed_p99_tls_relay_vs_envoy",
+                "TLS relay floor added p99 latency / Envoy sidecars' (closed loop)",
+                self.added_ratio(p99, floor, Mode::Envoy),
+            ),
+        ]
+    }
+
+    /// The JSON document: the report plus the derived ratios, targets and
+    /// floor ratios, so a reader needs no code to get them.
     pub fn to_json(&self) -> serde_json::Value {
         let mut ratios = serde_json::Map::new();
         for (id, modes) in &self.figures {
             let mut per_mode = serde_json::Map::new();
             for mode in modes.keys() {
                 let mut r = serde_json::Map::new();
-                for base in [Mode::NoMesh, Mode::Sidecar, Mode::Envoy] {
+                for base in RATIO_BASES {
                     if let Some(v) = self.ratio(id, *mode, base) {
                         r.insert(format!("vs_{}", base.key()), v.into());
                     }
@@ -327,11 +379,13 @@ impl Report {
         let mut doc = serde_json::to_value(self).expect("report serialises");
         doc["ratios"] = ratios.into();
         doc["targets"] = serde_json::to_value(self.targets()).expect("targets serialise");
+        doc["floor_ratios"] =
+            serde_json::to_value(self.floor_ratios()).expect("floor ratios serialise");
         doc
     }
 
     /// Reads back a document written by [`Report::to_json`] (the derived
-    /// `ratios` and `targets` are recomputed, not read), so a committed run
+    /// `ratios`, `targets` and `floor_ratios` are recomputed, not read), so a committed run
     /// can be re-rendered after the report changes.
     pub fn from_json(doc: &serde_json::Value) -> Result<Report, serde_json::Error> {
         Report::deserialize(doc)

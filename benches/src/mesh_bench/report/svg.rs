@@ -17,6 +17,7 @@ pub fn colour(mode: Mode) -> &'static str {
         Mode::NoMesh => "#555555",
         Mode::Sidecar => "#1f77b4",
         Mode::Envoy => "#d62728",
+        Mode::TlsRelay => "#9467bd",
         Mode::Ambient => "#2ca02c",
     }
 }

@@ -117,3 +117,118 @@ fn json_document_reads_back_into_the_same_report() {
     let back = Report::from_json(&r.to_json()).expect("reads back");
     assert_eq!(back, r);
 }
+
+/// The sample run with the TLS relay floor: perf figures only, no memory
+/// or start-up figure (it has no per-pod proxies).
+fn floor_report() -> Report {
+    let mut r = sample_report();
+    let mut put = |id: &str, v: &[f64]| {
+        r.figures
+            .entry(id.to_owned())
+            .or_default()
+            .insert(Mode::TlsRelay, Spread::of(v).unwrap());
+    };
+    put("throughput_gbit_s", &[2.6, 2.4, 2.5]);
+    put("closed_p99_us", &[300.0, 280.0, 320.0]);
+    r.latency_curves.get_mut("closed").unwrap().insert(
+        Mode::TlsRelay,
+        vec![(0.0, 200.0), (0.5, 250.0), (0.99, 300.0)],
+    );
+    r.meta.modes = vec![Mode::NoMesh, Mode::Envoy, Mode::TlsRelay, Mode::Ambient];
+    r
+}
+
+#[test]
+fn floor_ratios_place_the_floor_between_ambient_and_envoy() {
+    let r = floor_report();
+    let got: Vec<(String, Option<f64>)> = r
+        .floor_ratios()
+        .into_iter()
+        .map(|f| (f.id, f.value))
+        .collect();
+    // Medians: throughput no mesh 11, Envoy 2, floor 2.5, ambient 3;
+    // closed p99 no mesh 100, Envoy 600 (+500), floor 300 (+200), ambient
+    // 350 (+250).
+    let want = [
+        ("throughput_ambient_vs_tls_relay", 3.0 / 2.5),
+        ("throughput_tls_relay_vs_envoy", 2.5 / 2.0),
+        ("added_closed_p99_ambient_vs_tls_relay", 250.0 / 200.0),
+        ("added_closed_p99_tls_relay_vs_envoy", 200.0 / 500.0),
+    ];
+    assert_eq!(got.len(), want.len());
+    for ((id, value), (want_id, want_value)) in got.iter().zip(want) {
+        assert_eq!(id, want_id);
+        assert_eq!(*value, Some(want_value), "{id}");
+    }
+    // The targets stay ambient vs Envoy, whatever the floor measured.
+    assert_eq!(r.targets(), sample_report().targets());
+}
+
+#[test]
+fn floor_ratios_are_unevaluated_without_the_floor() {
+    for f in sample_report().floor_ratios() {
+        assert_eq!(f.value, None, "{}", f.id);
+    }
+    // And without Envoy, only the ambient-vs-floor ones are.
+    let mut r = floor_report();
+    r.figures.values_mut().for_each(|m| {
+        m.remove(&Mode::Envoy);
+    });
+    let set: Vec<bool> = r.floor_ratios().iter().map(|f| f.value.is_some()).collect();
+    assert_eq!(set, [true, false, true, false]);
+}
+
+#[test]
+fn json_has_the_floor_ratios_and_no_memory_entry_for_the_floor() {
+    let r = floor_report();
+    let j = r.to_json();
+    assert_eq!(
+        j["figures"]["throughput_gbit_s"]["tls_relay"]["median"],
+        2.5
+    );
+    assert_eq!(
+        j["ratios"]["throughput_gbit_s"]["ambient"]["vs_tls_relay"],
+        3.0 / 2.5
+    );
+    assert_eq!(
+        j["ratios"]["throughput_gbit_s"]["tls_relay"]["vs_envoy"],
+        1.25
+    );
+    assert_eq!(j["ratios"]["closed_p99_us"]["tls_relay"]["added_us"], 200.0);
+    let floor = j["floor_ratios"].as_array().unwrap();
+    assert_eq!(floor.len(), 4);
+    assert_eq!(floor[3]["id"], "added_closed_p99_tls_relay_vs_envoy");
+    assert_eq!(floor[3]["value"], 0.4);
+    // Absent, not zero.
+    for n in [10, 50] {
+        assert!(j["figures"][rss_id(n)].get("tls_relay").is_none());
+    }
+    assert_eq!(Report::from_json(&j).unwrap(), r);
+}
+
+#[test]
+fn a_mode_absent_from_the_memory_figures_renders_as_not_measured() {
+    let page = html::render(&floor_report());
+    assert!(page.contains("<h2>The TLS relay floor</h2>"));
+    assert!(page
+        .contains("TLS relay floor single-stream throughput / Envoy sidecars'</td><td>1.25</td>"));
+    assert!(page.contains("<th>÷ TLS relay (floor)</th>"));
+    // One "not measured" row per per-pod-count figure (RSS at 10 and 50).
+    assert_eq!(page.matches("not measured: no per-pod proxies").count(), 2);
+    // Both charts draw; the floor is a line in the latency chart only.
+    let svgs: Vec<&str> = page
+        .split("<svg")
+        .skip(1)
+        .map(|s| s.split("</svg>").next().unwrap())
+        .collect();
+    assert_eq!(svgs.len(), 2, "closed-loop latency + memory");
+    assert!(svgs[0].contains("TLS relay (floor)"));
+    assert!(!svgs[1].contains("TLS relay (floor)"));
+    assert_eq!(svgs[1].matches("<polyline").count(), 2, "Envoy and ambient");
+    assert!(page.contains("is not measured here"));
+    assert!(!page.contains("NaN"));
+    // Without the floor, no floor section, note or row.
+    let plain = html::render(&sample_report());
+    assert!(!plain.contains("TLS relay floor"));
+    assert!(!plain.contains("not measured: no per-pod proxies"));
+}
