@@ -6,7 +6,9 @@
 //! legs, as ambient mode does, with no TLS, HTTP/2 or policy on the way:
 //! `netns-bench`'s floor. With [`Hop::Tls`] the node-to-node leg is mutual
 //! TLS 1.3 with HBONE's own configurations, and still no HTTP/2: the data
-//! path of a sidecar mesh, `netns-bench`'s second floor.
+//! path of a sidecar mesh, `netns-bench`'s second floor. With [`Hop::Hbone`]
+//! it is HBONE through the `hbone` library: ambient's tunnel without
+//! capture, policy or telemetry.
 //!
 //! Each relay runs under `ip netns exec` in its node's namespace, with its
 //! stderr in a file of the given directory. Dropping the chain kills and
@@ -65,6 +67,20 @@ pub enum Hop {
     /// Mutual TLS 1.3 (`tcp-relay --tls`), with certificates from a dev CA
     /// created in the chain's directory.
     Tls,
+    /// HBONE (`tcp-relay --hbone`), the same CA: node 2's relay serves
+    /// HBONE on 15008 instead of listening on the ports.
+    Hbone,
+}
+
+impl Hop {
+    /// `tcp-relay`'s flag for this hop, if any.
+    fn flag(self) -> Option<&'static str> {
+        match self {
+            Hop::Plain => None,
+            Hop::Tls => Some("--tls"),
+            Hop::Hbone => Some("--hbone"),
+        }
+    }
 }
 
 /// Two running relays: node 1 -> node 2 -> target.
@@ -87,7 +103,7 @@ impl RelayChain {
     ) -> RelayChain {
         let (n1, n2) = (topo.node(1), topo.node(2));
         let ca = dir.join("relay-ca");
-        if hop == Hop::Tls {
+        if hop != Hop::Plain {
             // Created here, so the two relays cannot race to create it.
             hbone::ca::DevCa::load_or_create(&ca).expect("create the relays' CA");
         }
@@ -118,8 +134,8 @@ impl RelayChain {
                 "--ports",
                 &ports,
             ];
-            if hop == Hop::Tls {
-                argv.extend(["--tls", side, "--ca", ca]);
+            if let Some(flag) = hop.flag() {
+                argv.extend([flag, side, "--ca", ca]);
             }
             let child = node.ns.spawn(&argv).expect("spawn tcp-relay");
             let mut relay = Relay {

@@ -5,7 +5,9 @@
 //! test's server listens on an ephemeral port. In TLS mode, a `connect`
 //! relay on 127.0.0.1 reaches an `accept` relay on 127.0.0.3 over mutual
 //! TLS; plaintext, a server from another CA, and a client presenting
-//! another CA's certificate all get nowhere.
+//! another CA's certificate all get nowhere. In HBONE mode the same chain
+//! runs through the `hbone` library, and a CONNECT to a port the accepting
+//! relay does not relay is refused.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -289,4 +291,46 @@ fn tls_relays_tunnel_byte_exact_and_refuse_strangers() {
         server.accept().is_err(),
         "the server was reached through an untrusted tunnel"
     );
+}
+
+#[test]
+fn hbone_relays_tunnel_byte_exact_and_refuse_other_ports() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = dir.path().join("ca");
+    let server = TcpListener::bind("127.0.0.2:0").expect("server on 127.0.0.2");
+    let port = server.local_addr().expect("addr").port();
+    let other = TcpListener::bind("127.0.0.2:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let ca_arg = ca.to_str().expect("utf-8 path");
+    // Both ports at the connect relay; only `port` is relayed by the accept
+    // relay, which serves HBONE on 127.0.0.3:15008.
+    let accept = Relay::start_with(
+        "127.0.0.3",
+        "127.0.0.2",
+        &[port],
+        &["--hbone", "accept", "--ca", ca_arg],
+    );
+    let connect_relay = Relay::start_with(
+        "127.0.0.1",
+        "127.0.0.3",
+        &[port, other],
+        &["--hbone", "connect", "--ca", ca_arg],
+    );
+    exchange(&server, port);
+    exchange(&server, port);
+
+    let mut c = connect(other);
+    let mut rest = Vec::new();
+    let _ = c.read_to_end(&mut rest);
+    assert!(
+        rest.is_empty(),
+        "a reply through a refused CONNECT: {rest:?}"
+    );
+    let line = accept.next_line();
+    assert!(line.contains("is not relayed"), "{line}");
+    let line = connect_relay.next_line();
+    assert!(line.contains("HBONE CONNECT"), "{line}");
 }

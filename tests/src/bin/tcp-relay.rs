@@ -22,6 +22,14 @@
 //! relay is a TLS-only tunnel, the data path of a sidecar mesh (Envoy's
 //! mutual TLS between sidecars), with no HTTP/2.
 //!
+//! `--hbone connect|accept --ca DIR` makes that hop HBONE instead, through
+//! the `hbone` library ztunnel uses: the `connect` relay opens a CONNECT
+//! stream per connection over its pooled HBONE connections to
+//! `next-hop:15008` (authority `next-hop:P`), and the `accept` relay serves
+//! HBONE on `listen:15008` and dials its next hop on the authority's port
+//! (one of `--ports`; others get 503). That is ambient's tunnel without
+//! capture, policy or telemetry.
+//!
 //! Once every listener is bound it prints `tcp-relay: listening ...` on
 //! stderr; a failed connection prints one line there and never stops the
 //! relay. SIGTERM or SIGINT ends it with status 0.
@@ -35,8 +43,16 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use hbone::ca::DevCa;
+use hbone::cert::CertStore;
+use hbone::client::{ConnectRequest, HboneClient};
 use hbone::copy::{copy_bidirectional, CopyIo, Counters};
+use hbone::drain::Drain;
+use hbone::headers::ConnectMeta;
+use hbone::server::{
+    FixedIdentity, Handler, HboneServer, InboundRequest, ServerConfig, ServerError,
+};
 use hbone::socket::{dial, DialOptions};
 use hbone::SpiffeId;
 use mesh_tests::process::Flags;
@@ -54,52 +70,74 @@ struct Config {
     listen: IpAddr,
     next_hop: IpAddr,
     ports: Vec<u16>,
-    tls: Option<(TlsSide, PathBuf)>,
+    secure: Option<Secure>,
 }
 
-/// Which hop of this relay is TLS.
+/// The node-to-node hop, when it is not plain TCP.
+#[derive(Debug)]
+struct Secure {
+    tunnel: Tunnel,
+    side: Side,
+    ca: PathBuf,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum TlsSide {
-    /// Dial the next hop with TLS.
+enum Tunnel {
+    /// Mutual TLS 1.3 around the raw bytes.
+    Tls,
+    /// HBONE: HTTP/2 CONNECT inside mutual TLS 1.3.
+    Hbone,
+}
+
+/// Which end of the secured hop this relay is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    /// Dial the next hop through the tunnel.
     Connect,
-    /// Accept TLS from peers.
+    /// Accept the tunnel from peers.
     Accept,
 }
 
-impl std::str::FromStr for TlsSide {
+impl std::str::FromStr for Side {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
-            "connect" => Ok(TlsSide::Connect),
-            "accept" => Ok(TlsSide::Accept),
-            other => Err(format!("--tls takes connect or accept, not {other:?}")),
+            "connect" => Ok(Side::Connect),
+            "accept" => Ok(Side::Accept),
+            other => Err(format!("takes connect or accept, not {other:?}")),
         }
     }
 }
 
-/// What a TLS relay hands each connection.
-enum Tls {
-    Connect(tokio_rustls::TlsConnector),
-    Accept(tokio_rustls::TlsAcceptor),
+/// What a relay hands each connection it accepts on `--ports`.
+enum Hop {
+    Plain,
+    TlsConnect(tokio_rustls::TlsConnector),
+    TlsAccept(tokio_rustls::TlsAcceptor),
+    HboneConnect {
+        client: Arc<HboneClient>,
+        id: SpiffeId,
+    },
 }
 
 fn usage(err: &str) -> ! {
     if !err.is_empty() {
         eprintln!("tcp-relay: {err}");
     }
-    eprintln!("usage: tcp-relay --listen IP --next-hop IP --ports P1,P2,... [--tls connect|accept --ca DIR]");
+    eprintln!("usage: tcp-relay --listen IP --next-hop IP --ports P1,P2,... [--tls|--hbone connect|accept --ca DIR]");
     std::process::exit(2);
 }
 
 fn parse(mut flags: Flags) -> Config {
     let (mut listen, mut next_hop, mut ports) = (None, None, Vec::new());
-    let (mut side, mut ca) = (None, None);
+    let (mut tunnel, mut ca) = (None, None);
     while let Some(flag) = flags.next_flag() {
         match flag.as_str() {
             "--listen" => listen = Some(flags.value("--listen")),
             "--next-hop" => next_hop = Some(flags.value("--next-hop")),
             "--ports" => ports = flags.list("--ports"),
-            "--tls" => side = Some(flags.value::<TlsSide>("--tls")),
+            "--tls" => tunnel = Some((Tunnel::Tls, flags.value::<Side>("--tls"))),
+            "--hbone" => tunnel = Some((Tunnel::Hbone, flags.value::<Side>("--hbone"))),
             "--ca" => ca = Some(PathBuf::from(flags.string("--ca"))),
             "-h" | "--help" => usage(""),
             other => usage(&format!("unknown argument {other}")),
@@ -108,16 +146,16 @@ fn parse(mut flags: Flags) -> Config {
     if ports.is_empty() {
         usage("--ports is required");
     }
-    let tls = match (side, ca) {
-        (Some(side), Some(ca)) => Some((side, ca)),
+    let secure = match (tunnel, ca) {
+        (Some((tunnel, side)), Some(ca)) => Some(Secure { tunnel, side, ca }),
         (None, None) => None,
-        _ => usage("--tls and --ca go together"),
+        _ => usage("--tls or --hbone goes with --ca"),
     };
     Config {
         listen: listen.unwrap_or_else(|| usage("--listen is required")),
         next_hop: next_hop.unwrap_or_else(|| usage("--next-hop is required")),
         ports,
-        tls,
+        secure,
     }
 }
 
@@ -137,20 +175,42 @@ fn main() -> ExitCode {
     runtime.block_on(run(cfg))
 }
 
-/// The TLS side of this relay, with a fresh certificate from the dev CA.
-/// HBONE's own configurations, ALPN `h2` included although the relays send
-/// raw bytes: the handshake is byte for byte the one ztunnels make.
-fn tls(side: TlsSide, ca: &Path) -> Result<Tls, String> {
+/// This relay's identity (both relays share it).
+fn relay_id() -> SpiffeId {
+    SpiffeId::new("cluster.local", "bench", "tcp-relay").expect("a valid identity")
+}
+
+/// A certificate store over the dev CA in `ca`.
+fn cert_store(ca: &Path) -> Result<Arc<CertStore>, String> {
     let ca = DevCa::load_or_create(ca).map_err(|e| format!("the CA in {}: {e}", ca.display()))?;
-    let id = SpiffeId::new("cluster.local", "bench", "tcp-relay").expect("a valid identity");
-    let cert = ca.issue(&id).map_err(|e| format!("issuing {id}: {e}"))?;
-    Ok(match side {
-        TlsSide::Connect => Tls::Connect(
+    Ok(CertStore::new(Arc::new(ca)))
+}
+
+/// What this relay does with each connection on `--ports`. TLS uses HBONE's
+/// own configurations, ALPN `h2` included although the relays send raw
+/// bytes: the handshake is byte for byte the one ztunnels make.
+async fn hop(secure: Option<&Secure>) -> Result<Hop, String> {
+    let Some(secure) = secure else {
+        return Ok(Hop::Plain);
+    };
+    let certs = cert_store(&secure.ca)?;
+    let id = relay_id();
+    if secure.tunnel == Tunnel::Hbone {
+        // Accepting HBONE is the server's job, not a per-port one.
+        let client = HboneClient::new(certs, hbone::client::ClientConfig::default());
+        return Ok(Hop::HboneConnect { client, id });
+    }
+    let cert = certs
+        .get(&id)
+        .await
+        .map_err(|e| format!("issuing {id}: {e}"))?;
+    Ok(match secure.side {
+        Side::Connect => Hop::TlsConnect(
             hbone::tls::client_config(&cert, &[id])
                 .map_err(|e| format!("TLS client config: {e}"))?
                 .into(),
         ),
-        TlsSide::Accept => Tls::Accept(
+        Side::Accept => Hop::TlsAccept(
             hbone::tls::server_config(&cert)
                 .map_err(|e| format!("TLS server config: {e}"))?
                 .into(),
@@ -158,19 +218,69 @@ fn tls(side: TlsSide, ca: &Path) -> Result<Tls, String> {
     })
 }
 
-async fn run(cfg: Config) -> ExitCode {
-    let tls = match &cfg.tls {
-        None => None,
-        Some((side, ca)) => match tls(*side, ca) {
-            Ok(t) => Some(Arc::new(t)),
-            Err(e) => {
-                eprintln!("tcp-relay: {e}");
-                return ExitCode::FAILURE;
+/// The accepting end of an HBONE hop: each CONNECT to one of `ports` is
+/// dialled on to `next_hop` on the same port and copied.
+struct RelayHandler {
+    next_hop: IpAddr,
+    ports: Vec<u16>,
+}
+
+impl Handler for RelayHandler {
+    fn handle(&self, req: InboundRequest) -> BoxFuture<'static, ()> {
+        let to = SocketAddr::new(self.next_hop, req.authority.port());
+        let known = self.ports.contains(&to.port());
+        Box::pin(async move {
+            let peer = req.peer_addr;
+            if !known {
+                eprintln!(
+                    "tcp-relay: {peer}: CONNECT to {} is not relayed",
+                    req.authority
+                );
+                req.reject(http::StatusCode::SERVICE_UNAVAILABLE);
+                return;
             }
-        },
+            let outbound = match dial(to, DialOptions::default(), CONNECT_TIMEOUT).await {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("tcp-relay: {peer} -> {to}: {}", error_chain(&e));
+                    req.reject(http::StatusCode::SERVICE_UNAVAILABLE);
+                    return;
+                }
+            };
+            let result = match req.accept() {
+                Ok(inbound) => copy(inbound, outbound).await,
+                Err(e) => Err(format!("answering the CONNECT: {e}")),
+            };
+            if let Err(e) = result {
+                eprintln!("tcp-relay: {peer} -> {to}: {e}");
+            }
+        })
+    }
+
+    fn connection_failed(&self, peer: SocketAddr, _local: SocketAddr, err: &ServerError) {
+        eprintln!("tcp-relay: {peer}: HBONE connection: {}", error_chain(err));
+    }
+}
+
+async fn run(cfg: Config) -> ExitCode {
+    let hop = match hop(cfg.secure.as_ref()).await {
+        Ok(h) => Arc::new(h),
+        Err(e) => {
+            eprintln!("tcp-relay: {e}");
+            return ExitCode::FAILURE;
+        }
     };
-    let mut listeners = Vec::with_capacity(cfg.ports.len());
-    for port in &cfg.ports {
+    let hbone_server = match &cfg.secure {
+        Some(s) if s.tunnel == Tunnel::Hbone && s.side == Side::Accept => Some(cert_store(&s.ca)),
+        _ => None,
+    };
+    // An HBONE accept relay listens on the HBONE port only.
+    let ports = match hbone_server {
+        Some(_) => vec![hbone::HBONE_PORT],
+        None => cfg.ports.clone(),
+    };
+    let mut listeners = Vec::with_capacity(ports.len());
+    for port in &ports {
         let addr = SocketAddr::new(cfg.listen, *port);
         match listen(addr) {
             Ok(l) => listeners.push(l),
@@ -193,17 +303,46 @@ async fn run(cfg: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    for listener in listeners {
-        tokio::spawn(accept_loop(listener, cfg.next_hop, tls.clone()));
+    match hbone_server {
+        Some(Err(e)) => {
+            eprintln!("tcp-relay: {e}");
+            return ExitCode::FAILURE;
+        }
+        Some(Ok(certs)) => {
+            let identity = Arc::new(FixedIdentity {
+                certs,
+                id: relay_id(),
+            });
+            let handler = Arc::new(RelayHandler {
+                next_hop: cfg.next_hop,
+                ports: cfg.ports.clone(),
+            });
+            let server = HboneServer::new(identity, handler, ServerConfig::default());
+            let drain = Drain::new();
+            // The one listener: the HBONE port.
+            let listener = listeners.pop().expect("the HBONE listener");
+            tokio::spawn(async move { server.serve(listener, drain).await });
+        }
+        None => {
+            for listener in listeners {
+                tokio::spawn(accept_loop(listener, cfg.next_hop, hop.clone()));
+            }
+        }
     }
-    let hop = match &cfg.tls {
-        None => "",
-        Some((TlsSide::Connect, _)) => " over TLS",
-        Some((TlsSide::Accept, _)) => " (accepting TLS)",
+    let how = match &cfg.secure {
+        None => String::new(),
+        Some(s) => format!(
+            " ({} {:?})",
+            match s.side {
+                Side::Connect => "dialling",
+                Side::Accept => "accepting",
+            },
+            s.tunnel
+        ),
     };
     eprintln!(
-        "tcp-relay: listening on {} ports {:?}, forwarding to {}{hop}",
-        cfg.listen, cfg.ports, cfg.next_hop
+        "tcp-relay: listening on {} ports {ports:?}, forwarding to {}{how}",
+        cfg.listen, cfg.next_hop
     );
     tokio::select! {
         _ = term.recv() => {}
@@ -222,11 +361,11 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-async fn accept_loop(listener: TcpListener, next_hop: IpAddr, tls: Option<Arc<Tls>>) {
+async fn accept_loop(listener: TcpListener, next_hop: IpAddr, hop: Arc<Hop>) {
     loop {
         match listener.accept().await {
             Ok((inbound, peer)) => {
-                tokio::spawn(relay(inbound, peer, next_hop, tls.clone()));
+                tokio::spawn(relay(inbound, peer, next_hop, hop.clone()));
             }
             Err(e) => {
                 // EMFILE and the like: back off instead of spinning.
@@ -237,10 +376,10 @@ async fn accept_loop(listener: TcpListener, next_hop: IpAddr, tls: Option<Arc<Tl
     }
 }
 
-/// One connection: dial the next hop on the port it arrived on (each hop
-/// TLS where configured), then copy until both directions are done. Errors
-/// end this connection only.
-async fn relay(inbound: TcpStream, peer: SocketAddr, next_hop: IpAddr, tls: Option<Arc<Tls>>) {
+/// One connection: dial the next hop on the port it arrived on (through the
+/// tunnel where configured), then copy until both directions are done.
+/// Errors end this connection only.
+async fn relay(inbound: TcpStream, peer: SocketAddr, next_hop: IpAddr, hop: Arc<Hop>) {
     let local = match inbound.local_addr() {
         Ok(a) => a,
         Err(e) => {
@@ -252,28 +391,43 @@ async fn relay(inbound: TcpStream, peer: SocketAddr, next_hop: IpAddr, tls: Opti
     if let Err(e) = inbound.set_nodelay(true) {
         eprintln!("tcp-relay: {peer} -> {local}: TCP_NODELAY: {e}");
     }
-    if let Err(e) = forward(inbound, to, tls.as_deref()).await {
+    if let Err(e) = forward(inbound, to, &hop).await {
         eprintln!("tcp-relay: {peer} -> {to}: {e}");
     }
 }
 
-/// Dials `to`, with the TLS handshake on whichever side has it, and copies.
-async fn forward(inbound: TcpStream, to: SocketAddr, tls: Option<&Tls>) -> Result<(), String> {
+/// Dials `to`, through the tunnel on whichever side has it, and copies.
+async fn forward(inbound: TcpStream, to: SocketAddr, hop: &Hop) -> Result<(), String> {
     let dial_next = || async {
         dial(to, DialOptions::default(), CONNECT_TIMEOUT)
             .await
             .map_err(|e| error_chain(&e))
     };
-    match tls {
-        None => copy(inbound, dial_next().await?).await,
-        Some(Tls::Connect(connector)) => {
+    match hop {
+        Hop::Plain => copy(inbound, dial_next().await?).await,
+        Hop::TlsConnect(connector) => {
             let name = hbone::tls::server_name(to);
             let outbound = handshake(connector.connect(name, dial_next().await?)).await?;
             copy(inbound, outbound).await
         }
-        Some(Tls::Accept(acceptor)) => {
+        Hop::TlsAccept(acceptor) => {
             let inbound = handshake(acceptor.accept(inbound)).await?;
             copy(inbound, dial_next().await?).await
+        }
+        Hop::HboneConnect { client, id } => {
+            let req = ConnectRequest {
+                source: id.clone(),
+                source_ip: None,
+                expected: vec![id.clone()],
+                via: SocketAddr::new(to.ip(), hbone::HBONE_PORT),
+                authority: to,
+                meta: ConnectMeta::default(),
+            };
+            let stream = client
+                .connect(&req)
+                .await
+                .map_err(|e| format!("HBONE CONNECT: {}", error_chain(&e)))?;
+            copy(inbound, stream).await
         }
     }
 }

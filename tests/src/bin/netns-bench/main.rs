@@ -1,7 +1,7 @@
 //! `netns-bench`: ambient mesh against no mesh, pod to pod across two nodes
 //! in network namespaces, in one run with the modes alternated
-//! (no-mesh, relay, tls-relay, ambient, no-mesh, relay, ...) so machine
-//! drift cancels out.
+//! (no-mesh, relay, tls-relay, hbone-relay, ambient, no-mesh, ...) so
+//! machine drift cancels out.
 //!
 //! - no mesh: no ztunnel running (stopped with SIGTERM, which removes its
 //!   nftables table), so nothing is captured;
@@ -13,6 +13,9 @@
 //!   (HBONE's rustls configurations and record sealing, no HTTP/2): the
 //!   data path of a sidecar mesh, and the floor of any proxy that encrypts
 //!   between nodes in user space (this kernel has no kTLS);
+//! - hbone-relay: the same relays with HBONE between the nodes, through the
+//!   `hbone` library ztunnel uses (pooled HTTP/2 CONNECT in mutual TLS):
+//!   ambient's tunnel without capture, policy or telemetry;
 //! - ambient: both ztunnels running, the pods' namespace labelled ambient.
 //!
 //! Workloads (client pod on node 1, server pod on node 2): single-stream bulk
@@ -113,11 +116,18 @@ enum Mode {
     NoMesh,
     Relay,
     TlsRelay,
+    HboneRelay,
     Ambient,
 }
 
 /// Every mode, in the order each repetition runs them.
-const MODES: [Mode; 4] = [Mode::NoMesh, Mode::Relay, Mode::TlsRelay, Mode::Ambient];
+const MODES: [Mode; 5] = [
+    Mode::NoMesh,
+    Mode::Relay,
+    Mode::TlsRelay,
+    Mode::HboneRelay,
+    Mode::Ambient,
+];
 
 impl Mode {
     fn key(self) -> &'static str {
@@ -125,6 +135,7 @@ impl Mode {
             Mode::NoMesh => "no_mesh",
             Mode::Relay => "relay",
             Mode::TlsRelay => "tls_relay",
+            Mode::HboneRelay => "hbone_relay",
             Mode::Ambient => "ambient",
         }
     }
@@ -136,6 +147,7 @@ impl Mode {
         match self {
             Mode::Relay => &RELAY_KEYS,
             Mode::TlsRelay => &TLS_RELAY_KEYS,
+            Mode::HboneRelay => &HBONE_RELAY_KEYS,
             Mode::NoMesh | Mode::Ambient => &ZTUNNEL_KEYS,
         }
     }
@@ -145,6 +157,7 @@ impl Mode {
         match self {
             Mode::Relay => Some(Hop::Plain),
             Mode::TlsRelay => Some(Hop::Tls),
+            Mode::HboneRelay => Some(Hop::Hbone),
             Mode::NoMesh | Mode::Ambient => None,
         }
     }
@@ -185,6 +198,15 @@ const TLS_RELAY_KEYS: ProxyKeys = ProxyKeys {
     cpu_s_conns: "tls_relay_cpu_s_conns",
     cpu_us_per_conn: "tls_relay_cpu_us_per_conn",
     peak_rss_mib: "tls_relay_peak_rss_mib",
+};
+
+const HBONE_RELAY_KEYS: ProxyKeys = ProxyKeys {
+    cpu_s_bulk: "hbone_relay_cpu_s_bulk",
+    cpu_s_per_gib: "hbone_relay_cpu_s_per_gib",
+    cpu_s_latency: "hbone_relay_cpu_s_latency",
+    cpu_s_conns: "hbone_relay_cpu_s_conns",
+    cpu_us_per_conn: "hbone_relay_cpu_us_per_conn",
+    peak_rss_mib: "hbone_relay_peak_rss_mib",
 };
 
 /// figure name -> mode -> one sample per repetition.
@@ -318,7 +340,9 @@ fn set_mode(mesh: &mut Mesh, mode: Mode) {
     let running = process::find_pid_with_arg(&mesh.access_log_path(1)).is_some();
     match (mode, running) {
         (Mode::Ambient, false) => mesh.start_all(),
-        (Mode::NoMesh | Mode::Relay | Mode::TlsRelay, true) => mesh.terminate_all(),
+        (Mode::NoMesh | Mode::Relay | Mode::TlsRelay | Mode::HboneRelay, true) => {
+            mesh.terminate_all()
+        }
         _ => {}
     }
 }

@@ -5,9 +5,7 @@ use std::time::Duration;
 use mesh_tests::load::REQ_LEN;
 use serde_json::json;
 
-use crate::{
-    Mode, Opts, ProxyKeys, Samples, Scale, MODES, RELAY_KEYS, TLS_RELAY_KEYS, ZTUNNEL_KEYS,
-};
+use crate::{Mode, Opts, ProxyKeys, Samples, Scale, MODES};
 
 /// Issue 3's targets for ambient mode.
 const THROUGHPUT_MIN_RATIO: f64 = 0.5;
@@ -25,6 +23,10 @@ const TLS_RELAY_NOTE: &str = "tls relay: the same two relays with mutual TLS 1.3
     mesh's data path, and the floor of any proxy that encrypts between nodes in user space (no \
     kTLS on this kernel). It makes a TLS handshake per client connection (ambient pools them), so \
     its connection rate is informational, not a floor.";
+
+const HBONE_RELAY_NOTE: &str = "hbone relay: the same two relays with HBONE between the nodes \
+    (the hbone library ztunnel uses: pooled HTTP/2 CONNECT streams in mutual TLS 1.3): ambient's \
+    tunnel without TPROXY capture, policy, telemetry or source-IP preservation.";
 
 /// Picks one figure's name out of a mode's [`ProxyKeys`].
 type KeyOf = fn(&ProxyKeys) -> &'static str;
@@ -96,6 +98,7 @@ pub(crate) fn report(opts: &Opts, s: &Samples, scale: &Scale, elapsed: Duration)
     let ambient = Ratios::of(s, Mode::Ambient);
     let relay = Ratios::of(s, Mode::Relay);
     let tls_relay = Ratios::of(s, Mode::TlsRelay);
+    let hbone_relay = Ratios::of(s, Mode::HboneRelay);
     let over = |floor: Ratios| {
         json!({"throughput": ambient.throughput / floor.throughput,
                "new_conns": ambient.new_conns / floor.new_conns,
@@ -133,6 +136,12 @@ pub(crate) fn report(opts: &Opts, s: &Samples, scale: &Scale, elapsed: Duration)
             "ambient_over_tls_relay": over(tls_relay),
             "note": TLS_RELAY_NOTE,
         },
+        "hbone_relay_floor": {
+            "ratios": hbone_relay.json(),
+            "met": hbone_relay.met(),
+            "ambient_over_hbone_relay": over(hbone_relay),
+            "note": HBONE_RELAY_NOTE,
+        },
     });
     if let Some(dir) = opts.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         let _ = std::fs::create_dir_all(dir);
@@ -142,11 +151,15 @@ pub(crate) fn report(opts: &Opts, s: &Samples, scale: &Scale, elapsed: Duration)
         serde_json::to_string_pretty(&doc).expect("json") + "\n",
     )
     .expect("write results");
-    print_table(opts, s, scale, [relay, tls_relay, ambient], max_rss_mib);
+    let ratios = [relay, tls_relay, hbone_relay, ambient];
+    print_table(opts, s, scale, ratios, max_rss_mib);
 }
 
-fn print_table(opts: &Opts, s: &Samples, scale: &Scale, ratios: [Ratios; 3], max_rss_mib: f64) {
-    let amb = ratios[2];
+/// Each mode but no mesh against no mesh, in `MODES` order (ambient last).
+type ModeRatios = [Ratios; MODES.len() - 1];
+
+fn print_table(opts: &Opts, s: &Samples, scale: &Scale, ratios: ModeRatios, max_rss_mib: f64) {
+    let amb = ratios[ratios.len() - 1];
     let cell = |fig: &str, mode: Mode| -> String {
         match s.get(fig).and_then(|m| m.get(&mode)) {
             Some(v) => {
@@ -161,30 +174,31 @@ fn print_table(opts: &Opts, s: &Samples, scale: &Scale, ratios: [Ratios; 3], max
         "\nnetns-bench: {} repetition(s) per mode, alternated; median [min-max]",
         opts.reps
     );
+    let heads = ["no mesh", "relay", "tls relay", "hbone relay", "ambient"];
+    let ratio_heads = ["relay/none", "tls/none", "hbone/none", "ambient/none"];
     println!(
-        "{:<30} {:>25} {:>25} {:>25} {:>25} {:>10} {:>10} {:>12}  target (issue 3, ambient)",
+        "{:<30} {}  {}  target (issue 3, ambient)",
         "figure",
-        "no mesh",
-        "relay",
-        "tls relay",
-        "ambient",
-        "relay/none",
-        "tls/none",
-        "ambient/none"
+        heads.map(|h| format!("{h:>25}")).join(" "),
+        ratio_heads.map(|h| format!("{h:>12}")).join(" "),
     );
     // `figs`: the figure shown in each column, in `MODES` order.
-    let row = |label: &str, figs: [&str; 4], ratios: [String; 3], target: String| {
-        let [rel, tls, amb] = ratios;
-        let [none_c, rel_c, tls_c, amb_c] = [0, 1, 2, 3].map(|i| cell(figs[i], MODES[i]));
+    let row = |label: &str,
+               figs: [&str; MODES.len()],
+               ratios: [String; MODES.len() - 1],
+               target: String| {
+        let cells = std::array::from_fn::<_, { MODES.len() }, _>(|i| cell(figs[i], MODES[i]));
         println!(
-            "{label:<30} {none_c:>25} {rel_c:>25} {tls_c:>25} {amb_c:>25} {rel:>10} {tls:>10} {amb:>12}  {target}"
+            "{label:<30} {}  {}  {target}",
+            cells.map(|c| format!("{c:>25}")).join(" "),
+            ratios.map(|r| format!("{r:>12}")).join(" "),
         );
     };
     let ratio = |f: fn(&Ratios) -> f64| ratios.map(|r| format!("{:.2}", f(&r)));
     let added = |f: fn(&Ratios) -> f64| ratios.map(|r| format!("+{:.0} us", f(&r)));
     row(
         "throughput (Gbit/s)",
-        ["throughput_gbit_s"; 4],
+        ["throughput_gbit_s"; MODES.len()],
         ratio(|r| r.throughput),
         format!(
             ">= {THROUGHPUT_MIN_RATIO:.2}: {}",
@@ -193,13 +207,13 @@ fn print_table(opts: &Opts, s: &Samples, scale: &Scale, ratios: [Ratios; 3], max
     );
     row(
         "1 KiB RR p50 (us)",
-        ["latency_p50_us"; 4],
+        ["latency_p50_us"; MODES.len()],
         added(|r| r.added_p50_us),
         String::new(),
     );
     row(
         "1 KiB RR p99 (us)",
-        ["latency_p99_us"; 4],
+        ["latency_p99_us"; MODES.len()],
         added(|r| r.added_p99_us),
         format!(
             "<= +{ADDED_P99_MAX_US:.0} us: {}",
@@ -208,7 +222,7 @@ fn print_table(opts: &Opts, s: &Samples, scale: &Scale, ratios: [Ratios; 3], max
     );
     row(
         "new connections/s",
-        ["new_conns_per_s"; 4],
+        ["new_conns_per_s"; MODES.len()],
         ratio(|r| r.new_conns),
         format!(
             ">= {NEW_CONNS_MIN_RATIO:.2}: {}",
@@ -225,14 +239,15 @@ fn print_table(opts: &Opts, s: &Samples, scale: &Scale, ratios: [Ratios; 3], max
         ("proxy CPU us per conn", |k| k.cpu_us_per_conn),
         ("proxy peak RSS MiB (max node)", |k| k.peak_rss_mib),
     ];
-    let keys = [&ZTUNNEL_KEYS, &RELAY_KEYS, &TLS_RELAY_KEYS, &ZTUNNEL_KEYS];
+    let keys = MODES.map(Mode::proxy_keys);
     for (label, key) in proxy_rows {
-        let none = [String::new(), String::new(), String::new()];
+        let none = std::array::from_fn(|_| String::new());
         row(label, keys.map(key), none, String::new());
     }
     println!("  (proxy: both relays in the relay modes, both ztunnels in ambient mode)");
     println!("  {RELAY_NOTE}");
     println!("  {TLS_RELAY_NOTE}");
+    println!("  {HBONE_RELAY_NOTE}");
     let mib = |v: &[u64]| {
         v.iter()
             .map(|k| format!("{:.1}", *k as f64 / 1024.0))
