@@ -195,10 +195,15 @@ async fn hop(secure: Option<&Secure>) -> Result<Hop, String> {
     };
     let certs = cert_store(&secure.ca)?;
     let id = relay_id();
-    if secure.tunnel == Tunnel::Hbone {
-        // Accepting HBONE is the server's job, not a per-port one.
-        let client = HboneClient::new(certs, hbone::client::ClientConfig::default());
-        return Ok(Hop::HboneConnect { client, id });
+    match (secure.tunnel, secure.side) {
+        (Tunnel::Hbone, Side::Connect) => {
+            let client = HboneClient::new(certs, hbone::client::ClientConfig::default());
+            return Ok(Hop::HboneConnect { client, id });
+        }
+        // An HBONE accept relay has no per-port listeners: its HBONE server
+        // takes every connection (see `run`).
+        (Tunnel::Hbone, Side::Accept) => return Ok(Hop::Plain),
+        (Tunnel::Tls, _) => {}
     }
     let cert = certs
         .get(&id)
