@@ -186,41 +186,49 @@ fn cert_store(ca: &Path) -> Result<Arc<CertStore>, String> {
     Ok(CertStore::new(Arc::new(ca)))
 }
 
-/// What this relay does with each connection on `--ports`. TLS uses HBONE's
-/// own configurations, ALPN `h2` included although the relays send raw
-/// bytes: the handshake is byte for byte the one ztunnels make.
-async fn hop(secure: Option<&Secure>) -> Result<Hop, String> {
+/// How this relay takes its connections.
+enum Serve {
+    /// A listener on each of `--ports`; each connection goes through `Hop`.
+    Ports(Arc<Hop>),
+    /// One HBONE server on the HBONE port (an HBONE accept relay).
+    Hbone(Arc<CertStore>),
+}
+
+/// What this relay does with its connections. TLS uses HBONE's own
+/// configurations, ALPN `h2` included although the relays send raw bytes:
+/// the handshake is byte for byte the one ztunnels make.
+async fn serve(secure: Option<&Secure>) -> Result<Serve, String> {
     let Some(secure) = secure else {
-        return Ok(Hop::Plain);
+        return Ok(Serve::Ports(Arc::new(Hop::Plain)));
     };
     let certs = cert_store(&secure.ca)?;
     let id = relay_id();
-    match (secure.tunnel, secure.side) {
+    let hop = match (secure.tunnel, secure.side) {
+        (Tunnel::Hbone, Side::Accept) => return Ok(Serve::Hbone(certs)),
         (Tunnel::Hbone, Side::Connect) => {
             let client = HboneClient::new(certs, hbone::client::ClientConfig::default());
-            return Ok(Hop::HboneConnect { client, id });
+            Hop::HboneConnect { client, id }
         }
-        // An HBONE accept relay has no per-port listeners: its HBONE server
-        // takes every connection (see `run`).
-        (Tunnel::Hbone, Side::Accept) => return Ok(Hop::Plain),
-        (Tunnel::Tls, _) => {}
-    }
-    let cert = certs
-        .get(&id)
-        .await
-        .map_err(|e| format!("issuing {id}: {e}"))?;
-    Ok(match secure.side {
-        Side::Connect => Hop::TlsConnect(
-            hbone::tls::client_config(&cert, &[id])
-                .map_err(|e| format!("TLS client config: {e}"))?
-                .into(),
-        ),
-        Side::Accept => Hop::TlsAccept(
-            hbone::tls::server_config(&cert)
-                .map_err(|e| format!("TLS server config: {e}"))?
-                .into(),
-        ),
-    })
+        (Tunnel::Tls, side) => {
+            let cert = certs
+                .get(&id)
+                .await
+                .map_err(|e| format!("issuing {id}: {e}"))?;
+            match side {
+                Side::Connect => Hop::TlsConnect(
+                    hbone::tls::client_config(&cert, &[id])
+                        .map_err(|e| format!("TLS client config: {e}"))?
+                        .into(),
+                ),
+                Side::Accept => Hop::TlsAccept(
+                    hbone::tls::server_config(&cert)
+                        .map_err(|e| format!("TLS server config: {e}"))?
+                        .into(),
+                ),
+            }
+        }
+    };
+    Ok(Serve::Ports(Arc::new(hop)))
 }
 
 /// The accepting end of an HBONE hop: each CONNECT to one of `ports` is
@@ -268,21 +276,17 @@ impl Handler for RelayHandler {
 }
 
 async fn run(cfg: Config) -> ExitCode {
-    let hop = match hop(cfg.secure.as_ref()).await {
-        Ok(h) => Arc::new(h),
+    let serve = match serve(cfg.secure.as_ref()).await {
+        Ok(s) => s,
         Err(e) => {
             eprintln!("tcp-relay: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let hbone_server = match &cfg.secure {
-        Some(s) if s.tunnel == Tunnel::Hbone && s.side == Side::Accept => Some(cert_store(&s.ca)),
-        _ => None,
-    };
     // An HBONE accept relay listens on the HBONE port only.
-    let ports = match hbone_server {
-        Some(_) => vec![hbone::HBONE_PORT],
-        None => cfg.ports.clone(),
+    let ports = match serve {
+        Serve::Hbone(_) => vec![hbone::HBONE_PORT],
+        Serve::Ports(_) => cfg.ports.clone(),
     };
     let mut listeners = Vec::with_capacity(ports.len());
     for port in &ports {
@@ -308,12 +312,8 @@ async fn run(cfg: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match hbone_server {
-        Some(Err(e)) => {
-            eprintln!("tcp-relay: {e}");
-            return ExitCode::FAILURE;
-        }
-        Some(Ok(certs)) => {
+    match serve {
+        Serve::Hbone(certs) => {
             let identity = Arc::new(FixedIdentity {
                 certs,
                 id: relay_id(),
@@ -323,12 +323,11 @@ async fn run(cfg: Config) -> ExitCode {
                 ports: cfg.ports.clone(),
             });
             let server = HboneServer::new(identity, handler, ServerConfig::default());
-            let drain = Drain::new();
             // The one listener: the HBONE port.
             let listener = listeners.pop().expect("the HBONE listener");
-            tokio::spawn(async move { server.serve(listener, drain).await });
+            tokio::spawn(async move { server.serve(listener, Drain::new()).await });
         }
-        None => {
+        Serve::Ports(hop) => {
             for listener in listeners {
                 tokio::spawn(accept_loop(listener, cfg.next_hop, hop.clone()));
             }
