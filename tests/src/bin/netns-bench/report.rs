@@ -28,6 +28,17 @@ const HBONE_RELAY_NOTE: &str = "hbone relay: the same two relays with HBONE betw
     (the hbone library ztunnel uses: pooled HTTP/2 CONNECT streams in mutual TLS 1.3): ambient's \
     tunnel without TPROXY capture, policy, telemetry or source-IP preservation.";
 
+/// What a floor mode is, for the JSON and the table; `None` for no mesh and
+/// ambient.
+fn floor_note(mode: Mode) -> Option<&'static str> {
+    match mode {
+        Mode::Relay => Some(RELAY_NOTE),
+        Mode::TlsRelay => Some(TLS_RELAY_NOTE),
+        Mode::HboneRelay => Some(HBONE_RELAY_NOTE),
+        Mode::NoMesh | Mode::Ambient => None,
+    }
+}
+
 /// Picks one figure's name out of a mode's [`ProxyKeys`].
 type KeyOf = fn(&ProxyKeys) -> &'static str;
 
@@ -95,19 +106,34 @@ pub(crate) fn report(opts: &Opts, s: &Samples, scale: &Scale, elapsed: Duration)
         }
         figures.insert((*fig).into(), m.into());
     }
+    // Each mode but no mesh against no mesh, in `MODES` order.
+    let ratios: ModeRatios = std::array::from_fn(|i| Ratios::of(s, MODES[i + 1]));
     let ambient = Ratios::of(s, Mode::Ambient);
-    let relay = Ratios::of(s, Mode::Relay);
-    let tls_relay = Ratios::of(s, Mode::TlsRelay);
-    let hbone_relay = Ratios::of(s, Mode::HboneRelay);
-    let over = |floor: Ratios| {
-        json!({"throughput": ambient.throughput / floor.throughput,
-               "new_conns": ambient.new_conns / floor.new_conns,
-               "added_p99_us_more": ambient.added_p99_us - floor.added_p99_us})
-    };
+    // Each floor: its own ratios, and ambient's excess over it.
+    let mut floors = serde_json::Map::new();
+    for (mode, floor) in MODES[1..].iter().zip(ratios) {
+        let Some(note) = floor_note(*mode) else {
+            continue;
+        };
+        let key = mode.key();
+        floors.insert(
+            format!("{key}_floor"),
+            json!({
+                "ratios": floor.json(),
+                "met": floor.met(),
+                format!("ambient_over_{key}"): {
+                    "throughput": ambient.throughput / floor.throughput,
+                    "new_conns": ambient.new_conns / floor.new_conns,
+                    "added_p99_us_more": ambient.added_p99_us - floor.added_p99_us,
+                },
+                "note": note,
+            }),
+        );
+    }
     let max_rss_mib = scale.rss_conns_kib.iter().max().copied().unwrap_or(0) as f64 / 1024.0;
     let mut met = ambient.met();
     met["rss"] = (max_rss_mib < RSS_MAX_MIB).into();
-    let doc = json!({
+    let mut doc = json!({
         "command": std::env::args().collect::<Vec<_>>().join(" "),
         "quick": opts.quick,
         "repetitions": opts.reps,
@@ -124,25 +150,8 @@ pub(crate) fn report(opts: &Opts, s: &Samples, scale: &Scale, elapsed: Duration)
         "targets": {"throughput_min_ratio": THROUGHPUT_MIN_RATIO, "added_p99_max_us": ADDED_P99_MAX_US,
                     "new_conns_min_ratio": NEW_CONNS_MIN_RATIO, "rss_max_mib": RSS_MAX_MIB},
         "met": met,
-        "relay_floor": {
-            "ratios": relay.json(),
-            "met": relay.met(),
-            "ambient_over_relay": over(relay),
-            "note": RELAY_NOTE,
-        },
-        "tls_relay_floor": {
-            "ratios": tls_relay.json(),
-            "met": tls_relay.met(),
-            "ambient_over_tls_relay": over(tls_relay),
-            "note": TLS_RELAY_NOTE,
-        },
-        "hbone_relay_floor": {
-            "ratios": hbone_relay.json(),
-            "met": hbone_relay.met(),
-            "ambient_over_hbone_relay": over(hbone_relay),
-            "note": HBONE_RELAY_NOTE,
-        },
     });
+    doc.as_object_mut().expect("an object").extend(floors);
     if let Some(dir) = opts.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         let _ = std::fs::create_dir_all(dir);
     }
@@ -151,7 +160,6 @@ pub(crate) fn report(opts: &Opts, s: &Samples, scale: &Scale, elapsed: Duration)
         serde_json::to_string_pretty(&doc).expect("json") + "\n",
     )
     .expect("write results");
-    let ratios = [relay, tls_relay, hbone_relay, ambient];
     print_table(opts, s, scale, ratios, max_rss_mib);
 }
 
@@ -245,9 +253,9 @@ fn print_table(opts: &Opts, s: &Samples, scale: &Scale, ratios: ModeRatios, max_
         row(label, keys.map(key), none, String::new());
     }
     println!("  (proxy: both relays in the relay modes, both ztunnels in ambient mode)");
-    println!("  {RELAY_NOTE}");
-    println!("  {TLS_RELAY_NOTE}");
-    println!("  {HBONE_RELAY_NOTE}");
+    for note in MODES.into_iter().filter_map(floor_note) {
+        println!("  {note}");
+    }
     let mib = |v: &[u64]| {
         v.iter()
             .map(|k| format!("{:.1}", *k as f64 / 1024.0))
