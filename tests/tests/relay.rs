@@ -62,6 +62,12 @@ impl Relay {
             .recv_timeout(WAIT)
             .expect("a line on tcp-relay's stderr")
     }
+
+    /// The relay's next stderr line, which must contain `needle`.
+    fn expect_line(&self, needle: &str) {
+        let line = self.next_line();
+        assert!(line.contains(needle), "{line}");
+    }
 }
 
 impl Drop for Relay {
@@ -69,6 +75,13 @@ impl Drop for Relay {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Reads `c` to its end (or an error) and checks that nothing came back.
+fn nothing_back(mut c: TcpStream, what: &str) {
+    let mut rest = Vec::new();
+    let _ = c.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "{what}: {rest:?}");
 }
 
 fn connect(port: u16) -> TcpStream {
@@ -124,15 +137,11 @@ fn relays_both_ways_with_half_close_and_survives_resets() {
         drop(c); // RST
         srv.join().expect("server");
     });
-    let line = relay.next_line();
-    assert!(line.contains(&format!("127.0.0.2:{port}")), "{line}");
+    relay.expect_line(&format!("127.0.0.2:{port}"));
 
     // No listener at the next hop: the client's connection is closed and
     // the relay says why.
-    let mut c = connect(dead);
-    let mut rest = Vec::new();
-    let _ = c.read_to_end(&mut rest);
-    assert!(rest.is_empty());
+    nothing_back(connect(dead), "a reply with no next hop");
     let line = relay.next_line();
     assert!(
         line.contains(&format!("127.0.0.2:{dead}")) && line.contains("connecting"),
@@ -217,8 +226,7 @@ fn tls_relays_tunnel_byte_exact_and_refuse_strangers() {
     c.write_all(b"GET / HTTP/1.1\r\n\r\n").expect("send");
     let mut rest = Vec::new();
     let _ = c.read_to_end(&mut rest);
-    let line = accept.next_line();
-    assert!(line.contains("TLS handshake"), "{line}");
+    accept.expect_line("TLS handshake");
     drop(connect_relay);
     drop(accept);
 
@@ -234,16 +242,9 @@ fn tls_relays_tunnel_byte_exact_and_refuse_strangers() {
     let accept = tls_relay("127.0.0.3", "127.0.0.2", port, "accept", &ca);
     let mut c = connect(port);
     c.write_all(b"secret").expect("send");
-    let mut rest = Vec::new();
-    let _ = c.read_to_end(&mut rest);
-    assert!(
-        rest.is_empty(),
-        "a reply through an untrusted tunnel: {rest:?}"
-    );
-    let line = stranger.next_line();
-    assert!(line.contains("TLS handshake"), "{line}");
-    let line = accept.next_line();
-    assert!(line.contains("TLS handshake"), "{line}");
+    nothing_back(c, "a reply through an untrusted tunnel");
+    stranger.expect_line("TLS handshake");
+    accept.expect_line("TLS handshake");
     drop(stranger);
 
     // A client that trusts the right root, so it accepts the relay's
@@ -284,8 +285,7 @@ fn tls_relays_tunnel_byte_exact_and_refuse_strangers() {
         !matches!(outcome, Ok(n) if n > 0),
         "a reply to a client with a foreign certificate: {outcome:?}"
     );
-    let line = accept.next_line();
-    assert!(line.contains("TLS handshake"), "{line}");
+    accept.expect_line("TLS handshake");
     server.set_nonblocking(true).expect("non-blocking listener");
     assert!(
         server.accept().is_err(),
@@ -322,15 +322,8 @@ fn hbone_relays_tunnel_byte_exact_and_refuse_other_ports() {
     exchange(&server, port);
     exchange(&server, port);
 
-    let mut c = connect(other);
-    let mut rest = Vec::new();
-    let _ = c.read_to_end(&mut rest);
-    assert!(
-        rest.is_empty(),
-        "a reply through a refused CONNECT: {rest:?}"
-    );
-    let line = accept.next_line();
-    assert!(line.contains("is not relayed"), "{line}");
-    let line = connect_relay.next_line();
-    assert!(line.contains("HBONE CONNECT"), "{line}");
+    let c = connect(other);
+    nothing_back(c, "a reply through a refused CONNECT");
+    accept.expect_line("is not relayed");
+    connect_relay.expect_line("HBONE CONNECT");
 }
