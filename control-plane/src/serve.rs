@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use hbone::ca::DevCa;
 use hbone::drain::Drain;
+use mesh_model::state::Snapshot;
 use proto::ca::istio_certificate_service_server::IstioCertificateServiceServer;
 use proto::discovery::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
 use tokio::net::TcpListener;
@@ -15,7 +16,6 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Server, ServerTlsConfig};
-use ztunnel::state::Snapshot;
 
 use crate::auth::{Tokens, TokensError};
 use crate::ca::CaService;
@@ -160,7 +160,7 @@ pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
 
     let drain = Drain::new();
     let route = monitoring_route(metrics.clone(), feed_rx);
-    tasks.push(tokio::spawn(ztunnel::admin::serve(
+    tasks.push(tokio::spawn(mesh_runtime::admin::serve(
         metrics_listener,
         route,
         drain.clone(),
@@ -181,9 +181,9 @@ pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
 fn monitoring_route(
     metrics: Arc<Metrics>,
     feed: watch::Receiver<Option<Arc<Published>>>,
-) -> ztunnel::admin::Route {
+) -> mesh_runtime::admin::Route {
     use http::{Method, StatusCode};
-    use ztunnel::admin::text;
+    use mesh_runtime::admin::text;
     Arc::new(move |method: &Method, path: &str| match (method, path) {
         (&Method::GET, "/metrics") => (
             StatusCode::OK,

@@ -17,17 +17,17 @@ pub mod client;
 pub mod copy;
 pub mod drain;
 pub mod headers;
-pub mod identity;
+pub use mesh_model::identity;
 pub mod seal;
 pub mod server;
 pub mod socket;
 pub mod stream;
 pub mod tls;
 
-pub use identity::SpiffeId;
+pub use mesh_model::SpiffeId;
 
 /// The HBONE port, inbound at ztunnel and waypoint.
-pub const HBONE_PORT: u16 = 15008;
+pub use mesh_model::HBONE_PORT;
 /// HTTP/2 flow-control windows and frame size (DESIGN §3).
 pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;

@@ -37,6 +37,10 @@ fn generate(out: &Path) {
         .build_client(true)
         .build_server(true)
         .build_transport(true)
+        // The services need tonic; the messages alone do not (`mesh-model`
+        // uses them without the `grpc` feature).
+        .client_mod_attribute(".", "#[cfg(feature = \"grpc\")]")
+        .server_mod_attribute(".", "#[cfg(feature = \"grpc\")]")
         // An ordered map encodes deterministically, so a content hash of an
         // encoded resource is a stable version. (Only resources are hashed;
         // request maps stay `HashMap`s.)

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use hbone::SpiffeId;
 
-use crate::state::{ServedPod, Service, Snapshot, Workload, HBONE_PORT};
+use mesh_model::state::{ServedPod, Service, Snapshot, Workload, HBONE_PORT};
 
 /// The decision for one outbound connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -299,7 +299,7 @@ fn same_family_ip(w: &Workload, vip: IpAddr) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config;
+    use mesh_model::config;
 
     const DEMO: &str = include_str!("../examples/demo-config.yaml");
 

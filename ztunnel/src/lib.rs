@@ -1,31 +1,21 @@
-//! ztunnel: the ambient-mesh node proxy.
+//! ztunnel: the ambient-mesh node proxy (and, with `--mode sidecar`, the
+//! per-pod baseline it is benchmarked against).
 //!
-//! This library holds the pure core, with no sockets, clock or locks:
-//! - [`state`]: domain types (workloads, services, namespaces, policies) and
-//!   the immutable, indexed [`state::Snapshot`];
-//! - [`config`]: the local YAML config file, parsed into a `Snapshot`;
-//! - [`classify`]: where an outbound connection goes ([`classify::Route`]);
-//! - [`policy`]: L4 authorization at the destination ([`policy::Decision`]).
-//!
-//! The I/O shell at the edges:
+//! The domain (state, policy, config, xDS conversion) is `mesh-model`'s; the
+//! config source, xDS and CA clients, admin server and access log are
+//! `mesh-runtime`'s. This crate holds what only a node proxy does:
+//! - [`classify`] (pure): where an outbound connection goes
+//!   ([`classify::Route`]);
 //! - [`capture`]: the `inet ambient` nftables table, ip rule and transparent
 //!   listeners, and sidecar mode's `ip ambient_sidecar` REDIRECT table;
-//! - [`metrics`] (Istio names), [`accesslog`] (one JSON line per connection)
-//!   and [`admin`] (admin, metrics and readiness HTTP endpoints).
-//!
-//! Not built yet: the outbound and inbound data paths and the `ztunnel`
-//! binary that wires these together.
+//! - [`proxy`]: the outbound (15001), inbound HBONE (15008) and inbound
+//!   plaintext (15006) data paths, with live-connection revocation and one
+//!   metrics record and access-log event per connection;
+//! - [`metrics`]: Istio's TCP metrics;
+//! - [`app`]: the process: two runtimes, sources, readiness, drain.
 
-pub mod accesslog;
-pub mod admin;
-pub mod allocator;
 pub mod app;
 pub mod capture;
 pub mod classify;
-pub mod config;
 pub mod metrics;
-pub mod policy;
 pub mod proxy;
-pub mod source;
-pub mod state;
-pub mod xds;

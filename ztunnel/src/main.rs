@@ -12,8 +12,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use mesh_model::state::WorkloadName;
 use ztunnel::app::{self, AccessLogTarget, Config, ConfigSource, Listeners, Mode, XdsSource};
-use ztunnel::state::WorkloadName;
 
 /// Node proxy for ambient mesh: captures pod traffic with TPROXY and carries
 /// it over HBONE (mutual TLS 1.3 + HTTP/2 CONNECT). With `--mode sidecar`,

@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use control_plane::delta::{History, Subscription};
 use control_plane::resources::{Kind, ResourceSet};
+use mesh_model::config::IncrementalParser;
 use proto::discovery::DeltaDiscoveryRequest;
-use ztunnel::config::IncrementalParser;
 
 /// xds-bench's generated mesh; this tool uses only its config file.
 #[allow(dead_code)]
@@ -77,7 +77,7 @@ fn main() {
         time("whole: serde_yaml_ng to a Value (reference)", t.elapsed());
         drop(value);
         let t = Instant::now();
-        let whole = ztunnel::config::parse(text).unwrap();
+        let whole = mesh_model::config::parse(text).unwrap();
         time(
             "whole: config::parse (YAML, checks, Snapshot::build)",
             t.elapsed(),

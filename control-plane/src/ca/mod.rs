@@ -15,11 +15,11 @@ use std::time::Duration;
 
 use hbone::ca::{CaError, DevCa};
 use hbone::SpiffeId;
+use mesh_model::state::Snapshot;
 use proto::ca::istio_certificate_service_server::IstioCertificateService;
 use proto::ca::{IstioCertificateRequest, IstioCertificateResponse};
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
-use ztunnel::state::Snapshot;
 
 use crate::auth::{NodeName, Tokens};
 use crate::metrics::{Metrics, ReasonLabel};

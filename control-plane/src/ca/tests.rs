@@ -12,7 +12,7 @@ const MESH: &str = "nodes: [{name: node1, ip: 10.0.0.1}, {name: node2, ip: 10.0.
     - {name: b, namespace: shop, serviceAccount: pay, ip: 10.1.2.1, node: node2}\n";
 
 fn snap() -> Snapshot {
-    ztunnel::config::parse(MESH).unwrap()
+    mesh_model::config::parse(MESH).unwrap()
 }
 
 fn id(s: &str) -> SpiffeId {

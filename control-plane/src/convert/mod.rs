@@ -16,12 +16,12 @@ mod tests;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use proto::security as pb_sec;
-use proto::workload as pb;
-use ztunnel::state::{
+use mesh_model::state::{
     labels_match, Cidr, Match, MtlsMode, Policy, PolicyAction, PolicyScope, Service, Snapshot,
     StringMatch, Tunnel, Waypoint, Workload, HBONE_PORT,
 };
+use proto::security as pb_sec;
+use proto::workload as pb;
 
 /// The name of the policy a STRICT namespace is converted to (Istio's).
 pub const STRICT_POLICY_NAME: &str = "istio_converted_static_strict";
@@ -239,7 +239,7 @@ fn match_(m: &Match) -> pb_sec::Match {
     let ports = |v: &[u16]| v.iter().map(|p| u32::from(*p)).collect::<Vec<_>>();
     // Service accounts travel as principal suffixes (`/ns/<ns>/sa/<sa>`, any
     // trust domain): the same peers, using only fields verified upstream.
-    let sa = |v: &[ztunnel::state::ServiceAccountMatch]| {
+    let sa = |v: &[mesh_model::state::ServiceAccountMatch]| {
         v.iter()
             .map(|s| StringMatch::Suffix(format!("/ns/{}/sa/{}", s.namespace, s.service_account)))
             .collect::<Vec<_>>()

@@ -5,7 +5,7 @@ use super::*;
 const DEMO: &str = include_str!("../../../ztunnel/examples/demo-config.yaml");
 
 fn snap(yaml: &str) -> Snapshot {
-    ztunnel::config::parse(yaml).unwrap()
+    mesh_model::config::parse(yaml).unwrap()
 }
 
 fn bytes(ip: &str) -> Vec<u8> {
@@ -194,9 +194,9 @@ fn native_tunnel_round_trips_through_ztunnel() {
             ..Default::default()
         })
         .collect();
-    let mut store = ztunnel::xds::store::XdsStore::default();
+    let mut store = mesh_model::xds::store::XdsStore::default();
     let xds = match store.apply(proto::ADDRESS_TYPE_URL, &resources, &[]) {
-        ztunnel::xds::store::Applied::Ok(s) => s,
+        mesh_model::xds::store::Applied::Ok(s) => s,
         other => panic!("{other:?}"),
     };
     assert_eq!(xds.workloads().count(), 5);
@@ -287,7 +287,7 @@ fn string_matches_cidrs_and_service_accounts() {
         not_principals: vec![StringMatch::from_pattern("*/sa/evil")],
         namespaces: vec![StringMatch::from_pattern("*")],
         source_ips: vec!["10.1.0.0/16".parse().unwrap(), "fd00::1".parse().unwrap()],
-        service_accounts: vec![ztunnel::state::ServiceAccountMatch {
+        service_accounts: vec![mesh_model::state::ServiceAccountMatch {
             namespace: "shop".into(),
             service_account: "cart".into(),
         }],

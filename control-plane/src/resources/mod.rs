@@ -5,9 +5,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use mesh_model::state::Snapshot;
 use prost::Message;
 use sha2::{Digest, Sha256};
-use ztunnel::state::Snapshot;
 
 use crate::convert;
 

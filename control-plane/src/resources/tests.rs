@@ -7,7 +7,7 @@ const BASE: &str = "nodes: [{name: n1, ip: 10.0.0.1}]\n\
     - {name: p2, namespace: a, ip: 10.1.0.2, node: n1}\n";
 
 fn set(yaml: &str) -> ResourceSet {
-    ResourceSet::from_snapshot(&ztunnel::config::parse(yaml).unwrap())
+    ResourceSet::from_snapshot(&mesh_model::config::parse(yaml).unwrap())
 }
 
 #[test]
@@ -38,11 +38,11 @@ mod update {
     use std::collections::BTreeSet;
     use std::net::{IpAddr, Ipv4Addr};
 
-    use proptest::prelude::*;
-    use ztunnel::state::{
+    use mesh_model::state::{
         Labels, MtlsMode, Namespace, Node, Policy, PolicyAction, PolicyScope, Service, ServicePort,
         SnapshotParts, Tunnel, Workload, USE_WAYPOINT_LABEL,
     };
+    use proptest::prelude::*;
 
     use super::super::*;
 
@@ -64,7 +64,7 @@ policies:
 ";
 
     fn parse(yaml: &str) -> Snapshot {
-        ztunnel::config::parse(yaml).unwrap()
+        mesh_model::config::parse(yaml).unwrap()
     }
 
     /// (addresses, authorizations) changed by an edit, checked against the

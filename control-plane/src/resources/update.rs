@@ -24,9 +24,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
+use mesh_model::state::{MtlsMode, Policy, PolicyScope, Service, Snapshot};
 use prost::Message;
 use proto::workload as pb;
-use ztunnel::state::{MtlsMode, Policy, PolicyScope, Service, Snapshot};
 
 use super::{Kind, ResourceSet, Versioned};
 use crate::convert::{self, policy_name, service_name, STRICT_POLICY_NAME};

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use ztunnel::source::{Change, FileSource as FilePoller};
-use ztunnel::state::Snapshot;
+use mesh_model::state::Snapshot;
+use mesh_runtime::source::{Change, FileSource as FilePoller};
 
 /// How often the config file is polled. An edit is normally seen at once
 /// (inotify on its directory); the poll catches what inotify cannot see

@@ -77,6 +77,7 @@ pub mod resource {
     }
 }
 /// Generated client implementations.
+#[cfg(feature = "grpc")]
 pub mod aggregated_discovery_service_client {
     #![allow(
         unused_variables,
@@ -203,6 +204,7 @@ pub mod aggregated_discovery_service_client {
     }
 }
 /// Generated server implementations.
+#[cfg(feature = "grpc")]
 pub mod aggregated_discovery_service_server {
     #![allow(
         unused_variables,

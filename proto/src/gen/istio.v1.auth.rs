@@ -19,6 +19,7 @@ pub struct IstioCertificateResponse {
     pub cert_chain: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 /// Generated client implementations.
+#[cfg(feature = "grpc")]
 pub mod istio_certificate_service_client {
     #![allow(
         unused_variables,
@@ -143,6 +144,7 @@ pub mod istio_certificate_service_client {
     }
 }
 /// Generated server implementations.
+#[cfg(feature = "grpc")]
 pub mod istio_certificate_service_server {
     #![allow(
         unused_variables,

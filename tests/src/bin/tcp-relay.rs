@@ -55,9 +55,9 @@ use hbone::server::{
 };
 use hbone::socket::{dial, DialOptions};
 use hbone::SpiffeId;
+use mesh_runtime::error_chain;
 use mesh_tests::process::Flags;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use ztunnel::proxy::inbound::error_chain;
 
 /// ztunnel's capture listeners use the same backlog.
 const LISTEN_BACKLOG: u32 = 1024;

@@ -16,8 +16,8 @@ use tokio::sync::watch;
 use crate::capture::Capture;
 use crate::metrics::Metrics;
 use crate::proxy::conns::Connections;
-use crate::source::{Change, FileSource};
-use crate::state::{Scope, Snapshot};
+use mesh_model::state::{Scope, Snapshot};
+use mesh_runtime::source::{Change, FileSource};
 
 /// The identities of the workloads in `scope`: certificates to hold.
 pub fn local_identities(snap: &Snapshot, scope: &Scope) -> BTreeSet<SpiffeId> {
@@ -201,7 +201,7 @@ impl Controller {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config;
+    use mesh_model::config;
 
     #[test]
     fn local_sets_follow_the_namespace_label_and_opt_out() {

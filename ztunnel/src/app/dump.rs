@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use hbone::cert::WorkloadCert;
 use serde::Serialize;
 
-use crate::state::{Namespace, Policy, Service, Snapshot, Workload};
+use mesh_model::state::{Namespace, Policy, Service, Snapshot, Workload};
 
 #[derive(Serialize)]
 struct Dump<'a> {
@@ -89,7 +89,8 @@ mod tests {
 
     #[test]
     fn dump_lists_state_and_certificates_without_keys() {
-        let snap = crate::config::parse(include_str!("../../examples/demo-config.yaml")).unwrap();
+        let snap =
+            mesh_model::config::parse(include_str!("../../examples/demo-config.yaml")).unwrap();
         let ca = DevCa::generate().unwrap();
         let cert = ca
             .issue(&"spiffe://cluster.local/ns/shop/sa/cart".parse().unwrap())

@@ -25,17 +25,17 @@ use http::{Method, StatusCode};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 
-use crate::accesslog::AccessLog;
-use crate::admin::{self, json, text, Route};
 use crate::capture::{sidecar, transparent_listener, Capture, CaptureError};
-use crate::config::ConfigError;
 use crate::metrics::Metrics;
 use crate::proxy::inbound::{serve_plaintext, HboneInbound, LocalIdentities};
 use crate::proxy::outbound::serve_outbound;
 use crate::proxy::record::Telemetry;
 use crate::proxy::Proxy;
-use crate::state::{Scope, ServedPod, Snapshot, WorkloadName};
 use control::Controller;
+use mesh_model::config::ConfigError;
+use mesh_model::state::{Scope, ServedPod, Snapshot, WorkloadName};
+use mesh_runtime::accesslog::AccessLog;
+use mesh_runtime::admin::{self, json, text, Route};
 use sources::Updates;
 pub use sources::{ConfigSource, XdsSource};
 
@@ -230,7 +230,7 @@ pub fn run(cfg: Config) -> Result<(), AppError> {
     // Connections still open after the drain are cancelled with the
     // runtime; their access-log lines are written before ztunnel exits,
     // however many there are (waiting for the disk, within a bound).
-    log.begin_exit(crate::accesslog::CLOSE_TIMEOUT);
+    log.begin_exit(mesh_runtime::accesslog::CLOSE_TIMEOUT);
     drop(runtime);
     log.close();
     result

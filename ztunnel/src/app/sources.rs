@@ -17,12 +17,12 @@ use tokio::sync::mpsc;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 use super::{AppError, Config};
-use crate::config;
-use crate::source::FileSource;
-use crate::state::Snapshot;
-use crate::xds::ca::RemoteCa;
-use crate::xds::client::{XdsClient, XdsStats};
-use crate::xds::store::XdsStore;
+use mesh_model::config;
+use mesh_model::state::Snapshot;
+use mesh_model::xds::store::XdsStore;
+use mesh_runtime::source::FileSource;
+use mesh_runtime::xds::ca::RemoteCa;
+use mesh_runtime::xds::client::{XdsClient, XdsStats};
 
 /// The TLS name the control plane's serving certificate carries.
 pub const DEFAULT_XDS_SERVER_NAME: &str = "control-plane";
@@ -147,7 +147,7 @@ async fn start_xds(cfg: &Config, x: &XdsSource, drain: &Drain) -> Result<Started
     let mark = (cfg.capture && matches!(cfg.mode, super::Mode::Sidecar(_)))
         .then_some(crate::capture::rules::ZTUNNEL_MARK);
     let ca = RemoteCa::new(
-        crate::xds::connector::connect_lazy(&endpoint, mark),
+        mesh_runtime::xds::connector::connect_lazy(&endpoint, mark),
         token.clone(),
         roots,
         cfg.cert_ttl,

@@ -36,7 +36,7 @@ fn sidecar_rules_follow_the_listener_flags() {
 
 #[test]
 fn probe_sources_prefer_the_flag_then_the_config() {
-    let snap = crate::config::parse(
+    let snap = mesh_model::config::parse(
         "nodes: [{name: n1, ip: 10.0.0.1}, {name: n6, ip: 'fd00::6'}]\n\
          namespaces: [{name: shop}]\n\
          workloads: [{name: a, namespace: shop, ip: 10.1.1.2, node: n1}]\n",

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use hbone::SpiffeId;
 use tokio::sync::watch;
 
-use crate::policy::{authorize, ConnCtx, Decision, Denial};
-use crate::state::{MtlsMode, Snapshot};
+use mesh_model::policy::{authorize, ConnCtx, Decision, Denial};
+use mesh_model::state::{MtlsMode, Snapshot};
 
 /// What authorized an inbound connection, kept to authorize it again.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,7 +149,7 @@ impl Connections {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config;
+    use mesh_model::config;
 
     const BASE: &str = r#"
 nodes: [{name: n1, ip: 10.0.0.1}]

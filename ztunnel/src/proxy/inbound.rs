@@ -18,9 +18,9 @@ use tokio::net::{TcpListener, TcpStream};
 use super::conns::{Authorized, Registration};
 use super::record::{ConnInfo, ConnRecord, Outcome, Security, FLAG_CONNECT, FLAG_DENY};
 use super::{refuse_unknown_orig_dst, reset_on_close, Proxy};
-use crate::accesslog::Direction;
-use crate::policy::{authorize, ConnCtx, Decision, Denial};
-use crate::state::{MtlsMode, Scope, Snapshot, Workload};
+use mesh_model::policy::{authorize, ConnCtx, Decision, Denial};
+use mesh_model::state::{MtlsMode, Scope, Snapshot, Workload};
+use mesh_runtime::accesslog::Direction;
 
 /// How a connection reached the inbound path.
 #[derive(Debug, Clone, Copy)]

@@ -1,5 +1,5 @@
 //! The data path: the I/O shell around [`crate::classify`] and
-//! [`crate::policy`].
+//! [`mesh_model::policy`].
 //!
 //! - [`outbound`]: connections captured on 15001, routed by `classify` to
 //!   HBONE, the in-process inbound path, or passthrough;
@@ -29,10 +29,10 @@ use hbone::socket::{dial, DialError, DialOptions};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::accesslog::Direction;
 use crate::capture::rules::ZTUNNEL_MARK;
-use crate::state::{Scope, Snapshot};
 use conns::Connections;
+use mesh_model::state::{Scope, Snapshot};
+use mesh_runtime::accesslog::Direction;
 use record::Telemetry;
 
 /// How long dialling an app or a passthrough destination may take.

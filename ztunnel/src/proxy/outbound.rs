@@ -16,9 +16,9 @@ use tokio::net::{TcpListener, TcpStream};
 use super::inbound::{error_chain, in_process};
 use super::record::{ConnInfo, ConnRecord, Outcome, Security, FLAG_CONNECT};
 use super::{refuse_unknown_orig_dst, reset_on_close, Proxy};
-use crate::accesslog::Direction;
 use crate::classify::{classify, classify_sidecar, Route};
-use crate::state::{Scope, Workload};
+use mesh_model::state::{Scope, Workload};
+use mesh_runtime::accesslog::Direction;
 
 /// Accepts captured outbound connections until drained.
 pub async fn serve_outbound(proxy: Arc<Proxy>, listener: TcpListener) {
@@ -207,7 +207,7 @@ impl Tunnel {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::Tunnel as TunnelProtocol;
+    use mesh_model::state::Tunnel as TunnelProtocol;
 
     #[test]
     fn baggage_uses_canonical_labels_with_istio_defaults() {

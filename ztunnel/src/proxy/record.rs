@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use hbone::SpiffeId;
 
-use crate::accesslog::{AccessLog, ConnEvent, Direction};
 use crate::metrics::{ConnLabels, HashedLabels, Metrics, Reporter, UNKNOWN};
-use crate::policy::principal_string;
-use crate::state::Workload;
+use mesh_model::policy::principal_string;
+use mesh_model::state::Workload;
+use mesh_runtime::accesslog::{AccessLog, ConnEvent, Direction};
 
 /// `response_flags` for a connection that completed normally.
 pub const FLAG_OK: &str = "-";
@@ -215,7 +215,7 @@ impl Drop for ConnRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::Tunnel;
+    use mesh_model::state::Tunnel;
 
     fn pod(name: &str, ns: &str, sa: &str) -> Arc<Workload> {
         Arc::new(Workload {

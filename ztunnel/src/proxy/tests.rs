@@ -7,13 +7,13 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 
 use super::*;
-use crate::accesslog::AccessLog;
 use crate::metrics::Metrics;
+use mesh_runtime::accesslog::AccessLog;
 
 /// A sidecar-scope proxy that reads original destinations from conntrack,
 /// logging to `log`.
 fn conntrack_proxy(log: &std::path::Path) -> Arc<Proxy> {
-    let snap = crate::config::parse(
+    let snap = mesh_model::config::parse(
         "nodes: [{name: n1, ip: 10.0.0.1}]\n\
          namespaces: [{name: bank}]\n\
          workloads: [{name: s, namespace: bank, ip: 10.1.1.11, node: n1}]\n",
@@ -27,7 +27,7 @@ fn conntrack_proxy(log: &std::path::Path) -> Arc<Proxy> {
         access_log: Arc::new(AccessLog::file(log, Default::default()).unwrap()),
     };
     let mut proxy = Proxy::new(
-        Scope::Pod(crate::state::ServedPod {
+        Scope::Pod(mesh_model::state::ServedPod {
             workload: "bank/s".parse().unwrap(),
             node: "n1".into(),
         }),

@@ -11,12 +11,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hbone::drain::Drain;
+use mesh_model::xds::store::XdsStore;
+use mesh_runtime::xds::client::{XdsClient, XdsStats};
 use proto::discovery::Node;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
-use ztunnel::xds::client::{XdsClient, XdsStats};
-use ztunnel::xds::store::XdsStore;
 
 use crate::mesh::{self, Scale, MARKER_IP, NODES, OBSERVER_NODE};
 

@@ -125,7 +125,7 @@ mod tests {
 
     #[test]
     fn generated_config_parses_with_the_expected_shape() {
-        let snap = ztunnel::config::parse(&config(
+        let snap = mesh_model::config::parse(&config(
             &Scale {
                 workloads: 2000,
                 services: 200,

@@ -4,13 +4,13 @@
 
 use std::time::Instant;
 
+use mesh_model::xds::store::{Applied, XdsStore};
 use prost::Message;
 use prost_types::Any;
 use proto::discovery::Resource;
 use proto::workload as pb;
 use proto::ADDRESS_TYPE_URL;
 use serde_json::{json, Value};
-use ztunnel::xds::store::{Applied, XdsStore};
 
 use crate::mesh::Scale;
 

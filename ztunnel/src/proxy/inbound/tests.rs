@@ -1,5 +1,5 @@
 use super::*;
-use crate::config;
+use mesh_model::config;
 
 const CONFIG: &str = r#"
 nodes: [{name: n1, ip: 10.0.0.1}, {name: n2, ip: 10.0.0.2}]
@@ -110,7 +110,7 @@ fn admit_table() {
             hbone("10.1.1.12", &client),
             "10.1.1.12:9090",
             Err(Refusal::Denied(Denial::DenyPolicy(
-                crate::state::PolicyKey {
+                mesh_model::state::PolicyKey {
                     namespace: "bank".into(),
                     name: "ledger-no-9090".into(),
                 },
@@ -149,7 +149,7 @@ fn sidecar_admits_only_its_own_pod() {
     let stranger = id("spiffe://cluster.local/ns/other/sa/x");
     let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
     let pod = |s: &str| {
-        Scope::Pod(crate::state::ServedPod {
+        Scope::Pod(mesh_model::state::ServedPod {
             workload: s.parse().unwrap(),
             node: "n1".into(),
         })

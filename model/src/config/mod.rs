@@ -37,7 +37,7 @@ mod tests;
 use std::net::{AddrParseError, IpAddr};
 use std::path::{Path, PathBuf};
 
-use hbone::identity::SpiffeIdError;
+use crate::identity::SpiffeIdError;
 
 use crate::state::{CidrError, Snapshot, StateError};
 

@@ -16,7 +16,7 @@ mod tests;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use hbone::SpiffeId;
+use crate::identity::SpiffeId;
 
 /// Serializes a value by its `Display` form (identities, CIDRs).
 pub(crate) fn serialize_display<T: std::fmt::Display, S: serde::Serializer>(

@@ -2,7 +2,7 @@ use proptest::prelude::*;
 
 use super::*;
 
-const DEMO: &str = include_str!("../../../examples/demo-config.yaml");
+const DEMO: &str = include_str!("../../../../ztunnel/examples/demo-config.yaml");
 
 /// The reference: the whole text through serde, as [`super::super::parse`] does.
 fn whole(text: &str) -> Option<File> {

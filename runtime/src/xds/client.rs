@@ -25,8 +25,8 @@ use proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
-use super::store::{Applied, Rejection, XdsStore};
-use crate::state::Snapshot;
+use mesh_model::state::Snapshot;
+use mesh_model::xds::store::{Applied, Rejection, XdsStore};
 
 pub const INITIAL_BACKOFF: Duration = Duration::from_millis(10);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(15);

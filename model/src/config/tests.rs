@@ -4,7 +4,7 @@ use std::net::IpAddr;
 use super::*;
 use crate::state::{MtlsMode, PolicyAction, PolicyScope, StringMatch, Tunnel};
 
-const DEMO: &str = include_str!("../../examples/demo-config.yaml");
+const DEMO: &str = include_str!("../../../ztunnel/examples/demo-config.yaml");
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::net::IpAddr;
 
-use hbone::SpiffeId;
+use crate::identity::SpiffeId;
 
 use super::model::{
     ActionDoc, File, MtlsDoc, NamespaceDoc, OperationDoc, PolicyDoc, PortDoc, RuleDoc, ServiceDoc,

@@ -5,7 +5,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use hbone::SpiffeId;
+use crate::identity::SpiffeId;
 use proto::security as pb_sec;
 use proto::workload as pb;
 

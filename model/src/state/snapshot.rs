@@ -7,8 +7,8 @@ use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use hbone::identity::SpiffeIdError;
-use hbone::SpiffeId;
+use crate::identity::SpiffeId;
+use crate::identity::SpiffeIdError;
 
 use super::{
     labels_match, Labels, MtlsMode, Namespace, Node, Policies, Policy, Service, Tunnel, Waypoint,

@@ -14,8 +14,8 @@ use std::hash::{Hash, Hasher};
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::config::{ConfigError, IncrementalParser, ParseStats};
-use crate::state::Snapshot;
+use mesh_model::config::{ConfigError, IncrementalParser, ParseStats};
+use mesh_model::state::Snapshot;
 
 /// How often the file is checked.
 pub const DEFAULT_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);

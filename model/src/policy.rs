@@ -17,7 +17,7 @@
 use std::fmt;
 use std::net::IpAddr;
 
-use hbone::SpiffeId;
+use crate::identity::SpiffeId;
 
 use crate::state::{
     Clause, Match, Policies, Policy, PolicyAction, PolicyKey, PolicyScope, Rule,
@@ -410,7 +410,8 @@ mod tests {
 
     #[test]
     fn the_demo_policies() {
-        let snap = crate::config::parse(include_str!("../examples/demo-config.yaml")).unwrap();
+        let snap =
+            crate::config::parse(include_str!("../../ztunnel/examples/demo-config.yaml")).unwrap();
         let authz = |src: &str, id: Option<&str>, dst: &str, port: u16| {
             let dst = snap.workload_by_ip(dst.parse().unwrap()).unwrap();
             let ctx = ConnCtx {

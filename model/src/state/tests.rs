@@ -171,7 +171,7 @@ fn selector_endpoints_come_from_the_label_index() {
         ]
     };
     type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str], &'a [&'a str]);
-    let cases: &[Case] = &[
+    let cases: &[Case<'_>] = &[
         (&[("app", "web")], &[], &["a/p1", "a/p2"]),
         (&[("app", "web"), ("tier", "1")], &[], &["a/p1"]),
         (&[("tier", "1"), ("app", "web")], &[], &["a/p1"]),

@@ -37,7 +37,7 @@ fn ack_and_nack_carry_the_nonce() {
     assert!(ack.error_detail.is_none());
     let rejected = [Rejection {
         name: "w1".into(),
-        error: super::super::store::ResourceError::Empty,
+        error: mesh_model::xds::store::ResourceError::Empty,
     }];
     let nack = answer(&resp, &rejected, Some("dup IP"));
     let detail = nack.error_detail.unwrap();
