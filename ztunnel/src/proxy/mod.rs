@@ -17,6 +17,7 @@ pub mod inbound;
 pub mod outbound;
 pub mod record;
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -105,9 +106,10 @@ impl Proxy {
 
     /// The original destination of a captured connection.
     pub fn orig_dst(&self, sock: &TcpStream) -> std::io::Result<SocketAddr> {
-        match self.orig_dst {
+        match &self.orig_dst {
             OrigDstSource::LocalAddr => crate::capture::orig_dst(sock),
             OrigDstSource::Conntrack => crate::capture::redirected_orig_dst(sock),
+            OrigDstSource::Forwarded(table) => forwarded_dst(table, sock.local_addr()?),
         }
     }
 
@@ -158,13 +160,33 @@ impl Proxy {
 }
 
 /// Where the original destination of a captured connection comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OrigDstSource {
     /// The accepted socket's local address: TPROXY (node mode), or no
     /// capture at all.
     LocalAddr,
     /// `SO_ORIGINAL_DST` from conntrack: nat REDIRECT (sidecar mode).
     Conntrack,
+    /// No capture: each listener stands for one destination, looked up by
+    /// the address the client connected to (listener → destination, as
+    /// `ssh -L` forwards a port). This runs the data path on loopback with
+    /// no capture and no privileges (`ztunnel/tests/datapath.rs`); the app
+    /// never sets it.
+    Forwarded(Arc<HashMap<SocketAddr, SocketAddr>>),
+}
+
+/// The destination a [`OrigDstSource::Forwarded`] listener at `listener`
+/// stands for. Pure.
+pub fn forwarded_dst(
+    table: &HashMap<SocketAddr, SocketAddr>,
+    listener: SocketAddr,
+) -> std::io::Result<SocketAddr> {
+    table.get(&listener).copied().ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("no destination forwarded from {listener}"),
+        )
+    })
 }
 
 /// The errors that mean "this source address and port are in use here".

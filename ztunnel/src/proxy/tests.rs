@@ -112,3 +112,15 @@ async fn an_unknown_original_destination_is_refused_and_recorded() {
         );
     }
 }
+
+#[test]
+fn a_forwarded_listener_stands_for_its_destination_only() {
+    let listener: SocketAddr = "127.0.0.1:40001".parse().unwrap();
+    let dst: SocketAddr = "127.0.0.3:8080".parse().unwrap();
+    let table = HashMap::from([(listener, dst)]);
+    assert_eq!(forwarded_dst(&table, listener).unwrap(), dst);
+    let other: SocketAddr = "127.0.0.1:40002".parse().unwrap();
+    let err = forwarded_dst(&table, other).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+    assert!(err.to_string().contains("127.0.0.1:40002"), "{err}");
+}
