@@ -5,7 +5,9 @@
 //! [`CLIENT_MAX_STREAMS`] streams; a full pool dials another. A dead or stale
 //! connection (GOAWAY, reset, failed keepalive, a server that restarted) is
 //! retired, and a stream refused before any byte was sent is retried once on
-//! a fresh connection.
+//! a fresh connection. The idle and keepalive clocks are in [`timers`].
+
+mod timers;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -352,7 +354,7 @@ impl HboneClient {
                 .map_err(|source| TunnelError::from_h2(addr, source, &tls_error))?;
             Ok((h2, tls_error))
         };
-        let ((send, mut connection), tls_error) =
+        let ((send, connection), tls_error) =
             tokio::time::timeout(self.config.handshake_timeout, handshake)
                 .await
                 .map_err(|_| TunnelError::Timeout { addr })??;
@@ -366,21 +368,17 @@ impl HboneClient {
             last_used: Mutex::new(Instant::now()),
         });
         self.opened.fetch_add(1, Ordering::Relaxed);
-        let ping = connection.ping_pong().expect("ping_pong taken once");
         let (interval, timeout) = (
             self.config.keepalive_interval,
             self.config.keepalive_timeout,
         );
         let weak = Arc::downgrade(&conn);
         tokio::spawn(async move {
-            let outcome = tokio::select! {
-                r = &mut connection => r.err().map(|e| e.to_string()),
-                () = keepalive(ping, interval, timeout) => Some("keepalive timed out".to_owned()),
-            };
+            let ended = timers::drive(connection, interval, timeout).await;
             if let Some(c) = weak.upgrade() {
                 c.dead.store(true, Ordering::Release);
             }
-            tracing::debug!(%addr, error = ?outcome, "HBONE connection closed");
+            tracing::debug!(%addr, %ended, "HBONE connection closed");
         });
         Ok(conn)
     }
@@ -451,8 +449,7 @@ impl HboneClient {
             conns.retain(|c| {
                 let idle = c.idle_since();
                 let stale_cert = Some(c.cert_generation) != current && idle.is_some();
-                let expired =
-                    idle.is_some_and(|t| now.duration_since(t) >= self.config.idle_timeout);
+                let expired = timers::idle_expired(idle, now, self.config.idle_timeout);
                 !(c.dead.load(Ordering::Acquire) || stale_cert || expired)
             });
             reaped += before - conns.len();
@@ -463,8 +460,7 @@ impl HboneClient {
 
     fn spawn_reaper(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
-        let period = (self.config.idle_timeout / 4)
-            .clamp(Duration::from_millis(100), Duration::from_secs(30));
+        let period = timers::reaper_period(self.config.idle_timeout);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(period);
             loop {
@@ -473,17 +469,5 @@ impl HboneClient {
                 client.reap(Instant::now());
             }
         });
-    }
-}
-
-async fn keepalive(mut ping: h2::PingPong, interval: Duration, timeout: Duration) {
-    loop {
-        tokio::time::sleep(interval).await;
-        match tokio::time::timeout(timeout, ping.ping(h2::Ping::opaque())).await {
-            Ok(Ok(_pong)) => {}
-            // Connection errors surface on the connection future instead.
-            Ok(Err(_)) => std::future::pending::<()>().await,
-            Err(_) => return,
-        }
     }
 }
