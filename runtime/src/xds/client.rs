@@ -11,7 +11,9 @@
 //!   off from 10 ms to 15 s, with jitter, and reset after a good response.
 //!
 //! The request building, the answer to a response and the backoff are plain
-//! functions; [`XdsClient::run`] is the socket loop around them.
+//! functions; [`reconnect`] is the timer loop that spaces the sessions (it
+//! reads only tokio's clock, so tests run it on the paused clock), and
+//! [`XdsClient::run`] drives it with the socket session.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,6 +43,69 @@ const INVALID_ARGUMENT: i32 = 3;
 pub fn backoff(attempt: u32, jitter: f64) -> Duration {
     let base = INITIAL_BACKOFF.saturating_mul(1u32 << attempt.min(20));
     base.min(MAX_BACKOFF).mul_f64(jitter.clamp(0.5, 1.0))
+}
+
+/// A random jitter factor in `[0.5, 1.0)`.
+pub fn jitter() -> f64 {
+    0.5 + rand::random::<f64>() / 2.0
+}
+
+/// The reconnect delays: [`backoff`] of the number of sessions since the
+/// last good one.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Backoff {
+    attempt: u32,
+}
+
+impl Backoff {
+    /// The delay before the next session, scaled by `jitter`; each call
+    /// doubles the next one, up to [`MAX_BACKOFF`].
+    pub fn next_delay(&mut self, jitter: f64) -> Duration {
+        let delay = backoff(self.attempt, jitter);
+        self.attempt = self.attempt.saturating_add(1);
+        delay
+    }
+
+    /// The connection proved good (a response arrived): the next delay is
+    /// [`INITIAL_BACKOFF`] again.
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+/// What [`reconnect`] runs, again and again.
+pub(crate) trait Session {
+    type Error;
+    /// One connection, until it fails; calls [`Backoff::reset`] once the
+    /// connection proved good.
+    async fn run_once(&mut self, backoff: &mut Backoff) -> Result<(), Self::Error>;
+    /// A session failed; the next starts in `retry_in`.
+    fn disconnected(&mut self, error: &Self::Error, retry_in: Duration);
+}
+
+/// Runs `session` until `drain` signals, waiting the next [`Backoff`] delay
+/// (scaled by `jitter()`) after each one ends.
+pub(crate) async fn reconnect<S: Session>(
+    session: &mut S,
+    drain: &Drain,
+    mut jitter: impl FnMut() -> f64,
+) {
+    let mut watch = drain.watch();
+    let mut backoff = Backoff::default();
+    loop {
+        let result = tokio::select! {
+            r = session.run_once(&mut backoff) => r,
+            () = watch.signaled() => return,
+        };
+        let delay = backoff.next_delay(jitter());
+        if let Err(e) = &result {
+            session.disconnected(e, delay);
+        }
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = watch.signaled() => return,
+        }
+    }
 }
 
 /// The first request of a stream for `type_url`: a wildcard subscription,
@@ -136,31 +201,12 @@ pub struct XdsClient {
 impl XdsClient {
     /// Runs until drained, reconnecting with backoff.
     pub async fn run(mut self, drain: Drain) {
-        let mut watch = drain.watch();
-        let mut attempt = 0u32;
-        loop {
-            let result = tokio::select! {
-                r = self.session(&mut attempt) => r,
-                () = watch.signaled() => return,
-            };
-            let delay = backoff(attempt, 0.5 + rand::random::<f64>() / 2.0);
-            attempt = attempt.saturating_add(1);
-            match result {
-                Ok(()) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, cause = ?std::error::Error::source(&e), retry_in = ?delay, held = self.store.len(), "xDS disconnected; keeping the last good config")
-                }
-            }
-            tokio::select! {
-                () = tokio::time::sleep(delay) => {}
-                () = watch.signaled() => return,
-            }
-        }
+        reconnect(&mut self, &drain, jitter).await;
     }
 
-    /// One ADS stream, until it fails. Resets `attempt` once a response
+    /// One ADS stream, until it fails. Resets the backoff once a response
     /// arrives (the connection is good).
-    async fn session(&mut self, attempt: &mut u32) -> Result<(), XdsError> {
+    async fn session(&mut self, backoff: &mut Backoff) -> Result<(), XdsError> {
         let channel: Channel = super::connector::connect(&self.endpoint, self.mark)
             .await
             .map_err(XdsError::Connect)?;
@@ -190,7 +236,7 @@ impl XdsClient {
                 .await
                 .map_err(XdsError::Stream)?
                 .ok_or(XdsError::Closed)?;
-            *attempt = 0;
+            backoff.reset();
             let was_synced = self.is_synced();
             let bulk = resource_bytes(&resp) >= crate::allocator::BULK_UPDATE_BYTES;
             let reply = self.handle(resp).await;
@@ -244,6 +290,18 @@ impl XdsClient {
             let _ = self.publish.send(snap).await;
         }
         reply
+    }
+}
+
+impl Session for XdsClient {
+    type Error = XdsError;
+
+    async fn run_once(&mut self, backoff: &mut Backoff) -> Result<(), XdsError> {
+        self.session(backoff).await
+    }
+
+    fn disconnected(&mut self, e: &XdsError, retry_in: Duration) {
+        tracing::warn!(error = %e, cause = ?std::error::Error::source(e), ?retry_in, held = self.store.len(), "xDS disconnected; keeping the last good config");
     }
 }
 

@@ -22,6 +22,151 @@ fn backoff_doubles_from_10ms_to_15s_with_jitter() {
     assert_eq!(ms(backoff(0, 0.0)), 5, "jitter is clamped");
 }
 
+/// What one scripted session does.
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    /// Fails at once (connection refused).
+    Fail,
+    /// Gets a response (the connection is good), and is dropped `after`.
+    Good { after: Duration },
+}
+
+/// Sessions for [`reconnect`] on the paused clock: each records when it
+/// started and plays the next step; once the script is done, the drain is
+/// signalled.
+struct Sessions {
+    script: std::collections::VecDeque<Step>,
+    drain: Drain,
+    started: Vec<tokio::time::Instant>,
+    retries: Vec<Duration>,
+}
+
+impl Sessions {
+    fn new(script: impl IntoIterator<Item = Step>, drain: &Drain) -> Self {
+        Sessions {
+            script: script.into_iter().collect(),
+            drain: drain.clone(),
+            started: Vec::new(),
+            retries: Vec::new(),
+        }
+    }
+
+    /// Virtual time between the starts of consecutive sessions.
+    fn gaps(&self) -> Vec<Duration> {
+        self.started.windows(2).map(|w| w[1] - w[0]).collect()
+    }
+}
+
+impl Session for Sessions {
+    type Error = &'static str;
+
+    async fn run_once(&mut self, backoff: &mut Backoff) -> Result<(), &'static str> {
+        self.started.push(tokio::time::Instant::now());
+        match self.script.pop_front() {
+            Some(Step::Fail) => Err("connection refused"),
+            Some(Step::Good { after }) => {
+                backoff.reset();
+                tokio::time::sleep(after).await;
+                Err("stream reset")
+            }
+            None => {
+                self.drain.signal();
+                std::future::pending().await
+            }
+        }
+    }
+
+    fn disconnected(&mut self, _: &&'static str, retry_in: Duration) {
+        self.retries.push(retry_in);
+    }
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+#[tokio::test(start_paused = true)]
+async fn reconnects_back_off_from_10ms_doubling_to_15s() {
+    let drain = Drain::new();
+    let mut sessions = Sessions::new([Step::Fail; 14], &drain);
+    reconnect(&mut sessions, &drain, || 1.0).await;
+    let want: Vec<Duration> = [
+        10, 20, 40, 80, 160, 320, 640, 1280, 2560, 5120, 10_240, 15_000, 15_000, 15_000,
+    ]
+    .into_iter()
+    .map(ms)
+    .collect();
+    assert_eq!(sessions.retries, want, "the delays announced");
+    assert_eq!(sessions.gaps(), want, "the delays waited");
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_delay_is_jittered_down_to_half() {
+    let drain = Drain::new();
+    let mut sessions = Sessions::new([Step::Fail; 14], &drain);
+    let mut rolls = Vec::new();
+    reconnect(&mut sessions, &drain, || {
+        rolls.push(jitter());
+        *rolls.last().unwrap()
+    })
+    .await;
+    let gaps = sessions.gaps();
+    assert_eq!(gaps.len(), 14);
+    for (i, gap) in gaps.iter().enumerate() {
+        let (roll, retry) = (rolls[i], sessions.retries[i]);
+        let full = ms(10 << i).min(MAX_BACKOFF);
+        assert!((0.5..1.0).contains(&roll), "jitter {roll}");
+        assert_eq!(retry, full.mul_f64(roll), "attempt {i}");
+        assert!(retry >= full / 2 && retry <= full, "attempt {i}: {retry:?}");
+        // Timers fire on whole milliseconds.
+        assert!(
+            *gap >= retry && *gap - retry < ms(1),
+            "attempt {i}: waited {gap:?} for {retry:?}"
+        );
+    }
+    assert!(
+        rolls.windows(2).any(|w| w[0] != w[1]),
+        "every delay jittered alike: {rolls:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_good_session_resets_the_backoff() {
+    let drain = Drain::new();
+    let script = [
+        Step::Fail,
+        Step::Fail,
+        Step::Fail,
+        Step::Good {
+            after: Duration::from_secs(60),
+        },
+        Step::Fail,
+        Step::Fail,
+    ];
+    let mut sessions = Sessions::new(script, &drain);
+    reconnect(&mut sessions, &drain, || 1.0).await;
+    // 10, 20, 40 ms; the good session's minute, then 10 ms again; 20 ms.
+    let want: Vec<Duration> = [10, 20, 40, 60_010, 20, 40].into_iter().map(ms).collect();
+    assert_eq!(sessions.gaps(), want);
+}
+
+#[tokio::test(start_paused = true)]
+async fn draining_ends_a_backoff_wait_at_once() {
+    let drain = Drain::new();
+    // Far more failures than the test lets happen.
+    let mut sessions = Sessions::new([Step::Fail; 100], &drain);
+    let t0 = tokio::time::Instant::now();
+    let stop = drain.clone();
+    tokio::spawn(async move {
+        // The 12th session failed at 20.47 s; its 15 s wait runs to 35.47 s.
+        tokio::time::sleep(Duration::from_secs(25)).await;
+        stop.signal();
+    });
+    reconnect(&mut sessions, &drain, || 1.0).await;
+    assert_eq!(t0.elapsed(), Duration::from_secs(25), "stopped mid-wait");
+    assert_eq!(sessions.started.len(), 12);
+}
+
 #[test]
 fn ack_and_nack_carry_the_nonce() {
     let resp = DeltaDiscoveryResponse {
