@@ -27,9 +27,9 @@
 //! The snapshot itself is still built whole ([`Snapshot::build`]) after each
 //! batch: label selectors and waypoint labels are resolved there.
 
-mod touched;
 #[cfg(test)]
 mod tests;
+mod touched;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -51,6 +51,27 @@ pub enum Object {
     /// Held without its resolved `waypoint`.
     Service(Service),
     Policy(Policy),
+}
+
+/// The objects of unindexed parts (each workload and service as given; its
+/// resolved fields are cleared when stored).
+pub fn objects_of(parts: SnapshotParts) -> Vec<Object> {
+    let SnapshotParts {
+        trust_domain: _,
+        nodes,
+        namespaces,
+        workloads,
+        services,
+        policies,
+    } = parts;
+    nodes
+        .into_iter()
+        .map(Object::Node)
+        .chain(namespaces.into_iter().map(Object::Namespace))
+        .chain(workloads.into_iter().map(Object::Workload))
+        .chain(services.into_iter().map(Object::Service))
+        .chain(policies.into_iter().map(Object::Policy))
+        .collect()
 }
 
 /// What names an [`Object`].

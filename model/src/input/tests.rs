@@ -83,11 +83,35 @@ fn a_pod_change_touches_its_services_and_not_the_rest() {
     let mut input = MeshInput::default();
     input
         .apply(vec![
-            up(Object::Namespace(namespace("shop", &[], MtlsMode::Permissive))),
-            up(Object::Workload(pod("shop", "a", "10.1.0.1", &[("app", "a")]))),
-            up(Object::Workload(pod("shop", "b", "10.1.0.2", &[("app", "b")]))),
-            up(Object::Service(svc("shop", "sa", "10.96.0.1", &[("app", "a")]))),
-            up(Object::Service(svc("shop", "sb", "10.96.0.2", &[("app", "b")]))),
+            up(Object::Namespace(namespace(
+                "shop",
+                &[],
+                MtlsMode::Permissive,
+            ))),
+            up(Object::Workload(pod(
+                "shop",
+                "a",
+                "10.1.0.1",
+                &[("app", "a")],
+            ))),
+            up(Object::Workload(pod(
+                "shop",
+                "b",
+                "10.1.0.2",
+                &[("app", "b")],
+            ))),
+            up(Object::Service(svc(
+                "shop",
+                "sa",
+                "10.96.0.1",
+                &[("app", "a")],
+            ))),
+            up(Object::Service(svc(
+                "shop",
+                "sb",
+                "10.96.0.2",
+                &[("app", "b")],
+            ))),
         ])
         .unwrap();
     let moved = pod("shop", "a", "10.1.0.9", &[("app", "a")]);
@@ -109,12 +133,24 @@ fn a_selector_policy_reaches_its_namespace_and_resolves_into_workloads() {
     let mut input = MeshInput::default();
     input
         .apply(vec![
-            up(Object::Workload(pod("shop", "a", "10.1.0.1", &[("app", "a")]))),
-            up(Object::Workload(pod("bank", "l", "10.1.0.2", &[("app", "a")]))),
+            up(Object::Workload(pod(
+                "shop",
+                "a",
+                "10.1.0.1",
+                &[("app", "a")],
+            ))),
+            up(Object::Workload(pod(
+                "bank",
+                "l",
+                "10.1.0.2",
+                &[("app", "a")],
+            ))),
         ])
         .unwrap();
     let update = input
-        .apply(vec![up(Object::Policy(selector_policy("shop", "deny-a", "a")))])
+        .apply(vec![up(Object::Policy(selector_policy(
+            "shop", "deny-a", "a",
+        )))])
         .unwrap();
     assert_eq!(
         update.touched.workloads,
@@ -130,7 +166,12 @@ fn a_selector_policy_reaches_its_namespace_and_resolves_into_workloads() {
 fn an_inconsistent_batch_is_undone_whole() {
     let mut input = MeshInput::default();
     input
-        .apply(vec![up(Object::Workload(pod("shop", "a", "10.1.0.1", &[])))])
+        .apply(vec![up(Object::Workload(pod(
+            "shop",
+            "a",
+            "10.1.0.1",
+            &[],
+        )))])
         .unwrap();
     let before = input.objects().collect::<Vec<_>>();
     let err = input
@@ -152,8 +193,16 @@ fn a_waypoint_change_reaches_the_objects_that_name_it() {
     let mut input = MeshInput::default();
     input
         .apply(vec![
-            up(Object::Namespace(namespace("shop", &wp_label, MtlsMode::Permissive))),
-            up(Object::Namespace(namespace("bank", &[], MtlsMode::Permissive))),
+            up(Object::Namespace(namespace(
+                "shop",
+                &wp_label,
+                MtlsMode::Permissive,
+            ))),
+            up(Object::Namespace(namespace(
+                "bank",
+                &[],
+                MtlsMode::Permissive,
+            ))),
             up(Object::Workload(pod("shop", "wp", "10.1.0.1", &[]))),
             up(Object::Workload(pod("shop", "a", "10.1.0.2", &[]))),
             up(Object::Workload(pod("bank", "l", "10.1.0.3", &[]))),
@@ -162,7 +211,12 @@ fn a_waypoint_change_reaches_the_objects_that_name_it() {
     let a = input.snapshot().workload_by_uid("shop/a").unwrap().clone();
     assert_eq!(a.waypoint.as_ref().unwrap().address.to_string(), "10.1.0.1");
     let update = input
-        .apply(vec![up(Object::Workload(pod("shop", "wp", "10.1.0.7", &[])))])
+        .apply(vec![up(Object::Workload(pod(
+            "shop",
+            "wp",
+            "10.1.0.7",
+            &[],
+        )))])
         .unwrap();
     assert!(update.touched.workloads.contains("shop/a"));
     assert!(!update.touched.workloads.contains("bank/l"));
@@ -194,7 +248,10 @@ fn replace_diffs_a_whole_state_into_keyed_changes() {
     assert_eq!(update.touched.workloads, BTreeSet::from(uids));
     // A new trust domain changes every identity.
     let update = input
-        .replace("example.org", vec![Object::Workload(pod("shop", "a", "10.1.0.1", &[]))])
+        .replace(
+            "example.org",
+            vec![Object::Workload(pod("shop", "a", "10.1.0.1", &[]))],
+        )
         .unwrap();
     assert_eq!(update.snapshot.trust_domain(), "example.org");
     assert!(update.touched.workloads.contains("shop/c"));
@@ -227,9 +284,19 @@ fn arb_change() -> impl Strategy<Value = Change> {
         w.labels = l;
         Change::Upsert(Object::Workload(w))
     });
-    let service = (ns.clone(), 0u8..3, prop::sample::select(vec!["a", "b"]), arb_labels())
+    let service = (
+        ns.clone(),
+        0u8..3,
+        prop::sample::select(vec!["a", "b"]),
+        arb_labels(),
+    )
         .prop_map(|(ns, i, app, l)| {
-            let mut s = svc(ns, &format!("s{i}"), &format!("10.96.{}.{i}", ns.len()), &[]);
+            let mut s = svc(
+                ns,
+                &format!("s{i}"),
+                &format!("10.96.{}.{i}", ns.len()),
+                &[],
+            );
             s.selector = labels(&[("app", app)]);
             s.labels = l;
             Change::Upsert(Object::Service(s))
@@ -246,9 +313,14 @@ fn arb_change() -> impl Strategy<Value = Change> {
             mtls,
         }))
     });
-    let policy = (ns.clone(), 0u8..2, prop::sample::select(vec!["a", "b"]))
-        .prop_map(|(ns, i, app)| Change::Upsert(Object::Policy(selector_policy(ns, &format!("p{i}"), app))));
-    let delete = (ns, prop::sample::select(vec!["w0", "w1", "w2", "w3", "s0", "s1", "p0"]))
+    let policy =
+        (ns.clone(), 0u8..2, prop::sample::select(vec!["a", "b"])).prop_map(|(ns, i, app)| {
+            Change::Upsert(Object::Policy(selector_policy(ns, &format!("p{i}"), app)))
+        });
+    let delete = (
+        ns,
+        prop::sample::select(vec!["w0", "w1", "w2", "w3", "s0", "s1", "p0"]),
+    )
         .prop_map(|(ns, name)| match name.as_bytes()[0] {
             b'w' => Change::Delete(Key::Workload(format!("{ns}/{name}"))),
             b's' => Change::Delete(Key::Service(ns.into(), name.into())),
@@ -270,8 +342,11 @@ fn changed(old: &Snapshot, new: &Snapshot) -> Touched {
             }
         }
         for s in a.services() {
-            if b.service_by_name(&s.namespace, &s.name).is_none_or(|o| **o != **s)
-                || endpoint_uids(a, s) != b.service_by_name(&s.namespace, &s.name).map_or(BTreeSet::new(), |o| endpoint_uids(b, o))
+            if b.service_by_name(&s.namespace, &s.name)
+                .is_none_or(|o| **o != **s)
+                || endpoint_uids(a, s)
+                    != b.service_by_name(&s.namespace, &s.name)
+                        .map_or(BTreeSet::new(), |o| endpoint_uids(b, o))
             {
                 t.services.insert((s.namespace.clone(), s.name.clone()));
             }
@@ -295,9 +370,8 @@ fn endpoint_uids(snap: &Snapshot, s: &Service) -> BTreeSet<String> {
 }
 
 fn covers(touched: &Touched, needed: &Touched) -> Result<(), String> {
-    let missing = |a: &BTreeSet<String>, b: &BTreeSet<String>| {
-        b.difference(a).cloned().collect::<Vec<_>>()
-    };
+    let missing =
+        |a: &BTreeSet<String>, b: &BTreeSet<String>| b.difference(a).cloned().collect::<Vec<_>>();
     let w = missing(&touched.workloads, &needed.workloads);
     let n = missing(&touched.namespaces, &needed.namespaces);
     let s: Vec<_> = needed.services.difference(&touched.services).collect();
@@ -305,7 +379,9 @@ fn covers(touched: &Touched, needed: &Touched) -> Result<(), String> {
     if w.is_empty() && n.is_empty() && s.is_empty() && p.is_empty() {
         Ok(())
     } else {
-        Err(format!("not touched: workloads {w:?} namespaces {n:?} services {s:?} policies {p:?}"))
+        Err(format!(
+            "not touched: workloads {w:?} namespaces {n:?} services {s:?} policies {p:?}"
+        ))
     }
 }
 
