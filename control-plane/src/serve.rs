@@ -210,21 +210,22 @@ async fn publish(
     feed: watch::Sender<Option<Arc<Published>>>,
 ) {
     let mut last: Option<(Arc<Snapshot>, Arc<Published>)> = None;
-    while let Some(snap) = source.next().await {
+    while let Some(update) = source.next().await {
         let at = tokio::time::Instant::now();
         let prev = last.clone();
-        let for_convert = snap.clone();
+        let snap = update.snapshot.clone();
         let converted = tokio::task::spawn_blocking(move || {
             let started = std::time::Instant::now();
             let next = match &prev {
                 Some((old, p)) => {
-                    let (resources, changes) = p.resources.update(old, &for_convert);
+                    let (resources, changes) =
+                        p.resources.update(old, &update.snapshot, &update.touched);
                     let mut history = p.history.clone();
                     history.push(p.generation + 1, Arc::new(changes));
                     (resources, p.generation + 1, history)
                 }
                 None => {
-                    let resources = ResourceSet::from_snapshot(&for_convert);
+                    let resources = ResourceSet::from_snapshot(&update.snapshot);
                     (resources, 1, History::default())
                 }
             };

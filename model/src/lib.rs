@@ -21,6 +21,7 @@
 pub mod config;
 pub mod flags;
 pub mod identity;
+pub mod input;
 pub mod policy;
 pub mod state;
 pub mod xds;

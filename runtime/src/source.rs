@@ -7,7 +7,9 @@
 //! file is an error like any other, not an empty config.
 //!
 //! New contents are parsed with [`IncrementalParser`]: only the list items
-//! (and sections) whose text changed are parsed again.
+//! (and sections) whose text changed are parsed again. The parsed objects
+//! are diffed against the ones held ([`MeshInput::replace`]), so each edit
+//! reaches consumers as keyed changes, with what they touch.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -15,7 +17,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use mesh_model::config::{ConfigError, IncrementalParser, ParseStats};
-use mesh_model::state::Snapshot;
+use mesh_model::input::{MeshInput, Update};
 
 /// How often the file is checked.
 pub const DEFAULT_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
@@ -25,8 +27,8 @@ pub const DEFAULT_POLL_INTERVAL: std::time::Duration = std::time::Duration::from
 pub enum Change {
     /// Same bytes as last time (or the same error as last time).
     Unchanged,
-    /// New, valid contents.
-    Updated(Box<Snapshot>),
+    /// New, valid contents: the snapshot and what the edit touched.
+    Updated(Box<Update>),
     /// New contents that do not parse or validate.
     Rejected(ConfigError),
     /// The file could not be read.
@@ -44,6 +46,8 @@ pub struct FileSource {
     last_error: Option<io::ErrorKind>,
     /// Boxed: six caches would make `FileSource` (and enums holding it) large.
     parser: Box<IncrementalParser>,
+    /// The objects of the last good contents.
+    input: Box<MeshInput>,
 }
 
 impl FileSource {
@@ -53,6 +57,7 @@ impl FileSource {
             last: None,
             last_error: None,
             parser: Box::default(),
+            input: Box::default(),
         }
     }
 
@@ -90,9 +95,13 @@ impl FileSource {
             return Change::Unchanged;
         }
         self.last = Some(hash);
-        match self.parser.parse(text) {
-            Ok(snap) => Change::Updated(Box::new(snap)),
-            Err(e) => Change::Rejected(e),
+        let parsed = match self.parser.parse_objects(text) {
+            Ok(parsed) => parsed,
+            Err(e) => return Change::Rejected(e),
+        };
+        match self.input.replace(&parsed.trust_domain, parsed.objects) {
+            Ok(update) => Change::Updated(Box::new(update)),
+            Err(e) => Change::Rejected(ConfigError::State(e)),
         }
     }
 }

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use control_plane::delta::{History, Subscription};
 use control_plane::resources::{Kind, ResourceSet};
 use mesh_model::config::IncrementalParser;
+use mesh_model::input::MeshInput;
 use proto::discovery::DeltaDiscoveryRequest;
 
 /// xds-bench's generated mesh; this tool uses only its config file.
@@ -66,7 +67,12 @@ fn main() {
     let mut sub = Subscription::default();
     sub.on_request(&DeltaDiscoveryRequest::default());
     let mut parser = IncrementalParser::new();
-    let mut snap = parser.parse(&texts[0]).unwrap();
+    let mut input = MeshInput::default();
+    let first = parser.parse_objects(&texts[0]).unwrap();
+    let mut snap = input
+        .replace(&first.trust_domain, first.objects)
+        .unwrap()
+        .snapshot;
     let mut set = ResourceSet::from_snapshot(&snap);
     let mut history = History::default();
     sub.commit_at(&sub.diff(&set.addresses), 0);
@@ -96,11 +102,21 @@ fn main() {
 
         // Incremental.
         let t = Instant::now();
-        let next = parser.parse(text).unwrap();
-        time("incremental: IncrementalParser::parse", t.elapsed());
+        let parsed = parser.parse_objects(text).unwrap();
+        time("incremental: IncrementalParser::parse_objects", t.elapsed());
         assert_eq!(parser.stats().parsed, 1, "{:?}", parser.stats());
         let t = Instant::now();
-        let (next_set, changes) = set.update(&snap, &next);
+        let changes = input.diff(parsed.objects);
+        time("incremental: MeshInput::diff (keyed changes)", t.elapsed());
+        let t = Instant::now();
+        let update = input.apply(changes).unwrap();
+        time(
+            "incremental: MeshInput::apply (touched, Snapshot::build)",
+            t.elapsed(),
+        );
+        let next = update.snapshot;
+        let t = Instant::now();
+        let (next_set, changes) = set.update(&snap, &next, &update.touched);
         time("incremental: ResourceSet::update", t.elapsed());
         assert_eq!(changes.len(), 2);
         history.push(generation, Arc::new(changes));

@@ -38,6 +38,7 @@ mod update {
     use std::collections::BTreeSet;
     use std::net::{IpAddr, Ipv4Addr};
 
+    use mesh_model::input::{objects_of, MeshInput, Object};
     use mesh_model::state::{
         Labels, MtlsMode, Namespace, Node, Policy, PolicyAction, PolicyScope, Service, ServicePort,
         SnapshotParts, Tunnel, Workload, USE_WAYPOINT_LABEL,
@@ -63,16 +64,22 @@ policies:
   - {name: ns-wide, namespace: b}
 ";
 
-    fn parse(yaml: &str) -> Snapshot {
-        mesh_model::config::parse(yaml).unwrap()
+    fn objects(yaml: &str) -> Vec<Object> {
+        mesh_model::config::parse_objects(yaml).unwrap().objects
     }
 
     /// (addresses, authorizations) changed by an edit, checked against the
     /// from-scratch set.
     fn changed(before: &str, after: &str) -> (Vec<String>, Vec<String>) {
-        let (old, new) = (parse(before), parse(after));
+        let mut input = MeshInput::default();
+        let old = input
+            .replace("cluster.local", objects(before))
+            .unwrap()
+            .snapshot;
+        let update = input.replace("cluster.local", objects(after)).unwrap();
+        let new = update.snapshot;
         let set = ResourceSet::from_snapshot(&old);
-        let (next, changes) = set.update(&old, &new);
+        let (next, changes) = set.update(&old, &new, &update.touched);
         let want = ResourceSet::from_snapshot(&new);
         assert_eq!(next, want, "incremental == from scratch");
         assert_eq!(changes, Changes::between(&set, &want));
@@ -334,18 +341,21 @@ policies:
         /// the from-scratch set, and names exactly what changed.
         #[test]
         fn incremental_equals_from_scratch(worlds in prop::collection::vec(world(), 2..8)) {
-            let snaps: Vec<Snapshot> = worlds
-                .into_iter()
-                .filter_map(|p| Snapshot::build(p).ok())
-                .collect();
-            let Some(first) = snaps.first() else { return Ok(()) };
-            let mut set = ResourceSet::from_snapshot(first);
-            for pair in snaps.windows(2) {
-                let (next, changes) = set.update(&pair[0], &pair[1]);
-                let want = ResourceSet::from_snapshot(&pair[1]);
-                prop_assert_eq!(&next, &want);
-                prop_assert_eq!(&changes, &Changes::between(&set, &want));
-                set = next;
+            // Each world reaches the control plane as a source gives it:
+            // keyed changes into one input, with what they touched.
+            let mut input = MeshInput::default();
+            let mut last: Option<(Arc<Snapshot>, ResourceSet)> = None;
+            for world in worlds {
+                let Ok(update) = input.replace("cluster.local", objects_of(world)) else {
+                    continue;
+                };
+                let want = ResourceSet::from_snapshot(&update.snapshot);
+                if let Some((old, set)) = &last {
+                    let (next, changes) = set.update(old, &update.snapshot, &update.touched);
+                    prop_assert_eq!(&next, &want);
+                    prop_assert_eq!(&changes, &Changes::between(set, &want));
+                }
+                last = Some((update.snapshot, want));
             }
         }
     }

@@ -17,14 +17,17 @@
 //! - a policy's `Authorization`: the policies with that key;
 //! - a namespace's STRICT policy: the namespace's mTLS mode.
 //!
-//! Finding what changed compares every object with its predecessor (cheap
-//! equality, no allocation); converting, encoding and hashing, the costly
-//! part, runs only for the dirty names.
+//! Which objects changed comes from the source, keyed: the
+//! [`Touched`] of each [`mesh_model::input::MeshInput`] update already holds
+//! the closure above (a service's endpoints before and after, a selector
+//! policy's namespace, the users of a waypoint), so nothing here scans the
+//! mesh: converting, encoding and hashing run only for the touched names.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
-use mesh_model::state::{MtlsMode, Policy, PolicyScope, Service, Snapshot};
+use mesh_model::input::Touched;
+use mesh_model::state::{MtlsMode, Service, Snapshot};
 use prost::Message;
 use proto::workload as pb;
 
@@ -73,21 +76,36 @@ impl Changes {
 }
 
 impl ResourceSet {
-    /// The set for `new`, given that `self` is the set for `old`, and which
-    /// names changed. Equal to `ResourceSet::from_snapshot(new)`.
-    pub fn update(&self, old: &Snapshot, new: &Snapshot) -> (ResourceSet, Changes) {
-        let dirty = Dirty::between(old, new);
+    /// The set for `new`, given that `self` is the set for `old` and that
+    /// `touched` holds every object whose resolved form may differ between
+    /// them (a [`mesh_model::input::Update`]'s), and which names changed.
+    /// Equal to `ResourceSet::from_snapshot(new)`.
+    pub fn update(
+        &self,
+        old: &Snapshot,
+        new: &Snapshot,
+        touched: &Touched,
+    ) -> (ResourceSet, Changes) {
+        let dirty = Dirty::from_touched(old, new, touched);
         let mut next = self.clone();
         let mut changes = Changes::default();
 
         let uids: HashSet<&str> = dirty.workloads.iter().map(String::as_str).collect();
         let mut backs = convert::backed_services(new, |uid| uids.contains(uid));
-        let services: HashMap<String, &Arc<Service>> =
-            new.services().map(|s| (service_name(s), s)).collect();
+        let services: HashMap<String, &Arc<Service>> = touched
+            .services
+            .iter()
+            .filter_map(|(ns, name)| new.service_by_name(ns, name))
+            .map(|s| (service_name(s), s))
+            .collect();
         let addresses = dirty.workloads.iter().chain(&dirty.services);
         for name in addresses.collect::<BTreeSet<_>>() {
             // As in `convert::addresses`: a service wins a name clash.
-            let fresh = match (services.get(name), new.workload_by_uid(name)) {
+            let service = services
+                .get(name)
+                .copied()
+                .or_else(|| service_named(new, name));
+            let fresh = match (service, new.workload_by_uid(name)) {
                 (Some(s), _) => Some(pb::address::Type::Service(convert::service(s))),
                 (None, Some(w)) => {
                     let backed = backs.remove(w.uid.as_str()).unwrap_or_default();
@@ -168,106 +186,38 @@ struct Dirty {
 }
 
 impl Dirty {
-    fn between(old: &Snapshot, new: &Snapshot) -> Dirty {
-        let mut d = Dirty::default();
-        for w in new.workloads() {
-            if old.workload_by_uid(&w.uid).is_none_or(|o| **o != **w) {
-                d.workloads.insert(w.uid.clone());
+    /// The resource names of the touched objects, as either snapshot names
+    /// them (a service's name holds its hostname).
+    fn from_touched(old: &Snapshot, new: &Snapshot, touched: &Touched) -> Dirty {
+        let mut d = Dirty {
+            workloads: touched.workloads.clone(),
+            ..Dirty::default()
+        };
+        for (ns, name) in &touched.services {
+            for snap in [old, new] {
+                if let Some(s) = snap.service_by_name(ns, name) {
+                    d.services.insert(service_name(s));
+                }
             }
         }
-        for o in old.workloads() {
-            if new.workload_by_uid(&o.uid).is_none() {
-                d.workloads.insert(o.uid.clone());
-            }
+        for key in &touched.policies {
+            d.authorizations
+                .insert(policy_name(&key.namespace, &key.name));
         }
-        d.services(old, new);
-        d.policies(old, new);
-        for ns in old.namespaces().chain(new.namespaces()) {
-            let strict =
-                |s: &Snapshot| s.namespace(&ns.name).map(|n| n.mtls) == Some(MtlsMode::Strict);
-            if strict(old) != strict(new) {
-                d.authorizations
-                    .insert(policy_name(&ns.name, STRICT_POLICY_NAME));
+        for ns in &touched.namespaces {
+            let strict = |s: &Snapshot| s.namespace(ns).map(|n| n.mtls) == Some(MtlsMode::Strict);
+            if strict(old) || strict(new) {
+                d.authorizations.insert(policy_name(ns, STRICT_POLICY_NAME));
             }
         }
         d
     }
-
-    /// A changed, added or removed service: its own name, and every
-    /// workload that was or is its endpoint (their `services` maps).
-    fn services(&mut self, old: &Snapshot, new: &Snapshot) {
-        let (before, after) = (services_by_key(old), services_by_key(new));
-        let mut touch = |snap: &Snapshot, svc: &Service| {
-            self.services.insert(service_name(svc));
-            self.workloads
-                .extend(snap.endpoints(svc).iter().map(|w| w.uid.clone()));
-        };
-        for (key, s) in &after {
-            match before.get(key) {
-                Some(o) if **o == **s => {}
-                Some(o) => {
-                    touch(old, o);
-                    touch(new, s);
-                }
-                None => touch(new, s),
-            }
-        }
-        for (key, o) in &before {
-            if !after.contains_key(key) {
-                touch(old, o);
-            }
-        }
-    }
-
-    /// A changed, added or removed policy: its `Authorization`, and, if it
-    /// selects by labels (before or after), every workload of its namespace
-    /// (their `authorization_policies`).
-    fn policies(&mut self, old: &Snapshot, new: &Snapshot) {
-        let (before, after) = (policies_by_key(old), policies_by_key(new));
-        let selector = |ps: Option<&Vec<&Policy>>| {
-            ps.into_iter()
-                .flatten()
-                .any(|p| matches!(p.scope, PolicyScope::WorkloadSelector { .. }))
-        };
-        let mut namespaces = BTreeSet::new();
-        for key in before.keys().chain(after.keys()) {
-            let (b, a) = (before.get(key), after.get(key));
-            if b == a {
-                continue;
-            }
-            self.authorizations.insert(policy_name(key.0, key.1));
-            if selector(b) || selector(a) {
-                namespaces.insert(key.0);
-            }
-        }
-        if namespaces.is_empty() {
-            return;
-        }
-        for w in new.workloads() {
-            if namespaces.contains(w.namespace.as_str()) {
-                self.workloads.insert(w.uid.clone());
-            }
-        }
-    }
 }
 
-type Key<'a> = (&'a str, &'a str);
-
-/// Services by (namespace, name); a snapshot holds each key once.
-fn services_by_key(s: &Snapshot) -> HashMap<Key<'_>, &Arc<Service>> {
-    s.services()
-        .map(|svc| ((svc.namespace.as_str(), svc.name.as_str()), svc))
-        .collect()
-}
-
-/// Policies by (namespace, name), in the snapshot's order (nothing stops a
-/// source from listing one key twice).
-fn policies_by_key(s: &Snapshot) -> BTreeMap<Key<'_>, Vec<&Policy>> {
-    let mut m: BTreeMap<Key<'_>, Vec<&Policy>> = BTreeMap::new();
-    for p in s.policies() {
-        m.entry((p.namespace.as_str(), p.name.as_str()))
-            .or_default()
-            .push(p);
-    }
-    m
+/// The service whose resource name is `name` (`namespace/hostname`), for a
+/// workload uid that spells one: the service wins the name.
+fn service_named<'a>(snap: &'a Snapshot, name: &str) -> Option<&'a Arc<Service>> {
+    let (ns, host) = name.split_once('/')?;
+    let svc = snap.service_by_name(ns, host.split('.').next()?)?;
+    (svc.hostname == host).then_some(svc)
 }

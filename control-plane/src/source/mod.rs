@@ -1,6 +1,8 @@
-//! Where snapshots come from. A [`Source`] yields each new good snapshot; the
-//! local YAML file is the first ([`FileSource`]), and a Kubernetes source
-//! can slot in beside it.
+//! Where the mesh's state comes from. A [`Source`] yields each new good
+//! [`Update`]: the snapshot, and the keyed objects the change touched (a
+//! [`mesh_model::input::MeshInput`] holds the objects). The local YAML file
+//! is the first ([`FileSource`]: each edit is diffed into keyed changes);
+//! a Kubernetes source feeds its watch events into the same input.
 
 mod watch;
 
@@ -9,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use mesh_model::state::Snapshot;
+use mesh_model::input::Update;
 use mesh_runtime::source::{Change, FileSource as FilePoller};
 
 /// How often the config file is polled. An edit is normally seen at once
@@ -17,11 +19,11 @@ use mesh_runtime::source::{Change, FileSource as FilePoller};
 /// (e.g. network filesystems).
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(100);
 
-/// A stream of snapshots. Invalid input never reaches the caller: a source
+/// A stream of updates. Invalid input never reaches the caller: a source
 /// logs it and keeps waiting, so the last good snapshot stays in force.
 pub trait Source: Send + 'static {
-    /// The next new snapshot; `None` when the source has ended for good.
-    fn next(&mut self) -> BoxFuture<'_, Option<Arc<Snapshot>>>;
+    /// The next update; `None` when the source has ended for good.
+    fn next(&mut self) -> BoxFuture<'_, Option<Arc<Update>>>;
 }
 
 /// The local YAML file: re-read when its directory reports a finished write
@@ -69,7 +71,7 @@ impl FileSource {
 }
 
 impl Source for FileSource {
-    fn next(&mut self) -> BoxFuture<'_, Option<Arc<Snapshot>>> {
+    fn next(&mut self) -> BoxFuture<'_, Option<Arc<Update>>> {
         Box::pin(async move {
             loop {
                 if self.first {
@@ -92,7 +94,7 @@ impl Source for FileSource {
                 }
                 match self.poller.poll() {
                     Change::Unchanged => {}
-                    Change::Updated(snap) => {
+                    Change::Updated(update) => {
                         let stats = self.poller.parse_stats();
                         tracing::debug!(
                             parsed = stats.parsed,
@@ -100,7 +102,7 @@ impl Source for FileSource {
                             whole = stats.whole,
                             "config parsed"
                         );
-                        return Some(Arc::new(*snap));
+                        return Some(Arc::new(*update));
                     }
                     Change::Rejected(e) => {
                         self.rejected.inc();
@@ -136,7 +138,8 @@ mod tests {
         std::fs::write(&path, "nodes: [{name: n1, ip: 10.0.0.1}]\n").unwrap();
         let mut src = FileSource::new(&path, Duration::from_millis(10));
         let first = src.next().await.unwrap();
-        assert!(first.node("n1").is_some());
+        assert!(first.snapshot.node("n1").is_some());
+        assert_eq!(first.touched.nodes.len(), 1);
 
         std::fs::write(&path, "nodes: [{name: n1, ip: bogus}]\n").unwrap();
         let waited = tokio::time::timeout(Duration::from_millis(100), src.next()).await;
@@ -145,7 +148,7 @@ mod tests {
 
         std::fs::write(&path, "nodes: [{name: n2, ip: 10.0.0.2}]\n").unwrap();
         let next = src.next().await.unwrap();
-        assert!(next.node("n2").is_some());
+        assert!(next.snapshot.node("n2").is_some());
     }
 
     #[tokio::test]
@@ -164,13 +167,13 @@ mod tests {
             .await
             .expect("the rename wakes the source")
             .unwrap();
-        assert!(next.node("n2").is_some());
+        assert!(next.snapshot.node("n2").is_some());
         // An in-place write (close after write) too.
         std::fs::write(&path, "nodes: [{name: n3, ip: 10.0.0.3}]\n").unwrap();
         let next = tokio::time::timeout(Duration::from_secs(5), src.next())
             .await
             .expect("the write wakes the source")
             .unwrap();
-        assert!(next.node("n3").is_some());
+        assert!(next.snapshot.node("n3").is_some());
     }
 }

@@ -39,6 +39,7 @@ use std::path::{Path, PathBuf};
 
 use crate::identity::SpiffeIdError;
 
+use crate::input::Object;
 use crate::state::{CidrError, Snapshot, StateError};
 
 pub use incremental::{IncrementalParser, ParseStats};
@@ -151,6 +152,24 @@ impl ConfigError {
 
 /// Parses a config document into a snapshot.
 pub fn parse(yaml: &str) -> Result<Snapshot, ConfigError> {
+    build(parse_file(yaml)?, yaml)
+}
+
+/// A config document as keyed objects for [`crate::input::MeshInput`]:
+/// checked (names, addresses, references, duplicates), not yet resolved
+/// (label selectors and waypoints are resolved when a snapshot is built).
+#[derive(Debug, Clone)]
+pub struct Objects {
+    pub trust_domain: String,
+    pub objects: Vec<Object>,
+}
+
+/// Parses a config document into keyed objects.
+pub fn parse_objects(yaml: &str) -> Result<Objects, ConfigError> {
+    objects(parse_file(yaml)?, yaml)
+}
+
+fn parse_file(yaml: &str) -> Result<model::File, ConfigError> {
     // An empty document (or one with only comments) is an empty mesh.
     let file: Option<model::File> = serde_yaml_ng::from_str(yaml).map_err(|source| {
         let (line, column) = source
@@ -163,7 +182,18 @@ pub fn parse(yaml: &str) -> Result<Snapshot, ConfigError> {
             source,
         }
     })?;
-    build(file.unwrap_or_default(), yaml)
+    Ok(file.unwrap_or_default())
+}
+
+/// The checks after parsing, and the objects; `yaml` locates errors.
+fn objects(file: model::File, yaml: &str) -> Result<Objects, ConfigError> {
+    let parts = convert::to_parts(file).map_err(|e| e.located(yaml))?;
+    let trust_domain = parts.trust_domain.clone();
+    let objects = crate::input::objects_of(parts);
+    Ok(Objects {
+        trust_domain,
+        objects,
+    })
 }
 
 /// The checks after parsing and the snapshot; `yaml` locates errors.

@@ -184,7 +184,7 @@ impl Controller {
                         self.reconcile_capture(&snap).await;
                     }
                 }
-                Change::Updated(snap) => self.apply(Arc::new(*snap)).await,
+                Change::Updated(update) => self.apply(update.snapshot).await,
                 Change::Rejected(e) => {
                     self.metrics.config_rejected.inc();
                     tracing::error!(file = %path, error = %e, "config rejected; the last good config stays in force");

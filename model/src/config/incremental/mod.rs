@@ -76,6 +76,19 @@ impl IncrementalParser {
         }
     }
 
+    /// Parses `text` into keyed objects: the same result as
+    /// [`super::parse_objects`], errors included.
+    pub fn parse_objects(&mut self, text: &str) -> Result<super::Objects, ConfigError> {
+        self.stats = ParseStats::default();
+        match self.file(text) {
+            Some(file) => super::objects(file, text),
+            None => {
+                self.stats.whole = true;
+                super::parse_objects(text)
+            }
+        }
+    }
+
     /// What the last call to [`IncrementalParser::parse`] did.
     pub fn stats(&self) -> ParseStats {
         self.stats
