@@ -11,6 +11,11 @@
 //! are diffed against the ones held ([`MeshInput::replace`]), so each edit
 //! reaches consumers as keyed changes, with what they touch.
 
+mod watch;
+mod watched;
+
+pub use watched::WatchedFile;
+
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::io;
