@@ -160,6 +160,11 @@ impl Handler for HboneInbound {
         Box::pin(handle_hbone(self.0.clone(), req))
     }
 
+    fn connection_refused(&self, _peer: SocketAddr, reason: hbone::limit::LimitReason) {
+        // Logged by the server's limiter, at most once per 10 s.
+        self.0.telemetry.metrics.record_refused("hbone", reason);
+    }
+
     fn connection_failed(&self, peer: SocketAddr, local: SocketAddr, err: &ServerError) {
         tracing::warn!(%peer, %local, error = %err, cause = ?std::error::Error::source(err), "inbound HBONE connection refused");
         let info = ConnInfo {
@@ -296,7 +301,7 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
 
 /// Accepts plaintext captured on 15006 until drained.
 pub async fn serve_plaintext(proxy: Arc<Proxy>, listener: TcpListener) {
-    super::accept_loop(proxy, listener, "inbound plaintext", handle_plaintext).await;
+    super::accept_loop(proxy, listener, "inbound_plaintext", handle_plaintext).await;
 }
 
 async fn handle_plaintext(proxy: Arc<Proxy>, sock: TcpStream, peer: SocketAddr, _drain: Watch) {
