@@ -1,6 +1,9 @@
 //! Prometheus metrics with Istio's names and labels, so existing dashboards
-//! keep working. Label values come from config (workload names, identities)
-//! or fixed enums (`reporter`, `response_flags`), so cardinality is bounded.
+//! keep working. Label values come from config (workload names, identities,
+//! Service hostnames) or fixed enums (`reporter`, `response_flags`), never
+//! from what a peer sends (a `forwarded` host names a Service only if the
+//! snapshot has it and the destination backs it:
+//! [`crate::proxy::record::inbound_service`]), so cardinality is bounded.
 
 use std::sync::Arc;
 
