@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::cert::{CertError, CertStore, WorkloadCert};
@@ -110,6 +111,10 @@ pub enum TunnelError {
         authority: SocketAddr,
         status: StatusCode,
     },
+    /// A failed dial, as every request that waited for it sees it (the one
+    /// that dialled and the others for the same pool key alike).
+    #[error(transparent)]
+    Shared(Arc<TunnelError>),
 }
 
 impl TunnelError {
@@ -119,6 +124,7 @@ impl TunnelError {
             TunnelError::Certificate { .. } | TunnelError::TlsConfig(_) => "NO_CERT",
             TunnelError::Tls { .. } => "TLS_FAILURE",
             TunnelError::Status { status, .. } if *status == StatusCode::UNAUTHORIZED => "DENY",
+            TunnelError::Shared(e) => e.reason(),
             TunnelError::Dial(_)
             | TunnelError::H2 { .. }
             | TunnelError::Timeout { .. }
@@ -208,14 +214,57 @@ impl Drop for StreamGuard {
     }
 }
 
+/// What a dial tells the requests that waited for it: `None` while it
+/// runs; then done (the connection is in the pool) or its error.
+type DialOutcome = Option<Result<(), Arc<TunnelError>>>;
+
 #[derive(Default)]
 struct KeyPool {
     conns: Mutex<Vec<Arc<PooledConn>>>,
-    /// One dial at a time per key, so a burst shares new connections.
-    dialing: tokio::sync::Mutex<()>,
+    /// The dial in progress for this key, if any. One dial at a time, so a
+    /// burst shares new connections, and every request waiting for it gets
+    /// its outcome: with a dead destination, N waiters fail after one
+    /// dial's timeout, not N.
+    dialing: Mutex<Option<watch::Receiver<DialOutcome>>>,
+}
+
+/// This request's part in the dial for its key.
+enum DialRole {
+    /// No dial was running: this request dials, and publishes the outcome.
+    Lead(watch::Sender<DialOutcome>),
+    /// Another request is dialling: wait for its outcome.
+    Wait(watch::Receiver<DialOutcome>),
+}
+
+/// Clears the pool's dial slot when the dialling request finishes or is
+/// cancelled (its waiters then see the channel close and one of them
+/// dials).
+struct DialSlot<'a> {
+    pool: &'a KeyPool,
+    tx: watch::Sender<DialOutcome>,
+}
+
+impl Drop for DialSlot<'_> {
+    fn drop(&mut self) {
+        // Only the request that filled the slot empties it.
+        *self.pool.dialing.lock().expect("pool poisoned") = None;
+    }
 }
 
 impl KeyPool {
+    /// Join the dial in progress, or become the one that dials.
+    fn dial_role(&self) -> DialRole {
+        let mut dialing = self.dialing.lock().expect("pool poisoned");
+        match &*dialing {
+            Some(rx) => DialRole::Wait(rx.clone()),
+            None => {
+                let (tx, rx) = watch::channel(None);
+                *dialing = Some(rx);
+                DialRole::Lead(tx)
+            }
+        }
+    }
+
     fn checkout(&self, generation: u64) -> Option<StreamGuard> {
         let mut conns = self.conns.lock().expect("pool poisoned");
         conns.retain(|c| !c.dead.load(Ordering::Acquire));
@@ -277,9 +326,12 @@ impl HboneClient {
             via: req.via,
         };
         let pool = self.key_pool(&key);
+        // Waiting for dials (ours or others') ends by one deadline: the
+        // time one dial may take.
+        let deadline = Instant::now() + self.config.connect_timeout + self.config.handshake_timeout;
         let mut retried = false;
         loop {
-            let guard = self.checkout(&pool, &key, &cert).await?;
+            let guard = self.checkout(&pool, &key, &cert, deadline).await?;
             let conn = guard.0.clone();
             match self.open_stream(guard, req).await {
                 Ok(stream) => return Ok(stream),
@@ -303,23 +355,55 @@ impl HboneClient {
         pools.entry(key.clone()).or_default().clone()
     }
 
+    /// A stream slot on a pooled connection for `key`: a free one, or one
+    /// on the connection the dial in progress opens, or on one this request
+    /// dials itself; by `deadline`.
     async fn checkout(
         &self,
         pool: &KeyPool,
         key: &PoolKey,
         cert: &Arc<WorkloadCert>,
+        deadline: Instant,
     ) -> Result<StreamGuard, TunnelError> {
-        if let Some(g) = pool.checkout(cert.generation()) {
-            return Ok(g);
+        let addr = key.via;
+        loop {
+            if let Some(g) = pool.checkout(cert.generation()) {
+                return Ok(g);
+            }
+            match pool.dial_role() {
+                DialRole::Lead(tx) => {
+                    let slot = DialSlot { pool, tx };
+                    let dialed = tokio::time::timeout_at(deadline, self.dial(key, cert))
+                        .await
+                        .unwrap_or(Err(TunnelError::Timeout { addr }));
+                    return match dialed {
+                        Ok(conn) => {
+                            let guard = conn.try_reserve().expect("fresh connection has room");
+                            pool.conns.lock().expect("pool poisoned").push(conn);
+                            slot.tx.send_replace(Some(Ok(())));
+                            Ok(guard)
+                        }
+                        Err(e) => {
+                            let e = Arc::new(e);
+                            slot.tx.send_replace(Some(Err(e.clone())));
+                            Err(TunnelError::Shared(e))
+                        }
+                    };
+                }
+                DialRole::Wait(mut rx) => {
+                    let outcome = tokio::time::timeout_at(deadline, rx.wait_for(Option::is_some))
+                        .await
+                        .map_err(|_| TunnelError::Timeout { addr })?;
+                    // Closed without an outcome: the dialling request was
+                    // cancelled, so look again (and maybe dial).
+                    if let Ok(done) = outcome {
+                        if let Some(Err(e)) = &*done {
+                            return Err(TunnelError::Shared(e.clone()));
+                        }
+                    }
+                }
+            }
         }
-        let _dialing = pool.dialing.lock().await;
-        if let Some(g) = pool.checkout(cert.generation()) {
-            return Ok(g);
-        }
-        let conn = self.dial(key, cert).await?;
-        let guard = conn.try_reserve().expect("fresh connection has room");
-        pool.conns.lock().expect("pool poisoned").push(conn);
-        Ok(guard)
     }
 
     async fn dial(

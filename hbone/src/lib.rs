@@ -10,6 +10,7 @@
 //! - [`stream`]: a CONNECT stream as `AsyncRead + AsyncWrite`;
 //!   [`copy`]: bidirectional copy with half-close and byte counts.
 //! - [`headers`]: `:authority`, `forwarded`, `traceparent` and `baggage`.
+//! - [`limit`]: global and per-source connection caps checked at accept.
 
 pub mod ca;
 pub mod cert;
@@ -17,6 +18,7 @@ pub mod client;
 pub mod copy;
 pub mod drain;
 pub mod headers;
+pub mod limit;
 pub use mesh_model::identity;
 pub mod seal;
 pub mod server;

@@ -6,6 +6,14 @@
 //! [`InboundRequest`], which decides (policy, upstream connect) and answers
 //! with [`InboundRequest::accept`] (200) or [`InboundRequest::reject`]. A
 //! request dropped unanswered gets 503.
+//!
+//! What one peer can hold is bounded: at most
+//! [`ServerConfig::max_connections`] connections, and
+//! [`ServerConfig::max_connections_per_source`] from one source IP (more
+//! are reset at accept and reported to [`Handler::connection_refused`]); a
+//! connection with no stream for [`ServerConfig::idle_timeout`] after its
+//! handshake is sent a GOAWAY and closed; and its buffers are h2's windows
+//! and caps ([`MAX_BUFFERED_PER_CONNECTION`]).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,11 +24,13 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 
 use crate::cert::CertError;
 use crate::drain::{Drain, Watch};
 use crate::headers::{parse_authority, AuthorityError, ConnectMeta};
 use crate::identity::SpiffeId;
+use crate::limit::{ConnLimiter, ConnPermit, LimitReason, Limits};
 use crate::stream::H2Stream;
 use crate::tls::{self, PeerError, TlsConfigError};
 use crate::{CONNECTION_WINDOW, MAX_FRAME_SIZE, SERVER_MAX_STREAMS, STREAM_WINDOW};
@@ -30,11 +40,34 @@ pub const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
 const MAX_PENDING_RESETS: usize = 20;
 const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 const MAX_SEND_BUFFER: usize = 1024 * 1024;
+/// The most one connection can make the server buffer: the connection's
+/// receive window (data the peer may send before we read it), each
+/// stream's send buffer, and a header list per stream being decoded.
+pub const MAX_BUFFERED_PER_CONNECTION: usize = CONNECTION_WINDOW as usize
+    + SERVER_MAX_STREAMS as usize * (MAX_SEND_BUFFER + MAX_HEADER_LIST_SIZE as usize);
+/// Connections the server holds at once (each costs two file descriptors
+/// once its stream dials the app).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16 * 1024;
+/// Connections from one source IP at once. A client pool opens one per
+/// 100 streams per (identity, destination pod), and a waypoint's or a
+/// node's tunnels all come from one IP: generous, but a flood from one
+/// pod stays a fraction of the node's.
+pub const DEFAULT_MAX_CONNECTIONS_PER_SOURCE: usize = 1024;
+/// A connection with no stream this long after its handshake (or its last
+/// stream) is closed: twice the client pool's idle release, so a healthy
+/// client always lets go first.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+/// How long a connection closed for idleness may take to say goodbye
+/// (GOAWAY, PING) before its socket is closed.
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub handshake_timeout: Duration,
     pub max_concurrent_streams: u32,
+    pub max_connections: usize,
+    pub max_connections_per_source: usize,
+    pub idle_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -42,6 +75,9 @@ impl Default for ServerConfig {
         ServerConfig {
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             max_concurrent_streams: SERVER_MAX_STREAMS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_source: DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
         }
     }
 }
@@ -89,6 +125,9 @@ pub trait Handler: Send + Sync + 'static {
     fn handle(&self, req: InboundRequest) -> BoxFuture<'static, ()>;
     /// A connection failed before any request (TLS, identity, HTTP/2).
     fn connection_failed(&self, _peer: SocketAddr, _local: SocketAddr, _err: &ServerError) {}
+    /// A connection was reset at accept: the server, or its source, holds
+    /// as many as it may.
+    fn connection_refused(&self, _peer: SocketAddr, _reason: LimitReason) {}
 }
 
 /// A CONNECT awaiting an answer.
@@ -156,15 +195,21 @@ pub struct HboneServer<I, H> {
     handler: Arc<H>,
     config: ServerConfig,
     stats: Arc<ServerStats>,
+    limiter: Arc<ConnLimiter>,
 }
 
 impl<I: ServerIdentity, H: Handler> HboneServer<I, H> {
     pub fn new(identity: Arc<I>, handler: Arc<H>, config: ServerConfig) -> Self {
+        let limits = Limits {
+            max_connections: config.max_connections,
+            max_per_source: config.max_connections_per_source,
+        };
         HboneServer {
             identity,
             handler,
             config,
             stats: Arc::default(),
+            limiter: ConnLimiter::new("HBONE", limits),
         }
     }
 
@@ -172,17 +217,30 @@ impl<I: ServerIdentity, H: Handler> HboneServer<I, H> {
         self.stats.clone()
     }
 
+    /// Open connections by source, and what was refused.
+    pub fn limiter(&self) -> Arc<ConnLimiter> {
+        self.limiter.clone()
+    }
+
     /// Accept connections until drained; then stop accepting and let each
     /// connection finish its streams after a GOAWAY.
     pub async fn serve(&self, listener: TcpListener, drain: Drain) {
         crate::drain::accept_until_drained(&listener, &drain, "HBONE", |sock, peer, watch| {
+            let permit = match self.limiter.try_acquire(peer.ip()) {
+                Ok(p) => p,
+                Err(reason) => {
+                    self.handler.connection_refused(peer, reason);
+                    crate::limit::refuse(sock);
+                    return;
+                }
+            };
             let conn = Connection {
                 identity: self.identity.clone(),
                 handler: self.handler.clone(),
                 config: self.config.clone(),
                 stats: self.stats.clone(),
             };
-            tokio::spawn(conn.run(sock, peer, watch));
+            tokio::spawn(conn.run(sock, peer, watch, permit));
         })
         .await;
     }
@@ -203,7 +261,7 @@ impl Drop for OpenGuard {
 }
 
 impl<I: ServerIdentity, H: Handler> Connection<I, H> {
-    async fn run(self, sock: TcpStream, peer: SocketAddr, watch: Watch) {
+    async fn run(self, sock: TcpStream, peer: SocketAddr, watch: Watch, _permit: ConnPermit) {
         self.stats.open_connections.fetch_add(1, Ordering::AcqRel);
         let _open = OpenGuard(self.stats.clone());
         let local = match sock.local_addr() {
@@ -248,15 +306,27 @@ impl<I: ServerIdentity, H: Handler> Connection<I, H> {
         let (peer_id, mut conn) = tokio::time::timeout(self.config.handshake_timeout, handshake)
             .await
             .map_err(|_| ServerError::Timeout)??;
-        let mut draining = false;
+        // Streams of this connection whose handler still runs.
+        let (streams, mut streams_rx) = watch::channel(0usize);
+        let streams = Arc::new(streams);
+        let mut closing = false;
+        let mut close_by = None;
         loop {
             let next = tokio::select! {
                 n = conn.accept() => n,
-                () = watch.signaled(), if !draining => {
-                    draining = true;
+                () = watch.signaled(), if !closing => {
+                    closing = true;
                     conn.graceful_shutdown();
                     continue;
                 }
+                () = idle_for(&mut streams_rx, self.config.idle_timeout), if !closing => {
+                    tracing::debug!(%peer, %local, timeout = ?self.config.idle_timeout, "HBONE connection idle; closing");
+                    closing = true;
+                    close_by = Some(tokio::time::Instant::now() + IDLE_CLOSE_GRACE);
+                    conn.graceful_shutdown();
+                    continue;
+                }
+                () = sleep_until_some(close_by) => return Ok(()),
             };
             let Some(next) = next else { return Ok(()) };
             let (request, respond) = match next {
@@ -265,7 +335,7 @@ impl<I: ServerIdentity, H: Handler> Connection<I, H> {
                 Err(e) if e.is_io() || e.is_go_away() => return Ok(()),
                 Err(e) => return Err(ServerError::H2(e)),
             };
-            self.dispatch(request, respond, &peer_id, peer, local);
+            self.dispatch(request, respond, &peer_id, peer, local, &streams);
         }
     }
 
@@ -276,6 +346,7 @@ impl<I: ServerIdentity, H: Handler> Connection<I, H> {
         peer_id: &SpiffeId,
         peer: SocketAddr,
         local: SocketAddr,
+        streams: &Arc<watch::Sender<usize>>,
     ) {
         let authority = match parse_connect(&request) {
             Ok(a) => a,
@@ -298,10 +369,41 @@ impl<I: ServerIdentity, H: Handler> Connection<I, H> {
         let stats = self.stats.clone();
         let fut = self.handler.handle(inbound);
         stats.active_streams.fetch_add(1, Ordering::AcqRel);
+        streams.send_modify(|n| *n += 1);
+        let streams = streams.clone();
         tokio::spawn(async move {
             fut.await;
             stats.active_streams.fetch_sub(1, Ordering::AcqRel);
+            streams.send_modify(|n| *n -= 1);
         });
+    }
+}
+
+/// Resolves once the connection has had no stream running for `timeout`
+/// straight.
+async fn idle_for(streams: &mut watch::Receiver<usize>, timeout: Duration) {
+    loop {
+        let idle = *streams.borrow_and_update() == 0;
+        let changed = if idle {
+            match tokio::time::timeout(timeout, streams.changed()).await {
+                Err(_) => return,
+                Ok(r) => r,
+            }
+        } else {
+            streams.changed().await
+        };
+        if changed.is_err() {
+            // The connection is gone: nothing to time out.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -67,6 +67,8 @@ const EXPIRED: Option<(Duration, Duration)> =
 fn client_tls_error(err: &TunnelError) -> &rustls::Error {
     match err {
         TunnelError::Tls { source, .. } => rustls_error(source).expect("a rustls error"),
+        // A failed dial reaches every request that waited for it.
+        TunnelError::Shared(e) => client_tls_error(e),
         other => panic!("expected a TLS failure, got {other:?}"),
     }
 }

@@ -250,3 +250,60 @@ async fn restarted_server_heals_the_pool() {
     assert_pool_has_one_live_connection(&client).await;
     server.assert_streams_done().await;
 }
+
+/// A destination that accepts TCP but never answers the TLS hello: every
+/// request waiting for the pool key gets the outcome of the one dial in
+/// progress, so 20 concurrent connects fail together after one handshake
+/// timeout (not 20 in a row), and the destination sees one connection.
+#[tokio::test]
+async fn waiters_for_a_dead_destination_share_one_dial() {
+    const WAITERS: usize = 20;
+    let mesh = Mesh::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let via = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((sock, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::Relaxed);
+            held.push(sock); // silent: the handshake never completes
+        }
+    });
+    let timeout = Duration::from_millis(500);
+    let client = hbone::client::HboneClient::new(
+        mesh.client_certs.clone(),
+        hbone::client::ClientConfig {
+            handshake_timeout: timeout,
+            ..Default::default()
+        },
+    );
+    let req = hbone::client::ConnectRequest {
+        source: mesh.client_id.clone(),
+        source_ip: None,
+        expected: vec![mesh.server_id.clone()],
+        via,
+        authority: "127.0.0.1:80".parse().unwrap(),
+        meta: Default::default(),
+    };
+    // The certificate is loaded first, so every connect reaches the pool.
+    mesh.client_certs.get(&mesh.client_id).await.unwrap();
+    let start = tokio::time::Instant::now();
+    let results = futures::future::join_all((0..WAITERS).map(|_| client.connect(&req))).await;
+    let elapsed = start.elapsed();
+    for r in &results {
+        let Err(err) = r else {
+            panic!("a silent destination never tunnels")
+        };
+        assert_eq!(err.reason(), "CONNECT", "{err:?}");
+        assert!(err.to_string().contains("timed out"), "{err}");
+    }
+    assert_eq!(
+        accepted.load(Ordering::Relaxed),
+        1,
+        "one dial for all waiters"
+    );
+    // One handshake timeout, with room for a slow machine; 20 in a row
+    // would be 10 s.
+    assert!(elapsed < timeout * 5, "{WAITERS} waiters took {elapsed:?}");
+}

@@ -309,6 +309,65 @@ async fn strict_refuses_plaintext_and_permissive_allows_it() {
     );
 }
 
+/// The uid the app runs as: not the sidecar's (root here).
+const APP_UID: u32 = 65534;
+
+/// What the app (a process in the pod running as [`APP_UID`]) gets from
+/// `127.0.0.1:port` for `request` (`printf` escapes): the reply, bash's
+/// error, and `exit=<status>`.
+fn as_app(pod: &Netns, port: u16, request: &str) -> String {
+    pod.exec(&format!(
+        "setpriv --reuid={APP_UID} --regid={APP_UID} --clear-groups \
+         bash -c 'exec 3<>/dev/tcp/127.0.0.1/{port} && printf \"{request}\" >&3 && cat <&3' 2>&1; \
+         echo \"exit=$?\""
+    ))
+    .expect("run as the app")
+}
+
+/// The app shares its sidecar's network namespace, not its uid: it cannot
+/// reach the sidecar's admin port (`/quitquitquit`, `/config_dump`), which
+/// the sidecar's own uid (the harness, root like the sidecar) still reads;
+/// the app still reaches readiness.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_app_cannot_reach_its_sidecars_admin() {
+    if !require_root() {
+        return;
+    }
+    let topo = topology();
+    let yaml = config(&topo, "PERMISSIVE", "[]");
+    let (_mesh, mut sidecars) = start(&topo, &yaml, &[("client", "shop/client")]);
+    let pod = &topo.pod("client").ns;
+    let close = "host: x\\r\\nconnection: close\\r\\n";
+    for request in [
+        format!("POST /quitquitquit HTTP/1.1\\r\\n{close}content-length: 0\\r\\n\\r\\n"),
+        format!("GET /config_dump HTTP/1.1\\r\\n{close}\\r\\n"),
+    ] {
+        let out = as_app(pod, 15000, &request);
+        assert!(
+            out.contains("Connection refused") && !out.contains("HTTP/1.1"),
+            "the app reached admin: {out}"
+        );
+    }
+    let ready = as_app(
+        pod,
+        15021,
+        &format!("GET /healthz/ready HTTP/1.1\\r\\n{close}\\r\\n"),
+    );
+    assert!(ready.contains("HTTP/1.1 200"), "{ready}");
+    // The sidecar is still up, and its own uid reads admin.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sidecars.wait_ready("client");
+    let (status, _dump) = sidecars
+        .http_get("client", 15000, "/config_dump")
+        .expect("config dump from the proxy's uid");
+    assert_eq!(status, 200);
+    assert!(
+        !sidecars.stderr("client").contains("shutdown requested"),
+        "{}",
+        sidecars.stderr("client")
+    );
+}
+
 /// A connection to the sidecar's own capture listeners (15001, 15006) on
 /// its pod's IP, from another pod or from the pod itself, is refused at
 /// once; forwarding it would land back on the sidecar, again and again,

@@ -1,6 +1,9 @@
 //! Prometheus metrics with Istio's names and labels, so existing dashboards
-//! keep working. Label values come from config (workload names, identities)
-//! or fixed enums (`reporter`, `response_flags`), so cardinality is bounded.
+//! keep working. Label values come from config (workload names, identities,
+//! Service hostnames) or fixed enums (`reporter`, `response_flags`), never
+//! from what a peer sends (a `forwarded` host names a Service only if the
+//! snapshot has it and the destination backs it:
+//! [`crate::proxy::record::inbound_service`]), so cardinality is bounded.
 
 use std::sync::Arc;
 
@@ -37,6 +40,17 @@ pub struct ConnLabels {
 }
 
 pub const UNKNOWN: &str = "unknown";
+
+/// Labels of `ztunnel_connections_refused_total`: which listener reset a
+/// connection at accept, and which cap it hit. Both from fixed sets.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    /// `hbone`, `outbound` or `inbound_plaintext`.
+    pub listener: &'static str,
+    /// [`hbone::limit::LimitReason::as_str`]: `global_limit` or
+    /// `source_limit`.
+    pub reason: &'static str,
+}
 
 /// [`ConnLabels`] with their hash computed once. A connection touches four
 /// metric families (opened; closed, sent and received bytes), and each
@@ -104,6 +118,7 @@ pub struct Metrics {
     pub config_updates: Counter,
     pub config_rejected: Counter,
     pub capture_errors: Counter,
+    pub connections_refused: Family<RefusedLabels, Counter>,
     pub access_log: AccessLogCounters,
 }
 
@@ -119,6 +134,7 @@ impl Metrics {
             config_updates: Counter::default(),
             config_rejected: Counter::default(),
             capture_errors: Counter::default(),
+            connections_refused: Family::default(),
             access_log: AccessLogCounters::default(),
             registry: Registry::default(),
         };
@@ -166,6 +182,11 @@ impl Metrics {
             m.capture_errors.clone(),
         );
         ours.register(
+            "connections_refused",
+            "Connections reset at accept because the listener (global_limit) or their source IP (source_limit) held as many as allowed",
+            m.connections_refused.clone(),
+        );
+        ours.register(
             "access_log_lines",
             "Access-log lines written",
             m.access_log.written.clone(),
@@ -183,6 +204,16 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+
+    /// Record a connection reset at accept by `listener`'s caps.
+    pub fn record_refused(&self, listener: &'static str, reason: hbone::limit::LimitReason) {
+        self.connections_refused
+            .get_or_create(&RefusedLabels {
+                listener,
+                reason: reason.as_str(),
+            })
+            .inc();
     }
 
     /// Record an opened connection.

@@ -21,6 +21,7 @@ use hbone::client::{ClientConfig, ConnectRequest, HboneClient};
 use hbone::copy::{copy_bidirectional, Counters};
 use hbone::drain::Drain;
 use hbone::headers::ConnectMeta;
+use hbone::limit::LimitReason;
 use hbone::server::{
     FixedIdentity, Handler, HboneServer, InboundRequest, ServerConfig, ServerError, ServerStats,
 };
@@ -141,6 +142,8 @@ pub struct TestHandler {
     /// (peer identity, authority, metadata) of every CONNECT handled.
     pub seen: Mutex<Vec<(SpiffeId, SocketAddr, ConnectMeta)>>,
     pub failures: Mutex<Vec<Failure>>,
+    /// Why each connection reset at accept was refused.
+    pub refused: Mutex<Vec<LimitReason>>,
 }
 
 impl TestHandler {
@@ -164,6 +167,10 @@ impl Handler for TestHandler {
                 Behavior::Drop => drop(req),
             }
         })
+    }
+
+    fn connection_refused(&self, _peer: SocketAddr, reason: LimitReason) {
+        self.refused.lock().unwrap().push(reason);
     }
 
     fn connection_failed(&self, _peer: SocketAddr, _local: SocketAddr, err: &ServerError) {
@@ -230,6 +237,7 @@ impl TestServer {
             requests: AtomicUsize::new(0),
             seen: Mutex::new(Vec::new()),
             failures: Mutex::new(Vec::new()),
+            refused: Mutex::new(Vec::new()),
         });
         let server = HboneServer::new(identity, handler.clone(), config);
         let stats = server.stats();

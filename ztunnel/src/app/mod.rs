@@ -80,8 +80,9 @@ impl Listeners {
 
     /// Sidecar capture to these listeners: REDIRECT to the outbound and
     /// inbound plaintext ports; HBONE, admin, metrics and readiness
-    /// delivered as is; nothing from `exempt_sources` (the node) captured.
-    /// Pure.
+    /// delivered as is; nothing from `exempt_sources` (the node) captured;
+    /// the admin port for this process's uid (and mark) only. Pure but for
+    /// reading that uid.
     pub fn sidecar_rules(&self, exempt_sources: Vec<std::net::Ipv4Addr>) -> sidecar::SidecarRules {
         sidecar::SidecarRules {
             outbound_port: self.outbound.port(),
@@ -94,6 +95,8 @@ impl Listeners {
                 self.readiness.port(),
             ],
             inbound_exempt_sources: exempt_sources,
+            proxy_only_ports: vec![self.admin.port()],
+            proxy_uid: sidecar::own_uid(),
         }
     }
 }

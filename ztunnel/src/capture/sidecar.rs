@@ -12,6 +12,12 @@
 //!
 //! The original destination is then read with `SO_ORIGINAL_DST`
 //! ([`super::redirected_orig_dst`]).
+//!
+//! The app shares the proxy's network namespace, so the proxy's admin port
+//! (127.0.0.1:15000: `/quitquitquit`, `/config_dump`) would be the app's to
+//! use too: the table also rejects, with a reset, any connection to a
+//! [`SidecarRules::proxy_only_ports`] port on a local address from a socket
+//! that is neither owned by the proxy's uid nor marked with its mark.
 
 use std::net::Ipv4Addr;
 
@@ -39,6 +45,19 @@ pub struct SidecarRules {
     /// IP, whence kubelet probes come (DESIGN §4: not captured, so STRICT
     /// cannot refuse them).
     pub inbound_exempt_sources: Vec<Ipv4Addr>,
+    /// Local ports only the proxy may connect to (its admin port).
+    pub proxy_only_ports: Vec<u16>,
+    /// The uid the proxy runs as: its sockets (and the operator's, when
+    /// they share it) may reach `proxy_only_ports`; the app runs as
+    /// another.
+    pub proxy_uid: u32,
+}
+
+/// The uid this process runs as (effective), for
+/// [`SidecarRules::proxy_uid`].
+pub fn own_uid() -> u32 {
+    // SAFETY: geteuid takes nothing, cannot fail and touches no memory.
+    unsafe { libc::geteuid() }
 }
 
 /// Matches TCP packets other than a connection's opening SYN. Connections
@@ -58,7 +77,11 @@ const MID_STREAM: &str = "tcp flags & (fin | syn | rst | ack) != syn";
 ///   `redirect to :outbound_port`;
 /// - prerouting (nat, priority -100, dstnat): non-TCP, non-SYN, TCP from an
 ///   exempt source (the node: kubelet probes) and TCP to an excluded port
-///   pass; other TCP → `redirect to :inbound_port`.
+///   pass; other TCP → `redirect to :inbound_port`;
+/// - proxy_only (filter output, priority 0, after the redirects): TCP to a
+///   `proxy_only_ports` port on a local address (127.0.0.1, the pod's own)
+///   from a socket not owned by `proxy_uid` and not marked `mark` →
+///   `reject with tcp reset`. Without proxy-only ports, no such chain.
 ///
 /// Pure.
 pub fn ruleset(rules: &SidecarRules) -> String {
@@ -68,6 +91,8 @@ pub fn ruleset(rules: &SidecarRules) -> String {
         mark,
         inbound_exclude,
         inbound_exempt_sources,
+        proxy_only_ports,
+        proxy_uid,
     } = rules;
     let excluded: Vec<String> = inbound_exclude.iter().map(u16::to_string).collect();
     let exclude = if excluded.is_empty() {
@@ -83,6 +108,18 @@ pub fn ruleset(rules: &SidecarRules) -> String {
         String::new()
     } else {
         format!("\t\tip saddr {{ {} }} return\n", exempt.join(", "))
+    };
+    let proxy_only = if proxy_only_ports.is_empty() {
+        String::new()
+    } else {
+        let ports: Vec<String> = proxy_only_ports.iter().map(u16::to_string).collect();
+        format!(
+            "\tchain proxy_only {{\n\
+             \t\ttype filter hook output priority 0; policy accept;\n\
+             \t\ttcp dport {{ {} }} fib daddr type local meta skuid != {proxy_uid} meta mark != {mark:#x} reject with tcp reset\n\
+             \t}}\n",
+            ports.join(", ")
+        )
     };
     format!(
         "table {FAMILY} {TABLE} {{}}\n\
@@ -104,6 +141,7 @@ pub fn ruleset(rules: &SidecarRules) -> String {
          {exclude}\
          \t\tmeta l4proto tcp redirect to :{inbound_port}\n\
          \t}}\n\
+         {proxy_only}\
          }}\n"
     )
 }
@@ -137,6 +175,8 @@ mod tests {
             mark: 0x539,
             inbound_exclude: vec![15008, 15000, 15020, 15021],
             inbound_exempt_sources: vec![],
+            proxy_only_ports: vec![15000],
+            proxy_uid: 1337,
         }
     }
 
@@ -160,6 +200,10 @@ table ip ambient_sidecar {
 \t\ttcp flags & (fin | syn | rst | ack) != syn return
 \t\ttcp dport { 15008, 15000, 15020, 15021 } return
 \t\tmeta l4proto tcp redirect to :15006
+\t}
+\tchain proxy_only {
+\t\ttype filter hook output priority 0; policy accept;
+\t\ttcp dport { 15000 } fib daddr type local meta skuid != 1337 meta mark != 0x539 reject with tcp reset
 \t}
 }
 ";
@@ -192,12 +236,15 @@ table ip ambient_sidecar {
             mark: 0x1,
             inbound_exclude: vec![],
             inbound_exempt_sources: vec![],
+            proxy_only_ports: vec![],
+            proxy_uid: 0,
         });
         assert!(text.contains("meta mark 0x1 return"), "{text}");
         assert!(text.contains("redirect to :16001"), "{text}");
         assert!(text.contains("redirect to :16006"), "{text}");
         assert!(!text.contains("dport {"), "{text}");
         assert!(!text.contains("saddr"), "{text}");
+        assert!(!text.contains("proxy_only"), "{text}");
     }
 
     #[test]

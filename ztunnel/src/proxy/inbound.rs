@@ -16,7 +16,9 @@ use http::StatusCode;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::conns::{Authorized, Registration};
-use super::record::{ConnInfo, ConnRecord, Outcome, Security, FLAG_CONNECT, FLAG_DENY};
+use super::record::{
+    inbound_service, ConnInfo, ConnRecord, Outcome, Security, FLAG_CONNECT, FLAG_DENY,
+};
 use super::{refuse_unknown_orig_dst, reset_on_close, Proxy};
 use mesh_model::policy::{authorize, ConnCtx, Decision, Denial};
 use mesh_model::state::{MtlsMode, Scope, Snapshot, Workload};
@@ -160,6 +162,11 @@ impl Handler for HboneInbound {
         Box::pin(handle_hbone(self.0.clone(), req))
     }
 
+    fn connection_refused(&self, _peer: SocketAddr, reason: hbone::limit::LimitReason) {
+        // Logged by the server's limiter, at most once per 10 s.
+        self.0.telemetry.metrics.record_refused("hbone", reason);
+    }
+
     fn connection_failed(&self, peer: SocketAddr, local: SocketAddr, err: &ServerError) {
         tracing::warn!(%peer, %local, error = %err, cause = ?std::error::Error::source(err), "inbound HBONE connection refused");
         let info = ConnInfo {
@@ -206,9 +213,11 @@ async fn handle_hbone(proxy: Arc<Proxy>, req: InboundRequest) {
         dst_hbone_addr: Some(req.local_addr),
         dst: None,
         dst_identity: None,
-        service: req.meta.host.clone(),
+        // Known once the destination is (never the header's own text).
+        service: None,
         security: Security::MutualTls,
     };
+    let host = req.meta.host.as_deref();
     let (dst, src_identity) = match admit(
         &snap,
         &proxy.scope,
@@ -222,6 +231,10 @@ async fn handle_hbone(proxy: Arc<Proxy>, req: InboundRequest) {
             tracing::info!(src = %src_addr, peer = %req.peer, dst = %req.authority, reason = %refusal, "inbound HBONE refused");
             info.dst = snap.workload_by_ip(req.authority.ip()).cloned();
             info.dst_identity = info.dst.as_ref().map(|w| w.identity());
+            info.service = info
+                .dst
+                .as_ref()
+                .and_then(|w| inbound_service(&snap, host, w));
             req.reject(refusal.status());
             ConnRecord::refused(
                 &proxy.telemetry,
@@ -232,6 +245,7 @@ async fn handle_hbone(proxy: Arc<Proxy>, req: InboundRequest) {
         }
     };
     info.dst_identity = Some(dst.identity());
+    info.service = inbound_service(&snap, host, &dst);
     info.dst = Some(dst.clone());
     let registration = register(&proxy, src_identity, src_ip, &dst, req.authority.port());
     let record = ConnRecord::open(&proxy.telemetry, info);
@@ -296,7 +310,7 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
 
 /// Accepts plaintext captured on 15006 until drained.
 pub async fn serve_plaintext(proxy: Arc<Proxy>, listener: TcpListener) {
-    super::accept_loop(proxy, listener, "inbound plaintext", handle_plaintext).await;
+    super::accept_loop(proxy, listener, "inbound_plaintext", handle_plaintext).await;
 }
 
 async fn handle_plaintext(proxy: Arc<Proxy>, sock: TcpStream, peer: SocketAddr, _drain: Watch) {
@@ -407,3 +421,5 @@ async fn serve_tcp(
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod wire_label_tests;

@@ -26,6 +26,7 @@ use std::time::Duration;
 use hbone::cert::CertStore;
 use hbone::client::HboneClient;
 use hbone::drain::Drain;
+use hbone::limit::{ConnLimiter, Limits};
 use hbone::socket::{dial, DialError, DialOptions};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -38,6 +39,15 @@ use record::Telemetry;
 
 /// How long dialling an app or a passthrough destination may take.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connections each capture listener (15001, 15006) holds at once. Each
+/// costs two file descriptors (client and upstream); ztunnel lifts its soft
+/// open-file limit to the hard one.
+pub const DEFAULT_CAPTURE_MAX_CONNECTIONS: usize = 64 * 1024;
+/// Connections one source IP (a pod) may hold on one capture listener: a
+/// busy client gets thousands, and one pod alone never takes the node's
+/// whole share.
+pub const DEFAULT_CAPTURE_MAX_PER_SOURCE: usize = 8 * 1024;
 
 /// Everything the data path shares.
 pub struct Proxy {
@@ -63,6 +73,8 @@ pub struct Proxy {
     /// a sidecar refuses to forward to them on its own pod
     /// ([`Scope::is_own_listener`]).
     pub listener_ports: Vec<u16>,
+    /// The caps of each capture listener ([`accept_loop`]).
+    pub capture_limits: Limits,
     round_robin: AtomicUsize,
 }
 
@@ -100,6 +112,10 @@ impl Proxy {
                 OrigDstSource::LocalAddr
             },
             listener_ports,
+            capture_limits: Limits {
+                max_connections: DEFAULT_CAPTURE_MAX_CONNECTIONS,
+                max_per_source: DEFAULT_CAPTURE_MAX_PER_SOURCE,
+            },
             round_robin: AtomicUsize::new(0),
         })
     }
@@ -241,7 +257,9 @@ pub fn reset_on_close(sock: &TcpStream) {
 
 /// Accepts connections on `listener` until the proxy drains, handing each
 /// (with a drain watch that keeps the drain waiting for it) to `handle` on
-/// its own task.
+/// its own task. Past [`Proxy::capture_limits`] (in all, or from the
+/// connection's source IP) a connection is reset at once and counted in
+/// `ztunnel_connections_refused_total{listener=what}`.
 pub async fn accept_loop<F, Fut>(
     proxy: Arc<Proxy>,
     listener: tokio::net::TcpListener,
@@ -252,8 +270,21 @@ pub async fn accept_loop<F, Fut>(
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let drain = proxy.drain.clone();
+    let limiter = ConnLimiter::new(what, proxy.capture_limits);
     hbone::drain::accept_until_drained(&listener, &drain, what, |sock, peer, watch| {
-        tokio::spawn(handle(proxy.clone(), sock, peer, watch));
+        let permit = match limiter.try_acquire(peer.ip()) {
+            Ok(p) => p,
+            Err(reason) => {
+                proxy.telemetry.metrics.record_refused(what, reason);
+                hbone::limit::refuse(sock);
+                return;
+            }
+        };
+        let conn = handle(proxy.clone(), sock, peer, watch);
+        tokio::spawn(async move {
+            conn.await;
+            drop(permit);
+        });
     })
     .await;
 }

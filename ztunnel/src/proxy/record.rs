@@ -10,7 +10,7 @@ use hbone::SpiffeId;
 
 use crate::metrics::{ConnLabels, HashedLabels, Metrics, Reporter, UNKNOWN};
 use mesh_model::policy::principal_string;
-use mesh_model::state::Workload;
+use mesh_model::state::{Snapshot, Workload};
 use mesh_runtime::accesslog::{AccessLog, ConnEvent, Direction};
 
 /// `response_flags` for a connection that completed normally.
@@ -50,7 +50,9 @@ pub struct ConnInfo {
     pub dst_hbone_addr: Option<SocketAddr>,
     pub dst: Option<Arc<Workload>>,
     pub dst_identity: Option<SpiffeId>,
-    /// The Service FQDN when a VIP was dialled.
+    /// The Service FQDN when a VIP was dialled: always a hostname from
+    /// ztunnel's own state (see [`inbound_service`]), never one off the
+    /// wire, since it becomes the `destination_service` label.
     pub service: Option<String>,
     pub security: Security,
 }
@@ -99,6 +101,27 @@ impl ConnInfo {
             error: outcome.error.clone(),
         }
     }
+}
+
+/// The `destination_service` of an inbound connection whose peer said
+/// (`forwarded: ...;host=`) it dialled the Service `host`: that hostname
+/// only when ztunnel's own snapshot has a Service of that hostname which
+/// `dst` backs; otherwise none (`unknown`). Any mesh identity can send any
+/// host, so the header never becomes a label value itself: the series stay
+/// bounded by the config. Pure.
+pub fn inbound_service(snap: &Snapshot, host: Option<&str>, dst: &Workload) -> Option<String> {
+    let host = host?;
+    // `<name>.<namespace>.svc.<domain>` (Service::fqdn).
+    let (name, rest) = host.split_once('.')?;
+    let (namespace, _) = rest.split_once('.')?;
+    let svc = snap
+        .service_by_name(namespace, name)
+        .filter(|s| s.hostname == host)?;
+    let backs = snap
+        .endpoints(svc)
+        .binary_search_by(|w| w.uid.as_str().cmp(&dst.uid))
+        .is_ok();
+    backs.then(|| svc.hostname.clone())
 }
 
 /// How a connection ended.
@@ -276,6 +299,55 @@ mod tests {
         assert_eq!(l.source_workload, UNKNOWN);
         assert_eq!(l.source_principal, UNKNOWN);
         assert_eq!(l.connection_security_policy, "none");
+    }
+
+    #[test]
+    fn inbound_service_comes_from_state_not_the_wire() {
+        let snap = mesh_model::config::parse(
+            "nodes: [{name: n1, ip: 10.0.0.1}]\n\
+             namespaces: [{name: bank}]\n\
+             workloads:\n\
+             - {name: server, namespace: bank, ip: 10.1.2.10, node: n1, labels: {app: server}}\n\
+             - {name: other, namespace: bank, ip: 10.1.2.11, node: n1, labels: {app: other}}\n\
+             services:\n\
+             - {name: server, namespace: bank, vip: 10.96.0.10, ports: [{port: 80, targetPort: 8080}], selector: {app: server}}\n",
+        )
+        .unwrap();
+        let server = snap.workload_by_name("bank", "server").unwrap().clone();
+        let other = snap.workload_by_name("bank", "other").unwrap().clone();
+        let fqdn = "server.bank.svc.cluster.local";
+        let cases: [(&str, Option<&str>, &Workload, Option<&str>); 7] = [
+            (
+                "a Service the destination backs",
+                Some(fqdn),
+                &server,
+                Some(fqdn),
+            ),
+            ("no forwarded host", None, &server, None),
+            (
+                "a Service the destination does not back",
+                Some(fqdn),
+                &other,
+                None,
+            ),
+            (
+                "no such Service",
+                Some("x.bank.svc.cluster.local"),
+                &server,
+                None,
+            ),
+            (
+                "a Service's name in another domain",
+                Some("server.bank.svc.evil"),
+                &server,
+                None,
+            ),
+            ("not a Service hostname", Some("random-1234"), &server, None),
+            ("empty", Some(""), &server, None),
+        ];
+        for (what, host, dst, want) in cases {
+            assert_eq!(inbound_service(&snap, host, dst).as_deref(), want, "{what}");
+        }
     }
 
     #[test]

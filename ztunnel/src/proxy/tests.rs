@@ -124,3 +124,53 @@ fn a_forwarded_listener_stands_for_its_destination_only() {
     assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
     assert!(err.to_string().contains("127.0.0.1:40002"), "{err}");
 }
+
+/// Past a capture listener's caps (in all, or from one source IP), a
+/// connection is reset at accept and counted by listener and reason, before
+/// any work is done for it.
+#[tokio::test]
+async fn capture_listeners_reset_connections_past_their_caps_and_count_them() {
+    let cases = [
+        (0, 1, "outbound", "global_limit"),
+        (1, 0, "outbound", "source_limit"),
+        (0, 1, "inbound_plaintext", "global_limit"),
+    ];
+    for (max_connections, max_per_source, listener_label, reason) in cases {
+        let log = Scratch(std::env::temp_dir().join(format!(
+            "ztunnel-caps-{}-{listener_label}-{reason}.log",
+            std::process::id()
+        )));
+        let mut proxy = conntrack_proxy(&log.0);
+        Arc::get_mut(&mut proxy).unwrap().capture_limits = Limits {
+            max_connections,
+            max_per_source,
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let serve = if listener_label == "outbound" {
+            tokio::spawn(outbound::serve_outbound(proxy.clone(), listener))
+        } else {
+            tokio::spawn(inbound::serve_plaintext(proxy.clone(), listener))
+        };
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf))
+            .await
+            .expect("closed at once");
+        assert!(
+            matches!(read, Err(ref e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+            "{listener_label} {reason}: want a reset, got {read:?}"
+        );
+        serve.abort();
+        let metrics = proxy.telemetry.metrics.encode();
+        let want = format!(
+            "ztunnel_connections_refused_total{{listener=\"{listener_label}\",reason=\"{reason}\"}} 1"
+        );
+        assert!(metrics.lines().any(|l| l == want), "{want} in:\n{metrics}");
+        // Refused before it was a connection of the mesh: no record.
+        assert!(
+            !metrics.contains("istio_tcp_connections_opened_total{"),
+            "{metrics}"
+        );
+    }
+}
