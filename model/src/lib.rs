@@ -18,6 +18,10 @@
 //!   domain types, and the delta store that builds snapshots from them;
 //! - [`flags`]: Istio's `response_flags` values.
 
+// Untrusted xDS and config input must not panic the proxy; tests may unwrap
+// (allow-unwrap-in-tests in model/clippy.toml).
+#![warn(clippy::unwrap_used)]
+
 pub mod config;
 pub mod flags;
 pub mod identity;
