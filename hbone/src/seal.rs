@@ -149,7 +149,7 @@ pub fn ring_provider() -> CryptoProvider {
     let mut provider = rustls::crypto::ring::default_provider();
     for s in &mut provider.cipher_suites {
         // Refutable once rustls's `tls12` feature is on.
-        #[allow(irrefutable_let_patterns)]
+        #[allow(irrefutable_let_patterns, reason = "refutable with tls12")]
         let SupportedCipherSuite::Tls13(t) = *s
         else {
             continue;

@@ -18,7 +18,7 @@ use prometheus_client::registry::Registry;
 use mesh_runtime::accesslog::AccessLogCounters;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-#[allow(non_camel_case_types)]
+#[allow(non_camel_case_types, reason = "Istio's label values")]
 pub enum Reporter {
     source,
     destination,

@@ -18,7 +18,7 @@ use mesh_model::input::MeshInput;
 use proto::discovery::DeltaDiscoveryRequest;
 
 /// xds-bench's generated mesh; this tool uses only its config file.
-#[allow(dead_code)]
+#[allow(dead_code, reason = "this tool uses only the config file")]
 #[path = "xds-bench/mesh.rs"]
 mod mesh;
 

@@ -136,7 +136,7 @@ fn every_tls13_suite_seals_through_the_wrapper() {
     let mut wrapped = 0;
     for s in &p.cipher_suites {
         // Refutable once rustls's `tls12` feature is on.
-        #[allow(irrefutable_let_patterns)]
+        #[allow(irrefutable_let_patterns, reason = "refutable with tls12")]
         let SupportedCipherSuite::Tls13(t) = s
         else {
             continue;

@@ -5,7 +5,7 @@
 //!
 //! Everything runs over real sockets on 127.0.0.1 with real rustls and h2.
 
-#![allow(dead_code)] // each test binary uses a different subset
+#![allow(dead_code, reason = "each test binary uses a different subset")]
 
 use std::future::Future;
 use std::io;

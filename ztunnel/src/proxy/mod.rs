@@ -83,7 +83,7 @@ impl Proxy {
     /// node mode they are also transparent (TPROXY) and spoof the client's
     /// IP, in sidecar mode the original destination comes from conntrack
     /// (REDIRECT).
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments, reason = "built once, by app::run")]
     pub fn new(
         scope: Scope,
         state: watch::Receiver<Arc<Snapshot>>,
