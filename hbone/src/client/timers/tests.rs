@@ -21,7 +21,7 @@ use crate::client::{
 };
 use crate::SpiffeId;
 
-#[allow(non_snake_case)]
+#[allow(non_snake_case, reason = "S(30) reads as 30 s in the tables")]
 fn S(secs: u64) -> Duration {
     Duration::from_secs(secs)
 }
