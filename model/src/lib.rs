@@ -13,6 +13,9 @@
 //! - [`state`]: workloads, services, namespaces, policies and the immutable,
 //!   indexed [`state::Snapshot`] with its delta patching;
 //! - [`policy`]: L4 authorization (`authorize`, DESIGN §5);
+//! - [`route`]: the waypoint's L7 routing (Gateway API HTTPRoute and
+//!   GRPCRoute): rule selection, backends, filters, faults, retries;
+//! - [`l7policy`]: the waypoint's L7 authorization (`authorize_request`);
 //! - [`config`]: the local YAML config file → `Snapshot`, with line numbers;
 //! - [`xds`]: `istio.workload.Address` / `istio.security.Authorization` →
 //!   domain types, and the delta store that builds snapshots from them;
@@ -26,7 +29,9 @@ pub mod config;
 pub mod flags;
 pub mod identity;
 pub mod input;
+pub mod l7policy;
 pub mod policy;
+pub mod route;
 pub mod state;
 pub mod xds;
 
