@@ -138,9 +138,7 @@ fn condition_holds(c: &Condition, f: &Facts<'_>) -> bool {
         Condition::DestinationIp(set) => set.holds(|c| c.contains(f.ctx.destination_ip)),
         Condition::DestinationPort(set) => set.holds(|p| *p == f.ctx.destination_port),
         Condition::SourceNamespace(set) => set.holds(|m| opt_matches(m, f.namespace)),
-        Condition::SourcePrincipal(set) => {
-            set.holds(|m| opt_matches(m, f.principal.as_deref()))
-        }
+        Condition::SourcePrincipal(set) => set.holds(|m| opt_matches(m, f.principal.as_deref())),
     }
 }
 
@@ -167,9 +165,7 @@ pub fn normalize_path(path: &str) -> Cow<'_, str> {
         return Cow::Borrowed(cut);
     }
     let decoded = decode_unreserved(cut);
-    let has_dots = decoded
-        .split('/')
-        .any(|s| s == "." || s == "..");
+    let has_dots = decoded.split('/').any(|s| s == "." || s == "..");
     if !has_dots {
         return decoded;
     }

@@ -133,11 +133,7 @@ fn modified_path(path: &str, m: &PathModifier, prefix: Option<&str>) -> Option<S
     }
 }
 
-fn rewrite(
-    parts: &mut http::request::Parts,
-    r: &UrlRewrite,
-    prefix: Option<&str>,
-) -> Option<()> {
+fn rewrite(parts: &mut http::request::Parts, r: &UrlRewrite, prefix: Option<&str>) -> Option<()> {
     let mut uri = std::mem::take(&mut parts.uri).into_parts();
     let result = (|| {
         if let Some(path_mod) = &r.path {

@@ -71,9 +71,9 @@ pub use filter::{
 };
 pub use select::{select_route, Matched, RequestView, Selection};
 pub use types::{
-    AbortStatus, Backend, Fault, FaultAbort, FaultDelay, Filter, Fraction, GrpcMethodMatch,
-    GrpcRouteMatch, HeaderMatch, HeaderModifier, HttpRouteMatch, Mirror, ParentRef, PathMatch,
-    PathModifier, Pattern, PatternError, QueryParamMatch, RedirectScheme, RequestRedirect, Retry,
-    Route, RouteKey, RouteKind, RouteRule, ServiceRef, Timeouts, Timestamp, UrlRewrite,
-    ValueMatch, grpc_status_code, DEFAULT_RETRY_ATTEMPTS, GRPC_STATUS_NAMES, MAX_WEIGHT,
+    grpc_status_code, AbortStatus, Backend, Fault, FaultAbort, FaultDelay, Filter, Fraction,
+    GrpcMethodMatch, GrpcRouteMatch, HeaderMatch, HeaderModifier, HttpRouteMatch, Mirror,
+    ParentRef, PathMatch, PathModifier, Pattern, PatternError, QueryParamMatch, RedirectScheme,
+    RequestRedirect, Retry, Route, RouteKey, RouteKind, RouteRule, ServiceRef, Timeouts, Timestamp,
+    UrlRewrite, ValueMatch, DEFAULT_RETRY_ATTEMPTS, GRPC_STATUS_NAMES, MAX_WEIGHT,
 };
