@@ -34,6 +34,14 @@ pub mod istio {
     }
 }
 
+pub mod ambient {
+    pub mod mesh {
+        pub mod v1 {
+            include!("gen/ambient.mesh.v1.rs");
+        }
+    }
+}
+
 pub mod envoy {
     pub mod service {
         pub mod discovery {
@@ -50,6 +58,8 @@ pub mod google {
     }
 }
 
+/// The waypoint's L7 resources (routes and L7 authorization), ours.
+pub use ambient::mesh::v1 as mesh;
 /// Short names for the packages.
 pub use envoy::service::discovery::v3 as discovery;
 pub use istio::security;
@@ -60,6 +70,12 @@ pub use istio::workload;
 pub const ADDRESS_TYPE_URL: &str = "type.googleapis.com/istio.workload.Address";
 /// `type.googleapis.com/istio.security.Authorization`.
 pub const AUTHORIZATION_TYPE_URL: &str = "type.googleapis.com/istio.security.Authorization";
+/// `type.googleapis.com/ambient.mesh.v1.Route`: an HTTPRoute or GRPCRoute,
+/// named `<kind>/<namespace>/<name>`.
+pub const ROUTE_TYPE_URL: &str = "type.googleapis.com/ambient.mesh.v1.Route";
+/// `type.googleapis.com/ambient.mesh.v1.L7Authorization`: an
+/// AuthorizationPolicy with `targetRefs`, named `<namespace>/<name>`.
+pub const L7_AUTHORIZATION_TYPE_URL: &str = "type.googleapis.com/ambient.mesh.v1.L7Authorization";
 /// The metadata key Istio's ztunnel uses to name the identity it asks a
 /// certificate for, on behalf of a local workload.
 pub const IMPERSONATED_IDENTITY_KEY: &str = "ImpersonatedIdentity";

@@ -16,6 +16,7 @@ const PROTOS: &[&str] = &[
     "authorization.proto",
     "ca.proto",
     "discovery.proto",
+    "route.proto",
     "google/rpc/status.proto",
 ];
 const REGENERATE_ENV: &str = "MESH_PROTO_REGENERATE";

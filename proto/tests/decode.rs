@@ -16,6 +16,8 @@ proptest! {
         let _ = Authorization::decode(bytes.as_slice());
         let _ = Resource::decode(bytes.as_slice());
         let _ = DeltaDiscoveryRequest::decode(bytes.as_slice());
+        let _ = proto::mesh::Route::decode(bytes.as_slice());
+        let _ = proto::mesh::L7Authorization::decode(bytes.as_slice());
     }
 
     /// Mutated valid encodings reach deeper than random bytes do.
@@ -179,5 +181,39 @@ fn oneof_and_type_urls() {
     assert_eq!(
         proto::AUTHORIZATION_TYPE_URL,
         "type.googleapis.com/istio.security.Authorization"
+    );
+}
+
+#[test]
+fn port_app_protocol_is_istios() {
+    use proto::workload::{AppProtocol, Port};
+    let p = Port {
+        app_protocol: AppProtocol::Grpc as i32,
+        ..Port::default()
+    };
+    // Field 3, varint, value 3: Istio's `AppProtocol app_protocol = 3`.
+    assert_eq!(p.encode_to_vec(), [3 << 3, 3]);
+    let values = [
+        (AppProtocol::Unknown, 0, "UNKNOWN"),
+        (AppProtocol::Http11, 1, "HTTP11"),
+        (AppProtocol::Http2, 2, "HTTP2"),
+        (AppProtocol::Grpc, 3, "GRPC"),
+        (AppProtocol::Tcp, 4, "TCP"),
+        (AppProtocol::Tls, 5, "TLS"),
+    ];
+    for (v, n, name) in values {
+        assert_eq!((v as i32, v.as_str_name()), (n, name));
+    }
+}
+
+#[test]
+fn l7_type_urls() {
+    assert_eq!(
+        proto::ROUTE_TYPE_URL,
+        "type.googleapis.com/ambient.mesh.v1.Route"
+    );
+    assert_eq!(
+        proto::L7_AUTHORIZATION_TYPE_URL,
+        "type.googleapis.com/ambient.mesh.v1.L7Authorization"
     );
 }

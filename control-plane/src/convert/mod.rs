@@ -17,8 +17,8 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use mesh_model::state::{
-    labels_match, Cidr, Match, MtlsMode, Policy, PolicyAction, PolicyScope, Service, Snapshot,
-    StringMatch, Tunnel, Waypoint, Workload, HBONE_PORT,
+    labels_match, AppProtocol, Cidr, Match, MtlsMode, Policy, PolicyAction, PolicyScope, Service,
+    Snapshot, StringMatch, Tunnel, Waypoint, Workload, HBONE_PORT,
 };
 use proto::security as pb_sec;
 use proto::workload as pb;
@@ -114,8 +114,21 @@ fn ports(svc: &Service) -> Vec<pb::Port> {
         .map(|p| pb::Port {
             service_port: u32::from(p.port),
             target_port: u32::from(p.target_port),
+            app_protocol: app_protocol(p.app_protocol) as i32,
         })
         .collect()
+}
+
+/// The declared protocol as Istio's enum (`UNKNOWN`: undeclared).
+fn app_protocol(p: Option<AppProtocol>) -> pb::AppProtocol {
+    match p {
+        None => pb::AppProtocol::Unknown,
+        Some(AppProtocol::Http11) => pb::AppProtocol::Http11,
+        Some(AppProtocol::Http2) => pb::AppProtocol::Http2,
+        Some(AppProtocol::Grpc) => pb::AppProtocol::Grpc,
+        Some(AppProtocol::Tcp) => pb::AppProtocol::Tcp,
+        Some(AppProtocol::Tls) => pb::AppProtocol::Tls,
+    }
 }
 
 /// Raw address bytes: 4 for IPv4, 16 for IPv6.

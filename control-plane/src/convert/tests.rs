@@ -138,7 +138,8 @@ fn workload_fields() {
         ports,
         &[pb::Port {
             service_port: 80,
-            target_port: 8080
+            target_port: 8080,
+            app_protocol: pb::AppProtocol::Unknown as i32,
         }]
     );
 }
@@ -328,4 +329,27 @@ fn string_matches_cidrs_and_service_accounts() {
         got.service_accounts.is_empty(),
         "never sent: unverified field"
     );
+}
+
+#[test]
+fn declared_port_protocols_are_sent_as_istios_enum() {
+    let s = snap(
+        "nodes: [{name: n, ip: 10.0.0.1}]\n\
+         namespaces: [{name: a}]\n\
+         workloads: [{name: p, namespace: a, ip: 10.1.0.1, node: n, labels: {app: x}}]\n\
+         services: [{name: s, namespace: a, vip: 10.96.0.1, selector: {app: x}, ports: [\
+           {port: 80, name: http}, {port: 81, appProtocol: grpc}, {port: 82}]}]\n",
+    );
+    let all = addresses(&s);
+    let svc = service_of(&all["a/s.a.svc.cluster.local"]);
+    let got: Vec<i32> = svc.ports.iter().map(|p| p.app_protocol).collect();
+    let want = [
+        pb::AppProtocol::Http11,
+        pb::AppProtocol::Grpc,
+        pb::AppProtocol::Unknown,
+    ];
+    assert_eq!(got, want.map(|p| p as i32));
+    // The workload's copy of its service's ports says the same.
+    let w = workload_of(&all["a/p"]);
+    assert_eq!(w.services["a/s.a.svc.cluster.local"].ports, svc.ports);
 }

@@ -296,6 +296,7 @@ policies:
                 ports: vec![ServicePort {
                     port,
                     target_port: 8080,
+                    app_protocol: None,
                 }],
                 // app 3 selects nothing: only explicit endpoint uids.
                 selector: if app < 3 {

@@ -13,7 +13,7 @@ use super::model::{
 };
 use super::{ConfigError, DEFAULT_ROOT_NAMESPACE};
 use crate::state::{
-    selected_policies, Cidr, Clause, Labels, Match, MtlsMode, Namespace, Node, Policy,
+    selected_policies, AppProtocol, Cidr, Clause, Labels, Match, MtlsMode, Namespace, Node, Policy,
     PolicyAction, PolicyScope, Rule, Service, ServicePort, SnapshotParts, StringMatch, Tunnel,
     Workload, DEFAULT_TRUST_DOMAIN, TLS_MODE_ISTIO, TLS_MODE_LABEL,
 };
@@ -259,7 +259,11 @@ impl Ctx<'_> {
             if ports.iter().any(|p: &ServicePort| p.port == port) {
                 return Err(duplicate(port_key(j, "port"), &port.to_string()));
             }
-            ports.push(ServicePort { port, target_port });
+            ports.push(ServicePort {
+                port,
+                target_port,
+                app_protocol: AppProtocol::declared(p.app_protocol.as_deref(), p.name.as_deref()),
+            });
         }
         Ok(Service {
             hostname: Service::fqdn(&s.name, &s.namespace),

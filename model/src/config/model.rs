@@ -107,6 +107,12 @@ pub(super) struct ServicePortDoc {
     /// Default: the same as `port`.
     #[serde(default)]
     pub target_port: Option<PortDoc>,
+    /// Istio reads the protocol from a name prefix (`http-web`, `grpc`).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Kubernetes `appProtocol` (`http`, `kubernetes.io/h2c`, `grpc`, …).
+    #[serde(default)]
+    pub app_protocol: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Clone, PartialEq)]

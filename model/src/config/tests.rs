@@ -2,7 +2,7 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use super::*;
-use crate::state::{MtlsMode, PolicyAction, PolicyScope, StringMatch, Tunnel};
+use crate::state::{AppProtocol, MtlsMode, PolicyAction, PolicyScope, StringMatch, Tunnel};
 
 const DEMO: &str = include_str!("../../../ztunnel/examples/demo-config.yaml");
 
@@ -372,5 +372,29 @@ workloads:
     assert_eq!(
         snap.local_ambient_ips("n").into_iter().collect::<Vec<_>>(),
         [ip("10.1.0.6")]
+    );
+}
+
+#[test]
+fn service_port_protocols() {
+    let snap = parse(
+        "namespaces: [{name: a}]\n\
+         services: [{name: s, namespace: a, vip: 10.96.0.1, ports: [\
+           {port: 80, name: http-web},\
+           {port: 81, name: tcp-x, appProtocol: kubernetes.io/h2c},\
+           {port: 82, appProtocol: grpc},\
+           {port: 83, name: web}]}]\n",
+    )
+    .unwrap();
+    let s = snap.service_by_vip(ip("10.96.0.1")).unwrap();
+    let protocols: Vec<_> = s.ports.iter().map(|p| p.app_protocol).collect();
+    assert_eq!(
+        protocols,
+        [
+            Some(AppProtocol::Http11),
+            Some(AppProtocol::Http2),
+            Some(AppProtocol::Grpc),
+            None
+        ]
     );
 }

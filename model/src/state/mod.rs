@@ -8,6 +8,7 @@
 mod authz;
 mod cidr;
 mod delta;
+mod protocol;
 mod scope;
 mod snapshot;
 #[cfg(test)]
@@ -32,6 +33,7 @@ pub use authz::{
 };
 pub use cidr::{Cidr, CidrError};
 pub use delta::SnapshotDelta;
+pub use protocol::AppProtocol;
 pub use scope::{Scope, ServedPod, WorkloadName, WorkloadNameError};
 pub use snapshot::{SharedParts, Snapshot, SnapshotParts, StateError};
 
@@ -175,6 +177,8 @@ impl Workload {
 pub struct ServicePort {
     pub port: u16,
     pub target_port: u16,
+    /// The declared protocol; `None`: undeclared (the waypoint detects).
+    pub app_protocol: Option<AppProtocol>,
 }
 
 /// A Kubernetes Service: virtual IPs load-balanced over endpoint pods.

@@ -10,7 +10,7 @@ use proto::security as pb_sec;
 use proto::workload as pb;
 
 use crate::state::{
-    Cidr, Clause, Match, Policy, PolicyAction, PolicyKey, PolicyScope, Rule, Service,
+    AppProtocol, Cidr, Clause, Match, Policy, PolicyAction, PolicyKey, PolicyScope, Rule, Service,
     ServiceAccountMatch, ServicePort, StringMatch, Tunnel, Workload, DEFAULT_TRUST_DOMAIN,
 };
 
@@ -233,7 +233,11 @@ pub fn service(s: &pb::Service) -> Result<ServiceEntry, ConvertError> {
                 0 => port,
                 t => self::port("ports.target_port", t)?,
             };
-            Ok(ServicePort { port, target_port })
+            Ok(ServicePort {
+                port,
+                target_port,
+                app_protocol: app_protocol(p.app_protocol),
+            })
         })
         .collect::<Result<Vec<_>, ConvertError>>()?;
     Ok(ServiceEntry {
@@ -250,6 +254,20 @@ pub fn service(s: &pb::Service) -> Result<ServiceEntry, ConvertError> {
             waypoint: None,
         },
     })
+}
+
+/// `istio.workload.AppProtocol` → the declared protocol. `UNKNOWN`, and a
+/// value newer than ours, are "undeclared": the waypoint detects the
+/// protocol, which widens nothing.
+fn app_protocol(value: i32) -> Option<AppProtocol> {
+    match pb::AppProtocol::try_from(value).ok()? {
+        pb::AppProtocol::Unknown => None,
+        pb::AppProtocol::Http11 => Some(AppProtocol::Http11),
+        pb::AppProtocol::Http2 => Some(AppProtocol::Http2),
+        pb::AppProtocol::Grpc => Some(AppProtocol::Grpc),
+        pb::AppProtocol::Tcp => Some(AppProtocol::Tcp),
+        pb::AppProtocol::Tls => Some(AppProtocol::Tls),
+    }
 }
 
 /// `istio.security.Authorization` → [`Policy`].

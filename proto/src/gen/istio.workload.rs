@@ -270,6 +270,10 @@ pub struct Port {
     pub service_port: u32,
     #[prost(uint32, tag = "2")]
     pub target_port: u32,
+    /// The port's application protocol (Kubernetes appProtocol, or Istio's
+    /// port-name prefixes), as Istio sends it.
+    #[prost(enumeration = "AppProtocol", tag = "3")]
+    pub app_protocol: i32,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ApplicationTunnel {
@@ -469,6 +473,44 @@ impl WorkloadType {
             "CRONJOB" => Some(Self::Cronjob),
             "POD" => Some(Self::Pod),
             "JOB" => Some(Self::Job),
+            _ => None,
+        }
+    }
+}
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum AppProtocol {
+    Unknown = 0,
+    Http11 = 1,
+    Http2 = 2,
+    Grpc = 3,
+    Tcp = 4,
+    Tls = 5,
+}
+impl AppProtocol {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unknown => "UNKNOWN",
+            Self::Http11 => "HTTP11",
+            Self::Http2 => "HTTP2",
+            Self::Grpc => "GRPC",
+            Self::Tcp => "TCP",
+            Self::Tls => "TLS",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "UNKNOWN" => Some(Self::Unknown),
+            "HTTP11" => Some(Self::Http11),
+            "HTTP2" => Some(Self::Http2),
+            "GRPC" => Some(Self::Grpc),
+            "TCP" => Some(Self::Tcp),
+            "TLS" => Some(Self::Tls),
             _ => None,
         }
     }

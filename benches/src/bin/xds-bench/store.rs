@@ -77,6 +77,7 @@ fn service(app: usize) -> Resource {
         ports: vec![pb::Port {
             service_port: 80,
             target_port: 8080,
+            ..Default::default()
         }],
         ..Default::default()
     };

@@ -16,6 +16,7 @@ fn workload_pb() -> pb::Workload {
                 ports: vec![pb::Port {
                     service_port: 80,
                     target_port: 8080,
+                    ..Default::default()
                 }],
             },
         )]
@@ -176,10 +177,13 @@ fn service_ports_default_target_and_reject_zero() {
             pb::Port {
                 service_port: 80,
                 target_port: 8080,
+                app_protocol: pb::AppProtocol::Grpc as i32,
             },
             pb::Port {
                 service_port: 443,
                 target_port: 0,
+                // A value newer than ours: undeclared, not an error.
+                app_protocol: 99,
             },
         ],
         ..Default::default()
@@ -187,6 +191,8 @@ fn service_ports_default_target_and_reject_zero() {
     let e = service(&s).unwrap();
     assert_eq!(e.service.target_port(80), Some(8080));
     assert_eq!(e.service.target_port(443), Some(443));
+    let protocols: Vec<_> = e.service.ports.iter().map(|p| p.app_protocol).collect();
+    assert_eq!(protocols, [Some(AppProtocol::Grpc), None]);
     s.ports[0].service_port = 70000;
     assert!(service(&s)
         .unwrap_err()

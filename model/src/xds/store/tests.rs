@@ -55,6 +55,7 @@ fn svc(name: &str, vip: [u8; 4]) -> Resource {
         ports: vec![pb::Port {
             service_port: 80,
             target_port: 8080,
+            ..Default::default()
         }],
         ..Default::default()
     };
