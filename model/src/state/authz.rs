@@ -114,6 +114,17 @@ impl StringMatch {
         }
     }
 
+    /// The pattern [`StringMatch::from_pattern`] reads back as this match
+    /// (for matches that came from a pattern).
+    pub fn to_pattern(&self) -> String {
+        match self {
+            StringMatch::Exact(s) => s.clone(),
+            StringMatch::Prefix(s) => format!("{s}*"),
+            StringMatch::Suffix(s) => format!("*{s}"),
+            StringMatch::Presence => "*".to_owned(),
+        }
+    }
+
     pub fn matches(&self, value: &str) -> bool {
         match self {
             StringMatch::Exact(s) => value == s,

@@ -29,6 +29,15 @@ impl Cidr {
         Ok(Cidr { addr, prefix_len })
     }
 
+    /// The network address, as given.
+    pub fn addr(&self) -> IpAddr {
+        self.addr
+    }
+
+    pub fn prefix_len(&self) -> u8 {
+        self.prefix_len
+    }
+
     /// True when `ip` is in the block. IPv4 never matches an IPv6 block, nor
     /// the reverse, except that IPv4-mapped IPv6 addresses count as IPv4.
     pub fn contains(&self, ip: IpAddr) -> bool {

@@ -354,7 +354,7 @@ fn match_(m: &pb_sec::Match) -> Result<Match, ConvertError> {
     })
 }
 
-fn string_match(s: &pb_sec::StringMatch) -> Result<StringMatch, ConvertError> {
+pub(crate) fn string_match(s: &pb_sec::StringMatch) -> Result<StringMatch, ConvertError> {
     use pb_sec::string_match::MatchType;
     match &s.match_type {
         Some(MatchType::Exact(v)) => Ok(StringMatch::Exact(v.clone())),
@@ -365,7 +365,7 @@ fn string_match(s: &pb_sec::StringMatch) -> Result<StringMatch, ConvertError> {
     }
 }
 
-fn cidr(field: &'static str, a: &pb_sec::Address) -> Result<Cidr, ConvertError> {
+pub(crate) fn cidr(field: &'static str, a: &pb_sec::Address) -> Result<Cidr, ConvertError> {
     let ip = ip_from_bytes(field, &a.address)?;
     let len = u8::try_from(a.length).map_err(|_| ConvertError::BadPrefix {
         field,
