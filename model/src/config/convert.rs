@@ -88,6 +88,8 @@ pub(super) fn to_parts(file: File) -> Result<SnapshotParts, ConfigError> {
         workloads,
         services,
         policies,
+        routes: Vec::new(),
+        l7_policies: Vec::new(),
     })
 }
 

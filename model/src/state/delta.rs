@@ -12,8 +12,11 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use super::l7::L7Index;
 use super::snapshot::{check_identity, ByName, LabelIndex};
 use super::{Policies, Policy, Service, Snapshot, StateError, Workload};
+use crate::l7policy::L7Policy;
+use crate::route::Route;
 
 /// What changed between two snapshots.
 ///
@@ -32,6 +35,10 @@ pub struct SnapshotDelta {
     pub services: Vec<Service>,
     /// The whole policy set, when it changed.
     pub policies: Option<Vec<Policy>>,
+    /// The whole route set, when it changed.
+    pub routes: Option<Vec<Arc<Route>>>,
+    /// The whole L7 policy set, when it changed.
+    pub l7_policies: Option<Vec<Arc<L7Policy>>>,
 }
 
 impl SnapshotDelta {
@@ -41,6 +48,8 @@ impl SnapshotDelta {
             && self.workloads.is_empty()
             && self.services.is_empty()
             && self.policies.is_none()
+            && self.routes.is_none()
+            && self.l7_policies.is_none()
     }
 }
 
@@ -55,6 +64,8 @@ impl Snapshot {
             workloads,
             services,
             policies,
+            routes,
+            l7_policies,
         } = delta;
         let mut next = self.clone();
         next.remove_workloads(&removed_workloads);
@@ -68,6 +79,11 @@ impl Snapshot {
         }
         if let Some(p) = policies {
             next.policies = Policies::new(p);
+        }
+        if routes.is_some() || l7_policies.is_some() {
+            let routes = routes.unwrap_or_else(|| self.l7.routes().to_vec());
+            let l7_policies = l7_policies.unwrap_or_else(|| self.l7.policies().to_vec());
+            next.l7 = Arc::new(L7Index::build(routes, l7_policies)?);
         }
         Ok(next)
     }

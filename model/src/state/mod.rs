@@ -8,6 +8,7 @@
 mod authz;
 mod cidr;
 mod delta;
+mod l7;
 mod protocol;
 mod scope;
 mod snapshot;

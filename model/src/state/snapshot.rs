@@ -9,7 +9,10 @@ use std::sync::Arc;
 
 use crate::identity::SpiffeId;
 use crate::identity::SpiffeIdError;
+use crate::l7policy::L7Policy;
+use crate::route::Route;
 
+use super::l7::L7Index;
 use super::{
     labels_match, Labels, MtlsMode, Namespace, Node, Policies, Policy, Service, Tunnel, Waypoint,
     Workload, DEFAULT_TRUST_DOMAIN, USE_WAYPOINT_LABEL, USE_WAYPOINT_NAMESPACE_LABEL,
@@ -25,6 +28,10 @@ pub struct SnapshotParts {
     pub workloads: Vec<Workload>,
     pub services: Vec<Service>,
     pub policies: Vec<Policy>,
+    /// HTTPRoutes and GRPCRoutes (the waypoint's).
+    pub routes: Vec<Route>,
+    /// AuthorizationPolicies with `targetRefs` (the waypoint's).
+    pub l7_policies: Vec<L7Policy>,
 }
 
 /// [`SnapshotParts`] with the workloads behind `Arc`s, for
@@ -37,6 +44,8 @@ pub struct SharedParts {
     pub workloads: Vec<Arc<Workload>>,
     pub services: Vec<Service>,
     pub policies: Vec<Policy>,
+    pub routes: Vec<Arc<Route>>,
+    pub l7_policies: Vec<Arc<L7Policy>>,
 }
 
 /// Inconsistent input to [`Snapshot::build`].
@@ -60,6 +69,10 @@ pub enum StateError {
         #[source]
         source: SpiffeIdError,
     },
+    #[error("route {0} is defined twice")]
+    DuplicateRoute(String),
+    #[error("L7 policy {0} is defined twice")]
+    DuplicateL7Policy(String),
     #[error("{owner} uses waypoint {namespace}/{name}, which is not a workload with an address")]
     UnknownWaypoint {
         owner: String,
@@ -88,6 +101,8 @@ pub struct Snapshot {
     pub(super) service_by_vip: HashMap<IpAddr, Arc<Service>>,
     /// Namespace → service name → the service and its endpoints.
     pub(super) endpoints: HashMap<String, HashMap<String, Served>>,
+    /// Routes and L7 policies, indexed (the waypoint's).
+    pub(super) l7: Arc<L7Index>,
 }
 
 /// A service and its endpoints, sorted by uid.
@@ -140,6 +155,8 @@ impl Snapshot {
             workloads,
             services,
             policies,
+            routes,
+            l7_policies,
         } = parts;
         let shared = SharedParts {
             trust_domain,
@@ -148,6 +165,8 @@ impl Snapshot {
             workloads: workloads.into_iter().map(Arc::new).collect(),
             services,
             policies,
+            routes: routes.into_iter().map(Arc::new).collect(),
+            l7_policies: l7_policies.into_iter().map(Arc::new).collect(),
         };
         Snapshot::build_shared(shared)
     }
@@ -163,7 +182,10 @@ impl Snapshot {
             workloads,
             services,
             policies,
+            routes,
+            l7_policies,
         } = parts;
+        let l7 = Arc::new(L7Index::build(routes, l7_policies)?);
         let mut ns_map = BTreeMap::new();
         for ns in namespaces {
             if ns_map.contains_key(&ns.name) {
@@ -213,6 +235,7 @@ impl Snapshot {
             },
             nodes: nodes.into_iter().map(|n| (n.name.clone(), n)).collect(),
             policies: Policies::new(policies),
+            l7,
             ..Snapshot::default()
         };
         snap.workload_by_ip.reserve(resolved.len());

@@ -94,6 +94,8 @@ fn parts() -> SnapshotParts {
         ],
         services: vec![svc("a", "s", "10.96.0.1", &[("app", "x")])],
         policies: vec![],
+        routes: vec![],
+        l7_policies: vec![],
     }
 }
 

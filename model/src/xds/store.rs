@@ -7,18 +7,24 @@
 //! response applies. If the accepted resources together are inconsistent
 //! (say two workloads claim one IP), the whole response is rejected and the
 //! previous state stays in force.
+//!
+//! Four types are held: `istio.workload.Address` and
+//! `istio.security.Authorization` (ztunnel's), and the waypoint's
+//! `ambient.mesh.v1.Route` and `ambient.mesh.v1.L7Authorization`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use prost::Message;
 use proto::discovery::Resource;
-use proto::workload::address::Type as AddressType;
-use proto::{security as pb_sec, workload as pb, ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
+use proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, L7_AUTHORIZATION_TYPE_URL, ROUTE_TYPE_URL};
 
-use super::convert::{self, ConvertError, ServiceEntry, WaypointRef, WorkloadEntry};
+use super::convert::{ConvertError, ServiceEntry, WaypointRef, WorkloadEntry};
+use super::l7convert::FieldError;
+use crate::l7policy::L7Policy;
+use crate::route::Route;
 use crate::state::{Policy, SharedParts, Snapshot, SnapshotDelta, StateError, Workload};
+use decode::decode;
 use resolve::Resolver;
 
 /// Why one resource was not applied.
@@ -32,6 +38,9 @@ pub enum ResourceError {
     Decode(String),
     #[error(transparent)]
     Convert(#[from] ConvertError),
+    /// A route or L7 policy with a bad field.
+    #[error(transparent)]
+    Field(#[from] FieldError),
     #[error("unknown type URL {0}")]
     UnknownTypeUrl(String),
 }
@@ -43,6 +52,7 @@ impl ResourceError {
             ResourceError::WrongType { .. } | ResourceError::UnknownTypeUrl(_) => "wrong_type",
             ResourceError::Empty | ResourceError::Decode(_) => "decode",
             ResourceError::Convert(e) => e.reason(),
+            ResourceError::Field(e) => e.reason(),
         }
     }
 }
@@ -113,6 +123,8 @@ struct Held<T> {
 enum Decoded {
     Address(AddressEntry),
     Authorization(Policy),
+    Route(Route),
+    L7Policy(L7Policy),
 }
 
 /// What one response changed: every touched name with what it held before
@@ -122,6 +134,17 @@ enum Decoded {
 struct Touched {
     addresses: BTreeMap<String, Option<Held<AddressEntry>>>,
     authorizations: BTreeMap<String, Option<Held<Policy>>>,
+    routes: BTreeMap<String, Option<Held<Arc<Route>>>>,
+    l7_policies: BTreeMap<String, Option<Held<Arc<L7Policy>>>>,
+}
+
+impl Touched {
+    fn is_empty(&self) -> bool {
+        self.addresses.is_empty()
+            && self.authorizations.is_empty()
+            && self.routes.is_empty()
+            && self.l7_policies.is_empty()
+    }
 }
 
 /// A delta touching more addresses than this (or than an eighth of those
@@ -140,6 +163,8 @@ const MAX_PATCH: usize = 64;
 pub struct XdsStore {
     addresses: BTreeMap<String, Held<AddressEntry>>,
     authorizations: BTreeMap<String, Held<Policy>>,
+    routes: BTreeMap<String, Held<Arc<Route>>>,
+    l7_policies: BTreeMap<String, Held<Arc<L7Policy>>>,
     /// Service resource names by `namespace/hostname`.
     services_by_key: HashMap<String, BTreeSet<String>>,
     /// The waypoint references held, with how many resources make each.
@@ -152,23 +177,25 @@ impl XdsStore {
     /// Resource versions held for `type_url`: the `initial_resource_versions`
     /// of a reconnecting client.
     pub fn versions(&self, type_url: &str) -> HashMap<String, String> {
+        fn of<T>(m: &BTreeMap<String, Held<T>>) -> HashMap<String, String> {
+            m.iter()
+                .map(|(k, h)| (k.clone(), h.version.clone()))
+                .collect()
+        }
         match type_url {
-            ADDRESS_TYPE_URL => self
-                .addresses
-                .iter()
-                .map(|(k, h)| (k.clone(), h.version.clone()))
-                .collect(),
-            AUTHORIZATION_TYPE_URL => self
-                .authorizations
-                .iter()
-                .map(|(k, h)| (k.clone(), h.version.clone()))
-                .collect(),
+            ADDRESS_TYPE_URL => of(&self.addresses),
+            AUTHORIZATION_TYPE_URL => of(&self.authorizations),
+            ROUTE_TYPE_URL => of(&self.routes),
+            L7_AUTHORIZATION_TYPE_URL => of(&self.l7_policies),
             _ => HashMap::new(),
         }
     }
 
     pub fn len(&self) -> usize {
-        self.addresses.len() + self.authorizations.len()
+        self.addresses.len()
+            + self.authorizations.len()
+            + self.routes.len()
+            + self.l7_policies.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -206,6 +233,15 @@ impl XdsStore {
             match type_url {
                 ADDRESS_TYPE_URL => self.set_address(&mut touched, name.clone(), None),
                 AUTHORIZATION_TYPE_URL => self.set_authorization(&mut touched, name.clone(), None),
+                ROUTE_TYPE_URL => {
+                    replace(&mut self.routes, &mut touched.routes, name.clone(), None)
+                }
+                L7_AUTHORIZATION_TYPE_URL => replace(
+                    &mut self.l7_policies,
+                    &mut touched.l7_policies,
+                    name.clone(),
+                    None,
+                ),
                 _ => {}
             }
         }
@@ -232,6 +268,25 @@ impl XdsStore {
             }
             Decoded::Authorization(value) => {
                 self.set_authorization(touched, name, Some(Held { version, value }))
+            }
+            Decoded::Route(r) => {
+                let held = Held {
+                    version,
+                    value: Arc::new(r),
+                };
+                replace(&mut self.routes, &mut touched.routes, name, Some(held))
+            }
+            Decoded::L7Policy(p) => {
+                let held = Held {
+                    version,
+                    value: Arc::new(p),
+                };
+                replace(
+                    &mut self.l7_policies,
+                    &mut touched.l7_policies,
+                    name,
+                    Some(held),
+                )
             }
         }
     }
@@ -261,11 +316,12 @@ impl XdsStore {
         name: String,
         new: Option<Held<Policy>>,
     ) {
-        let old = match new {
-            Some(h) => self.authorizations.insert(name.clone(), h),
-            None => self.authorizations.remove(&name),
-        };
-        touched.authorizations.entry(name).or_insert(old);
+        replace(
+            &mut self.authorizations,
+            &mut touched.authorizations,
+            name,
+            new,
+        );
     }
 
     /// Adds (`add`) or removes `e`, held as `name`, in the store's indexes.
@@ -305,13 +361,19 @@ impl XdsStore {
         for (name, old) in touched.authorizations {
             self.set_authorization(&mut scratch, name, old);
         }
+        for (name, old) in touched.routes {
+            replace(&mut self.routes, &mut scratch.routes, name, old);
+        }
+        for (name, old) in touched.l7_policies {
+            replace(&mut self.l7_policies, &mut scratch.l7_policies, name, old);
+        }
     }
 
     fn next_snapshot(&self, touched: &Touched) -> Result<Arc<Snapshot>, StateError> {
         let Some(last) = &self.last else {
             return self.snapshot().map(Arc::new);
         };
-        if touched.addresses.is_empty() && touched.authorizations.is_empty() {
+        if touched.is_empty() {
             return Ok(last.clone());
         }
         let mut delta = if touched.addresses.is_empty() {
@@ -324,6 +386,12 @@ impl XdsStore {
         };
         if !touched.authorizations.is_empty() {
             delta.policies = Some(self.policies());
+        }
+        if !touched.routes.is_empty() {
+            delta.routes = Some(values(&self.routes));
+        }
+        if !touched.l7_policies.is_empty() {
+            delta.l7_policies = Some(values(&self.l7_policies));
         }
         last.patch(delta).map(Arc::new)
     }
@@ -526,37 +594,30 @@ impl XdsStore {
             parts.services.push(service);
         }
         parts.policies = self.policies();
+        parts.routes = values(&self.routes);
+        parts.l7_policies = values(&self.l7_policies);
         Snapshot::build_shared(parts)
     }
 }
 
-/// Decodes and converts one resource of `type_url`.
-fn decode(type_url: &str, r: &Resource) -> Result<Decoded, ResourceError> {
-    let any = r.resource.as_ref().ok_or(ResourceError::Empty)?;
-    let want = match type_url {
-        ADDRESS_TYPE_URL => ADDRESS_TYPE_URL,
-        AUTHORIZATION_TYPE_URL => AUTHORIZATION_TYPE_URL,
-        other => return Err(ResourceError::UnknownTypeUrl(other.to_owned())),
+/// Puts `new` (or nothing) under `name` in `map`, remembering in
+/// `touched` what it held before the first change of this response.
+fn replace<T>(
+    map: &mut BTreeMap<String, Held<T>>,
+    touched: &mut BTreeMap<String, Option<Held<T>>>,
+    name: String,
+    new: Option<Held<T>>,
+) {
+    let old = match new {
+        Some(h) => map.insert(name.clone(), h),
+        None => map.remove(&name),
     };
-    if any.type_url != want {
-        return Err(ResourceError::WrongType {
-            got: any.type_url.clone(),
-            want,
-        });
-    }
-    let decode_err = |e: prost::DecodeError| ResourceError::Decode(e.to_string());
-    if want == ADDRESS_TYPE_URL {
-        let addr = pb::Address::decode(any.value.as_slice()).map_err(decode_err)?;
-        let entry = match addr.r#type {
-            Some(AddressType::Workload(w)) => AddressEntry::Workload(convert::workload(w)?.into()),
-            Some(AddressType::Service(s)) => AddressEntry::Service(Box::new(convert::service(&s)?)),
-            None => return Err(ConvertError::Missing("type").into()),
-        };
-        Ok(Decoded::Address(entry))
-    } else {
-        let a = pb_sec::Authorization::decode(any.value.as_slice()).map_err(decode_err)?;
-        Ok(Decoded::Authorization(convert::authorization(&a)?))
-    }
+    touched.entry(name).or_insert(old);
+}
+
+/// The values held, shared.
+fn values<T>(map: &BTreeMap<String, Held<Arc<T>>>) -> Vec<Arc<T>> {
+    map.values().map(|h| h.value.clone()).collect()
 }
 
 /// `namespace/hostname`, how xDS names a service.
@@ -564,6 +625,9 @@ pub fn service_key(namespace: &str, hostname: &str) -> String {
     format!("{namespace}/{hostname}")
 }
 
+mod decode;
+#[cfg(test)]
+mod l7_tests;
 mod resolve;
 #[cfg(test)]
 mod tests;

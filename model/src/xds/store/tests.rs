@@ -1,6 +1,9 @@
 use super::*;
 use proptest::prelude::*;
+use prost::Message;
 use prost_types::Any;
+use proto::workload::address::Type as AddressType;
+use proto::{security as pb_sec, workload as pb};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
