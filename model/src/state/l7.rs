@@ -53,7 +53,7 @@ impl L7Index {
         if let Some(w) = routes.windows(2).find(|w| w[0].key() == w[1].key()) {
             return Err(StateError::DuplicateRoute(w[0].key().to_string()));
         }
-        policies.sort_by(|a, b| a.key().cmp(&b.key()));
+        policies.sort_by_key(|p| p.key());
         if let Some(w) = policies.windows(2).find(|w| w[0].key() == w[1].key()) {
             return Err(StateError::DuplicateL7Policy(w[0].key().to_string()));
         }
