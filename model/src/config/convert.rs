@@ -66,10 +66,26 @@ pub(super) fn to_parts(file: File) -> Result<SnapshotParts, ConfigError> {
     // A policy is named by namespace and name, as in Kubernetes: a second
     // one of the same name would silently shadow or add to the first.
     let mut policy_names = HashSet::new();
+    let known_ns: HashSet<&str> = namespaces.iter().map(|n| n.name.as_str()).collect();
+    let routes = super::route::routes(file.routes, &known_ns, &services)?;
+    let mut l7_policies = Vec::new();
     let policies = file
         .policies
         .into_iter()
         .enumerate()
+        .filter_map(|(i, p)| {
+            if !super::l7policy::is_l7(&p) {
+                return Some(super::l7policy::check_l4(i, &p).map(|()| (i, p)));
+            }
+            if !policy_names.insert((p.namespace.clone(), p.name.clone())) {
+                let value = format!("{}/{}", p.namespace, p.name);
+                return Some(Err(duplicate(format!("policies[{i}].name"), &value)));
+            }
+            let l7 = super::l7policy::l7_policy(i, &p, &known_ns, &root_ns);
+            l7.map(|l7| l7_policies.push(l7)).err().map(Err)
+        })
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
         .map(|(i, p)| {
             if !policy_names.insert((p.namespace.clone(), p.name.clone())) {
                 let value = format!("{}/{}", p.namespace, p.name);
@@ -88,8 +104,8 @@ pub(super) fn to_parts(file: File) -> Result<SnapshotParts, ConfigError> {
         workloads,
         services,
         policies,
-        routes: Vec::new(),
-        l7_policies: Vec::new(),
+        routes,
+        l7_policies,
     })
 }
 

@@ -25,14 +25,25 @@
 //!     rules: [{from: [{source: {notNamespaces: [shop]}}], to: [{operation: {ports: ["8080"]}}]}]
 //! ```
 //!
+//!
+//! The waypoint's configuration: `routes:` (HTTPRoute and GRPCRoute
+//! objects, see `route_doc.rs`) and L7 fields on `policies:` entries that
+//! have `targetRefs` (see `l7policy.rs`).
+//!
 //! See `ztunnel/examples/demo-config.yaml` for a complete file.
 
 mod convert;
 mod incremental;
+#[cfg(test)]
+mod l7_tests;
+mod l7policy;
 mod locate;
 mod model;
+mod route;
+mod route_doc;
 #[cfg(test)]
 mod tests;
+mod time;
 
 use std::net::{AddrParseError, IpAddr};
 use std::path::{Path, PathBuf};
@@ -76,6 +87,15 @@ pub enum ConfigError {
     },
     #[error("{key}: unknown namespace {value:?}")]
     UnknownNamespace { key: String, value: String },
+    #[error("{key}: unknown service {value:?}")]
+    UnknownService { key: String, value: String },
+    /// A route or L7 policy field that is not valid.
+    #[error("{key}: {problem}")]
+    Invalid {
+        key: String,
+        value: String,
+        problem: crate::xds::l7convert::Problem,
+    },
     #[error("{key}: unknown node {value:?}")]
     UnknownNode { key: String, value: String },
     #[error("{key}: {value:?} is not an IP address")]
@@ -117,14 +137,17 @@ impl ConfigError {
         match self {
             // `ns/name` (or `service/ns/name`) is reported whole but written
             // as `name: ...` in the item: look for the name.
-            ConfigError::Duplicate { key, value } => Some((
-                key,
-                value
-                    .rsplit_once('/')
-                    .map_or(value.as_str(), |(_, n)| n)
-                    .to_owned(),
-            )),
+            ConfigError::Duplicate { key, value } | ConfigError::UnknownService { key, value } => {
+                Some((
+                    key,
+                    value
+                        .rsplit_once('/')
+                        .map_or(value.as_str(), |(_, n)| n)
+                        .to_owned(),
+                ))
+            }
             ConfigError::UnknownNamespace { key, value }
+            | ConfigError::Invalid { key, value, .. }
             | ConfigError::UnknownNode { key, value }
             | ConfigError::BadIp { key, value, .. }
             | ConfigError::BadCidr { key, value, .. }

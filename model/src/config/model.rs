@@ -4,6 +4,7 @@
 
 use serde::Deserialize;
 
+use super::l7policy::{ConditionDoc, TargetRefDoc};
 use crate::state::Labels;
 
 #[derive(Debug, Deserialize, Default, Clone, PartialEq)]
@@ -23,6 +24,9 @@ pub(super) struct File {
     pub services: Vec<ServiceDoc>,
     #[serde(default)]
     pub policies: Vec<PolicyDoc>,
+    /// HTTPRoutes and GRPCRoutes (`config/route_doc.rs`).
+    #[serde(default)]
+    pub routes: Vec<super::route_doc::RouteDoc>,
 }
 
 #[derive(Debug, Deserialize, Clone, PartialEq)]
@@ -158,6 +162,11 @@ pub(super) struct PolicyDoc {
     pub action: ActionDoc,
     #[serde(default)]
     pub rules: Vec<RuleDoc>,
+    /// The waypoint's policies (`config/l7policy.rs`).
+    #[serde(default, rename = "targetRefs")]
+    pub target_refs: Vec<TargetRefDoc>,
+    #[serde(default, rename = "targetRef")]
+    pub target_ref: Option<TargetRefDoc>,
 }
 
 #[derive(Debug, Deserialize, Default, Clone, PartialEq)]
@@ -167,6 +176,9 @@ pub(super) struct RuleDoc {
     pub from: Vec<FromDoc>,
     #[serde(default)]
     pub to: Vec<ToDoc>,
+    /// L7 only.
+    #[serde(default)]
+    pub when: Vec<ConditionDoc>,
 }
 
 #[derive(Debug, Deserialize, Clone, PartialEq)]
@@ -190,6 +202,11 @@ pub(super) struct SourceDoc {
     pub ip_blocks: Vec<String>,
     #[serde(default)]
     pub not_ip_blocks: Vec<String>,
+    /// L7 only (as every field below).
+    #[serde(default)]
+    pub remote_ip_blocks: Vec<String>,
+    #[serde(default)]
+    pub not_remote_ip_blocks: Vec<String>,
 }
 
 #[derive(Debug, Deserialize, Clone, PartialEq)]
@@ -205,4 +222,17 @@ pub(super) struct OperationDoc {
     pub ports: Vec<PortDoc>,
     #[serde(default)]
     pub not_ports: Vec<PortDoc>,
+    /// L7 only (as every field below).
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    #[serde(default)]
+    pub not_hosts: Vec<String>,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    #[serde(default)]
+    pub not_methods: Vec<String>,
+    #[serde(default)]
+    pub paths: Vec<String>,
+    #[serde(default)]
+    pub not_paths: Vec<String>,
 }

@@ -253,9 +253,11 @@ fn syntax_errors_carry_line_and_reason() {
             "unknown variant `AUDIT`",
         ),
         (
-            "policies:\n  - name: p\n    namespace: a\n    rules:\n      - to: [{operation: {methods: [GET]}}]\n",
+            // JWT fields are not supported (L7 fields on an L4 policy are a
+            // semantic error: config::l7_tests).
+            "policies:\n  - name: p\n    namespace: a\n    rules:\n      - from: [{source: {requestPrincipals: [x]}}]\n",
             5,
-            "unknown field `methods`",
+            "unknown field `requestPrincipals`",
         ),
     ];
     for (doc, want_line, reason) in cases {

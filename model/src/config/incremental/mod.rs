@@ -31,6 +31,7 @@ use std::collections::HashMap;
 use serde::de::DeserializeOwned;
 
 use super::model::{File, NamespaceDoc, NodeDoc, PolicyDoc, ServiceDoc, WorkloadDoc};
+use super::route_doc::RouteDoc;
 use super::{parse, ConfigError};
 use crate::state::Snapshot;
 
@@ -44,6 +45,7 @@ pub struct IncrementalParser {
     workloads: Cache<WorkloadDoc>,
     services: Cache<ServiceDoc>,
     policies: Cache<PolicyDoc>,
+    routes: Cache<RouteDoc>,
     stats: ParseStats,
 }
 
@@ -108,6 +110,7 @@ impl IncrementalParser {
                     "workloads" => file.workloads = self.workloads.docs(&items, stats)?,
                     "services" => file.services = self.services.docs(&items, stats)?,
                     "policies" => file.policies = self.policies.docs(&items, stats)?,
+                    "routes" => file.routes = self.routes.docs(&items, stats)?,
                     _ => return None,
                 },
                 None => {
@@ -120,6 +123,7 @@ impl IncrementalParser {
                         "workloads" => file.workloads = one.workloads,
                         "services" => file.services = one.services,
                         "policies" => file.policies = one.policies,
+                        "routes" => file.routes = one.routes,
                         // The whole parse names the unknown key.
                         _ => return None,
                     }

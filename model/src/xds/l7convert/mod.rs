@@ -75,6 +75,29 @@ pub enum Problem {
     Unsupported(&'static str),
 }
 
+impl Problem {
+    /// The offending value, when the problem names one (to find it in a
+    /// config file).
+    pub fn value(&self) -> Option<String> {
+        match self {
+            Problem::BadPath(v)
+            | Problem::BadHeaderName(v)
+            | Problem::BadHeaderValue(v)
+            | Problem::BadMethod(v)
+            | Problem::BadHostname(v)
+            | Problem::DuplicateHeader(v)
+            | Problem::BadCidr(v)
+            | Problem::NotOneOf { value: v, .. } => Some(v.clone()),
+            Problem::OutOfRange { value, .. } => Some(value.to_string()),
+            Problem::BadRegex(e) => Some(e.source_text.clone()),
+            Problem::BadConditionKey(
+                ConditionKeyError::Unsupported(k) | ConditionKeyError::BadHeader(k),
+            ) => Some(k.clone()),
+            _ => None,
+        }
+    }
+}
+
 impl FieldError {
     pub(super) fn new(field: impl fmt::Display, problem: Problem) -> FieldError {
         FieldError {
