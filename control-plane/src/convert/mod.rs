@@ -4,6 +4,9 @@
 //! - every service → `istio.workload.Address{service}`, named
 //!   `namespace/hostname`;
 //! - every policy → `istio.security.Authorization`, named `namespace/name`;
+//! - every route → `ambient.mesh.v1.Route`, named `<kind>/<namespace>/<name>`,
+//!   and every L7 policy → `ambient.mesh.v1.L7Authorization`, named
+//!   `namespace/name` (the waypoints'; not served yet);
 //! - every STRICT namespace → a namespace-scoped DENY policy
 //!   ([`STRICT_POLICY_NAME`]) that denies callers without a principal, which
 //!   is how Istio carries a STRICT PeerAuthentication to ztunnel.
@@ -77,6 +80,22 @@ pub fn authorizations(snap: &Snapshot) -> BTreeMap<String, pb_sec::Authorization
         }
     }
     out
+}
+
+/// All `ambient.mesh.v1.Route` resources of a snapshot (the waypoints'),
+/// by resource name (`<kind>/<namespace>/<name>`).
+pub fn routes(snap: &Snapshot) -> BTreeMap<String, proto::mesh::Route> {
+    snap.routes()
+        .map(|r| (mesh_model::xds::l7convert::route_key(r), (&**r).into()))
+        .collect()
+}
+
+/// All `ambient.mesh.v1.L7Authorization` resources of a snapshot (the
+/// waypoints'), by resource name (`namespace/name`).
+pub fn l7_authorizations(snap: &Snapshot) -> BTreeMap<String, proto::mesh::L7Authorization> {
+    snap.l7_policies()
+        .map(|p| (policy_name(&p.namespace, &p.name), (&**p).into()))
+        .collect()
 }
 
 /// Workload uid → (`namespace/hostname` → ports) for every service it backs.

@@ -353,3 +353,30 @@ fn declared_port_protocols_are_sent_as_istios_enum() {
     let w = workload_of(&all["a/p"]);
     assert_eq!(w.services["a/s.a.svc.cluster.local"].ports, svc.ports);
 }
+
+#[test]
+fn routes_and_l7_policies_convert_and_round_trip() {
+    let s = snap(
+        "namespaces: [{name: shop}]\n\
+         services: [{name: reviews, namespace: shop, vip: 10.96.0.1, ports: [{port: 80}]}]\n\
+         routes:\n\
+         \x20 - kind: HTTPRoute\n\
+         \x20   metadata: {name: r, namespace: shop}\n\
+         \x20   spec: {parentRefs: [{name: reviews}], rules: [{backendRefs: [{name: reviews, port: 80, weight: 3}]}]}\n\
+         policies:\n\
+         \x20 - {name: p, namespace: shop, targetRefs: [{kind: Gateway, name: waypoint}], action: DENY,\n\
+         \x20    rules: [{to: [{operation: {methods: [POST]}}]}]}\n",
+    );
+    let r = routes(&s);
+    assert_eq!(r.keys().collect::<Vec<_>>(), ["HTTPRoute/shop/r"]);
+    let back = mesh_model::route::Route::try_from(&r["HTTPRoute/shop/r"]).unwrap();
+    assert_eq!(&back, &**s.routes().next().unwrap());
+    let p = l7_authorizations(&s);
+    assert_eq!(p.keys().collect::<Vec<_>>(), ["shop/p"]);
+    let back = mesh_model::l7policy::L7Policy::try_from(&p["shop/p"]).unwrap();
+    assert_eq!(&back, &**s.l7_policies().next().unwrap());
+    assert!(
+        authorizations(&s).is_empty(),
+        "an L7 policy is not an L4 one"
+    );
+}
