@@ -229,3 +229,39 @@ fn errors_name_the_key_and_line() {
         assert_eq!(got_line, line, "line of {want}");
     }
 }
+
+#[test]
+fn keyed_input_carries_routes_and_l7_policies() {
+    use crate::input::MeshInput;
+    let objects = parse_objects(&full()).unwrap();
+    let mut input = MeshInput::new(&objects.trust_domain);
+    let first = input
+        .replace(&objects.trust_domain, objects.objects)
+        .unwrap();
+    assert_eq!(first.snapshot.routes().count(), 2);
+    assert_eq!(first.snapshot.l7_policies().count(), 2);
+    assert_eq!(first.touched.routes.len(), 2);
+    // An edit of one route touches that route alone.
+    let edited = parse_objects(&full().replace("weight: 90", "weight: 80")).unwrap();
+    let next = input.replace(&edited.trust_domain, edited.objects).unwrap();
+    let touched: Vec<String> = next.touched.routes.iter().map(|k| k.to_string()).collect();
+    assert_eq!(touched, ["HTTPRoute/shop/reviews"]);
+    assert!(next.touched.l7_policies.is_empty() && next.touched.workloads.is_empty());
+    let weights: Vec<u32> = next
+        .snapshot
+        .routes()
+        .flat_map(|r| {
+            r.rules
+                .iter()
+                .flat_map(|x| x.backends.iter().map(|b| b.weight))
+        })
+        .collect();
+    assert!(weights.contains(&80));
+    // Removing the policies section deletes the L7 policies.
+    let without = parse_objects(&format!("{BASE}{ROUTES}")).unwrap();
+    let last = input
+        .replace(&without.trust_domain, without.objects)
+        .unwrap();
+    assert_eq!(last.snapshot.l7_policies().count(), 0);
+    assert_eq!(last.touched.l7_policies.len(), 2);
+}

@@ -34,9 +34,11 @@ mod touched;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
+use crate::l7policy::L7Policy;
+use crate::route::{Route, RouteKey};
 use crate::state::{
-    selected_policies, Namespace, Node, Policy, PolicyKey, PolicyScope, Service, Snapshot,
-    SnapshotParts, StateError, Workload, DEFAULT_TRUST_DOMAIN,
+    selected_policies, Namespace, Node, Policy, PolicyKey, PolicyScope, Service, SharedParts,
+    Snapshot, SnapshotParts, StateError, Workload, DEFAULT_TRUST_DOMAIN,
 };
 
 pub use touched::Touched;
@@ -51,6 +53,10 @@ pub enum Object {
     /// Held without its resolved `waypoint`.
     Service(Service),
     Policy(Policy),
+    /// An HTTPRoute or GRPCRoute (the waypoint's).
+    Route(Route),
+    /// An AuthorizationPolicy with `targetRefs` (the waypoint's).
+    L7Policy(L7Policy),
 }
 
 /// The objects of unindexed parts (each workload and service as given; its
@@ -63,6 +69,8 @@ pub fn objects_of(parts: SnapshotParts) -> Vec<Object> {
         workloads,
         services,
         policies,
+        routes,
+        l7_policies,
     } = parts;
     nodes
         .into_iter()
@@ -71,6 +79,8 @@ pub fn objects_of(parts: SnapshotParts) -> Vec<Object> {
         .chain(workloads.into_iter().map(Object::Workload))
         .chain(services.into_iter().map(Object::Service))
         .chain(policies.into_iter().map(Object::Policy))
+        .chain(routes.into_iter().map(Object::Route))
+        .chain(l7_policies.into_iter().map(Object::L7Policy))
         .collect()
 }
 
@@ -84,6 +94,8 @@ pub enum Key {
     /// `(namespace, name)`.
     Service(String, String),
     Policy(PolicyKey),
+    Route(RouteKey),
+    L7Policy(PolicyKey),
 }
 
 impl Object {
@@ -94,6 +106,8 @@ impl Object {
             Object::Workload(w) => Key::Workload(w.uid.clone()),
             Object::Service(s) => Key::Service(s.namespace.clone(), s.name.clone()),
             Object::Policy(p) => Key::Policy(p.key()),
+            Object::Route(r) => Key::Route(r.key()),
+            Object::L7Policy(p) => Key::L7Policy(p.key()),
         }
     }
 
@@ -141,6 +155,8 @@ pub struct MeshInput {
     workloads: BTreeMap<String, Workload>,
     services: BTreeMap<(String, String), Service>,
     policies: BTreeMap<PolicyKey, Policy>,
+    routes: BTreeMap<RouteKey, Arc<Route>>,
+    l7_policies: BTreeMap<PolicyKey, Arc<L7Policy>>,
     /// Workload uids per namespace.
     workloads_in: HashMap<String, BTreeSet<String>>,
     /// Service names per namespace.
@@ -165,6 +181,8 @@ impl MeshInput {
             workloads: BTreeMap::new(),
             services: BTreeMap::new(),
             policies: BTreeMap::new(),
+            routes: BTreeMap::new(),
+            l7_policies: BTreeMap::new(),
             workloads_in: HashMap::new(),
             services_in: HashMap::new(),
             waypoint_users: HashMap::new(),
@@ -194,11 +212,18 @@ impl MeshInput {
         let workloads = self.workloads.values().cloned().map(Object::Workload);
         let services = self.services.values().cloned().map(Object::Service);
         let policies = self.policies.values().cloned().map(Object::Policy);
+        let routes = self.routes.values().map(|r| Object::Route((**r).clone()));
+        let l7 = self
+            .l7_policies
+            .values()
+            .map(|p| Object::L7Policy((**p).clone()));
         nodes
             .chain(namespaces)
             .chain(workloads)
             .chain(services)
             .chain(policies)
+            .chain(routes)
+            .chain(l7)
     }
 
     /// Applies `changes` in order and builds the next snapshot. When the
@@ -289,11 +314,15 @@ impl MeshInput {
             .keys()
             .map(|(ns, n)| Key::Service(ns.clone(), n.clone()));
         let policies = self.policies.keys().cloned().map(Key::Policy);
+        let routes = self.routes.keys().cloned().map(Key::Route);
+        let l7 = self.l7_policies.keys().cloned().map(Key::L7Policy);
         nodes
             .chain(namespaces)
             .chain(workloads)
             .chain(services)
             .chain(policies)
+            .chain(routes)
+            .chain(l7)
     }
 
     /// The object with `key`, as held.
@@ -308,6 +337,11 @@ impl MeshInput {
                 .cloned()
                 .map(Object::Service),
             Key::Policy(k) => self.policies.get(k).cloned().map(Object::Policy),
+            Key::Route(k) => self.routes.get(k).map(|r| Object::Route((**r).clone())),
+            Key::L7Policy(k) => self
+                .l7_policies
+                .get(k)
+                .map(|p| Object::L7Policy((**p).clone())),
         }
     }
 
@@ -341,6 +375,12 @@ impl MeshInput {
             }
             Object::Policy(p) => {
                 self.policies.insert(p.key(), p);
+            }
+            Object::Route(r) => {
+                self.routes.insert(r.key(), Arc::new(r));
+            }
+            Object::L7Policy(p) => {
+                self.l7_policies.insert(p.key(), Arc::new(p));
             }
         }
         previous
@@ -383,6 +423,14 @@ impl MeshInput {
                 Some(Object::Service(s))
             }
             Key::Policy(k) => self.policies.remove(k).map(Object::Policy),
+            Key::Route(k) => self
+                .routes
+                .remove(k)
+                .map(|r| Object::Route(Arc::unwrap_or_clone(r))),
+            Key::L7Policy(k) => self
+                .l7_policies
+                .remove(k)
+                .map(|p| Object::L7Policy(Arc::unwrap_or_clone(p))),
         }
     }
 
@@ -395,16 +443,18 @@ impl MeshInput {
             .map(|w| {
                 let mut w = w.clone();
                 w.authorization_policies = selected_policies(&policies, &w);
-                w
+                Arc::new(w)
             })
             .collect();
-        Snapshot::build(SnapshotParts {
+        Snapshot::build_shared(SharedParts {
             trust_domain: self.trust_domain.clone(),
             nodes: self.nodes.values().cloned().collect(),
             namespaces: self.namespaces.values().cloned().collect(),
             workloads,
             services: self.services.values().cloned().collect(),
             policies,
+            routes: self.routes.values().cloned().collect(),
+            l7_policies: self.l7_policies.values().cloned().collect(),
         })
     }
 

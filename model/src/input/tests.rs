@@ -46,6 +46,7 @@ fn svc(ns: &str, name: &str, vip: &str, selector: &[(&str, &str)]) -> Service {
         ports: vec![ServicePort {
             port: 80,
             target_port: 8080,
+            app_protocol: None,
         }],
         selector: labels(selector),
         endpoint_uids: Vec::new(),

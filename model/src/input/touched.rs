@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 
 use super::{Key, MeshInput, Object};
+use crate::route::RouteKey;
 use crate::state::{
     labels_match, Labels, PolicyKey, USE_WAYPOINT_LABEL, USE_WAYPOINT_NAMESPACE_LABEL,
     USE_WAYPOINT_NONE,
@@ -21,6 +22,9 @@ pub struct Touched {
     /// `(namespace, name)`.
     pub services: BTreeSet<(String, String)>,
     pub policies: BTreeSet<PolicyKey>,
+    /// Routes and L7 policies reach only themselves.
+    pub routes: BTreeSet<RouteKey>,
+    pub l7_policies: BTreeSet<PolicyKey>,
 }
 
 impl Touched {
@@ -30,6 +34,8 @@ impl Touched {
             && self.workloads.is_empty()
             && self.services.is_empty()
             && self.policies.is_empty()
+            && self.routes.is_empty()
+            && self.l7_policies.is_empty()
     }
 
     /// Every key of both inputs (a change of trust domain).
@@ -41,6 +47,8 @@ impl Touched {
             t.workloads.extend(input.workloads.keys().cloned());
             t.services.extend(input.services.keys().cloned());
             t.policies.extend(input.policies.keys().cloned());
+            t.routes.extend(input.routes.keys().cloned());
+            t.l7_policies.extend(input.l7_policies.keys().cloned());
         }
         t
     }
@@ -52,6 +60,8 @@ impl Touched {
         self.workloads.extend(other.workloads);
         self.services.extend(other.services);
         self.policies.extend(other.policies);
+        self.routes.extend(other.routes);
+        self.l7_policies.extend(other.l7_policies);
     }
 }
 
@@ -62,7 +72,9 @@ pub(super) fn waypoint_named(o: &Object) -> Option<(String, String)> {
         Object::Namespace(n) => (&n.labels, &n.name),
         Object::Workload(w) => (&w.labels, &w.namespace),
         Object::Service(s) => (&s.labels, &s.namespace),
-        Object::Node(_) | Object::Policy(_) => return None,
+        Object::Node(_) | Object::Policy(_) | Object::Route(_) | Object::L7Policy(_) => {
+            return None
+        }
     };
     let name = labels.get(USE_WAYPOINT_LABEL)?;
     if name == USE_WAYPOINT_NONE {
@@ -118,6 +130,12 @@ impl MeshInput {
                     }
                 }
             }
+            Key::Route(k) => {
+                t.routes.insert(k.clone());
+            }
+            Key::L7Policy(k) => {
+                t.l7_policies.insert(k.clone());
+            }
             Key::Policy(k) => {
                 t.policies.insert(k.clone());
                 // A selector policy reaches every workload of its namespace
@@ -154,7 +172,7 @@ impl MeshInput {
                     t.services.insert((ns.clone(), n.clone()));
                 }
                 Key::Namespace(n) => self.touch_namespace_members(n, t),
-                Key::Node(_) | Key::Policy(_) => {}
+                Key::Node(_) | Key::Policy(_) | Key::Route(_) | Key::L7Policy(_) => {}
             }
         }
     }
