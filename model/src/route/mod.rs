@@ -22,8 +22,10 @@
 //! # The waypoint's API
 //!
 //! ```ignore
-//! // State (crate::state::Snapshot):
+//! // State (crate::state::Snapshot; fed by config::parse / input::MeshInput or
+//! // xds::store::XdsStore, which holds ROUTE_TYPE_URL and L7_AUTHORIZATION_TYPE_URL):
 //! snap.service_by_vip(ip) -> Option<&Arc<Service>>
+//! svc.ports[i].app_protocol -> Option<AppProtocol>                 // None: undeclared, detect
 //! snap.routes_for(&svc, port) -> impl Iterator<Item = &Route>      // parentRefs with that port or none
 //! snap.l7_policies_for(gw_namespace, gw_name, Some(&svc)) -> impl Iterator<Item = &L7Policy> + Clone
 //!

@@ -15,6 +15,7 @@
 mod authz;
 mod route;
 mod route_out;
+mod route_policies;
 #[cfg(test)]
 mod tests;
 
