@@ -53,7 +53,7 @@
 //!     where I: IntoIterator<Item = &'a L7Policy>, I::IntoIter: Clone
 //! ```
 //!
-//! Precedence among rules is the Gateway API's ([`select`] has the list).
+//! Precedence among rules is the Gateway API's ([`select_route`] has the list).
 //! Conversions from the config file and from xDS fill in the API's
 //! defaults, so a rule always has at least one match (`PathPrefix /` for
 //! HTTP, "any method" for gRPC) and each backend its weight.

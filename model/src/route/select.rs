@@ -158,7 +158,12 @@ fn precedes(a: &Candidate<'_>, b: &Candidate<'_>) -> bool {
 }
 
 /// The rule `req` takes among `routes` (those attached to the Service and
-/// port it was addressed to).
+/// port it was addressed to), with the Gateway API's precedence: an
+/// `Exact` path, then the longest `PathPrefix`, then a regular expression;
+/// then a method match, the most header matches, the most query-parameter
+/// matches; then the oldest route, then `namespace/name`; then rule order.
+/// GRPCRoute rules (for gRPC calls) go first by service, method and
+/// header matches.
 pub fn select_route<'a>(
     routes: impl IntoIterator<Item = &'a Route>,
     req: &RequestView<'_>,

@@ -211,7 +211,7 @@ impl XdsStore {
     /// Applies one delta response for `type_url`.
     ///
     /// Takes the resources by value: their names and versions move into
-    /// the store instead of being copied (see [`convert::workload`]).
+    /// the store instead of being copied (see [`super::convert::workload`]).
     pub fn apply_owned(
         &mut self,
         type_url: &str,
