@@ -109,3 +109,30 @@ pub async fn echo_through(
         .await
         .map_err(|_| io::Error::other("round trip timed out"))?
 }
+
+/// How soon a connection that fails closed must be refused: a correctness
+/// bound (a reset answers the SYN), not a speed test. Without the
+/// fail-closed rule the SYN goes unanswered until the client gives up.
+pub const REFUSAL_BOUND: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Connects from `from` to `dst` and expects a reset answering the SYN
+/// within [`REFUSAL_BOUND`]; panics naming `what` otherwise.
+pub async fn assert_refused_at_once(from: &Netns, dst: SocketAddr, what: &str) {
+    match tokio::time::timeout(REFUSAL_BOUND, from.connect(dst)).await {
+        Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {}
+        Ok(Err(e)) => panic!("{what}: expected a reset, got {e}"),
+        Ok(Ok(_)) => panic!("{what}: connected with no ztunnel listening"),
+        Err(_) => panic!("{what}: no answer within {REFUSAL_BOUND:?} (the SYN went unanswered)"),
+    }
+}
+
+/// Asserts `listener` accepts nothing for 300 ms (a host service that
+/// captured traffic must never reach).
+pub async fn assert_never_accepts(listener: &TcpListener, what: &str) {
+    let stray =
+        tokio::time::timeout(std::time::Duration::from_millis(300), listener.accept()).await;
+    assert!(
+        stray.is_err(),
+        "{what}: accepted a connection that had to be refused"
+    );
+}

@@ -5,7 +5,10 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use mesh_tests::echo::{echo_through, payload, round_trip, App};
+use mesh_tests::echo::{
+    assert_never_accepts, assert_refused_at_once, echo_through, payload, round_trip, App,
+    REFUSAL_BOUND,
+};
 use mesh_tests::mesh::wait_until;
 use mesh_tests::mesh::{assert_hbone_on_the_wire, metric_value, LinkCapture, Mesh};
 use mesh_tests::rules::{assert_installed_once, assert_nothing_left, pod_set};
@@ -524,8 +527,26 @@ async fn killed_mid_stream_then_restarted_works_without_duplicates() {
     live.read_exact(&mut buf).await.unwrap();
 
     mesh.kill(1);
-    // A crash leaves the rules: capture must not silently open up.
-    assert_installed_once(&topo.node(1).ns);
+    // A crash leaves the rules: capture must not silently open up, and it
+    // fails closed at once: the open connection is reset, a new one is
+    // refused, and neither reaches a host service on the same port.
+    let node1 = &topo.node(1).ns;
+    assert_installed_once(node1);
+    let host = node1
+        .listen(SocketAddr::from(([0, 0, 0, 0], 8080)))
+        .unwrap();
+    let cut = tokio::time::timeout(REFUSAL_BOUND, async {
+        let _ = live.write_all(b"after the crash").await;
+        live.read(&mut [0u8; 16]).await
+    })
+    .await;
+    assert!(
+        matches!(cut, Ok(Err(_)) | Ok(Ok(0))),
+        "the connection through the dead ztunnel must end at once: {cut:?}"
+    );
+    assert_refused_at_once(&client.ns, to, "new connection, ztunnel dead").await;
+    assert_never_accepts(&host, "node1's host listener on :8080").await;
+    drop(host);
     mesh.start(1);
     assert_installed_once(&topo.node(1).ns);
     for i in 0..5 {
@@ -535,7 +556,6 @@ async fn killed_mid_stream_then_restarted_works_without_duplicates() {
             b"again"
         );
     }
-    drop(live);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

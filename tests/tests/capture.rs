@@ -6,7 +6,9 @@ use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use mesh_tests::echo::{payload, round_trip, spawn_echo};
+use mesh_tests::echo::{
+    assert_never_accepts, assert_refused_at_once, payload, round_trip, spawn_echo,
+};
 use mesh_tests::rules::{assert_nothing_left, ip_rule_count};
 use mesh_tests::{require_root, Netns, Topology};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -240,4 +242,48 @@ async fn replies_to_spoofed_ztunnel_sockets_come_back_via_ct_mark() {
     let back = round_trip(stream, &data).await.unwrap();
     assert!(back == data, "echo through spoofed socket differs");
     echo_b.abort();
+}
+
+#[tokio::test]
+async fn captured_traffic_without_a_ztunnel_socket_is_reset_never_delivered_to_the_host() {
+    if !require_root() {
+        return;
+    }
+    let topo = topology();
+    let (n1, n2, a, b) = (
+        &topo.node(1).ns,
+        &topo.node(2).ns,
+        topo.pod("a"),
+        topo.pod("b"),
+    );
+    // The rules as a crashed ztunnel leaves them: installed, nobody listening.
+    let _c1 = install(n1, &[a.ip]);
+    let _c2 = install(n2, &[b.ip]);
+    let host1 = n1.listen(SocketAddr::from(([0, 0, 0, 0], 8080))).unwrap();
+    let host2 = n2.listen(SocketAddr::from(([0, 0, 0, 0], 8080))).unwrap();
+    let host2_hbone = n2
+        .listen(SocketAddr::from(([0, 0, 0, 0], rules::HBONE_PORT)))
+        .unwrap();
+    let app_b = b.ns.listen(SocketAddr::from((b.ip, 8080))).unwrap();
+
+    // Outbound from a captured pod (at node 1); inbound plaintext and HBONE
+    // to one (at node 2, from node 1 itself, which nothing captures).
+    let (to_b, to_b_hbone) = (
+        SocketAddr::from((b.ip, 8080)),
+        SocketAddr::from((b.ip, rules::HBONE_PORT)),
+    );
+    assert_refused_at_once(&a.ns, to_b, "outbound").await;
+    assert_refused_at_once(n1, to_b, "inbound plaintext").await;
+    assert_refused_at_once(n1, to_b_hbone, "inbound HBONE").await;
+    assert_never_accepts(&host1, "node1 :8080").await;
+    assert_never_accepts(&host2, "node2 :8080").await;
+    assert_never_accepts(&host2_hbone, "node2 :15008").await;
+    assert_never_accepts(&app_b, "pod b's app (bypass)").await;
+
+    // Once a transparent listener exists, the same traffic is captured.
+    let outbound = listener(n1, rules::OUTBOUND_PORT);
+    let dst = SocketAddr::from((b.ip, 8080));
+    let client = a.ns.connect(dst).await.expect("captured connect");
+    let (orig, peer, _server) = accept(&outbound).await;
+    assert_eq!((orig, peer), (dst, client.local_addr().unwrap()));
 }

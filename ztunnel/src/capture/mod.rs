@@ -2,6 +2,8 @@
 //! a pod's own namespace ([`sidecar`]).
 //!
 //! - [`rules`]: the pure nftables ruleset for table `inet ambient`;
+//! - [`fail_closed`]: its `input` chain, which resets captured traffic that
+//!   finds no ztunnel socket (a crash, or between two processes);
 //! - [`Capture`]: applies it (`nft -f -`), plus the `ip rule` and the local
 //!   route that deliver marked packets to ztunnel, and removes them again;
 //! - [`transparent_listener`] and [`orig_dst`]: the sockets that receive
@@ -10,6 +12,7 @@
 //! Everything acts on the network namespace of the calling thread (the node's,
 //! since ztunnel runs with hostNetwork).
 
+pub mod fail_closed;
 mod listener;
 pub mod rules;
 pub mod sidecar;
@@ -73,7 +76,7 @@ impl Capture {
 
     /// Atomically replaces the ruleset so exactly `pods` are captured.
     pub fn update(&mut self, pods: &BTreeSet<Ipv4Addr>) -> Result<(), CaptureError> {
-        apply_nft(&render_ruleset(pods), "replace table inet ambient")?;
+        apply_nft(&render_script(pods), "replace table inet ambient")?;
         self.pods = pods.clone();
         Ok(())
     }
@@ -102,6 +105,14 @@ impl Capture {
             other => other.map(drop),
         }
     }
+}
+
+/// The whole `nft -f -` script for `pods`: the table with its capture
+/// rules, then the fail-closed chain, in one transaction.
+pub fn render_script(pods: &BTreeSet<Ipv4Addr>) -> String {
+    let mut script = render_ruleset(pods);
+    script.push_str(&fail_closed::render_fail_closed());
+    script
 }
 
 /// `ip route <verb> local 0.0.0.0/0 dev lo table 100`.
