@@ -22,6 +22,7 @@ pub mod process;
 pub mod relay;
 pub mod rules;
 pub mod sidecar;
+pub mod wire;
 
 pub use command::{run, run_in, ChildGuard};
 pub use error::HarnessError;

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use crate::command::ChildGuard;
 use crate::netns::Netns;
 use crate::topology::Topology;
+pub use crate::wire::{assert_hbone_on_the_wire, LinkCapture};
 
 /// How long a ztunnel may take to become ready.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -237,22 +238,34 @@ impl Mesh {
 
     /// Starts ztunnel on node `node` (1-based) and waits until it is ready.
     pub fn start(&mut self, node: usize) {
+        self.start_with_args(node, &[]);
+    }
+
+    /// Starts ztunnel on `node` with `extra` flags after the harness's own
+    /// and waits until it is ready.
+    pub fn start_with_args(&mut self, node: usize, extra: &[&str]) {
         let ca_dir = self.ca_dir.clone();
-        self.start_with_ca(node, &ca_dir);
+        self.spawn(node, &ca_dir, extra);
+        self.wait_ready(node);
     }
 
     /// Starts ztunnel on `node` with its own CA in `ca_dir`: a proxy whose
     /// certificates the rest of the mesh must not trust.
     pub fn start_with_ca(&mut self, node: usize, ca_dir: &Path) {
+        self.spawn(node, ca_dir, &[]);
+        self.wait_ready(node);
+    }
+
+    /// Spawns ztunnel on `node` (replacing the handle the harness holds).
+    fn spawn(&mut self, node: usize, ca_dir: &Path, extra: &[&str]) {
         let ns = self.nodes[node - 1].clone();
-        let node_name = format!("node{node}");
-        let mut args = vec!["--node".to_owned(), node_name];
+        let mut args = vec!["--node".to_owned(), format!("node{node}")];
         args.extend(self.source_args(node, ca_dir));
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
         let argv = ztunnel_argv(&self.stderr_path(node), &self.access_log_path(node), &args);
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         let child = ns.spawn(&argv).expect("spawn ztunnel");
         self.ztunnels[node - 1] = Some(child);
-        self.wait_ready(node);
     }
 
     /// Starts every node's ztunnel.
@@ -279,20 +292,25 @@ impl Mesh {
         terminate_proxy(child, &format!("ztunnel on node{node}"))
     }
 
-    /// SIGTERMs every node's ztunnel, checks each exited cleanly and
-    /// removed its capture table.
+    /// SIGTERMs every node's ztunnel and checks each exited cleanly and kept
+    /// its capture (a restart must never open the node); then removes it with
+    /// `ztunnel uninstall` and checks nothing is left.
     pub fn terminate_all(&mut self) {
         for node in 1..=self.nodes.len() {
             let status = self.terminate(node);
             assert!(status.success(), "ztunnel node{node} exited with {status}");
-            let tables = self.nodes[node - 1]
-                .exec("nft list tables")
-                .unwrap_or_default();
-            assert!(
-                !tables.contains("ambient"),
-                "node{node} kept a capture table after SIGTERM: {tables}"
-            );
+            crate::rules::assert_installed_once(&self.nodes[node - 1]);
+            self.uninstall(node);
+            crate::rules::assert_nothing_left(&self.nodes[node - 1]);
         }
+    }
+
+    /// Runs `ztunnel uninstall` in the node's namespace; panics if it fails.
+    pub fn uninstall(&self, node: usize) -> String {
+        let bin = ztunnel_bin();
+        self.nodes[node - 1]
+            .exec(&format!("'{}' uninstall", bin.display()))
+            .unwrap_or_else(|e| panic!("ztunnel uninstall on node{node}: {e}"))
     }
 
     /// Sends `sig` to the node's ztunnel without waiting.
@@ -520,73 +538,6 @@ pub fn http_get_on<S: Read + Write>(mut s: S, path: &str) -> std::io::Result<(u1
         .unwrap_or(0);
     let body = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
     Ok((status, body.to_owned()))
-}
-
-/// tcpdump on a node's link to the other nodes (`peer0`), writing every
-/// TCP packet to a pcap file in the temp dir (removed when dropped).
-pub struct LinkCapture {
-    dump: ChildGuard,
-    file: PathBuf,
-}
-
-impl LinkCapture {
-    /// Starts the capture in `node` and returns once tcpdump is attached.
-    pub fn start(node: &Netns, name: &str) -> LinkCapture {
-        let file = std::env::temp_dir().join(format!("{name}.pcap"));
-        let dump = node
-            .spawn(&[
-                "tcpdump",
-                "-i",
-                "peer0",
-                "-U",
-                "--immediate-mode",
-                "-s",
-                "0",
-                "-w",
-                file.to_str().expect("utf-8 path"),
-                "tcp",
-            ])
-            .expect("start tcpdump (is it installed? ./scripts/install-deps)");
-        // tcpdump writes the pcap header once it is attached to the link.
-        wait_until("tcpdump attached", || {
-            std::fs::metadata(&file).is_ok_and(|m| m.len() >= 24)
-        });
-        std::thread::sleep(Duration::from_millis(100));
-        LinkCapture { dump, file }
-    }
-
-    /// Lets the last packets arrive, stops tcpdump (SIGINT, so it flushes)
-    /// and returns the pcap's bytes.
-    pub fn finish(mut self) -> Vec<u8> {
-        std::thread::sleep(Duration::from_millis(300));
-        let _ = self.dump.signal(nix::sys::signal::Signal::SIGINT);
-        self.dump.wait_exit(Duration::from_secs(5));
-        std::fs::read(&self.file).expect("read pcap")
-    }
-}
-
-impl Drop for LinkCapture {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.file);
-    }
-}
-
-/// Asserts that a link capture saw more than `min_len` bytes, never
-/// `needle` (the payload) in cleartext, and HBONE traffic (port 15008).
-pub fn assert_hbone_on_the_wire(captured: &[u8], min_len: usize, needle: &[u8]) {
-    assert!(
-        captured.len() > min_len,
-        "capture too small ({} bytes): tcpdump saw no traffic",
-        captured.len()
-    );
-    assert!(
-        !captured.windows(needle.len()).any(|w| w == needle),
-        "payload visible in cleartext on the node link"
-    );
-    assert!(
-        captured.windows(2).any(|w| w == 15008u16.to_be_bytes()),
-        "no HBONE (15008) traffic on the link"
-    );
 }
 
 /// Polls `cond` every 20 ms for up to 5 s; panics naming `what` if it never

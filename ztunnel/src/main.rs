@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use mesh_model::state::WorkloadName;
 use ztunnel::app::{self, AccessLogTarget, Config, ConfigSource, Listeners, Mode, XdsSource};
 
@@ -19,7 +19,32 @@ use ztunnel::app::{self, AccessLogTarget, Config, ConfigSource, Listeners, Mode,
 /// it over HBONE (mutual TLS 1.3 + HTTP/2 CONNECT). With `--mode sidecar`,
 /// one proxy per pod inside the pod's network namespace (nat REDIRECT).
 #[derive(Debug, Parser)]
-#[command(name = "ztunnel", version)]
+#[command(
+    name = "ztunnel",
+    version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: Option<Args>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Remove node capture from the current network namespace (the
+    /// `inet ambient` nft table, the `fwmark 0x400/0xfff lookup 100` ip rule
+    /// and the local route in table 100), then exit. ztunnel keeps them
+    /// across SIGTERM so a restart or an upgrade never opens the node: run
+    /// this on a node ztunnel is being removed from, not upgraded.
+    /// Idempotent.
+    Uninstall,
+}
+
+/// Serving flags (no subcommand).
+#[derive(Debug, clap::Args)]
 struct Args {
     /// This node's name, as it appears in the config's node list.
     #[arg(long, env = "NODE_NAME")]
@@ -77,6 +102,14 @@ struct Args {
     /// Access log: `-` for stdout, `off`, or a file path (appended).
     #[arg(long, default_value = "-")]
     access_log: String,
+    /// Remove node capture at SIGTERM, as `ztunnel uninstall` does. Off by
+    /// default: the rules stay across a restart or an upgrade, and captured
+    /// traffic is refused (fails closed) until a ztunnel serves again. Set
+    /// it when ztunnel is being removed from the node: in Kubernetes, when
+    /// its DaemonSet is being deleted (it carries a deletionTimestamp), which
+    /// a rollout never does; Istio's CNI node agent decides the same way.
+    #[arg(long, env = "ZTUNNEL_UNINSTALL_ON_EXIT")]
+    uninstall_on_exit: bool,
     /// How long SIGTERM waits for open connections, e.g. 5s.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     drain_timeout: Duration,
@@ -126,7 +159,12 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let args = Args::parse();
+    let cli = Cli::parse();
+    let args = match (cli.command, cli.run) {
+        (Some(Command::Uninstall), _) => return uninstall(),
+        (None, Some(args)) => args,
+        (None, None) => unreachable!("clap requires --node without a subcommand"),
+    };
     app::raise_fd_limit();
     if args.init_ca {
         let Some(ca_dir) = &args.ca_dir else {
@@ -182,12 +220,24 @@ fn main() -> ExitCode {
             readiness: args.readiness_addr,
         },
         access_log,
+        uninstall_on_exit: args.uninstall_on_exit,
         drain_timeout: args.drain_timeout,
         poll_interval: args.poll_interval,
         node_ip: args.node_ip,
     };
     match app::run(config) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) => report(&e),
+    }
+}
+
+/// `ztunnel uninstall`: removes node capture from this network namespace.
+fn uninstall() -> ExitCode {
+    match ztunnel::capture::Capture::remove() {
+        Ok(()) => {
+            println!("capture removed: table inet ambient, ip rule, local route");
+            ExitCode::SUCCESS
+        }
         Err(e) => report(&e),
     }
 }
@@ -214,7 +264,7 @@ mod tests {
         let parse = |args: &[&str]| {
             let mut argv = vec!["ztunnel", "--node", "n1"];
             argv.extend_from_slice(args);
-            Args::try_parse_from(argv)
+            Cli::try_parse_from(argv)
         };
         assert!(parse(&["--config-file", "c.yaml", "--ca-dir", "ca"]).is_ok());
         assert!(parse(&[
@@ -262,7 +312,7 @@ mod tests {
                 "ca",
             ];
             argv.extend_from_slice(args);
-            Args::try_parse_from(argv)
+            Cli::try_parse_from(argv).map(|c| c.run.expect("serving flags"))
         };
         let node = parse(&[]).unwrap();
         assert_eq!(node.mode, ModeArg::Node);
@@ -275,6 +325,39 @@ mod tests {
             "<namespace>/<name>"
         );
         assert!(parse(&["--mode", "pod"]).is_err());
+    }
+
+    #[test]
+    fn uninstall_is_a_subcommand_without_serving_flags() {
+        let cli = Cli::try_parse_from(["ztunnel", "uninstall"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Uninstall)));
+        assert!(cli.run.is_none());
+        assert!(
+            Cli::try_parse_from(["ztunnel", "--node", "n1", "uninstall"]).is_err(),
+            "serving flags and a subcommand conflict"
+        );
+        let serve = |extra: &[&str]| {
+            let mut argv = vec![
+                "ztunnel",
+                "--node",
+                "n1",
+                "--config-file",
+                "c",
+                "--ca-dir",
+                "ca",
+            ];
+            argv.extend_from_slice(extra);
+            Cli::try_parse_from(argv).unwrap().run.unwrap()
+        };
+        assert!(
+            !serve(&[]).uninstall_on_exit,
+            "SIGTERM keeps the rules by default"
+        );
+        assert!(serve(&["--uninstall-on-exit"]).uninstall_on_exit);
+        assert!(
+            Cli::try_parse_from(["ztunnel"]).is_err(),
+            "--node is required"
+        );
     }
 
     #[test]

@@ -9,7 +9,10 @@
 //! ztunnels saw (access logs and metrics) and what the wire between the nodes
 //! carried (tcpdump). Then it removes the DENY policy from the control
 //! plane's config file and shows the change reach the ztunnels over xDS.
-//! Everything is torn down at the end, on Ctrl-C and on panic.
+//! Last it stops the ztunnels: SIGTERM keeps each node's capture, so traffic
+//! is refused (fails closed) until a ztunnel serves again, and `ztunnel
+//! uninstall` removes the rules. Everything is torn down at the end, on
+//! Ctrl-C and on panic.
 //!
 //! Run as root: `ZTUNNEL_BIN=target/release/ztunnel target/release/demo`
 //! (or `./scripts/demo`, which installs, builds and runs).
@@ -22,7 +25,7 @@ use std::time::{Duration, Instant};
 use mesh_tests::mesh::{
     metric_sum, ztunnel_bin, Mesh, CONTROL_PLANE_ADDR, CONTROL_PLANE_METRICS_ADDR,
 };
-use mesh_tests::process;
+use mesh_tests::{process, rules};
 use mesh_tests::{require_root, ChildGuard, Netns, Topology};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -157,6 +160,34 @@ async fn demo(bin: &Path) {
     print_metrics(&mesh);
     print_wire(&wire, secret.len());
     print_control_plane(&mesh);
+    shutdown(&topo, &mut mesh, ledger).await;
+}
+
+/// SIGTERMs both ztunnels (each keeps its node's capture), shows a
+/// connection refused at once while none runs, then `ztunnel uninstall`.
+async fn shutdown(topo: &Topology, mesh: &mut Mesh, ledger: SocketAddr) {
+    println!("\n== Shutdown (SIGTERM drains and keeps the capture rules: a restart or an upgrade never opens the node)");
+    for node in 1..=2 {
+        let status = mesh.terminate(node);
+        assert!(status.success(), "ztunnel node{node} exited with {status}");
+        rules::assert_installed_once(&topo.node(node).ns);
+        println!(
+            "  node{node}: ztunnel exited on SIGTERM; table inet ambient and its ip rule stay"
+        );
+    }
+    send(
+        topo,
+        "frontend",
+        ledger,
+        b"hi",
+        "no ztunnel running: fails closed",
+    )
+    .await;
+    for node in 1..=2 {
+        mesh.uninstall(node);
+        rules::assert_nothing_left(&topo.node(node).ns);
+        println!("  node{node}: `ztunnel uninstall` removed the table, the ip rule and the route");
+    }
 }
 
 /// The name of the DENY policy the demo removes live.

@@ -1,5 +1,6 @@
 //! The ztunnel process: loads config and the CA, installs capture, serves
-//! the data path, and drains on SIGTERM.
+//! the data path, and drains on SIGTERM (keeping node capture in place:
+//! see [`Config::uninstall_on_exit`]).
 //!
 //! Two runtimes, so neither side can starve the other (STYLE rule 7): the
 //! data path runs on a multi-thread runtime; admin endpoints, the config
@@ -138,6 +139,11 @@ pub struct Config {
     pub capture: bool,
     pub listeners: Listeners,
     pub access_log: AccessLogTarget,
+    /// Node mode: remove capture at exit, as `ztunnel uninstall` does.
+    /// Without it the rules stay across SIGTERM (a restart or an upgrade
+    /// must never open the node) and captured traffic fails closed until a
+    /// ztunnel serves again. Sidecar mode always removes its pod's rules.
+    pub uninstall_on_exit: bool,
     pub drain_timeout: Duration,
     pub poll_interval: Duration,
     /// The node's IPv4 address, whence kubelet probes come: a sidecar
@@ -295,8 +301,9 @@ async fn serve(run: Run, snap: Arc<Snapshot>) -> Result<(), AppError> {
             None
         }
     };
+    let uninstall = captures && (sidecar_mode || cfg.uninstall_on_exit);
     let result = serve_captured(run, snap, capture.clone()).await;
-    if captures {
+    if uninstall {
         let remove = if sidecar_mode {
             sidecar::remove
         } else {
@@ -307,6 +314,8 @@ async fn serve(run: Run, snap: Arc<Snapshot>) -> Result<(), AppError> {
             Ok(Err(e)) => tracing::error!(error = %e, "removing capture rules failed"),
             Err(e) => tracing::error!(error = %e, "capture removal task failed"),
         }
+    } else if captures {
+        tracing::info!("capture rules kept: captured traffic is refused until a ztunnel serves again (`ztunnel uninstall` removes them)");
     }
     result
 }

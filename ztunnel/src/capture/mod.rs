@@ -54,8 +54,10 @@ pub enum CaptureError {
 
 /// Installed capture in the current network namespace: table `inet ambient`,
 /// `ip rule fwmark 0x400/0xfff lookup 100` and `local 0.0.0.0/0 dev lo table
-/// 100`. Dropping it leaves the rules in place (a restarting ztunnel should not
-/// open a gap); call [`Capture::remove`] on shutdown or uninstall.
+/// 100`. Dropping it leaves the rules in place: a restarting or upgraded
+/// ztunnel must not open a gap, and while none serves, captured traffic is
+/// reset ([`fail_closed`]). [`Capture::remove`] is for uninstalling
+/// (`ztunnel uninstall`, `--uninstall-on-exit`).
 #[derive(Debug)]
 pub struct Capture {
     pods: BTreeSet<Ipv4Addr>,
