@@ -56,6 +56,10 @@ pub fn control_plane_bin() -> PathBuf {
     bin
 }
 
+/// What a ztunnel logs once it accepts on listeners taken over from the
+/// running one.
+pub const TOOK_OVER: &str = "took over the listeners";
+
 /// Where the control plane listens in xDS mode (inside node 1's namespace).
 pub const CONTROL_PLANE_ADDR: &str = "10.0.0.1:15012";
 /// The control plane's `/metrics` and `/healthz/ready` (node 1's namespace).
@@ -68,6 +72,9 @@ pub struct Mesh {
     ca_dir: PathBuf,
     nodes: Vec<Netns>,
     ztunnels: Vec<Option<ChildGuard>>,
+    /// Each node's last CA dir and extra flags, so an upgrade starts the new
+    /// process exactly as the old one.
+    launched: Vec<Option<(PathBuf, Vec<String>)>>,
     /// With a control plane, ztunnels use xDS instead of the file.
     control_plane: Option<ChildGuard>,
     xds: bool,
@@ -90,6 +97,7 @@ impl Mesh {
             config: dir.join("config.yaml"),
             ca_dir,
             ztunnels: nodes.iter().map(|_| None).collect(),
+            launched: nodes.iter().map(|_| None).collect(),
             nodes,
             dir,
             control_plane: None,
@@ -256,16 +264,62 @@ impl Mesh {
         self.wait_ready(node);
     }
 
-    /// Spawns ztunnel on `node` (replacing the handle the harness holds).
+    /// Spawns ztunnel on `node` (replacing the handle the harness holds),
+    /// with the node's own state dir (its handoff socket).
     fn spawn(&mut self, node: usize, ca_dir: &Path, extra: &[&str]) {
         let ns = self.nodes[node - 1].clone();
+        let extra: Vec<String> = extra.iter().map(|a| (*a).to_owned()).collect();
+        self.launched[node - 1] = Some((ca_dir.to_owned(), extra.clone()));
         let mut args = vec!["--node".to_owned(), format!("node{node}")];
         args.extend(self.source_args(node, ca_dir));
-        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        args.push("--state-dir".into());
+        args.push(self.state_dir(node).to_str().expect("utf-8 path").into());
+        args.extend(extra);
         let argv = ztunnel_argv(&self.stderr_path(node), &self.access_log_path(node), &args);
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         let child = ns.spawn(&argv).expect("spawn ztunnel");
         self.ztunnels[node - 1] = Some(child);
+    }
+
+    /// The node's `--state-dir`.
+    pub fn state_dir(&self, node: usize) -> PathBuf {
+        self.dir.join(format!("state-node{node}"))
+    }
+
+    /// Starts a second ztunnel on `node` with the old one's flags while the
+    /// old one runs, and waits until the new one has taken the listeners
+    /// over (it logs so). Returns the old process, which now drains: pass it
+    /// to [`Mesh::finish_upgrade`].
+    pub fn begin_upgrade(&mut self, node: usize) -> ChildGuard {
+        let old = self.ztunnels[node - 1].take().expect("ztunnel running");
+        let (ca_dir, extra) = self.launched[node - 1].clone().expect("started");
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let before = self.stderr(node).matches(TOOK_OVER).count();
+        self.spawn(node, &ca_dir, &extra);
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while self.stderr(node).matches(TOOK_OVER).count() == before {
+            let new = self.ztunnels[node - 1].as_mut().expect("just spawned");
+            assert!(
+                new.is_running() && Instant::now() < deadline,
+                "the new ztunnel on node{node} did not take over:\n{}",
+                self.stderr(node)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        old
+    }
+
+    /// Waits (up to 30 s) for the old ztunnel of an upgrade to drain and
+    /// exit, checks it exited cleanly, and waits until the new one is ready.
+    pub fn finish_upgrade(&mut self, node: usize, mut old: ChildGuard) {
+        let status = old.wait_exit(Duration::from_secs(30)).unwrap_or_else(|| {
+            panic!(
+                "the old ztunnel on node{node} did not exit after the handoff:\n{}",
+                self.stderr(node)
+            )
+        });
+        assert!(status.success(), "old ztunnel on node{node}: {status}");
+        self.wait_ready(node);
     }
 
     /// Starts every node's ztunnel.
@@ -404,7 +458,7 @@ impl Drop for Mesh {
 
 /// The argv that runs ztunnel with `args` under `sh -c exec`, stderr
 /// appended to `stderr`, with the harness's access log at `access_log`,
-/// 100 ms config polling and a 2 s drain.
+/// 100 ms config polling and a 2 s drain (unless `args` set one).
 pub(crate) fn ztunnel_argv(stderr: &Path, access_log: &Path, args: &[String]) -> Vec<String> {
     let path = |p: &Path| p.to_str().expect("utf-8 path").to_owned();
     let mut argv: Vec<String> = vec![
@@ -416,9 +470,10 @@ pub(crate) fn ztunnel_argv(stderr: &Path, access_log: &Path, args: &[String]) ->
         path(access_log),
         "--poll-interval".into(),
         "100ms".into(),
-        "--drain-timeout".into(),
-        "2s".into(),
     ];
+    if !args.iter().any(|a| a == "--drain-timeout") {
+        argv.extend(["--drain-timeout".into(), "2s".into()]);
+    }
     argv.extend_from_slice(args);
     argv
 }

@@ -4,22 +4,27 @@
 //! `--uninstall-on-exit`) is the only way the rules go.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use mesh_tests::echo::{
-    assert_never_accepts, assert_refused_at_once, echo_through, App, REFUSAL_BOUND,
+    assert_never_accepts, assert_refused_at_once, echo_through, payload, App, REFUSAL_BOUND,
 };
 use mesh_tests::mesh::Mesh;
 use mesh_tests::rules::{assert_installed_once, assert_nothing_left};
-use mesh_tests::{require_root, Topology};
+use mesh_tests::{require_root, Netns, Topology};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::task::{block_in_place, JoinHandle};
 
 /// Pod `client` (namespace shop) on node 1 and pod `server` (namespace
-/// bank, STRICT) on node 2, both ambient, and the config.
+/// bank, STRICT) on node 2, both ambient, pod `legacy` (not in the mesh) on
+/// node 1, and the config.
 fn client_and_server() -> (Topology, String) {
     let topo = Topology::builder()
         .nodes(2)
         .pod("client", 1)
+        .pod("legacy", 1)
         .pod("server", 2)
         .build()
         .unwrap();
@@ -33,11 +38,15 @@ nodes:
 namespaces:
   - {{name: shop, labels: {{istio.io/dataplane-mode: ambient}}}}
   - {{name: bank, labels: {{istio.io/dataplane-mode: ambient}}, mtls: STRICT}}
+  - {{name: legacy}}
 workloads:
   - {{name: client, namespace: shop, serviceAccount: client, ip: {}, node: node1}}
+  - {{name: legacy, namespace: legacy, ip: {}, node: node1}}
   - {{name: server, namespace: bank, serviceAccount: server, ip: {}, node: node2}}
 "#,
-        client.ip, server.ip
+        client.ip,
+        topo.pod("legacy").ip,
+        server.ip
     );
     (topo, config)
 }
@@ -178,4 +187,209 @@ async fn killed_mid_stream_then_restarted_works_without_duplicates() {
             b"again"
         );
     }
+}
+
+/// Clients opening connections one after another (each round-trips a
+/// distinct payload, checked byte for byte) until stopped.
+struct Churn {
+    stop: Arc<AtomicBool>,
+    workers: Vec<JoinHandle<(u64, Vec<String>)>>,
+}
+
+/// At most this many connections per churn worker (a bound, never reached
+/// in practice).
+const CHURN_MAX: u64 = 50_000;
+
+impl Churn {
+    fn start(from: &Netns, to: SocketAddr, workers: usize) -> Churn {
+        let stop = Arc::new(AtomicBool::new(false));
+        let workers = (0..workers)
+            .map(|w| {
+                let (from, stop) = (from.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let (mut ok, mut failures) = (0, Vec::new());
+                    for i in 0..CHURN_MAX {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        let data = payload(64 + (w * 131 + i as usize) % 2000);
+                        match echo_through(&from, to, &data).await {
+                            Ok(back) if back == data => ok += 1,
+                            Ok(back) => failures.push(format!(
+                                "worker {w} connection {i}: {} bytes back of {}, or different",
+                                back.len(),
+                                data.len()
+                            )),
+                            Err(e) => failures.push(format!("worker {w} connection {i}: {e}")),
+                        }
+                    }
+                    (ok, failures)
+                })
+            })
+            .collect();
+        Churn { stop, workers }
+    }
+
+    /// Stops the workers; returns the connections that round-tripped and the
+    /// failures.
+    async fn stop(self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let (mut ok, mut failures) = (0, Vec::new());
+        for w in self.workers {
+            let (n, f) = w.await.expect("churn worker");
+            ok += n;
+            failures.extend(f);
+        }
+        (ok, failures)
+    }
+}
+
+/// Byte `i` of a long stream.
+fn stream_byte(i: u64) -> u8 {
+    (i.wrapping_mul(31) ^ (i >> 12)) as u8
+}
+
+/// One long connection moving bytes (16 KiB every 2 ms) until stopped; the
+/// echo is checked byte for byte as it comes back.
+struct LongStream {
+    stop: Arc<AtomicBool>,
+    task: JoinHandle<Result<u64, String>>,
+}
+
+impl LongStream {
+    async fn open(from: &Netns, to: SocketAddr) -> LongStream {
+        let stream = from.connect(to).await.expect("long stream connects");
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let task = tokio::spawn(async move {
+            let (mut rd, mut wr) = stream.into_split();
+            let writer = async move {
+                let mut sent = 0u64;
+                while !stopped.load(Ordering::Relaxed) && sent < 1 << 30 {
+                    let chunk: Vec<u8> = (sent..sent + 16384).map(stream_byte).collect();
+                    wr.write_all(&chunk)
+                        .await
+                        .map_err(|e| format!("write at {sent}: {e}"))?;
+                    sent += chunk.len() as u64;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                wr.shutdown().await.map_err(|e| format!("shutdown: {e}"))?;
+                Ok::<u64, String>(sent)
+            };
+            let reader = async move {
+                let (mut got, mut buf) = (0u64, vec![0u8; 65536]);
+                loop {
+                    let n = rd
+                        .read(&mut buf)
+                        .await
+                        .map_err(|e| format!("read at {got}: {e}"))?;
+                    if n == 0 {
+                        return Ok::<u64, String>(got);
+                    }
+                    if let Some(bad) = (0..n).find(|&k| buf[k] != stream_byte(got + k as u64)) {
+                        return Err(format!("byte {} corrupted", got + bad as u64));
+                    }
+                    got += n as u64;
+                }
+            };
+            let (sent, got) = tokio::join!(writer, reader);
+            let (sent, got) = (sent?, got?);
+            if sent != got {
+                return Err(format!("sent {sent} bytes, {got} came back"));
+            }
+            Ok(sent)
+        });
+        LongStream { stop, task }
+    }
+
+    /// Stops writing, half-closes, and returns the bytes moved once all came
+    /// back (within 10 s).
+    async fn finish(self) -> Result<u64, String> {
+        self.stop.store(true, Ordering::Relaxed);
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .map_err(|_| "the long stream did not finish".to_owned())?
+            .expect("long stream task")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn zero_drop_rollout_then_a_crash_fails_closed() {
+    if !require_root() {
+        return;
+    }
+    let (topo, config) = client_and_server();
+    let mut mesh = Mesh::new(&topo, &config);
+    // A drain long enough for the long streams to finish on the old process.
+    for node in [1, 2] {
+        mesh.start_with_args(node, &["--drain-timeout", "20s"]);
+    }
+    let (client, legacy, server) = (topo.pod("client"), topo.pod("legacy"), topo.pod("server"));
+    let app = App::serve(&server.ns, 8080);
+    let to = SocketAddr::from((server.ip, 8080));
+    let churn = Churn::start(&client.ns, to, 4);
+
+    // Node 1 holds the client's outbound listener, node 2 the server's
+    // HBONE listener. Each upgrade: a new process starts while the old one
+    // serves, takes the listeners over, and the old one drains a long stream
+    // that crosses the handoff before exiting.
+    for node in [1, 2] {
+        let stream = LongStream::open(&client.ns, to).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let old = block_in_place(|| mesh.begin_upgrade(node));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let moved = stream
+            .finish()
+            .await
+            .unwrap_or_else(|e| panic!("long stream across node{node}'s upgrade: {e}"));
+        assert!(moved > 0, "the long stream moved nothing");
+        eprintln!("node{node} upgrade: a long stream moved {moved} bytes across it, byte-exact");
+        block_in_place(|| mesh.finish_upgrade(node, old));
+        assert!(
+            mesh.stderr(node)
+                .contains("handed the listeners to a new ztunnel"),
+            "{}",
+            mesh.stderr(node)
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (ok, failures) = churn.stop().await;
+    assert!(
+        failures.is_empty(),
+        "{} of {} connections failed across the upgrades: {:#?}",
+        failures.len(),
+        ok as usize + failures.len(),
+        &failures[..failures.len().min(10)]
+    );
+    assert!(ok > 0, "no connection round-tripped");
+    eprintln!("{ok} connections opened across both upgrades, 0 refused or corrupted");
+    let (node1, node2) = (&topo.node(1).ns, &topo.node(2).ns);
+    assert_installed_once(node1);
+    assert_installed_once(node2);
+
+    // A crash of both: the rules stay and traffic fails closed; nothing
+    // bypasses (not the ambient client's, not plaintext into STRICT).
+    mesh.kill(1);
+    mesh.kill(2);
+    assert_installed_once(node1);
+    assert_installed_once(node2);
+    let served = app.peers().len();
+    let any = SocketAddr::from(([0, 0, 0, 0], 8080));
+    let (host1, host2) = (node1.listen(any).unwrap(), node2.listen(any).unwrap());
+    assert_refused_at_once(&client.ns, to, "client -> server, both crashed").await;
+    assert_refused_at_once(&legacy.ns, to, "plaintext into STRICT, both crashed").await;
+    assert_never_accepts(&host1, "node1's host listener").await;
+    assert_never_accepts(&host2, "node2's host listener").await;
+    assert_eq!(app.peers().len(), served, "a connection reached the app");
+    drop((host1, host2));
+
+    // Restarted after the crash (the handoff socket is stale: they bind).
+    block_in_place(|| {
+        mesh.start(1);
+        mesh.start(2);
+    });
+    let back = echo_through(&client.ns, to, b"after the crash")
+        .await
+        .unwrap();
+    assert_eq!(back, b"after the crash");
 }

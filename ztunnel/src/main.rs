@@ -110,7 +110,14 @@ struct Args {
     /// a rollout never does; Istio's CNI node agent decides the same way.
     #[arg(long, env = "ZTUNNEL_UNINSTALL_ON_EXIT")]
     uninstall_on_exit: bool,
-    /// How long SIGTERM waits for open connections, e.g. 5s.
+    /// Where a node ztunnel keeps its handoff socket (created 0700; one per
+    /// node). A ztunnel started while another serves with the same flags
+    /// takes over its listening sockets through it, so an upgrade refuses
+    /// no connection; the old one then drains and exits.
+    #[arg(long, env = "ZTUNNEL_STATE_DIR", default_value = app::handoff::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// How long SIGTERM (or a handoff to a new ztunnel) waits for open
+    /// connections, e.g. 5s.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     drain_timeout: Duration,
     /// How often the config file is checked for changes, e.g. 200ms.
@@ -223,6 +230,7 @@ fn main() -> ExitCode {
         uninstall_on_exit: args.uninstall_on_exit,
         drain_timeout: args.drain_timeout,
         poll_interval: args.poll_interval,
+        state_dir: args.state_dir,
         node_ip: args.node_ip,
     };
     match app::run(config) {

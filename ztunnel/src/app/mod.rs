@@ -2,6 +2,10 @@
 //! the data path, and drains on SIGTERM (keeping node capture in place:
 //! see [`Config::uninstall_on_exit`]).
 //!
+//! A node ztunnel started while another serves takes the listening sockets
+//! over from it ([`handoff`]), then tells it to drain: an upgrade refuses no
+//! connection, and the old process finishes its own before it exits.
+//!
 //! Two runtimes, so neither side can starve the other (STYLE rule 7): the
 //! data path runs on a multi-thread runtime; admin endpoints, the config
 //! watcher and certificate rotation run on a current-thread runtime on their
@@ -9,6 +13,9 @@
 
 pub mod control;
 pub mod dump;
+mod endpoints;
+pub mod handoff;
+mod listen;
 pub mod sources;
 
 use std::net::SocketAddr;
@@ -22,21 +29,20 @@ use hbone::cert::CertStore;
 use hbone::client::{ClientConfig, HboneClient};
 use hbone::drain::Drain;
 use hbone::server::{HboneServer, ServerConfig};
-use http::{Method, StatusCode};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 
-use crate::capture::{sidecar, transparent_listener, Capture, CaptureError};
+use crate::capture::{sidecar, Capture, CaptureError};
 use crate::metrics::Metrics;
 use crate::proxy::inbound::{serve_plaintext, HboneInbound, LocalIdentities};
 use crate::proxy::outbound::serve_outbound;
 use crate::proxy::record::Telemetry;
 use crate::proxy::Proxy;
 use control::Controller;
+use endpoints::spawn_control_thread;
 use mesh_model::config::ConfigError;
 use mesh_model::state::{Scope, ServedPod, Snapshot, WorkloadName};
 use mesh_runtime::accesslog::AccessLog;
-use mesh_runtime::admin::{self, json, text, Route};
 use sources::Updates;
 pub use sources::{ConfigSource, XdsSource};
 
@@ -146,6 +152,9 @@ pub struct Config {
     pub uninstall_on_exit: bool,
     pub drain_timeout: Duration,
     pub poll_interval: Duration,
+    /// Node mode with capture: where the handoff socket lives
+    /// ([`handoff::DEFAULT_STATE_DIR`]); one per node.
+    pub state_dir: PathBuf,
     /// The node's IPv4 address, whence kubelet probes come: a sidecar
     /// leaves connections from it uncaptured. Without it, the config's node
     /// list is asked (over xDS nodes carry no address).
@@ -182,6 +191,12 @@ pub enum AppError {
         #[source]
         source: std::io::Error,
     },
+    #[error("taking over from the running ztunnel")]
+    Handoff(#[source] handoff::HandoffError),
+    #[error("reading this process's network namespace")]
+    Netns(#[source] std::io::Error),
+    #[error("duplicating a listener for the handoff")]
+    Dup(#[source] std::io::Error),
     #[error("starting the runtime")]
     Runtime(#[source] std::io::Error),
     #[error("reading {path}")]
@@ -302,8 +317,10 @@ async fn serve(run: Run, snap: Arc<Snapshot>) -> Result<(), AppError> {
         }
     };
     let uninstall = captures && (sidecar_mode || cfg.uninstall_on_exit);
-    let result = serve_captured(run, snap, capture.clone()).await;
-    if uninstall {
+    let exit = serve_captured(run, snap, capture.clone()).await?;
+    if exit.handed_off {
+        tracing::info!("capture rules left to the new ztunnel");
+    } else if uninstall {
         let remove = if sidecar_mode {
             sidecar::remove
         } else {
@@ -317,7 +334,7 @@ async fn serve(run: Run, snap: Arc<Snapshot>) -> Result<(), AppError> {
     } else if captures {
         tracing::info!("capture rules kept: captured traffic is refused until a ztunnel serves again (`ztunnel uninstall` removes them)");
     }
-    result
+    Ok(())
 }
 
 /// Where kubelet probes come from, which a sidecar leaves uncaptured:
@@ -350,7 +367,7 @@ async fn serve_captured(
     run: Run,
     snap: Arc<Snapshot>,
     capture: Option<Arc<Mutex<Capture>>>,
-) -> Result<(), AppError> {
+) -> Result<Exit, AppError> {
     let Run {
         cfg,
         shared,
@@ -358,12 +375,6 @@ async fn serve_captured(
         updates,
     } = run;
     let scope = cfg.scope();
-    // Sidecar capture is REDIRECT to the pod's own listeners: no TPROXY.
-    let transparent = cfg.capture && !scope.is_sidecar();
-    let bind = |addr: SocketAddr| listen(addr, transparent);
-    let outbound = bind(cfg.listeners.outbound)?;
-    let plaintext = bind(cfg.listeners.inbound_plaintext)?;
-    let hbone = bind(cfg.listeners.hbone)?;
     let initial_ids = control::local_identities(&snap, &scope);
     let (state_tx, state_rx) = watch::channel(snap);
     let client = HboneClient::new(
@@ -399,23 +410,64 @@ async fn serve_captured(
     });
     prefetch(&shared.certs, initial_ids).await;
 
-    tokio::spawn(serve_outbound(proxy.clone(), outbound));
-    tokio::spawn(serve_plaintext(proxy.clone(), plaintext));
+    // Taken over from the running ztunnel, if any (it still accepts on the
+    // same sockets until told to drain), else bound.
+    let bound = listen::open(&cfg).await?;
+    let tokio_l = |l: std::net::TcpListener| {
+        let addr = l.local_addr().unwrap_or(cfg.listeners.outbound);
+        TcpListener::from_std(l).map_err(|source| AppError::Bind { addr, source })
+    };
+    tokio::spawn(serve_outbound(proxy.clone(), tokio_l(bound.outbound)?));
+    tokio::spawn(serve_plaintext(
+        proxy.clone(),
+        tokio_l(bound.inbound_plaintext)?,
+    ));
     let server = HboneServer::new(
         Arc::new(LocalIdentities(proxy.clone())),
         Arc::new(HboneInbound(proxy.clone())),
         ServerConfig::default(),
     );
-    let hbone_drain = shared.drain.clone();
+    let (hbone, hbone_drain) = (tokio_l(bound.hbone)?, shared.drain.clone());
     tokio::spawn(async move { server.serve(hbone, hbone_drain).await });
 
-    let control = spawn_control_thread(&cfg, &shared, controller.clone(), updates)?;
+    let control = spawn_control_thread(&cfg, &shared, controller.clone(), updates, bound.control)?;
     shared.ready.store(true, Ordering::Release);
     if controller.serving_ready() {
         tracing::info!(node = %cfg.node, %scope, "ztunnel ready");
     } else {
         tracing::warn!(node = %cfg.node, %scope, "serving, but not ready until the workload and its certificate are known");
     }
+    if let Some(old) = bound.predecessor {
+        let pid = old.pid;
+        match old.drain().await {
+            Ok(open) => {
+                tracing::info!(
+                    old_pid = pid,
+                    open,
+                    "took over the listeners; the old ztunnel drains its connections and exits"
+                )
+            }
+            Err(e) => {
+                tracing::warn!(old_pid = pid, error = %e, "took over the listeners, but the old ztunnel did not confirm its drain")
+            }
+        }
+    }
+    let handoff = bound.handoff.map(|server| {
+        let (drain, shutdown) = (shared.drain.clone(), shared.shutdown.clone());
+        let metrics = shared.metrics.clone();
+        tokio::spawn(async move {
+            let open = move || u64::try_from(metrics.active_connections.get()).unwrap_or(0);
+            let served = server.serve(&drain, open).await;
+            if let handoff::Served::HandedOff { pid } = served {
+                tracing::info!(
+                    new_pid = pid,
+                    "handed the listeners to a new ztunnel; draining"
+                );
+                shutdown.notify_one();
+            }
+            served
+        })
+    });
 
     wait_for_shutdown(&shared.shutdown).await;
     shared.ready.store(false, Ordering::Release);
@@ -430,7 +482,17 @@ async fn serve_captured(
         tracing::warn!(left, "drain timed out; closing the remaining connections");
     }
     let _ = control.join();
-    Ok(())
+    let handed_off = match handoff {
+        Some(task) => matches!(task.await, Ok(handoff::Served::HandedOff { .. })),
+        None => false,
+    };
+    Ok(Exit { handed_off })
+}
+
+/// How serving ended.
+struct Exit {
+    /// A new ztunnel took the listeners over (and owns capture now).
+    handed_off: bool,
 }
 
 /// A node proxy holds two sockets per proxied connection: lift the soft
@@ -449,19 +511,6 @@ pub fn raise_fd_limit() {
             }
         }
     }
-}
-
-/// Binds a capture listener: transparent (TPROXY) with capture, plain without.
-fn listen(addr: SocketAddr, transparent: bool) -> Result<TcpListener, AppError> {
-    let bound = if transparent {
-        transparent_listener(addr)
-    } else {
-        std::net::TcpListener::bind(addr).and_then(|l| {
-            l.set_nonblocking(true)?;
-            TcpListener::from_std(l)
-        })
-    };
-    bound.map_err(|source| AppError::Bind { addr, source })
 }
 
 /// Fetches the local pods' certificates before declaring readiness.
@@ -492,120 +541,6 @@ async fn wait_for_shutdown(shutdown: &Notify) {
         _ = int.recv() => tracing::info!("SIGINT"),
         () = shutdown.notified() => tracing::info!("shutdown requested"),
     }
-}
-
-/// Admin endpoints, the config watcher and certificate rotation, on their
-/// own current-thread runtime.
-fn spawn_control_thread(
-    cfg: &Config,
-    shared: &Shared,
-    controller: Arc<Controller>,
-    updates: Updates,
-) -> Result<std::thread::JoinHandle<()>, AppError> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(AppError::Runtime)?;
-    // Bind here, so a port clash fails startup instead of a log line.
-    let std_listen = |addr: SocketAddr| {
-        std::net::TcpListener::bind(addr)
-            .and_then(|l| l.set_nonblocking(true).map(|()| l))
-            .map_err(|source| AppError::Bind { addr, source })
-    };
-    let admin_l = std_listen(cfg.listeners.admin)?;
-    let metrics_l = std_listen(cfg.listeners.metrics)?;
-    let ready_l = std_listen(cfg.listeners.readiness)?;
-    let (cfg, shared) = (cfg.clone(), shared.clone());
-    let thread = std::thread::Builder::new()
-        .name("ztunnel-control".into())
-        .spawn(move || {
-            runtime.block_on(async move {
-                let drain = shared.drain.clone();
-                let tokio_l = |l: std::net::TcpListener| {
-                    TcpListener::from_std(l).expect("listener registers with the runtime")
-                };
-                tokio::spawn(admin::serve(
-                    tokio_l(admin_l),
-                    admin_route(&shared, &controller),
-                    drain.clone(),
-                ));
-                tokio::spawn(admin::serve(
-                    tokio_l(metrics_l),
-                    metrics_route(&shared),
-                    drain.clone(),
-                ));
-                tokio::spawn(admin::serve(
-                    tokio_l(ready_l),
-                    ready_route(&shared, &controller),
-                    drain.clone(),
-                ));
-                let rotation = shared.certs.spawn_rotation(ROTATION_CHECK);
-                controller.follow(updates, cfg.poll_interval, drain).await;
-                rotation.abort();
-            })
-        })
-        .map_err(AppError::Runtime)?;
-    Ok(thread)
-}
-
-/// Ready once capture and listeners are up and, for a sidecar, the served
-/// pod is in the config with its certificate loaded.
-fn ready_reply(ready: &AtomicBool, controller: &Controller) -> admin::Reply {
-    if ready.load(Ordering::Acquire) && controller.serving_ready() {
-        text(StatusCode::OK, "ready\n")
-    } else {
-        text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
-    }
-}
-
-fn ready_route(shared: &Shared, controller: &Arc<Controller>) -> Route {
-    let ready = shared.ready.clone();
-    let controller = controller.clone();
-    Arc::new(move |_m: &Method, path: &str| match path {
-        "/healthz/ready" => ready_reply(&ready, &controller),
-        _ => text(StatusCode::NOT_FOUND, "not found\n"),
-    })
-}
-
-fn metrics_route(shared: &Shared) -> Route {
-    let metrics = shared.metrics.clone();
-    Arc::new(move |_m: &Method, path: &str| match path {
-        "/metrics" | "/stats/prometheus" => (
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            metrics.encode(),
-        ),
-        _ => text(StatusCode::NOT_FOUND, "not found\n"),
-    })
-}
-
-fn admin_route(shared: &Shared, controller: &Arc<Controller>) -> Route {
-    let (shared, controller) = (shared.clone(), controller.clone());
-    Arc::new(move |method: &Method, path: &str| match (method, path) {
-        (_, "/config_dump") => {
-            let snap = controller.state.borrow().clone();
-            let captured: Vec<String> = match (&controller.capture, controller.scope.pod(&snap)) {
-                (Some(c), _) => {
-                    let c = c.lock().expect("capture poisoned");
-                    c.pods().iter().map(|ip| ip.to_string()).collect()
-                }
-                (None, Some(pod)) => pod.ips.iter().map(|ip| ip.to_string()).collect(),
-                (None, None) => Vec::new(),
-            };
-            json(dump::render(
-                &controller.node,
-                &snap,
-                &captured,
-                &shared.certs.all(),
-            ))
-        }
-        (_, "/healthz/ready") => ready_reply(&shared.ready, &controller),
-        (&Method::POST, "/quitquitquit") => {
-            shared.shutdown.notify_one();
-            text(StatusCode::OK, "shutting down\n")
-        }
-        _ => text(StatusCode::NOT_FOUND, "not found\n"),
-    })
 }
 
 #[cfg(test)]

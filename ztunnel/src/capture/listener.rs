@@ -15,6 +15,12 @@ pub const LISTEN_BACKLOG: i32 = 1024;
 /// addresses that are not local. Also SO_REUSEADDR, non-blocking. Needs
 /// CAP_NET_ADMIN (or CAP_NET_RAW) and a tokio runtime context.
 pub fn transparent_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    TcpListener::from_std(transparent_std_listener(addr)?)
+}
+
+/// [`transparent_listener`] as a std (non-blocking) listener, to register
+/// with a runtime later or hand to another process.
+pub fn transparent_std_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     match addr {
@@ -24,7 +30,7 @@ pub fn transparent_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket.into())
 }
 
 /// The original destination of a connection accepted through TPROXY: with

@@ -24,7 +24,9 @@ use std::io::{self, Write as _};
 use std::net::Ipv4Addr;
 use std::process::{Command, ExitStatus, Stdio};
 
-pub use listener::{orig_dst, redirected_orig_dst, transparent_listener, LISTEN_BACKLOG};
+pub use listener::{
+    orig_dst, redirected_orig_dst, transparent_listener, transparent_std_listener, LISTEN_BACKLOG,
+};
 pub use rules::render_ruleset;
 
 const NFT: &str = "nft";
