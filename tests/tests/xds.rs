@@ -273,3 +273,76 @@ async fn labelling_a_namespace_in_the_control_planes_file_captures_its_pods() {
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_nft_update_over_xds_is_retried_and_not_ready_meanwhile() {
+    if !require_root() {
+        return;
+    }
+    let topo = Topology::builder()
+        .nodes(2)
+        .pod("client", 1)
+        .pod("late", 1)
+        .pod("server", 2)
+        .build()
+        .unwrap();
+    let (c, s, late) = (topo.pod("client"), topo.pod("server"), topo.pod("late"));
+    let before = config(&c.ip.to_string(), &s.ip.to_string(), "");
+    let after = before.replace(
+        "workloads:\n",
+        &format!(
+            "workloads:\n  - {{name: late, namespace: shop, serviceAccount: late, ip: {}, node: node1}}\n",
+            late.ip
+        ),
+    );
+    let mut mesh = Mesh::with_control_plane(&topo, &before);
+    mesh.start(1);
+    let node1 = &topo.node(1).ns;
+    let ready = |mesh: &Mesh| {
+        mesh.http_get(1, mesh_tests::mesh::READINESS_PORT, "/healthz/ready")
+            .map(|(status, _)| status)
+    };
+    let errors = |mesh: &Mesh| {
+        mesh_tests::mesh::metric_value(&mesh.metrics(1), "ztunnel_capture_errors_total")
+            .unwrap_or(0.0)
+    };
+    assert_eq!(ready(&mesh).unwrap(), 200);
+
+    // Another process takes table inet ambient with `flags owner`: while it
+    // lives, the kernel refuses ztunnel's replacement of it (EPERM).
+    let mut owner = node1
+        .spawn(&[
+            "sh",
+            "-c",
+            "{ echo 'delete table inet ambient'; echo 'add table inet ambient { flags owner; }'; exec sleep 60; } | nft -i",
+        ])
+        .unwrap();
+    wait_until("the table is owned by another process", || {
+        node1
+            .exec("nft list table inet ambient")
+            .is_ok_and(|t| t.contains("flags owner"))
+    });
+
+    // A pod joins node 1 over xDS: the update fails, readiness turns false,
+    // and the update is retried with no further config change.
+    mesh.write_config(&after);
+    wait_until("not ready while capture is stale", || {
+        ready(&mesh).is_ok_and(|s| s == 503)
+    });
+    wait_until("the failed update is retried", || errors(&mesh) >= 3.0);
+    assert!(!pod_set(node1).contains(&late.ip.to_string()));
+
+    // The owner exits, its table goes with it: a retry installs the new pod
+    // set and readiness returns.
+    owner.kill();
+    wait_until("a retry installs the new pod", || {
+        pod_set(node1).contains(&late.ip.to_string())
+    });
+    wait_until("ready again", || ready(&mesh).is_ok_and(|s| s == 200));
+    mesh_tests::rules::assert_installed_once(node1);
+    assert!(
+        mesh.stderr(1).contains("updating capture rules failed"),
+        "{}",
+        mesh.stderr(1)
+    );
+}

@@ -1,7 +1,9 @@
 //! Applying config: each new snapshot is published to the data path, then
 //! capture, certificates and live connections are brought in line with it.
 //! A malformed file, or a failed nft run, leaves the last good state in
-//! force and is retried; neither ever stops traffic.
+//! force; neither ever stops traffic. A failed nft run (file or xDS mode)
+//! makes readiness false and is retried with backoff
+//! ([`capture_retry_delay`]) until it succeeds.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
@@ -22,6 +24,19 @@ use mesh_runtime::source::{Change, FileSource};
 /// The identities of the workloads in `scope`: certificates to hold.
 pub fn local_identities(snap: &Snapshot, scope: &Scope) -> BTreeSet<SpiffeId> {
     scope.served(snap).iter().map(|w| w.identity()).collect()
+}
+
+/// The first retry of a failed capture update comes this long after it.
+pub const CAPTURE_RETRY_INITIAL: Duration = Duration::from_millis(100);
+/// Retries of a failed capture update back off up to this.
+pub const CAPTURE_RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// The wait before retry `attempt` (0-based) of a failed capture update:
+/// doubling from [`CAPTURE_RETRY_INITIAL`] up to [`CAPTURE_RETRY_MAX`].
+pub fn capture_retry_delay(attempt: u32) -> Duration {
+    CAPTURE_RETRY_INITIAL
+        .saturating_mul(1u32 << attempt.min(16))
+        .min(CAPTURE_RETRY_MAX)
 }
 
 /// The IPv4 addresses to capture on `node` (capture is IPv4 only for now).
@@ -47,9 +62,11 @@ pub struct Controller {
     pub metrics: Arc<Metrics>,
     /// `None` when running without capture.
     pub capture: Option<Arc<Mutex<Capture>>>,
-    /// The last capture update failed: retry on the next tick even if the
-    /// config did not change.
+    /// The last capture update failed: not ready, and [`Self::retry_capture`]
+    /// retries it even if the config does not change.
     pub capture_failed: std::sync::atomic::AtomicBool,
+    /// Wakes [`Self::retry_capture`] after a failure.
+    pub capture_retry: tokio::sync::Notify,
 }
 
 impl Controller {
@@ -57,7 +74,7 @@ impl Controller {
     pub async fn apply(&self, snap: Arc<Snapshot>) {
         let before = self.state.send_replace(snap.clone());
         self.metrics.config_updates.inc();
-        self.reconcile_capture(&snap).await;
+        self.reconcile_capture().await;
         self.reconcile_certs(&before, &snap);
         let revoked = self.conns.revoke_denied(&snap);
         tracing::info!(
@@ -69,39 +86,81 @@ impl Controller {
         );
     }
 
-    /// Replaces the nft table if the local pod set differs from what is
-    /// installed. On failure the old rules stay and the next call retries.
-    pub async fn reconcile_capture(&self, snap: &Snapshot) {
+    /// Replaces the nft table if the local pod set of the latest snapshot
+    /// differs from what is installed. On failure the old rules stay,
+    /// readiness turns false and [`Self::retry_capture`] is woken.
+    pub async fn reconcile_capture(&self) {
         let Some(capture) = &self.capture else { return };
-        let want = capture_set(snap, &self.node);
-        if capture.lock().expect("capture poisoned").pods() == &want {
-            return;
-        }
         let capture = capture.clone();
-        let pods = want.clone();
+        let (state, node) = (self.state.subscribe(), self.node.clone());
+        // The latest snapshot, read under the capture lock: concurrent
+        // reconciles (an update and a retry) converge on it.
         let result = tokio::task::spawn_blocking(move || {
-            capture.lock().expect("capture poisoned").update(&pods)
+            let mut capture = capture.lock().expect("capture poisoned");
+            let want = capture_set(&state.borrow().clone(), &node);
+            if capture.pods() == &want {
+                return Ok(None);
+            }
+            capture.update(&want).map(|()| Some(want.len()))
         })
         .await;
-        let ok = matches!(result, Ok(Ok(())));
+        let ok = matches!(result, Ok(Ok(_)));
         self.capture_failed
-            .store(!ok, std::sync::atomic::Ordering::Relaxed);
+            .store(!ok, std::sync::atomic::Ordering::Release);
         match result {
-            Ok(Ok(())) => tracing::info!(pods = want.len(), "capture updated"),
+            Ok(Ok(None)) => {}
+            Ok(Ok(Some(pods))) => tracing::info!(pods, "capture updated"),
             Ok(Err(e)) => {
                 self.metrics.capture_errors.inc();
-                tracing::error!(error = %e, "updating capture rules failed; keeping the old rules");
+                tracing::error!(error = %e, "updating capture rules failed; keeping the old rules, not ready, retrying");
             }
             Err(e) => {
                 self.metrics.capture_errors.inc();
-                tracing::error!(error = %e, "capture update task failed");
+                tracing::error!(error = %e, "capture update task failed; not ready, retrying");
             }
+        }
+        if !ok {
+            self.capture_retry.notify_one();
         }
     }
 
-    /// Node mode: always. Sidecar mode: the served pod is in the config
-    /// and its certificate is loaded.
+    /// Retries a failed capture update, waiting [`capture_retry_delay`]
+    /// between attempts, until one succeeds (then waits for the next
+    /// failure) or until drained. Runs beside [`Self::follow`] in both file
+    /// and xDS mode: a failure must not wait for the next config change.
+    pub async fn retry_capture(&self, drain: Drain) {
+        let mut watch = drain.watch();
+        let mut attempt = 0u32;
+        loop {
+            if !self
+                .capture_failed
+                .load(std::sync::atomic::Ordering::Acquire)
+            {
+                attempt = 0;
+                tokio::select! {
+                    () = self.capture_retry.notified() => continue,
+                    () = watch.signaled() => return,
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(capture_retry_delay(attempt)) => {}
+                () = watch.signaled() => return,
+            }
+            attempt = attempt.saturating_add(1);
+            self.reconcile_capture().await;
+        }
+    }
+
+    /// Not while the last capture update failed. Otherwise node mode:
+    /// always; sidecar mode: the served pod is in the config and its
+    /// certificate is loaded.
     pub fn serving_ready(&self) -> bool {
+        if self
+            .capture_failed
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return false;
+        }
         match &self.scope {
             Scope::Node(_) => true,
             Scope::Pod(_) => {
@@ -148,8 +207,7 @@ impl Controller {
         }
     }
 
-    /// Polls `source` every `interval` until drained, applying valid changes
-    /// and retrying a failed capture update on the next tick.
+    /// Polls `source` every `interval` until drained, applying valid changes.
     pub async fn watch_file(&self, mut source: FileSource, interval: Duration, drain: Drain) {
         let mut ticks = tokio::time::interval(interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -175,15 +233,7 @@ impl Controller {
             };
             source = returned;
             match change {
-                Change::Unchanged => {
-                    if self
-                        .capture_failed
-                        .load(std::sync::atomic::Ordering::Relaxed)
-                    {
-                        let snap = self.state.borrow().clone();
-                        self.reconcile_capture(&snap).await;
-                    }
-                }
+                Change::Unchanged => {}
                 Change::Updated(update) => self.apply(update.snapshot).await,
                 Change::Rejected(e) => {
                     self.metrics.config_rejected.inc();
@@ -202,6 +252,14 @@ impl Controller {
 mod tests {
     use super::*;
     use mesh_model::config;
+
+    #[test]
+    fn capture_retries_back_off_to_a_bound() {
+        let ms = |a| capture_retry_delay(a).as_millis();
+        let got: Vec<u128> = (0..9).map(ms).collect();
+        assert_eq!(got, [100, 200, 400, 800, 1600, 3200, 6400, 10000, 10000]);
+        assert_eq!(ms(u32::MAX), 10000, "no overflow");
+    }
 
     #[test]
     fn local_sets_follow_the_namespace_label_and_opt_out() {

@@ -59,8 +59,13 @@ pub(super) fn spawn_control_thread(
                     drain.clone(),
                 ));
                 let rotation = shared.certs.spawn_rotation(ROTATION_CHECK);
+                let retry = {
+                    let (controller, drain) = (controller.clone(), drain.clone());
+                    tokio::spawn(async move { controller.retry_capture(drain).await })
+                };
                 controller.follow(updates, cfg.poll_interval, drain).await;
                 rotation.abort();
+                retry.abort();
             })
         })
         .map_err(AppError::Runtime)?;

@@ -407,6 +407,7 @@ async fn serve_captured(
         metrics: shared.metrics.clone(),
         capture,
         capture_failed: Default::default(),
+        capture_retry: Default::default(),
     });
     prefetch(&shared.certs, initial_ids).await;
 
