@@ -12,7 +12,8 @@
 //!   plaintext (15006) data paths, with live-connection revocation and one
 //!   metrics record and access-log event per connection;
 //! - [`metrics`]: Istio's TCP metrics;
-//! - [`app`]: the process: two runtimes, sources, readiness, drain.
+//! - [`app`]: the process: two runtimes, sources, readiness, drain, and the
+//!   listener handoff of a zero-drop upgrade.
 
 pub mod app;
 pub mod capture;
