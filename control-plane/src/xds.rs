@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::auth::{NodeName, Tokens};
+use crate::auth::{Authenticator, NodeName};
 use crate::delta::{Delta, History, Reply, Subscription};
 use crate::metrics::Metrics;
 use crate::resources::{Kind, ResourceSet};
@@ -41,7 +41,7 @@ pub type Feed = watch::Receiver<Option<Arc<Published>>>;
 
 pub struct XdsService {
     pub feed: Feed,
-    pub tokens: Arc<Tokens>,
+    pub auth: Arc<Authenticator>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -53,7 +53,7 @@ impl AggregatedDiscoveryService for XdsService {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let node = self.tokens.authenticate(request.metadata())?;
+        let node = self.auth.authenticate(&request)?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let stream = ClientStream {
             node,
