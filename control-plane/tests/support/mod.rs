@@ -257,7 +257,7 @@ pub struct Follower {
     pub stats: Arc<XdsStats>,
     pub snapshots: mpsc::Receiver<Arc<Snapshot>>,
     drain: Drain,
-    task: tokio::task::JoinHandle<()>,
+    pub task: tokio::task::JoinHandle<()>,
 }
 
 impl Follower {
@@ -308,6 +308,20 @@ impl Follower {
     pub async fn stop(self) {
         self.drain.signal();
         let _ = self.task.await;
+    }
+}
+
+/// Polls `f` every 20 ms until it holds or `within` passes (async).
+pub async fn until(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if f() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -9,6 +9,10 @@
 //!   server sends only what changed while we were away.
 //! - Disconnected, the last good snapshot stays in force; reconnects back
 //!   off from 10 ms to 15 s, with jitter, and reset after a good response.
+//! - A control plane that stops answering is noticed: connecting (TCP and
+//!   TLS) and the stream's opening have deadlines, and HTTP/2 keepalive
+//!   drops a connection whose PINGs go unanswered
+//!   ([`super::connector::ChannelOptions`]), so the stream reconnects.
 //!
 //! The request building, the answer to a response and the backoff are plain
 //! functions; [`reconnect`] is the timer loop that spaces the sessions (it
@@ -27,6 +31,7 @@ use proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
+use super::connector::ChannelOptions;
 use mesh_model::state::Snapshot;
 use mesh_model::xds::store::{Applied, Rejection, XdsStore};
 
@@ -164,6 +169,8 @@ pub fn resource_bytes(resp: &DeltaDiscoveryResponse) -> usize {
 #[derive(Debug, Default)]
 pub struct XdsStats {
     pub connects: AtomicU64,
+    /// Streams that ended (failed or closed) after connecting.
+    pub disconnects: AtomicU64,
     pub responses: AtomicU64,
     pub acks: AtomicU64,
     pub nacks: AtomicU64,
@@ -177,6 +184,8 @@ pub enum XdsError {
     Connect(#[source] tonic::transport::Error),
     #[error("ADS stream")]
     Stream(#[source] tonic::Status),
+    #[error("the control plane did not answer the ADS stream within {0:?}")]
+    Timeout(Duration),
     #[error("the control plane closed the stream")]
     Closed,
 }
@@ -199,18 +208,44 @@ pub struct XdsClient {
 }
 
 impl XdsClient {
-    /// Runs until drained, reconnecting with backoff.
-    pub async fn run(mut self, drain: Drain) {
-        reconnect(&mut self, &drain, jitter).await;
+    /// Runs until drained, reconnecting with backoff, with the default
+    /// [`ChannelOptions`].
+    pub async fn run(self, drain: Drain) {
+        self.run_with(drain, ChannelOptions::default()).await
+    }
+
+    /// [`XdsClient::run`] with `opts` for the channel.
+    pub async fn run_with(mut self, drain: Drain, opts: ChannelOptions) {
+        let mut session = WithOptions {
+            client: &mut self,
+            opts,
+        };
+        reconnect(&mut session, &drain, jitter).await;
     }
 
     /// One ADS stream, until it fails. Resets the backoff once a response
     /// arrives (the connection is good).
-    async fn session(&mut self, backoff: &mut Backoff) -> Result<(), XdsError> {
-        let channel: Channel = super::connector::connect(&self.endpoint, self.mark)
+    async fn session(
+        &mut self,
+        backoff: &mut Backoff,
+        opts: &ChannelOptions,
+    ) -> Result<(), XdsError> {
+        let channel: Channel = super::connector::connect_with(&self.endpoint, self.mark, opts)
             .await
             .map_err(XdsError::Connect)?;
         self.stats.connects.fetch_add(1, Ordering::Relaxed);
+        let result = self.stream(channel, backoff, opts).await;
+        self.stats.disconnects.fetch_add(1, Ordering::Relaxed);
+        result
+    }
+
+    /// The ADS stream on a connected channel.
+    async fn stream(
+        &mut self,
+        channel: Channel,
+        backoff: &mut Backoff,
+        opts: &ChannelOptions,
+    ) -> Result<(), XdsError> {
         let (tx, mut rx) = mpsc::channel::<DeltaDiscoveryRequest>(8);
         for type_url in TYPE_URLS {
             let req = subscribe(&self.node, type_url, self.store.versions(type_url));
@@ -225,9 +260,13 @@ impl XdsClient {
             }
         }
         let mut client = AggregatedDiscoveryServiceClient::new(channel);
-        let mut responses = client
-            .delta_aggregated_resources(request)
+        let opened = tokio::time::timeout(
+            opts.request_timeout,
+            client.delta_aggregated_resources(request),
+        );
+        let mut responses = opened
             .await
+            .map_err(|_| XdsError::Timeout(opts.request_timeout))?
             .map_err(XdsError::Stream)?
             .into_inner();
         loop {
@@ -293,15 +332,21 @@ impl XdsClient {
     }
 }
 
-impl Session for XdsClient {
+/// The client with the options of its channel: what [`reconnect`] runs.
+struct WithOptions<'a> {
+    client: &'a mut XdsClient,
+    opts: ChannelOptions,
+}
+
+impl Session for WithOptions<'_> {
     type Error = XdsError;
 
     async fn run_once(&mut self, backoff: &mut Backoff) -> Result<(), XdsError> {
-        self.session(backoff).await
+        self.client.session(backoff, &self.opts).await
     }
 
     fn disconnected(&mut self, e: &XdsError, retry_in: Duration) {
-        tracing::warn!(error = %e, cause = ?std::error::Error::source(e), ?retry_in, held = self.store.len(), "xDS disconnected; keeping the last good config");
+        tracing::warn!(error = %e, cause = ?std::error::Error::source(e), ?retry_in, held = self.client.store.len(), "xDS disconnected; keeping the last good config");
     }
 }
 
