@@ -4,7 +4,9 @@
 //!
 //! - Every response is answered: ACK, or NACK with the rejected resources
 //!   and their reasons in `error_detail`. A NACKed resource is not retried
-//!   by us; the control plane decides what to send next.
+//!   by us; the control plane decides what to send next. A policy that
+//!   cannot be converted fails closed (the store installs deny-all for its
+//!   scope), and is counted in `xds_policies_failed_closed{scope}`.
 //! - On reconnect the client sends `initial_resource_versions`, so the
 //!   server sends only what changed while we were away.
 //! - Disconnected, the last good snapshot stays in force; reconnects back
@@ -25,6 +27,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hbone::drain::Drain;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 use proto::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use proto::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Node};
 use proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
@@ -33,6 +38,7 @@ use tonic::transport::Channel;
 
 use super::connector::ChannelOptions;
 use mesh_model::state::Snapshot;
+use mesh_model::xds::store::fail_closed::scope_label;
 use mesh_model::xds::store::{Applied, Rejection, XdsStore};
 
 pub const INITIAL_BACKOFF: Duration = Duration::from_millis(10);
@@ -165,9 +171,18 @@ pub fn resource_bytes(resp: &DeltaDiscoveryResponse) -> usize {
         .sum()
 }
 
+/// `scope` label of a policy that failed closed.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct ScopeLabel {
+    pub scope: &'static str,
+}
+
 /// Counters for metrics and tests.
 #[derive(Debug, Default)]
 pub struct XdsStats {
+    /// Policies that could not be converted and stand as deny-all for
+    /// their scope, by scope (`global`, `namespace`, `workload_selector`).
+    pub policies_failed_closed: Family<ScopeLabel, Counter>,
     pub connects: AtomicU64,
     /// Streams that ended (failed or closed) after connecting.
     pub disconnects: AtomicU64,
@@ -176,6 +191,18 @@ pub struct XdsStats {
     pub nacks: AtomicU64,
     /// Bytes of resources received (encoded), to measure resync cost.
     pub resource_bytes: AtomicU64,
+}
+
+impl XdsStats {
+    /// Registers the counters that are metrics (prometheus-client appends
+    /// `_total`): `xds_policies_failed_closed{scope}`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "xds_policies_failed_closed",
+            "xDS policies that could not be converted and stand as deny-all for their scope",
+            self.policies_failed_closed.clone(),
+        );
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -308,7 +335,18 @@ impl XdsClient {
             Applied::Ok(snap) => (Some(snap), answer(&resp, &[], None)),
             Applied::Partial(snap, rejected) => {
                 for r in &rejected {
-                    tracing::warn!(resource = %r.name, reason = r.error.reason(), error = %r.error, "xDS resource rejected");
+                    match &r.fail_closed {
+                        Some(p) => {
+                            let scope = scope_label(&p.scope);
+                            s.policies_failed_closed
+                                .get_or_create(&ScopeLabel { scope })
+                                .inc();
+                            tracing::error!(resource = %r.name, reason = r.error.reason(), error = %r.error, scope, namespace = %p.namespace, "xDS policy rejected; denying everything in its scope until a good version arrives");
+                        }
+                        None => {
+                            tracing::warn!(resource = %r.name, reason = r.error.reason(), error = %r.error, "xDS resource rejected")
+                        }
+                    }
                 }
                 (Some(snap), answer(&resp, &rejected, None))
             }
