@@ -8,7 +8,7 @@
 //! non-empty (the first request of each type is always answered, so a
 //! client knows it is in sync).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use proto::discovery::aggregated_discovery_service_server::AggregatedDiscoveryService;
@@ -62,6 +62,7 @@ impl AggregatedDiscoveryService for XdsService {
             tx,
             metrics: self.metrics.clone(),
             subs: BTreeMap::new(),
+            unanswered: BTreeSet::new(),
             nonce: 0,
         };
         tokio::spawn(stream.run());
@@ -85,6 +86,9 @@ struct ClientStream {
     tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
     metrics: Arc<Metrics>,
     subs: BTreeMap<Kind, Subscription>,
+    /// Types whose first request came before any config was published:
+    /// answered with the first one, even if empty.
+    unanswered: BTreeSet<Kind>,
     nonce: u64,
 }
 
@@ -147,6 +151,9 @@ impl ClientStream {
         }
         let published = self.feed.borrow().clone();
         let Some(p) = published else {
+            if first {
+                self.unanswered.insert(kind);
+            }
             return Ok(());
         };
         self.push(kind, &p, first, None).await
@@ -155,7 +162,8 @@ impl ClientStream {
     async fn push_all(&mut self, p: &Published) -> Result<(), Closed> {
         let kinds: Vec<Kind> = self.subs.keys().copied().collect();
         for kind in kinds {
-            self.push(kind, p, false, Some(p.at)).await?;
+            let always = self.unanswered.remove(&kind);
+            self.push(kind, p, always, Some(p.at)).await?;
         }
         Ok(())
     }

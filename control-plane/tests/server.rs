@@ -37,8 +37,15 @@ struct Harness {
 
 impl Harness {
     async fn start() -> Harness {
+        Harness::start_with(Some(MESH)).await
+    }
+
+    /// With `mesh` as the config file, or none yet.
+    async fn start_with(mesh: Option<&str>) -> Harness {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("mesh.yaml"), MESH).unwrap();
+        if let Some(mesh) = mesh {
+            std::fs::write(dir.path().join("mesh.yaml"), mesh).unwrap();
+        }
         std::fs::write(
             dir.path().join("tokens.yaml"),
             format!("node1: {ONE}\nnode2: {TWO}\n"),
@@ -479,5 +486,25 @@ async fn failed_authentications_are_limited_per_source_and_counted() {
         let series = format!("control_plane_auth_failures_total{{reason=\"{reason}\"}} {n}");
         assert!(metrics.contains(&series), "{series}\n{metrics}");
     }
+    h.cp.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_client_that_subscribes_before_the_first_config_hears_every_type() {
+    let h = Harness::start_with(None).await;
+    let mut ads = Ads::open(&h, ONE).await;
+    ads.send(subscribe(proto::ADDRESS_TYPE_URL, &[])).await;
+    ads.send(subscribe(proto::AUTHORIZATION_TYPE_URL, &[]))
+        .await;
+    assert!(ads.quiet().await, "nothing to say before a config");
+    // The config has no policies: the (empty) answer must still come, or
+    // the client never knows it is in sync.
+    h.edit(MESH);
+    let mut types = vec![ads.recv().await.type_url, ads.recv().await.type_url];
+    types.sort();
+    assert_eq!(
+        types,
+        [proto::AUTHORIZATION_TYPE_URL, proto::ADDRESS_TYPE_URL]
+    );
     h.cp.shutdown().await;
 }
