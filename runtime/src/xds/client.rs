@@ -9,6 +9,9 @@
 //!   scope), and is counted in `xds_policies_failed_closed{scope}`.
 //! - On reconnect the client sends `initial_resource_versions`, so the
 //!   server sends only what changed while we were away.
+//! - A message may be at most [`MAX_MESSAGE_BYTES`] (tonic's default, made
+//!   explicit); a push cut into pieces to fit is put back together before
+//!   it is applied ([`pending`]), every piece ACKed.
 //! - Disconnected, the last good snapshot stays in force; reconnects back
 //!   off from 10 ms to 15 s, with jitter, and reset after a good response.
 //! - A control plane that stops answering is noticed: connecting (TCP and
@@ -47,6 +50,11 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(15);
 pub const TYPE_URLS: [&str; 2] = [ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL];
 /// `google.rpc.Code.INVALID_ARGUMENT`, for NACKs.
 const INVALID_ARGUMENT: i32 = 3;
+/// The largest response we decode: tonic's default, 4 MiB. A control
+/// plane must cut a larger push into pieces ([`MORE_FOLLOWS`]).
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+pub use pending::MORE_FOLLOWS;
 
 /// The delay before reconnect attempt `attempt` (0-based): doubling from
 /// [`INITIAL_BACKOFF`] up to [`MAX_BACKOFF`], then scaled by `jitter` in
@@ -286,7 +294,8 @@ impl XdsClient {
                 request.metadata_mut().insert("authorization", v);
             }
         }
-        let mut client = AggregatedDiscoveryServiceClient::new(channel);
+        let mut client = AggregatedDiscoveryServiceClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES);
         let opened = tokio::time::timeout(
             opts.request_timeout,
             client.delta_aggregated_resources(request),
@@ -296,6 +305,7 @@ impl XdsClient {
             .map_err(|_| XdsError::Timeout(opts.request_timeout))?
             .map_err(XdsError::Stream)?
             .into_inner();
+        let mut pending = pending::Pending::default();
         loop {
             let resp = responses
                 .message()
@@ -303,6 +313,14 @@ impl XdsClient {
                 .map_err(XdsError::Stream)?
                 .ok_or(XdsError::Closed)?;
             backoff.reset();
+            let ack = answer(&resp, &[], None);
+            let Some(resp) = pending.offer(resp) else {
+                // A piece of a push: held, and ACKed now.
+                self.stats.responses.fetch_add(1, Ordering::Relaxed);
+                self.stats.acks.fetch_add(1, Ordering::Relaxed);
+                tx.send(ack).await.map_err(|_| XdsError::Closed)?;
+                continue;
+            };
             let was_synced = self.is_synced();
             let bulk = resource_bytes(&resp) >= crate::allocator::BULK_UPDATE_BYTES;
             let reply = self.handle(resp).await;
@@ -388,5 +406,6 @@ impl Session for WithOptions<'_> {
     }
 }
 
+pub mod pending;
 #[cfg(test)]
 mod tests;
