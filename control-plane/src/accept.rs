@@ -2,17 +2,16 @@
 //! through before gRPC sees it.
 //!
 //! ```text
-//!  listener ──accept (a global permit first; EMFILE/ENFILE: back off)──►
-//!    per-source cap ──► [handshake task: TLS + the HTTP/2 preface, one deadline] ──► tonic
+//!  listener ──accept (EMFILE/ENFILE: back off)──► global and per-source caps (hbone::limit)
+//!    ──► [handshake task: TLS + the HTTP/2 preface, one deadline] ──► tonic
 //! ```
 //!
 //! - At most [`Limits::max_connections`] connections are open at once
-//!   (handshaking or serving). At the cap the loop stops accepting, so
-//!   further connections wait in the kernel's backlog; by default the cap
-//!   stays below the open-file limit, so `accept` does not run out of
-//!   descriptors in the first place.
-//! - One source IP may hold at most [`Limits::max_connections_per_ip`]; a
-//!   connection past that is closed at once (counted).
+//!   (handshaking or serving), and one source IP may hold at most
+//!   [`Limits::max_connections_per_ip`]: a connection past either is reset
+//!   at once and counted ([`hbone::limit`], as on 15008 and the admin
+//!   ports). By default the global cap stays below the open-file limit, so
+//!   `accept` does not run out of descriptors in the first place.
 //! - The TLS handshake and the client's HTTP/2 preface share one deadline,
 //!   [`Limits::handshake_timeout`]: a connection that says nothing, or
 //!   drips its hello, costs a slot for that long and no CPU.
@@ -29,18 +28,17 @@
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
 use std::io;
-use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use hbone::limit::{ConnLimiter, ConnPermit};
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
@@ -132,66 +130,10 @@ impl Backoff {
     }
 }
 
-/// Open connections per source IP, capped.
-#[derive(Debug)]
-pub struct PerSource {
-    max: usize,
-    open: Mutex<HashMap<IpAddr, usize>>,
-}
-
-impl PerSource {
-    pub fn new(max: usize) -> Arc<Self> {
-        Arc::new(PerSource {
-            max,
-            open: Mutex::new(HashMap::new()),
-        })
-    }
-
-    /// A slot for one more connection from `ip`, if it is under the cap.
-    pub fn try_take(self: &Arc<Self>, ip: IpAddr) -> Option<SourceSlot> {
-        let mut open = self.open.lock().expect("per-source counts poisoned");
-        let n = open.entry(ip).or_default();
-        if *n >= self.max {
-            return None;
-        }
-        *n += 1;
-        Some(SourceSlot {
-            owner: self.clone(),
-            ip,
-        })
-    }
-
-    /// Connections `ip` holds now.
-    pub fn open(&self, ip: IpAddr) -> usize {
-        let open = self.open.lock().expect("per-source counts poisoned");
-        open.get(&ip).copied().unwrap_or(0)
-    }
-}
-
-/// One connection's place under its source's cap; released on drop.
-#[derive(Debug)]
-pub struct SourceSlot {
-    owner: Arc<PerSource>,
-    ip: IpAddr,
-}
-
-impl Drop for SourceSlot {
-    fn drop(&mut self) {
-        let mut open = self.owner.open.lock().expect("per-source counts poisoned");
-        if let Some(n) = open.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                open.remove(&self.ip);
-            }
-        }
-    }
-}
-
-/// What a connection holds while it is open: its place under both caps,
+/// What a connection holds while it is open: its place under the caps,
 /// and its count in the `connections` gauge.
 struct Held {
-    _permit: OwnedSemaphorePermit,
-    _source: SourceSlot,
+    _permit: ConnPermit,
     gauge: Gauge,
 }
 
@@ -335,14 +277,15 @@ async fn accept_loop(
     metrics: Arc<Metrics>,
     tx: mpsc::Sender<io::Result<Conn>>,
 ) {
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let per_source = PerSource::new(limits.max_connections_per_ip);
+    let limiter = ConnLimiter::new(
+        "xds",
+        hbone::limit::Limits {
+            max_connections: limits.max_connections,
+            max_per_source: limits.max_connections_per_ip,
+        },
+    );
     let mut backoff = Backoff::default();
     loop {
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
-            () = tx.closed() => return,
-        };
         let accepted = tokio::select! {
             r = listener.accept() => r,
             () = tx.closed() => return,
@@ -365,21 +308,22 @@ async fn accept_loop(
                     if !backoff.failing() {
                         tracing::warn!(error = %e, reason, "accept failed; backing off until it succeeds");
                     }
-                    drop(permit);
                     tokio::time::sleep(backoff.failed()).await;
                     continue;
                 }
             },
         };
-        let Some(source) = per_source.try_take(peer.ip()) else {
-            refused(&metrics, "per_source_limit");
-            tracing::debug!(%peer, "connection refused: too many from this source");
-            continue;
+        let permit = match limiter.try_acquire(peer.ip()) {
+            Ok(p) => p,
+            Err(reason) => {
+                hbone::limit::refuse(stream);
+                refused(&metrics, reason.as_str());
+                continue;
+            }
         };
         metrics.connections.inc();
         let held = Held {
             _permit: permit,
-            _source: source,
             gauge: metrics.connections.clone(),
         };
         let _ = stream.set_nodelay(true);

@@ -35,8 +35,8 @@ pub struct Metrics {
     pub config_rejected: Counter,
     /// Connections to the TLS port open (handshaking or serving).
     pub connections: Gauge,
-    /// Connections closed before serving, by reason (`per_source_limit`,
-    /// `handshake_timeout`, `tls_error`, `bad_preface`).
+    /// Connections closed before serving, by reason (`global_limit`,
+    /// `source_limit`, `handshake_timeout`, `tls_error`, `bad_preface`).
     pub connections_refused: Family<ReasonLabel, Counter>,
     /// Failed `accept` calls, by reason (`fd_limit`, `memory`, `other`);
     /// each makes the accept loop back off.

@@ -163,7 +163,7 @@ async fn silent_and_slowloris_floods_leave_a_real_client_served() {
             "control_plane_connections_refused_total{{reason=\"{reason}\"}}"
         ))
     };
-    assert!(refused("per_source_limit") > 0.0, "{}", cp.metrics());
+    assert!(refused("source_limit") > 0.0, "{}", cp.metrics());
     assert!(
         support::eventually(Duration::from_secs(5), || refused("handshake_timeout")
             > 0.0),

@@ -65,20 +65,3 @@ fn backoff_doubles_to_its_cap_and_resets() {
     assert!(!b.failing());
     assert_eq!(b.failed(), BACKOFF_MIN);
 }
-
-#[test]
-fn per_source_slots_are_capped_and_released_on_drop() {
-    let ps = PerSource::new(2);
-    let a: IpAddr = "10.0.0.1".parse().unwrap();
-    let b: IpAddr = "10.0.0.2".parse().unwrap();
-    let one = ps.try_take(a).unwrap();
-    let two = ps.try_take(a).unwrap();
-    assert!(ps.try_take(a).is_none(), "a third from one source");
-    let other = ps.try_take(b).expect("another source has its own cap");
-    assert_eq!((ps.open(a), ps.open(b)), (2, 1));
-    drop(one);
-    let three = ps.try_take(a).expect("a slot was released");
-    drop((two, three, other));
-    assert_eq!((ps.open(a), ps.open(b)), (0, 0));
-    assert!(ps.open.lock().unwrap().is_empty(), "no entry left behind");
-}

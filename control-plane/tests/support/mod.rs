@@ -1,7 +1,7 @@
 //! A real `control-plane` process on loopback, and a real xDS client
 //! (mesh-runtime's) following it. Shared by the process-level suites.
 
-#![allow(dead_code)] // each suite uses its own part
+#![allow(dead_code, reason = "each suite uses its own part")]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
