@@ -3,7 +3,7 @@
 //! The tokens file is YAML mapping node name → token:
 //!
 //! ```yaml
-//! node1: 3f9c0e...   # any string; use 32+ random bytes, hex or base64
+//! node1: 3f9c0e...   # at least MIN_TOKEN_LEN characters: 32+ random bytes, hex or base64
 //! node2: 77ab41...
 //! ```
 //!
@@ -11,11 +11,34 @@
 //! xDS stream and CA call; the token names its node. A CA request is then
 //! only signed for identities with a workload on that node. (A Kubernetes
 //! service-account token is a later source of the same answer.)
+//!
+//! Guessing is made expensive twice over: a token shorter than
+//! [`MIN_TOKEN_LEN`] is refused when the file is loaded, and each source IP
+//! may fail only [`FAILURE_BURST`] times before its calls are refused
+//! unread, regaining one attempt every [`FAILURE_REFILL`]
+//! ([`FailureLimiter`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use tokio::time::Instant;
 use tonic::metadata::MetadataMap;
+
+use crate::metrics::{Metrics, ReasonLabel};
+
+/// The shortest token the tokens file may hold: 32 characters is 128 bits
+/// as hex (`openssl rand -hex 16`), more as base64.
+pub const MIN_TOKEN_LEN: usize = 32;
+/// Failed authentications one source IP may make in a burst.
+pub const FAILURE_BURST: u32 = 10;
+/// After its burst, a source regains one attempt per this long.
+pub const FAILURE_REFILL: Duration = Duration::from_secs(6);
+/// Sources remembered at once; past this the one closest to a full
+/// allowance is forgotten.
+pub const MAX_TRACKED_SOURCES: usize = 4096;
 
 /// The node a caller authenticated as.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -43,6 +66,12 @@ pub enum TokensError {
     },
     #[error("tokens file {path}: node {node:?} has an empty token")]
     Empty { path: PathBuf, node: String },
+    #[error("tokens file {path}: the token of node {node:?} has {len} characters; at least {MIN_TOKEN_LEN} are required (e.g. `openssl rand -hex 32`)")]
+    TooShort {
+        path: PathBuf,
+        node: String,
+        len: usize,
+    },
 }
 
 /// Why a caller was not authenticated.
@@ -52,11 +81,27 @@ pub enum AuthError {
     Missing,
     #[error("unknown bearer token")]
     Unknown,
+    #[error("too many failed authentications from this address; retry later")]
+    RateLimited,
+}
+
+impl AuthError {
+    /// The metric label.
+    pub fn reason(self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing_token",
+            AuthError::Unknown => "unknown_token",
+            AuthError::RateLimited => "rate_limited",
+        }
+    }
 }
 
 impl From<AuthError> for tonic::Status {
     fn from(e: AuthError) -> Self {
-        tonic::Status::unauthenticated(e.to_string())
+        match e {
+            AuthError::RateLimited => tonic::Status::resource_exhausted(e.to_string()),
+            _ => tonic::Status::unauthenticated(e.to_string()),
+        }
     }
 }
 
@@ -84,6 +129,15 @@ impl Tokens {
             return Err(TokensError::Empty {
                 path: path.to_owned(),
                 node: node.clone(),
+            });
+        }
+        // Compared as sent: `authenticate` trims only the header's padding.
+        let short = map.iter().find(|(_, t)| t.chars().count() < MIN_TOKEN_LEN);
+        if let Some((node, token)) = short {
+            return Err(TokensError::TooShort {
+                path: path.to_owned(),
+                node: node.clone(),
+                len: token.chars().count(),
             });
         }
         Ok(Tokens(map))
@@ -115,6 +169,121 @@ impl Tokens {
     }
 }
 
+/// One source's allowance of failed authentications: a token bucket.
+#[derive(Debug, Clone, Copy)]
+struct Allowance {
+    /// Attempts left, counted in `FAILURE_REFILL` units as of `at`.
+    left: f64,
+    at: Instant,
+}
+
+impl Allowance {
+    fn now(self, now: Instant) -> f64 {
+        let regained =
+            now.saturating_duration_since(self.at).as_secs_f64() / FAILURE_REFILL.as_secs_f64();
+        (self.left + regained).min(f64::from(FAILURE_BURST))
+    }
+}
+
+/// Failed authentications per source IP (pure: the caller passes the
+/// time). A source that has spent its allowance is refused before its
+/// token is even looked at; one that authenticates is never charged.
+#[derive(Debug, Default)]
+pub struct FailureLimiter {
+    sources: HashMap<IpAddr, Allowance>,
+}
+
+impl FailureLimiter {
+    /// Whether `ip` may try to authenticate now.
+    pub fn allows(&self, ip: IpAddr, now: Instant) -> bool {
+        self.sources.get(&ip).is_none_or(|a| a.now(now) >= 1.0)
+    }
+
+    /// Charges `ip` one failed attempt.
+    pub fn failed(&mut self, ip: IpAddr, now: Instant) {
+        if !self.sources.contains_key(&ip) && self.sources.len() >= MAX_TRACKED_SOURCES {
+            self.forget_one(now);
+        }
+        let a = self.sources.entry(ip).or_insert(Allowance {
+            left: f64::from(FAILURE_BURST),
+            at: now,
+        });
+        *a = Allowance {
+            left: (a.now(now) - 1.0).max(0.0),
+            at: now,
+        };
+    }
+
+    /// Sources currently remembered.
+    pub fn tracked(&self) -> usize {
+        self.sources.len()
+    }
+
+    /// Drops every source back at a full allowance; if none is, the one
+    /// closest to it.
+    fn forget_one(&mut self, now: Instant) {
+        let full = f64::from(FAILURE_BURST);
+        self.sources.retain(|_, a| a.now(now) < full);
+        if self.sources.len() < MAX_TRACKED_SOURCES {
+            return;
+        }
+        let best = self
+            .sources
+            .iter()
+            .max_by(|a, b| a.1.now(now).total_cmp(&b.1.now(now)))
+            .map(|(ip, _)| *ip);
+        if let Some(ip) = best {
+            self.sources.remove(&ip);
+        }
+    }
+}
+
+/// Authenticates calls: the tokens, the per-source limiter, and the
+/// `control_plane_auth_failures_total{reason}` counter.
+pub struct Authenticator {
+    tokens: Tokens,
+    limiter: Mutex<FailureLimiter>,
+    metrics: Arc<Metrics>,
+}
+
+impl Authenticator {
+    pub fn new(tokens: Tokens, metrics: Arc<Metrics>) -> Self {
+        Authenticator {
+            tokens,
+            limiter: Mutex::new(FailureLimiter::default()),
+            metrics,
+        }
+    }
+
+    /// The caller's node. A call whose source address is unknown (not over
+    /// TCP) is not rate-limited.
+    pub fn authenticate<T>(&self, req: &tonic::Request<T>) -> Result<NodeName, AuthError> {
+        let ip = req.remote_addr().map(|a| a.ip());
+        let now = Instant::now();
+        let limited = ip.is_some_and(|ip| !self.limiter().allows(ip, now));
+        let result = if limited {
+            Err(AuthError::RateLimited)
+        } else {
+            self.tokens.authenticate(req.metadata())
+        };
+        if let Err(e) = result {
+            self.metrics
+                .auth_failures
+                .get_or_create(&ReasonLabel { reason: e.reason() })
+                .inc();
+            if let (Some(ip), false) = (ip, limited) {
+                self.limiter().failed(ip, now);
+            }
+            tracing::debug!(source = ?ip, error = %e, "authentication failed");
+        }
+        result
+    }
+
+    fn limiter(&self) -> std::sync::MutexGuard<'_, FailureLimiter> {
+        self.limiter.lock().expect("auth limiter poisoned")
+    }
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
@@ -132,6 +301,8 @@ mod tests {
             ("node2".into(), "tok-2".into()),
         ]))
     }
+
+    const LONG: &str = "0123456789abcdef0123456789abcdef";
 
     #[test]
     fn authenticate_table() {
@@ -157,15 +328,77 @@ mod tests {
     fn load_rejects_empty_tokens() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tokens.yaml");
-        std::fs::write(&path, "node1: abc\nnode2: ''\n").unwrap();
+        std::fs::write(&path, format!("node1: {LONG}\nnode2: ''\n")).unwrap();
         assert!(matches!(
             Tokens::load(&path),
             Err(TokensError::Empty { .. })
         ));
-        std::fs::write(&path, "node1: abc\n").unwrap();
+        std::fs::write(&path, format!("node1: {LONG}\n")).unwrap();
         assert_eq!(
-            Tokens::load(&path).unwrap().node_for("abc"),
+            Tokens::load(&path).unwrap().node_for(LONG),
             Some(NodeName("node1".into()))
         );
+    }
+
+    #[test]
+    fn load_rejects_short_tokens_naming_the_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens.yaml");
+        let short = &LONG[..MIN_TOKEN_LEN - 1];
+        std::fs::write(&path, format!("node1: {LONG}\nnode2: {short}\n")).unwrap();
+        let err = Tokens::load(&path).unwrap_err();
+        assert!(
+            matches!(&err, TokensError::TooShort { node, len, .. } if node == "node2" && *len == MIN_TOKEN_LEN - 1),
+            "{err:?}"
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains("node2") && msg.contains("at least 32"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn limiter_allows_a_burst_then_one_attempt_per_refill() {
+        let ip: IpAddr = "10.0.0.9".parse().unwrap();
+        let other: IpAddr = "10.0.0.10".parse().unwrap();
+        let t0 = Instant::now();
+        let mut l = FailureLimiter::default();
+        for i in 0..FAILURE_BURST {
+            assert!(l.allows(ip, t0), "attempt {i} of the burst");
+            l.failed(ip, t0);
+        }
+        assert!(!l.allows(ip, t0), "burst spent");
+        assert!(l.allows(other, t0), "another source is not affected");
+        let almost = t0 + FAILURE_REFILL - Duration::from_millis(1);
+        assert!(!l.allows(ip, almost));
+        let later = t0 + FAILURE_REFILL;
+        assert!(l.allows(ip, later), "one attempt regained");
+        l.failed(ip, later);
+        assert!(!l.allows(ip, later));
+        let much_later = later + FAILURE_REFILL * (FAILURE_BURST * 10);
+        for _ in 0..FAILURE_BURST {
+            assert!(
+                l.allows(ip, much_later),
+                "the allowance is capped at the burst"
+            );
+            l.failed(ip, much_later);
+        }
+        assert!(!l.allows(ip, much_later));
+    }
+
+    #[test]
+    fn limiter_memory_is_bounded_and_keeps_the_limited_sources() {
+        let t0 = Instant::now();
+        let mut l = FailureLimiter::default();
+        let limited: IpAddr = "10.255.255.255".parse().unwrap();
+        for _ in 0..FAILURE_BURST {
+            l.failed(limited, t0);
+        }
+        for i in 0..(MAX_TRACKED_SOURCES as u32 + 100) {
+            l.failed(IpAddr::from(i.to_be_bytes()), t0);
+        }
+        assert!(l.tracked() <= MAX_TRACKED_SOURCES);
+        assert!(!l.allows(limited, t0), "the spent source was not forgotten");
     }
 }

@@ -14,8 +14,11 @@
 //! - [`source`]: where snapshots come from (the local YAML file today);
 //! - [`xds`]: the `DeltaAggregatedResources` gRPC service;
 //! - [`ca`]: the `CreateCertificate` gRPC service and node tokens;
+//! - [`accept`]: the front of 15012: connection caps, the handshake
+//!   deadline, back-off when `accept` fails;
 //! - [`serve`]: TLS on 15012 for both, plus metrics and readiness.
 
+pub mod accept;
 pub mod auth;
 pub mod ca;
 pub mod convert;

@@ -11,8 +11,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Parser;
+use control_plane::accept::DEFAULT_MAX_CONNECTIONS_PER_IP;
 use control_plane::serve::{
     self, Config, DEFAULT_CA_DIR, DEFAULT_CONFIG_FILE, DEFAULT_LISTEN, DEFAULT_METRICS_LISTEN,
     DEFAULT_TOKENS_FILE,
@@ -40,6 +42,38 @@ struct Flags {
     /// `/metrics` and `/healthz/ready` (plain HTTP).
     #[arg(long, default_value = DEFAULT_METRICS_LISTEN)]
     metrics_listen: SocketAddr,
+    /// Connections open at once on `--listen` (default: 16384, kept under
+    /// the open-file limit).
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Connections one source IP may hold on `--listen`.
+    #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS_PER_IP)]
+    max_connections_per_ip: usize,
+    /// Deadline for a client's TLS handshake and HTTP/2 preface.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    handshake_timeout: Duration,
+    /// How often each client is pinged (HTTP/2 PING).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    keepalive_interval: Duration,
+    /// A client that does not answer a ping within this is dropped.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    keepalive_timeout: Duration,
+}
+
+/// `90s`, `200ms`, `5m`, `24h`.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 90s, 200ms, 5m or 24h"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("{s:?} has unit {unit:?}; use ms, s, m or h")),
+    }
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -51,6 +85,12 @@ async fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let f = Flags::parse();
+    // One descriptor per connected node, and more while a flood of
+    // handshakes is cut off by its deadline.
+    match mesh_runtime::limits::raise_fd_limit() {
+        Some(l) => tracing::info!(soft = l.soft, hard = l.hard, "open-file limit"),
+        None => tracing::warn!("the open-file limit is unknown"),
+    }
     let cfg = Config {
         config_file: f.config_file,
         ca_dir: f.ca_dir,
@@ -58,6 +98,11 @@ async fn main() -> std::process::ExitCode {
         listen: f.listen,
         metrics_listen: f.metrics_listen,
         poll_interval: DEFAULT_POLL_INTERVAL,
+        max_connections: f.max_connections,
+        max_connections_per_ip: f.max_connections_per_ip,
+        handshake_timeout: f.handshake_timeout,
+        keepalive_interval: f.keepalive_interval,
+        keepalive_timeout: f.keepalive_timeout,
     };
     let running = match serve::start(&cfg).await {
         Ok(r) => r,

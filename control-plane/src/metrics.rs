@@ -33,6 +33,17 @@ pub struct Metrics {
     pub certs_refused: Family<ReasonLabel, Counter>,
     /// Config updates rejected by the source (the last good one stays).
     pub config_rejected: Counter,
+    /// Connections to the TLS port open (handshaking or serving).
+    pub connections: Gauge,
+    /// Connections closed before serving, by reason (`global_limit`,
+    /// `source_limit`, `handshake_timeout`, `tls_error`, `bad_preface`).
+    pub connections_refused: Family<ReasonLabel, Counter>,
+    /// Failed `accept` calls, by reason (`fd_limit`, `memory`, `other`);
+    /// each makes the accept loop back off.
+    pub accept_errors: Family<ReasonLabel, Counter>,
+    /// Calls refused authentication, by reason (`missing_token`,
+    /// `unknown_token`, `rate_limited`).
+    pub auth_failures: Family<ReasonLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -55,6 +66,10 @@ impl Metrics {
             certs_signed: Counter::default(),
             certs_refused: Family::default(),
             config_rejected: Counter::default(),
+            connections: Gauge::default(),
+            connections_refused: Family::default(),
+            accept_errors: Family::default(),
+            auth_failures: Family::default(),
         };
         registry.register(
             "xds_connected_clients",
@@ -82,6 +97,26 @@ impl Metrics {
             "config_rejected",
             "Config updates rejected (the last good one stays)",
             m.config_rejected.clone(),
+        );
+        registry.register(
+            "connections",
+            "Connections to the xDS/CA port open (handshaking or serving)",
+            m.connections.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections to the xDS/CA port closed before serving",
+            m.connections_refused.clone(),
+        );
+        registry.register(
+            "accept_errors",
+            "Failed accepts on the xDS/CA port (the accept loop backs off)",
+            m.accept_errors.clone(),
+        );
+        registry.register(
+            "auth_failures",
+            "Calls refused authentication",
+            m.auth_failures.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -1,5 +1,7 @@
 //! Wiring: the source feeds a publisher; xDS and the CA share one TLS port
-//! (15012); metrics and readiness are plain HTTP on another.
+//! (15012), behind [`crate::accept`] (caps, handshake deadline, accept
+//! back-off) and with HTTP/2 keepalive; metrics and readiness are plain
+//! HTTP on another (15014, [`mesh_runtime::admin::serve`]).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -14,16 +16,16 @@ use proto::discovery::aggregated_discovery_service_server::AggregatedDiscoverySe
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::{Server, ServerTlsConfig};
+use tonic::transport::Server;
 
-use crate::auth::{Tokens, TokensError};
+use crate::accept::{self, Limits};
+use crate::auth::{Authenticator, Tokens, TokensError};
 use crate::ca::CaService;
 use crate::delta::History;
 use crate::metrics::Metrics;
 use crate::resources::ResourceSet;
 use crate::source::{FileSource, Source, DEFAULT_POLL_INTERVAL};
-use crate::tls::{serving_cert, ServingCertError};
+use crate::tls::{server_config, ServingCertError};
 use crate::xds::{Published, XdsService};
 
 /// xDS and CA, TLS (Istio's istiod port).
@@ -33,6 +35,15 @@ pub const DEFAULT_METRICS_LISTEN: &str = "0.0.0.0:15014";
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/ambient-mesh/mesh.yaml";
 pub const DEFAULT_CA_DIR: &str = "/var/lib/ambient-mesh/ca";
 pub const DEFAULT_TOKENS_FILE: &str = "/etc/ambient-mesh/node-tokens.yaml";
+/// The server pings each client this often (Istio's istiod default)...
+pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// ...and drops it if the ping is not answered within this.
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// gRPC calls one connection may carry at once (a ztunnel makes one ADS
+/// stream, and a few CSRs on its CA connection).
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 100;
+/// Request headers (the bearer token is the largest).
+pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 
 /// The control plane's typed configuration (flags in `main.rs`).
 #[derive(Debug, Clone)]
@@ -43,6 +54,14 @@ pub struct Config {
     pub listen: SocketAddr,
     pub metrics_listen: SocketAddr,
     pub poll_interval: Duration,
+    /// Connections open at once on `listen`; `None`: the default, kept
+    /// under the open-file limit ([`accept::connection_cap`]).
+    pub max_connections: Option<usize>,
+    pub max_connections_per_ip: usize,
+    /// TLS handshake plus the HTTP/2 preface.
+    pub handshake_timeout: Duration,
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
 }
 
 impl Config {
@@ -55,6 +74,11 @@ impl Config {
             listen: DEFAULT_LISTEN.parse().expect("constant address"),
             metrics_listen: DEFAULT_METRICS_LISTEN.parse().expect("constant address"),
             poll_interval: DEFAULT_POLL_INTERVAL,
+            max_connections: None,
+            max_connections_per_ip: accept::DEFAULT_MAX_CONNECTIONS_PER_IP,
+            handshake_timeout: accept::DEFAULT_HANDSHAKE_TIMEOUT,
+            keepalive_interval: DEFAULT_KEEPALIVE_INTERVAL,
+            keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
         }
     }
 }
@@ -113,9 +137,10 @@ pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
         path: cfg.ca_dir.clone(),
         source,
     })?;
-    let tokens = Arc::new(Tokens::load(&cfg.tokens_file).map_err(ServeError::Tokens)?);
-    let identity = serving_cert(&ca, &cfg.ca_dir).map_err(ServeError::ServingCert)?;
+    let tokens = Tokens::load(&cfg.tokens_file).map_err(ServeError::Tokens)?;
+    let tls = server_config(&ca, &cfg.ca_dir).map_err(ServeError::ServingCert)?;
     let metrics = Arc::new(Metrics::new());
+    let auth = Arc::new(Authenticator::new(tokens, metrics.clone()));
     let bind = |addr: SocketAddr| async move {
         TcpListener::bind(addr)
             .await
@@ -134,22 +159,35 @@ pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
 
     let xds = XdsService {
         feed: feed_rx.clone(),
-        tokens: tokens.clone(),
+        auth: auth.clone(),
         metrics: metrics.clone(),
     };
     let ca_svc = CaService {
         ca: ca.clone(),
-        tokens,
+        auth,
         snapshots: snap_rx,
         metrics: metrics.clone(),
     };
+    let limits = Limits {
+        max_connections: accept::connection_cap(
+            cfg.max_connections,
+            mesh_runtime::limits::fd_limit().map(|l| l.soft),
+        ),
+        max_connections_per_ip: cfg.max_connections_per_ip.max(1),
+        handshake_timeout: cfg.handshake_timeout,
+    };
+    tracing::info!(?limits, "serving limits");
+    let (incoming, accepting) = accept::spawn(listener, tls, limits, metrics.clone());
+    tasks.push(accepting);
     let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
     let server = Server::builder()
-        .tls_config(ServerTlsConfig::new().identity(identity))
-        .expect("valid TLS identity")
+        .http2_keepalive_interval(Some(cfg.keepalive_interval))
+        .http2_keepalive_timeout(Some(cfg.keepalive_timeout))
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
         .add_service(AggregatedDiscoveryServiceServer::new(xds))
         .add_service(IstioCertificateServiceServer::new(ca_svc))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+        .serve_with_incoming_shutdown(incoming, async {
             let _ = shutdown_rx.await;
         });
     tasks.push(tokio::spawn(async move {

@@ -3,6 +3,7 @@
 //! certificates chain to) and the DNS name they dialled.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use hbone::ca::{DevCa, ROOT_KEY_FILE};
@@ -10,6 +11,7 @@ use rcgen::{
     CertificateParams, ExtendedKeyUsagePurpose, Issuer, KeyPair, KeyUsagePurpose, SanType,
     PKCS_ECDSA_P256_SHA256,
 };
+use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 
 /// Names the serving certificate carries: what clients may dial.
 pub const SERVING_DNS_NAMES: &[&str] = &[
@@ -31,14 +33,41 @@ pub enum ServingCertError {
     },
     #[error("building the serving certificate")]
     Rcgen(#[source] rcgen::Error),
+    #[error("building the TLS configuration")]
+    Rustls(#[source] rustls::Error),
+}
+
+/// The TLS configuration of the gRPC port: [`serving_cert`], ALPN `h2`,
+/// no client certificate (callers authenticate with a bearer token).
+pub fn server_config(
+    ca: &DevCa,
+    ca_dir: &Path,
+) -> Result<Arc<rustls::ServerConfig>, ServingCertError> {
+    let (chain, key) = serving_cert(ca, ca_dir)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(ServingCertError::Rustls)?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(ServingCertError::Rustls)?;
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(cfg))
 }
 
 /// A fresh key and certificate for the gRPC port, signed by the root in
-/// `ca_dir` (which [`DevCa::load_or_create`] has just loaded or made).
+/// `ca_dir` (which [`DevCa::load_or_create`] has just loaded or made): the
+/// chain (leaf, root) and the key.
 pub fn serving_cert(
     ca: &DevCa,
     ca_dir: &Path,
-) -> Result<tonic::transport::Identity, ServingCertError> {
+) -> Result<
+    (
+        Vec<rustls_pki_types::CertificateDer<'static>>,
+        PrivateKeyDer<'static>,
+    ),
+    ServingCertError,
+> {
     let key_path = ca_dir.join(ROOT_KEY_FILE);
     let root_key_pem =
         std::fs::read_to_string(&key_path).map_err(|source| ServingCertError::ReadKey {
@@ -68,9 +97,7 @@ pub fn serving_cert(
     let cert = params
         .signed_by(&key, &issuer)
         .map_err(ServingCertError::Rcgen)?;
-    let chain = format!("{}{}", cert.pem(), ca.root_pem());
-    Ok(tonic::transport::Identity::from_pem(
-        chain,
-        key.serialize_pem(),
-    ))
+    let chain = vec![cert.der().clone(), ca.root()];
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    Ok((chain, key))
 }

@@ -7,8 +7,15 @@
 //! since the generation the client is in sync with) and sends it only if
 //! non-empty (the first request of each type is always answered, so a
 //! client knows it is in sync).
+//!
+//! A delta larger than [`MAX_RESPONSE_BYTES`] goes out in several
+//! responses ([`Delta::split`]), all but the last marked
+//! [`MORE_FOLLOWS`] in `system_version_info`, so no message reaches the
+//! client's limit (tonic's 4 MiB, [`MAX_MESSAGE_BYTES`]) and our client
+//! applies the push whole; a client that ignores the mark applies each
+//! piece as it comes, as plain delta xDS allows.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use proto::discovery::aggregated_discovery_service_server::AggregatedDiscoveryService;
@@ -18,13 +25,17 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::auth::{NodeName, Tokens};
+use crate::auth::{Authenticator, NodeName};
 use crate::delta::{Delta, History, Reply, Subscription};
 use crate::metrics::Metrics;
 use crate::resources::{Kind, ResourceSet};
+use mesh_runtime::xds::client::{MAX_MESSAGE_BYTES, MORE_FOLLOWS};
 
 /// Responses queued per stream before the task waits for the client.
 const STREAM_BUFFER: usize = 16;
+/// Resource bytes per response: a quarter of the client's limit, leaving
+/// room for the rest of the message and for a client with a lower limit.
+pub const MAX_RESPONSE_BYTES: usize = MAX_MESSAGE_BYTES / 4;
 
 /// One published resource set and when it was published.
 #[derive(Debug)]
@@ -41,7 +52,7 @@ pub type Feed = watch::Receiver<Option<Arc<Published>>>;
 
 pub struct XdsService {
     pub feed: Feed,
-    pub tokens: Arc<Tokens>,
+    pub auth: Arc<Authenticator>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -53,7 +64,7 @@ impl AggregatedDiscoveryService for XdsService {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let node = self.tokens.authenticate(request.metadata())?;
+        let node = self.auth.authenticate(&request)?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let stream = ClientStream {
             node,
@@ -62,6 +73,7 @@ impl AggregatedDiscoveryService for XdsService {
             tx,
             metrics: self.metrics.clone(),
             subs: BTreeMap::new(),
+            unanswered: BTreeSet::new(),
             nonce: 0,
         };
         tokio::spawn(stream.run());
@@ -85,6 +97,9 @@ struct ClientStream {
     tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
     metrics: Arc<Metrics>,
     subs: BTreeMap<Kind, Subscription>,
+    /// Types whose first request came before any config was published:
+    /// answered with the first one, even if empty.
+    unanswered: BTreeSet<Kind>,
     nonce: u64,
 }
 
@@ -147,6 +162,9 @@ impl ClientStream {
         }
         let published = self.feed.borrow().clone();
         let Some(p) = published else {
+            if first {
+                self.unanswered.insert(kind);
+            }
             return Ok(());
         };
         self.push(kind, &p, first, None).await
@@ -155,7 +173,8 @@ impl ClientStream {
     async fn push_all(&mut self, p: &Published) -> Result<(), Closed> {
         let kinds: Vec<Kind> = self.subs.keys().copied().collect();
         for kind in kinds {
-            self.push(kind, p, false, Some(p.at)).await?;
+            let always = self.unanswered.remove(&kind);
+            self.push(kind, p, always, Some(p.at)).await?;
         }
         Ok(())
     }
@@ -175,13 +194,20 @@ impl ClientStream {
             return Ok(());
         }
         sub.commit_at(&delta, p.generation);
-        self.nonce += 1;
-        let resp = response(kind, &delta, self.nonce.to_string());
-        self.tx.send(Ok(resp)).await.map_err(|_| Closed)?;
-        self.metrics
-            .pushes
-            .get_or_create(&Metrics::type_label(kind))
-            .inc();
+        let pieces = delta.split(kind, MAX_RESPONSE_BYTES);
+        let last = pieces.len() - 1;
+        for (i, piece) in pieces.iter().enumerate() {
+            self.nonce += 1;
+            let mut resp = response(kind, piece, self.nonce.to_string());
+            if i < last {
+                resp.system_version_info = MORE_FOLLOWS.to_owned();
+            }
+            self.tx.send(Ok(resp)).await.map_err(|_| Closed)?;
+            self.metrics
+                .pushes
+                .get_or_create(&Metrics::type_label(kind))
+                .inc();
+        }
         if let Some(at) = published_at {
             self.metrics
                 .push_latency
@@ -192,6 +218,7 @@ impl ClientStream {
             r#type = kind.label(),
             updated = delta.updated.len(),
             removed = delta.removed.len(),
+            responses = pieces.len(),
             "pushed"
         );
         Ok(())

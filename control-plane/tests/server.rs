@@ -24,7 +24,8 @@ workloads:\n\
 - {name: c, namespace: shop, serviceAccount: cart, ip: 10.1.2.2, node: node2, labels: {app: cart}}\n\
 services:\n\
 - {name: cart, namespace: shop, vip: 10.96.0.1, ports: [{port: 80, targetPort: 8080}], selector: {app: cart}}\n";
-const TOKENS: &str = "node1: token-one\nnode2: token-two\n";
+const ONE: &str = "token-one-0123456789abcdef0123456789abcdef";
+const TWO: &str = "token-two-0123456789abcdef0123456789abcdef";
 const WAIT: Duration = Duration::from_secs(5);
 /// How long "nothing more arrives" is watched for.
 const QUIET: Duration = Duration::from_millis(400);
@@ -36,9 +37,20 @@ struct Harness {
 
 impl Harness {
     async fn start() -> Harness {
+        Harness::start_with(Some(MESH)).await
+    }
+
+    /// With `mesh` as the config file, or none yet.
+    async fn start_with(mesh: Option<&str>) -> Harness {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("mesh.yaml"), MESH).unwrap();
-        std::fs::write(dir.path().join("tokens.yaml"), TOKENS).unwrap();
+        if let Some(mesh) = mesh {
+            std::fs::write(dir.path().join("mesh.yaml"), mesh).unwrap();
+        }
+        std::fs::write(
+            dir.path().join("tokens.yaml"),
+            format!("node1: {ONE}\nnode2: {TWO}\n"),
+        )
+        .unwrap();
         let mut cfg = Config::with_paths(
             &dir.path().join("mesh.yaml"),
             &dir.path().join("ca"),
@@ -59,6 +71,11 @@ impl Harness {
     }
 
     async fn channel(&self) -> Channel {
+        self.channel_from(None).await
+    }
+
+    /// A channel whose connection leaves from `source`.
+    async fn channel_from(&self, source: Option<std::net::IpAddr>) -> Channel {
         let tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(&self.cp.root_pem))
             .domain_name("localhost");
@@ -66,6 +83,7 @@ impl Harness {
             .unwrap()
             .tls_config(tls)
             .unwrap()
+            .local_address(source)
             .connect()
             .await
             .unwrap()
@@ -161,7 +179,7 @@ const ALL: [&str; 4] = [
 #[tokio::test]
 async fn wildcard_and_by_name() {
     let h = Harness::start().await;
-    let mut all = Ads::open(&h, "token-one").await;
+    let mut all = Ads::open(&h, ONE).await;
     all.send(subscribe(ADDR, &["*"])).await;
     let resp = all.recv().await;
     assert_eq!(resp.type_url, ADDR);
@@ -170,7 +188,7 @@ async fn wildcard_and_by_name() {
     assert_eq!(any.type_url, ADDR);
     proto::workload::Address::decode(any.value.as_slice()).unwrap();
 
-    let mut one = Ads::open(&h, "token-two").await;
+    let mut one = Ads::open(&h, TWO).await;
     one.send(subscribe(ADDR, &["shop/b", "shop/nope"])).await;
     let resp = one.recv().await;
     assert_eq!(names(&resp), ["shop/b"]);
@@ -181,11 +199,11 @@ async fn wildcard_and_by_name() {
 #[tokio::test]
 async fn edits_push_only_the_change_and_deletions_are_removed() {
     let h = Harness::start().await;
-    let mut ads = Ads::open(&h, "token-one").await;
+    let mut ads = Ads::open(&h, ONE).await;
     ads.send(subscribe(ADDR, &["*"])).await;
     let first = ads.recv().await;
     ads.ack(&first).await;
-    let mut by_name = Ads::open(&h, "token-two").await;
+    let mut by_name = Ads::open(&h, TWO).await;
     by_name.send(subscribe(ADDR, &["shop/a"])).await;
     by_name.recv().await;
 
@@ -224,7 +242,7 @@ async fn edits_push_only_the_change_and_deletions_are_removed() {
 #[tokio::test]
 async fn nack_is_counted_and_not_repushed() {
     let h = Harness::start().await;
-    let mut ads = Ads::open(&h, "token-one").await;
+    let mut ads = Ads::open(&h, ONE).await;
     ads.send(subscribe(ADDR, &["*"])).await;
     let resp = ads.recv().await;
     ads.send(DeltaDiscoveryRequest {
@@ -254,7 +272,7 @@ async fn nack_is_counted_and_not_repushed() {
 #[tokio::test]
 async fn reconnect_with_initial_versions_gets_only_the_difference() {
     let h = Harness::start().await;
-    let mut ads = Ads::open(&h, "token-one").await;
+    let mut ads = Ads::open(&h, ONE).await;
     ads.send(subscribe(ADDR, &["*"])).await;
     let full = ads.recv().await;
     let held: BTreeMap<String, String> = full
@@ -268,7 +286,7 @@ async fn reconnect_with_initial_versions_gets_only_the_difference() {
     h.edit(&MESH.replace("10.1.2.1", "10.1.2.9"));
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    let mut again = Ads::open(&h, "token-one").await;
+    let mut again = Ads::open(&h, ONE).await;
     let mut req = subscribe(ADDR, &["*"]);
     req.initial_resource_versions = held.into_iter().collect();
     again.send(req).await;
@@ -292,7 +310,7 @@ async fn reconnect_with_initial_versions_gets_only_the_difference() {
                 .map(|r| (r.name.clone(), r.version.clone())),
         )
         .collect();
-    let mut third = Ads::open(&h, "token-one").await;
+    let mut third = Ads::open(&h, ONE).await;
     let mut req = subscribe(ADDR, &["*"]);
     req.initial_resource_versions = current.into_iter().collect();
     third.send(req).await;
@@ -355,10 +373,7 @@ async fn ca_signs_only_for_pods_on_the_callers_node() {
     // Wait for the first config (the CA answers Unavailable before it).
     let mut chain = None;
     for _ in 0..50 {
-        match ca
-            .create_certificate(ask(cart, csr_pem(), Some("token-one")))
-            .await
-        {
+        match ca.create_certificate(ask(cart, csr_pem(), Some(ONE))).await {
             Ok(resp) => {
                 chain = Some(resp.into_inner().cert_chain);
                 break;
@@ -381,12 +396,12 @@ async fn ca_signs_only_for_pods_on_the_callers_node() {
 
     // pay runs only on node2: node1's token cannot get it; node2's can.
     let err = ca
-        .create_certificate(ask(pay, csr_pem(), Some("token-one")))
+        .create_certificate(ask(pay, csr_pem(), Some(ONE)))
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
     assert!(err.message().contains("node1"), "{}", err.message());
-    ca.create_certificate(ask(pay, csr_pem(), Some("token-two")))
+    ca.create_certificate(ask(pay, csr_pem(), Some(TWO)))
         .await
         .unwrap();
 
@@ -395,7 +410,7 @@ async fn ca_signs_only_for_pods_on_the_callers_node() {
         .create_certificate(ask(
             "spiffe://cluster.local/ns/shop/sa/ghost",
             csr_pem(),
-            Some("token-one"),
+            Some(ONE),
         ))
         .await
         .unwrap_err();
@@ -403,7 +418,7 @@ async fn ca_signs_only_for_pods_on_the_callers_node() {
 
     // Malformed CSR: a clear InvalidArgument.
     let err = ca
-        .create_certificate(ask(cart, "not a csr".into(), Some("token-one")))
+        .create_certificate(ask(cart, "not a csr".into(), Some(ONE)))
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
@@ -424,5 +439,72 @@ async fn ca_signs_only_for_pods_on_the_callers_node() {
     assert!(metrics
         .contains("control_plane_ca_certificates_refused_total{reason=\"not_authorized\"} 2"));
     assert!(metrics.contains("control_plane_ca_certificates_refused_total{reason=\"bad_csr\"} 1"));
+    h.cp.shutdown().await;
+}
+
+#[tokio::test]
+async fn failed_authentications_are_limited_per_source_and_counted() {
+    use control_plane::auth::FAILURE_BURST;
+    let h = Harness::start().await;
+    let cart = "spiffe://cluster.local/ns/shop/sa/cart";
+    let ask = |token: &str| {
+        let mut req = tonic::Request::new(cert_request(cart, csr_pem()));
+        bearer(&mut req, token);
+        req
+    };
+    let guesser = Some("127.0.0.2".parse().unwrap());
+    let mut ca = IstioCertificateServiceClient::new(h.channel_from(guesser).await);
+    let wrong = "not-the-token-0123456789abcdef0123456789";
+    for i in 0..FAILURE_BURST {
+        let err = ca.create_certificate(ask(wrong)).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated, "guess {i}: {err}");
+    }
+    // The allowance is spent: refused unread, even with a good token.
+    for token in [wrong, ONE] {
+        let err = ca.create_certificate(ask(token)).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err}");
+    }
+    // Another source is not affected.
+    let from = Some("127.0.0.1".parse().unwrap());
+    let mut ads = {
+        let (tx, rx) = mpsc::channel(8);
+        let mut req = tonic::Request::new(ReceiverStream::new(rx));
+        bearer(&mut req, ONE);
+        let mut client = AggregatedDiscoveryServiceClient::new(h.channel_from(from).await);
+        let rx = client
+            .delta_aggregated_resources(req)
+            .await
+            .expect("another source authenticates")
+            .into_inner();
+        Ads { tx, rx }
+    };
+    ads.send(subscribe(proto::ADDRESS_TYPE_URL, &[])).await;
+    ads.recv().await;
+
+    let metrics = h.metrics().await;
+    for (reason, n) in [("unknown_token", FAILURE_BURST), ("rate_limited", 2)] {
+        let series = format!("control_plane_auth_failures_total{{reason=\"{reason}\"}} {n}");
+        assert!(metrics.contains(&series), "{series}\n{metrics}");
+    }
+    h.cp.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_client_that_subscribes_before_the_first_config_hears_every_type() {
+    let h = Harness::start_with(None).await;
+    let mut ads = Ads::open(&h, ONE).await;
+    ads.send(subscribe(proto::ADDRESS_TYPE_URL, &[])).await;
+    ads.send(subscribe(proto::AUTHORIZATION_TYPE_URL, &[]))
+        .await;
+    assert!(ads.quiet().await, "nothing to say before a config");
+    // The config has no policies: the (empty) answer must still come, or
+    // the client never knows it is in sync.
+    h.edit(MESH);
+    let mut types = vec![ads.recv().await.type_url, ads.recv().await.type_url];
+    types.sort();
+    assert_eq!(
+        types,
+        [proto::AUTHORIZATION_TYPE_URL, proto::ADDRESS_TYPE_URL]
+    );
     h.cp.shutdown().await;
 }

@@ -3,6 +3,14 @@
 //! The root is loaded from a directory, or generated on first start and
 //! persisted there, so a restart keeps the same trust root. The control plane
 //! reuses [`DevCa::sign_csr`] to serve `CreateCertificate`.
+//!
+//! The first start is atomic, however many processes start on one fresh
+//! directory at once: the one that takes the lock ([`LOCK_FILE`], `flock`)
+//! writes the key and then the certificate, each to a temporary file of its
+//! own that is renamed into place (the certificate's rename is the commit),
+//! and the others, once they hold the lock, load what it wrote. A directory
+//! that already holds both files is read without the lock (each file
+//! appears whole), so a read-only one works.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,6 +29,8 @@ use crate::identity::SpiffeId;
 
 pub const ROOT_CERT_FILE: &str = "root-cert.pem";
 pub const ROOT_KEY_FILE: &str = "root-key.pem";
+/// Taken (`flock`) while the root is created; left in place.
+pub const LOCK_FILE: &str = ".ca.lock";
 /// Leaves are back-dated by this much to tolerate clock skew between nodes.
 const CLOCK_SKEW_ALLOWANCE: Duration = Duration::from_secs(60);
 const ROOT_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
@@ -36,6 +46,12 @@ pub enum CaError {
     },
     #[error("writing CA file {path}")]
     Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("locking {path}")]
+    Lock {
         path: PathBuf,
         #[source]
         source: std::io::Error,
@@ -74,32 +90,40 @@ impl DevCa {
         Self::from_parts(&pem, key, Path::new("<memory>"))
     }
 
-    /// Load the root from `dir`, or generate and persist it there on first start.
+    /// Load the root from `dir`, or generate and persist it there on first
+    /// start (atomically, see the module docs).
     pub fn load_or_create(dir: &Path) -> Result<Self, CaError> {
         let cert_path = dir.join(ROOT_CERT_FILE);
         let key_path = dir.join(ROOT_KEY_FILE);
+        if cert_path.exists() && key_path.exists() {
+            return Self::load(&cert_path, &key_path);
+        }
+        std::fs::create_dir_all(dir).map_err(|source| CaError::Write {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let _lock = lock(&dir.join(LOCK_FILE))?;
         match (cert_path.exists(), key_path.exists()) {
-            (true, true) => {
-                let pem = read(&cert_path)?;
-                let key =
-                    KeyPair::from_pem(&read(&key_path)?).map_err(|source| CaError::Invalid {
-                        path: key_path.clone(),
-                        source,
-                    })?;
-                Self::from_parts(&pem, key, &cert_path)
-            }
+            // Another process made it while we waited for the lock.
+            (true, true) => Self::load(&cert_path, &key_path),
             (false, false) => {
                 let (pem, key) = generate_root()?;
-                std::fs::create_dir_all(dir).map_err(|source| CaError::Write {
-                    path: dir.to_owned(),
-                    source,
-                })?;
-                write_private(&key_path, &key.serialize_pem())?;
-                write_atomic(&cert_path, &pem)?;
+                write_file(&key_path, &key.serialize_pem(), 0o600)?;
+                write_file(&cert_path, &pem, 0o644)?;
+                sync_dir(dir)?;
                 Self::from_parts(&pem, key, &cert_path)
             }
             _ => Err(CaError::Incomplete(dir.to_owned())),
         }
+    }
+
+    fn load(cert_path: &Path, key_path: &Path) -> Result<Self, CaError> {
+        let pem = read(cert_path)?;
+        let key = KeyPair::from_pem(&read(key_path)?).map_err(|source| CaError::Invalid {
+            path: key_path.to_owned(),
+            source,
+        })?;
+        Self::from_parts(&pem, key, cert_path)
     }
 
     fn from_parts(pem: &str, key: KeyPair, path: &Path) -> Result<Self, CaError> {
@@ -270,34 +294,74 @@ fn read(path: &Path) -> Result<String, CaError> {
     })
 }
 
-fn write_atomic(path: &Path, contents: &str) -> Result<(), CaError> {
-    let tmp = path.with_extension("tmp");
-    let wrap = |source| CaError::Write {
-        path: path.to_owned(),
-        source,
-    };
-    std::fs::write(&tmp, contents).map_err(wrap)?;
-    std::fs::rename(&tmp, path).map_err(wrap)
-}
-
-fn write_private(path: &Path, contents: &str) -> Result<(), CaError> {
-    use std::io::Write;
+/// An exclusive `flock` on `path` (created if need be), held until the
+/// file is dropped. Blocks while another process or thread holds it.
+fn lock(path: &Path) -> Result<std::fs::File, CaError> {
+    use std::os::fd::AsRawFd;
     use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let wrap = |source| CaError::Write {
+    let wrap = |source| CaError::Lock {
         path: path.to_owned(),
         source,
     };
-    let mut f = std::fs::OpenOptions::new()
+    let f = std::fs::OpenOptions::new()
+        .read(true)
         .write(true)
         .create(true)
-        .truncate(true)
+        .truncate(false)
         .mode(0o600)
-        .open(&tmp)
+        .open(path)
         .map_err(wrap)?;
-    f.write_all(contents.as_bytes()).map_err(wrap)?;
-    f.sync_all().map_err(wrap)?;
-    std::fs::rename(&tmp, path).map_err(wrap)
+    loop {
+        // SAFETY: flock on a descriptor this function owns.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } == 0 {
+            return Ok(f);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(wrap(e));
+        }
+    }
+}
+
+/// Writes `path` whole or not at all: a temporary file of this writer's
+/// own in the same directory, synced, then renamed over `path`.
+fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), CaError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let wrap = |source| CaError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("ca");
+    let tmp = path.with_file_name(format!(
+        ".{name}.{}.{:016x}.tmp",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(contents.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.map_err(wrap)
+}
+
+/// Makes the renames into `dir` durable.
+fn sync_dir(dir: &Path) -> Result<(), CaError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| CaError::Write {
+            path: dir.to_owned(),
+            source,
+        })
 }
 
 #[cfg(test)]
@@ -318,6 +382,110 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(mode.permissions().mode() & 0o777, 0o600);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Many threads start on one fresh directory at once: every one ends
+    /// up with the root on disk (before, one died with "writing CA file
+    /// …/root-key.pem: No such file or directory", or kept a root of its
+    /// own that lost the race to the file).
+    #[test]
+    fn concurrent_first_starts_share_one_root() {
+        for round in 0..5 {
+            let dir = std::env::temp_dir().join(format!("devca-race-{}", rand::random::<u64>()));
+            let n = 16;
+            let start = std::sync::Arc::new(std::sync::Barrier::new(n));
+            let threads: Vec<_> = (0..n)
+                .map(|_| {
+                    let (dir, start) = (dir.clone(), start.clone());
+                    std::thread::spawn(move || {
+                        start.wait();
+                        DevCa::load_or_create(&dir).map(|ca| ca.root())
+                    })
+                })
+                .collect();
+            let roots: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+            let on_disk = DevCa::load_or_create(&dir).unwrap().root();
+            for r in roots {
+                let r = r.unwrap_or_else(|e| panic!("round {round}: {}", crate_error_chain(&e)));
+                assert_eq!(
+                    r, on_disk,
+                    "round {round}: a root that is not the one on disk"
+                );
+            }
+            let left: Vec<_> = std::fs::read_dir(&dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .filter(|n| n.ends_with(".tmp"))
+                .collect();
+            assert!(left.is_empty(), "temporary files left behind: {left:?}");
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+    }
+
+    /// The same with processes: this test binary, re-run as
+    /// [`child_initialises_the_ca`].
+    #[test]
+    fn concurrent_first_starts_of_processes_share_one_root() {
+        let dir = std::env::temp_dir().join(format!("devca-procs-{}", rand::random::<u64>()));
+        let exe = std::env::current_exe().unwrap();
+        let children: Vec<_> = (0..8)
+            .map(|_| {
+                std::process::Command::new(&exe)
+                    .args([
+                        "--exact",
+                        "ca::tests::child_initialises_the_ca",
+                        "--ignored",
+                        "--nocapture",
+                        "--test-threads",
+                        "1",
+                    ])
+                    .env(CHILD_DIR_ENV, &dir)
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let on_disk = || DevCa::load_or_create(&dir).unwrap().root_pem().to_owned();
+        for c in children {
+            let out = c.wait_with_output().unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "{stdout}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let root = stdout
+                .lines()
+                .find_map(|l| l.split_once("root: ").map(|(_, r)| r))
+                .expect("the child printed its root");
+            assert_eq!(root, on_disk().replace('\n', ""));
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    const CHILD_DIR_ENV: &str = "HBONE_DEVCA_TEST_DIR";
+
+    /// Run only by [`concurrent_first_starts_of_processes_share_one_root`].
+    #[test]
+    #[ignore = "a child of concurrent_first_starts_of_processes_share_one_root"]
+    fn child_initialises_the_ca() {
+        let Some(dir) = std::env::var_os(CHILD_DIR_ENV) else {
+            return;
+        };
+        let ca = DevCa::load_or_create(Path::new(&dir))
+            .unwrap_or_else(|e| panic!("{}", crate_error_chain(&e)));
+        println!("root: {}", ca.root_pem().replace('\n', ""));
+    }
+
+    fn crate_error_chain(e: &dyn std::error::Error) -> String {
+        let mut s = e.to_string();
+        let mut src = e.source();
+        while let Some(c) = src {
+            s.push_str(&format!(": {c}"));
+            src = c.source();
+        }
+        s
     }
 
     #[test]

@@ -4,6 +4,11 @@
 //! or a remote CA client). The [`CertStore`] caches one per identity, hands
 //! out `Arc`s, and replaces each at half its lifetime. Live tunnels keep the
 //! certificate they were established with, so rotation never drops one.
+//!
+//! Every fetch has a deadline ([`FETCH_DEADLINE`]), and rotation renews
+//! the identities due concurrently, so one hung request delays only its
+//! own identity (whose current certificate stays in force) and never the
+//! rest.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,7 +34,12 @@ pub enum CertError {
     BadSan(#[source] SpiffeIdError),
     #[error("certificate for {0} has expired and could not be renewed")]
     Expired(SpiffeId),
+    #[error("fetching the certificate for {id} took longer than {deadline:?}")]
+    Timeout { id: SpiffeId, deadline: Duration },
 }
+
+/// How long one fetch (all of a provider's attempts) may take.
+pub const FETCH_DEADLINE: Duration = Duration::from_secs(60);
 
 /// Something that mints certificates for identities: the dev CA, or a
 /// remote CA client that sends a CSR.
@@ -164,13 +174,20 @@ struct Entry {
 pub struct CertStore {
     provider: Arc<dyn CertProvider>,
     entries: Mutex<HashMap<SpiffeId, Arc<Entry>>>,
+    fetch_deadline: Duration,
 }
 
 impl CertStore {
     pub fn new(provider: Arc<dyn CertProvider>) -> Arc<Self> {
+        Self::with_fetch_deadline(provider, FETCH_DEADLINE)
+    }
+
+    /// A store whose fetches each end within `deadline`.
+    pub fn with_fetch_deadline(provider: Arc<dyn CertProvider>, deadline: Duration) -> Arc<Self> {
         Arc::new(CertStore {
             provider,
             entries: Mutex::new(HashMap::new()),
+            fetch_deadline: deadline,
         })
     }
 
@@ -222,7 +239,11 @@ impl CertStore {
         id: &SpiffeId,
         entry: &Entry,
     ) -> Result<Arc<WorkloadCert>, CertError> {
-        let cert = Arc::new(self.provider.fetch(id).await?);
+        let fetch = tokio::time::timeout(self.fetch_deadline, self.provider.fetch(id));
+        let cert = Arc::new(fetch.await.map_err(|_| CertError::Timeout {
+            id: id.clone(),
+            deadline: self.fetch_deadline,
+        })??);
         *entry.current.write().expect("cert entry poisoned") = Some(cert.clone());
         tracing::debug!(identity = %id, not_after = ?cert.not_after, "certificate installed");
         Ok(cert)
@@ -267,8 +288,10 @@ impl CertStore {
             .collect()
     }
 
-    /// Replace every certificate past its half-life. Returns how many were
-    /// renewed and how many renewals failed (the old one stays in force).
+    /// Replace every certificate past its half-life, all at once (the
+    /// provider bounds how many requests are in flight). Returns how many
+    /// were renewed and how many renewals failed or timed out (the old one
+    /// stays in force).
     pub async fn rotate_due(&self, now: SystemTime) -> (usize, usize) {
         let due: Vec<(SpiffeId, Arc<Entry>)> = {
             let entries = self.entries.lock().expect("cert store poisoned");
@@ -281,18 +304,19 @@ impl CertStore {
                 .map(|(id, e)| (id.clone(), e.clone()))
                 .collect()
         };
-        let (mut ok, mut failed) = (0, 0);
-        for (id, entry) in due {
+        let renewals = due.iter().map(|(id, entry)| async move {
             let _guard = entry.fetching.lock().await;
-            match self.fetch_into(&id, &entry).await {
-                Ok(_) => ok += 1,
+            match self.fetch_into(id, entry).await {
+                Ok(_) => true,
                 Err(e) => {
-                    failed += 1;
                     tracing::warn!(identity = %id, error = %e, "certificate rotation failed; keeping the current one");
+                    false
                 }
             }
-        }
-        (ok, failed)
+        });
+        let results = futures::future::join_all(renewals).await;
+        let ok = results.iter().filter(|r| **r).count();
+        (ok, results.len() - ok)
     }
 
     /// Run rotation every `interval` until the store is dropped.
@@ -366,6 +390,83 @@ mod tests {
         assert!(certs
             .iter()
             .all(|c| c.as_ref().unwrap().generation() == first));
+    }
+
+    /// The dev CA, except that fetches for `hung` never finish.
+    struct HangsFor {
+        ca: DevCa,
+        hung: SpiffeId,
+        fetched: Arc<Mutex<Vec<(SpiffeId, tokio::time::Instant)>>>,
+    }
+
+    impl CertProvider for HangsFor {
+        fn fetch(&self, id: &SpiffeId) -> BoxFuture<'static, Result<WorkloadCert, CertError>> {
+            if *id == self.hung {
+                return Box::pin(std::future::pending());
+            }
+            let (ca, id, fetched) = (self.ca.clone(), id.clone(), self.fetched.clone());
+            Box::pin(async move {
+                let cert = ca
+                    .issue(&id)
+                    .map_err(|e| CertError::Provider(Box::new(e)))?;
+                fetched
+                    .lock()
+                    .unwrap()
+                    .push((id, tokio::time::Instant::now()));
+                Ok(cert)
+            })
+        }
+
+        fn roots(&self) -> Vec<CertificateDer<'static>> {
+            vec![self.ca.root()]
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_hung_fetch_delays_neither_the_rest_of_a_rotation_nor_forever() {
+        let ca = DevCa::generate().unwrap();
+        let good: Vec<SpiffeId> = ["a", "b", "c", "d", "e"].map(id).to_vec();
+        let hung = id("hung");
+        // Certificates for everyone first, the hung identity's included.
+        let seed = CertStore::new(Arc::new(ca.clone()));
+        let deadline = Duration::from_secs(30);
+        let provider = HangsFor {
+            ca: ca.clone(),
+            hung: hung.clone(),
+            fetched: Arc::default(),
+        };
+        let fetched = provider.fetched.clone();
+        let store = CertStore::with_fetch_deadline(Arc::new(provider), deadline);
+        for i in good.iter().chain([&hung]) {
+            let cert = seed.get(i).await.unwrap();
+            *store.entry(i).current.write().unwrap() = Some(cert);
+        }
+        let before: Vec<u64> = good
+            .iter()
+            .map(|i| store.cached(i).unwrap().generation())
+            .collect();
+        let later = store.cached(&hung).unwrap().refresh_at() + Duration::from_secs(1);
+
+        let started = tokio::time::Instant::now();
+        let rotation = tokio::time::timeout(Duration::from_secs(600), store.rotate_due(later));
+        let result = rotation
+            .await
+            .expect("a hung fetch must not hang the rotation");
+        assert_eq!(result, (5, 1));
+        assert_eq!(
+            started.elapsed(),
+            deadline,
+            "the hung one was cut off at its deadline"
+        );
+        // Every other identity was renewed at once, not after the hung one.
+        let fetched = fetched.lock().unwrap().clone();
+        assert_eq!(fetched.len(), 5);
+        assert!(fetched.iter().all(|(_, at)| *at == started), "{fetched:?}");
+        for (i, old) in good.iter().zip(before) {
+            assert_ne!(store.cached(i).unwrap().generation(), old, "{i} renewed");
+        }
+        // The hung identity keeps its current certificate.
+        assert!(store.cached(&hung).is_some());
     }
 
     #[test]

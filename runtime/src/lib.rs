@@ -15,6 +15,7 @@ pub mod accesslog;
 pub mod admin;
 pub mod allocator;
 pub mod error;
+pub mod limits;
 pub mod source;
 pub mod xds;
 

@@ -42,6 +42,11 @@ pub fn ztunnel_bin() -> PathBuf {
     bin
 }
 
+/// Node `n`'s bootstrap token (the control plane wants 32 characters).
+fn node_token(n: usize) -> String {
+    format!("token-node{n}-{}-0123456789abcdef", std::process::id())
+}
+
 /// The `control-plane` binary, next to `ztunnel` (or `$CONTROL_PLANE_BIN`).
 pub fn control_plane_bin() -> PathBuf {
     if let Some(bin) = std::env::var_os("CONTROL_PLANE_BIN") {
@@ -114,15 +119,11 @@ impl Mesh {
         let mut mesh = Mesh::new(topo, config_yaml);
         mesh.xds = true;
         let tokens: String = (1..=mesh.nodes.len())
-            .map(|n| format!("node{n}: token-node{n}-{}\n", std::process::id()))
+            .map(|n| format!("node{n}: {}\n", node_token(n)))
             .collect();
         std::fs::write(mesh.dir.join("tokens.yaml"), tokens).expect("tokens file");
         for n in 1..=mesh.nodes.len() {
-            std::fs::write(
-                mesh.dir.join(format!("token-node{n}")),
-                format!("token-node{n}-{}", std::process::id()),
-            )
-            .expect("token");
+            std::fs::write(mesh.dir.join(format!("token-node{n}")), node_token(n)).expect("token");
         }
         mesh.start_control_plane();
         mesh

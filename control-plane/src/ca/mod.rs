@@ -21,7 +21,7 @@ use proto::ca::{IstioCertificateRequest, IstioCertificateResponse};
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
-use crate::auth::{NodeName, Tokens};
+use crate::auth::{Authenticator, NodeName};
 use crate::metrics::{Metrics, ReasonLabel};
 
 /// The longest certificate we issue, and the default.
@@ -154,7 +154,7 @@ fn pem(der: &[u8]) -> String {
 /// The gRPC service.
 pub struct CaService {
     pub ca: DevCa,
-    pub tokens: Arc<Tokens>,
+    pub auth: Arc<Authenticator>,
     pub snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
     pub metrics: Arc<Metrics>,
 }
@@ -187,7 +187,7 @@ impl IstioCertificateService for CaService {
         &self,
         request: Request<IstioCertificateRequest>,
     ) -> Result<Response<IstioCertificateResponse>, Status> {
-        let node = match self.tokens.authenticate(request.metadata()) {
+        let node = match self.auth.authenticate(&request) {
             Ok(n) => n,
             Err(e) => {
                 self.refused("unauthenticated");

@@ -121,7 +121,10 @@ fn service() -> CaService {
     let (_tx, rx) = watch::channel(None);
     CaService {
         ca: DevCa::generate().unwrap(),
-        tokens: Arc::default(),
+        auth: Arc::new(crate::auth::Authenticator::new(
+            Default::default(),
+            Arc::default(),
+        )),
         snapshots: rx,
         metrics: Arc::default(),
     }

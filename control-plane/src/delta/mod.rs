@@ -55,6 +55,55 @@ impl Delta {
     pub fn is_empty(&self) -> bool {
         self.updated.is_empty() && self.removed.is_empty()
     }
+
+    /// Cuts the delta into pieces whose responses each carry at most
+    /// `budget` bytes of resources and removed names (as encoded in a
+    /// `DeltaDiscoveryResponse` of `kind`), in order. A resource larger than
+    /// the budget goes alone. Always at least one piece (maybe empty).
+    pub fn split(&self, kind: Kind, budget: usize) -> Vec<Delta> {
+        let mut pieces = vec![Delta::default()];
+        let mut used = 0;
+        let mut room = |size: usize, pieces: &mut Vec<Delta>| {
+            let last = pieces.last().expect("never empty");
+            if used + size > budget && !last.is_empty() {
+                pieces.push(Delta::default());
+                used = 0;
+            }
+            used += size;
+        };
+        for r in &self.updated {
+            room(resource_len(kind, r), &mut pieces);
+            let last = pieces.last_mut().expect("never empty");
+            last.updated.push(r.clone());
+        }
+        for name in &self.removed {
+            room(field_len(name.len()), &mut pieces);
+            let last = pieces.last_mut().expect("never empty");
+            last.removed.push(name.clone());
+        }
+        pieces
+    }
+}
+
+/// Bytes of a length-delimited field (tag, length, payload); prost leaves
+/// out an empty string or bytes field.
+fn field_len(payload: usize) -> usize {
+    if payload == 0 {
+        return 0;
+    }
+    1 + prost::encoding::encoded_len_varint(payload as u64) + payload
+}
+
+/// Bytes `r` adds to a response of `kind`: the `Resource` (name, version,
+/// and the `Any` of type URL and body) as one repeated field.
+pub fn resource_len(kind: Kind, r: &Versioned) -> usize {
+    let any = field_len(kind.type_url().len()) + field_len(r.body.len());
+    let resource = field_len(r.name.len())
+        + field_len(r.version.len())
+        + 1
+        + prost::encoding::encoded_len_varint(any as u64)
+        + any;
+    1 + prost::encoding::encoded_len_varint(resource as u64) + resource
 }
 
 /// One client's subscription to one resource type.

@@ -315,3 +315,75 @@ mod published {
         }
     }
 }
+
+mod split {
+    use super::*;
+    use prost::Message;
+    use std::sync::Arc;
+
+    fn versioned(name: &str, body: usize) -> Arc<Versioned> {
+        Arc::new(Versioned::new(name.to_owned(), vec![7; body]))
+    }
+
+    /// The response bytes beside resources and removed names.
+    fn header(kind: Kind) -> usize {
+        crate::xds::response(kind, &Delta::default(), "1".into()).encoded_len()
+    }
+
+    #[test]
+    fn resource_len_is_what_prost_encodes() {
+        for body in [0, 1, 127, 128, 300, 70_000] {
+            let delta = Delta {
+                updated: vec![versioned("shop/w-1", body)],
+                removed: vec![],
+            };
+            for kind in Kind::ALL {
+                let resp = crate::xds::response(kind, &delta, "1".into());
+                assert_eq!(
+                    resp.encoded_len() - header(kind),
+                    resource_len(kind, &delta.updated[0]),
+                    "{kind:?} {body}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn pieces_stay_within_the_budget_and_keep_the_order() {
+        let budget = 1000;
+        let updated: Vec<_> = (0..50)
+            .map(|i| versioned(&format!("w-{i}"), (i * 37) % 300))
+            .chain([versioned("huge", 5000)])
+            .chain((50..60).map(|i| versioned(&format!("w-{i}"), 100)))
+            .collect();
+        let removed: Vec<String> = (0..100).map(|i| format!("gone-{i}")).collect();
+        let delta = Delta { updated, removed };
+        let kind = Kind::Address;
+        let pieces = delta.split(kind, budget);
+        assert!(pieces.len() > 5, "{}", pieces.len());
+        for p in &pieces {
+            assert!(!p.is_empty());
+            let bytes = crate::xds::response(kind, p, "1".into()).encoded_len() - header(kind);
+            let alone = p.updated.len() == 1 && p.updated[0].name == "huge";
+            assert!(bytes <= budget || alone, "{bytes} bytes");
+        }
+        let updated: Vec<_> = pieces.iter().flat_map(|p| p.updated.clone()).collect();
+        let removed: Vec<_> = pieces.iter().flat_map(|p| p.removed.clone()).collect();
+        assert_eq!(updated, delta.updated);
+        assert_eq!(removed, delta.removed);
+    }
+
+    #[test]
+    fn a_small_or_empty_delta_is_one_piece() {
+        let empty = Delta::default();
+        assert_eq!(empty.split(Kind::Address, 10), vec![Delta::default()]);
+        let small = Delta {
+            updated: vec![versioned("a", 10)],
+            removed: vec!["b".into()],
+        };
+        assert_eq!(
+            small.split(Kind::Authorization, 1 << 20),
+            vec![small.clone()]
+        );
+    }
+}

@@ -2,11 +2,15 @@
 //! built from them. Pure: a delta response goes in, a new snapshot (or the
 //! reasons to NACK) comes out.
 //!
-//! A resource that fails to decode or convert is rejected on its own: it is
-//! not stored (a previous version of it stays), and the rest of the
-//! response applies. If the accepted resources together are inconsistent
-//! (say two workloads claim one IP), the whole response is rejected and the
-//! previous state stays in force.
+//! A resource that fails to decode or convert is rejected on its own
+//! (NACKed), and the rest of the response applies. Anything but an L4
+//! authorization policy is not stored (a previous version of it stays).
+//! An authorization policy fails closed: a deny-all over the scope it names
+//! takes its place, a previous version included ([`fail_closed`]); it is
+//! held without a version, so a reconnect asks for it again. If the
+//! accepted resources together are inconsistent (say two workloads claim
+//! one IP), the whole response is rejected and the previous state stays in
+//! force.
 //!
 //! Four types are held: `istio.workload.Address` and
 //! `istio.security.Authorization` (ztunnel's), and the waypoint's
@@ -62,6 +66,8 @@ impl ResourceError {
 pub struct Rejection {
     pub name: String,
     pub error: ResourceError,
+    /// For a policy: the deny-all installed in its place.
+    pub fail_closed: Option<Policy>,
 }
 
 /// The outcome of applying one delta response.
@@ -175,10 +181,12 @@ pub struct XdsStore {
 
 impl XdsStore {
     /// Resource versions held for `type_url`: the `initial_resource_versions`
-    /// of a reconnecting client.
+    /// of a reconnecting client. A fail-closed stand-in has no version and
+    /// is left out, so the server sends that resource again.
     pub fn versions(&self, type_url: &str) -> HashMap<String, String> {
         fn of<T>(m: &BTreeMap<String, Held<T>>) -> HashMap<String, String> {
             m.iter()
+                .filter(|(_, h)| !h.version.is_empty())
                 .map(|(k, h)| (k.clone(), h.version.clone()))
                 .collect()
         }
@@ -223,10 +231,22 @@ impl XdsStore {
         for r in resources {
             match decode(type_url, &r) {
                 Ok(value) => self.put(&mut touched, r.name, r.version, value),
-                Err(error) => rejected.push(Rejection {
-                    name: r.name,
-                    error,
-                }),
+                Err(error) => {
+                    let fail_closed =
+                        (type_url == AUTHORIZATION_TYPE_URL).then(|| fail_closed::deny_all(&r));
+                    if let Some(p) = &fail_closed {
+                        let stand_in = Held {
+                            version: String::new(),
+                            value: p.clone(),
+                        };
+                        self.set_authorization(&mut touched, r.name.clone(), Some(stand_in));
+                    }
+                    rejected.push(Rejection {
+                        name: r.name,
+                        error,
+                        fail_closed,
+                    });
+                }
             }
         }
         for name in removed {
@@ -626,6 +646,7 @@ pub fn service_key(namespace: &str, hostname: &str) -> String {
 }
 
 mod decode;
+pub mod fail_closed;
 #[cfg(test)]
 mod l7_tests;
 mod resolve;

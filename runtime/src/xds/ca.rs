@@ -5,8 +5,11 @@
 //! and checks that the returned leaf carries exactly the identity asked for.
 //!
 //! Fetches are bounded ([`MAX_CONCURRENT_FETCHES`]) and retried with
-//! backoff; [`hbone::cert::CertStore`] deduplicates per identity and
-//! refreshes at half-life.
+//! backoff; each attempt has a deadline ([`ATTEMPT_TIMEOUT`], also sent as
+//! `grpc-timeout`), so a control plane that takes the call and never
+//! answers costs one attempt, not the certificate. [`hbone::cert::CertStore`]
+//! deduplicates per identity, bounds each fetch as a whole, and refreshes
+//! at half-life.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -28,6 +31,9 @@ pub const MAX_CONCURRENT_FETCHES: usize = 8;
 /// Attempts per fetch, with backoff between them.
 const ATTEMPTS: u32 = 4;
 const RETRY_BASE: Duration = Duration::from_millis(100);
+/// One CSR's deadline: connecting (if the channel must), sending, signing
+/// and the answer.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaClientError {
@@ -35,6 +41,8 @@ pub enum CaClientError {
     Csr(#[source] rcgen::Error),
     #[error("CreateCertificate")]
     Rpc(#[source] tonic::Status),
+    #[error("CreateCertificate not answered within {0:?}")]
+    Timeout(Duration),
     #[error("the CA returned no certificate")]
     EmptyChain,
     #[error("the CA returned a certificate that is not PEM X.509")]
@@ -52,6 +60,7 @@ pub struct RemoteCa {
     roots: Vec<CertificateDer<'static>>,
     ttl: Duration,
     limit: Arc<Semaphore>,
+    attempt_timeout: Duration,
 }
 
 impl RemoteCa {
@@ -68,7 +77,21 @@ impl RemoteCa {
             roots,
             ttl,
             limit: Arc::new(Semaphore::new(MAX_CONCURRENT_FETCHES)),
+            attempt_timeout: ATTEMPT_TIMEOUT,
         }
+    }
+
+    /// Each attempt's deadline instead of [`ATTEMPT_TIMEOUT`].
+    pub fn with_attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.attempt_timeout = timeout;
+        self
+    }
+
+    /// One attempt, under its deadline.
+    async fn attempt(&self, id: &SpiffeId) -> Result<WorkloadCert, CaClientError> {
+        tokio::time::timeout(self.attempt_timeout, self.fetch_once(id))
+            .await
+            .map_err(|_| CaClientError::Timeout(self.attempt_timeout))?
     }
 
     async fn fetch_once(&self, id: &SpiffeId) -> Result<WorkloadCert, CaClientError> {
@@ -79,6 +102,7 @@ impl RemoteCa {
             validity_duration: i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX),
             metadata: Some(impersonate(id)),
         });
+        request.set_timeout(self.attempt_timeout);
         if let Some(token) = &self.token {
             if let Ok(v) = format!("Bearer {token}").parse() {
                 request.metadata_mut().insert("authorization", v);
@@ -104,13 +128,14 @@ impl CertProvider for RemoteCa {
             roots: self.roots.clone(),
             ttl: self.ttl,
             limit: self.limit.clone(),
+            attempt_timeout: self.attempt_timeout,
         };
         let id = id.clone();
         Box::pin(async move {
             let _permit = this.limit.acquire().await.expect("semaphore never closes");
             let mut last = None;
             for attempt in 0..ATTEMPTS {
-                match this.fetch_once(&id).await {
+                match this.attempt(&id).await {
                     Ok(cert) => return Ok(cert),
                     // A refusal will not change on retry.
                     Err(CaClientError::Rpc(s)) if s.code() == tonic::Code::PermissionDenied => {

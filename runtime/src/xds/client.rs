@@ -4,11 +4,20 @@
 //!
 //! - Every response is answered: ACK, or NACK with the rejected resources
 //!   and their reasons in `error_detail`. A NACKed resource is not retried
-//!   by us; the control plane decides what to send next.
+//!   by us; the control plane decides what to send next. A policy that
+//!   cannot be converted fails closed (the store installs deny-all for its
+//!   scope), and is counted in `xds_policies_failed_closed{scope}`.
 //! - On reconnect the client sends `initial_resource_versions`, so the
 //!   server sends only what changed while we were away.
+//! - A message may be at most [`MAX_MESSAGE_BYTES`] (tonic's default, made
+//!   explicit); a push cut into pieces to fit is put back together before
+//!   it is applied ([`pending`]), every piece ACKed.
 //! - Disconnected, the last good snapshot stays in force; reconnects back
 //!   off from 10 ms to 15 s, with jitter, and reset after a good response.
+//! - A control plane that stops answering is noticed: connecting (TCP and
+//!   TLS) and the stream's opening have deadlines, and HTTP/2 keepalive
+//!   drops a connection whose PINGs go unanswered
+//!   ([`super::connector::ChannelOptions`]), so the stream reconnects.
 //!
 //! The request building, the answer to a response and the backoff are plain
 //! functions; [`reconnect`] is the timer loop that spaces the sessions (it
@@ -21,13 +30,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hbone::drain::Drain;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 use proto::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use proto::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Node};
 use proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
+use super::connector::ChannelOptions;
 use mesh_model::state::Snapshot;
+use mesh_model::xds::store::fail_closed::scope_label;
 use mesh_model::xds::store::{Applied, Rejection, XdsStore};
 
 pub const INITIAL_BACKOFF: Duration = Duration::from_millis(10);
@@ -36,6 +50,11 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(15);
 pub const TYPE_URLS: [&str; 2] = [ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL];
 /// `google.rpc.Code.INVALID_ARGUMENT`, for NACKs.
 const INVALID_ARGUMENT: i32 = 3;
+/// The largest response we decode: tonic's default, 4 MiB. A control
+/// plane must cut a larger push into pieces ([`MORE_FOLLOWS`]).
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+pub use pending::MORE_FOLLOWS;
 
 /// The delay before reconnect attempt `attempt` (0-based): doubling from
 /// [`INITIAL_BACKOFF`] up to [`MAX_BACKOFF`], then scaled by `jitter` in
@@ -160,15 +179,38 @@ pub fn resource_bytes(resp: &DeltaDiscoveryResponse) -> usize {
         .sum()
 }
 
+/// `scope` label of a policy that failed closed.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct ScopeLabel {
+    pub scope: &'static str,
+}
+
 /// Counters for metrics and tests.
 #[derive(Debug, Default)]
 pub struct XdsStats {
+    /// Policies that could not be converted and stand as deny-all for
+    /// their scope, by scope (`global`, `namespace`, `workload_selector`).
+    pub policies_failed_closed: Family<ScopeLabel, Counter>,
     pub connects: AtomicU64,
+    /// Streams that ended (failed or closed) after connecting.
+    pub disconnects: AtomicU64,
     pub responses: AtomicU64,
     pub acks: AtomicU64,
     pub nacks: AtomicU64,
     /// Bytes of resources received (encoded), to measure resync cost.
     pub resource_bytes: AtomicU64,
+}
+
+impl XdsStats {
+    /// Registers the counters that are metrics (prometheus-client appends
+    /// `_total`): `xds_policies_failed_closed{scope}`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "xds_policies_failed_closed",
+            "xDS policies that could not be converted and stand as deny-all for their scope",
+            self.policies_failed_closed.clone(),
+        );
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -177,6 +219,8 @@ pub enum XdsError {
     Connect(#[source] tonic::transport::Error),
     #[error("ADS stream")]
     Stream(#[source] tonic::Status),
+    #[error("the control plane did not answer the ADS stream within {0:?}")]
+    Timeout(Duration),
     #[error("the control plane closed the stream")]
     Closed,
 }
@@ -199,18 +243,44 @@ pub struct XdsClient {
 }
 
 impl XdsClient {
-    /// Runs until drained, reconnecting with backoff.
-    pub async fn run(mut self, drain: Drain) {
-        reconnect(&mut self, &drain, jitter).await;
+    /// Runs until drained, reconnecting with backoff, with the default
+    /// [`ChannelOptions`].
+    pub async fn run(self, drain: Drain) {
+        self.run_with(drain, ChannelOptions::default()).await
+    }
+
+    /// [`XdsClient::run`] with `opts` for the channel.
+    pub async fn run_with(mut self, drain: Drain, opts: ChannelOptions) {
+        let mut session = WithOptions {
+            client: &mut self,
+            opts,
+        };
+        reconnect(&mut session, &drain, jitter).await;
     }
 
     /// One ADS stream, until it fails. Resets the backoff once a response
     /// arrives (the connection is good).
-    async fn session(&mut self, backoff: &mut Backoff) -> Result<(), XdsError> {
-        let channel: Channel = super::connector::connect(&self.endpoint, self.mark)
+    async fn session(
+        &mut self,
+        backoff: &mut Backoff,
+        opts: &ChannelOptions,
+    ) -> Result<(), XdsError> {
+        let channel: Channel = super::connector::connect_with(&self.endpoint, self.mark, opts)
             .await
             .map_err(XdsError::Connect)?;
         self.stats.connects.fetch_add(1, Ordering::Relaxed);
+        let result = self.stream(channel, backoff, opts).await;
+        self.stats.disconnects.fetch_add(1, Ordering::Relaxed);
+        result
+    }
+
+    /// The ADS stream on a connected channel.
+    async fn stream(
+        &mut self,
+        channel: Channel,
+        backoff: &mut Backoff,
+        opts: &ChannelOptions,
+    ) -> Result<(), XdsError> {
         let (tx, mut rx) = mpsc::channel::<DeltaDiscoveryRequest>(8);
         for type_url in TYPE_URLS {
             let req = subscribe(&self.node, type_url, self.store.versions(type_url));
@@ -224,12 +294,18 @@ impl XdsClient {
                 request.metadata_mut().insert("authorization", v);
             }
         }
-        let mut client = AggregatedDiscoveryServiceClient::new(channel);
-        let mut responses = client
-            .delta_aggregated_resources(request)
+        let mut client = AggregatedDiscoveryServiceClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let opened = tokio::time::timeout(
+            opts.request_timeout,
+            client.delta_aggregated_resources(request),
+        );
+        let mut responses = opened
             .await
+            .map_err(|_| XdsError::Timeout(opts.request_timeout))?
             .map_err(XdsError::Stream)?
             .into_inner();
+        let mut pending = pending::Pending::default();
         loop {
             let resp = responses
                 .message()
@@ -237,6 +313,14 @@ impl XdsClient {
                 .map_err(XdsError::Stream)?
                 .ok_or(XdsError::Closed)?;
             backoff.reset();
+            let ack = answer(&resp, &[], None);
+            let Some(resp) = pending.offer(resp) else {
+                // A piece of a push: held, and ACKed now.
+                self.stats.responses.fetch_add(1, Ordering::Relaxed);
+                self.stats.acks.fetch_add(1, Ordering::Relaxed);
+                tx.send(ack).await.map_err(|_| XdsError::Closed)?;
+                continue;
+            };
             let was_synced = self.is_synced();
             let bulk = resource_bytes(&resp) >= crate::allocator::BULK_UPDATE_BYTES;
             let reply = self.handle(resp).await;
@@ -269,7 +353,18 @@ impl XdsClient {
             Applied::Ok(snap) => (Some(snap), answer(&resp, &[], None)),
             Applied::Partial(snap, rejected) => {
                 for r in &rejected {
-                    tracing::warn!(resource = %r.name, reason = r.error.reason(), error = %r.error, "xDS resource rejected");
+                    match &r.fail_closed {
+                        Some(p) => {
+                            let scope = scope_label(&p.scope);
+                            s.policies_failed_closed
+                                .get_or_create(&ScopeLabel { scope })
+                                .inc();
+                            tracing::error!(resource = %r.name, reason = r.error.reason(), error = %r.error, scope, namespace = %p.namespace, "xDS policy rejected; denying everything in its scope until a good version arrives");
+                        }
+                        None => {
+                            tracing::warn!(resource = %r.name, reason = r.error.reason(), error = %r.error, "xDS resource rejected")
+                        }
+                    }
                 }
                 (Some(snap), answer(&resp, &rejected, None))
             }
@@ -293,17 +388,24 @@ impl XdsClient {
     }
 }
 
-impl Session for XdsClient {
+/// The client with the options of its channel: what [`reconnect`] runs.
+struct WithOptions<'a> {
+    client: &'a mut XdsClient,
+    opts: ChannelOptions,
+}
+
+impl Session for WithOptions<'_> {
     type Error = XdsError;
 
     async fn run_once(&mut self, backoff: &mut Backoff) -> Result<(), XdsError> {
-        self.session(backoff).await
+        self.client.session(backoff, &self.opts).await
     }
 
     fn disconnected(&mut self, e: &XdsError, retry_in: Duration) {
-        tracing::warn!(error = %e, cause = ?std::error::Error::source(e), ?retry_in, held = self.store.len(), "xDS disconnected; keeping the last good config");
+        tracing::warn!(error = %e, cause = ?std::error::Error::source(e), ?retry_in, held = self.client.store.len(), "xDS disconnected; keeping the last good config");
     }
 }
 
+pub mod pending;
 #[cfg(test)]
 mod tests;

@@ -43,6 +43,7 @@ use endpoints::spawn_control_thread;
 use mesh_model::config::ConfigError;
 use mesh_model::state::{Scope, ServedPod, Snapshot, WorkloadName};
 use mesh_runtime::accesslog::AccessLog;
+pub use mesh_runtime::limits::raise_fd_limit;
 use sources::Updates;
 pub use sources::{ConfigSource, XdsSource};
 
@@ -496,23 +497,6 @@ struct Exit {
     handed_off: bool,
 }
 
-/// A node proxy holds two sockets per proxied connection: lift the soft
-/// open-file limit to the hard one, as Istio's ztunnel does.
-pub fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit read and write a valid rlimit struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                tracing::warn!("could not raise the open-file limit");
-            }
-        }
-    }
-}
 
 /// Fetches the local pods' certificates before declaring readiness.
 async fn prefetch(certs: &Arc<CertStore>, ids: std::collections::BTreeSet<hbone::SpiffeId>) {

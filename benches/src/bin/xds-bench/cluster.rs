@@ -76,7 +76,8 @@ fn wait_ready(addr: SocketAddr, path: &str, child: &mut Child, what: &str) {
 }
 
 fn token(node: &str) -> String {
-    format!("bench-token-{node}-{}", std::process::id())
+    // The control plane refuses tokens under 32 characters.
+    format!("bench-token-{node}-{}-0123456789abcdef", std::process::id())
 }
 
 /// A `control-plane` process on loopback with its own CA, tokens and

@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+mod fail_closed;
+
 fn workload(uid: &str, name: &str, ns: &str, ip: [u8; 4], services: &[&str]) -> pb::Workload {
     pb::Workload {
         uid: uid.into(),

@@ -15,6 +15,8 @@ struct TestCa {
     ca: DevCa,
     sign_as: Option<SpiffeId>,
     refuse: bool,
+    /// Takes the call and never answers (a hung control plane).
+    hang: bool,
     calls: Arc<AtomicUsize>,
     tokens: Arc<Mutex<Vec<String>>>,
 }
@@ -34,6 +36,9 @@ impl IstioCertificateService for TestCa {
         }
         if self.refuse {
             return Err(tonic::Status::permission_denied("no such pod on your node"));
+        }
+        if self.hang {
+            std::future::pending::<()>().await;
         }
         let req = request.into_inner();
         let asked = match req
@@ -107,6 +112,7 @@ fn test_ca(sign_as: Option<&str>, refuse: bool) -> TestCa {
         ca: DevCa::generate().unwrap(),
         sign_as: sign_as.map(|s| s.parse().unwrap()),
         refuse,
+        hang: false,
         calls: Arc::default(),
         tokens: Arc::default(),
     }
@@ -160,6 +166,26 @@ async fn a_refusal_is_not_retried() {
     let err = remote.fetch(&CART.parse().unwrap()).await.unwrap_err();
     assert!(format!("{err:?}").contains("PermissionDenied"), "{err:?}");
     assert_eq!(calls.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn a_ca_that_never_answers_fails_the_fetch_within_its_deadlines() {
+    let mut ca = test_ca(None, false);
+    ca.hang = true;
+    let (roots, calls) = (vec![ca.ca.root()], ca.calls.clone());
+    let remote = RemoteCa::new(start(ca).await, None, roots, Duration::from_secs(3600))
+        .with_attempt_timeout(Duration::from_millis(200));
+    let fetch = remote.fetch(&CART.parse().unwrap());
+    let err = tokio::time::timeout(Duration::from_secs(30), fetch)
+        .await
+        .expect("a hung CA must not hang the fetch")
+        .unwrap_err();
+    assert!(format!("{err:?}").contains("Timeout"), "{err:?}");
+    assert_eq!(
+        calls.load(Ordering::Relaxed),
+        ATTEMPTS as usize,
+        "each attempt was cut off and retried"
+    );
 }
 
 #[test]

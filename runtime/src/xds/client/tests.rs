@@ -183,6 +183,7 @@ fn ack_and_nack_carry_the_nonce() {
     let rejected = [Rejection {
         name: "w1".into(),
         error: mesh_model::xds::store::ResourceError::Empty,
+        fail_closed: None,
     }];
     let nack = answer(&resp, &rejected, Some("dup IP"));
     let detail = nack.error_detail.unwrap();
@@ -470,4 +471,47 @@ async fn acks_nacks_keeps_state_and_resyncs_with_versions() {
     drain.signal();
     client_task.await.unwrap();
     server2.kill();
+}
+
+#[tokio::test]
+async fn a_policy_that_fails_closed_is_nacked_and_counted_by_scope() {
+    let (publish, _snapshots) = mpsc::channel(8);
+    let stats = Arc::new(XdsStats::default());
+    let mut client = XdsClient {
+        mark: None,
+        endpoint: tonic::transport::Endpoint::from_static("http://127.0.0.1:1"),
+        node: Node::default(),
+        token: None,
+        store: XdsStore::default(),
+        stats: stats.clone(),
+        publish,
+        synced: Default::default(),
+    };
+    let garbage = Resource {
+        name: "shop/p".into(),
+        version: "v1".into(),
+        resource: Some(Any {
+            type_url: AUTHORIZATION_TYPE_URL.into(),
+            value: vec![0xff, 0xff],
+        }),
+        ..Default::default()
+    };
+    let reply = client
+        .handle(DeltaDiscoveryResponse {
+            type_url: AUTHORIZATION_TYPE_URL.into(),
+            nonce: "n1".into(),
+            resources: vec![garbage],
+            ..Default::default()
+        })
+        .await;
+    let detail = reply.error_detail.expect("a NACK");
+    assert!(detail.message.starts_with("shop/p: "), "{}", detail.message);
+    let mut registry = Registry::default();
+    stats.register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    assert!(
+        text.contains("xds_policies_failed_closed_total{scope=\"global\"} 1"),
+        "{text}"
+    );
 }
