@@ -244,10 +244,19 @@ impl Mesh {
     /// Starts ztunnel on `node` with its own CA in `ca_dir`: a proxy whose
     /// certificates the rest of the mesh must not trust.
     pub fn start_with_ca(&mut self, node: usize, ca_dir: &Path) {
+        let ca_dir = ca_dir.to_owned();
+        self.start_with_args(node, &ca_dir, &[]);
+    }
+
+    /// Starts ztunnel on `node` with the CA in `ca_dir` and `extra` flags
+    /// (say, listeners moved off their default ports), and waits until it
+    /// is ready.
+    pub fn start_with_args(&mut self, node: usize, ca_dir: &Path, extra: &[&str]) {
         let ns = self.nodes[node - 1].clone();
         let node_name = format!("node{node}");
         let mut args = vec!["--node".to_owned(), node_name];
         args.extend(self.source_args(node, ca_dir));
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
         let argv = ztunnel_argv(&self.stderr_path(node), &self.access_log_path(node), &args);
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         let child = ns.spawn(&argv).expect("spawn ztunnel");

@@ -22,7 +22,7 @@ use std::net::Ipv4Addr;
 use std::process::{Command, ExitStatus, Stdio};
 
 pub use listener::{orig_dst, redirected_orig_dst, transparent_listener, LISTEN_BACKLOG};
-pub use rules::render_ruleset;
+pub use rules::{render_ruleset, ListenerPorts};
 
 const NFT: &str = "nft";
 const IP: &str = "ip";
@@ -56,16 +56,22 @@ pub enum CaptureError {
 #[derive(Debug)]
 pub struct Capture {
     pods: BTreeSet<Ipv4Addr>,
+    ports: ListenerPorts,
 }
 
 impl Capture {
-    /// Installs capture for `pods`. Idempotent: running it again (say after a
-    /// restart) replaces the table and does not duplicate the ip rule.
-    pub fn install(pods: &BTreeSet<Ipv4Addr>) -> Result<Capture, CaptureError> {
+    /// Installs capture for `pods`, delivering to the listeners on `ports`.
+    /// Idempotent: running it again (say after a restart) replaces the
+    /// table and does not duplicate the ip rule.
+    pub fn install(
+        pods: &BTreeSet<Ipv4Addr>,
+        ports: ListenerPorts,
+    ) -> Result<Capture, CaptureError> {
         local_route("replace")?;
         ensure_ip_rule()?;
         let mut capture = Capture {
             pods: BTreeSet::new(),
+            ports,
         };
         capture.update(pods)?;
         Ok(capture)
@@ -73,7 +79,10 @@ impl Capture {
 
     /// Atomically replaces the ruleset so exactly `pods` are captured.
     pub fn update(&mut self, pods: &BTreeSet<Ipv4Addr>) -> Result<(), CaptureError> {
-        apply_nft(&render_ruleset(pods), "replace table inet ambient")?;
+        apply_nft(
+            &render_ruleset(pods, &self.ports),
+            "replace table inet ambient",
+        )?;
         self.pods = pods.clone();
         Ok(())
     }
