@@ -21,7 +21,8 @@ use std::sync::Arc;
 
 use hbone::SpiffeId;
 
-use mesh_model::state::{ServedPod, Service, Snapshot, Workload, HBONE_PORT};
+use mesh_model::state::{ServedPod, Service, Snapshot, Workload};
+use mesh_model::HBONE_PORT;
 
 /// The decision for one outbound connection.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -21,8 +21,9 @@ use std::net::IpAddr;
 
 use mesh_model::state::{
     labels_match, AppProtocol, Cidr, Match, MtlsMode, Policy, PolicyAction, PolicyScope, Service,
-    Snapshot, StringMatch, Tunnel, Waypoint, Workload, HBONE_PORT,
+    Snapshot, StringMatch, Tunnel, Waypoint, Workload,
 };
+use mesh_model::HBONE_PORT;
 use proto::security as pb_sec;
 use proto::workload as pb;
 

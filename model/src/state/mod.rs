@@ -62,8 +62,6 @@ pub const USE_WAYPOINT_NAMESPACE_LABEL: &str = "istio.io/use-waypoint-namespace"
 /// Value of [`USE_WAYPOINT_LABEL`] that opts a pod or Service out of a
 /// namespace-wide waypoint.
 pub const USE_WAYPOINT_NONE: &str = "none";
-/// The port HBONE listens on, at ztunnel and at waypoints.
-pub const HBONE_PORT: u16 = 15008;
 /// The trust domain used when none is configured.
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 /// DNS suffix of Service hostnames: `<name>.<ns>.svc.<domain>`.
@@ -117,7 +115,7 @@ pub struct Waypoint {
 impl Waypoint {
     /// `address:15008`.
     pub fn hbone_addr(&self) -> std::net::SocketAddr {
-        std::net::SocketAddr::new(self.address, HBONE_PORT)
+        std::net::SocketAddr::new(self.address, crate::HBONE_PORT)
     }
 }
 
