@@ -20,8 +20,8 @@ use super::record::{
     inbound_service, ConnInfo, ConnRecord, Outcome, Security, FLAG_CONNECT, FLAG_DENY,
 };
 use super::{refuse_unknown_orig_dst, reset_on_close, Proxy};
-use mesh_model::policy::{authorize, ConnCtx, Decision, Denial};
-use mesh_model::state::{MtlsMode, Scope, Snapshot, Workload};
+use mesh_model::policy::{admit_peer, ConnCtx, Decision, Denial};
+use mesh_model::state::{Scope, Snapshot, Workload};
 use mesh_runtime::accesslog::Direction;
 
 /// How a connection reached the inbound path.
@@ -44,8 +44,7 @@ pub enum Refusal {
     NotLocal(IpAddr),
     #[error("{0} is this sidecar's own listener; forwarding it would loop")]
     OwnListener(SocketAddr),
-    #[error("namespace {0} requires mutual TLS; plaintext refused")]
-    StrictMtls(String),
+    /// STRICT mTLS refused plaintext, or L4 policy denied.
     #[error("{0}")]
     Denied(Denial),
 }
@@ -57,7 +56,7 @@ impl Refusal {
             Refusal::AuthorityMismatch { .. } | Refusal::NotLocal(_) | Refusal::OwnListener(_) => {
                 StatusCode::BAD_REQUEST
             }
-            Refusal::StrictMtls(_) | Refusal::Denied(_) => StatusCode::UNAUTHORIZED,
+            Refusal::Denied(_) => StatusCode::UNAUTHORIZED,
         }
     }
 
@@ -67,7 +66,7 @@ impl Refusal {
             Refusal::AuthorityMismatch { .. } | Refusal::NotLocal(_) | Refusal::OwnListener(_) => {
                 FLAG_CONNECT
             }
-            Refusal::StrictMtls(_) | Refusal::Denied(_) => FLAG_DENY,
+            Refusal::Denied(_) => FLAG_DENY,
         }
     }
 }
@@ -75,8 +74,8 @@ impl Refusal {
 /// Admits a connection from `src_ip` to `dst` arriving by `arrival`: the
 /// destination must be a workload in `scope` (an ambient pod on the node,
 /// or the sidecar's own pod; for HBONE, the very pod the connection was
-/// addressed to), STRICT namespaces refuse plaintext, and L4 policy must
-/// allow it. A sidecar refuses its own `proxy_ports` (the capture
+/// addressed to), and [`admit_peer`] must admit it (STRICT namespaces
+/// refuse plaintext, then L4 policy). A sidecar refuses its own `proxy_ports` (the capture
 /// listeners) on its pod's IP or loopback: dialling them would loop back
 /// into itself. Returns the destination workload and the source identity
 /// that was authorized. Pure.
@@ -106,12 +105,7 @@ pub fn admit(
     let src_identity = match arrival {
         Arrival::Hbone { peer, .. } => Some(peer.clone()),
         Arrival::InProcess { source } => Some(source.clone()),
-        Arrival::Plaintext => {
-            if snap.mtls_mode(&workload.namespace) == MtlsMode::Strict {
-                return Err(Refusal::StrictMtls(workload.namespace.clone()));
-            }
-            None
-        }
+        Arrival::Plaintext => None,
     };
     let ctx = ConnCtx {
         src_identity: src_identity.clone(),
@@ -119,7 +113,7 @@ pub fn admit(
         dst: workload,
         dst_port: dst.port(),
     };
-    match authorize(snap.policies(), &ctx) {
+    match admit_peer(snap, &ctx) {
         Decision::Allow => Ok((workload.clone(), src_identity)),
         Decision::Deny(d) => Err(Refusal::Denied(d)),
     }

@@ -120,7 +120,9 @@ fn admit_table() {
             "plaintext into STRICT",
             Arrival::Plaintext,
             "10.1.1.11:8080",
-            Err(Refusal::StrictMtls("shop".into())),
+            Err(Refusal::Denied(Denial::StrictMtls {
+                namespace: "shop".into(),
+            })),
         ),
         (
             "plaintext into PERMISSIVE, but ALLOW needs a namespace",
@@ -211,7 +213,9 @@ fn sidecar_admits_only_its_own_pod() {
             pod("shop/cart"),
             Arrival::Plaintext,
             "10.1.1.11:8080",
-            Err(Refusal::StrictMtls("shop".into())),
+            Err(Refusal::Denied(Denial::StrictMtls {
+                namespace: "shop".into(),
+            })),
         ),
         (
             "PERMISSIVE plaintext into the sidecar pod",
@@ -301,7 +305,9 @@ fn refusals_map_to_design_statuses_and_flags() {
             "CONNECT",
         ),
         (
-            Refusal::StrictMtls("shop".into()),
+            Refusal::Denied(Denial::StrictMtls {
+                namespace: "shop".into(),
+            }),
             StatusCode::UNAUTHORIZED,
             "DENY",
         ),
