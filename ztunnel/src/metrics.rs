@@ -102,7 +102,7 @@ impl Default for ConnLabels {
             destination_principal: UNKNOWN.into(),
             destination_service: UNKNOWN.into(),
             request_protocol: "tcp",
-            response_flags: "-",
+            response_flags: mesh_model::ResponseFlag::None.as_str(),
             connection_security_policy: "unknown",
         }
     }
@@ -240,7 +240,7 @@ mod tests {
         let m = Metrics::new();
         let labels = HashedLabels::new(ConnLabels {
             reporter: Reporter::destination,
-            response_flags: "DENY",
+            response_flags: mesh_model::ResponseFlag::Deny.as_str(),
             ..Default::default()
         });
         m.record_open(&labels);

@@ -16,12 +16,11 @@ use http::StatusCode;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::conns::{Authorized, Registration};
-use super::record::{
-    inbound_service, ConnInfo, ConnRecord, Outcome, Security, FLAG_CONNECT, FLAG_DENY,
-};
+use super::record::{inbound_service, ConnInfo, ConnRecord, Outcome, Security};
 use super::{refuse_unknown_orig_dst, reset_on_close, Proxy};
 use mesh_model::policy::{admit_peer, ConnCtx, Decision, Denial};
 use mesh_model::state::{Scope, Snapshot, Workload};
+use mesh_model::ResponseFlag;
 use mesh_runtime::accesslog::Direction;
 
 /// How a connection reached the inbound path.
@@ -61,12 +60,12 @@ impl Refusal {
     }
 
     /// `response_flags` for metrics and the access log.
-    pub fn flags(&self) -> &'static str {
+    pub fn flag(&self) -> ResponseFlag {
         match self {
             Refusal::AuthorityMismatch { .. } | Refusal::NotLocal(_) | Refusal::OwnListener(_) => {
-                FLAG_CONNECT
+                ResponseFlag::Connect
             }
-            Refusal::Denied(_) => FLAG_DENY,
+            Refusal::Denied(_) => ResponseFlag::Deny,
         }
     }
 }
@@ -179,11 +178,7 @@ impl Handler for HboneInbound {
             Some(cause) => format!("{err}: {cause}"),
             None => err.to_string(),
         };
-        ConnRecord::refused(
-            &self.0.telemetry,
-            info,
-            Outcome::failed(err.reason(), error),
-        );
+        ConnRecord::refused(&self.0.telemetry, info, Outcome::failed(err.flag(), error));
     }
 }
 
@@ -233,7 +228,7 @@ async fn handle_hbone(proxy: Arc<Proxy>, req: InboundRequest) {
             ConnRecord::refused(
                 &proxy.telemetry,
                 info,
-                Outcome::failed(refusal.flags(), refusal),
+                Outcome::failed(refusal.flag(), refusal),
             );
             return;
         }
@@ -251,14 +246,14 @@ async fn handle_hbone(proxy: Arc<Proxy>, req: InboundRequest) {
         Err(e) => {
             tracing::info!(dst = %req.authority, error = %e, "app unreachable");
             req.reject(StatusCode::SERVICE_UNAVAILABLE);
-            record.finish(Outcome::failed(FLAG_CONNECT, error_chain(&e)));
+            record.finish(Outcome::failed(ResponseFlag::Connect, error_chain(&e)));
             return;
         }
     };
     let stream = match req.accept() {
         Ok(s) => s,
         Err(e) => {
-            record.finish(Outcome::failed(FLAG_CONNECT, e));
+            record.finish(Outcome::failed(ResponseFlag::Connect, e));
             return;
         }
     };
@@ -393,7 +388,7 @@ async fn serve_tcp(
             tracing::info!(src = %info.src_addr, dst = %dst_addr, ?arrival, reason = %refusal, "inbound connection refused");
             // Reset rather than FIN: the client learns at once.
             reset_on_close(&client);
-            let outcome = Outcome::failed(refusal.flags(), &refusal);
+            let outcome = Outcome::failed(refusal.flag(), &refusal);
             ConnRecord::refused(&proxy.telemetry, info, outcome.clone());
             return outcome;
         }
@@ -406,7 +401,7 @@ async fn serve_tcp(
         Ok(app) => relay(client, app, registration).await,
         Err(e) => {
             reset_on_close(&client);
-            Outcome::failed(FLAG_CONNECT, error_chain(&e))
+            Outcome::failed(ResponseFlag::Connect, error_chain(&e))
         }
     };
     record.finish(outcome.clone());
