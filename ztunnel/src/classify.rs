@@ -98,7 +98,18 @@ pub enum ClassifyError {
 }
 
 impl ClassifyError {
-    /// A low-cardinality label for metrics and access logs.
+    /// Every value [`ClassifyError::reason`] takes: the label values of
+    /// `ztunnel_outbound_refused_total`.
+    pub const REASONS: [&'static str; 5] = [
+        "unknown_source",
+        "source_not_local",
+        "unknown_service_port",
+        "no_endpoints",
+        "own_listener",
+    ];
+
+    /// A low-cardinality label for metrics and access logs (one of
+    /// [`ClassifyError::REASONS`]).
     pub fn reason(&self) -> &'static str {
         match self {
             ClassifyError::UnknownSource(_) | ClassifyError::UnknownWorkload(_) => "unknown_source",

@@ -59,6 +59,16 @@ impl Refusal {
         }
     }
 
+    /// The access log's `reason`: bounded, finer than the flag.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refusal::AuthorityMismatch { .. } => "authority_mismatch",
+            Refusal::NotLocal(_) => "not_local",
+            Refusal::OwnListener(_) => "own_listener",
+            Refusal::Denied(d) => d.reason(),
+        }
+    }
+
     /// `response_flags` for metrics and the access log.
     pub fn flag(&self) -> ResponseFlag {
         match self {
@@ -178,7 +188,8 @@ impl Handler for HboneInbound {
             Some(cause) => format!("{err}: {cause}"),
             None => err.to_string(),
         };
-        ConnRecord::refused(&self.0.telemetry, info, Outcome::failed(err.flag(), error));
+        let outcome = Outcome::failed(err.flag(), error).with_finer_reason(err.reason());
+        ConnRecord::refused(&self.0.telemetry, info, outcome);
     }
 }
 
@@ -228,7 +239,7 @@ async fn handle_hbone(proxy: Arc<Proxy>, req: InboundRequest) {
             ConnRecord::refused(
                 &proxy.telemetry,
                 info,
-                Outcome::failed(refusal.flag(), refusal),
+                Outcome::failed(refusal.flag(), &refusal).with_reason(refusal.reason()),
             );
             return;
         }
@@ -388,7 +399,7 @@ async fn serve_tcp(
             tracing::info!(src = %info.src_addr, dst = %dst_addr, ?arrival, reason = %refusal, "inbound connection refused");
             // Reset rather than FIN: the client learns at once.
             reset_on_close(&client);
-            let outcome = Outcome::failed(refusal.flag(), &refusal);
+            let outcome = Outcome::failed(refusal.flag(), &refusal).with_reason(refusal.reason());
             ConnRecord::refused(&proxy.telemetry, info, outcome.clone());
             return outcome;
         }

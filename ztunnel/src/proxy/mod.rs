@@ -242,7 +242,8 @@ pub fn refuse_unknown_orig_dst(
         security: record::Security::None,
     };
     let outcome =
-        record::Outcome::failed(ResponseFlag::Connect, format!("{ORIG_DST_UNKNOWN}: {err}"));
+        record::Outcome::failed(ResponseFlag::Connect, format!("{ORIG_DST_UNKNOWN}: {err}"))
+            .with_reason("orig_dst_unknown");
     record::ConnRecord::refused(&proxy.telemetry, info, outcome);
 }
 
@@ -311,6 +312,7 @@ where
         Ok(Err(e)) => outcome.error = Some(inbound::error_chain(&e)),
         Err(why) => {
             outcome.flag = ResponseFlag::Deny;
+            outcome.reason = Some(why.0.reason());
             outcome.error = Some(why.to_string());
         }
     }

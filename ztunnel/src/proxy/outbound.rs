@@ -87,13 +87,11 @@ async fn handle_outbound(proxy: Arc<Proxy>, sock: TcpStream, peer: SocketAddr, _
     let route = match route {
         Ok(r) => r,
         Err(e) => {
-            tracing::info!(src = %peer, dst = %orig_dst, error = %e, "outbound connection not routable");
+            tracing::info!(src = %peer, dst = %orig_dst, reason = e.reason(), error = %e, "outbound connection not routable");
             reset_on_close(&sock);
-            ConnRecord::refused(
-                &proxy.telemetry,
-                info,
-                Outcome::failed(ResponseFlag::Connect, e),
-            );
+            proxy.telemetry.metrics.record_outbound_refused(e.reason());
+            let outcome = Outcome::failed(ResponseFlag::Connect, &e).with_reason(e.reason());
+            ConnRecord::refused(&proxy.telemetry, info, outcome);
             return;
         }
     };
@@ -202,7 +200,7 @@ impl Tunnel {
             Err(e) => {
                 tracing::info!(src = %peer, via = %req.via, authority = %req.authority, error = %e, cause = ?std::error::Error::source(&e), "HBONE tunnel failed");
                 reset_on_close(&sock);
-                Outcome::failed(e.flag(), error_chain(&e))
+                Outcome::failed(e.flag(), error_chain(&e)).with_finer_reason(e.reason())
             }
         };
         record.finish(outcome);

@@ -92,6 +92,7 @@ impl ConnInfo {
             bytes_recv: outcome.bytes_recv,
             duration,
             response_flags: outcome.flag.as_str(),
+            reason: outcome.reason,
             error: outcome.error.clone(),
         }
     }
@@ -123,6 +124,9 @@ pub fn inbound_service(snap: &Snapshot, host: Option<&str>, dst: &Workload) -> O
 pub struct Outcome {
     /// `response_flags`: `-` unless something went wrong.
     pub flag: ResponseFlag,
+    /// A finer, bounded reason beside the flag (the access log's `reason`),
+    /// when there is one.
+    pub reason: Option<&'static str>,
     /// Bytes from the client towards the destination (request direction).
     pub bytes_sent: u64,
     /// Bytes from the destination back to the client.
@@ -134,6 +138,7 @@ impl Outcome {
     pub fn ok(bytes_sent: u64, bytes_recv: u64) -> Self {
         Outcome {
             flag: ResponseFlag::None,
+            reason: None,
             bytes_sent,
             bytes_recv,
             error: None,
@@ -143,9 +148,26 @@ impl Outcome {
     pub fn failed(flag: ResponseFlag, error: impl std::fmt::Display) -> Self {
         Outcome {
             flag,
+            reason: None,
             bytes_sent: 0,
             bytes_recv: 0,
             error: Some(error.to_string()),
+        }
+    }
+
+    /// The same, with the finer `reason` beside its flag.
+    pub fn with_reason(mut self, reason: &'static str) -> Self {
+        self.reason = Some(reason);
+        self
+    }
+
+    /// The same, with `reason` when it says more than the flag does (hbone
+    /// errors' `reason()` is their flag's value unless it is finer).
+    pub fn with_finer_reason(self, reason: &'static str) -> Self {
+        if reason == self.flag.as_str() {
+            self
+        } else {
+            self.with_reason(reason)
         }
     }
 }
@@ -350,6 +372,7 @@ mod tests {
         let ev = info(Direction::Outbound).event(
             &Outcome {
                 flag: ResponseFlag::Connect,
+                reason: Some("no_endpoints"),
                 bytes_sent: 3,
                 bytes_recv: 4,
                 error: Some("boom".into()),
@@ -363,7 +386,23 @@ mod tests {
         assert_eq!(ev.dst_workload.as_deref(), Some("bank/server"));
         assert_eq!((ev.bytes_sent, ev.bytes_recv), (3, 4));
         assert_eq!(ev.response_flags, "CONNECT");
+        assert_eq!(ev.reason, Some("no_endpoints"));
         assert_eq!(ev.error.as_deref(), Some("boom"));
+    }
+
+    #[test]
+    fn a_finer_reason_only_when_it_says_more() {
+        let failed = || Outcome::failed(ResponseFlag::TlsFailure, "x");
+        assert_eq!(failed().with_finer_reason("TLS_FAILURE").reason, None);
+        assert_eq!(
+            failed().with_finer_reason("NO_CERT").reason,
+            Some("NO_CERT")
+        );
+        assert_eq!(
+            Outcome::ok(1, 2).with_reason("r").reason,
+            Some("r"),
+            "explicit"
+        );
     }
 
     #[test]

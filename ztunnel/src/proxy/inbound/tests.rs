@@ -284,12 +284,13 @@ fn plaintext_into_permissive_without_policy_is_allowed_without_identity() {
 }
 
 #[test]
-fn refusals_map_to_design_statuses_and_flags() {
+fn refusals_map_to_design_statuses_flags_and_reasons() {
     let cases = [
         (
             Refusal::NotLocal("10.0.0.9".parse().unwrap()),
             StatusCode::BAD_REQUEST,
             "CONNECT",
+            "not_local",
         ),
         (
             Refusal::AuthorityMismatch {
@@ -298,11 +299,13 @@ fn refusals_map_to_design_statuses_and_flags() {
             },
             StatusCode::BAD_REQUEST,
             "CONNECT",
+            "authority_mismatch",
         ),
         (
             Refusal::OwnListener("10.0.0.9:15006".parse().unwrap()),
             StatusCode::BAD_REQUEST,
             "CONNECT",
+            "own_listener",
         ),
         (
             Refusal::Denied(Denial::StrictMtls {
@@ -310,15 +313,18 @@ fn refusals_map_to_design_statuses_and_flags() {
             }),
             StatusCode::UNAUTHORIZED,
             "DENY",
+            "strict_mtls",
         ),
         (
             Refusal::Denied(Denial::NoAllowMatch),
             StatusCode::UNAUTHORIZED,
             "DENY",
+            "no_allow_match",
         ),
     ];
-    for (refusal, status, flags) in cases {
+    for (refusal, status, flag, reason) in cases {
         assert_eq!(refusal.status(), status, "{refusal}");
-        assert_eq!(refusal.flag().as_str(), flags, "{refusal}");
+        assert_eq!(refusal.flag().as_str(), flag, "{refusal}");
+        assert_eq!(refusal.reason(), reason, "{refusal}");
     }
 }
