@@ -11,8 +11,9 @@
 //! Sidecar mode routes with [`classify_sidecar`] instead (no waypoints, no
 //! in-process path).
 //!
-//! A Service VIP is resolved to one endpoint first (by the caller's `pick`)
-//! and its port mapped to the target port. A waypoint on the Service applies
+//! A Service VIP is resolved to one endpoint first
+//! ([`mesh_model::pick::pick_endpoint`], with the caller's `pick`) and its
+//! port mapped to the target port. A waypoint on the Service applies
 //! to VIP traffic; a waypoint on the pod applies to traffic addressed to the
 //! pod's IP; the namespace label applies to both unless overridden.
 
@@ -21,6 +22,7 @@ use std::sync::Arc;
 
 use hbone::SpiffeId;
 
+use mesh_model::pick::{pick_endpoint, PickError};
 use mesh_model::state::{ServedPod, Service, Snapshot, Workload};
 use mesh_model::HBONE_PORT;
 
@@ -97,6 +99,17 @@ pub enum ClassifyError {
     OwnListener(SocketAddr),
 }
 
+impl From<PickError> for ClassifyError {
+    fn from(e: PickError) -> Self {
+        match e {
+            PickError::UnknownPort { service, port } => {
+                ClassifyError::UnknownServicePort { service, port }
+            }
+            PickError::NoEndpoints { service } => ClassifyError::NoEndpoints { service },
+        }
+    }
+}
+
 impl ClassifyError {
     /// Every value [`ClassifyError::reason`] takes: the label values of
     /// `ztunnel_outbound_refused_total`.
@@ -122,9 +135,8 @@ impl ClassifyError {
 }
 
 /// Routes a connection from pod IP `src` to `orig_dst`, captured by the
-/// ztunnel on `local_node`. For a Service VIP, endpoint `pick % len` (of
-/// [`Snapshot::endpoints`], sorted by uid) is chosen; pass a random or
-/// round-robin number.
+/// ztunnel on `local_node`. For a Service VIP, endpoint `pick % len` is
+/// chosen ([`pick_endpoint`]); pass a random or round-robin number.
 pub fn classify(
     snap: &Snapshot,
     src: IpAddr,
@@ -183,8 +195,8 @@ impl Target<'_> {
                 forwarded_host: host,
             });
         }
-        let (chosen, dst) = pick_endpoint(self.snap, svc, orig_dst, pick)?;
-        Ok(self.direct(chosen, dst, host))
+        let picked = pick_endpoint(self.snap, svc, orig_dst, pick)?;
+        Ok(self.direct(picked.endpoint, picked.addr, host))
     }
 
     /// Traffic addressed to a pod IP: the pod's waypoint applies.
@@ -230,29 +242,6 @@ impl Target<'_> {
     }
 }
 
-/// Resolves a connection to Service VIP `orig_dst`: endpoint `pick % len`
-/// (of [`Snapshot::endpoints`], sorted by uid) and `endpointIP:targetPort`.
-fn pick_endpoint<'a>(
-    snap: &'a Snapshot,
-    svc: &Service,
-    orig_dst: SocketAddr,
-    pick: usize,
-) -> Result<(&'a Arc<Workload>, SocketAddr), ClassifyError> {
-    let target_port =
-        svc.target_port(orig_dst.port())
-            .ok_or_else(|| ClassifyError::UnknownServicePort {
-                service: svc.key(),
-                port: orig_dst.port(),
-            })?;
-    let endpoints = snap.endpoints(svc);
-    let chosen = endpoints
-        .get(pick % endpoints.len().max(1))
-        .ok_or_else(|| ClassifyError::NoEndpoints { service: svc.key() })?;
-    let ip = same_family_ip(chosen, orig_dst.ip())
-        .ok_or_else(|| ClassifyError::NoEndpoints { service: svc.key() })?;
-    Ok((chosen, SocketAddr::new(ip, target_port)))
-}
-
 /// Routes a connection that the sidecar of pod `served` captured on its
 /// outbound port (the source is always that pod). Sidecars, like Istio's,
 /// never route through waypoints:
@@ -281,8 +270,12 @@ pub fn classify_sidecar(
     }
     let (dest, dst, host) = match snap.service_by_vip(orig_dst.ip()) {
         Some(svc) => {
-            let (dest, dst) = pick_endpoint(snap, svc, orig_dst, pick)?;
-            (Some(dest), dst, Some(svc.hostname.clone()))
+            let picked = pick_endpoint(snap, svc, orig_dst, pick)?;
+            (
+                Some(picked.endpoint),
+                picked.addr,
+                Some(svc.hostname.clone()),
+            )
         }
         None => (snap.workload_by_ip(orig_dst.ip()), orig_dst, None),
     };
@@ -297,15 +290,6 @@ pub fn classify_sidecar(
         }),
         _ => Ok(Route::Passthrough { source, dst }),
     }
-}
-
-/// The endpoint's address in the same family as the VIP, else its first.
-fn same_family_ip(w: &Workload, vip: IpAddr) -> Option<IpAddr> {
-    w.ips
-        .iter()
-        .copied()
-        .find(|ip| ip.is_ipv4() == vip.is_ipv4())
-        .or_else(|| w.primary_ip())
 }
 
 #[cfg(test)]
