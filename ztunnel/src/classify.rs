@@ -4,6 +4,7 @@
 //! | Destination | Route |
 //! |---|---|
 //! | Service VIP or pod with a waypoint | [`Route::Waypoint`]: HBONE to the waypoint, `:authority` = the original destination |
+//! | Service VIP or pod whose waypoint is missing | [`ClassifyError::WaypointMissing`]: refused (`CONNECT`, reason `waypoint_missing`), never sent around the waypoint |
 //! | ambient pod on this node | [`Route::Local`]: the in-process inbound path |
 //! | ambient pod elsewhere, or a pod with its own sidecar (`native_tunnel`) anywhere | [`Route::Hbone`]: HBONE to `podIP:15008`, `:authority` = `podIP:targetPort` |
 //! | anything else | [`Route::Passthrough`]: plain TCP |
@@ -23,7 +24,7 @@ use std::sync::Arc;
 use hbone::SpiffeId;
 
 use mesh_model::pick::{pick_endpoint, PickError};
-use mesh_model::state::{ServedPod, Service, Snapshot, Workload};
+use mesh_model::state::{ServedPod, Service, Snapshot, UseWaypoint, Workload};
 use mesh_model::HBONE_PORT;
 
 /// The decision for one outbound connection.
@@ -97,6 +98,13 @@ pub enum ClassifyError {
     NoEndpoints { service: String },
     #[error("{0} is this sidecar's own listener; forwarding it would loop")]
     OwnListener(SocketAddr),
+    /// `target` (a Service or pod) uses a waypoint that does not exist or
+    /// is not known yet: its traffic is refused rather than sent around
+    /// the waypoint's L7 policy.
+    #[error(
+        "{target} uses waypoint {waypoint}, which is missing; refusing rather than bypassing it"
+    )]
+    WaypointMissing { target: String, waypoint: String },
 }
 
 impl From<PickError> for ClassifyError {
@@ -113,12 +121,13 @@ impl From<PickError> for ClassifyError {
 impl ClassifyError {
     /// Every value [`ClassifyError::reason`] takes: the label values of
     /// `ztunnel_outbound_refused_total`.
-    pub const REASONS: [&'static str; 5] = [
+    pub const REASONS: [&'static str; 6] = [
         "unknown_source",
         "source_not_local",
         "unknown_service_port",
         "no_endpoints",
         "own_listener",
+        "waypoint_missing",
     ];
 
     /// A low-cardinality label for metrics and access logs (one of
@@ -130,6 +139,7 @@ impl ClassifyError {
             ClassifyError::UnknownServicePort { .. } => "unknown_service_port",
             ClassifyError::NoEndpoints { .. } => "no_endpoints",
             ClassifyError::OwnListener(_) => "own_listener",
+            ClassifyError::WaypointMissing { .. } => "waypoint_missing",
         }
     }
 }
@@ -164,7 +174,7 @@ pub fn classify(
         return target.service(svc, orig_dst, pick);
     }
     match snap.workload_by_ip(orig_dst.ip()) {
-        Some(dest) => Ok(target.pod(dest, orig_dst)),
+        Some(dest) => target.pod(dest, orig_dst),
         None => Ok(Route::Passthrough {
             source: target.source,
             dst: orig_dst,
@@ -187,29 +197,42 @@ impl Target<'_> {
     ) -> Result<Route, ClassifyError> {
         let host = Some(svc.hostname.clone());
         if let Some(wp) = &svc.waypoint {
-            return Ok(Route::Waypoint {
-                source: self.source,
-                via: wp.hbone_addr(),
-                authority: orig_dst,
-                expect: wp.identity.clone(),
-                forwarded_host: host,
-            });
+            return self.waypoint(wp, svc.key(), orig_dst, host);
         }
         let picked = pick_endpoint(self.snap, svc, orig_dst, pick)?;
         Ok(self.direct(picked.endpoint, picked.addr, host))
     }
 
     /// Traffic addressed to a pod IP: the pod's waypoint applies.
-    fn pod(self, dest: &Arc<Workload>, dst: SocketAddr) -> Route {
+    fn pod(self, dest: &Arc<Workload>, dst: SocketAddr) -> Result<Route, ClassifyError> {
         match &dest.waypoint {
-            Some(wp) => Route::Waypoint {
+            Some(wp) => self.waypoint(wp, dest.key(), dst, None),
+            None => Ok(self.direct(dest, dst, None)),
+        }
+    }
+
+    /// To `target`'s waypoint, with the original destination as the
+    /// authority; refused when the waypoint is missing (never sent around
+    /// it: that would skip its L7 policy).
+    fn waypoint(
+        self,
+        wp: &UseWaypoint,
+        target: String,
+        dst: SocketAddr,
+        host: Option<String>,
+    ) -> Result<Route, ClassifyError> {
+        match wp {
+            UseWaypoint::Ready(wp) => Ok(Route::Waypoint {
                 source: self.source,
                 via: wp.hbone_addr(),
                 authority: dst,
                 expect: wp.identity.clone(),
-                forwarded_host: None,
-            },
-            None => self.direct(dest, dst, None),
+                forwarded_host: host,
+            }),
+            UseWaypoint::Missing(m) => Err(ClassifyError::WaypointMissing {
+                target,
+                waypoint: m.to_string(),
+            }),
         }
     }
 

@@ -198,7 +198,7 @@ impl Metrics {
         );
         ours.register(
             "outbound_refused",
-            "Outbound connections refused before routing (response_flags CONNECT), by reason: unknown_source, source_not_local, unknown_service_port, no_endpoints, own_listener",
+            "Outbound connections refused before routing (response_flags CONNECT), by reason: unknown_source, source_not_local, unknown_service_port, no_endpoints, own_listener, waypoint_missing",
             m.outbound_refused.clone(),
         );
         // Every reason is a series from the start, at 0.

@@ -167,6 +167,53 @@ fn errors() {
     assert_eq!(cases[3].3.reason(), "source_not_local");
 }
 
+/// The demo without its waypoint pod: bank's namespace still names
+/// `waypoint`, so traffic to the ledger (VIP or pod) is refused with
+/// `waypoint_missing`, never sent straight to the ledger; the rest of the
+/// mesh routes as before.
+#[test]
+fn a_missing_waypoint_refuses_rather_than_bypasses() {
+    let start = DEMO.find("  - name: waypoint\n").unwrap();
+    let end = DEMO.find("  - name: old-client").unwrap();
+    let without = format!("{}{}", &DEMO[..start], &DEMO[end..]);
+    let snap = config::parse(&without).unwrap();
+    let src: IpAddr = "10.1.1.10".parse().unwrap();
+    let cases: &[(&str, Result<&str, ClassifyError>)] = &[
+        (
+            "10.96.0.20:443",
+            Err(ClassifyError::WaypointMissing {
+                target: "bank/ledger".into(),
+                waypoint: "bank/waypoint".into(),
+            }),
+        ),
+        (
+            "10.1.2.20:8443",
+            Err(ClassifyError::WaypointMissing {
+                target: "bank/ledger".into(),
+                waypoint: "bank/waypoint".into(),
+            }),
+        ),
+        (
+            "10.96.0.10:80",
+            Ok("local shop/cart-1 10.1.1.11:8080 host=cart.shop.svc.cluster.local"),
+        ),
+    ];
+    for (dst, want) in cases {
+        let got = classify(&snap, src, dst.parse().unwrap(), "node1", 0);
+        assert_eq!(
+            got.map(|r| describe(&r)),
+            want.clone().map(String::from),
+            "{dst}"
+        );
+    }
+    let err = classify(&snap, src, "10.96.0.20:443".parse().unwrap(), "node1", 0).unwrap_err();
+    assert_eq!(err.reason(), "waypoint_missing");
+    assert_eq!(
+        err.to_string(),
+        "bank/ledger uses waypoint bank/waypoint, which is missing; refusing rather than bypassing it"
+    );
+}
+
 fn served_pod(workload: &str, node: &str) -> ServedPod {
     ServedPod {
         workload: workload.parse().unwrap(),

@@ -4,19 +4,26 @@
 use super::*;
 
 /// The demo, plus what it lacks: a Service with no endpoints, one whose
-/// endpoint is outside the mesh, and a pod with its own sidecar behind a
-/// VIP.
+/// endpoint is outside the mesh, a pod with its own sidecar behind a VIP,
+/// and waypoints that do not exist (a namespace's, and a Service's own).
 fn invariant_world() -> Snapshot {
     let text = DEMO
         .replace(
+            "namespaces:\n",
+            "namespaces:\n  - {name: edge, labels: {istio.io/dataplane-mode: ambient, istio.io/use-waypoint: gone}}\n",
+        )
+        .replace(
             "workloads:\n",
-            "workloads:\n  - {name: side, namespace: legacy, serviceAccount: side, ip: 10.1.2.41, node: node2, labels: {app: side, security.istio.io/tlsMode: istio}}\n",
+            "workloads:\n  - {name: side, namespace: legacy, serviceAccount: side, ip: 10.1.2.41, node: node2, labels: {app: side, security.istio.io/tlsMode: istio}}\n  \
+             - {name: edge, namespace: edge, serviceAccount: edge, ip: 10.1.2.50, node: node2, labels: {app: edge}}\n",
         )
         .replace(
             "services:\n",
             "services:\n  - {name: empty, namespace: shop, vip: 10.96.0.99, ports: [{port: 80}]}\n  \
              - {name: old, namespace: legacy, vip: 10.96.0.40, ports: [{port: 80, targetPort: 8080}], selector: {app: old-client}}\n  \
-             - {name: side, namespace: legacy, vip: 10.96.0.41, ports: [{port: 80, targetPort: 8080}, {port: 443}], selector: {app: side}}\n",
+             - {name: side, namespace: legacy, vip: 10.96.0.41, ports: [{port: 80, targetPort: 8080}, {port: 443}], selector: {app: side}}\n  \
+             - {name: edge, namespace: edge, vip: 10.96.0.50, ports: [{port: 80}], selector: {app: edge}}\n  \
+             - {name: ghost-cart, namespace: shop, vip: 10.96.0.51, ports: [{port: 80, targetPort: 8080}], selector: {app: cart}, labels: {istio.io/use-waypoint: ghost}}\n",
         );
     config::parse(&text).unwrap()
 }
@@ -49,6 +56,7 @@ fn check_route(
             .workload_by_ip(dst.ip())
             .and_then(|w| w.waypoint.as_ref()),
     };
+    let waypoint = waypoint.map(|wp| wp.ready().expect("routed past a missing waypoint"));
     let host = vip.map(|s| s.hostname.clone());
     if let Route::Waypoint {
         via,
@@ -177,11 +185,29 @@ fn check_error(
         assert_eq!(*e, want);
         return;
     }
-    let svc = vip.unwrap_or_else(|| panic!("{e:?} for a pod or an address outside the mesh"));
+    // The waypoint that applies, and whose it is.
+    let pod = snap.workload_by_ip(dst.ip());
+    let (waypoint, owner) = match (vip, pod) {
+        (Some(svc), _) => (svc.waypoint.as_ref(), Some(svc.key())),
+        (None, Some(pod)) => (pod.waypoint.as_ref(), Some(pod.key())),
+        (None, None) => (None, None),
+    };
+    if let ClassifyError::WaypointMissing {
+        target,
+        waypoint: name,
+    } = e
+    {
+        let missing = waypoint
+            .and_then(UseWaypoint::missing)
+            .expect("refused for a waypoint that is there");
+        assert_eq!((Some(target), name), (owner.as_ref(), &missing.to_string()));
+        return;
+    }
     assert!(
-        svc.waypoint.is_none(),
-        "{e:?}: a VIP with a waypoint goes to it"
+        waypoint.is_none(),
+        "{e:?}: where a waypoint applies, it decides"
     );
+    let svc = vip.unwrap_or_else(|| panic!("{e:?} for a pod or an address outside the mesh"));
     match e {
         ClassifyError::UnknownServicePort { service, port } => {
             assert_eq!((service, *port), (&svc.key(), dst.port()));
@@ -198,7 +224,7 @@ fn check_error(
 
 /// The sources and destinations the invariants are checked over: every
 /// kind of workload and VIP in [`invariant_world`], and strangers.
-const SOURCES: [&str; 9] = [
+const SOURCES: [&str; 10] = [
     "10.1.1.10",
     "10.1.1.11",
     "10.1.2.11",
@@ -207,9 +233,10 @@ const SOURCES: [&str; 9] = [
     "10.1.1.30",
     "10.1.1.40",
     "10.1.2.41",
+    "10.1.2.50",
     "10.9.9.9",
 ];
-const DESTINATIONS: [&str; 13] = [
+const DESTINATIONS: [&str; 16] = [
     "10.96.0.10",
     "10.96.0.20",
     "10.96.0.40",
@@ -222,6 +249,9 @@ const DESTINATIONS: [&str; 13] = [
     "10.1.1.30",
     "10.1.1.40",
     "10.1.2.41",
+    "10.96.0.50",
+    "10.96.0.51",
+    "10.1.2.50",
     "1.2.3.4",
 ];
 const NODES: [&str; 3] = ["node1", "node2", "elsewhere"];
@@ -260,6 +290,7 @@ fn classify_invariants_on_every_combination() {
         "unknown_service_port",
         "unknown_source",
         "waypoint",
+        "waypoint_missing",
     ];
     assert_eq!(seen, want.map(String::from).into(), "kinds of answer met");
 }
