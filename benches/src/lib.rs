@@ -1,7 +1,10 @@
-//! Shared fixtures for the HBONE micro-benchmarks (`benches/hbone.rs`), the
-//! `hbone-report` binary, and later the netns macro-benchmark.
+//! The benchmarks' shared code: the fixtures of the HBONE micro-benchmarks
+//! and the pure core of the netns macro-benchmark. Figures and how to run
+//! each: `benches/README.md`.
 //!
-//! Everything runs on real loopback sockets:
+//! HBONE fixtures, for the criterion benchmarks (`benches/hbone.rs`) and the
+//! `hbone-report` (whose `--quick` mode CI runs) and `hbone-profile`
+//! binaries. Everything runs on real loopback sockets:
 //! - [`spawn_sink`]: a TCP server that counts bytes until EOF, then answers
 //!   with the count (8 bytes, big-endian) and closes;
 //! - [`spawn_echo`]: a TCP echo server;
@@ -14,6 +17,17 @@
 //!   HBONE stream itself);
 //! - [`spawn_forwarder`]: a plain TCP forwarder running that same forward
 //!   path without TLS and HTTP/2 (a floor for the forwarded HBONE figures).
+//!
+//! [`mesh_bench`] is the pure part of `mesh-bench`, the netns
+//! macro-benchmark (no mesh, ztunnel sidecars, Envoy sidecars, a TLS relay
+//! floor and ambient, alternated in one run): Envoy's bootstrap, the
+//! statistics, and the JSON and HTML report; the binary does the I/O.
+//!
+//! The other binaries stand alone: `xds-bench` (the real `control-plane`
+//! and `ztunnel` at scale: push latency, control-plane CPU and RSS, memory
+//! per workload), `edit-cost` (where one config edit's control-plane time
+//! goes) and `seal-bench` (TLS record sealing, rustls's against
+//! `hbone::seal`).
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};

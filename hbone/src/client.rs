@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
+use mesh_model::ResponseFlag;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -118,17 +119,32 @@ pub enum TunnelError {
 }
 
 impl TunnelError {
-    /// A low-cardinality reason for metrics (`response_flags`) and logs.
-    pub fn reason(&self) -> &'static str {
+    /// Istio's `response_flags` value for this failure (DESIGN §7): a
+    /// missing certificate or a failed handshake is `TLS_FAILURE`, a 401
+    /// `DENY`, anything else `CONNECT`.
+    pub fn flag(&self) -> ResponseFlag {
         match self {
-            TunnelError::Certificate { .. } | TunnelError::TlsConfig(_) => "NO_CERT",
-            TunnelError::Tls { .. } => "TLS_FAILURE",
-            TunnelError::Status { status, .. } if *status == StatusCode::UNAUTHORIZED => "DENY",
-            TunnelError::Shared(e) => e.reason(),
+            TunnelError::Certificate { .. }
+            | TunnelError::TlsConfig(_)
+            | TunnelError::Tls { .. } => ResponseFlag::TlsFailure,
+            TunnelError::Status { status, .. } if *status == StatusCode::UNAUTHORIZED => {
+                ResponseFlag::Deny
+            }
+            TunnelError::Shared(e) => e.flag(),
             TunnelError::Dial(_)
             | TunnelError::H2 { .. }
             | TunnelError::Timeout { .. }
-            | TunnelError::Status { .. } => "CONNECT",
+            | TunnelError::Status { .. } => ResponseFlag::Connect,
+        }
+    }
+
+    /// A low-cardinality reason for logs: the [`TunnelError::flag`] value,
+    /// or `NO_CERT` where the flag says less (no certificate to present).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            TunnelError::Certificate { .. } | TunnelError::TlsConfig(_) => "NO_CERT",
+            TunnelError::Shared(e) => e.reason(),
+            _ => self.flag().as_str(),
         }
     }
 
@@ -553,5 +569,59 @@ impl HboneClient {
                 client.reap(Instant::now());
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Istio's flag for each failure, and the finer reason where it says
+    /// less.
+    #[test]
+    fn flags_are_istios_and_reasons_finer() {
+        let addr: SocketAddr = "10.1.2.10:15008".parse().unwrap();
+        let status = |status| TunnelError::Status {
+            addr,
+            authority: "10.1.2.10:8080".parse().unwrap(),
+            status,
+        };
+        let cases = [
+            (status(StatusCode::UNAUTHORIZED), ResponseFlag::Deny, "DENY"),
+            (
+                TunnelError::Shared(Arc::new(status(StatusCode::UNAUTHORIZED))),
+                ResponseFlag::Deny,
+                "DENY",
+            ),
+            (
+                status(StatusCode::SERVICE_UNAVAILABLE),
+                ResponseFlag::Connect,
+                "CONNECT",
+            ),
+            (
+                TunnelError::Timeout { addr },
+                ResponseFlag::Connect,
+                "CONNECT",
+            ),
+            (
+                TunnelError::Tls {
+                    addr,
+                    source: std::io::Error::other("bad certificate"),
+                },
+                ResponseFlag::TlsFailure,
+                "TLS_FAILURE",
+            ),
+            (
+                TunnelError::Certificate {
+                    id: "spiffe://cluster.local/ns/a/sa/b".parse().unwrap(),
+                    source: CertError::Parse,
+                },
+                ResponseFlag::TlsFailure,
+                "NO_CERT",
+            ),
+        ];
+        for (err, flag, reason) in cases {
+            assert_eq!((err.flag(), err.reason()), (flag, reason), "{err:?}");
+        }
     }
 }

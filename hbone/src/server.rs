@@ -23,6 +23,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
+use mesh_model::ResponseFlag;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -101,12 +102,29 @@ pub enum ServerError {
 }
 
 impl ServerError {
+    /// Istio's `response_flags` value for this failure (DESIGN §7): the
+    /// handshake failed or could not be made (no certificate) is
+    /// `TLS_FAILURE`; no local identity for the address, or HTTP/2, is
+    /// `CONNECT`.
+    pub fn flag(&self) -> ResponseFlag {
+        match self {
+            ServerError::Tls(_)
+            | ServerError::Peer(_)
+            | ServerError::Timeout
+            | ServerError::Certificate(_)
+            | ServerError::TlsConfig(_) => ResponseFlag::TlsFailure,
+            ServerError::UnknownDestination(_) | ServerError::H2(_) => ResponseFlag::Connect,
+        }
+    }
+
+    /// A low-cardinality reason for logs: the [`ServerError::flag`] value,
+    /// or a finer one where the flag says less (`UNKNOWN_DESTINATION`,
+    /// `NO_CERT`).
     pub fn reason(&self) -> &'static str {
         match self {
-            ServerError::Tls(_) | ServerError::Peer(_) | ServerError::Timeout => "TLS_FAILURE",
             ServerError::UnknownDestination(_) => "UNKNOWN_DESTINATION",
             ServerError::Certificate(_) | ServerError::TlsConfig(_) => "NO_CERT",
-            ServerError::H2(_) => "CONNECT",
+            _ => self.flag().as_str(),
         }
     }
 }
@@ -441,5 +459,41 @@ impl ServerIdentity for FixedIdentity {
             let cert = certs.get(&id).await.map_err(ServerError::Certificate)?;
             tls::server_config(&cert).map_err(ServerError::TlsConfig)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Istio's flag for each failure, and the finer reason where it says
+    /// less.
+    #[test]
+    fn flags_are_istios_and_reasons_finer() {
+        let cases = [
+            (
+                ServerError::Timeout,
+                ResponseFlag::TlsFailure,
+                "TLS_FAILURE",
+            ),
+            (
+                ServerError::Tls(std::io::Error::other("alert")),
+                ResponseFlag::TlsFailure,
+                "TLS_FAILURE",
+            ),
+            (
+                ServerError::UnknownDestination("10.1.1.1:15008".parse().unwrap()),
+                ResponseFlag::Connect,
+                "UNKNOWN_DESTINATION",
+            ),
+            (
+                ServerError::Certificate(CertError::Parse),
+                ResponseFlag::TlsFailure,
+                "NO_CERT",
+            ),
+        ];
+        for (err, flag, reason) in cases {
+            assert_eq!((err.flag(), err.reason()), (flag, reason), "{err:?}");
+        }
     }
 }

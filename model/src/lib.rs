@@ -12,7 +12,10 @@
 //! - [`identity`]: `SpiffeId` and its strict parser;
 //! - [`state`]: workloads, services, namespaces, policies and the immutable,
 //!   indexed [`state::Snapshot`] with its delta patching;
-//! - [`policy`]: L4 authorization (`authorize`, DESIGN §5);
+//! - [`policy`]: L4 authorization (`authorize`, DESIGN §5) and admission
+//!   at the destination (`admit_peer`: STRICT mTLS, then `authorize`);
+//! - [`pick`]: which endpoint of a Service a connection or request goes to
+//!   (the caller passes the random number or round-robin counter in);
 //! - [`route`]: the waypoint's L7 routing (Gateway API HTTPRoute and
 //!   GRPCRoute): rule selection, backends, filters, faults, retries;
 //! - [`l7policy`]: the waypoint's L7 authorization (`authorize_request`);
@@ -30,6 +33,7 @@ pub mod flags;
 pub mod identity;
 pub mod input;
 pub mod l7policy;
+pub mod pick;
 pub mod policy;
 pub mod route;
 pub mod state;

@@ -11,8 +11,13 @@
 //! `principals` and `service_accounts` matches never hold for it, and their
 //! `not_` forms always do (so `DENY notPrincipals: ["*"]` denies plaintext).
 //!
-//! STRICT mTLS is not a policy: check [`crate::state::Snapshot::mtls_mode`]
-//! for plaintext inbound before calling [`authorize`].
+//! STRICT mTLS is not a policy: [`admit_peer`] checks it (plaintext into a
+//! STRICT namespace is refused) and then calls [`authorize`]; use it for
+//! every admission decision at a destination.
+
+mod admit;
+
+pub use admit::admit_peer;
 
 use std::fmt;
 use std::net::IpAddr;
@@ -48,6 +53,9 @@ pub enum Denial {
     DenyPolicy(PolicyKey),
     /// ALLOW policies apply to the workload but none matched.
     NoAllowMatch,
+    /// Plaintext into a namespace that requires mutual TLS
+    /// ([`admit_peer`]; never from [`authorize`]).
+    StrictMtls { namespace: String },
 }
 
 impl Decision {
@@ -62,6 +70,7 @@ impl Denial {
         match self {
             Denial::DenyPolicy(_) => "deny_policy",
             Denial::NoAllowMatch => "no_allow_match",
+            Denial::StrictMtls { .. } => "strict_mtls",
         }
     }
 }
@@ -71,6 +80,12 @@ impl fmt::Display for Denial {
         match self {
             Denial::DenyPolicy(key) => write!(f, "denied by policy {key}"),
             Denial::NoAllowMatch => f.write_str("no ALLOW policy matched"),
+            Denial::StrictMtls { namespace } => {
+                write!(
+                    f,
+                    "namespace {namespace} requires mutual TLS; plaintext refused"
+                )
+            }
         }
     }
 }
@@ -270,6 +285,7 @@ mod tests {
             Decision::Allow => "allow".into(),
             Decision::Deny(Denial::DenyPolicy(k)) => format!("deny {k}"),
             Decision::Deny(Denial::NoAllowMatch) => "deny no-allow".into(),
+            Decision::Deny(d @ Denial::StrictMtls { .. }) => panic!("authorize said {d}"),
         }
     }
 

@@ -44,8 +44,13 @@ pub struct ConnEvent {
     /// Seconds, as a float.
     #[serde(serialize_with = "as_secs")]
     pub duration: Duration,
-    /// `-` on success, else a low-cardinality reason (`DENY`, `CONNECT`...).
+    /// `-` on success, else Istio's flag (`DENY`, `CONNECT`...).
     pub response_flags: &'static str,
+    /// Why, more finely than `response_flags` says (a bounded set per
+    /// proxy, e.g. `unknown_source`, `waypoint_missing`); absent when the
+    /// flag says it all.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }

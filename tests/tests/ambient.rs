@@ -121,6 +121,73 @@ async fn cross_node_traffic_is_hbone_encrypted_with_real_source_ip() {
     assert!(metrics.contains("source_principal=\"cluster.local/ns/shop/sa/client\""));
 }
 
+/// `--outbound-addr`, `--inbound-plaintext-addr` and `--hbone-addr` move
+/// the listeners, and the capture rules follow them: an ambient pod's
+/// traffic is still captured and tunnelled (to the peer's 15008, which
+/// the peer delivers to its moved HBONE listener), and plaintext from a
+/// pod outside the mesh still reaches the moved plaintext listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moved_listeners_still_capture_and_tunnel() {
+    if !require_root() {
+        return;
+    }
+    let topo = Topology::builder()
+        .nodes(2)
+        .pod("client", 1)
+        .pod("old", 1)
+        .pod("server", 2)
+        .build()
+        .unwrap();
+    let pods = pod_line(&topo, "client", "shop", "client", "app: client")
+        + &pod_line(&topo, "old", "legacy", "old", "app: old")
+        + &pod_line(&topo, "server", "bank", "server", "app: server");
+    let mut mesh = Mesh::new(&topo, &config(&pods, ""));
+    let moved = [
+        "--outbound-addr",
+        "0.0.0.0:16001",
+        "--inbound-plaintext-addr",
+        "0.0.0.0:16006",
+        "--hbone-addr",
+        "0.0.0.0:16008",
+    ];
+    mesh.start_with_args(1, &moved);
+    mesh.start_with_args(2, &moved);
+    let (client, old, server) = (topo.pod("client"), topo.pod("old"), topo.pod("server"));
+    let _app = App::serve(&server.ns, 8080);
+    let to = SocketAddr::from((server.ip, 8080));
+
+    let back = echo_through(&client.ns, to, b"through moved listeners")
+        .await
+        .expect("echo through the mesh");
+    assert_eq!(back, b"through moved listeners");
+    let out = mesh.wait_event(1, "outbound client->server", |e| {
+        e["direction"] == "outbound"
+    });
+    assert_eq!(out["dst.hbone_addr"], format!("{}:15008", server.ip));
+    assert_eq!(out["response_flags"], "-");
+    let inb = mesh.wait_event(2, "inbound over HBONE", |e| {
+        e["direction"] == "inbound" && e.get("src.identity").is_some()
+    });
+    assert_eq!(
+        inb["src.identity"],
+        "spiffe://cluster.local/ns/shop/sa/client"
+    );
+    assert_eq!(inb["dst.hbone_addr"], format!("{}:15008", server.ip));
+
+    let back = echo_through(&old.ns, to, b"plain")
+        .await
+        .expect("plaintext");
+    assert_eq!(back, b"plain");
+    let plain = mesh.wait_event(2, "plaintext inbound", |e| {
+        e["direction"] == "inbound" && e.get("src.identity").is_none()
+    });
+    assert_eq!(
+        plain["src.addr"].as_str().unwrap().split(':').next(),
+        Some(old.ip.to_string().as_str())
+    );
+    mesh.terminate_all();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_node_and_a_service_vip_reach_all_endpoints() {
     if !require_root() {

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use mesh_model::HBONE_PORT;
 use mesh_tests::echo::{
     assert_never_accepts, assert_refused_at_once, payload, round_trip, spawn_echo,
 };
@@ -13,7 +14,7 @@ use mesh_tests::rules::{assert_nothing_left, ip_rule_count};
 use mesh_tests::{require_root, Netns, Topology};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use ztunnel::capture::{orig_dst, rules, transparent_listener, Capture};
+use ztunnel::capture::{orig_dst, rules, transparent_listener, Capture, ListenerPorts};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -31,7 +32,11 @@ fn set(ips: &[Ipv4Addr]) -> BTreeSet<Ipv4Addr> {
 }
 
 fn install(node: &Netns, pods: &[Ipv4Addr]) -> Capture {
-    node.run(|| Capture::install(&set(pods)))
+    install_to(node, pods, ListenerPorts::default())
+}
+
+fn install_to(node: &Netns, pods: &[Ipv4Addr], ports: ListenerPorts) -> Capture {
+    node.run(|| Capture::install(&set(pods), ports))
         .unwrap()
         .expect("install capture")
 }
@@ -157,14 +162,57 @@ async fn inbound_plaintext_and_hbone_are_captured_at_the_destination_node() {
     let (n2, a, b) = (&topo.node(2).ns, topo.pod("a"), topo.pod("b"));
     let _capture = install(n2, &[b.ip]);
     let plaintext = listener(n2, rules::INBOUND_PLAINTEXT_PORT);
-    let hbone = listener(n2, rules::HBONE_PORT);
+    let hbone = listener(n2, HBONE_PORT);
 
-    for (port, listener) in [(8080, &plaintext), (rules::HBONE_PORT, &hbone)] {
+    for (port, listener) in [(8080, &plaintext), (HBONE_PORT, &hbone)] {
         let dst = SocketAddr::from((b.ip, port));
         let client = a.ns.connect(dst).await.expect("connect to pod b");
         let (orig, peer, _server) = accept(listener).await;
         assert_eq!(orig, dst);
         assert_eq!(peer, client.local_addr().unwrap());
+    }
+}
+
+/// Listeners moved off the default ports (`--outbound-addr` and friends):
+/// the rules deliver to them, and HBONE is still the traffic to a pod's
+/// 15008.
+#[tokio::test]
+async fn moved_listeners_receive_the_captured_traffic() {
+    if !require_root() {
+        return;
+    }
+    let topo = topology();
+    let (n1, n2, a, b) = (
+        &topo.node(1).ns,
+        &topo.node(2).ns,
+        topo.pod("a"),
+        topo.pod("b"),
+    );
+    let ports = ListenerPorts {
+        outbound: 17001,
+        inbound_plaintext: 17006,
+        hbone: 17008,
+    };
+    let _c1 = install_to(n1, &[a.ip], ports);
+    let _c2 = install_to(n2, &[b.ip], ports);
+    let outbound = listener(n1, ports.outbound);
+    let plaintext = listener(n2, ports.inbound_plaintext);
+    let hbone = listener(n2, ports.hbone);
+
+    let dst = SocketAddr::from((b.ip, 8080));
+    let client = a.ns.connect(dst).await.expect("connect from pod a");
+    let (orig, peer, _server) = accept(&outbound).await;
+    assert_eq!((orig, peer), (dst, client.local_addr().unwrap()));
+
+    for (port, listener) in [(8080, &plaintext), (HBONE_PORT, &hbone)] {
+        let dst = SocketAddr::from((b.ip, port));
+        // From node 1 itself (not a pod, so node 1 does not capture it).
+        let client = tokio::time::timeout(WAIT, n1.connect(dst))
+            .await
+            .expect("connect timed out")
+            .expect("connect to pod b");
+        let (orig, peer, _server) = accept(listener).await;
+        assert_eq!((orig, peer), (dst, client.local_addr().unwrap()), "{port}");
     }
 }
 
@@ -262,7 +310,7 @@ async fn captured_traffic_without_a_ztunnel_socket_is_reset_never_delivered_to_t
     let host1 = n1.listen(SocketAddr::from(([0, 0, 0, 0], 8080))).unwrap();
     let host2 = n2.listen(SocketAddr::from(([0, 0, 0, 0], 8080))).unwrap();
     let host2_hbone = n2
-        .listen(SocketAddr::from(([0, 0, 0, 0], rules::HBONE_PORT)))
+        .listen(SocketAddr::from(([0, 0, 0, 0], HBONE_PORT)))
         .unwrap();
     let app_b = b.ns.listen(SocketAddr::from((b.ip, 8080))).unwrap();
 
@@ -270,7 +318,7 @@ async fn captured_traffic_without_a_ztunnel_socket_is_reset_never_delivered_to_t
     // to one (at node 2, from node 1 itself, which nothing captures).
     let (to_b, to_b_hbone) = (
         SocketAddr::from((b.ip, 8080)),
-        SocketAddr::from((b.ip, rules::HBONE_PORT)),
+        SocketAddr::from((b.ip, HBONE_PORT)),
     );
     assert_refused_at_once(&a.ns, to_b, "outbound").await;
     assert_refused_at_once(n1, to_b, "inbound plaintext").await;

@@ -346,3 +346,109 @@ async fn a_failed_nft_update_over_xds_is_retried_and_not_ready_meanwhile() {
         mesh.stderr(1)
     );
 }
+
+/// Behind a missing waypoint (issue 13): the control plane's file labels
+/// bank with a waypoint that does not exist. Over xDS the server pod and
+/// its Service stay in the mesh (the pod captured on its node), and a
+/// client's connections to them, by pod IP or VIP, are refused by its
+/// ztunnel with `CONNECT` and the reason `waypoint_missing` (access log and
+/// metrics), not sent around the waypoint. Once the waypoint appears in the
+/// file, the same connection goes to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_missing_waypoint_the_pod_stays_captured_and_is_refused() {
+    if !require_root() {
+        return;
+    }
+    let topo = Topology::builder()
+        .nodes(2)
+        .pod("client", 1)
+        .pod("server", 2)
+        .pod("wp", 1)
+        .build()
+        .unwrap();
+    let (c, s, wp) = (topo.pod("client"), topo.pod("server"), topo.pod("wp"));
+    let missing = format!(
+        r#"
+nodes: [{{name: node1, ip: 10.0.0.1}}, {{name: node2, ip: 10.0.0.2}}]
+namespaces:
+  - {{name: shop, labels: {{istio.io/dataplane-mode: ambient}}}}
+  - {{name: bank, labels: {{istio.io/dataplane-mode: ambient, istio.io/use-waypoint: wp}}}}
+workloads:
+  - {{name: client, namespace: shop, serviceAccount: client, ip: {}, node: node1}}
+  - {{name: server, namespace: bank, serviceAccount: server, ip: {}, node: node2, labels: {{app: server}}}}
+services:
+  - {{name: server, namespace: bank, vip: 10.96.0.30, ports: [{{port: 80, targetPort: 8080}}], selector: {{app: server}}}}
+"#,
+        c.ip, s.ip
+    );
+    let mut mesh = Mesh::with_control_plane(&topo, &missing);
+    mesh.start_all();
+    let listener = s.ns.listen(SocketAddr::from(([0, 0, 0, 0], 8080))).unwrap();
+    let _echo = mesh_tests::echo::spawn_echo(listener);
+
+    // The pod behind the missing waypoint is still captured on its node.
+    assert!(
+        pod_set(&topo.node(2).ns).contains(&s.ip.to_string()),
+        "the server left capture: {}",
+        pod_set(&topo.node(2).ns)
+    );
+    let pod = SocketAddr::from((s.ip, 8080));
+    let vip: SocketAddr = "10.96.0.30:80".parse().unwrap();
+    for (to, what) in [(pod, "pod IP"), (vip, "VIP")] {
+        assert!(
+            !talk(&c.ns, to).await,
+            "{what}: went around the missing waypoint"
+        );
+        let ev = mesh.wait_event(1, "the refusal", |e| {
+            e["direction"] == "outbound" && e["dst.addr"] == to.to_string()
+        });
+        assert_eq!(ev["response_flags"], "CONNECT", "{what}: {ev}");
+        assert_eq!(ev["reason"], "waypoint_missing", "{what}: {ev}");
+        assert_eq!(
+            ev["src.identity"],
+            "spiffe://cluster.local/ns/shop/sa/client"
+        );
+        assert!(
+            ev["error"].as_str().is_some_and(|e| e.contains("wp")),
+            "{what}: the error names the waypoint: {ev}"
+        );
+    }
+    let metrics = mesh.metrics(1);
+    assert!(
+        metrics.contains("ztunnel_outbound_refused_total{reason=\"waypoint_missing\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        mesh.settled_access_log(2).is_empty(),
+        "nothing reached the server's node"
+    );
+
+    // The waypoint appears: the same connection now goes to it (nothing
+    // answers there in this test, but the route is the waypoint's).
+    let with_wp = missing.replace(
+        "\nservices:",
+        &format!(
+            "\n  - {{name: wp, namespace: bank, serviceAccount: wp, ip: {}, node: node1, labels: {{istio.io/dataplane-mode: none}}}}\nservices:",
+            wp.ip
+        ),
+    );
+    assert_ne!(with_wp, missing);
+    let hbone = format!("{}:15008", wp.ip);
+    let edited = Instant::now();
+    mesh.write_config(&with_wp);
+    poll_effect(edited, &c.ns, pod, "the waypoint appears", || {
+        mesh.access_log(1)
+            .iter()
+            .any(|e| e["dst.hbone_addr"] == hbone.as_str())
+    })
+    .await;
+    let ev = mesh.wait_event(1, "to the waypoint", |e| {
+        e["dst.hbone_addr"] == hbone.as_str()
+    });
+    assert_eq!(ev["dst.identity"], "spiffe://cluster.local/ns/bank/sa/wp");
+    assert_eq!(
+        ev["dst.addr"],
+        pod.to_string(),
+        "the authority is what was dialled"
+    );
+}

@@ -4,6 +4,7 @@
 //! | Destination | Route |
 //! |---|---|
 //! | Service VIP or pod with a waypoint | [`Route::Waypoint`]: HBONE to the waypoint, `:authority` = the original destination |
+//! | Service VIP or pod whose waypoint is missing | [`ClassifyError::WaypointMissing`]: refused (`CONNECT`, reason `waypoint_missing`), never sent around the waypoint |
 //! | ambient pod on this node | [`Route::Local`]: the in-process inbound path |
 //! | ambient pod elsewhere, or a pod with its own sidecar (`native_tunnel`) anywhere | [`Route::Hbone`]: HBONE to `podIP:15008`, `:authority` = `podIP:targetPort` |
 //! | anything else | [`Route::Passthrough`]: plain TCP |
@@ -11,8 +12,9 @@
 //! Sidecar mode routes with [`classify_sidecar`] instead (no waypoints, no
 //! in-process path).
 //!
-//! A Service VIP is resolved to one endpoint first (by the caller's `pick`)
-//! and its port mapped to the target port. A waypoint on the Service applies
+//! A Service VIP is resolved to one endpoint first
+//! ([`mesh_model::pick::pick_endpoint`], with the caller's `pick`) and its
+//! port mapped to the target port. A waypoint on the Service applies
 //! to VIP traffic; a waypoint on the pod applies to traffic addressed to the
 //! pod's IP; the namespace label applies to both unless overridden.
 
@@ -21,7 +23,9 @@ use std::sync::Arc;
 
 use hbone::SpiffeId;
 
-use mesh_model::state::{ServedPod, Service, Snapshot, Workload, HBONE_PORT};
+use mesh_model::pick::{pick_endpoint, PickError};
+use mesh_model::state::{ServedPod, Service, Snapshot, UseWaypoint, Workload};
+use mesh_model::HBONE_PORT;
 
 /// The decision for one outbound connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,10 +98,40 @@ pub enum ClassifyError {
     NoEndpoints { service: String },
     #[error("{0} is this sidecar's own listener; forwarding it would loop")]
     OwnListener(SocketAddr),
+    /// `target` (a Service or pod) uses a waypoint that does not exist or
+    /// is not known yet: its traffic is refused rather than sent around
+    /// the waypoint's L7 policy.
+    #[error(
+        "{target} uses waypoint {waypoint}, which is missing; refusing rather than bypassing it"
+    )]
+    WaypointMissing { target: String, waypoint: String },
+}
+
+impl From<PickError> for ClassifyError {
+    fn from(e: PickError) -> Self {
+        match e {
+            PickError::UnknownPort { service, port } => {
+                ClassifyError::UnknownServicePort { service, port }
+            }
+            PickError::NoEndpoints { service } => ClassifyError::NoEndpoints { service },
+        }
+    }
 }
 
 impl ClassifyError {
-    /// A low-cardinality label for metrics and access logs.
+    /// Every value [`ClassifyError::reason`] takes: the label values of
+    /// `ztunnel_outbound_refused_total`.
+    pub const REASONS: [&'static str; 6] = [
+        "unknown_source",
+        "source_not_local",
+        "unknown_service_port",
+        "no_endpoints",
+        "own_listener",
+        "waypoint_missing",
+    ];
+
+    /// A low-cardinality label for metrics and access logs (one of
+    /// [`ClassifyError::REASONS`]).
     pub fn reason(&self) -> &'static str {
         match self {
             ClassifyError::UnknownSource(_) | ClassifyError::UnknownWorkload(_) => "unknown_source",
@@ -105,14 +139,14 @@ impl ClassifyError {
             ClassifyError::UnknownServicePort { .. } => "unknown_service_port",
             ClassifyError::NoEndpoints { .. } => "no_endpoints",
             ClassifyError::OwnListener(_) => "own_listener",
+            ClassifyError::WaypointMissing { .. } => "waypoint_missing",
         }
     }
 }
 
 /// Routes a connection from pod IP `src` to `orig_dst`, captured by the
-/// ztunnel on `local_node`. For a Service VIP, endpoint `pick % len` (of
-/// [`Snapshot::endpoints`], sorted by uid) is chosen; pass a random or
-/// round-robin number.
+/// ztunnel on `local_node`. For a Service VIP, endpoint `pick % len` is
+/// chosen ([`pick_endpoint`]); pass a random or round-robin number.
 pub fn classify(
     snap: &Snapshot,
     src: IpAddr,
@@ -140,7 +174,7 @@ pub fn classify(
         return target.service(svc, orig_dst, pick);
     }
     match snap.workload_by_ip(orig_dst.ip()) {
-        Some(dest) => Ok(target.pod(dest, orig_dst)),
+        Some(dest) => target.pod(dest, orig_dst),
         None => Ok(Route::Passthrough {
             source: target.source,
             dst: orig_dst,
@@ -163,29 +197,42 @@ impl Target<'_> {
     ) -> Result<Route, ClassifyError> {
         let host = Some(svc.hostname.clone());
         if let Some(wp) = &svc.waypoint {
-            return Ok(Route::Waypoint {
-                source: self.source,
-                via: wp.hbone_addr(),
-                authority: orig_dst,
-                expect: wp.identity.clone(),
-                forwarded_host: host,
-            });
+            return self.waypoint(wp, svc.key(), orig_dst, host);
         }
-        let (chosen, dst) = pick_endpoint(self.snap, svc, orig_dst, pick)?;
-        Ok(self.direct(chosen, dst, host))
+        let picked = pick_endpoint(self.snap, svc, orig_dst, pick)?;
+        Ok(self.direct(picked.endpoint, picked.addr, host))
     }
 
     /// Traffic addressed to a pod IP: the pod's waypoint applies.
-    fn pod(self, dest: &Arc<Workload>, dst: SocketAddr) -> Route {
+    fn pod(self, dest: &Arc<Workload>, dst: SocketAddr) -> Result<Route, ClassifyError> {
         match &dest.waypoint {
-            Some(wp) => Route::Waypoint {
+            Some(wp) => self.waypoint(wp, dest.key(), dst, None),
+            None => Ok(self.direct(dest, dst, None)),
+        }
+    }
+
+    /// To `target`'s waypoint, with the original destination as the
+    /// authority; refused when the waypoint is missing (never sent around
+    /// it: that would skip its L7 policy).
+    fn waypoint(
+        self,
+        wp: &UseWaypoint,
+        target: String,
+        dst: SocketAddr,
+        host: Option<String>,
+    ) -> Result<Route, ClassifyError> {
+        match wp {
+            UseWaypoint::Ready(wp) => Ok(Route::Waypoint {
                 source: self.source,
                 via: wp.hbone_addr(),
                 authority: dst,
                 expect: wp.identity.clone(),
-                forwarded_host: None,
-            },
-            None => self.direct(dest, dst, None),
+                forwarded_host: host,
+            }),
+            UseWaypoint::Missing(m) => Err(ClassifyError::WaypointMissing {
+                target,
+                waypoint: m.to_string(),
+            }),
         }
     }
 
@@ -218,29 +265,6 @@ impl Target<'_> {
     }
 }
 
-/// Resolves a connection to Service VIP `orig_dst`: endpoint `pick % len`
-/// (of [`Snapshot::endpoints`], sorted by uid) and `endpointIP:targetPort`.
-fn pick_endpoint<'a>(
-    snap: &'a Snapshot,
-    svc: &Service,
-    orig_dst: SocketAddr,
-    pick: usize,
-) -> Result<(&'a Arc<Workload>, SocketAddr), ClassifyError> {
-    let target_port =
-        svc.target_port(orig_dst.port())
-            .ok_or_else(|| ClassifyError::UnknownServicePort {
-                service: svc.key(),
-                port: orig_dst.port(),
-            })?;
-    let endpoints = snap.endpoints(svc);
-    let chosen = endpoints
-        .get(pick % endpoints.len().max(1))
-        .ok_or_else(|| ClassifyError::NoEndpoints { service: svc.key() })?;
-    let ip = same_family_ip(chosen, orig_dst.ip())
-        .ok_or_else(|| ClassifyError::NoEndpoints { service: svc.key() })?;
-    Ok((chosen, SocketAddr::new(ip, target_port)))
-}
-
 /// Routes a connection that the sidecar of pod `served` captured on its
 /// outbound port (the source is always that pod). Sidecars, like Istio's,
 /// never route through waypoints:
@@ -269,8 +293,12 @@ pub fn classify_sidecar(
     }
     let (dest, dst, host) = match snap.service_by_vip(orig_dst.ip()) {
         Some(svc) => {
-            let (dest, dst) = pick_endpoint(snap, svc, orig_dst, pick)?;
-            (Some(dest), dst, Some(svc.hostname.clone()))
+            let picked = pick_endpoint(snap, svc, orig_dst, pick)?;
+            (
+                Some(picked.endpoint),
+                picked.addr,
+                Some(svc.hostname.clone()),
+            )
         }
         None => (snap.workload_by_ip(orig_dst.ip()), orig_dst, None),
     };
@@ -287,400 +315,5 @@ pub fn classify_sidecar(
     }
 }
 
-/// The endpoint's address in the same family as the VIP, else its first.
-fn same_family_ip(w: &Workload, vip: IpAddr) -> Option<IpAddr> {
-    w.ips
-        .iter()
-        .copied()
-        .find(|ip| ip.is_ipv4() == vip.is_ipv4())
-        .or_else(|| w.primary_ip())
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use mesh_model::config;
-
-    const DEMO: &str = include_str!("../examples/demo-config.yaml");
-
-    /// One line per route, so the table below reads like the design's table.
-    fn describe(r: &Route) -> String {
-        let host = |h: &Option<String>| h.clone().unwrap_or_else(|| "-".into());
-        match r {
-            Route::Local {
-                dest,
-                dst,
-                forwarded_host,
-                ..
-            } => format!("local {} {dst} host={}", dest.uid, host(forwarded_host)),
-            Route::Hbone {
-                via,
-                authority,
-                expect,
-                forwarded_host,
-                ..
-            } => format!(
-                "hbone via={via} auth={authority} expect={} host={}",
-                expect.service_account(),
-                host(forwarded_host)
-            ),
-            Route::Waypoint {
-                via,
-                authority,
-                expect,
-                forwarded_host,
-                ..
-            } => format!(
-                "waypoint via={via} auth={authority} expect={} host={}",
-                expect.service_account(),
-                host(forwarded_host)
-            ),
-            Route::Passthrough { dst, .. } => format!("passthrough {dst}"),
-        }
-    }
-
-    #[test]
-    fn routes_from_frontend_on_node1() {
-        let snap = config::parse(DEMO).unwrap();
-        let src: IpAddr = "10.1.1.10".parse().unwrap();
-        let cases: &[(&str, usize, &str)] = &[
-            // Service VIP: endpoint by pick (sorted by uid), port 80 -> 8080.
-            (
-                "10.96.0.10:80",
-                0,
-                "local shop/cart-1 10.1.1.11:8080 host=cart.shop.svc.cluster.local",
-            ),
-            (
-                "10.96.0.10:80",
-                1,
-                "hbone via=10.1.2.11:15008 auth=10.1.2.11:8080 expect=cart host=cart.shop.svc.cluster.local",
-            ),
-            (
-                "10.96.0.10:80",
-                5,
-                "hbone via=10.1.2.12:15008 auth=10.1.2.12:8080 expect=cart host=cart.shop.svc.cluster.local",
-            ),
-            // A pod dialled directly: no port mapping, no forwarded host.
-            ("10.1.1.11:8080", 0, "local shop/cart-1 10.1.1.11:8080 host=-"),
-            (
-                "10.1.2.11:9000",
-                0,
-                "hbone via=10.1.2.11:15008 auth=10.1.2.11:9000 expect=cart host=-",
-            ),
-            // bank uses a waypoint: the authority is what was dialled.
-            (
-                "10.96.0.20:443",
-                0,
-                "waypoint via=10.1.1.30:15008 auth=10.96.0.20:443 expect=waypoint host=ledger.bank.svc.cluster.local",
-            ),
-            (
-                "10.1.2.20:8443",
-                0,
-                "waypoint via=10.1.1.30:15008 auth=10.1.2.20:8443 expect=waypoint host=-",
-            ),
-            // Not in the mesh.
-            ("10.1.1.40:80", 0, "passthrough 10.1.1.40:80"),
-            ("10.1.1.30:15021", 0, "passthrough 10.1.1.30:15021"),
-            ("8.8.8.8:443", 0, "passthrough 8.8.8.8:443"),
-        ];
-        for (dst, pick, want) in cases {
-            let route = classify(&snap, src, dst.parse().unwrap(), "node1", *pick).unwrap();
-            assert_eq!(describe(&route), *want, "{dst} pick={pick}");
-            assert_eq!(route.source().name, "frontend");
-        }
-    }
-
-    #[test]
-    fn the_same_endpoint_is_remote_from_the_other_node() {
-        let snap = config::parse(DEMO).unwrap();
-        let src: IpAddr = "10.1.2.11".parse().unwrap(); // cart-2 on node2
-        let route = classify(&snap, src, "10.1.1.11:8080".parse().unwrap(), "node2", 0).unwrap();
-        assert_eq!(
-            describe(&route),
-            "hbone via=10.1.1.11:15008 auth=10.1.1.11:8080 expect=cart host=-"
-        );
-        let route = classify(&snap, src, "10.1.2.12:8080".parse().unwrap(), "node2", 0).unwrap();
-        assert_eq!(describe(&route), "local shop/cart-3 10.1.2.12:8080 host=-");
-    }
-
-    #[test]
-    fn errors() {
-        // The demo file plus a Service that selects nothing.
-        let extra = DEMO.replace(
-            "services:\n",
-            "services:\n  - {name: empty, namespace: shop, vip: 10.96.0.99, ports: [{port: 80}]}\n",
-        );
-        let snap = config::parse(&extra).unwrap();
-        let cases: &[(&str, &str, &str, ClassifyError)] = &[
-            (
-                "10.9.9.9",
-                "10.96.0.10:80",
-                "node1",
-                ClassifyError::UnknownSource("10.9.9.9".parse().unwrap()),
-            ),
-            // legacy is not ambient, and the waypoint pod opted out.
-            (
-                "10.1.1.40",
-                "10.96.0.10:80",
-                "node1",
-                ClassifyError::UnknownSource("10.1.1.40".parse().unwrap()),
-            ),
-            (
-                "10.1.1.30",
-                "10.96.0.10:80",
-                "node1",
-                ClassifyError::UnknownSource("10.1.1.30".parse().unwrap()),
-            ),
-            (
-                "10.1.2.11",
-                "10.96.0.10:80",
-                "node1",
-                ClassifyError::SourceNotLocal {
-                    src: "10.1.2.11".parse().unwrap(),
-                    node: "node2".into(),
-                },
-            ),
-            (
-                "10.1.1.10",
-                "10.96.0.10:81",
-                "node1",
-                ClassifyError::UnknownServicePort {
-                    service: "shop/cart".into(),
-                    port: 81,
-                },
-            ),
-            (
-                "10.1.1.10",
-                "10.96.0.99:80",
-                "node1",
-                ClassifyError::NoEndpoints {
-                    service: "shop/empty".into(),
-                },
-            ),
-        ];
-        for (src, dst, node, want) in cases {
-            let got = classify(&snap, src.parse().unwrap(), dst.parse().unwrap(), node, 0);
-            assert_eq!(got.as_ref().unwrap_err(), want, "{src} -> {dst}");
-        }
-        assert_eq!(cases[3].3.reason(), "source_not_local");
-    }
-
-    fn served_pod(workload: &str, node: &str) -> ServedPod {
-        ServedPod {
-            workload: workload.parse().unwrap(),
-            node: node.into(),
-        }
-    }
-
-    /// A sidecar's capture listeners (outbound, inbound plaintext).
-    const PROXY_PORTS: &[u16] = &[15001, 15006];
-
-    const SIDECARS: &str = r#"
-nodes: [{name: node1, ip: 10.0.0.1}, {name: node2, ip: 10.0.0.2}]
-namespaces:
-  - {name: mesh}
-  - {name: shop, labels: {istio.io/dataplane-mode: ambient, istio.io/use-waypoint: wp}}
-  - {name: legacy}
-workloads:
-  - {name: client, namespace: mesh, serviceAccount: client, ip: 10.1.1.10, node: node1, labels: {security.istio.io/tlsMode: istio}}
-  - {name: server, namespace: mesh, serviceAccount: server, ip: 10.1.2.10, node: node2, labels: {app: server, security.istio.io/tlsMode: istio}}
-  - {name: amb, namespace: shop, serviceAccount: amb, ip: 10.1.2.11, node: node2}
-  - {name: wp, namespace: shop, serviceAccount: wp, ip: 10.1.1.30, node: node1, labels: {istio.io/dataplane-mode: none}}
-  - {name: plain, namespace: legacy, ip: 10.1.1.40, node: node1, labels: {app: plain}}
-  - {name: native, namespace: legacy, serviceAccount: native, ip: 10.1.1.41, node: node1, nativeTunnel: true}
-  - {name: optout, namespace: legacy, ip: 10.1.1.42, node: node1, nativeTunnel: false, labels: {security.istio.io/tlsMode: istio}}
-  - {name: both, namespace: shop, serviceAccount: both, ip: 10.1.2.13, node: node2, labels: {security.istio.io/tlsMode: istio, istio.io/use-waypoint: none}}
-  - {name: amb2, namespace: shop, serviceAccount: amb2, ip: 10.1.2.14, node: node2, labels: {istio.io/use-waypoint: none}}
-services:
-  - {name: server, namespace: mesh, vip: 10.96.0.10, ports: [{port: 80, targetPort: 8080}], selector: {app: server}}
-  - {name: plain, namespace: legacy, vip: 10.96.0.40, ports: [{port: 80, targetPort: 8080}], selector: {app: plain}}
-  - {name: empty, namespace: mesh, vip: 10.96.0.99, ports: [{port: 80}]}
-"#;
-
-    #[test]
-    fn sidecar_routes_from_client() {
-        let snap = config::parse(SIDECARS).unwrap();
-        let served = served_pod("mesh/client", "node1");
-        let cases: &[(&str, &str)] = &[
-            // A sidecar pod (tlsMode label, so native_tunnel): HBONE to
-            // its own 15008.
-            (
-                "10.1.2.10:8080",
-                "hbone via=10.1.2.10:15008 auth=10.1.2.10:8080 expect=server host=-",
-            ),
-            // Its VIP: endpoint picked, port mapped, host forwarded.
-            (
-                "10.96.0.10:80",
-                "hbone via=10.1.2.10:15008 auth=10.1.2.10:8080 expect=server host=server.mesh.svc.cluster.local",
-            ),
-            // An ambient pod: HBONE to it directly, its waypoint ignored.
-            (
-                "10.1.2.11:9000",
-                "hbone via=10.1.2.11:15008 auth=10.1.2.11:9000 expect=amb host=-",
-            ),
-            // native_tunnel set explicitly, or in an ambient namespace.
-            (
-                "10.1.1.41:80",
-                "hbone via=10.1.1.41:15008 auth=10.1.1.41:80 expect=native host=-",
-            ),
-            (
-                "10.1.2.13:80",
-                "hbone via=10.1.2.13:15008 auth=10.1.2.13:80 expect=both host=-",
-            ),
-            // The label overridden with nativeTunnel: false: not meshed.
-            ("10.1.1.42:80", "passthrough 10.1.1.42:80"),
-            // The waypoint pod opted out: not meshed.
-            ("10.1.1.30:15008", "passthrough 10.1.1.30:15008"),
-            // Outside the mesh: plain TCP, to the endpoint for a VIP.
-            ("10.1.1.40:80", "passthrough 10.1.1.40:80"),
-            ("10.96.0.40:80", "passthrough 10.1.1.40:8080"),
-            ("8.8.8.8:443", "passthrough 8.8.8.8:443"),
-            // The served pod itself, and its other proxy-looking ports.
-            ("10.1.1.10:8080", "passthrough 10.1.1.10:8080"),
-            ("10.1.1.10:15008", "passthrough 10.1.1.10:15008"),
-            // Another pod's 15001 is not ours.
-            ("10.1.1.40:15001", "passthrough 10.1.1.40:15001"),
-        ];
-        for (dst, want) in cases {
-            let route =
-                classify_sidecar(&snap, &served, dst.parse().unwrap(), PROXY_PORTS, 0).unwrap();
-            assert_eq!(describe(&route), *want, "{dst}");
-            assert_eq!(route.source().name, "client", "{dst}");
-        }
-        // A plain pod with a sidecar still tunnels to meshed destinations.
-        let plain = served_pod("legacy/plain", "node1");
-        let route = classify_sidecar(
-            &snap,
-            &plain,
-            "10.1.2.10:8080".parse().unwrap(),
-            PROXY_PORTS,
-            0,
-        )
-        .unwrap();
-        assert_eq!(
-            describe(&route),
-            "hbone via=10.1.2.10:15008 auth=10.1.2.10:8080 expect=server host=-"
-        );
-    }
-
-    /// An ambient client (node mode) reaching pods that run their own
-    /// sidecar: HBONE straight to the pod's 15008 with its identity, never
-    /// the in-process path, even on the same node or in an ambient
-    /// namespace.
-    #[test]
-    fn ambient_client_to_native_tunnel_pods() {
-        let snap = config::parse(SIDECARS).unwrap();
-        let src: IpAddr = "10.1.2.14".parse().unwrap(); // amb2 on node2
-        let cases: &[(&str, &str)] = &[
-            // Same node as the client.
-            (
-                "10.1.2.10:8080",
-                "hbone via=10.1.2.10:15008 auth=10.1.2.10:8080 expect=server host=-",
-            ),
-            (
-                "10.96.0.10:80",
-                "hbone via=10.1.2.10:15008 auth=10.1.2.10:8080 expect=server host=server.mesh.svc.cluster.local",
-            ),
-            (
-                "10.1.2.13:80",
-                "hbone via=10.1.2.13:15008 auth=10.1.2.13:80 expect=both host=-",
-            ),
-            // The other node.
-            (
-                "10.1.1.10:8080",
-                "hbone via=10.1.1.10:15008 auth=10.1.1.10:8080 expect=client host=-",
-            ),
-            (
-                "10.1.1.41:80",
-                "hbone via=10.1.1.41:15008 auth=10.1.1.41:80 expect=native host=-",
-            ),
-            // An ambient pod on this node stays local; no sidecar, no mesh.
-            ("10.1.2.11:9000", "waypoint via=10.1.1.30:15008 auth=10.1.2.11:9000 expect=wp host=-"),
-            ("10.1.1.42:80", "passthrough 10.1.1.42:80"),
-            ("10.1.1.40:80", "passthrough 10.1.1.40:80"),
-        ];
-        for (dst, want) in cases {
-            let route = classify(&snap, src, dst.parse().unwrap(), "node2", 0).unwrap();
-            assert_eq!(describe(&route), *want, "{dst}");
-        }
-        let route = classify(&snap, src, "10.1.2.14:80".parse().unwrap(), "node2", 0).unwrap();
-        assert_eq!(describe(&route), "local shop/amb2 10.1.2.14:80 host=-");
-        // A pod with its own sidecar is no node ztunnel's source.
-        for (src, node) in [("10.1.2.13", "node2"), ("10.1.1.10", "node1")] {
-            let src: IpAddr = src.parse().unwrap();
-            let got = classify(&snap, src, "10.1.2.14:80".parse().unwrap(), node, 0);
-            assert_eq!(got, Err(ClassifyError::UnknownSource(src)), "{src}");
-        }
-    }
-
-    #[test]
-    fn sidecar_errors() {
-        let snap = config::parse(SIDECARS).unwrap();
-        let cases: &[(&str, &str, ClassifyError)] = &[
-            (
-                "mesh/gone",
-                "10.1.2.10:8080",
-                ClassifyError::UnknownWorkload("mesh/gone".into()),
-            ),
-            // A same-named pod on another node is not the served one.
-            (
-                "mesh/server",
-                "10.1.1.40:80",
-                ClassifyError::UnknownWorkload("mesh/server".into()),
-            ),
-            (
-                "mesh/client",
-                "10.96.0.10:81",
-                ClassifyError::UnknownServicePort {
-                    service: "mesh/server".into(),
-                    port: 81,
-                },
-            ),
-            (
-                "mesh/client",
-                "10.96.0.99:80",
-                ClassifyError::NoEndpoints {
-                    service: "mesh/empty".into(),
-                },
-            ),
-            // Its own capture listeners, on its IP or loopback: a loop.
-            (
-                "mesh/client",
-                "10.1.1.10:15001",
-                ClassifyError::OwnListener("10.1.1.10:15001".parse().unwrap()),
-            ),
-            (
-                "mesh/client",
-                "10.1.1.10:15006",
-                ClassifyError::OwnListener("10.1.1.10:15006".parse().unwrap()),
-            ),
-            (
-                "mesh/client",
-                "127.0.0.1:15001",
-                ClassifyError::OwnListener("127.0.0.1:15001".parse().unwrap()),
-            ),
-        ];
-        for (served, dst, want) in cases {
-            let served = served_pod(served, "node1");
-            let got = classify_sidecar(&snap, &served, dst.parse().unwrap(), PROXY_PORTS, 0);
-            assert_eq!(got.as_ref().unwrap_err(), want, "{served} -> {dst}");
-        }
-        assert_eq!(cases[0].2.reason(), "unknown_source");
-        assert_eq!(cases[4].2.reason(), "own_listener");
-    }
-
-    proptest::proptest! {
-        #[test]
-        fn classify_never_panics(
-            src in proptest::sample::select(vec!["10.1.1.10", "10.1.1.11", "10.1.2.11", "10.9.9.9"]),
-            dst in proptest::sample::select(vec!["10.96.0.10", "10.96.0.20", "10.1.2.20", "10.1.1.40", "1.2.3.4"]),
-            port: u16,
-            pick: usize,
-            node in proptest::sample::select(vec!["node1", "node2", "elsewhere"]),
-        ) {
-            let snap = config::parse(DEMO).unwrap();
-            let dst = SocketAddr::new(dst.parse().unwrap(), port);
-            let _ = classify(&snap, src.parse().unwrap(), dst, node, pick);
-        }
-    }
-}
+mod tests;

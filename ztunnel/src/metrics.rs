@@ -52,6 +52,13 @@ pub struct RefusedLabels {
     pub reason: &'static str,
 }
 
+/// Why an outbound connection was refused before it was routed: one of
+/// [`crate::classify::ClassifyError::REASONS`].
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutboundRefusedLabels {
+    pub reason: &'static str,
+}
+
 /// [`ConnLabels`] with their hash computed once. A connection touches four
 /// metric families (opened; closed, sent and received bytes), and each
 /// lookup would otherwise hash every label value again; this hashes them
@@ -102,7 +109,7 @@ impl Default for ConnLabels {
             destination_principal: UNKNOWN.into(),
             destination_service: UNKNOWN.into(),
             request_protocol: "tcp",
-            response_flags: "-",
+            response_flags: mesh_model::ResponseFlag::None.as_str(),
             connection_security_policy: "unknown",
         }
     }
@@ -119,6 +126,8 @@ pub struct Metrics {
     pub config_rejected: Counter,
     pub capture_errors: Counter,
     pub connections_refused: Family<RefusedLabels, Counter>,
+    /// Outbound connections no route was found for, by reason.
+    pub outbound_refused: Family<OutboundRefusedLabels, Counter>,
     pub access_log: AccessLogCounters,
 }
 
@@ -135,6 +144,7 @@ impl Metrics {
             config_rejected: Counter::default(),
             capture_errors: Counter::default(),
             connections_refused: Family::default(),
+            outbound_refused: Family::default(),
             access_log: AccessLogCounters::default(),
             registry: Registry::default(),
         };
@@ -187,6 +197,17 @@ impl Metrics {
             m.connections_refused.clone(),
         );
         ours.register(
+            "outbound_refused",
+            "Outbound connections refused before routing (response_flags CONNECT), by reason: unknown_source, source_not_local, unknown_service_port, no_endpoints, own_listener, waypoint_missing",
+            m.outbound_refused.clone(),
+        );
+        // Every reason is a series from the start, at 0.
+        for reason in crate::classify::ClassifyError::REASONS {
+            let _ = m
+                .outbound_refused
+                .get_or_create(&OutboundRefusedLabels { reason });
+        }
+        ours.register(
             "access_log_lines",
             "Access-log lines written",
             m.access_log.written.clone(),
@@ -216,6 +237,13 @@ impl Metrics {
             .inc();
     }
 
+    /// Count an outbound connection refused for `reason`.
+    pub fn record_outbound_refused(&self, reason: &'static str) {
+        self.outbound_refused
+            .get_or_create(&OutboundRefusedLabels { reason })
+            .inc();
+    }
+
     /// Record an opened connection.
     pub fn record_open(&self, labels: &HashedLabels) {
         self.opened.get_or_create(labels).inc();
@@ -240,7 +268,7 @@ mod tests {
         let m = Metrics::new();
         let labels = HashedLabels::new(ConnLabels {
             reporter: Reporter::destination,
-            response_flags: "DENY",
+            response_flags: mesh_model::ResponseFlag::Deny.as_str(),
             ..Default::default()
         });
         m.record_open(&labels);
@@ -257,6 +285,23 @@ mod tests {
         assert!(text.contains("reporter=\"destination\""));
         assert!(text.contains("response_flags=\"DENY\""));
         assert!(text.contains("istio_tcp_sent_bytes_total{") && text.contains("} 20"));
+    }
+
+    #[test]
+    fn outbound_refusals_by_reason() {
+        let m = Metrics::new();
+        let text = m.encode();
+        for reason in crate::classify::ClassifyError::REASONS {
+            let series = format!("ztunnel_outbound_refused_total{{reason=\"{reason}\"}} 0");
+            assert!(text.contains(&series), "{series} missing from:\n{text}");
+        }
+        m.record_outbound_refused("no_endpoints");
+        m.record_outbound_refused("no_endpoints");
+        let text = m.encode();
+        assert!(
+            text.contains("ztunnel_outbound_refused_total{reason=\"no_endpoints\"} 2"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -28,7 +28,7 @@ pub const OUTBOUND_PORT: u16 = ztunnel::capture::rules::OUTBOUND_PORT;
 /// Sidecar inbound capture port (where the shared ruleset redirects).
 pub const INBOUND_PORT: u16 = ztunnel::capture::rules::INBOUND_PLAINTEXT_PORT;
 /// HBONE port (never captured inbound).
-pub const HBONE_PORT: u16 = ztunnel::capture::rules::HBONE_PORT;
+pub const HBONE_PORT: u16 = mesh_model::HBONE_PORT;
 /// Admin port (Envoy: `/ready`, `/stats`; localhost only; ztunnel's too,
 /// so the shared rules leave it alone).
 pub const ADMIN_PORT: u16 = 15000;

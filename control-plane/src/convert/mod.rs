@@ -20,9 +20,10 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use mesh_model::state::{
-    labels_match, AppProtocol, Cidr, Match, MtlsMode, Policy, PolicyAction, PolicyScope, Service,
-    Snapshot, StringMatch, Tunnel, Waypoint, Workload, HBONE_PORT,
+    labels_match, AppProtocol, Cidr, Match, MissingWaypoint, MtlsMode, Policy, PolicyAction,
+    PolicyScope, Service, Snapshot, StringMatch, Tunnel, UseWaypoint, Workload,
 };
+use mesh_model::HBONE_PORT;
 use proto::security as pb_sec;
 use proto::workload as pb;
 
@@ -158,14 +159,39 @@ pub fn ip_bytes(ip: IpAddr) -> Vec<u8> {
     }
 }
 
-fn gateway(wp: &Waypoint) -> pb::GatewayAddress {
+/// A ready waypoint by its address. A missing one is sent as what names
+/// it, which the receiving ztunnel cannot resolve either, so it refuses the
+/// traffic too (leaving the field out would let it bypass the waypoint): a
+/// name becomes the hostname of the waypoint's Service, as Istio names it.
+fn gateway(wp: &UseWaypoint) -> pb::GatewayAddress {
+    use pb::gateway_address::Destination;
+    let address = |ip: IpAddr| {
+        Destination::Address(pb::NetworkAddress {
+            network: String::new(),
+            address: ip_bytes(ip),
+        })
+    };
+    let hostname = |namespace: &str, hostname: String| {
+        Destination::Hostname(pb::NamespacedHostname {
+            namespace: namespace.to_owned(),
+            hostname,
+        })
+    };
+    let destination = match wp {
+        UseWaypoint::Ready(wp) => address(wp.address),
+        UseWaypoint::Missing(m) => match &**m {
+            MissingWaypoint::Address(ip) => address(*ip),
+            MissingWaypoint::Named { namespace, name } => {
+                hostname(namespace, Service::fqdn(name, namespace))
+            }
+            MissingWaypoint::Service {
+                namespace,
+                hostname: host,
+            } => hostname(namespace, host.clone()),
+        },
+    };
     pb::GatewayAddress {
-        destination: Some(pb::gateway_address::Destination::Address(
-            pb::NetworkAddress {
-                network: String::new(),
-                address: ip_bytes(wp.address),
-            },
-        )),
+        destination: Some(destination),
         hbone_mtls_port: u32::from(HBONE_PORT),
     }
 }

@@ -380,3 +380,30 @@ fn routes_and_l7_policies_convert_and_round_trip() {
         "an L7 policy is not an L4 one"
     );
 }
+
+/// A waypoint the file names but does not define is sent as the hostname
+/// of its Service, which ztunnel cannot resolve either: it refuses the
+/// traffic instead of bypassing the waypoint (a missing field would let it
+/// bypass).
+#[test]
+fn a_missing_waypoint_is_sent_by_name() {
+    let s = snap(
+        "nodes: [{name: n1, ip: 10.0.0.1}]\n\
+         namespaces: [{name: bank, labels: {istio.io/dataplane-mode: ambient, istio.io/use-waypoint: wp}}]\n\
+         workloads: [{name: ledger, namespace: bank, ip: 10.1.1.20, node: n1, labels: {app: ledger}}]\n\
+         services: [{name: ledger, namespace: bank, vip: 10.96.0.20, ports: [{port: 80}], selector: {app: ledger}}]\n",
+    );
+    let want = Some(pb::GatewayAddress {
+        destination: Some(pb::gateway_address::Destination::Hostname(
+            pb::NamespacedHostname {
+                namespace: "bank".into(),
+                hostname: "wp.bank.svc.cluster.local".into(),
+            },
+        )),
+        hbone_mtls_port: 15008,
+    });
+    let ledger = s.workload_by_uid("bank/ledger").unwrap();
+    assert_eq!(workload(&s, ledger, BTreeMap::new()).waypoint, want);
+    let svc = s.service_by_vip("10.96.0.20".parse().unwrap()).unwrap();
+    assert_eq!(service(svc).waypoint, want);
+}

@@ -2,7 +2,10 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use super::*;
-use crate::state::{AppProtocol, MtlsMode, PolicyAction, PolicyScope, StringMatch, Tunnel};
+use crate::state::{
+    AppProtocol, MissingWaypoint, MtlsMode, PolicyAction, PolicyScope, StringMatch, Tunnel,
+    UseWaypoint,
+};
 
 const DEMO: &str = include_str!("../../../ztunnel/examples/demo-config.yaml");
 
@@ -49,7 +52,7 @@ fn demo_config_loads() {
         .unwrap()
         .waypoint
         .clone();
-    assert_eq!(wp.unwrap().address, ip("10.1.1.30"));
+    assert_eq!(wp.unwrap().ready().unwrap().address, ip("10.1.1.30"));
     assert!(snap
         .workload_by_ip(ip("10.1.1.30"))
         .unwrap()
@@ -173,10 +176,6 @@ fn rejects_bad_configs() {
         (
             "services: [{name: s, namespace: a, vip: 10.96.0.1}, {name: s, namespace: a, vip: 10.96.0.2}]",
             "services[1].name: \"service/a/s\" is defined more than once",
-        ),
-        (
-            "workloads: [{name: p, namespace: a, ip: 10.1.0.1, node: n1, labels: {istio.io/use-waypoint: wp}}]",
-            "config is inconsistent",
         ),
         (
             "services: [{name: s, namespace: a, vip: 10.96.0.1, ports: [{port: 70000}]}]",
@@ -399,4 +398,32 @@ fn service_port_protocols() {
             None
         ]
     );
+}
+
+/// A `use-waypoint` label naming a waypoint that does not exist is not an
+/// error: the pod and the Service stay (captured, under policy) with the
+/// waypoint marked missing, as over xDS, and ztunnel refuses what must
+/// cross it.
+#[test]
+fn a_missing_waypoint_keeps_its_owners() {
+    let snap = parse(
+        "nodes: [{name: n1, ip: 10.0.0.1}]\n\
+         namespaces: [{name: a, labels: {istio.io/dataplane-mode: ambient}}]\n\
+         workloads: [{name: p, namespace: a, ip: 10.1.0.1, node: n1, labels: {app: p, istio.io/use-waypoint: wp}}]\n\
+         services: [{name: s, namespace: a, vip: 10.96.0.1, ports: [{port: 80}], selector: {app: p}, labels: {istio.io/use-waypoint: gone, istio.io/use-waypoint-namespace: b}}]\n",
+    )
+    .expect("a missing waypoint is not a config error");
+    let missing = |namespace: &str, name: &str| {
+        Some(UseWaypoint::Missing(Box::new(MissingWaypoint::Named {
+            namespace: namespace.into(),
+            name: name.into(),
+        })))
+    };
+    let p = snap.workload_by_ip(ip("10.1.0.1")).expect("the pod stays");
+    assert_eq!(p.waypoint, missing("a", "wp"));
+    assert!(snap.is_ambient(p), "and stays captured");
+    let s = snap
+        .service_by_vip(ip("10.96.0.1"))
+        .expect("the service stays");
+    assert_eq!(s.waypoint, missing("b", "gone"));
 }

@@ -8,7 +8,8 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::state::{
-    Labels, MtlsMode, PolicyAction, PolicyScope, ServicePort, Tunnel, USE_WAYPOINT_LABEL,
+    Labels, MissingWaypoint, MtlsMode, PolicyAction, PolicyScope, ServicePort, Tunnel, UseWaypoint,
+    USE_WAYPOINT_LABEL,
 };
 
 const NAMESPACES: [&str; 2] = ["shop", "bank"];
@@ -209,8 +210,12 @@ fn a_waypoint_change_reaches_the_objects_that_name_it() {
             up(Object::Workload(pod("bank", "l", "10.1.0.3", &[]))),
         ])
         .unwrap();
+    let address = |w: &Workload| {
+        let wp = w.waypoint.as_ref().and_then(UseWaypoint::ready);
+        wp.map(|wp| wp.address.to_string())
+    };
     let a = input.snapshot().workload_by_uid("shop/a").unwrap().clone();
-    assert_eq!(a.waypoint.as_ref().unwrap().address.to_string(), "10.1.0.1");
+    assert_eq!(address(&a).as_deref(), Some("10.1.0.1"));
     let update = input
         .apply(vec![up(Object::Workload(pod(
             "shop",
@@ -222,7 +227,30 @@ fn a_waypoint_change_reaches_the_objects_that_name_it() {
     assert!(update.touched.workloads.contains("shop/a"));
     assert!(!update.touched.workloads.contains("bank/l"));
     let a = update.snapshot.workload_by_uid("shop/a").unwrap();
-    assert_eq!(a.waypoint.as_ref().unwrap().address.to_string(), "10.1.0.7");
+    assert_eq!(address(a).as_deref(), Some("10.1.0.7"));
+
+    // The waypoint leaves: what names it is touched and kept, its waypoint
+    // missing; it comes back: ready again.
+    let gone = Key::Workload("shop/wp".into());
+    let update = input.apply(vec![Change::Delete(gone)]).unwrap();
+    assert!(update.touched.workloads.contains("shop/a"));
+    let a = update.snapshot.workload_by_uid("shop/a").expect("kept");
+    let missing = MissingWaypoint::Named {
+        namespace: "shop".into(),
+        name: "wp".into(),
+    };
+    assert_eq!(a.waypoint, Some(UseWaypoint::Missing(Box::new(missing))));
+    let update = input
+        .apply(vec![up(Object::Workload(pod(
+            "shop",
+            "wp",
+            "10.1.0.8",
+            &[],
+        )))])
+        .unwrap();
+    assert!(update.touched.workloads.contains("shop/a"));
+    let a = update.snapshot.workload_by_uid("shop/a").unwrap();
+    assert_eq!(address(a).as_deref(), Some("10.1.0.8"));
 }
 
 #[test]

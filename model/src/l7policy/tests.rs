@@ -115,6 +115,7 @@ fn run(policies: &[L7Policy], r: &Req) -> String {
         Decision::Allow => "allow".into(),
         Decision::Deny(Denial::DenyPolicy(k)) => format!("deny {k}"),
         Decision::Deny(Denial::NoAllowMatch) => "deny no-allow".into(),
+        Decision::Deny(d @ Denial::StrictMtls { .. }) => panic!("authorize_request said {d}"),
     }
 }
 

@@ -14,6 +14,7 @@ mod scope;
 mod snapshot;
 #[cfg(test)]
 mod tests;
+mod waypoint;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -37,6 +38,7 @@ pub use delta::SnapshotDelta;
 pub use protocol::AppProtocol;
 pub use scope::{Scope, ServedPod, WorkloadName, WorkloadNameError};
 pub use snapshot::{SharedParts, Snapshot, SnapshotParts, StateError};
+pub use waypoint::{MissingWaypoint, UseWaypoint, Waypoint};
 
 /// Kubernetes-style labels. Ordered so that dumps and tests are stable.
 pub type Labels = BTreeMap<String, String>;
@@ -62,8 +64,6 @@ pub const USE_WAYPOINT_NAMESPACE_LABEL: &str = "istio.io/use-waypoint-namespace"
 /// Value of [`USE_WAYPOINT_LABEL`] that opts a pod or Service out of a
 /// namespace-wide waypoint.
 pub const USE_WAYPOINT_NONE: &str = "none";
-/// The port HBONE listens on, at ztunnel and at waypoints.
-pub const HBONE_PORT: u16 = 15008;
 /// The trust domain used when none is configured.
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 /// DNS suffix of Service hostnames: `<name>.<ns>.svc.<domain>`.
@@ -104,23 +104,6 @@ pub struct Namespace {
     pub mtls: MtlsMode,
 }
 
-/// A waypoint proxy: where HBONE goes instead of the destination pod.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Waypoint {
-    /// The waypoint pod's IP; HBONE goes to `address:15008`.
-    pub address: IpAddr,
-    /// The identity its certificate must carry.
-    #[serde(serialize_with = "serialize_display")]
-    pub identity: SpiffeId,
-}
-
-impl Waypoint {
-    /// `address:15008`.
-    pub fn hbone_addr(&self) -> std::net::SocketAddr {
-        std::net::SocketAddr::new(self.address, HBONE_PORT)
-    }
-}
-
 /// A pod (or VM) that can send or receive traffic.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Workload {
@@ -141,9 +124,10 @@ pub struct Workload {
     /// [`Snapshot::is_ambient`] and [`Snapshot::accepts_hbone`].
     pub native_tunnel: bool,
     pub labels: Labels,
-    /// The waypoint for traffic addressed to this pod. When built from
-    /// labels, [`Snapshot::build`] fills this in.
-    pub waypoint: Option<Waypoint>,
+    /// The waypoint for traffic addressed to this pod: ready, or named but
+    /// missing (traffic that must cross it is refused, never sent around
+    /// it). When built from labels, [`Snapshot::build`] fills this in.
+    pub waypoint: Option<UseWaypoint>,
     /// The `WORKLOAD_SELECTOR` policies that select this workload, as the
     /// control plane resolved them (xDS `authorization_policies`); the local
     /// config resolves selectors into this list when it is parsed.
@@ -198,9 +182,10 @@ pub struct Service {
     pub endpoint_uids: Vec<String>,
     /// The Service's own labels (for [`USE_WAYPOINT_LABEL`]).
     pub labels: Labels,
-    /// The waypoint for traffic addressed to a VIP. When built from labels,
+    /// The waypoint for traffic addressed to a VIP (ready or missing, as
+    /// for [`Workload::waypoint`]). When built from labels,
     /// [`Snapshot::build`] fills this in.
-    pub waypoint: Option<Waypoint>,
+    pub waypoint: Option<UseWaypoint>,
 }
 
 impl Service {

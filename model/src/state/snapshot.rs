@@ -14,9 +14,9 @@ use crate::route::Route;
 
 use super::l7::L7Index;
 use super::{
-    labels_match, Labels, MtlsMode, Namespace, Node, Policies, Policy, Service, Tunnel, Waypoint,
-    Workload, DEFAULT_TRUST_DOMAIN, USE_WAYPOINT_LABEL, USE_WAYPOINT_NAMESPACE_LABEL,
-    USE_WAYPOINT_NONE,
+    labels_match, Labels, MissingWaypoint, MtlsMode, Namespace, Node, Policies, Policy, Service,
+    Tunnel, UseWaypoint, Waypoint, Workload, DEFAULT_TRUST_DOMAIN, USE_WAYPOINT_LABEL,
+    USE_WAYPOINT_NAMESPACE_LABEL, USE_WAYPOINT_NONE,
 };
 
 /// Everything a snapshot is built from, unindexed.
@@ -73,12 +73,6 @@ pub enum StateError {
     DuplicateRoute(String),
     #[error("L7 policy {0} is defined twice")]
     DuplicateL7Policy(String),
-    #[error("{owner} uses waypoint {namespace}/{name}, which is not a workload with an address")]
-    UnknownWaypoint {
-        owner: String,
-        namespace: String,
-        name: String,
-    },
 }
 
 /// An immutable, indexed view of the mesh.
@@ -145,8 +139,9 @@ keyed_by!(ByName, name);
 
 impl Snapshot {
     /// Validates and indexes `parts`, and resolves `istio.io/use-waypoint`
-    /// labels into [`Waypoint`]s for workloads and services that do not
-    /// already name one.
+    /// labels into [`UseWaypoint`]s for workloads and services that do not
+    /// already name one: ready, or missing when the label names no workload
+    /// with an address (the owner stays in the snapshot either way).
     pub fn build(parts: SnapshotParts) -> Result<Snapshot, StateError> {
         let SnapshotParts {
             trust_domain,
@@ -207,13 +202,13 @@ impl Snapshot {
         for w in &workloads {
             waypoints.push(match &w.waypoint {
                 Some(_) => None,
-                None => resolver.resolve(&w.key(), &w.namespace, &w.labels, Some(&w.uid))?,
+                None => resolver.resolve(&w.namespace, &w.labels, Some(&w.uid)),
             });
         }
         let mut services = services;
         for svc in &mut services {
             if svc.waypoint.is_none() {
-                svc.waypoint = resolver.resolve(&svc.key(), &svc.namespace, &svc.labels, None)?;
+                svc.waypoint = resolver.resolve(&svc.namespace, &svc.labels, None);
             }
         }
         drop(resolver);
@@ -507,47 +502,41 @@ struct WaypointResolver<'a> {
 
 impl WaypointResolver<'_> {
     /// The object's own label wins over its namespace's; `none` opts out.
-    /// A workload is never its own waypoint (`self_uid`).
+    /// A workload is never its own waypoint (`self_uid`). A name that is
+    /// no workload with an address is [`UseWaypoint::Missing`]: the owner
+    /// stays, and traffic through the waypoint is refused, not sent around
+    /// it.
     fn resolve(
         &self,
-        owner: &str,
         namespace: &str,
         labels: &Labels,
         self_uid: Option<&str>,
-    ) -> Result<Option<Waypoint>, StateError> {
+    ) -> Option<UseWaypoint> {
         let ns_labels = self.namespaces.get(namespace).map(|ns| &ns.labels);
         let source = if labels.contains_key(USE_WAYPOINT_LABEL) {
             Some(labels)
         } else {
             ns_labels.filter(|l| l.contains_key(USE_WAYPOINT_LABEL))
         };
-        let Some(source) = source else {
-            return Ok(None);
-        };
+        let source = source?;
         let name = &source[USE_WAYPOINT_LABEL];
         if name == USE_WAYPOINT_NONE {
-            return Ok(None);
+            return None;
         }
         let wp_ns = source
             .get(USE_WAYPOINT_NAMESPACE_LABEL)
             .map(String::as_str)
             .unwrap_or(namespace);
-        let unknown = || StateError::UnknownWaypoint {
-            owner: owner.to_owned(),
-            namespace: wp_ns.to_owned(),
-            name: name.clone(),
-        };
-        let wp = self
-            .by_name
-            .get(&(wp_ns, name.as_str()))
-            .ok_or_else(unknown)?;
-        if Some(wp.uid.as_str()) == self_uid {
-            return Ok(None);
+        let wp = self.by_name.get(&(wp_ns, name.as_str()));
+        if wp.is_some_and(|wp| Some(wp.uid.as_str()) == self_uid) {
+            return None;
         }
-        let address = wp.primary_ip().ok_or_else(unknown)?;
-        Ok(Some(Waypoint {
-            address,
-            identity: wp.identity(),
-        }))
+        match wp.and_then(|wp| Some((wp.primary_ip()?, wp.identity()))) {
+            Some((address, identity)) => Some(UseWaypoint::Ready(Waypoint { address, identity })),
+            None => Some(UseWaypoint::Missing(Box::new(MissingWaypoint::Named {
+                namespace: wp_ns.to_owned(),
+                name: name.clone(),
+            }))),
+        }
     }
 }

@@ -258,13 +258,18 @@ fn waypoint_resolution() {
     ];
     for (addr, want) in pods {
         let w = snap.workload_by_ip(ip(addr)).unwrap();
-        let got = w.waypoint.as_ref().map(|wp| wp.address);
+        let got = w
+            .waypoint
+            .as_ref()
+            .and_then(UseWaypoint::ready)
+            .map(|wp| wp.address);
         assert_eq!(got, want.map(ip), "{addr}");
     }
     let services: &[(&str, &str)] = &[("10.96.0.1", "10.1.0.2"), ("10.96.0.2", "10.1.0.1")];
     for (vip, want) in services {
         let s = snap.service_by_vip(ip(vip)).unwrap();
-        assert_eq!(s.waypoint.as_ref().unwrap().address, ip(want), "{vip}");
+        let wp = s.waypoint.as_ref().and_then(UseWaypoint::ready).unwrap();
+        assert_eq!(wp.address, ip(want), "{vip}");
     }
     let wp = snap
         .workload_by_ip(ip("10.1.1.1"))
@@ -272,7 +277,7 @@ fn waypoint_resolution() {
         .waypoint
         .clone();
     assert_eq!(
-        wp.unwrap().identity.to_string(),
+        wp.unwrap().ready().unwrap().identity.to_string(),
         "spiffe://cluster.local/ns/a/sa/ns-wp"
     );
 }
@@ -305,18 +310,37 @@ fn rejects_inconsistent_parts() {
             |p| p.workloads[0].service_account = "bad/sa".into(),
             "workload a/x has an invalid identity",
         ),
-        (
-            |p| {
-                p.workloads[0]
-                    .labels
-                    .insert(USE_WAYPOINT_LABEL.into(), "ghost".into());
-            },
-            "a/x uses waypoint a/ghost, which is not a workload with an address",
-        ),
     ];
     for (mutate, want) in cases {
         let mut p = parts();
         mutate(&mut p);
         assert_eq!(Snapshot::build(p).unwrap_err().to_string(), *want);
     }
+}
+
+/// A label naming no workload (or one without an address) resolves to a
+/// missing waypoint; the owner is kept.
+#[test]
+fn an_unknown_waypoint_is_missing_not_an_error() {
+    let mut p = parts();
+    p.workloads[0]
+        .labels
+        .insert(USE_WAYPOINT_LABEL.into(), "ghost".into());
+    let mut no_address = pod("a", "wp-noip", "10.1.9.1", "n1", &[]);
+    no_address.ips.clear();
+    p.workloads.push(no_address);
+    p.workloads[1]
+        .labels
+        .insert(USE_WAYPOINT_LABEL.into(), "wp-noip".into());
+    let snap = Snapshot::build(p).unwrap();
+    let named = |name: &str| {
+        Some(UseWaypoint::Missing(Box::new(MissingWaypoint::Named {
+            namespace: "a".into(),
+            name: name.into(),
+        })))
+    };
+    let x = snap.workload_by_uid("a/x").unwrap();
+    assert_eq!(x.waypoint, named("ghost"));
+    let y = snap.workload_by_uid("a/y").unwrap();
+    assert_eq!(y.waypoint, named("wp-noip"));
 }

@@ -27,7 +27,9 @@ use super::convert::{ConvertError, ServiceEntry, WaypointRef, WorkloadEntry};
 use super::l7convert::FieldError;
 use crate::l7policy::L7Policy;
 use crate::route::Route;
-use crate::state::{Policy, SharedParts, Snapshot, SnapshotDelta, StateError, Workload};
+use crate::state::{
+    Policy, SharedParts, Snapshot, SnapshotDelta, StateError, UseWaypoint, Workload,
+};
 use decode::decode;
 use resolve::Resolver;
 
@@ -568,9 +570,10 @@ impl XdsStore {
     /// Builds the domain snapshot from scratch: services get their
     /// endpoints from the workloads that name them, and waypoint references
     /// are resolved to an address and identity. A waypoint that cannot be
-    /// resolved leaves its owner out of the snapshot (never a silent bypass
-    /// of the waypoint). Workloads without a waypoint are shared with the
-    /// store, not copied.
+    /// resolved stays named as [`UseWaypoint::Missing`]: its owner keeps
+    /// its capture and policy, and traffic through the waypoint is refused
+    /// (never a silent bypass of it). Workloads without a waypoint are
+    /// shared with the store, not copied.
     pub fn snapshot(&self) -> Result<Snapshot, StateError> {
         let mut workloads: Vec<&StoredWorkload> = Vec::new();
         let mut services: Vec<&ServiceEntry> = Vec::new();
@@ -585,14 +588,14 @@ impl XdsStore {
         parts.workloads.reserve(workloads.len());
         for w in &workloads {
             match resolver.waypoint(w.waypoint.as_ref()) {
-                Ok(None) => parts.workloads.push(w.workload.clone()),
-                Ok(Some(wp)) => {
+                None => parts.workloads.push(w.workload.clone()),
+                Some(wp) => {
+                    if let UseWaypoint::Missing(m) = &wp {
+                        tracing::warn!(workload = %w.workload.uid, waypoint = %m, "waypoint unknown; traffic through it will be refused");
+                    }
                     let mut workload = (*w.workload).clone();
                     workload.waypoint = Some(wp);
                     parts.workloads.push(Arc::new(workload));
-                }
-                Err(()) => {
-                    tracing::warn!(workload = %w.workload.uid, waypoint = ?w.waypoint, "waypoint unknown; workload left out");
                 }
             }
         }
@@ -604,12 +607,9 @@ impl XdsStore {
                 .iter()
                 .map(|w| w.uid.clone())
                 .collect();
-            match resolver.waypoint(s.waypoint.as_ref()) {
-                Ok(wp) => service.waypoint = wp,
-                Err(()) => {
-                    tracing::warn!(service = %key, waypoint = ?s.waypoint, "waypoint unknown; service left out");
-                    continue;
-                }
+            service.waypoint = resolver.waypoint(s.waypoint.as_ref());
+            if let Some(UseWaypoint::Missing(m)) = &service.waypoint {
+                tracing::warn!(service = %key, waypoint = %m, "waypoint unknown; traffic through it will be refused");
             }
             parts.services.push(service);
         }

@@ -16,6 +16,7 @@ fn event(n: u64) -> ConnEvent {
         bytes_recv: 0,
         duration: Duration::from_millis(3),
         response_flags: "-",
+        reason: None,
         error: None,
     }
 }
@@ -308,6 +309,7 @@ fn event_has_design_field_names() {
         bytes_recv: 7,
         duration: Duration::from_millis(1500),
         response_flags: "-",
+        reason: None,
         error: None,
     };
     let v: serde_json::Value = serde_json::from_str(&ev.to_json_line()).unwrap();
@@ -317,4 +319,14 @@ fn event_has_design_field_names() {
     assert_eq!(v["duration"], 1.5);
     assert_eq!(v["bytes_recv"], 7);
     assert!(v.get("error").is_none());
+    assert!(v.get("reason").is_none(), "no reason unless one is given");
+    let refused = ConnEvent {
+        response_flags: "CONNECT",
+        reason: Some("waypoint_missing"),
+        error: Some("no route".into()),
+        ..ev
+    };
+    let v: serde_json::Value = serde_json::from_str(&refused.to_json_line()).unwrap();
+    assert_eq!(v["response_flags"], "CONNECT");
+    assert_eq!(v["reason"], "waypoint_missing");
 }

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use crate::capture::Capture;
 use crate::metrics::Metrics;
 use crate::proxy::conns::Connections;
-use mesh_model::state::{Scope, Snapshot};
+use mesh_model::state::{Scope, Snapshot, UseWaypoint};
 use mesh_runtime::source::{Change, FileSource};
 
 /// The identities of the workloads in `scope`: certificates to hold.
@@ -50,6 +50,13 @@ pub fn capture_set(snap: &Snapshot, node: &str) -> BTreeSet<Ipv4Addr> {
         .collect()
 }
 
+/// How many workloads and services name a waypoint that is missing.
+pub fn behind_missing_waypoints(snap: &Snapshot) -> usize {
+    let missing = |wp: &Option<UseWaypoint>| wp.as_ref().is_some_and(|wp| wp.missing().is_some());
+    snap.workloads().filter(|w| missing(&w.waypoint)).count()
+        + snap.services().filter(|s| missing(&s.waypoint)).count()
+}
+
 /// Keeps capture, certificates and live connections in line with the
 /// published snapshot.
 pub struct Controller {
@@ -77,6 +84,13 @@ impl Controller {
         self.reconcile_capture().await;
         self.reconcile_certs(&before, &snap);
         let revoked = self.conns.revoke_denied(&snap);
+        let behind_missing = behind_missing_waypoints(&snap);
+        if behind_missing > 0 {
+            tracing::warn!(
+                workloads_and_services = behind_missing,
+                "waypoints missing: connections that must cross them are refused (reason waypoint_missing)"
+            );
+        }
         tracing::info!(
             workloads = snap.workloads().count(),
             services = snap.services().count(),
@@ -292,5 +306,29 @@ workloads:
             .collect();
         assert_eq!(ids, ["spiffe://cluster.local/ns/shop/sa/a"]);
         assert!(capture_set(&snap, "n3").is_empty());
+    }
+
+    #[test]
+    fn counts_what_stands_behind_a_missing_waypoint() {
+        let snap = config::parse(
+            r#"
+nodes: [{name: n1, ip: 10.0.0.1}]
+namespaces:
+  - {name: shop, labels: {istio.io/dataplane-mode: ambient, istio.io/use-waypoint: wp}}
+  - {name: bank, labels: {istio.io/dataplane-mode: ambient, istio.io/use-waypoint: gone}}
+workloads:
+  - {name: wp, namespace: shop, ip: 10.1.1.30, node: n1, labels: {istio.io/dataplane-mode: none}}
+  - {name: a, namespace: shop, ip: 10.1.1.10, node: n1, labels: {app: a}}
+  - {name: b, namespace: bank, ip: 10.1.1.11, node: n1, labels: {app: b}}
+services:
+  - {name: a, namespace: shop, vip: 10.96.0.1, ports: [{port: 80}], selector: {app: a}}
+  - {name: b, namespace: bank, vip: 10.96.0.2, ports: [{port: 80}], selector: {app: b}}
+"#,
+        )
+        .unwrap();
+        // bank's pod and Service; shop's waypoint exists.
+        assert_eq!(behind_missing_waypoints(&snap), 2);
+        // The pod behind the missing waypoint is still captured.
+        assert!(capture_set(&snap, "n1").contains(&"10.1.1.11".parse().unwrap()));
     }
 }

@@ -32,7 +32,7 @@ use hbone::server::{HboneServer, ServerConfig};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 
-use crate::capture::{sidecar, Capture, CaptureError};
+use crate::capture::{sidecar, Capture, CaptureError, ListenerPorts};
 use crate::metrics::Metrics;
 use crate::proxy::inbound::{serve_plaintext, HboneInbound, LocalIdentities};
 use crate::proxy::outbound::serve_outbound;
@@ -84,6 +84,16 @@ impl Listeners {
     /// The ports traffic is captured to: outbound, then inbound plaintext.
     pub fn capture_ports(&self) -> Vec<u16> {
         vec![self.outbound.port(), self.inbound_plaintext.port()]
+    }
+
+    /// Node capture (TPROXY) to these listeners: the outbound, inbound
+    /// plaintext and HBONE ports. Pure.
+    pub fn tproxy_ports(&self) -> ListenerPorts {
+        ListenerPorts {
+            outbound: self.outbound.port(),
+            inbound_plaintext: self.inbound_plaintext.port(),
+            hbone: self.hbone.port(),
+        }
     }
 
     /// Sidecar capture to these listeners: REDIRECT to the outbound and
@@ -300,7 +310,8 @@ async fn serve(run: Run, snap: Arc<Snapshot>) -> Result<(), AppError> {
         (false, _) => None,
         (true, false) => {
             let pods = control::capture_set(&snap, &cfg.node);
-            let installed = tokio::task::spawn_blocking(move || Capture::install(&pods))
+            let ports = cfg.listeners.tproxy_ports();
+            let installed = tokio::task::spawn_blocking(move || Capture::install(&pods, ports))
                 .await
                 .expect("capture install task panicked")
                 .map_err(AppError::Capture)?;
@@ -496,7 +507,6 @@ struct Exit {
     /// A new ztunnel took the listeners over (and owns capture now).
     handed_off: bool,
 }
-
 
 /// Fetches the local pods' certificates before declaring readiness.
 async fn prefetch(certs: &Arc<CertStore>, ids: std::collections::BTreeSet<hbone::SpiffeId>) {

@@ -1,7 +1,7 @@
 use super::*;
 
 #[test]
-fn sidecar_rules_follow_the_listener_flags() {
+fn capture_rules_follow_the_listener_flags() {
     let default = Listeners::default().sidecar_rules(vec![]);
     assert_eq!(default.outbound_port, 15001);
     assert_eq!(default.inbound_port, 15006);
@@ -25,6 +25,18 @@ fn sidecar_rules_follow_the_listener_flags() {
     );
     assert_eq!(rules.mark, crate::capture::rules::ZTUNNEL_MARK);
     assert_eq!(moved.capture_ports(), [16001, 16006]);
+    assert_eq!(
+        moved.tproxy_ports(),
+        ListenerPorts {
+            outbound: 16001,
+            inbound_plaintext: 16006,
+            hbone: 16008,
+        }
+    );
+    assert_eq!(
+        Listeners::default().tproxy_ports(),
+        ListenerPorts::default()
+    );
     let text = sidecar::ruleset(&rules);
     assert!(text.contains("redirect to :16001"), "{text}");
     assert!(text.contains("redirect to :16006"), "{text}");

@@ -89,7 +89,10 @@ mod tests {
 
     #[test]
     fn applied_in_the_same_script_after_the_table_is_replaced() {
-        let s = crate::capture::render_script(&std::collections::BTreeSet::new());
+        let s = crate::capture::render_script(
+            &std::collections::BTreeSet::new(),
+            &crate::capture::ListenerPorts::default(),
+        );
         let delete = s.find("delete table inet ambient").expect("replacement");
         let chain = s.find("chain fail_closed").expect("fail-closed chain");
         assert!(delete < chain, "{s}");

@@ -27,7 +27,7 @@ use std::process::{Command, ExitStatus, Stdio};
 pub use listener::{
     orig_dst, redirected_orig_dst, transparent_listener, transparent_std_listener, LISTEN_BACKLOG,
 };
-pub use rules::render_ruleset;
+pub use rules::{render_ruleset, ListenerPorts};
 
 const NFT: &str = "nft";
 const IP: &str = "ip";
@@ -63,16 +63,22 @@ pub enum CaptureError {
 #[derive(Debug)]
 pub struct Capture {
     pods: BTreeSet<Ipv4Addr>,
+    ports: ListenerPorts,
 }
 
 impl Capture {
-    /// Installs capture for `pods`. Idempotent: running it again (say after a
-    /// restart) replaces the table and does not duplicate the ip rule.
-    pub fn install(pods: &BTreeSet<Ipv4Addr>) -> Result<Capture, CaptureError> {
+    /// Installs capture for `pods`, delivering to the listeners on `ports`.
+    /// Idempotent: running it again (say after a restart) replaces the
+    /// table and does not duplicate the ip rule.
+    pub fn install(
+        pods: &BTreeSet<Ipv4Addr>,
+        ports: ListenerPorts,
+    ) -> Result<Capture, CaptureError> {
         local_route("replace")?;
         ensure_ip_rule()?;
         let mut capture = Capture {
             pods: BTreeSet::new(),
+            ports,
         };
         capture.update(pods)?;
         Ok(capture)
@@ -80,7 +86,10 @@ impl Capture {
 
     /// Atomically replaces the ruleset so exactly `pods` are captured.
     pub fn update(&mut self, pods: &BTreeSet<Ipv4Addr>) -> Result<(), CaptureError> {
-        apply_nft(&render_script(pods), "replace table inet ambient")?;
+        apply_nft(
+            &render_script(pods, &self.ports),
+            "replace table inet ambient",
+        )?;
         self.pods = pods.clone();
         Ok(())
     }
@@ -113,8 +122,8 @@ impl Capture {
 
 /// The whole `nft -f -` script for `pods`: the table with its capture
 /// rules, then the fail-closed chain, in one transaction.
-pub fn render_script(pods: &BTreeSet<Ipv4Addr>) -> String {
-    let mut script = render_ruleset(pods);
+pub fn render_script(pods: &BTreeSet<Ipv4Addr>, ports: &ListenerPorts) -> String {
+    let mut script = render_ruleset(pods, ports);
     script.push_str(&fail_closed::render_fail_closed());
     script
 }

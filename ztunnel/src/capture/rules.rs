@@ -5,6 +5,8 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
+use mesh_model::HBONE_PORT;
+
 /// The nftables table ztunnel owns (family `inet`).
 pub const TABLE: &str = "ambient";
 /// The set of local ambient pod IPs.
@@ -17,12 +19,35 @@ pub const CAPTURE_MASK: u32 = 0xfff;
 pub const ZTUNNEL_MARK: u32 = 0x539;
 /// The routing table holding `local 0.0.0.0/0 dev lo`.
 pub const ROUTE_TABLE: u32 = 100;
-/// Outbound capture: traffic leaving a local ambient pod.
+/// The default outbound listener (`--outbound-addr`): traffic leaving a
+/// local ambient pod.
 pub const OUTBOUND_PORT: u16 = 15001;
-/// Inbound plaintext capture: non-HBONE traffic to a local ambient pod.
+/// The default inbound plaintext listener (`--inbound-plaintext-addr`):
+/// non-HBONE traffic to a local ambient pod.
 pub const INBOUND_PLAINTEXT_PORT: u16 = 15006;
-/// HBONE to a local ambient pod.
-pub const HBONE_PORT: u16 = 15008;
+
+/// The ports of ztunnel's capture listeners: where the rules deliver
+/// (`tproxy to :port`). They follow `--outbound-addr`,
+/// `--inbound-plaintext-addr` and `--hbone-addr`. HBONE from other nodes is
+/// still *matched* on the mesh's port, [`mesh_model::HBONE_PORT`], which is
+/// what peers dial whatever this ztunnel listens on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenerPorts {
+    pub outbound: u16,
+    pub inbound_plaintext: u16,
+    pub hbone: u16,
+}
+
+impl Default for ListenerPorts {
+    /// DESIGN §2: 15001, 15006, 15008.
+    fn default() -> Self {
+        ListenerPorts {
+            outbound: OUTBOUND_PORT,
+            inbound_plaintext: INBOUND_PLAINTEXT_PORT,
+            hbone: HBONE_PORT,
+        }
+    }
+}
 
 /// Renders the complete `nft -f -` script that atomically replaces table
 /// `inet ambient` (create-if-missing, delete, define: one transaction).
@@ -33,20 +58,30 @@ pub const HBONE_PORT: u16 = 15008;
 ///    sockets) get the capture mark so they route back to ztunnel;
 /// 3. other reply-direction packets, and packets to the node's own addresses
 ///    (kubelet probes), pass;
-/// 4. from a pod in the set → `:15001`; to a pod in the set, dport 15008 →
-///    `:15008`; to a pod in the set, other TCP → `:15006`.
+/// 4. from a pod in the set → `:ports.outbound` (15001); to a pod in the
+///    set, dport 15008 → `:ports.hbone` (15008); to a pod in the set, other
+///    TCP → `:ports.inbound_plaintext` (15006).
 ///
 /// output (route, priority mangle) saves ztunnel's socket mark into the ct
 /// mark, which step 2 restores on replies.
-pub fn render_ruleset(pods: &BTreeSet<Ipv4Addr>) -> String {
+pub fn render_ruleset(pods: &BTreeSet<Ipv4Addr>, ports: &ListenerPorts) -> String {
     let mut s = String::new();
     // Writing to a String cannot fail.
-    let _ = write_ruleset(&mut s, pods);
+    let _ = write_ruleset(&mut s, pods, ports);
     s
 }
 
-fn write_ruleset(s: &mut String, pods: &BTreeSet<Ipv4Addr>) -> std::fmt::Result {
+fn write_ruleset(
+    s: &mut String,
+    pods: &BTreeSet<Ipv4Addr>,
+    ports: &ListenerPorts,
+) -> std::fmt::Result {
     let capture = format!("meta mark set {CAPTURE_MARK:#x}");
+    let ListenerPorts {
+        outbound,
+        inbound_plaintext,
+        hbone,
+    } = ports;
     writeln!(s, "table inet {TABLE} {{}}")?;
     writeln!(s, "delete table inet {TABLE}")?;
     writeln!(s, "table inet {TABLE} {{")?;
@@ -69,15 +104,15 @@ fn write_ruleset(s: &mut String, pods: &BTreeSet<Ipv4Addr>) -> std::fmt::Result 
     writeln!(s, "\t\tfib daddr type local return")?;
     writeln!(
         s,
-        "\t\tmeta l4proto tcp ip saddr @{POD_SET} {capture} tproxy ip to :{OUTBOUND_PORT} accept"
+        "\t\tmeta l4proto tcp ip saddr @{POD_SET} {capture} tproxy ip to :{outbound} accept"
     )?;
     writeln!(
         s,
-        "\t\tip daddr @{POD_SET} tcp dport {HBONE_PORT} {capture} tproxy ip to :{HBONE_PORT} accept"
+        "\t\tip daddr @{POD_SET} tcp dport {HBONE_PORT} {capture} tproxy ip to :{hbone} accept"
     )?;
     writeln!(
         s,
-        "\t\tmeta l4proto tcp ip daddr @{POD_SET} {capture} tproxy ip to :{INBOUND_PLAINTEXT_PORT} accept"
+        "\t\tmeta l4proto tcp ip daddr @{POD_SET} {capture} tproxy ip to :{inbound_plaintext} accept"
     )?;
     writeln!(s, "\t}}")?;
     writeln!(s, "\tchain output {{")?;

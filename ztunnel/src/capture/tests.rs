@@ -3,7 +3,12 @@
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
-use super::rules::{ip_rule_selector, render_delete, render_ruleset};
+use super::rules::{ip_rule_selector, render_delete, ListenerPorts};
+
+/// The ruleset for `pods` with the default listener ports.
+fn render_ruleset(pods: &BTreeSet<Ipv4Addr>) -> String {
+    super::rules::render_ruleset(pods, &ListenerPorts::default())
+}
 
 fn pods(ips: &[[u8; 4]]) -> BTreeSet<Ipv4Addr> {
     ips.iter().map(|o| Ipv4Addr::from(*o)).collect()
@@ -72,6 +77,56 @@ fn prerouting_rules_in_order() {
         at.windows(2).all(|w| w[1] == w[0] + 1),
         "rules out of order: {at:?}\n{s}"
     );
+}
+
+/// The listener flags move the rules' targets: each capture rule delivers
+/// to its listener's port. HBONE is still matched on the mesh's 15008, which
+/// is what peers dial.
+#[test]
+fn tproxy_targets_follow_the_listener_ports() {
+    let pods = pods(&[[10, 1, 1, 10]]);
+    let cases: &[(ListenerPorts, [&str; 3])] = &[
+        (
+            ListenerPorts::default(),
+            [
+                "meta l4proto tcp ip saddr @ambient_pods meta mark set 0x400 tproxy ip to :15001 accept",
+                "ip daddr @ambient_pods tcp dport 15008 meta mark set 0x400 tproxy ip to :15008 accept",
+                "meta l4proto tcp ip daddr @ambient_pods meta mark set 0x400 tproxy ip to :15006 accept",
+            ],
+        ),
+        (
+            ListenerPorts {
+                outbound: 16001,
+                inbound_plaintext: 16006,
+                hbone: 16008,
+            },
+            [
+                "meta l4proto tcp ip saddr @ambient_pods meta mark set 0x400 tproxy ip to :16001 accept",
+                "ip daddr @ambient_pods tcp dport 15008 meta mark set 0x400 tproxy ip to :16008 accept",
+                "meta l4proto tcp ip daddr @ambient_pods meta mark set 0x400 tproxy ip to :16006 accept",
+            ],
+        ),
+        // Only one moved: the others keep their defaults.
+        (
+            ListenerPorts {
+                hbone: 25008,
+                ..ListenerPorts::default()
+            },
+            [
+                "meta l4proto tcp ip saddr @ambient_pods meta mark set 0x400 tproxy ip to :15001 accept",
+                "ip daddr @ambient_pods tcp dport 15008 meta mark set 0x400 tproxy ip to :25008 accept",
+                "meta l4proto tcp ip daddr @ambient_pods meta mark set 0x400 tproxy ip to :15006 accept",
+            ],
+        ),
+    ];
+    for (ports, want) in cases {
+        let s = super::rules::render_ruleset(&pods, ports);
+        let tproxy: Vec<&str> = lines(&s)
+            .into_iter()
+            .filter(|l| l.contains("tproxy"))
+            .collect();
+        assert_eq!(tproxy, want, "{ports:?}");
+    }
 }
 
 #[test]

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use hbone::SpiffeId;
 use tokio::sync::watch;
 
-use mesh_model::policy::{authorize, ConnCtx, Decision, Denial};
-use mesh_model::state::{MtlsMode, Snapshot};
+use mesh_model::policy::{admit_peer, ConnCtx, Decision, Denial};
+use mesh_model::state::Snapshot;
 
 /// What authorized an inbound connection, kept to authorize it again.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,39 +23,32 @@ pub struct Authorized {
     pub dst_port: u16,
 }
 
-/// Why a live connection must now close.
+/// Why a live connection must now close: what [`admit_peer`] now says
+/// (a policy denies it, or its namespace became STRICT and it is
+/// plaintext).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Revoked {
-    Denied(Denial),
-    /// Plaintext into a namespace that became STRICT.
-    StrictMtls,
-}
+pub struct Revoked(pub Denial);
 
 impl std::fmt::Display for Revoked {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Revoked::Denied(d) => write!(f, "policy changed: {d}"),
-            Revoked::StrictMtls => f.write_str("policy changed: STRICT mTLS refuses plaintext"),
-        }
+        write!(f, "policy changed: {}", self.0)
     }
 }
 
-/// Authorizes `conn` again under `snap`. A destination that left the config
-/// keeps its connection: removal is not a policy decision.
+/// Admits `conn` again under `snap`, with the very check that admitted it
+/// ([`admit_peer`]). A destination that left the config keeps its
+/// connection: removal is not a policy decision.
 pub fn recheck(snap: &Snapshot, conn: &Authorized) -> Option<Revoked> {
     let dst = snap.workload_by_uid(&conn.dst_uid)?;
-    if conn.src_identity.is_none() && snap.mtls_mode(&dst.namespace) == MtlsMode::Strict {
-        return Some(Revoked::StrictMtls);
-    }
     let ctx = ConnCtx {
         src_identity: conn.src_identity.clone(),
         src_ip: conn.src_ip,
         dst,
         dst_port: conn.dst_port,
     };
-    match authorize(snap.policies(), &ctx) {
+    match admit_peer(snap, &ctx) {
         Decision::Allow => None,
-        Decision::Deny(d) => Some(Revoked::Denied(d)),
+        Decision::Deny(d) => Some(Revoked(d)),
     }
 }
 
@@ -182,6 +175,8 @@ policies:
     rules: [{from: [{source: {namespaces: [shop]}}]}]
 "#;
 
+    /// `recheck` is `admit_peer` again (its own table is in mesh-model):
+    /// the same reasons, and a destination that left keeps its connection.
     #[test]
     fn recheck_table() {
         let plaintext = Authorized {
@@ -197,37 +192,43 @@ policies:
                 "no policy keeps mTLS",
                 snap("PERMISSIVE", ""),
                 mtls_conn(),
-                false,
+                None,
             ),
             (
                 "no policy keeps plaintext",
                 snap("PERMISSIVE", ""),
                 plaintext.clone(),
-                false,
+                None,
             ),
             (
                 "STRICT cuts plaintext",
                 snap("STRICT", ""),
                 plaintext.clone(),
-                true,
+                Some("strict_mtls"),
             ),
-            ("STRICT keeps mTLS", snap("STRICT", ""), mtls_conn(), false),
+            ("STRICT keeps mTLS", snap("STRICT", ""), mtls_conn(), None),
             (
                 "DENY by namespace cuts",
                 snap("PERMISSIVE", DENY_SHOP),
                 mtls_conn(),
-                true,
+                Some("deny_policy"),
             ),
             (
                 "removed destination kept",
-                snap("PERMISSIVE", DENY_SHOP),
+                snap("STRICT", DENY_SHOP),
                 gone,
-                false,
+                None,
             ),
         ];
         for (name, snap, conn, want) in cases {
-            assert_eq!(recheck(&snap, &conn).is_some(), want, "{name}");
+            let got = recheck(&snap, &conn);
+            assert_eq!(got.as_ref().map(|r| r.0.reason()), want, "{name}");
         }
+        let cut = recheck(&snap("STRICT", ""), &plaintext).unwrap();
+        assert_eq!(
+            cut.to_string(),
+            "policy changed: namespace bank requires mutual TLS; plaintext refused"
+        );
     }
 
     #[tokio::test]
@@ -240,7 +241,10 @@ policies:
         });
         assert_eq!(reg.len(), 2);
         assert_eq!(reg.revoke_denied(&snap("PERMISSIVE", DENY_SHOP)), 1);
-        assert!(matches!(denied.wait_revoked().await, Revoked::Denied(_)));
+        assert!(matches!(
+            denied.wait_revoked().await,
+            Revoked(Denial::DenyPolicy(_))
+        ));
         assert!(kept.revoked.borrow().is_none());
         // A second pass does not count the same connection again.
         assert_eq!(reg.revoke_denied(&snap("PERMISSIVE", DENY_SHOP)), 0);

@@ -16,12 +16,11 @@ use http::StatusCode;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::conns::{Authorized, Registration};
-use super::record::{
-    inbound_service, ConnInfo, ConnRecord, Outcome, Security, FLAG_CONNECT, FLAG_DENY,
-};
+use super::record::{inbound_service, ConnInfo, ConnRecord, Outcome, Security};
 use super::{refuse_unknown_orig_dst, reset_on_close, Proxy};
-use mesh_model::policy::{authorize, ConnCtx, Decision, Denial};
-use mesh_model::state::{MtlsMode, Scope, Snapshot, Workload};
+use mesh_model::policy::{admit_peer, ConnCtx, Decision, Denial};
+use mesh_model::state::{Scope, Snapshot, Workload};
+use mesh_model::ResponseFlag;
 use mesh_runtime::accesslog::Direction;
 
 /// How a connection reached the inbound path.
@@ -44,8 +43,7 @@ pub enum Refusal {
     NotLocal(IpAddr),
     #[error("{0} is this sidecar's own listener; forwarding it would loop")]
     OwnListener(SocketAddr),
-    #[error("namespace {0} requires mutual TLS; plaintext refused")]
-    StrictMtls(String),
+    /// STRICT mTLS refused plaintext, or L4 policy denied.
     #[error("{0}")]
     Denied(Denial),
 }
@@ -57,17 +55,27 @@ impl Refusal {
             Refusal::AuthorityMismatch { .. } | Refusal::NotLocal(_) | Refusal::OwnListener(_) => {
                 StatusCode::BAD_REQUEST
             }
-            Refusal::StrictMtls(_) | Refusal::Denied(_) => StatusCode::UNAUTHORIZED,
+            Refusal::Denied(_) => StatusCode::UNAUTHORIZED,
+        }
+    }
+
+    /// The access log's `reason`: bounded, finer than the flag.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refusal::AuthorityMismatch { .. } => "authority_mismatch",
+            Refusal::NotLocal(_) => "not_local",
+            Refusal::OwnListener(_) => "own_listener",
+            Refusal::Denied(d) => d.reason(),
         }
     }
 
     /// `response_flags` for metrics and the access log.
-    pub fn flags(&self) -> &'static str {
+    pub fn flag(&self) -> ResponseFlag {
         match self {
             Refusal::AuthorityMismatch { .. } | Refusal::NotLocal(_) | Refusal::OwnListener(_) => {
-                FLAG_CONNECT
+                ResponseFlag::Connect
             }
-            Refusal::StrictMtls(_) | Refusal::Denied(_) => FLAG_DENY,
+            Refusal::Denied(_) => ResponseFlag::Deny,
         }
     }
 }
@@ -75,8 +83,8 @@ impl Refusal {
 /// Admits a connection from `src_ip` to `dst` arriving by `arrival`: the
 /// destination must be a workload in `scope` (an ambient pod on the node,
 /// or the sidecar's own pod; for HBONE, the very pod the connection was
-/// addressed to), STRICT namespaces refuse plaintext, and L4 policy must
-/// allow it. A sidecar refuses its own `proxy_ports` (the capture
+/// addressed to), and [`admit_peer`] must admit it (STRICT namespaces
+/// refuse plaintext, then L4 policy). A sidecar refuses its own `proxy_ports` (the capture
 /// listeners) on its pod's IP or loopback: dialling them would loop back
 /// into itself. Returns the destination workload and the source identity
 /// that was authorized. Pure.
@@ -106,12 +114,7 @@ pub fn admit(
     let src_identity = match arrival {
         Arrival::Hbone { peer, .. } => Some(peer.clone()),
         Arrival::InProcess { source } => Some(source.clone()),
-        Arrival::Plaintext => {
-            if snap.mtls_mode(&workload.namespace) == MtlsMode::Strict {
-                return Err(Refusal::StrictMtls(workload.namespace.clone()));
-            }
-            None
-        }
+        Arrival::Plaintext => None,
     };
     let ctx = ConnCtx {
         src_identity: src_identity.clone(),
@@ -119,7 +122,7 @@ pub fn admit(
         dst: workload,
         dst_port: dst.port(),
     };
-    match authorize(snap.policies(), &ctx) {
+    match admit_peer(snap, &ctx) {
         Decision::Allow => Ok((workload.clone(), src_identity)),
         Decision::Deny(d) => Err(Refusal::Denied(d)),
     }
@@ -185,11 +188,8 @@ impl Handler for HboneInbound {
             Some(cause) => format!("{err}: {cause}"),
             None => err.to_string(),
         };
-        ConnRecord::refused(
-            &self.0.telemetry,
-            info,
-            Outcome::failed(err.reason(), error),
-        );
+        let outcome = Outcome::failed(err.flag(), error).with_finer_reason(err.reason());
+        ConnRecord::refused(&self.0.telemetry, info, outcome);
     }
 }
 
@@ -239,7 +239,7 @@ async fn handle_hbone(proxy: Arc<Proxy>, req: InboundRequest) {
             ConnRecord::refused(
                 &proxy.telemetry,
                 info,
-                Outcome::failed(refusal.flags(), refusal),
+                Outcome::failed(refusal.flag(), &refusal).with_reason(refusal.reason()),
             );
             return;
         }
@@ -257,14 +257,14 @@ async fn handle_hbone(proxy: Arc<Proxy>, req: InboundRequest) {
         Err(e) => {
             tracing::info!(dst = %req.authority, error = %e, "app unreachable");
             req.reject(StatusCode::SERVICE_UNAVAILABLE);
-            record.finish(Outcome::failed(FLAG_CONNECT, error_chain(&e)));
+            record.finish(Outcome::failed(ResponseFlag::Connect, error_chain(&e)));
             return;
         }
     };
     let stream = match req.accept() {
         Ok(s) => s,
         Err(e) => {
-            record.finish(Outcome::failed(FLAG_CONNECT, e));
+            record.finish(Outcome::failed(ResponseFlag::Connect, e));
             return;
         }
     };
@@ -399,7 +399,7 @@ async fn serve_tcp(
             tracing::info!(src = %info.src_addr, dst = %dst_addr, ?arrival, reason = %refusal, "inbound connection refused");
             // Reset rather than FIN: the client learns at once.
             reset_on_close(&client);
-            let outcome = Outcome::failed(refusal.flags(), &refusal);
+            let outcome = Outcome::failed(refusal.flag(), &refusal).with_reason(refusal.reason());
             ConnRecord::refused(&proxy.telemetry, info, outcome.clone());
             return outcome;
         }
@@ -412,7 +412,7 @@ async fn serve_tcp(
         Ok(app) => relay(client, app, registration).await,
         Err(e) => {
             reset_on_close(&client);
-            Outcome::failed(FLAG_CONNECT, error_chain(&e))
+            Outcome::failed(ResponseFlag::Connect, error_chain(&e))
         }
     };
     record.finish(outcome.clone());

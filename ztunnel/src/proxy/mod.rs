@@ -34,6 +34,7 @@ use tokio::sync::watch;
 use crate::capture::rules::ZTUNNEL_MARK;
 use conns::Connections;
 use mesh_model::state::{Scope, Snapshot};
+use mesh_model::ResponseFlag;
 use mesh_runtime::accesslog::Direction;
 use record::Telemetry;
 
@@ -241,7 +242,8 @@ pub fn refuse_unknown_orig_dst(
         security: record::Security::None,
     };
     let outcome =
-        record::Outcome::failed(record::FLAG_CONNECT, format!("{ORIG_DST_UNKNOWN}: {err}"));
+        record::Outcome::failed(ResponseFlag::Connect, format!("{ORIG_DST_UNKNOWN}: {err}"))
+            .with_reason("orig_dst_unknown");
     record::ConnRecord::refused(&proxy.telemetry, info, outcome);
 }
 
@@ -309,7 +311,8 @@ where
         Ok(Ok(())) => {}
         Ok(Err(e)) => outcome.error = Some(inbound::error_chain(&e)),
         Err(why) => {
-            outcome.flags = record::FLAG_DENY;
+            outcome.flag = ResponseFlag::Deny;
+            outcome.reason = Some(why.0.reason());
             outcome.error = Some(why.to_string());
         }
     }

@@ -14,10 +14,11 @@ use hbone::SpiffeId;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::inbound::{error_chain, in_process};
-use super::record::{ConnInfo, ConnRecord, Outcome, Security, FLAG_CONNECT};
+use super::record::{ConnInfo, ConnRecord, Outcome, Security};
 use super::{refuse_unknown_orig_dst, reset_on_close, Proxy};
 use crate::classify::{classify, classify_sidecar, Route};
 use mesh_model::state::{Scope, Workload};
+use mesh_model::ResponseFlag;
 use mesh_runtime::accesslog::Direction;
 
 /// Accepts captured outbound connections until drained.
@@ -86,9 +87,11 @@ async fn handle_outbound(proxy: Arc<Proxy>, sock: TcpStream, peer: SocketAddr, _
     let route = match route {
         Ok(r) => r,
         Err(e) => {
-            tracing::info!(src = %peer, dst = %orig_dst, error = %e, "outbound connection not routable");
+            tracing::info!(src = %peer, dst = %orig_dst, reason = e.reason(), error = %e, "outbound connection not routable");
             reset_on_close(&sock);
-            ConnRecord::refused(&proxy.telemetry, info, Outcome::failed(FLAG_CONNECT, e));
+            proxy.telemetry.metrics.record_outbound_refused(e.reason());
+            let outcome = Outcome::failed(ResponseFlag::Connect, &e).with_reason(e.reason());
+            ConnRecord::refused(&proxy.telemetry, info, outcome);
             return;
         }
     };
@@ -150,7 +153,7 @@ async fn handle_outbound(proxy: Arc<Proxy>, sock: TcpStream, peer: SocketAddr, _
                 }
                 Err(e) => {
                     reset_on_close(&sock);
-                    Outcome::failed(FLAG_CONNECT, error_chain(&e))
+                    Outcome::failed(ResponseFlag::Connect, error_chain(&e))
                 }
             };
             record.finish(outcome);
@@ -197,7 +200,7 @@ impl Tunnel {
             Err(e) => {
                 tracing::info!(src = %peer, via = %req.via, authority = %req.authority, error = %e, cause = ?std::error::Error::source(&e), "HBONE tunnel failed");
                 reset_on_close(&sock);
-                Outcome::failed(e.reason(), error_chain(&e))
+                Outcome::failed(e.flag(), error_chain(&e)).with_finer_reason(e.reason())
             }
         };
         record.finish(outcome);

@@ -11,14 +11,8 @@ use hbone::SpiffeId;
 use crate::metrics::{ConnLabels, HashedLabels, Metrics, Reporter, UNKNOWN};
 use mesh_model::policy::principal_string;
 use mesh_model::state::{Snapshot, Workload};
+use mesh_model::ResponseFlag;
 use mesh_runtime::accesslog::{AccessLog, ConnEvent, Direction};
-
-/// `response_flags` for a connection that completed normally.
-pub const FLAG_OK: &str = "-";
-/// `response_flags` for a policy denial (also STRICT mTLS refusing plaintext).
-pub const FLAG_DENY: &str = "DENY";
-/// `response_flags` for an upstream or tunnel that could not be opened.
-pub const FLAG_CONNECT: &str = "CONNECT";
 
 /// How the bytes travelled, for `connection_security_policy`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,8 +52,8 @@ pub struct ConnInfo {
 }
 
 impl ConnInfo {
-    /// Istio's metric labels for this connection with `flags`.
-    pub fn labels(&self, flags: &'static str) -> ConnLabels {
+    /// Istio's metric labels for this connection with `flag`.
+    pub fn labels(&self, flag: ResponseFlag) -> ConnLabels {
         let reporter = match self.direction {
             Direction::Outbound => Reporter::source,
             Direction::Inbound => Reporter::destination,
@@ -78,7 +72,7 @@ impl ConnInfo {
             destination_principal: or_unknown(principal(&self.dst_identity)),
             destination_service: or_unknown(self.service.clone()),
             request_protocol: "tcp",
-            response_flags: flags,
+            response_flags: flag.as_str(),
             connection_security_policy: self.security.label(),
         }
     }
@@ -97,7 +91,8 @@ impl ConnInfo {
             bytes_sent: outcome.bytes_sent,
             bytes_recv: outcome.bytes_recv,
             duration,
-            response_flags: outcome.flags,
+            response_flags: outcome.flag.as_str(),
+            reason: outcome.reason,
             error: outcome.error.clone(),
         }
     }
@@ -127,7 +122,11 @@ pub fn inbound_service(snap: &Snapshot, host: Option<&str>, dst: &Workload) -> O
 /// How a connection ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
-    pub flags: &'static str,
+    /// `response_flags`: `-` unless something went wrong.
+    pub flag: ResponseFlag,
+    /// A finer, bounded reason beside the flag (the access log's `reason`),
+    /// when there is one.
+    pub reason: Option<&'static str>,
     /// Bytes from the client towards the destination (request direction).
     pub bytes_sent: u64,
     /// Bytes from the destination back to the client.
@@ -138,19 +137,37 @@ pub struct Outcome {
 impl Outcome {
     pub fn ok(bytes_sent: u64, bytes_recv: u64) -> Self {
         Outcome {
-            flags: FLAG_OK,
+            flag: ResponseFlag::None,
+            reason: None,
             bytes_sent,
             bytes_recv,
             error: None,
         }
     }
 
-    pub fn failed(flags: &'static str, error: impl std::fmt::Display) -> Self {
+    pub fn failed(flag: ResponseFlag, error: impl std::fmt::Display) -> Self {
         Outcome {
-            flags,
+            flag,
+            reason: None,
             bytes_sent: 0,
             bytes_recv: 0,
             error: Some(error.to_string()),
+        }
+    }
+
+    /// The same, with the finer `reason` beside its flag.
+    pub fn with_reason(mut self, reason: &'static str) -> Self {
+        self.reason = Some(reason);
+        self
+    }
+
+    /// The same, with `reason` when it says more than the flag does (hbone
+    /// errors' `reason()` is their flag's value unless it is finer).
+    pub fn with_finer_reason(self, reason: &'static str) -> Self {
+        if reason == self.flag.as_str() {
+            self
+        } else {
+            self.with_reason(reason)
         }
     }
 }
@@ -169,7 +186,7 @@ pub struct Telemetry {
 pub struct ConnRecord {
     telemetry: Telemetry,
     info: ConnInfo,
-    /// The labels it was opened with (`FLAG_OK`), reused when it closes
+    /// The labels it was opened with (`-`), reused when it closes
     /// normally.
     labels: HashedLabels,
     started: Instant,
@@ -178,7 +195,7 @@ pub struct ConnRecord {
 
 impl ConnRecord {
     pub fn open(telemetry: &Telemetry, info: ConnInfo) -> Self {
-        let labels = HashedLabels::new(info.labels(FLAG_OK));
+        let labels = HashedLabels::new(info.labels(ResponseFlag::None));
         telemetry.metrics.record_open(&labels);
         telemetry.metrics.active_connections.inc();
         ConnRecord {
@@ -191,9 +208,9 @@ impl ConnRecord {
     }
 
     /// Reports a connection refused before it was opened (denied, or no
-    /// route): counted as opened and closed with `outcome.flags`.
+    /// route): counted as opened and closed with `outcome.flag`.
     pub fn refused(telemetry: &Telemetry, info: ConnInfo, outcome: Outcome) {
-        let labels = HashedLabels::new(info.labels(outcome.flags));
+        let labels = HashedLabels::new(info.labels(outcome.flag));
         telemetry.metrics.record_open(&labels);
         telemetry.metrics.record_close(&labels, 0, 0);
         telemetry
@@ -212,10 +229,10 @@ impl ConnRecord {
     fn report(&mut self, outcome: &Outcome) {
         self.finished = true;
         let m = &self.telemetry.metrics;
-        if outcome.flags == self.labels.labels().response_flags {
+        if outcome.flag.as_str() == self.labels.labels().response_flags {
             m.record_close(&self.labels, outcome.bytes_sent, outcome.bytes_recv);
         } else {
-            let labels = HashedLabels::new(self.info.labels(outcome.flags));
+            let labels = HashedLabels::new(self.info.labels(outcome.flag));
             m.record_close(&labels, outcome.bytes_sent, outcome.bytes_recv);
         }
         m.active_connections.dec();
@@ -228,7 +245,7 @@ impl Drop for ConnRecord {
     fn drop(&mut self) {
         if !self.finished {
             self.report(&Outcome::failed(
-                FLAG_CONNECT,
+                ResponseFlag::Connect,
                 "connection task ended early",
             ));
         }
@@ -276,7 +293,7 @@ mod tests {
 
     #[test]
     fn labels_name_both_ends_and_the_reporter() {
-        let l = info(Direction::Outbound).labels(FLAG_OK);
+        let l = info(Direction::Outbound).labels(ResponseFlag::None);
         assert_eq!(l.reporter, Reporter::source);
         assert_eq!(l.source_workload, "client");
         assert_eq!(l.source_workload_namespace, "shop");
@@ -284,7 +301,7 @@ mod tests {
         assert_eq!(l.destination_workload, "server");
         assert_eq!(l.destination_principal, "cluster.local/ns/bank/sa/server");
         assert_eq!(l.connection_security_policy, "mutual_tls");
-        let l = info(Direction::Inbound).labels(FLAG_DENY);
+        let l = info(Direction::Inbound).labels(ResponseFlag::Deny);
         assert_eq!(l.reporter, Reporter::destination);
         assert_eq!(l.response_flags, "DENY");
     }
@@ -295,7 +312,7 @@ mod tests {
         i.src = None;
         i.src_identity = None;
         i.security = Security::None;
-        let l = i.labels(FLAG_OK);
+        let l = i.labels(ResponseFlag::None);
         assert_eq!(l.source_workload, UNKNOWN);
         assert_eq!(l.source_principal, UNKNOWN);
         assert_eq!(l.connection_security_policy, "none");
@@ -354,7 +371,8 @@ mod tests {
     fn event_carries_identities_bytes_and_error() {
         let ev = info(Direction::Outbound).event(
             &Outcome {
-                flags: FLAG_CONNECT,
+                flag: ResponseFlag::Connect,
+                reason: Some("no_endpoints"),
                 bytes_sent: 3,
                 bytes_recv: 4,
                 error: Some("boom".into()),
@@ -368,7 +386,23 @@ mod tests {
         assert_eq!(ev.dst_workload.as_deref(), Some("bank/server"));
         assert_eq!((ev.bytes_sent, ev.bytes_recv), (3, 4));
         assert_eq!(ev.response_flags, "CONNECT");
+        assert_eq!(ev.reason, Some("no_endpoints"));
         assert_eq!(ev.error.as_deref(), Some("boom"));
+    }
+
+    #[test]
+    fn a_finer_reason_only_when_it_says_more() {
+        let failed = || Outcome::failed(ResponseFlag::TlsFailure, "x");
+        assert_eq!(failed().with_finer_reason("TLS_FAILURE").reason, None);
+        assert_eq!(
+            failed().with_finer_reason("NO_CERT").reason,
+            Some("NO_CERT")
+        );
+        assert_eq!(
+            Outcome::ok(1, 2).with_reason("r").reason,
+            Some("r"),
+            "explicit"
+        );
     }
 
     #[test]

@@ -93,7 +93,7 @@ async fn an_unknown_original_destination_is_refused_and_recorded() {
         assert_eq!(events.len(), 1, "{text}");
         let ev = &events[0];
         assert_eq!(ev["direction"], want, "{ev}");
-        assert_eq!(ev["response_flags"], record::FLAG_CONNECT, "{ev}");
+        assert_eq!(ev["response_flags"], "CONNECT", "{ev}");
         assert_eq!(ev["dst.addr"], addr.to_string(), "{ev}");
         assert!(
             ev["error"]
@@ -172,5 +172,99 @@ async fn capture_listeners_reset_connections_past_their_caps_and_count_them() {
             !metrics.contains("istio_tcp_connections_opened_total{"),
             "{metrics}"
         );
+    }
+}
+
+/// A node-scope proxy without capture (the original destination is the
+/// listener's own address) for `config`, logging to `log`.
+fn node_proxy(config: &str, log: &std::path::Path) -> Arc<Proxy> {
+    let snap = mesh_model::config::parse(config).unwrap();
+    let (_tx, state) = watch::channel(Arc::new(snap));
+    let certs = CertStore::new(Arc::new(DevCa::generate().unwrap()));
+    let client = HboneClient::new(certs.clone(), ClientConfig::default());
+    let telemetry = Telemetry {
+        metrics: Metrics::new(),
+        access_log: Arc::new(AccessLog::file(log, Default::default()).unwrap()),
+    };
+    Proxy::new(
+        Scope::Node("n1".into()),
+        state,
+        certs,
+        client,
+        telemetry,
+        Drain::new(),
+        false,
+        vec![15001, 15006],
+    )
+}
+
+/// A connection classify cannot route is reset and recorded with Istio's
+/// flag (`CONNECT`), its own reason in the access log, and a count by
+/// reason.
+#[tokio::test]
+async fn an_unroutable_outbound_connection_is_logged_and_counted_with_its_reason() {
+    let log = Scratch(
+        std::env::temp_dir().join(format!("ztunnel-unroutable-{}.log", std::process::id())),
+    );
+    let proxy = node_proxy(
+        "nodes: [{name: n1, ip: 10.0.0.1}]\n\
+         namespaces: [{name: shop, labels: {istio.io/dataplane-mode: ambient}}]\n\
+         workloads: [{name: client, namespace: shop, ip: 127.0.0.2, node: n1}]\n\
+         services: [{name: cart, namespace: shop, vip: 127.0.0.3, ports: [{port: 80}]}]\n",
+        &log.0,
+    );
+    // The listener's address is the original destination: the VIP, on a
+    // port the Service does not expose.
+    let listener = TcpListener::bind("127.0.0.3:0").await.unwrap();
+    let vip = listener.local_addr().unwrap();
+    let serve = tokio::spawn(outbound::serve_outbound(proxy.clone(), listener));
+    for from in ["127.0.0.1", "127.0.0.2"] {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket
+            .bind(SocketAddr::new(from.parse().unwrap(), 0))
+            .unwrap();
+        let mut client = socket.connect(vip).await.unwrap();
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf))
+            .await
+            .expect("closed at once");
+        assert!(
+            matches!(read, Err(ref e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+            "from {from}: want a reset, got {read:?}"
+        );
+    }
+    serve.abort();
+
+    proxy.telemetry.access_log.flush();
+    let text = std::fs::read_to_string(&log.0).unwrap();
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let reasons: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["response_flags"].as_str().unwrap(),
+                e["reason"].as_str().unwrap_or("(none)"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            ("CONNECT", "unknown_source"),
+            ("CONNECT", "unknown_service_port")
+        ],
+        "{text}"
+    );
+    let metrics = proxy.telemetry.metrics.encode();
+    for (reason, n) in [
+        ("unknown_source", 1),
+        ("unknown_service_port", 1),
+        ("no_endpoints", 0),
+    ] {
+        let series = format!("ztunnel_outbound_refused_total{{reason=\"{reason}\"}} {n}");
+        assert!(metrics.contains(&series), "{series} in:\n{metrics}");
     }
 }

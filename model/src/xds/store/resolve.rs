@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 use super::{service_key, StoredWorkload};
-use crate::state::{Waypoint, Workload};
+use crate::state::{MissingWaypoint, UseWaypoint, Waypoint, Workload};
 use crate::xds::convert::{ServiceEntry, WaypointRef};
 
 /// Indexes built once per snapshot, so resolving every workload's
@@ -60,29 +60,51 @@ impl<'a> Resolver<'a> {
     }
 
     /// The waypoint behind `r`: its address, and the identity of the
-    /// workload that serves it. `Err` when it names nothing we know.
-    pub(super) fn waypoint(&self, r: Option<&WaypointRef>) -> Result<Option<Waypoint>, ()> {
-        let Some(r) = r else { return Ok(None) };
+    /// workload that serves it; [`UseWaypoint::Missing`] when `r` names
+    /// nothing we know (or a Service without a VIP or an endpoint).
+    pub(super) fn waypoint(&self, r: Option<&WaypointRef>) -> Option<UseWaypoint> {
+        let r = r?;
+        Some(match self.resolve(r) {
+            Some(wp) => UseWaypoint::Ready(wp),
+            None => UseWaypoint::Missing(Box::new(missing(r))),
+        })
+    }
+
+    fn resolve(&self, r: &WaypointRef) -> Option<Waypoint> {
         let (svc, address) = match r {
             WaypointRef::Address(ip) => {
                 if let Some(owner) = self.owner_by_ip.get(ip) {
-                    return Ok(Some(Waypoint {
+                    return Some(Waypoint {
                         address: *ip,
                         identity: owner.identity(),
-                    }));
+                    });
                 }
-                (*self.service_by_vip.get(ip).ok_or(())?, *ip)
+                (*self.service_by_vip.get(ip)?, *ip)
             }
             WaypointRef::Service(key) => {
-                let svc = *self.service_by_key.get(key).ok_or(())?;
-                (svc, *svc.service.vips.first().ok_or(())?)
+                let svc = *self.service_by_key.get(key)?;
+                (svc, *svc.service.vips.first()?)
             }
         };
         let key = service_key(&svc.service.namespace, &svc.service.hostname);
-        let server = self.members(&key).first().ok_or(())?;
-        Ok(Some(Waypoint {
+        let server = self.members(&key).first()?;
+        Some(Waypoint {
             address,
             identity: server.identity(),
-        }))
+        })
+    }
+}
+
+/// How a reference that resolves to nothing is named in the snapshot.
+fn missing(r: &WaypointRef) -> MissingWaypoint {
+    match r {
+        WaypointRef::Address(ip) => MissingWaypoint::Address(*ip),
+        WaypointRef::Service(key) => {
+            let (namespace, hostname) = key.split_once('/').unwrap_or(("", key));
+            MissingWaypoint::Service {
+                namespace: namespace.to_owned(),
+                hostname: hostname.to_owned(),
+            }
+        }
     }
 }

@@ -1,4 +1,5 @@
 use super::*;
+use crate::state::MissingWaypoint;
 use proptest::prelude::*;
 use prost::Message;
 use prost_types::Any;
@@ -207,15 +208,106 @@ fn waypoints_resolve_to_the_serving_workload_identity() {
         &[],
     ));
     let c = s.workload_by_uid("client").unwrap();
-    let wp = c.waypoint.as_ref().unwrap();
+    let wp = c.waypoint.as_ref().and_then(UseWaypoint::ready).unwrap();
     assert_eq!(wp.address, ip("10.96.0.30"));
     assert_eq!(
         wp.identity.to_string(),
         "spiffe://cluster.local/ns/shop/sa/waypoint-pod"
     );
-    assert!(
-        s.workload_by_uid("orphan").is_none(),
+    let orphan = s.workload_by_uid("orphan").expect("kept in the mesh");
+    assert_eq!(
+        orphan.waypoint,
+        Some(UseWaypoint::Missing(Box::new(MissingWaypoint::Address(
+            ip("10.9.9.9")
+        )))),
         "an unknown waypoint is never bypassed"
+    );
+}
+
+/// A workload or service whose waypoint is unknown stays in the snapshot
+/// (so its pod stays captured and under policy), with the waypoint marked
+/// missing; once the waypoint arrives it resolves, and when it leaves it is
+/// missing again.
+#[test]
+fn a_missing_waypoint_keeps_its_owner_and_resolves_when_it_arrives() {
+    use pb::gateway_address::Destination;
+    let by_host = || pb::GatewayAddress {
+        destination: Some(Destination::Hostname(pb::NamespacedHostname {
+            namespace: "shop".into(),
+            hostname: "wp.shop.svc.cluster.local".into(),
+        })),
+        hbone_mtls_port: 15008,
+    };
+    let mut pod = workload("pod", "pod", "shop", [10, 1, 1, 1], &[CART]);
+    pod.waypoint = Some(by_host());
+    let cart = pb::Service {
+        name: "cart".into(),
+        namespace: "shop".into(),
+        hostname: "cart.shop.svc.cluster.local".into(),
+        addresses: vec![pb::NetworkAddress {
+            network: String::new(),
+            address: vec![10, 96, 0, 10],
+        }],
+        waypoint: Some(by_host()),
+        ..Default::default()
+    };
+    let mut store = XdsStore::default();
+    let s = snap(store.apply_owned(
+        ADDRESS_TYPE_URL,
+        vec![
+            addr_resource("pod", "1", AddressType::Workload(pod)),
+            addr_resource(CART, "1", AddressType::Service(cart)),
+        ],
+        &[],
+    ));
+    let missing = Some(UseWaypoint::Missing(Box::new(MissingWaypoint::Service {
+        namespace: "shop".into(),
+        hostname: "wp.shop.svc.cluster.local".into(),
+    })));
+    let pod = s.workload_by_uid("pod").expect("the pod stays");
+    assert_eq!(pod.waypoint, missing);
+    assert!(
+        s.local_ambient_ips("node1").contains(&ip("10.1.1.1")),
+        "still captured"
+    );
+    let cart = s
+        .service_by_vip(ip("10.96.0.10"))
+        .expect("the service stays");
+    assert_eq!(cart.waypoint, missing);
+    assert_eq!(s.endpoints(cart).len(), 1);
+
+    // The waypoint's service and pod arrive: both owners resolve to it.
+    const WP: &str = "shop/wp.shop.svc.cluster.local";
+    let s = snap(store.apply_owned(
+        ADDRESS_TYPE_URL,
+        vec![
+            svc("wp", [10, 96, 0, 30]),
+            w("wp-pod", [10, 1, 1, 30], &[WP]),
+        ],
+        &[],
+    ));
+    let ready =
+        |wp: &Option<UseWaypoint>| wp.as_ref().and_then(UseWaypoint::ready).map(|w| w.address);
+    assert_eq!(
+        ready(&s.workload_by_uid("pod").unwrap().waypoint),
+        Some(ip("10.96.0.30"))
+    );
+    assert_eq!(
+        ready(&s.service_by_vip(ip("10.96.0.10")).unwrap().waypoint),
+        Some(ip("10.96.0.30"))
+    );
+
+    // Its only endpoint leaves: missing again, owners kept.
+    let s = snap(store.apply_owned(ADDRESS_TYPE_URL, vec![], &["wp-pod".into()]));
+    assert_eq!(s.workload_by_uid("pod").unwrap().waypoint, missing);
+    assert_eq!(
+        s.service_by_vip(ip("10.96.0.10")).unwrap().waypoint,
+        missing
+    );
+    assert_eq!(
+        canonical(&store.snapshot().unwrap()),
+        canonical(&s),
+        "patched == from scratch"
     );
 }
 

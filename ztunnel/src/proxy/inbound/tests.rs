@@ -120,7 +120,9 @@ fn admit_table() {
             "plaintext into STRICT",
             Arrival::Plaintext,
             "10.1.1.11:8080",
-            Err(Refusal::StrictMtls("shop".into())),
+            Err(Refusal::Denied(Denial::StrictMtls {
+                namespace: "shop".into(),
+            })),
         ),
         (
             "plaintext into PERMISSIVE, but ALLOW needs a namespace",
@@ -211,7 +213,9 @@ fn sidecar_admits_only_its_own_pod() {
             pod("shop/cart"),
             Arrival::Plaintext,
             "10.1.1.11:8080",
-            Err(Refusal::StrictMtls("shop".into())),
+            Err(Refusal::Denied(Denial::StrictMtls {
+                namespace: "shop".into(),
+            })),
         ),
         (
             "PERMISSIVE plaintext into the sidecar pod",
@@ -280,12 +284,13 @@ fn plaintext_into_permissive_without_policy_is_allowed_without_identity() {
 }
 
 #[test]
-fn refusals_map_to_design_statuses_and_flags() {
+fn refusals_map_to_design_statuses_flags_and_reasons() {
     let cases = [
         (
             Refusal::NotLocal("10.0.0.9".parse().unwrap()),
             StatusCode::BAD_REQUEST,
             "CONNECT",
+            "not_local",
         ),
         (
             Refusal::AuthorityMismatch {
@@ -294,25 +299,32 @@ fn refusals_map_to_design_statuses_and_flags() {
             },
             StatusCode::BAD_REQUEST,
             "CONNECT",
+            "authority_mismatch",
         ),
         (
             Refusal::OwnListener("10.0.0.9:15006".parse().unwrap()),
             StatusCode::BAD_REQUEST,
             "CONNECT",
+            "own_listener",
         ),
         (
-            Refusal::StrictMtls("shop".into()),
+            Refusal::Denied(Denial::StrictMtls {
+                namespace: "shop".into(),
+            }),
             StatusCode::UNAUTHORIZED,
             "DENY",
+            "strict_mtls",
         ),
         (
             Refusal::Denied(Denial::NoAllowMatch),
             StatusCode::UNAUTHORIZED,
             "DENY",
+            "no_allow_match",
         ),
     ];
-    for (refusal, status, flags) in cases {
+    for (refusal, status, flag, reason) in cases {
         assert_eq!(refusal.status(), status, "{refusal}");
-        assert_eq!(refusal.flags(), flags, "{refusal}");
+        assert_eq!(refusal.flag().as_str(), flag, "{refusal}");
+        assert_eq!(refusal.reason(), reason, "{refusal}");
     }
 }
