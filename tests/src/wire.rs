@@ -70,7 +70,9 @@ pub fn assert_hbone_on_the_wire(captured: &[u8], min_len: usize, needle: &[u8]) 
         "payload visible in cleartext on the node link"
     );
     assert!(
-        captured.windows(2).any(|w| w == 15008u16.to_be_bytes()),
+        captured
+            .windows(2)
+            .any(|w| w == hbone::HBONE_PORT.to_be_bytes()),
         "no HBONE (15008) traffic on the link"
     );
 }

@@ -120,8 +120,9 @@ impl Capture {
     }
 }
 
-/// The whole `nft -f -` script for `pods`: the table with its capture
-/// rules, then the fail-closed chain, in one transaction.
+/// The whole `nft -f -` script for `pods`, delivering to the listeners on
+/// `ports`: the table with its capture rules, then the fail-closed chain,
+/// in one transaction.
 pub fn render_script(pods: &BTreeSet<Ipv4Addr>, ports: &ListenerPorts) -> String {
     let mut script = render_ruleset(pods, ports);
     script.push_str(&fail_closed::render_fail_closed());
