@@ -107,13 +107,7 @@ async fn main() -> std::process::ExitCode {
     let running = match serve::start(&cfg).await {
         Ok(r) => r,
         Err(e) => {
-            let mut msg = e.to_string();
-            let mut src = std::error::Error::source(&e);
-            while let Some(s) = src {
-                msg.push_str(&format!(": {s}"));
-                src = s.source();
-            }
-            eprintln!("control-plane: {msg}");
+            eprintln!("control-plane: {}", mesh_runtime::Chain(&e));
             return std::process::ExitCode::FAILURE;
         }
     };

@@ -252,14 +252,7 @@ fn uninstall() -> ExitCode {
 
 /// Prints `error: <err>: <cause>: ...` and fails.
 fn report(err: &dyn std::error::Error) -> ExitCode {
-    let mut msg = format!("error: {err}");
-    let mut cur = err.source();
-    while let Some(c) = cur {
-        msg.push_str(": ");
-        msg.push_str(&c.to_string());
-        cur = c.source();
-    }
-    eprintln!("{msg}");
+    eprintln!("error: {}", mesh_runtime::Chain(err));
     ExitCode::FAILURE
 }
 

@@ -70,13 +70,7 @@ impl Refusal {
 
     pub fn to_status(&self) -> Status {
         // The whole chain, so the caller sees why (e.g. the CSR parse error).
-        let mut msg = self.to_string();
-        let mut src = std::error::Error::source(self);
-        while let Some(s) = src {
-            msg.push_str(": ");
-            msg.push_str(&s.to_string());
-            src = s.source();
-        }
+        let msg = mesh_runtime::error_chain(self);
         match self {
             Refusal::NoIdentity
             | Refusal::BadIdentity { .. }

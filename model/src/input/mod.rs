@@ -161,6 +161,8 @@ pub struct MeshInput {
     workloads_in: HashMap<String, BTreeSet<String>>,
     /// Service names per namespace.
     services_in: HashMap<String, BTreeSet<String>>,
+    /// The services that name a workload uid as an endpoint.
+    endpoint_refs: HashMap<String, BTreeSet<(String, String)>>,
     /// Who names a waypoint `(namespace, name)` in its labels.
     waypoint_users: HashMap<(String, String), BTreeSet<Key>>,
     snapshot: Arc<Snapshot>,
@@ -185,6 +187,7 @@ impl MeshInput {
             l7_policies: BTreeMap::new(),
             workloads_in: HashMap::new(),
             services_in: HashMap::new(),
+            endpoint_refs: HashMap::new(),
             waypoint_users: HashMap::new(),
             snapshot: Arc::new(
                 Snapshot::build(SnapshotParts {
@@ -366,6 +369,12 @@ impl MeshInput {
                 self.workloads.insert(w.uid.clone(), w);
             }
             Object::Service(s) => {
+                for uid in &s.endpoint_uids {
+                    self.endpoint_refs
+                        .entry(uid.clone())
+                        .or_default()
+                        .insert((s.namespace.clone(), s.name.clone()));
+                }
                 self.services_in
                     .entry(s.namespace.clone())
                     .or_default()
@@ -420,6 +429,14 @@ impl MeshInput {
             Key::Service(ns, n) => {
                 let s = self.services.remove(&(ns.clone(), n.clone()))?;
                 unindex(&mut self.services_in, ns, n);
+                for uid in &s.endpoint_uids {
+                    if let Some(refs) = self.endpoint_refs.get_mut(uid) {
+                        refs.remove(&(ns.clone(), n.clone()));
+                        if refs.is_empty() {
+                            self.endpoint_refs.remove(uid);
+                        }
+                    }
+                }
                 Some(Object::Service(s))
             }
             Key::Policy(k) => self.policies.remove(k).map(Object::Policy),

@@ -104,13 +104,16 @@ impl MeshInput {
                 let Some(w) = self.workloads.get(uid) else {
                     return;
                 };
-                // The services it is an endpoint of.
+                // The services it is an endpoint of: by selector (its own
+                // namespace), or by uid (any namespace, as xDS names them).
                 for name in self.services_in.get(&w.namespace).into_iter().flatten() {
                     let s = &self.services[&(w.namespace.clone(), name.clone())];
-                    let selected = !s.selector.is_empty() && labels_match(&s.selector, &w.labels);
-                    if selected || s.endpoint_uids.contains(uid) {
+                    if !s.selector.is_empty() && labels_match(&s.selector, &w.labels) {
                         t.services.insert((s.namespace.clone(), s.name.clone()));
                     }
+                }
+                if let Some(services) = self.endpoint_refs.get(uid) {
+                    t.services.extend(services.iter().cloned());
                 }
                 // Whatever uses it as a waypoint.
                 self.touch_waypoint_users(&w.namespace, &w.name, t);
@@ -120,15 +123,16 @@ impl MeshInput {
                 let Some(s) = self.services.get(&(ns.clone(), name.clone())) else {
                     return;
                 };
-                // Its endpoints (their `services` lists).
-                for uid in self.workloads_in.get(ns).into_iter().flatten() {
-                    let w = &self.workloads[uid];
-                    if (!s.selector.is_empty() && labels_match(&s.selector, &w.labels))
-                        || s.endpoint_uids.contains(uid)
-                    {
-                        t.workloads.insert(uid.clone());
+                // Its endpoints (their `services` lists): by selector in its
+                // namespace, and by uid wherever they are.
+                if !s.selector.is_empty() {
+                    for uid in self.workloads_in.get(ns).into_iter().flatten() {
+                        if labels_match(&s.selector, &self.workloads[uid].labels) {
+                            t.workloads.insert(uid.clone());
+                        }
                     }
                 }
+                t.workloads.extend(s.endpoint_uids.iter().cloned());
             }
             Key::Route(k) => {
                 t.routes.insert(k.clone());

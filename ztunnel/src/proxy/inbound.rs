@@ -296,17 +296,7 @@ where
     super::pipe(&mut downstream, &mut app, reg.wait_revoked()).await
 }
 
-/// `err: cause: cause ...` on one line, for the access log.
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut s = err.to_string();
-    let mut cur = err.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
+pub use mesh_runtime::error_chain;
 
 /// Accepts plaintext captured on 15006 until drained.
 pub async fn serve_plaintext(proxy: Arc<Proxy>, listener: TcpListener) {
