@@ -11,7 +11,9 @@
 //!   identity.
 //!
 //! I/O shell:
-//! - [`source`]: where snapshots come from (the local YAML file today);
+//! - [`source`]: where snapshots come from (the local YAML file, or a
+//!   Kubernetes cluster's watches: [`source::kube`], whose conversion and
+//!   index are pure);
 //! - [`xds`]: the `DeltaAggregatedResources` gRPC service;
 //! - [`ca`]: the `CreateCertificate` gRPC service and node tokens;
 //! - [`accept`]: the front of 15012: connection caps, the handshake

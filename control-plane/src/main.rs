@@ -1,5 +1,6 @@
 //! `control-plane`: serves delta ADS and the CA to ztunnels on 15012 (TLS),
-//! from the local YAML config file, with node bootstrap tokens.
+//! from the local YAML config file or a Kubernetes cluster's watches, with
+//! node bootstrap tokens.
 
 /// mimalloc instead of glibc malloc: glibc returned the TLS record and
 /// HTTP/2 buffers to the kernel and faulted them back in on every burst
@@ -19,7 +20,18 @@ use control_plane::serve::{
     self, Config, DEFAULT_CA_DIR, DEFAULT_CONFIG_FILE, DEFAULT_LISTEN, DEFAULT_METRICS_LISTEN,
     DEFAULT_TOKENS_FILE,
 };
+use control_plane::source::kube::{KubeConfig, DEFAULT_ROOT_NAMESPACE, DEFAULT_TRUST_DOMAIN};
 use control_plane::source::DEFAULT_POLL_INTERVAL;
+
+/// Where the mesh's state comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum SourceFlag {
+    /// The local YAML file (`--config-file`).
+    File,
+    /// A Kubernetes cluster's Namespaces, Pods, Services, EndpointSlices
+    /// and Istio security policies.
+    Kubernetes,
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -27,6 +39,21 @@ use control_plane::source::DEFAULT_POLL_INTERVAL;
     about = "ambient-mesh control plane: delta xDS and CA"
 )]
 struct Flags {
+    /// Where the mesh's state comes from.
+    #[arg(long, env = "CONTROL_PLANE_SOURCE", value_enum, default_value = "file")]
+    source: SourceFlag,
+    /// Kubernetes source: the kubeconfig to use (default: $KUBECONFIG or
+    /// ~/.kube/config if there is one, else the in-cluster service account).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Kubernetes source: the SPIFFE trust domain of workload identities
+    /// (the file source reads it from the file).
+    #[arg(long, env = "TRUST_DOMAIN", default_value = DEFAULT_TRUST_DOMAIN)]
+    trust_domain: String,
+    /// Kubernetes source: Istio's root namespace (its policies are global,
+    /// its PeerAuthentication is the mesh-wide default).
+    #[arg(long, env = "ROOT_NAMESPACE", default_value = DEFAULT_ROOT_NAMESPACE)]
+    root_namespace: String,
     /// The mesh config (the ztunnel local YAML format), watched for changes.
     #[arg(long, env = "CONTROL_PLANE_CONFIG_FILE", default_value = DEFAULT_CONFIG_FILE)]
     config_file: PathBuf,
@@ -103,6 +130,11 @@ async fn main() -> std::process::ExitCode {
         handshake_timeout: f.handshake_timeout,
         keepalive_interval: f.keepalive_interval,
         keepalive_timeout: f.keepalive_timeout,
+        kubernetes: (f.source == SourceFlag::Kubernetes).then_some(KubeConfig {
+            kubeconfig: f.kubeconfig,
+            trust_domain: f.trust_domain,
+            root_namespace: f.root_namespace,
+        }),
     };
     let running = match serve::start(&cfg).await {
         Ok(r) => r,

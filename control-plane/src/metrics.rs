@@ -44,6 +44,8 @@ pub struct Metrics {
     /// Calls refused authentication, by reason (`missing_token`,
     /// `unknown_token`, `rate_limited`).
     pub auth_failures: Family<ReasonLabel, Counter>,
+    /// Kubernetes watch and list failures (each retried with backoff).
+    pub kube_watch_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -70,6 +72,7 @@ impl Metrics {
             connections_refused: Family::default(),
             accept_errors: Family::default(),
             auth_failures: Family::default(),
+            kube_watch_errors: Counter::default(),
         };
         registry.register(
             "xds_connected_clients",
@@ -117,6 +120,11 @@ impl Metrics {
             "auth_failures",
             "Calls refused authentication",
             m.auth_failures.clone(),
+        );
+        registry.register(
+            "kube_watch_errors",
+            "Kubernetes watch and list failures, retried with backoff (the last good state stays)",
+            m.kube_watch_errors.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -24,6 +24,7 @@ use crate::ca::CaService;
 use crate::delta::History;
 use crate::metrics::Metrics;
 use crate::resources::ResourceSet;
+use crate::source::kube::{KubeConfig, KubeError, KubeSource, SourceMetrics};
 use crate::source::{FileSource, Source, DEFAULT_POLL_INTERVAL};
 use crate::tls::{server_config, ServingCertError};
 use crate::xds::{Published, XdsService};
@@ -62,6 +63,8 @@ pub struct Config {
     pub handshake_timeout: Duration,
     pub keepalive_interval: Duration,
     pub keepalive_timeout: Duration,
+    /// Watch this cluster instead of reading `config_file`.
+    pub kubernetes: Option<KubeConfig>,
 }
 
 impl Config {
@@ -79,6 +82,7 @@ impl Config {
             handshake_timeout: accept::DEFAULT_HANDSHAKE_TIMEOUT,
             keepalive_interval: DEFAULT_KEEPALIVE_INTERVAL,
             keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
+            kubernetes: None,
         }
     }
 }
@@ -93,6 +97,8 @@ pub enum ServeError {
     },
     #[error("loading node tokens")]
     Tokens(#[source] TokensError),
+    #[error("connecting to Kubernetes")]
+    Kube(#[source] KubeError),
     #[error("issuing the serving certificate")]
     ServingCert(#[source] ServingCertError),
     #[error("binding {addr}")]
@@ -153,8 +159,22 @@ pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
 
     let (snap_tx, snap_rx) = watch::channel(None);
     let (feed_tx, feed_rx) = watch::channel(None);
-    let source = FileSource::new(&cfg.config_file, cfg.poll_interval)
-        .count_rejections(metrics.config_rejected.clone());
+    let source: Box<dyn Source> = match &cfg.kubernetes {
+        None => Box::new(
+            FileSource::new(&cfg.config_file, cfg.poll_interval)
+                .count_rejections(metrics.config_rejected.clone()),
+        ),
+        Some(kube) => {
+            let counters = SourceMetrics {
+                rejected: metrics.config_rejected.clone(),
+                watch_errors: metrics.kube_watch_errors.clone(),
+            };
+            let source = KubeSource::connect(kube, counters)
+                .await
+                .map_err(ServeError::Kube)?;
+            Box::new(source)
+        }
+    };
     let mut tasks = vec![tokio::spawn(publish(source, snap_tx, feed_tx))];
 
     let xds = XdsService {

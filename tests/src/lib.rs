@@ -16,6 +16,8 @@ mod skip;
 mod topology;
 
 pub mod echo;
+pub mod kube_api;
+pub mod kube_cluster;
 pub mod load;
 pub mod mesh;
 pub mod process;

@@ -2,8 +2,10 @@
 //! [`Update`]: the snapshot, and the keyed objects the change touched (a
 //! [`mesh_model::input::MeshInput`] holds the objects). The local YAML file
 //! is the first ([`FileSource`], `mesh-runtime`'s watched file: each edit is
-//! diffed into keyed changes);
-//! a Kubernetes source feeds its watch events into the same input.
+//! diffed into keyed changes); the Kubernetes source
+//! ([`kube::KubeSource`]) feeds its watch events into the same input.
+
+pub mod kube;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,5 +29,11 @@ pub trait Source: Send + 'static {
 impl Source for FileSource {
     fn next(&mut self) -> BoxFuture<'_, Option<Arc<Update>>> {
         Box::pin(FileSource::next(self))
+    }
+}
+
+impl Source for Box<dyn Source> {
+    fn next(&mut self) -> BoxFuture<'_, Option<Arc<Update>>> {
+        (**self).next()
     }
 }

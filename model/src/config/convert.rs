@@ -13,9 +13,9 @@ use super::model::{
 };
 use super::{ConfigError, DEFAULT_ROOT_NAMESPACE};
 use crate::state::{
-    selected_policies, AppProtocol, Cidr, Clause, Labels, Match, MtlsMode, Namespace, Node, Policy,
-    PolicyAction, PolicyScope, Rule, Service, ServicePort, SnapshotParts, StringMatch, Tunnel,
-    Workload, DEFAULT_TRUST_DOMAIN, TLS_MODE_ISTIO, TLS_MODE_LABEL,
+    ambient_enrolled, has_sidecar, selected_policies, AppProtocol, Cidr, Clause, Match, MtlsMode,
+    Namespace, Node, Policy, PolicyAction, PolicyScope, Rule, Service, ServicePort, SnapshotParts,
+    StringMatch, Tunnel, Workload, DEFAULT_TRUST_DOMAIN,
 };
 
 /// Service account used when a workload names none (as in Kubernetes).
@@ -217,7 +217,7 @@ impl Ctx<'_> {
             field,
         };
         let ns = self.namespace(at("namespace"), &w.namespace)?;
-        let ns_ambient = is_ambient(ns, &w);
+        let ambient = ambient_enrolled(&ns.labels, &w.labels);
         let (uid_key, uid) = match &w.uid {
             Some(uid) => (at("uid"), uid.clone()),
             None => (at("name"), format!("{}/{}", w.namespace, w.name)),
@@ -234,11 +234,13 @@ impl Ctx<'_> {
             .unwrap_or_else(|| DEFAULT_SERVICE_ACCOUNT.to_owned());
         self.check_name(at("serviceAccount"), &service_account)?;
         let ip = self.claim_ip(at("ip"), &w.ip)?;
+        // Without `tunnel` and `nativeTunnel` this is
+        // `state::default_tunnel`, as for a Kubernetes pod.
         let native_tunnel = w.native_tunnel.unwrap_or_else(|| has_sidecar(&w.labels));
         let tunnel = match w.tunnel {
             Some(TunnelDoc::Hbone) => Tunnel::Hbone,
             Some(TunnelDoc::None) => Tunnel::None,
-            None if ns_ambient || native_tunnel => Tunnel::Hbone,
+            None if ambient || native_tunnel => Tunnel::Hbone,
             None => Tunnel::None,
         };
         Ok(Workload {
@@ -330,16 +332,6 @@ impl Ctx<'_> {
             rules,
         })
     }
-}
-
-fn is_ambient(ns: &Namespace, w: &WorkloadDoc) -> bool {
-    crate::state::ambient_enrolled(&ns.labels, &w.labels)
-}
-
-/// Istio's injector labels a pod with a sidecar `security.istio.io/tlsMode:
-/// istio`; that sidecar terminates HBONE itself.
-fn has_sidecar(labels: &Labels) -> bool {
-    labels.get(TLS_MODE_LABEL).map(String::as_str) == Some(TLS_MODE_ISTIO)
 }
 
 /// Istio's conversion: `from` becomes one clause (any source), `to` another

@@ -241,3 +241,23 @@ pub fn ambient_enrolled(namespace_labels: &Labels, pod_labels: &Labels) -> bool 
         pod_labels.get(DATAPLANE_MODE_LABEL).map(String::as_str) == Some(DATAPLANE_MODE_NONE);
     mode(namespace_labels) && !opted_out
 }
+
+/// Istio's injector labels a pod with a sidecar `security.istio.io/tlsMode:
+/// istio`; that sidecar terminates HBONE itself ([`Workload::native_tunnel`]).
+pub fn has_sidecar(pod_labels: &Labels) -> bool {
+    pod_labels.get(TLS_MODE_LABEL).map(String::as_str) == Some(TLS_MODE_ISTIO)
+}
+
+/// A workload's tunnel and `native_tunnel` when its source says nothing
+/// more than labels (the file config without `tunnel`/`nativeTunnel`, and
+/// every Kubernetes pod): HBONE for a pod enrolled in ambient
+/// ([`ambient_enrolled`]) or with its own sidecar ([`has_sidecar`]).
+pub fn default_tunnel(namespace_labels: &Labels, pod_labels: &Labels) -> (Tunnel, bool) {
+    let native = has_sidecar(pod_labels);
+    let tunnel = if native || ambient_enrolled(namespace_labels, pod_labels) {
+        Tunnel::Hbone
+    } else {
+        Tunnel::None
+    };
+    (tunnel, native)
+}

@@ -1,0 +1,346 @@
+//! A Kubernetes cluster for tests, as far as the mesh can tell: the test
+//! API server ([`crate::kube_api`]) in-process, the real `control-plane`
+//! binary watching it (`--source kubernetes`), delta-xDS clients (the
+//! ztunnel's own [`XdsClient`]) following the control plane, and `kubectl`
+//! to change the cluster as a user does.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hbone::drain::Drain;
+use mesh_model::state::Snapshot;
+use mesh_model::xds::store::XdsStore;
+use mesh_runtime::xds::client::{XdsClient, XdsStats};
+use proto::discovery::Node;
+use tokio::sync::{mpsc, watch};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+
+use crate::kube_api::{load_yaml, ApiServer, Store};
+
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `$CONTROL_PLANE_BIN`, or `control-plane` in the test's `target/<profile>/`.
+pub fn control_plane_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("CONTROL_PLANE_BIN") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps");
+    let bin = dir.join("control-plane");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p control-plane` first, or set CONTROL_PLANE_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .expect("bind a loopback port")
+        .port()
+}
+
+fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    crate::mesh::http_get_on(s, path)
+}
+
+/// The node token the control plane accepts for `node`.
+pub fn token(node: &str) -> String {
+    // At least 32 characters, as the control plane requires.
+    format!("kube-test-token-{node}-{:016}", std::process::id())
+}
+
+/// Returns true when `kubectl` runs here. Otherwise: with `CI` set,
+/// panics so the test fails; without it, prints `SKIPPED: ...` and returns
+/// false (as [`crate::require_root`] does for netns).
+pub fn require_kubectl() -> bool {
+    let works = Command::new("kubectl")
+        .args(["version", "--client"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if works {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("kubectl is missing (CI is set, so this is a failure)");
+    }
+    eprintln!("SKIPPED: kubectl is missing (set CI=true to make this a failure)");
+    false
+}
+
+/// The nodes the control plane has tokens for.
+pub const NODES: [&str; 2] = ["node-a", "node-b"];
+
+/// The API server, a scratch directory with its kubeconfig, and the
+/// control plane watching it.
+pub struct KubeCluster {
+    pub api: ApiServer,
+    pub dir: PathBuf,
+    pub kubeconfig: PathBuf,
+    control_plane: Option<Child>,
+    pub xds_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+}
+
+impl KubeCluster {
+    /// Starts the API server with the objects of `yaml`, and the control
+    /// plane, and waits until the control plane has published.
+    pub async fn start(yaml: &str) -> KubeCluster {
+        let store = Arc::new(Store::default());
+        load_yaml(&store, yaml).expect("cluster YAML loads");
+        KubeCluster::start_with(store).await
+    }
+
+    /// [`Self::start`] over a store already filled.
+    pub async fn start_with(store: Arc<Store>) -> KubeCluster {
+        let dir = std::env::temp_dir().join(format!(
+            "kube-cluster-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        let api = ApiServer::start(store, SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+            .expect("API server binds");
+        let kubeconfig = dir.join("kubeconfig");
+        api.write_kubeconfig(&kubeconfig).expect("kubeconfig");
+        let tokens: String = NODES
+            .iter()
+            .map(|n| format!("{n}: {}\n", token(n)))
+            .collect();
+        std::fs::write(dir.join("tokens.yaml"), tokens).expect("tokens");
+        let mut c = KubeCluster {
+            api,
+            kubeconfig,
+            control_plane: None,
+            xds_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, free_port())),
+            metrics_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, free_port())),
+            dir,
+        };
+        c.start_control_plane();
+        c.wait_ready().await;
+        c
+    }
+
+    fn start_control_plane(&mut self) {
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("control-plane.stderr"))
+            .expect("stderr file");
+        let child = Command::new(control_plane_bin())
+            .args(["--source", "kubernetes", "--kubeconfig"])
+            .arg(&self.kubeconfig)
+            .arg("--ca-dir")
+            .arg(self.dir.join("ca"))
+            .arg("--tokens-file")
+            .arg(self.dir.join("tokens.yaml"))
+            .arg("--listen")
+            .arg(self.xds_addr.to_string())
+            .arg("--metrics-listen")
+            .arg(self.metrics_addr.to_string())
+            .env(
+                "RUST_LOG",
+                std::env::var("KUBE_TEST_CONTROL_PLANE_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn control-plane");
+        self.control_plane = Some(child);
+    }
+
+    /// Waits until the control plane answers ready (it has published).
+    pub async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if matches!(http_get(self.metrics_addr, "/healthz/ready"), Ok((200, _))) {
+                return;
+            }
+            if let Some(Ok(Some(status))) = self.control_plane.as_mut().map(Child::try_wait) {
+                panic!(
+                    "control-plane exited: {status}\n{}",
+                    self.control_plane_log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "control plane not ready:\n{}",
+                self.control_plane_log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Whether the control plane answers ready.
+    pub fn ready(&self) -> bool {
+        matches!(http_get(self.metrics_addr, "/healthz/ready"), Ok((200, _)))
+    }
+
+    pub fn control_plane_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("control-plane.stderr")).unwrap_or_default()
+    }
+
+    /// The control plane's `/metrics`.
+    pub fn metrics(&self) -> String {
+        http_get(self.metrics_addr, "/metrics")
+            .map(|(_, b)| b)
+            .unwrap_or_default()
+    }
+
+    /// Runs `kubectl` against the API server; panics with its output if it
+    /// fails.
+    pub fn kubectl(&self, args: &[&str]) -> String {
+        let out = Command::new("kubectl")
+            .env("KUBECONFIG", &self.kubeconfig)
+            .args(args)
+            .output()
+            .expect("kubectl runs (is it installed?)");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "kubectl {args:?} failed:\n{text}");
+        text
+    }
+
+    /// [`Self::kubectl`], and when the API server committed the first
+    /// write it made (what a propagation time is measured from).
+    pub fn kubectl_timed(&self, args: &[&str]) -> Instant {
+        let mut writes = self.api.store().subscribe();
+        self.kubectl(args);
+        loop {
+            match writes.try_recv() {
+                Ok(crate::kube_api::store::Broadcast::Event(e)) => return e.at,
+                Ok(_) => {}
+                Err(_) => panic!("kubectl {args:?} wrote nothing"),
+            }
+        }
+    }
+
+    /// `kubectl apply -f` of `yaml`.
+    pub fn apply(&self, yaml: &str) -> String {
+        let path = self.dir.join(format!(
+            "apply-{}.yaml",
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::write(&path, yaml).expect("write manifest");
+        self.kubectl(&["apply", "-f", path.to_str().expect("utf-8 path")])
+    }
+
+    /// An xDS endpoint that verifies the control plane against its root.
+    pub fn endpoint(&self) -> Endpoint {
+        let root = std::fs::read_to_string(self.dir.join("ca").join("root-cert.pem"))
+            .expect("the control plane wrote its root");
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(root))
+            .domain_name("control-plane");
+        Endpoint::from_shared(format!("https://{}", self.xds_addr))
+            .and_then(|e| e.tls_config(tls))
+            .expect("valid endpoint")
+    }
+
+    /// A delta-xDS client for `node` (one of [`NODES`]).
+    pub fn xds_client(&self, node: &str) -> XdsFollower {
+        XdsFollower::connect(self.endpoint(), node)
+    }
+}
+
+impl Drop for KubeCluster {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.control_plane.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- control-plane stderr ---\n{}", self.control_plane_log());
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// ztunnel's xDS client, following the control plane: the latest snapshot
+/// it published, and when.
+pub struct XdsFollower {
+    drain: Drain,
+    latest: watch::Receiver<Option<(Arc<Snapshot>, Instant)>>,
+}
+
+impl XdsFollower {
+    pub fn connect(endpoint: Endpoint, node: &str) -> XdsFollower {
+        let drain = Drain::new();
+        let (publish, mut snapshots) = mpsc::channel(64);
+        let client = XdsClient {
+            endpoint,
+            mark: None,
+            node: Node {
+                id: format!("ztunnel~{node}"),
+                ..Default::default()
+            },
+            token: Some(token(node)),
+            store: XdsStore::default(),
+            stats: Arc::new(XdsStats::default()),
+            publish,
+            synced: Default::default(),
+        };
+        tokio::spawn(client.run(drain.clone()));
+        let (tx, latest) = watch::channel(None);
+        tokio::spawn(async move {
+            while let Some(snap) = snapshots.recv().await {
+                tx.send_replace(Some((snap, Instant::now())));
+            }
+        });
+        XdsFollower { drain, latest }
+    }
+
+    /// The latest snapshot, if any.
+    pub fn snapshot(&self) -> Option<Arc<Snapshot>> {
+        self.latest.borrow().as_ref().map(|(s, _)| s.clone())
+    }
+
+    /// Waits until a published snapshot satisfies `cond`; returns when the
+    /// client published it. Panics after `timeout`, saying `what`.
+    pub async fn wait_for(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        cond: impl Fn(&Snapshot) -> bool,
+    ) -> Instant {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some((snap, at)) = self.latest.borrow_and_update().as_ref() {
+                if cond(snap) {
+                    return *at;
+                }
+            }
+            if tokio::time::timeout_at(deadline, self.latest.changed())
+                .await
+                .is_err()
+            {
+                panic!("timed out after {timeout:?} waiting for: {what}");
+            }
+        }
+    }
+}
+
+impl Drop for XdsFollower {
+    fn drop(&mut self) {
+        self.drain.signal();
+    }
+}
