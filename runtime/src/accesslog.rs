@@ -185,13 +185,21 @@ impl AccessLog {
     /// Queues one line for `event`; never blocks on the disk, except after
     /// [`AccessLog::begin_exit`].
     pub fn log(&self, event: &ConnEvent) {
+        self.log_event(event);
+    }
+
+    /// Queues any serializable event as one JSON line, like
+    /// [`AccessLog::log`] (the waypoint logs one per HTTP request).
+    pub fn log_event<E: Serialize>(&self, event: &E) {
         let Some(tx) = &self.tx else {
             return;
         };
         if self.closed.load(Ordering::Relaxed) {
             return self.counters.lose(LOST_CLOSED, 1);
         }
-        let mut line = Msg::Line(event.to_json_line());
+        let mut text = serde_json::to_string(event).expect("event serializes");
+        text.push('\n');
+        let mut line = Msg::Line(text);
         loop {
             match tx.try_send(line) {
                 Ok(()) => return,

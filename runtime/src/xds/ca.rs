@@ -3,6 +3,8 @@
 //! CA key. Each fetch makes a fresh P-256 key and a CSR, names the workload
 //! in `ImpersonatedIdentity`, authenticates as the node with a bearer token,
 //! and checks that the returned leaf carries exactly the identity asked for.
+//! A proxy that asks only for its own identity (the waypoint, with a token
+//! bound to that identity) names none: [`RemoteCa::own_identity`].
 //!
 //! Fetches are bounded ([`MAX_CONCURRENT_FETCHES`]) and retried with
 //! backoff; each attempt has a deadline ([`ATTEMPT_TIMEOUT`], also sent as
@@ -61,6 +63,9 @@ pub struct RemoteCa {
     ttl: Duration,
     limit: Arc<Semaphore>,
     attempt_timeout: Duration,
+    /// Name the identity in `ImpersonatedIdentity` (a node proxy asking on
+    /// behalf of its pods); without it the CA signs the caller's own.
+    impersonate: bool,
 }
 
 impl RemoteCa {
@@ -78,6 +83,7 @@ impl RemoteCa {
             ttl,
             limit: Arc::new(Semaphore::new(MAX_CONCURRENT_FETCHES)),
             attempt_timeout: ATTEMPT_TIMEOUT,
+            impersonate: true,
         }
     }
 
@@ -94,13 +100,21 @@ impl RemoteCa {
             .map_err(|_| CaClientError::Timeout(self.attempt_timeout))?
     }
 
+    /// Asks for the caller's own identity: requests carry no
+    /// `ImpersonatedIdentity`, and the CA takes the identity from the
+    /// caller's token (DESIGN §6).
+    pub fn own_identity(mut self) -> Self {
+        self.impersonate = false;
+        self
+    }
+
     async fn fetch_once(&self, id: &SpiffeId) -> Result<WorkloadCert, CaClientError> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(CaClientError::Csr)?;
         let csr = csr_pem(id, &key)?;
         let mut request = tonic::Request::new(IstioCertificateRequest {
             csr,
             validity_duration: i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX),
-            metadata: Some(impersonate(id)),
+            metadata: self.impersonate.then(|| impersonate(id)),
         });
         request.set_timeout(self.attempt_timeout);
         if let Some(token) = &self.token {
@@ -129,6 +143,7 @@ impl CertProvider for RemoteCa {
             ttl: self.ttl,
             limit: self.limit.clone(),
             attempt_timeout: self.attempt_timeout,
+            impersonate: self.impersonate,
         };
         let id = id.clone();
         Box::pin(async move {

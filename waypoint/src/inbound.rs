@@ -1,0 +1,148 @@
+//! HBONE in: each CONNECT is admitted ([`crate::admit`]) or refused with
+//! 400, then its stream is served as HTTP/1.1, HTTP/2 or opaque TCP, as
+//! the port declares or as its first bytes say ([`crate::protocol`]).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use futures::future::BoxFuture;
+use hbone::headers::ConnectMeta;
+use hbone::server::{Handler, InboundRequest, ServerError};
+use hbone::stream::H2Stream;
+use tokio::io::AsyncReadExt;
+
+use crate::admit::{admit, Target};
+use crate::h1::guard::HEAD_TIMEOUT;
+use crate::protocol::{self, Decision, Detected, Rewind};
+use crate::proxy::{Proxy, Stream};
+use crate::record::Downstream;
+use crate::upstream::pool::Version;
+
+/// The HBONE CONNECT handler.
+pub struct Inbound(pub Arc<Proxy>);
+
+impl Handler for Inbound {
+    fn handle(&self, req: InboundRequest) -> BoxFuture<'static, ()> {
+        Box::pin(serve(self.0.clone(), req))
+    }
+
+    fn connection_failed(&self, peer: SocketAddr, local: SocketAddr, err: &ServerError) {
+        tracing::warn!(%peer, %local, error = %mesh_runtime::error_chain(err), "inbound HBONE connection refused");
+        self.0.telemetry.metrics.refused(err.reason());
+    }
+}
+
+/// Counts a stream being served, for the gauge.
+struct Active(Arc<Proxy>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.telemetry.metrics.active_streams.dec();
+    }
+}
+
+async fn serve(proxy: Arc<Proxy>, req: InboundRequest) {
+    let snap = proxy.snapshot();
+    let target = match admit(&snap, &proxy.identity, req.authority) {
+        Ok(t) => t,
+        Err(refusal) => {
+            tracing::info!(peer = %req.peer, authority = %req.authority, reason = refusal.reason(), error = %refusal, "CONNECT refused");
+            proxy.telemetry.metrics.refused(refusal.reason());
+            req.reject(refusal.status());
+            return;
+        }
+    };
+    let peer_ip = req.peer_addr.ip();
+    // ztunnel dials from the client pod's own address and names the client
+    // in `forwarded`; either finds its workload.
+    let client = req
+        .meta
+        .client
+        .filter(|c| c.ip() == peer_ip && c.port() != 0);
+    let down = Arc::new(Downstream {
+        addr: client.unwrap_or(req.peer_addr),
+        identity: req.peer.clone(),
+        workload: snap.workload_by_ip(peer_ip).cloned(),
+        service: match &target {
+            Target::Service { service, .. } => Some(service.clone()),
+            Target::Workload { .. } => None,
+        },
+    });
+    let meta = ConnectMeta {
+        client: Some(down.addr),
+        host: target.service_host().map(str::to_owned),
+        traceparent: None,
+        baggage: req.meta.baggage.clone(),
+    };
+    // Declared protocols come with routes; until then every port sniffs.
+    let decision = protocol::decide(None);
+    let mut io = match req.accept() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(error = %e, "CONNECT stream gone before it was answered");
+            return;
+        }
+    };
+    proxy.telemetry.metrics.active_streams.inc();
+    let _active = Active(proxy.clone());
+    let watch = proxy.drain.watch();
+    let (detected, prefix) = match sniff(&mut io, decision).await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::debug!(error = %e, "stream failed before its protocol was known");
+            return;
+        }
+    };
+    let version = match detected {
+        Detected::Http2 => Version::Http2,
+        _ => Version::Http1,
+    };
+    let stream = Stream {
+        proxy: proxy.clone(),
+        target,
+        down,
+        meta,
+        version,
+        verdicts: None,
+    };
+    match detected {
+        Detected::Http1 => crate::http::serve_h1(stream, Rewind::new(prefix, io), watch).await,
+        Detected::Http2 => crate::http::serve_h2(stream, Rewind::new(prefix, io), watch).await,
+        Detected::Opaque | Detected::NeedMore => {
+            crate::tcp::forward(stream, io, prefix, watch).await
+        }
+    }
+}
+
+/// Reads the first bytes and decides; returns them for replay. An
+/// undeclared port that stays silent for [`protocol::DETECT_TIMEOUT`] is
+/// opaque; a port declared HTTP waits as long as a request head may take.
+async fn sniff(io: &mut H2Stream, decision: Decision) -> std::io::Result<(Detected, Bytes)> {
+    let deadline = match decision {
+        Decision::Tcp => return Ok((Detected::Opaque, Bytes::new())),
+        Decision::Http2 => return Ok((Detected::Http2, Bytes::new())),
+        Decision::Sniff => protocol::DETECT_TIMEOUT,
+        Decision::Http => HEAD_TIMEOUT,
+    };
+    let deadline = tokio::time::Instant::now() + deadline;
+    let mut buf = BytesMut::with_capacity(protocol::DETECT_MAX);
+    loop {
+        let detected = protocol::detect(&buf);
+        if detected != Detected::NeedMore {
+            return Ok((detected, buf.freeze()));
+        }
+        let read = tokio::time::timeout_at(deadline, io.read_buf(&mut buf)).await;
+        match read {
+            Ok(Ok(0)) | Err(_) => {
+                let fallback = match decision {
+                    Decision::Http if !buf.is_empty() => Detected::Http1,
+                    _ => Detected::Opaque,
+                };
+                return Ok((fallback, buf.freeze()));
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e),
+        }
+    }
+}

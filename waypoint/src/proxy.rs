@@ -1,0 +1,45 @@
+//! What every CONNECT stream and request of the data path shares.
+
+use std::sync::Arc;
+
+use hbone::client::HboneClient;
+use hbone::drain::Drain;
+use hbone::headers::ConnectMeta;
+use mesh_model::state::Snapshot;
+use mesh_model::SpiffeId;
+use tokio::sync::watch;
+
+use crate::admit::Target;
+use crate::record::{Downstream, Telemetry};
+use crate::upstream::balancer::Balancer;
+use crate::upstream::pool::{HttpPool, Version};
+
+pub struct Proxy {
+    /// The waypoint's own identity: served on 15008, presented upstream.
+    pub identity: SpiffeId,
+    pub state: watch::Receiver<Arc<Snapshot>>,
+    pub hbone: Arc<HboneClient>,
+    pub pool: HttpPool,
+    pub balancer: Balancer,
+    pub telemetry: Telemetry,
+    pub drain: Drain,
+}
+
+impl Proxy {
+    /// The snapshot in force now.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.state.borrow().clone()
+    }
+}
+
+/// One accepted CONNECT stream: what its requests share.
+pub struct Stream {
+    pub proxy: Arc<Proxy>,
+    pub target: Target,
+    pub down: Arc<Downstream>,
+    /// What upstream CONNECTs carry (`forwarded`, `baggage`).
+    pub meta: ConnectMeta,
+    pub version: Version,
+    /// The HTTP/1.1 guard's verdict, when it stopped the stream.
+    pub verdicts: Option<crate::h1::guard::Verdicts>,
+}
