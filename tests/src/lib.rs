@@ -16,6 +16,7 @@ mod skip;
 mod topology;
 
 pub mod echo;
+pub mod http;
 pub mod kube_api;
 pub mod kube_cluster;
 pub mod load;
@@ -24,6 +25,7 @@ pub mod process;
 pub mod relay;
 pub mod rules;
 pub mod sidecar;
+pub mod waypoint;
 pub mod wire;
 
 pub use command::{run, run_in, ChildGuard};

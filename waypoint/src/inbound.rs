@@ -13,9 +13,8 @@ use hbone::stream::H2Stream;
 use tokio::io::AsyncReadExt;
 
 use crate::admit::{admit, Target};
-use crate::h1::guard::HEAD_TIMEOUT;
 use crate::protocol::{self, Decision, Detected, Rewind};
-use crate::proxy::{Proxy, Stream};
+use crate::proxy::{Proxy, Stream, Tuning};
 use crate::record::Downstream;
 use crate::upstream::pool::Version;
 
@@ -87,7 +86,7 @@ async fn serve(proxy: Arc<Proxy>, req: InboundRequest) {
     proxy.telemetry.metrics.active_streams.inc();
     let _active = Active(proxy.clone());
     let watch = proxy.drain.watch();
-    let (detected, prefix) = match sniff(&mut io, decision).await {
+    let (detected, prefix) = match sniff(&mut io, decision, proxy.tuning).await {
         Ok(d) => d,
         Err(e) => {
             tracing::debug!(error = %e, "stream failed before its protocol was known");
@@ -116,14 +115,18 @@ async fn serve(proxy: Arc<Proxy>, req: InboundRequest) {
 }
 
 /// Reads the first bytes and decides; returns them for replay. An
-/// undeclared port that stays silent for [`protocol::DETECT_TIMEOUT`] is
+/// undeclared port that stays silent for [`Tuning::detect_timeout`] is
 /// opaque; a port declared HTTP waits as long as a request head may take.
-async fn sniff(io: &mut H2Stream, decision: Decision) -> std::io::Result<(Detected, Bytes)> {
+async fn sniff(
+    io: &mut H2Stream,
+    decision: Decision,
+    tuning: Tuning,
+) -> std::io::Result<(Detected, Bytes)> {
     let deadline = match decision {
         Decision::Tcp => return Ok((Detected::Opaque, Bytes::new())),
         Decision::Http2 => return Ok((Detected::Http2, Bytes::new())),
-        Decision::Sniff => protocol::DETECT_TIMEOUT,
-        Decision::Http => HEAD_TIMEOUT,
+        Decision::Sniff => tuning.detect_timeout,
+        Decision::Http => tuning.head_timeout,
     };
     let deadline = tokio::time::Instant::now() + deadline;
     let mut buf = BytesMut::with_capacity(protocol::DETECT_MAX);

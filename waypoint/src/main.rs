@@ -12,6 +12,7 @@ use std::time::Duration;
 use clap::Parser;
 use waypoint::app::{self, AccessLogTarget, Config, ConfigSource, Listeners, XdsSource};
 use waypoint::lb::LbPolicy;
+use waypoint::proxy::Tuning;
 
 /// The waypoint of ambient mesh: terminates HBONE on 15008 for the Services
 /// and pods bound to it, applies L7 (HTTP/1.1, HTTP/2) or forwards opaque
@@ -78,6 +79,15 @@ struct Args {
     /// How often the config file is checked for changes.
     #[arg(long, default_value = "200ms", value_parser = parse_duration)]
     poll_interval: Duration,
+    /// How long a client may take to send a whole HTTP/1.1 request head,
+    /// from its first byte (slowloris); answered 408.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    request_header_timeout: Duration,
+    /// How long a port with no declared protocol waits for the client's
+    /// first bytes before forwarding the stream as opaque TCP (a protocol
+    /// whose server speaks first pays this once per connection).
+    #[arg(long, default_value = "200ms", value_parser = parse_duration)]
+    protocol_detect_timeout: Duration,
     /// Data-path worker threads (default: one per CPU).
     #[arg(long, env = "WAYPOINT_WORKER_THREADS")]
     worker_threads: Option<usize>,
@@ -144,6 +154,10 @@ impl Args {
             drain_timeout: self.drain_timeout,
             poll_interval: self.poll_interval,
             worker_threads: self.worker_threads,
+            tuning: Tuning {
+                head_timeout: self.request_header_timeout,
+                detect_timeout: self.protocol_detect_timeout,
+            },
         }
     }
 }

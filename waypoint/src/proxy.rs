@@ -1,6 +1,7 @@
 //! What every CONNECT stream and request of the data path shares.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use hbone::client::HboneClient;
 use hbone::drain::Drain;
@@ -14,9 +15,28 @@ use crate::record::{Downstream, Telemetry};
 use crate::upstream::balancer::Balancer;
 use crate::upstream::pool::{HttpPool, Version};
 
+/// Timeouts of the data path, defaults in their modules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tuning {
+    /// A whole HTTP/1.1 request head, from its first byte (slowloris).
+    pub head_timeout: Duration,
+    /// An undeclared port's first bytes, before it is taken for opaque TCP.
+    pub detect_timeout: Duration,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            head_timeout: crate::h1::guard::HEAD_TIMEOUT,
+            detect_timeout: crate::protocol::DETECT_TIMEOUT,
+        }
+    }
+}
+
 pub struct Proxy {
     /// The waypoint's own identity: served on 15008, presented upstream.
     pub identity: SpiffeId,
+    pub tuning: Tuning,
     pub state: watch::Receiver<Arc<Snapshot>>,
     pub hbone: Arc<HboneClient>,
     pub pool: HttpPool,

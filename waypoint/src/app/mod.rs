@@ -33,7 +33,7 @@ use tokio::sync::{watch, Notify};
 use crate::inbound::Inbound;
 use crate::lb::{LbPolicy, DEFAULT_OUTLIER, DEFAULT_RETRY_BUDGET};
 use crate::metrics::Metrics;
-use crate::proxy::Proxy;
+use crate::proxy::{Proxy, Tuning};
 use crate::record::Telemetry;
 use crate::upstream::balancer::Balancer;
 use crate::upstream::pool::HttpPool;
@@ -84,6 +84,7 @@ pub struct Config {
     pub drain_timeout: Duration,
     pub poll_interval: Duration,
     pub worker_threads: Option<usize>,
+    pub tuning: Tuning,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -205,6 +206,7 @@ async fn serve(cfg: Config, telemetry: Telemetry) -> Result<(), AppError> {
     let client = HboneClient::new(started.certs.clone(), ClientConfig::default());
     let proxy = Arc::new(Proxy {
         identity: identity.clone(),
+        tuning: cfg.tuning,
         state: state_rx,
         hbone: client,
         pool: HttpPool::default(),

@@ -17,9 +17,13 @@
 //! | no `Host`, or two, in HTTP/1.1 | accepts | 400 (RFC 9112 §3.2) |
 //! | a head over [`MAX_HEAD_BYTES`] or [`MAX_HEADERS`] fields | 431 | 431 |
 //!
-//! After a request that asks for an upgrade (or CONNECT) the rest of the
-//! stream is the upgraded protocol's and is passed through unexamined.
-//! Pure: bytes in, released bytes out.
+//! A chunked request's head is held until its first chunk-size line has
+//! been checked too (unless it sends `Expect: 100-continue`, whose client
+//! waits for the head's answer first), so a bad first chunk is refused
+//! before the request reaches an upstream. After a request that asks for
+//! an upgrade (or CONNECT) the rest of the stream is the upgraded
+//! protocol's and is passed through unexamined. Pure: bytes in, released
+//! bytes out.
 
 use bytes::BytesMut;
 use http::StatusCode;
@@ -92,15 +96,6 @@ impl Malformed {
             Malformed::BadTrailers => "bad_trailers",
         }
     }
-
-    /// Found in a request head (hyper has not seen the request at all),
-    /// as opposed to inside a body hyper is already reading.
-    pub fn in_head(&self) -> bool {
-        !matches!(
-            self,
-            Malformed::BadChunkSize | Malformed::BadChunkEnd | Malformed::BadTrailers
-        )
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,6 +117,8 @@ enum State {
 struct Framing {
     body: Body,
     upgrade: bool,
+    /// `Expect: 100-continue`: the client waits for an answer to the head.
+    expect_continue: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,8 +133,12 @@ pub struct Framer {
     state: State,
     /// Bytes of the head, chunk-size line or trailers not yet released.
     held: BytesMut,
+    /// A chunked request's head, waiting for its first chunk-size line.
+    withheld: BytesMut,
     /// Request heads released so far.
     heads: u64,
+    /// The failure came before its request was released.
+    failed_unreleased: bool,
 }
 
 impl Default for Framer {
@@ -145,7 +146,9 @@ impl Default for Framer {
         Framer {
             state: State::Head,
             held: BytesMut::new(),
+            withheld: BytesMut::new(),
             heads: 0,
+            failed_unreleased: false,
         }
     }
 }
@@ -205,7 +208,13 @@ impl Framer {
     /// A request head has begun and is not complete yet: what a header
     /// read timeout measures.
     pub fn in_partial_head(&self) -> bool {
-        self.state == State::Head && !self.held.is_empty()
+        (self.state == State::Head && !self.held.is_empty()) || !self.withheld.is_empty()
+    }
+
+    /// After a failure: whether the bad request was never released (so
+    /// nothing downstream of the framer has seen any of it).
+    pub fn failed_before_release(&self) -> bool {
+        self.failed_unreleased
     }
 
     /// Request heads released so far.
@@ -214,8 +223,10 @@ impl Framer {
     }
 
     fn fail(&mut self, m: Malformed) -> Result<(), Malformed> {
+        self.failed_unreleased = self.state == State::Head || !self.withheld.is_empty();
         self.state = State::Failed(m);
         self.held = BytesMut::new();
+        self.withheld = BytesMut::new();
         Err(m)
     }
 
@@ -258,11 +269,23 @@ impl Framer {
         if complete {
             let section = std::mem::take(&mut self.held);
             self.state = match self.state {
-                State::Head => self.after_head(&section)?,
-                State::ChunkSize => match chunk_size(&section)? {
-                    0 => State::Trailers,
-                    n => State::ChunkData(n),
-                },
+                State::Head => {
+                    let (next, hold) = self.after_head(&section)?;
+                    if hold {
+                        self.withheld = section;
+                        self.state = next;
+                        return Ok(taken);
+                    }
+                    next
+                }
+                State::ChunkSize => {
+                    let next = match chunk_size(&section)? {
+                        0 => State::Trailers,
+                        n => State::ChunkData(n),
+                    };
+                    out.extend_from_slice(&std::mem::take(&mut self.withheld));
+                    next
+                }
                 _ => {
                     check_trailers(&section)?;
                     State::Head
@@ -288,7 +311,9 @@ impl Framer {
         }
     }
 
-    fn after_head(&mut self, head: &[u8]) -> Result<State, Malformed> {
+    /// The state after a complete head, and whether to withhold the head
+    /// until the first chunk-size line is checked.
+    fn after_head(&mut self, head: &[u8]) -> Result<(State, bool), Malformed> {
         let framing = parse_head(head)?;
         self.heads += 1;
         let after_body = if framing.upgrade {
@@ -297,11 +322,11 @@ impl Framer {
             State::Head
         };
         Ok(match framing.body {
-            Body::Chunked => State::ChunkSize,
-            Body::Length(0) => after_body,
+            Body::Chunked => (State::ChunkSize, !framing.expect_continue),
+            Body::Length(0) => (after_body, false),
             // An upgrade with a body: pass the body on with the rest.
-            Body::Length(_) if framing.upgrade => State::Passthrough,
-            Body::Length(n) => State::Body(n),
+            Body::Length(_) if framing.upgrade => (State::Passthrough, false),
+            Body::Length(n) => (State::Body(n), false),
         })
     }
 }
@@ -329,6 +354,7 @@ fn parse_head(head: &[u8]) -> Result<Framing, Malformed> {
     let mut length = 0u64;
     let mut codings: Vec<String> = Vec::new();
     let mut hosts = 0;
+    let mut expect_continue = false;
     let mut upgrade = method.eq_ignore_ascii_case("CONNECT");
     for f in req.headers.iter() {
         let name = f.name;
@@ -342,6 +368,8 @@ fn parse_head(head: &[u8]) -> Result<Framing, Malformed> {
             hosts += 1;
         } else if name.eq_ignore_ascii_case("upgrade") {
             upgrade |= http11;
+        } else if name.eq_ignore_ascii_case("expect") {
+            expect_continue |= f.value.eq_ignore_ascii_case(b"100-continue");
         }
     }
     if lengths > 1 {
@@ -354,6 +382,7 @@ fn parse_head(head: &[u8]) -> Result<Framing, Malformed> {
         return Ok(Framing {
             body: Body::Length(length),
             upgrade,
+            expect_continue,
         });
     }
     if lengths > 0 {
@@ -367,6 +396,7 @@ fn parse_head(head: &[u8]) -> Result<Framing, Malformed> {
     Ok(Framing {
         body: Body::Chunked,
         upgrade,
+        expect_continue,
     })
 }
 

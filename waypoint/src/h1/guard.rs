@@ -55,14 +55,6 @@ impl Verdict {
             Verdict::HeadTimeout => "head_timeout",
         }
     }
-
-    /// Hyper has not seen the request: the guard answers it.
-    fn guard_answers(&self) -> bool {
-        match self {
-            Verdict::Malformed(m) => m.in_head(),
-            Verdict::HeadTimeout => true,
-        }
-    }
 }
 
 /// The verdict of one connection, shared with its request handler.
@@ -82,6 +74,8 @@ pub struct Guarded<T> {
     deadline: Option<Pin<Box<Sleep>>>,
     /// Something was written since the last head was released.
     wrote_since_head: bool,
+    /// The refused request never reached hyper: the guard answers it.
+    answer_self: bool,
     heads_seen: u64,
     /// The refusal still to be written at shutdown.
     refusal: Option<Bytes>,
@@ -98,6 +92,7 @@ impl<T> Guarded<T> {
             head_timeout,
             deadline: None,
             wrote_since_head: false,
+            answer_self: false,
             heads_seen: 0,
             refusal: None,
             on_refused: Some(on_refused),
@@ -162,6 +157,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
                 Poll::Pending => {
                     if let Some(d) = this.deadline.as_mut() {
                         if d.as_mut().poll(cx).is_ready() {
+                            this.answer_self = true;
                             this.set_verdict(Verdict::HeadTimeout);
                             continue;
                         }
@@ -178,6 +174,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
                     let r = this.framer.feed(rb.filled(), &mut this.released);
                     this.arm_deadline();
                     if let Err(m) = r {
+                        this.answer_self = this.framer.failed_before_release();
                         this.set_verdict(Verdict::Malformed(m));
                     }
                 }
@@ -205,7 +202,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
         if let Some(v) = this.verdict.get().copied() {
             // A bad chunk in a body hyper already answered needs nothing
             // more; one it never answered gets the refusal.
-            let answer = v.guard_answers() || !this.wrote_since_head;
+            let answer = this.answer_self || !this.wrote_since_head;
             if let Some(cb) = this.on_refused.take().filter(|_| answer) {
                 this.refusal = Some(refusal_response(&v));
                 cb(v);

@@ -16,7 +16,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::h1::framing::MAX_HEAD_BYTES;
-use crate::h1::guard::{Guarded, HEAD_TIMEOUT};
+use crate::h1::guard::Guarded;
 use crate::protocol::Rewind;
 use crate::proxy::Stream;
 
@@ -41,7 +41,7 @@ pub async fn serve_h1(stream: Stream, io: Rewind<H2Stream>, mut watch: Watch) {
         tracing::info!(client = %down.addr, reason = v.reason(), "HTTP/1.1 request refused");
         rec.finish();
     });
-    let guarded = Guarded::new(io, HEAD_TIMEOUT, on_refused);
+    let guarded = Guarded::new(io, stream.proxy.tuning.head_timeout, on_refused);
     let mut stream = stream;
     stream.verdicts = Some(guarded.verdicts());
     let stream = Arc::new(stream);

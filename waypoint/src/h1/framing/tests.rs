@@ -249,3 +249,46 @@ proptest::proptest! {
         proptest::prop_assert!(out.len() <= bytes.len());
     }
 }
+
+#[test]
+fn a_chunked_head_waits_for_its_first_chunk_size() {
+    let head = b"POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let mut f = Framer::default();
+    let mut out = BytesMut::new();
+    f.feed(head, &mut out).unwrap();
+    assert!(out.is_empty(), "withheld until the first chunk line");
+    assert!(f.in_partial_head(), "the head timeout still runs");
+    f.feed(b"5\r\nhel", &mut out).unwrap();
+    assert_eq!(&out[..], [&head[..], b"5\r\nhel"].concat().as_slice());
+
+    // A bad first chunk: the request never left the framer.
+    let mut f = Framer::default();
+    let mut out = BytesMut::new();
+    assert_eq!(
+        f.feed(&[&head[..], b"zz\r\n"].concat(), &mut out),
+        Err(Malformed::BadChunkSize)
+    );
+    assert!(out.is_empty());
+    assert!(f.failed_before_release());
+
+    // A bad later chunk: the request was already released.
+    let mut f = Framer::default();
+    let mut out = BytesMut::new();
+    let r = f.feed(&[&head[..], b"1\r\na\r\nzz\r\n"].concat(), &mut out);
+    assert_eq!(r, Err(Malformed::BadChunkSize));
+    assert!(!out.is_empty());
+    assert!(!f.failed_before_release());
+}
+
+#[test]
+fn expect_continue_releases_the_head_at_once() {
+    let head = b"POST /up HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let mut f = Framer::default();
+    let mut out = BytesMut::new();
+    f.feed(head, &mut out).unwrap();
+    assert_eq!(
+        &out[..],
+        &head[..],
+        "its client waits for 100 Continue first"
+    );
+}
