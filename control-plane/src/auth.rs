@@ -1,16 +1,21 @@
-//! Caller authentication in local mode: per-node bootstrap tokens.
+//! Caller authentication in local mode: bootstrap tokens.
 //!
-//! The tokens file is YAML mapping node name → token:
+//! The tokens file is YAML mapping a caller → its token. A caller is a node
+//! (a ztunnel), or a SPIFFE identity (a proxy with an identity of its own:
+//! a waypoint):
 //!
 //! ```yaml
 //! node1: 3f9c0e...   # at least MIN_TOKEN_LEN characters: 32+ random bytes, hex or base64
 //! node2: 77ab41...
+//! spiffe://cluster.local/ns/shop/sa/waypoint: 5d20aa...
 //! ```
 //!
 //! A caller sends `authorization: Bearer <token>` as gRPC metadata on every
-//! xDS stream and CA call; the token names its node. A CA request is then
-//! only signed for identities with a workload on that node. (A Kubernetes
-//! service-account token is a later source of the same answer.)
+//! xDS stream and CA call; the token names the caller ([`Caller`]). A node's
+//! CA request is only signed for identities with a workload on that node;
+//! an identity's only for itself, and its xDS stream carries only what that
+//! waypoint serves. (A Kubernetes service-account token is a later source
+//! of the same answers.)
 //!
 //! Guessing is made expensive twice over: a token shorter than
 //! [`MIN_TOKEN_LEN`] is refused when the file is loaded, and each source IP
@@ -24,6 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use mesh_model::SpiffeId;
 use tokio::time::Instant;
 use tonic::metadata::MetadataMap;
 
@@ -72,7 +78,35 @@ pub enum TokensError {
         node: String,
         len: usize,
     },
+    #[error("tokens file {path}: {key:?} is not a valid SPIFFE identity")]
+    BadIdentity {
+        path: PathBuf,
+        key: String,
+        #[source]
+        source: mesh_model::identity::SpiffeIdError,
+    },
 }
+
+/// Who a caller authenticated as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// A node proxy, asking on behalf of the pods of its node.
+    Node(NodeName),
+    /// A proxy with an identity of its own (a waypoint).
+    Identity(SpiffeId),
+}
+
+impl std::fmt::Display for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Caller::Node(n) => write!(f, "node {n}"),
+            Caller::Identity(id) => write!(f, "{id}"),
+        }
+    }
+}
+
+/// Keys of the tokens file that name an identity, not a node.
+const IDENTITY_PREFIX: &str = "spiffe://";
 
 /// Why a caller was not authenticated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -105,11 +139,13 @@ impl From<AuthError> for tonic::Status {
     }
 }
 
-/// Node bootstrap tokens.
+/// Bootstrap tokens: caller (node name or SPIFFE identity) → token.
 #[derive(Debug, Clone, Default)]
 pub struct Tokens(BTreeMap<String, String>);
 
 impl Tokens {
+    /// Keys that start with `spiffe://` must be valid identities;
+    /// [`Tokens::load`] checks, here a bad one never authenticates.
     pub fn new(map: BTreeMap<String, String>) -> Self {
         Tokens(map)
     }
@@ -140,23 +176,36 @@ impl Tokens {
                 len: token.chars().count(),
             });
         }
+        for key in map.keys().filter(|k| k.starts_with(IDENTITY_PREFIX)) {
+            key.parse::<SpiffeId>()
+                .map_err(|source| TokensError::BadIdentity {
+                    path: path.to_owned(),
+                    key: key.clone(),
+                    source,
+                })?;
+        }
         Ok(Tokens(map))
     }
 
-    /// The node whose token is `token`. Compares every entry in constant
+    /// The caller whose token is `token`. Compares every entry in constant
     /// time per byte, so timing does not reveal a prefix.
-    pub fn node_for(&self, token: &str) -> Option<NodeName> {
+    pub fn caller_for(&self, token: &str) -> Option<Caller> {
         let mut found = None;
-        for (node, t) in &self.0 {
+        for (key, t) in &self.0 {
             if constant_time_eq(t.as_bytes(), token.as_bytes()) {
-                found = Some(NodeName(node.clone()));
+                found = Some(key);
             }
         }
-        found
+        let key = found?;
+        if key.starts_with(IDENTITY_PREFIX) {
+            key.parse().ok().map(Caller::Identity)
+        } else {
+            Some(Caller::Node(NodeName(key.clone())))
+        }
     }
 
     /// Authenticates a gRPC call by its `authorization` metadata.
-    pub fn authenticate(&self, md: &MetadataMap) -> Result<NodeName, AuthError> {
+    pub fn authenticate(&self, md: &MetadataMap) -> Result<Caller, AuthError> {
         let value = md
             .get("authorization")
             .and_then(|v| v.to_str().ok())
@@ -165,7 +214,7 @@ impl Tokens {
             .strip_prefix("Bearer ")
             .ok_or(AuthError::Missing)?
             .trim();
-        self.node_for(token).ok_or(AuthError::Unknown)
+        self.caller_for(token).ok_or(AuthError::Unknown)
     }
 }
 
@@ -255,9 +304,9 @@ impl Authenticator {
         }
     }
 
-    /// The caller's node. A call whose source address is unknown (not over
-    /// TCP) is not rate-limited.
-    pub fn authenticate<T>(&self, req: &tonic::Request<T>) -> Result<NodeName, AuthError> {
+    /// The caller. A call whose source address is unknown (not over TCP)
+    /// is not rate-limited.
+    pub fn authenticate<T>(&self, req: &tonic::Request<T>) -> Result<Caller, AuthError> {
         let ip = req.remote_addr().map(|a| a.ip());
         let now = Instant::now();
         let limited = ip.is_some_and(|ip| !self.limiter().allows(ip, now));
@@ -295,10 +344,13 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 mod tests {
     use super::*;
 
+    const WAYPOINT: &str = "spiffe://cluster.local/ns/shop/sa/waypoint";
+
     fn tokens() -> Tokens {
         Tokens::new(BTreeMap::from([
             ("node1".into(), "tok-1".into()),
             ("node2".into(), "tok-2".into()),
+            (WAYPOINT.into(), "tok-wp".into()),
         ]))
     }
 
@@ -307,8 +359,9 @@ mod tests {
     #[test]
     fn authenticate_table() {
         let cases: &[(Option<&str>, Result<&str, AuthError>)] = &[
-            (Some("Bearer tok-1"), Ok("node1")),
-            (Some("Bearer tok-2"), Ok("node2")),
+            (Some("Bearer tok-1"), Ok("node node1")),
+            (Some("Bearer tok-2"), Ok("node node2")),
+            (Some("Bearer tok-wp"), Ok(WAYPOINT)),
             (Some("Bearer tok-3"), Err(AuthError::Unknown)),
             (Some("Bearer tok-"), Err(AuthError::Unknown)),
             (Some("tok-1"), Err(AuthError::Missing)),
@@ -319,8 +372,8 @@ mod tests {
             if let Some(h) = header {
                 md.insert("authorization", h.parse().unwrap());
             }
-            let got = tokens().authenticate(&md);
-            assert_eq!(got, want.map(|n| NodeName(n.into())), "{header:?}");
+            let got = tokens().authenticate(&md).map(|c| c.to_string());
+            assert_eq!(got, want.map(String::from), "{header:?}");
         }
     }
 
@@ -335,8 +388,18 @@ mod tests {
         ));
         std::fs::write(&path, format!("node1: {LONG}\n")).unwrap();
         assert_eq!(
-            Tokens::load(&path).unwrap().node_for(LONG),
-            Some(NodeName("node1".into()))
+            Tokens::load(&path).unwrap().caller_for(LONG),
+            Some(Caller::Node(NodeName("node1".into())))
+        );
+        std::fs::write(&path, format!("spiffe://cluster.local/ns/a/b: {LONG}\n")).unwrap();
+        assert!(matches!(
+            Tokens::load(&path),
+            Err(TokensError::BadIdentity { .. })
+        ));
+        std::fs::write(&path, format!("{WAYPOINT}: {LONG}\n")).unwrap();
+        assert_eq!(
+            Tokens::load(&path).unwrap().caller_for(LONG),
+            Some(Caller::Identity(WAYPOINT.parse().unwrap()))
         );
     }
 

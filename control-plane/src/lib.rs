@@ -8,14 +8,16 @@
 //! - [`delta`]: per-client delta-xDS bookkeeping: subscriptions, what the
 //!   client holds, and the diff to push;
 //! - [`ca::authorize`]: whether a node may obtain a certificate for an
-//!   identity.
+//!   identity;
+//! - [`view`]: what a waypoint's stream carries (only what it serves).
 //!
 //! I/O shell:
 //! - [`source`]: where snapshots come from (the local YAML file, or a
 //!   Kubernetes cluster's watches: [`source::kube`], whose conversion and
 //!   index are pure);
 //! - [`xds`]: the `DeltaAggregatedResources` gRPC service;
-//! - [`ca`]: the `CreateCertificate` gRPC service and node tokens;
+//! - [`ca`]: the `CreateCertificate` gRPC service; [`auth`]: the bootstrap
+//!   tokens of nodes and of waypoints;
 //! - [`accept`]: the front of 15012: connection caps, the handshake
 //!   deadline, back-off when `accept` fails;
 //! - [`serve`]: TLS on 15012 for both, plus metrics and readiness.
@@ -30,4 +32,5 @@ pub mod resources;
 pub mod serve;
 pub mod source;
 pub mod tls;
+pub mod view;
 pub mod xds;

@@ -306,6 +306,7 @@ async fn publish(
             "publishing config"
         );
         let published = Arc::new(Published {
+            snapshot: snap.clone(),
             resources,
             at,
             generation,

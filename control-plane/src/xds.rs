@@ -8,6 +8,12 @@
 //! non-empty (the first request of each type is always answered, so a
 //! client knows it is in sync).
 //!
+//! A stream authenticated as a waypoint's identity gets only the `Address`
+//! resources of what that waypoint serves ([`crate::view`]). What it serves
+//! can change without any of those resources changing (a Service becomes
+//! bound, and its endpoints join the view), so its addresses are diffed
+//! in full against its view on every push; the view is small.
+//!
 //! A delta larger than [`MAX_RESPONSE_BYTES`] goes out in several
 //! responses ([`Delta::split`]), all but the last marked
 //! [`MORE_FOLLOWS`] in `system_version_info`, so no message reaches the
@@ -25,10 +31,10 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::auth::{Authenticator, NodeName};
+use crate::auth::{Authenticator, Caller};
 use crate::delta::{Delta, History, Reply, Subscription};
 use crate::metrics::Metrics;
-use crate::resources::{Kind, ResourceSet};
+use crate::resources::{Kind, ResourceSet, Resources};
 use mesh_runtime::xds::client::{MAX_MESSAGE_BYTES, MORE_FOLLOWS};
 
 /// Responses queued per stream before the task waits for the client.
@@ -40,6 +46,8 @@ pub const MAX_RESPONSE_BYTES: usize = MAX_MESSAGE_BYTES / 4;
 /// One published resource set and when it was published.
 #[derive(Debug)]
 pub struct Published {
+    /// The snapshot `resources` were made from (waypoint views).
+    pub snapshot: Arc<mesh_model::state::Snapshot>,
     pub resources: ResourceSet,
     pub at: Instant,
     /// One more than the set published before.
@@ -64,10 +72,10 @@ impl AggregatedDiscoveryService for XdsService {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let node = self.auth.authenticate(&request)?;
+        let caller = self.auth.authenticate(&request)?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let stream = ClientStream {
-            node,
+            caller,
             requests: request.into_inner(),
             feed: self.feed.clone(),
             tx,
@@ -91,7 +99,7 @@ impl Drop for Connected {
 }
 
 struct ClientStream {
-    node: NodeName,
+    caller: Caller,
     requests: Streaming<DeltaDiscoveryRequest>,
     feed: Feed,
     tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
@@ -107,7 +115,7 @@ impl ClientStream {
     async fn run(mut self) {
         self.metrics.connected_clients.inc();
         let _connected = Connected(self.metrics.clone());
-        tracing::info!(node = %self.node, "xds client connected");
+        tracing::info!(caller = %self.caller, "xds client connected");
         // Everything published before now is sent on subscription.
         self.feed.mark_unchanged();
         loop {
@@ -120,7 +128,7 @@ impl ClientStream {
                     }
                     Ok(None) => break,
                     Err(status) => {
-                        tracing::debug!(node = %self.node, %status, "xds stream error");
+                        tracing::debug!(caller = %self.caller, %status, "xds stream error");
                         break;
                     }
                 },
@@ -137,12 +145,12 @@ impl ClientStream {
                 }
             }
         }
-        tracing::info!(node = %self.node, "xds client disconnected");
+        tracing::info!(caller = %self.caller, "xds client disconnected");
     }
 
     async fn on_request(&mut self, req: DeltaDiscoveryRequest) -> Result<(), Closed> {
         let Some(kind) = Kind::from_type_url(&req.type_url) else {
-            tracing::warn!(node = %self.node, type_url = %req.type_url, "unknown xDS type; ignored");
+            tracing::warn!(caller = %self.caller, type_url = %req.type_url, "unknown xDS type; ignored");
             return Ok(());
         };
         let sub = self.subs.entry(kind).or_default();
@@ -153,10 +161,10 @@ impl ClientStream {
                     .nacks
                     .get_or_create(&Metrics::type_label(kind))
                     .inc();
-                tracing::warn!(node = %self.node, r#type = kind.label(), %nonce, %message, "NACK");
+                tracing::warn!(caller = %self.caller, r#type = kind.label(), %nonce, %message, "NACK");
             }
             Reply::Ack { nonce } => {
-                tracing::debug!(node = %self.node, r#type = kind.label(), %nonce, "ACK");
+                tracing::debug!(caller = %self.caller, r#type = kind.label(), %nonce, "ACK");
             }
             Reply::None => {}
         }
@@ -188,7 +196,10 @@ impl ClientStream {
         published_at: Option<Instant>,
     ) -> Result<(), Closed> {
         let sub = self.subs.get_mut(&kind).expect("subscribed kind");
-        let delta = sub.diff_published(p.resources.of(kind), p.generation, &p.history, kind);
+        let delta = match (&self.caller, kind) {
+            (Caller::Identity(id), Kind::Address) => sub.diff(&waypoint_view(p, id)),
+            _ => sub.diff_published(p.resources.of(kind), p.generation, &p.history, kind),
+        };
         if delta.is_empty() && !always {
             sub.commit_at(&delta, p.generation);
             return Ok(());
@@ -214,7 +225,7 @@ impl ClientStream {
                 .observe(at.elapsed().as_secs_f64());
         }
         tracing::debug!(
-            node = %self.node,
+            caller = %self.caller,
             r#type = kind.label(),
             updated = delta.updated.len(),
             removed = delta.removed.len(),
@@ -227,6 +238,17 @@ impl ClientStream {
 
 /// The client went away.
 struct Closed;
+
+/// The `Address` resources the waypoint `id` is sent.
+fn waypoint_view(p: &Published, id: &mesh_model::SpiffeId) -> Resources {
+    let names = crate::view::waypoint_addresses(&p.snapshot, id);
+    p.resources
+        .addresses
+        .iter()
+        .filter(|(n, _)| names.contains(n.as_str()))
+        .map(|(n, r)| (n.clone(), r.clone()))
+        .collect()
+}
 
 /// The wire form of a delta.
 pub fn response(kind: Kind, delta: &Delta, nonce: String) -> DeltaDiscoveryResponse {

@@ -129,6 +129,25 @@ impl Mesh {
         mesh
     }
 
+    /// Binds `token` to `caller` (a node name, or a SPIFFE identity: a
+    /// waypoint's) in the control plane's tokens file, and writes it to a
+    /// file of its own, whose path is returned. The control plane reads the
+    /// tokens when it starts: restart it afterwards.
+    pub fn add_token(&self, caller: &str, token: &str) -> PathBuf {
+        use std::io::Write as _;
+        let mut tokens = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(self.dir.join("tokens.yaml"))
+            .expect("tokens file");
+        writeln!(tokens, "{caller}: {token}").expect("append token");
+        let file = self
+            .dir
+            .join(format!("token-{}", caller.replace(['/', ':'], "_")));
+        std::fs::write(&file, token).expect("token file");
+        file
+    }
+
     /// Starts (or restarts) the control plane and waits until it listens.
     pub fn start_control_plane(&mut self) {
         let bin = control_plane_bin();

@@ -521,3 +521,88 @@ async fn a_slowloris_client_is_cut_at_the_header_timeout() {
     s.waypoint
         .wait_event("the timeout", |e| e["reason"] == "head_timeout");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_xds_the_waypoint_gets_its_own_certificate_and_only_what_it_serves() {
+    if !require_root() {
+        return;
+    }
+    let topo = Topology::builder()
+        .nodes(2)
+        .pod("client", 1)
+        .pod("waypoint", 1)
+        .pod("echo-1", 2)
+        .pod("echo-2", 2)
+        .pod("db", 2)
+        .build()
+        .unwrap();
+    let mut mesh = Mesh::with_control_plane(&topo, &config(&topo));
+    let token = mesh.add_token(
+        WAYPOINT_ID,
+        &format!("waypoint-token-{}", std::process::id()),
+    );
+    mesh.kill_control_plane();
+    mesh.start_control_plane();
+    mesh.start_all();
+    let waypoint = WaypointProc::start(
+        &mesh,
+        &topo.pod("waypoint").ns,
+        "waypoint",
+        "shop",
+        Source::Xds {
+            address: mesh_tests::mesh::CONTROL_PLANE_ADDR,
+            token_file: &token,
+        },
+        &[],
+    );
+    let s = Scenario {
+        waypoint,
+        mesh,
+        topo,
+    };
+    let _apps = s.echo_apps();
+    let mut h1 = h1_client(s.connect(ECHO_VIP).await)
+        .await
+        .expect("h1 handshake");
+    let mut got = Vec::new();
+    for i in 0..10 {
+        let a = send_h1(&mut h1, get("echo.shop", &format!("/xds/{i}")))
+            .await
+            .expect("HTTP/1.1 through the waypoint");
+        assert_eq!(a.status, 200, "{a:?}");
+        got.push(a.body);
+    }
+    assert_eq!(bodies(&got).len(), 2, "{got:?}");
+    assert_destination_saw_the_waypoint(&s, "echo-1");
+
+    // Its certificate came from the control plane's CA, for its own
+    // identity (the config dump names it; the destinations verified it).
+    let dump = s.waypoint.config_dump();
+    assert_eq!(dump["certificate"]["identity"], WAYPOINT_ID, "{dump:#}");
+
+    // It was sent only what it serves: the Service without a waypoint is
+    // not even known to it.
+    let err = connect_to_waypoint(&s, DIRECT_VIP).unwrap_err();
+    assert!(err.contains("400"), "{err}");
+    let metrics = s.waypoint.metrics();
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "waypoint_connects_refused_total",
+            Some("unknown_destination")
+        ),
+        1,
+        "{metrics}"
+    );
+
+    // The control plane gone, the waypoint serves on with what it has.
+    let mut s = s;
+    s.mesh.kill_control_plane();
+    let a = send_h1(&mut h1, get("echo.shop", "/after")).await.unwrap();
+    assert_eq!(a.status, 200);
+    let mut fresh = h1_client(s.connect(ECHO_VIP).await).await.unwrap();
+    let a = send_h1(&mut fresh, get("echo.shop", "/after-2"))
+        .await
+        .unwrap();
+    assert_eq!(a.status, 200);
+}

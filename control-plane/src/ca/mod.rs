@@ -4,8 +4,12 @@
 //! request metadata under `ImpersonatedIdentity` (as Istio's ztunnel does)
 //! and authenticates as its node with a bearer token ([`crate::auth`]). The
 //! CA signs only if a workload with that identity runs on that node
-//! ([`authorize`]), whatever names the CSR asks for; the chain comes back
-//! leaf first, root last. The root key never leaves this process.
+//! ([`authorize`]), whatever names the CSR asks for. A caller whose token is
+//! bound to an identity of its own (a waypoint) gets that identity: a
+//! request naming no `ImpersonatedIdentity` is for the caller's own
+//! (DESIGN §6), and one naming another is refused ([`own_identity`]). The
+//! chain comes back leaf first, root last. The root key never leaves this
+//! process.
 
 #[cfg(test)]
 mod tests;
@@ -21,7 +25,7 @@ use proto::ca::{IstioCertificateRequest, IstioCertificateResponse};
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
-use crate::auth::{Authenticator, NodeName};
+use crate::auth::{Authenticator, Caller, NodeName};
 use crate::metrics::{Metrics, ReasonLabel};
 
 /// The longest certificate we issue, and the default.
@@ -47,6 +51,8 @@ pub enum Refusal {
     },
     #[error("no workload with identity {identity} runs on node {node}")]
     NotOnNode { identity: SpiffeId, node: NodeName },
+    #[error("{caller} asked for {asked}, not its own identity")]
+    NotOwnIdentity { caller: SpiffeId, asked: SpiffeId },
     #[error("csr is not a PEM certificate request")]
     CsrPem,
     #[error("csr is invalid")]
@@ -61,7 +67,9 @@ impl Refusal {
     pub fn reason(&self) -> &'static str {
         match self {
             Refusal::NoIdentity | Refusal::BadIdentity { .. } => "bad_identity",
-            Refusal::WrongTrustDomain { .. } | Refusal::NotOnNode { .. } => "not_authorized",
+            Refusal::WrongTrustDomain { .. }
+            | Refusal::NotOnNode { .. }
+            | Refusal::NotOwnIdentity { .. } => "not_authorized",
             Refusal::CsrPem | Refusal::Csr(_) => "bad_csr",
             Refusal::NotReady => "not_ready",
             Refusal::Sign(_) => "internal",
@@ -76,9 +84,9 @@ impl Refusal {
             | Refusal::BadIdentity { .. }
             | Refusal::CsrPem
             | Refusal::Csr(_) => Status::invalid_argument(msg),
-            Refusal::WrongTrustDomain { .. } | Refusal::NotOnNode { .. } => {
-                Status::permission_denied(msg)
-            }
+            Refusal::WrongTrustDomain { .. }
+            | Refusal::NotOnNode { .. }
+            | Refusal::NotOwnIdentity { .. } => Status::permission_denied(msg),
             Refusal::NotReady => Status::unavailable(msg),
             Refusal::Sign(_) => Status::internal(msg),
         }
@@ -100,6 +108,20 @@ pub fn requested_identity(req: &IstioCertificateRequest) -> Result<SpiffeId, Ref
     value
         .parse()
         .map_err(|source| Refusal::BadIdentity { value, source })
+}
+
+/// The identity a caller with identity `own` gets: its own, when the
+/// request names none or names exactly that one. Pure.
+pub fn own_identity(req: &IstioCertificateRequest, own: &SpiffeId) -> Result<SpiffeId, Refusal> {
+    match requested_identity(req) {
+        Err(Refusal::NoIdentity) => Ok(own.clone()),
+        Ok(asked) if asked == *own => Ok(asked),
+        Ok(asked) => Err(Refusal::NotOwnIdentity {
+            caller: own.clone(),
+            asked,
+        }),
+        Err(e) => Err(e),
+    }
 }
 
 /// Pure: may `node` obtain a certificate for `identity`? Only if a workload
@@ -158,11 +180,27 @@ impl CaService {
     pub fn sign(
         &self,
         snap: Option<&Snapshot>,
-        node: &NodeName,
+        caller: &Caller,
         req: &IstioCertificateRequest,
     ) -> Result<Vec<String>, Refusal> {
-        let identity = requested_identity(req)?;
-        authorize(snap.ok_or(Refusal::NotReady)?, node, &identity)?;
+        let identity = match caller {
+            Caller::Node(node) => {
+                let identity = requested_identity(req)?;
+                authorize(snap.ok_or(Refusal::NotReady)?, node, &identity)?;
+                identity
+            }
+            Caller::Identity(own) => {
+                let identity = own_identity(req, own)?;
+                let td = snap.ok_or(Refusal::NotReady)?.trust_domain();
+                if identity.trust_domain() != td {
+                    return Err(Refusal::WrongTrustDomain {
+                        identity,
+                        trust_domain: td.to_owned(),
+                    });
+                }
+                identity
+            }
+        };
         let der = csr_der(&req.csr)?;
         let chain = self
             .ca
@@ -181,23 +219,23 @@ impl IstioCertificateService for CaService {
         &self,
         request: Request<IstioCertificateRequest>,
     ) -> Result<Response<IstioCertificateResponse>, Status> {
-        let node = match self.auth.authenticate(&request) {
-            Ok(n) => n,
+        let caller = match self.auth.authenticate(&request) {
+            Ok(c) => c,
             Err(e) => {
                 self.refused("unauthenticated");
                 return Err(e.into());
             }
         };
         let snap = self.snapshots.borrow().clone();
-        match self.sign(snap.as_deref(), &node, request.get_ref()) {
+        match self.sign(snap.as_deref(), &caller, request.get_ref()) {
             Ok(cert_chain) => {
                 self.metrics.certs_signed.inc();
-                tracing::info!(%node, "certificate signed");
+                tracing::info!(%caller, "certificate signed");
                 Ok(Response::new(IstioCertificateResponse { cert_chain }))
             }
             Err(refusal) => {
                 self.refused(refusal.reason());
-                tracing::warn!(%node, error = %refusal, "certificate refused");
+                tracing::warn!(%caller, error = %refusal, "certificate refused");
                 Err(refusal.to_status())
             }
         }

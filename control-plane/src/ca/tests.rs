@@ -23,6 +23,10 @@ fn node(n: &str) -> NodeName {
     NodeName(n.into())
 }
 
+fn node_caller(n: &str) -> Caller {
+    Caller::Node(node(n))
+}
+
 #[test]
 fn authorize_table() {
     let cases: &[(&str, &str, Result<(), &str>)] = &[
@@ -135,7 +139,7 @@ fn sign_returns_leaf_first_for_the_requested_identity() {
     let svc = service();
     let s = snap();
     let req = request(Some("spiffe://cluster.local/ns/shop/sa/cart"), &csr_pem());
-    let chain = svc.sign(Some(&s), &node("node1"), &req).unwrap();
+    let chain = svc.sign(Some(&s), &node_caller("node1"), &req).unwrap();
     assert_eq!(chain.len(), 2);
     let leaf = rustls_pki_types::CertificateDer::from_pem_slice(chain[0].as_bytes()).unwrap();
     let got = hbone::cert::identity_from_der(&leaf).unwrap();
@@ -194,8 +198,51 @@ fn sign_refusals() {
         ),
     ];
     for (name, snap, req, reason, code) in cases {
-        let err = svc.sign(*snap, &node("node1"), req).unwrap_err();
+        let err = svc.sign(*snap, &node_caller("node1"), req).unwrap_err();
         assert_eq!(err.reason(), *reason, "{name}");
         assert_eq!(err.to_status().code(), *code, "{name}");
     }
+}
+
+#[test]
+fn an_identity_caller_gets_its_own_identity_only() {
+    let svc = service();
+    let s = snap();
+    let wp = "spiffe://cluster.local/ns/shop/sa/waypoint";
+    let caller = Caller::Identity(id(wp));
+    let leaf_of = |chain: Vec<String>| {
+        let leaf = rustls_pki_types::CertificateDer::from_pem_slice(chain[0].as_bytes()).unwrap();
+        hbone::cert::identity_from_der(&leaf).unwrap()
+    };
+    // No ImpersonatedIdentity: the caller's own (DESIGN §6).
+    let chain = svc
+        .sign(Some(&s), &caller, &request(None, &csr_pem()))
+        .unwrap();
+    assert_eq!(leaf_of(chain), id(wp));
+    // Naming itself is the same.
+    let chain = svc
+        .sign(Some(&s), &caller, &request(Some(wp), &csr_pem()))
+        .unwrap();
+    assert_eq!(leaf_of(chain), id(wp));
+    // Anyone else, even a workload's: refused.
+    let err = svc
+        .sign(
+            Some(&s),
+            &caller,
+            &request(Some("spiffe://cluster.local/ns/shop/sa/cart"), &csr_pem()),
+        )
+        .unwrap_err();
+    assert_eq!(err.reason(), "not_authorized");
+    assert_eq!(err.to_status().code(), tonic::Code::PermissionDenied);
+    // An identity outside the mesh's trust domain.
+    let foreign = Caller::Identity(id("spiffe://other.td/ns/shop/sa/waypoint"));
+    let err = svc
+        .sign(Some(&s), &foreign, &request(None, &csr_pem()))
+        .unwrap_err();
+    assert_eq!(err.reason(), "not_authorized");
+    // A node still has to name whom it asks for.
+    let err = svc
+        .sign(Some(&s), &node_caller("node1"), &request(None, &csr_pem()))
+        .unwrap_err();
+    assert_eq!(err.reason(), "bad_identity");
 }
