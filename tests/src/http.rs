@@ -15,6 +15,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+/// The HTTP/2 client connection preface.
+pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 /// One request an app saw.
 #[derive(Debug, Clone)]
 pub struct Seen {
@@ -26,8 +29,8 @@ pub struct Seen {
 }
 
 /// An HTTP app: answers `<name>\n` to every request (`200`, or the status
-/// in a `/status/<code>` path), echoes the upgraded stream of a request
-/// with `Upgrade`, and records every request.
+/// in a `/status/<code>` path; after a pause for `/delay/<ms>`), echoes the
+/// upgraded stream of a request with `Upgrade`, and records every request.
 pub struct HttpApp {
     seen: Arc<Mutex<Vec<Seen>>>,
     task: JoinHandle<()>,
@@ -113,6 +116,9 @@ async fn answer(
             .body(Full::new(Bytes::new()))
             .unwrap();
         return Ok(resp);
+    }
+    if let Some(ms) = parts.uri.path().strip_prefix("/delay/").and_then(|m| m.parse().ok()) {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
     }
     let status = parts
         .uri

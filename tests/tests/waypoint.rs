@@ -606,3 +606,108 @@ async fn over_xds_the_waypoint_gets_its_own_certificate_and_only_what_it_serves(
         .unwrap();
     assert_eq!(a.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_with_goaway_and_connection_close() {
+    if !require_root() {
+        return;
+    }
+    let mut s = Scenario::start(&[]);
+    let _apps = s.echo_apps();
+    let mut h1 = h1_client(s.connect(ECHO_VIP).await).await.unwrap();
+    let mut h2 = h2_client(s.connect(ECHO_VIP).await).await.unwrap();
+    // Warm both connections, then start a slow request on each.
+    assert_eq!(send_h1(&mut h1, get("echo.shop", "/warm")).await.unwrap().status, 200);
+    assert_eq!(send_h2(&mut h2, get("echo.shop", "/warm")).await.unwrap().status, 200);
+    let slow1 = tokio::spawn(async move {
+        let a = send_h1(&mut h1, get("echo.shop", "/delay/1500")).await;
+        (a, h1)
+    });
+    let mut h2_slow = h2.clone();
+    let slow2 = tokio::spawn(async move { send_h2(&mut h2_slow, get("echo.shop", "/delay/1500")).await });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    s.waypoint.signal_term();
+
+    // In-flight requests finish; HTTP/1.1 is told to close.
+    let (a1, mut h1) = slow1.await.unwrap();
+    let a1 = a1.expect("the in-flight HTTP/1.1 request completes");
+    assert_eq!(a1.status, 200);
+    assert_eq!(
+        a1.headers.get("connection").map(|v| v.to_str().unwrap()),
+        Some("close"),
+        "{:?}",
+        a1.headers
+    );
+    let a2 = slow2.await.unwrap().expect("the in-flight HTTP/2 request completes");
+    assert_eq!(a2.status, 200);
+    // HTTP/2 got GOAWAY: no new stream on that connection.
+    let after = send_h2(&mut h2, get("echo.shop", "/after-goaway")).await;
+    assert!(after.is_err(), "{after:?}");
+    let again = send_h1(&mut h1, get("echo.shop", "/after-close")).await;
+    assert!(again.is_err(), "the HTTP/1.1 connection closed: {again:?}");
+    let status = s.waypoint.wait_exit();
+    assert!(status.success(), "{status}");
+}
+
+/// One HTTP/2 frame.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = len.to_be_bytes()[1..].to_vec();
+    f.extend([kind, flags]);
+    f.extend(stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_rapid_reset_flood_is_cut_off() {
+    if !require_root() {
+        return;
+    }
+    let s = Scenario::start(&[]);
+    let apps = s.echo_apps();
+    let mut conn = s.connect(ECHO_VIP).await;
+    // The preface, then 500 streams each opened and at once cancelled
+    // (CVE-2023-44487): HEADERS (GET / for authority "e") + RST_STREAM.
+    let mut flood = mesh_tests::http::H2_PREFACE.to_vec();
+    flood.extend(h2_frame(0x4, 0, 0, &[]));
+    let block = [0x82, 0x86, 0x84, 0x01, 0x01, b'e'];
+    for i in 0..500u32 {
+        let id = 2 * i + 1;
+        flood.extend(h2_frame(0x1, 0x5, id, &block));
+        flood.extend(h2_frame(0x3, 0, id, &8u32.to_be_bytes()));
+    }
+    conn.write_all(&flood).await.unwrap();
+    // Read frames until GOAWAY.
+    let mut buf = Vec::new();
+    let goaway = tokio::time::timeout(WAIT, async {
+        loop {
+            let mut chunk = [0u8; 16 * 1024];
+            let n = conn.read(&mut chunk).await.unwrap_or(0);
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            let mut at = 0;
+            while buf.len() >= at + 9 {
+                let len = u32::from_be_bytes([0, buf[at], buf[at + 1], buf[at + 2]]) as usize;
+                if buf.len() < at + 9 + len {
+                    break;
+                }
+                if buf[at + 3] == 0x7 {
+                    let p = &buf[at + 9..at + 9 + len];
+                    return Some(u32::from_be_bytes([p[4], p[5], p[6], p[7]]));
+                }
+                at += 9 + len;
+            }
+        }
+    })
+    .await
+    .expect("an answer to the flood");
+    assert_eq!(goaway, Some(0xb), "GOAWAY with ENHANCE_YOUR_CALM");
+    let reached: usize = apps.iter().map(|a| a.seen().len()).sum();
+    assert!(reached < 500, "{reached} of 500 cancelled requests reached the upstream");
+    // The waypoint itself is fine.
+    let mut h1 = h1_client(s.connect(ECHO_VIP).await).await.unwrap();
+    assert_eq!(send_h1(&mut h1, get("echo.shop", "/ok")).await.unwrap().status, 200);
+}
