@@ -117,7 +117,12 @@ async fn answer(
             .unwrap();
         return Ok(resp);
     }
-    if let Some(ms) = parts.uri.path().strip_prefix("/delay/").and_then(|m| m.parse().ok()) {
+    if let Some(ms) = parts
+        .uri
+        .path()
+        .strip_prefix("/delay/")
+        .and_then(|m| m.parse().ok())
+    {
         tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
     }
     let status = parts

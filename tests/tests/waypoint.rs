@@ -617,14 +617,27 @@ async fn sigterm_drains_with_goaway_and_connection_close() {
     let mut h1 = h1_client(s.connect(ECHO_VIP).await).await.unwrap();
     let mut h2 = h2_client(s.connect(ECHO_VIP).await).await.unwrap();
     // Warm both connections, then start a slow request on each.
-    assert_eq!(send_h1(&mut h1, get("echo.shop", "/warm")).await.unwrap().status, 200);
-    assert_eq!(send_h2(&mut h2, get("echo.shop", "/warm")).await.unwrap().status, 200);
+    assert_eq!(
+        send_h1(&mut h1, get("echo.shop", "/warm"))
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    assert_eq!(
+        send_h2(&mut h2, get("echo.shop", "/warm"))
+            .await
+            .unwrap()
+            .status,
+        200
+    );
     let slow1 = tokio::spawn(async move {
         let a = send_h1(&mut h1, get("echo.shop", "/delay/1500")).await;
         (a, h1)
     });
     let mut h2_slow = h2.clone();
-    let slow2 = tokio::spawn(async move { send_h2(&mut h2_slow, get("echo.shop", "/delay/1500")).await });
+    let slow2 =
+        tokio::spawn(async move { send_h2(&mut h2_slow, get("echo.shop", "/delay/1500")).await });
     tokio::time::sleep(Duration::from_millis(400)).await;
     s.waypoint.signal_term();
 
@@ -638,7 +651,10 @@ async fn sigterm_drains_with_goaway_and_connection_close() {
         "{:?}",
         a1.headers
     );
-    let a2 = slow2.await.unwrap().expect("the in-flight HTTP/2 request completes");
+    let a2 = slow2
+        .await
+        .unwrap()
+        .expect("the in-flight HTTP/2 request completes");
     assert_eq!(a2.status, 200);
     // HTTP/2 got GOAWAY: no new stream on that connection.
     let after = send_h2(&mut h2, get("echo.shop", "/after-goaway")).await;
@@ -706,8 +722,17 @@ async fn an_http2_rapid_reset_flood_is_cut_off() {
     .expect("an answer to the flood");
     assert_eq!(goaway, Some(0xb), "GOAWAY with ENHANCE_YOUR_CALM");
     let reached: usize = apps.iter().map(|a| a.seen().len()).sum();
-    assert!(reached < 500, "{reached} of 500 cancelled requests reached the upstream");
+    assert!(
+        reached < 500,
+        "{reached} of 500 cancelled requests reached the upstream"
+    );
     // The waypoint itself is fine.
     let mut h1 = h1_client(s.connect(ECHO_VIP).await).await.unwrap();
-    assert_eq!(send_h1(&mut h1, get("echo.shop", "/ok")).await.unwrap().status, 200);
+    assert_eq!(
+        send_h1(&mut h1, get("echo.shop", "/ok"))
+            .await
+            .unwrap()
+            .status,
+        200
+    );
 }
