@@ -191,7 +191,8 @@ mod tests {
 
     #[test]
     fn hop_by_hop_table() {
-        let cases: &[(&[(&str, &str)], bool, &[&str])] = &[
+        type Case<'a> = (&'a [(&'a str, &'a str)], bool, &'a [&'a str]);
+        let cases: &[Case<'_>] = &[
             (
                 &[
                     ("connection", "keep-alive, x-secret"),

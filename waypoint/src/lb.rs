@@ -207,7 +207,8 @@ mod tests {
     #[test]
     fn pick_table() {
         use LbPolicy::*;
-        let cases: &[(LbPolicy, Vec<Candidate>, Draw, Option<usize>, &str)] = &[
+        type Case = (LbPolicy, Vec<Candidate>, Draw, Option<usize>, &'static str);
+        let cases: &[Case] = &[
             (LeastRequest, vec![], draw(0, 0, 0), None, "no endpoints"),
             (
                 LeastRequest,
