@@ -379,7 +379,7 @@ async fn follow(shared: &Shared, updates: Updates, interval: Duration, drain: Dr
                 };
                 match change {
                     Change::Unchanged => {}
-                    Change::Updated(snap) => apply(Arc::new(*snap)),
+                    Change::Updated(update) => apply(update.snapshot),
                     Change::Rejected(e) => {
                         metrics.config_rejected.inc();
                         tracing::error!(file = %path, error = %mesh_runtime::error_chain(&e), "config rejected; the last good config stays in force");

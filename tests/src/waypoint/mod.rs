@@ -2,6 +2,8 @@
 //! config file (with its dev CA) or its control plane, with its access
 //! log and stderr in the mesh's scratch directory.
 
+pub mod scenario;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 
