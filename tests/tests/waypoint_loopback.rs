@@ -2,8 +2,9 @@
 //! client's ztunnel (an HBONE client with the client's certificate) and the
 //! destination ztunnel of one endpoint (an HBONE server with the endpoint's
 //! certificate, relaying to the app); the other endpoint is outside the
-//! mesh and gets plain TCP. Addresses are a /24 of 127.0.0.0/8 of this
-//! test's own, so nothing else on the machine is touched.
+//! mesh and gets plain TCP; a third refuses connections, so requests are
+//! retried elsewhere and it is ejected. Addresses are a /24 of 127.0.0.0/8
+//! of this test's own, so nothing else on the machine is touched.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::{Child, Command, Stdio};
@@ -75,6 +76,7 @@ workloads:
   - {{name: waypoint, namespace: shop, serviceAccount: waypoint, ip: {wp}, node: node1}}
   - {{name: echo-1, namespace: shop, serviceAccount: echo, ip: {e1}, node: node1, tunnel: HBONE, labels: {{app: echo}}}}
   - {{name: echo-2, namespace: shop, serviceAccount: legacy, ip: {e2}, node: node1, labels: {{app: echo}}}}
+  - {{name: echo-3, namespace: shop, serviceAccount: legacy, ip: {e3}, node: node1, labels: {{app: echo}}}}
 services:
   - {{name: echo, namespace: shop, vip: 10.96.0.10, ports: [{{port: 80, targetPort: 8080}}], selector: {{app: echo}}, labels: {{istio.io/use-waypoint: waypoint}}}}
   - {{name: other, namespace: shop, vip: 10.96.0.11, ports: [{{port: 80, targetPort: 8080}}], selector: {{app: echo}}}}
@@ -84,18 +86,27 @@ services:
         wp = ip(1),
         e1 = ip(11),
         e2 = ip(12),
+        e3 = ip(13),
     )
 }
 
-fn ready(addr: SocketAddr) -> bool {
+/// A plain GET on loopback: the whole response, or "" if unreachable.
+fn http_get(addr: SocketAddr, path: &str) -> String {
     use std::io::{Read, Write};
     let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
-        return false;
+        return String::new();
     };
-    let _ = s.write_all(b"GET /healthz/ready HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+    let _ = write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    );
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
-    out.starts_with("HTTP/1.1 200")
+    out
+}
+
+fn ready(addr: SocketAddr) -> bool {
+    http_get(addr, "/healthz/ready").starts_with("HTTP/1.1 200")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -172,7 +183,7 @@ async fn the_waypoint_binary_balances_over_hbone_and_plain_tcp_on_loopback() {
     let stream = client.connect(&connect("10.96.0.10:80")).await.unwrap();
     let mut h1 = h1_client(stream).await.unwrap();
     let mut names = Vec::new();
-    for i in 0..16 {
+    for i in 0..24 {
         let a = send_h1(&mut h1, get("echo.shop", &format!("/h1/{i}")))
             .await
             .unwrap();
@@ -181,7 +192,7 @@ async fn the_waypoint_binary_balances_over_hbone_and_plain_tcp_on_loopback() {
     }
     let stream = client.connect(&connect("10.96.0.10:80")).await.unwrap();
     let mut h2 = h2_client(stream).await.unwrap();
-    for i in 0..16 {
+    for i in 0..24 {
         let a = send_h2(&mut h2, get("echo.shop", &format!("/h2/{i}")))
             .await
             .unwrap();
@@ -195,6 +206,22 @@ async fn the_waypoint_binary_balances_over_hbone_and_plain_tcp_on_loopback() {
         );
     }
     assert!(!app1.seen().is_empty() && !app2.seen().is_empty());
+    // echo-3 refuses connections: its requests went to another endpoint
+    // (none failed), and it was ejected after five failures in a row.
+    let dead = SocketAddr::new(IpAddr::V4(ip(13)), 8080).to_string();
+    let dump = http_get(SocketAddr::new(IpAddr::V4(wp), 15000), "/config_dump");
+    assert!(
+        dump.contains(&format!("\"ejected_endpoints\": [\n    \"{dead}\"")),
+        "{dump}"
+    );
+    let log = std::fs::read_to_string(&access_log).unwrap_or_default();
+    let retried: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|e: &serde_json::Value| e["attempts"] == 2)
+        .collect();
+    assert!(!retried.is_empty(), "{log}");
+    assert!(retried.iter().all(|e| e["status"] == 200), "{retried:?}");
     // The in-mesh endpoint was reached over HBONE as the waypoint.
     let seen: Vec<String> = peers
         .lock()
