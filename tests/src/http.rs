@@ -30,7 +30,8 @@ pub struct Seen {
 
 /// An HTTP app: answers `<name>\n` to every request (`200`, or the status
 /// in a `/status/<code>` path; after a pause for `/delay/<ms>`), echoes the
-/// upgraded stream of a request with `Upgrade`, and records every request.
+/// upgraded stream of a request with `Upgrade` (or of an HTTP/2 extended
+/// CONNECT, RFC 8441), and records every request.
 pub struct HttpApp {
     seen: Arc<Mutex<Vec<Seen>>>,
     task: JoinHandle<()>,
@@ -46,8 +47,9 @@ impl HttpApp {
                 let log = log.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| answer(req, name, log.clone()));
-                    let builder =
+                    let mut builder =
                         hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    builder.http2().enable_connect_protocol();
                     let _ = builder
                         .serve_connection_with_upgrades(TokioIo::new(sock), svc)
                         .await;
@@ -79,7 +81,9 @@ async fn answer(
     name: &'static str,
     log: Arc<Mutex<Vec<Seen>>>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    let upgrade = req.headers().contains_key(http::header::UPGRADE);
+    let extended_connect = req.method() == http::Method::CONNECT
+        && req.extensions().get::<hyper::ext::Protocol>().is_some();
+    let upgrade = req.headers().contains_key(http::header::UPGRADE) || extended_connect;
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
     let body = if upgrade {
@@ -109,12 +113,16 @@ async fn answer(
                 }
             }
         });
-        let resp = Response::builder()
-            .status(StatusCode::SWITCHING_PROTOCOLS)
-            .header(http::header::CONNECTION, "upgrade")
-            .header(http::header::UPGRADE, "echo")
-            .body(Full::new(Bytes::new()))
-            .unwrap();
+        let resp = if extended_connect {
+            Response::new(Full::new(Bytes::new()))
+        } else {
+            Response::builder()
+                .status(StatusCode::SWITCHING_PROTOCOLS)
+                .header(http::header::CONNECTION, "upgrade")
+                .header(http::header::UPGRADE, "echo")
+                .body(Full::new(Bytes::new()))
+                .unwrap()
+        };
         return Ok(resp);
     }
     if let Some(ms) = parts

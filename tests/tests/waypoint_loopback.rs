@@ -19,6 +19,7 @@ use hbone::drain::Drain;
 use hbone::server::{FixedIdentity, Handler, HboneServer, InboundRequest, ServerConfig};
 use hbone::SpiffeId;
 use mesh_tests::http::{get, h1_client, h2_client, send_h1, send_h2, HttpApp};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const CLIENT_ID: &str = "spiffe://cluster.local/ns/shop/sa/client";
 const WAYPOINT_ID: &str = "spiffe://cluster.local/ns/shop/sa/waypoint";
@@ -231,6 +232,27 @@ async fn the_waypoint_binary_balances_over_hbone_and_plain_tcp_on_loopback() {
         .collect();
     assert!(!seen.is_empty());
     assert!(seen.iter().all(|p| p == WAYPOINT_ID), "{seen:?}");
+    // HTTP/2 extended CONNECT (WebSocket over HTTP/2) passes through.
+    let stream = client.connect(&connect("10.96.0.10:80")).await.unwrap();
+    let mut h2 = h2_client(stream).await.unwrap();
+    let ws = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri("http://echo.shop/ws")
+        .extension(hyper::ext::Protocol::from_static("websocket"))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    h2.ready().await.unwrap();
+    let resp = h2.send_request(ws).await.expect("extended CONNECT");
+    assert_eq!(resp.status(), 200);
+    let upgraded = hyper::upgrade::on(resp).await.expect("upgraded stream");
+    let mut io = hyper_util::rt::TokioIo::new(upgraded);
+    io.write_all(b"over h2").await.unwrap();
+    let mut back = [0u8; 7];
+    tokio::time::timeout(Duration::from_secs(5), io.read_exact(&mut back))
+        .await
+        .expect("echo over the extended CONNECT")
+        .unwrap();
+    assert_eq!(&back, b"over h2");
     // A Service not bound to the waypoint is refused.
     let err = client.connect(&connect("10.96.0.11:80")).await.unwrap_err();
     assert!(err.to_string().contains("400"), "{err}");
