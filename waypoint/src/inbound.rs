@@ -53,8 +53,8 @@ async fn serve(proxy: Arc<Proxy>, req: InboundRequest) {
         }
     };
     let peer_ip = req.peer_addr.ip();
-    // ztunnel dials from the client pod's own address and names the client
-    // in `forwarded`; either finds its workload.
+    // ztunnel dials from the client pod's own address (and names it in
+    // `forwarded`): the workload there, if its identity is the peer's.
     let client = req
         .meta
         .client
@@ -62,7 +62,10 @@ async fn serve(proxy: Arc<Proxy>, req: InboundRequest) {
     let down = Arc::new(Downstream {
         addr: client.unwrap_or(req.peer_addr),
         identity: req.peer.clone(),
-        workload: snap.workload_by_ip(peer_ip).cloned(),
+        workload: snap
+            .workload_by_ip(peer_ip)
+            .filter(|w| w.identity() == req.peer)
+            .cloned(),
         service: match &target {
             Target::Service { service, .. } => Some(service.clone()),
             Target::Workload { .. } => None,

@@ -102,6 +102,8 @@ pub struct Record {
     pub flag: ResponseFlag,
     grpc: bool,
     tcp: bool,
+    /// An opaque TCP connection was counted opened.
+    opened: bool,
     done: bool,
 }
 
@@ -123,6 +125,7 @@ impl Record {
             flag: ResponseFlag::None,
             grpc: false,
             tcp: protocol == "TCP",
+            opened: false,
             done: false,
         }
     }
@@ -136,12 +139,9 @@ impl Record {
         grpc: bool,
     ) {
         self.event.method = Some(method.as_str().to_owned());
+        // A URI is ASCII (anything else is percent-encoded).
         let path = uri.path_and_query().map_or("/", |p| p.as_str());
-        let cut = (0..=path.len().min(MAX_LOGGED_PATH))
-            .rev()
-            .find(|&i| path.is_char_boundary(i))
-            .unwrap_or(0);
-        self.event.path = Some(path[..cut].to_owned());
+        self.event.path = Some(path[..path.len().min(MAX_LOGGED_PATH)].to_owned());
         self.event.authority = authority.map(|a| a.chars().take(256).collect());
         self.grpc = grpc;
     }
@@ -171,7 +171,12 @@ impl Record {
         let svc = self.down.service.as_ref();
         RequestLabels {
             source_workload: name(&self.down.workload),
-            source_workload_namespace: ns(&self.down.workload),
+            // A client the waypoint was not told about still has a
+            // verified namespace: its identity's.
+            source_workload_namespace: self.down.workload.as_ref().map_or_else(
+                || self.down.identity.namespace().to_owned(),
+                |w| w.namespace.clone(),
+            ),
             source_principal: self.down.identity.to_string(),
             destination_workload: name(&self.upstream_workload),
             destination_workload_namespace: ns(&self.upstream_workload),
@@ -209,6 +214,10 @@ impl Record {
         let labels = self.labels();
         let m = &self.telemetry.metrics;
         if self.tcp {
+            if !self.opened {
+                // Refused before it was forwarded: opened and closed at once.
+                m.tcp_opened.get_or_create(&labels).inc();
+            }
             m.tcp_closed.get_or_create(&labels).inc();
             m.tcp_sent
                 .get_or_create(&labels)
@@ -228,7 +237,8 @@ impl Record {
     }
 
     /// An opaque TCP connection opened (its close is [`Record::finish`]).
-    pub fn tcp_opened(&self) {
+    pub fn tcp_opened(&mut self) {
+        self.opened = true;
         self.telemetry
             .metrics
             .tcp_opened
@@ -245,5 +255,73 @@ impl Drop for Record {
             }
             self.write();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn telemetry() -> Telemetry {
+        Telemetry {
+            metrics: Metrics::new(),
+            access_log: Arc::new(AccessLog::sink()),
+        }
+    }
+
+    fn down(workload: Option<Arc<Workload>>) -> Arc<Downstream> {
+        Arc::new(Downstream {
+            addr: "10.1.1.10:4000".parse().unwrap(),
+            identity: "spiffe://cluster.local/ns/shop/sa/client".parse().unwrap(),
+            workload,
+            service: None,
+        })
+    }
+
+    #[test]
+    fn labels_come_from_the_snapshot_or_the_verified_identity() {
+        let t = telemetry();
+        let mut rec = Record::start(&t, &down(None), "HTTP/2");
+        rec.request(
+            &http::Method::POST,
+            &"/pkg.Svc/Call".parse().unwrap(),
+            Some("svc"),
+            true,
+        );
+        rec.event.status = 200;
+        rec.event.grpc_status = Some(14);
+        let l = rec.labels();
+        assert_eq!(l.source_workload, UNKNOWN, "not in the snapshot");
+        assert_eq!(l.source_workload_namespace, "shop", "the identity's");
+        assert_eq!(
+            l.source_principal,
+            "spiffe://cluster.local/ns/shop/sa/client"
+        );
+        assert_eq!(l.request_protocol, "grpc");
+        assert_eq!(l.grpc_response_status, "14");
+        assert_eq!(l.destination_service, UNKNOWN);
+        rec.finish();
+        let text = t.metrics.encode();
+        assert!(text.contains("grpc_response_status=\"14\""), "{text}");
+    }
+
+    #[test]
+    fn a_dropped_record_still_writes_its_line() {
+        let t = telemetry();
+        drop(Record::start(&t, &down(None), "HTTP/1.1"));
+        let text = t.metrics.encode();
+        assert!(text.contains("istio_requests_total{"), "{text}");
+        assert!(text.contains("response_code=\"0\""), "{text}");
+    }
+
+    #[test]
+    fn long_paths_are_cut() {
+        let t = telemetry();
+        let mut rec = Record::start(&t, &down(None), "HTTP/1.1");
+        let uri: http::Uri = format!("/{}", "a".repeat(3 * MAX_LOGGED_PATH))
+            .parse()
+            .unwrap();
+        rec.request(&http::Method::GET, &uri, None, false);
+        assert_eq!(rec.event.path.as_ref().unwrap().len(), MAX_LOGGED_PATH);
     }
 }

@@ -65,12 +65,13 @@ pub async fn handle(
             "connect_refused",
             "CONNECT is not forwarded",
         );
+        // An HTTP/1.1 CONNECT ends the request stream: close after it.
         return Ok(local_reply(
             rec,
             StatusCode::METHOD_NOT_ALLOWED,
             "CONNECT is not forwarded by the waypoint\n",
             grpc,
-            false,
+            s.version == Version::Http1,
         ));
     }
     let upgrade = headers::is_upgrade(req.method(), req.headers(), extended);
@@ -351,4 +352,43 @@ pub fn local_reply(
     };
     rec.finish();
     resp.expect("a valid local reply")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{Downstream, Telemetry};
+
+    fn rec() -> Record {
+        let t = Telemetry {
+            metrics: crate::metrics::Metrics::new(),
+            access_log: Arc::new(mesh_runtime::accesslog::AccessLog::sink()),
+        };
+        let down = Arc::new(Downstream {
+            addr: "10.1.1.10:4000".parse().unwrap(),
+            identity: "spiffe://cluster.local/ns/shop/sa/client".parse().unwrap(),
+            workload: None,
+            service: None,
+        });
+        Record::start(&t, &down, "HTTP/2")
+    }
+
+    #[test]
+    fn grpc_clients_get_a_status_in_a_trailers_only_reply() {
+        for (status, code) in [
+            (StatusCode::SERVICE_UNAVAILABLE, "14"),
+            (StatusCode::BAD_REQUEST, "13"),
+            (StatusCode::FORBIDDEN, "7"),
+            (StatusCode::METHOD_NOT_ALLOWED, "12"),
+            (StatusCode::INTERNAL_SERVER_ERROR, "2"),
+        ] {
+            let r = local_reply(rec(), status, "why\n", true, false);
+            assert_eq!(r.status(), StatusCode::OK);
+            assert_eq!(r.headers()["grpc-status"], code, "{status}");
+            assert_eq!(r.headers()["grpc-message"], "why");
+        }
+        let plain = local_reply(rec(), StatusCode::SERVICE_UNAVAILABLE, "why\n", false, true);
+        assert_eq!(plain.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(plain.headers()["connection"], "close");
+    }
 }
