@@ -256,5 +256,15 @@ async fn the_waypoint_binary_balances_over_hbone_and_plain_tcp_on_loopback() {
     // A Service not bound to the waypoint is refused.
     let err = client.connect(&connect("10.96.0.11:80")).await.unwrap_err();
     assert!(err.to_string().contains("400"), "{err}");
+    // The config file is followed: once the label is gone, so is the binding.
+    let unbound = config().replace(", labels: {istio.io/use-waypoint: waypoint}", "");
+    let tmp = dir.path().join("config.yaml.tmp");
+    std::fs::write(&tmp, unbound).unwrap();
+    std::fs::rename(&tmp, &config_path).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while client.connect(&connect("10.96.0.10:80")).await.is_ok() {
+        assert!(Instant::now() < deadline, "the edit was not applied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     drain.signal();
 }

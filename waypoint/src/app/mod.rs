@@ -26,7 +26,6 @@ use mesh_model::state::Snapshot;
 use mesh_model::SpiffeId;
 use mesh_runtime::accesslog::AccessLog;
 use mesh_runtime::admin::{self, json, text, Route};
-use mesh_runtime::source::Change;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 
@@ -299,7 +298,7 @@ fn spawn_control_thread(
     let admin_l = std_listen(cfg.listeners.admin)?;
     let metrics_l = std_listen(cfg.listeners.metrics)?;
     let ready_l = std_listen(cfg.listeners.readiness)?;
-    let (shared, poll) = (shared.clone(), cfg.poll_interval);
+    let shared = shared.clone();
     let thread = std::thread::Builder::new()
         .name("waypoint-control".into())
         .spawn(move || {
@@ -324,7 +323,7 @@ fn spawn_control_thread(
                     drain.clone(),
                 ));
                 let rotation = shared.certs.spawn_rotation(ROTATION_CHECK);
-                follow(&shared, updates, poll, drain).await;
+                follow(&shared, updates, drain).await;
                 rotation.abort();
             })
         })
@@ -333,7 +332,7 @@ fn spawn_control_thread(
 }
 
 /// Applies each new snapshot until drained.
-async fn follow(shared: &Shared, updates: Updates, interval: Duration, drain: Drain) {
+async fn follow(shared: &Shared, updates: Updates, drain: Drain) {
     let mut watch = drain.watch();
     let metrics = &shared.proxy.telemetry.metrics;
     let apply = |snap: Arc<Snapshot>| {
@@ -355,39 +354,15 @@ async fn follow(shared: &Shared, updates: Updates, interval: Duration, drain: Dr
                 () = watch.signaled() => return,
             }
         },
-        Updates::File(mut source) => {
-            let mut ticks = tokio::time::interval(interval);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Updates::File(source) => {
+            let mut source = source.count_rejections(metrics.config_rejected.clone());
             loop {
                 tokio::select! {
-                    _ = ticks.tick() => {}
+                    u = source.next() => match u {
+                        Some(update) => apply(update.snapshot.clone()),
+                        None => return,
+                    },
                     () = watch.signaled() => return,
-                }
-                let path = source.path().display().to_string();
-                let polled = tokio::task::spawn_blocking(move || {
-                    let change = source.poll();
-                    (source, change)
-                })
-                .await;
-                let change;
-                (source, change) = match polled {
-                    Ok(r) => r,
-                    Err(e) => {
-                        tracing::error!(error = %e, "config poll task failed");
-                        return;
-                    }
-                };
-                match change {
-                    Change::Unchanged => {}
-                    Change::Updated(update) => apply(update.snapshot),
-                    Change::Rejected(e) => {
-                        metrics.config_rejected.inc();
-                        tracing::error!(file = %path, error = %mesh_runtime::error_chain(&e), "config rejected; the last good config stays in force");
-                    }
-                    Change::Unreadable(e) => {
-                        metrics.config_rejected.inc();
-                        tracing::error!(file = %path, error = %e, "config unreadable; the last good config stays in force");
-                    }
                 }
             }
         }

@@ -12,7 +12,7 @@ use hbone::drain::Drain;
 use mesh_model::config;
 use mesh_model::state::Snapshot;
 use mesh_model::xds::store::XdsStore;
-use mesh_runtime::source::FileSource;
+use mesh_runtime::source::WatchedFile;
 use mesh_runtime::xds::ca::RemoteCa;
 use mesh_runtime::xds::client::{XdsClient, XdsStats};
 use proto::discovery::Node;
@@ -54,7 +54,8 @@ pub struct XdsSource {
 
 /// What the control thread follows after startup.
 pub enum Updates {
-    File(FileSource),
+    /// The file, re-read on inotify and at least every poll interval.
+    File(WatchedFile),
     Xds(mpsc::Receiver<Arc<Snapshot>>),
 }
 
@@ -80,7 +81,7 @@ pub async fn start(cfg: &Config, drain: &Drain) -> Result<Started, AppError> {
             Ok(Started {
                 snapshot: Arc::new(snapshot),
                 certs: CertStore::new(Arc::new(ca)),
-                updates: Updates::File(FileSource::new(config_file)),
+                updates: Updates::File(WatchedFile::new(config_file, cfg.poll_interval)),
             })
         }
         ConfigSource::Xds(x) => start_xds(cfg, x, drain).await,
