@@ -37,6 +37,19 @@ pub enum Target {
 }
 
 impl Target {
+    /// The port's declared protocol: a Service port's; a pod's ports
+    /// declare nothing.
+    pub fn app_protocol(&self) -> Option<mesh_model::state::AppProtocol> {
+        match self {
+            Target::Service { service, port, .. } => service
+                .ports
+                .iter()
+                .find(|p| p.port == *port)
+                .and_then(|p| p.app_protocol),
+            Target::Workload { .. } => None,
+        }
+    }
+
     /// The Service's hostname, for metrics and the `forwarded` host.
     pub fn service_host(&self) -> Option<&str> {
         match self {

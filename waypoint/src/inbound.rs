@@ -77,8 +77,30 @@ async fn serve(proxy: Arc<Proxy>, req: InboundRequest) {
         traceparent: None,
         baggage: req.meta.baggage.clone(),
     };
-    // Declared protocols come with routes; until then every port sniffs.
-    let decision = protocol::decide(None);
+    let decision = protocol::decide(target.app_protocol());
+    let mut stream = Stream {
+        proxy: proxy.clone(),
+        target,
+        down,
+        meta,
+        version: Version::Http1,
+        verdicts: None,
+        authority: req.authority,
+    };
+    proxy.telemetry.metrics.active_streams.inc();
+    let _active = Active(proxy.clone());
+    let watch = proxy.drain.watch();
+    if decision == Decision::Tcp {
+        // Declared TCP: answer the CONNECT only once connected (DESIGN §3).
+        let connected = match crate::tcp::connect(&stream).await {
+            Ok(c) => c,
+            Err(refused) => return req.reject(refused.status),
+        };
+        if let Ok(io) = req.accept() {
+            crate::tcp::relay(connected, io, Bytes::new(), watch).await;
+        }
+        return;
+    }
     let mut io = match req.accept() {
         Ok(s) => s,
         Err(e) => {
@@ -86,9 +108,6 @@ async fn serve(proxy: Arc<Proxy>, req: InboundRequest) {
             return;
         }
     };
-    proxy.telemetry.metrics.active_streams.inc();
-    let _active = Active(proxy.clone());
-    let watch = proxy.drain.watch();
     let (detected, prefix) = match sniff(&mut io, decision, proxy.tuning).await {
         Ok(d) => d,
         Err(e) => {
@@ -96,18 +115,9 @@ async fn serve(proxy: Arc<Proxy>, req: InboundRequest) {
             return;
         }
     };
-    let version = match detected {
-        Detected::Http2 => Version::Http2,
-        _ => Version::Http1,
-    };
-    let stream = Stream {
-        proxy: proxy.clone(),
-        target,
-        down,
-        meta,
-        version,
-        verdicts: None,
-    };
+    if detected == Detected::Http2 {
+        stream.version = Version::Http2;
+    }
     match detected {
         Detected::Http1 => crate::http::serve_h1(stream, Rewind::new(prefix, io), watch).await,
         Detected::Http2 => crate::http::serve_h2(stream, Rewind::new(prefix, io), watch).await,

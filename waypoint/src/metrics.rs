@@ -18,7 +18,10 @@ use mesh_runtime::accesslog::AccessLogCounters;
 pub const UNKNOWN: &str = "unknown";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-#[allow(non_camel_case_types, reason = "label values are Istio's lowercase names")]
+#[allow(
+    non_camel_case_types,
+    reason = "label values are Istio's lowercase names"
+)]
 pub enum Reporter {
     waypoint,
 }

@@ -1,7 +1,7 @@
 //! What runs inside a CONNECT stream: HTTP/1.x, HTTP/2, or opaque TCP.
 //!
-//! The Service port's declared protocol decides ([`decide`], from Istio's
-//! `appProtocol` values). An undeclared port is sniffed ([`detect`]): the
+//! The Service port's declared protocol decides ([`decide`], from the
+//! port's [`AppProtocol`]). An undeclared port is sniffed ([`detect`]): the
 //! HTTP/2 client preface or an HTTP/1.x method and a space mean HTTP;
 //! anything else, or nothing within [`DETECT_TIMEOUT`], means opaque TCP,
 //! so a protocol whose server speaks first (MySQL, SMTP) is forwarded
@@ -14,6 +14,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
+use mesh_model::state::AppProtocol;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// How long an undeclared port waits for the client's first bytes before
@@ -40,7 +41,7 @@ const H1_METHODS: [&[u8]; 9] = [
 /// The most bytes [`detect`] needs to decide.
 pub const DETECT_MAX: usize = H2_PREFACE.len();
 
-/// What the port declares, from Istio's `appProtocol` values.
+/// What to expect on a port, from what it declares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Decision {
@@ -54,19 +55,14 @@ pub enum Decision {
     Tcp,
 }
 
-/// The decision for a port declaring `app_protocol` (Kubernetes
-/// `appProtocol` or Istio's protocol names); `None` when undeclared.
-pub fn decide(app_protocol: Option<&str>) -> Decision {
-    let Some(p) = app_protocol else {
-        return Decision::Sniff;
-    };
-    match p.to_ascii_lowercase().as_str() {
-        "http" => Decision::Http,
-        "http2" | "grpc" | "grpc-web" | "h2c" | "kubernetes.io/h2c" => Decision::Http2,
-        "" => Decision::Sniff,
-        // tcp, tls, https, mongo, mysql, redis, and anything unknown: an
-        // unknown name is never parsed as HTTP.
-        _ => Decision::Tcp,
+/// The decision for a port declaring `declared` (`None`: undeclared).
+/// TLS is opaque to the waypoint: it cannot read inside it.
+pub fn decide(declared: Option<AppProtocol>) -> Decision {
+    match declared {
+        None => Decision::Sniff,
+        Some(AppProtocol::Http11) => Decision::Http,
+        Some(AppProtocol::Http2 | AppProtocol::Grpc) => Decision::Http2,
+        Some(AppProtocol::Tcp | AppProtocol::Tls) => Decision::Tcp,
     }
 }
 
@@ -188,16 +184,11 @@ mod tests {
     fn decide_table() {
         for (declared, want) in [
             (None, Decision::Sniff),
-            (Some(""), Decision::Sniff),
-            (Some("http"), Decision::Http),
-            (Some("HTTP"), Decision::Http),
-            (Some("http2"), Decision::Http2),
-            (Some("grpc"), Decision::Http2),
-            (Some("kubernetes.io/h2c"), Decision::Http2),
-            (Some("tcp"), Decision::Tcp),
-            (Some("mysql"), Decision::Tcp),
-            (Some("https"), Decision::Tcp),
-            (Some("something-else"), Decision::Tcp),
+            (Some(AppProtocol::Http11), Decision::Http),
+            (Some(AppProtocol::Http2), Decision::Http2),
+            (Some(AppProtocol::Grpc), Decision::Http2),
+            (Some(AppProtocol::Tcp), Decision::Tcp),
+            (Some(AppProtocol::Tls), Decision::Tcp),
         ] {
             assert_eq!(decide(declared), want, "{declared:?}");
         }

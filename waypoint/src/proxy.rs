@@ -36,6 +36,10 @@ impl Default for Tuning {
 pub struct Proxy {
     /// The waypoint's own identity: served on 15008, presented upstream.
     pub identity: SpiffeId,
+    /// The waypoint's Gateway, which L7 policies target.
+    pub gateway: crate::http::plan::Gateway,
+    /// The cap on mirror copies in flight.
+    pub mirrors: Arc<tokio::sync::Semaphore>,
     pub tuning: Tuning,
     pub state: watch::Receiver<Arc<Snapshot>>,
     pub hbone: Arc<HboneClient>,
@@ -62,4 +66,6 @@ pub struct Stream {
     pub version: Version,
     /// The HTTP/1.1 guard's verdict, when it stopped the stream.
     pub verdicts: Option<crate::h1::guard::Verdicts>,
+    /// The CONNECT `:authority`: the Service VIP:port or pod IP:port.
+    pub authority: std::net::SocketAddr,
 }

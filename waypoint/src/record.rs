@@ -48,6 +48,9 @@ pub struct RequestEvent {
     pub dst_workload: Option<String>,
     #[serde(rename = "dst.identity", skip_serializing_if = "Option::is_none")]
     pub dst_identity: Option<String>,
+    /// The route that matched (`<kind>/<namespace>/<name>`), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
     /// The endpoint that served the request (`podIP:targetPort`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream: Option<String>,

@@ -1,13 +1,15 @@
-//! Where a request (or an opaque connection) may go. Until routes are
-//! configured, every target gets the default route: a Service with no route
-//! goes to all its ready endpoints on the port's target port; a pod
-//! dialled directly goes to that pod. Pure; resolved against the snapshot
-//! of each request, so endpoint changes apply to the next request.
+//! Where a request (or an opaque connection) may go, as endpoints. The
+//! default route ([`default_backend`]): a Service with no route goes to all
+//! its ready endpoints on the port's target port; a pod dialled directly
+//! goes to that pod. A route's backend or mirror names a Service and port
+//! ([`service_backend`]). Pure; resolved against the snapshot of each
+//! request, so endpoint changes apply to the next request.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use mesh_model::state::{Snapshot, Workload};
+use mesh_model::route::ServiceRef;
+use mesh_model::state::{Service, Snapshot, Workload};
 
 use crate::admit::Target;
 use crate::upstream::dial::Endpoint;
@@ -56,21 +58,7 @@ impl NoBackend {
 pub fn default_backend(snap: &Snapshot, target: &Target) -> Result<Backend, NoBackend> {
     let (group, pairs): (String, Vec<(Endpoint, Arc<Workload>)>) = match target {
         Target::Service { service, port, .. } => {
-            let current = snap
-                .service_by_name(&service.namespace, &service.name)
-                .ok_or_else(|| NoBackend::Gone(service.key()))?;
-            let target_port = current
-                .target_port(*port)
-                .ok_or_else(|| NoBackend::PortGone {
-                    service: service.key(),
-                    port: *port,
-                })?;
-            let pairs = snap
-                .endpoints(current)
-                .iter()
-                .filter_map(|w| Some((Endpoint::of(snap, w, target_port)?, w.clone())))
-                .collect();
-            (current.key(), pairs)
+            return service_port_backend(snap, &service.namespace, &service.name, *port)
         }
         Target::Workload { workload, port } => {
             let current = snap
@@ -83,6 +71,38 @@ pub fn default_backend(snap: &Snapshot, target: &Target) -> Result<Backend, NoBa
             (current.key(), pairs)
         }
     };
+    backend_of(group, pairs)
+}
+
+/// A route's backend (or mirror): the Service's ready endpoints on the
+/// target port of `r.port`.
+pub fn service_backend(snap: &Snapshot, r: &ServiceRef) -> Result<Backend, NoBackend> {
+    service_port_backend(snap, &r.namespace, &r.name, r.port)
+}
+
+fn service_port_backend(
+    snap: &Snapshot,
+    namespace: &str,
+    name: &str,
+    port: u16,
+) -> Result<Backend, NoBackend> {
+    let key = || format!("{namespace}/{name}");
+    let svc: &Service = snap
+        .service_by_name(namespace, name)
+        .ok_or_else(|| NoBackend::Gone(key()))?;
+    let target_port = svc.target_port(port).ok_or_else(|| NoBackend::PortGone {
+        service: key(),
+        port,
+    })?;
+    let pairs = snap
+        .endpoints(svc)
+        .iter()
+        .filter_map(|w| Some((Endpoint::of(snap, w, target_port)?, w.clone())))
+        .collect();
+    backend_of(svc.key(), pairs)
+}
+
+fn backend_of(group: String, pairs: Vec<(Endpoint, Arc<Workload>)>) -> Result<Backend, NoBackend> {
     if pairs.is_empty() {
         return Err(NoBackend::NoEndpoints(group));
     }
@@ -159,6 +179,35 @@ services:
         assert_eq!(b.endpoints[0].addr.to_string(), "10.1.1.20:9000");
         assert_eq!(b.endpoints[0].tunnel, None);
         assert_eq!(b.endpoints[0].dial_addr().to_string(), "10.1.1.20:9000");
+    }
+
+    #[test]
+    fn a_route_backend_is_a_service_and_port() {
+        let s = snap("");
+        let r = ServiceRef {
+            namespace: "shop".into(),
+            name: "cart".into(),
+            port: 80,
+        };
+        let b = service_backend(&s, &r).unwrap();
+        assert_eq!(b.group, "shop/cart");
+        assert_eq!(b.endpoints[1].addr.to_string(), "10.1.1.11:8080");
+        let wrong_port = ServiceRef {
+            port: 81,
+            ..r.clone()
+        };
+        assert_eq!(
+            service_backend(&s, &wrong_port).unwrap_err().reason(),
+            "no_route"
+        );
+        let ghost = ServiceRef {
+            name: "ghost".into(),
+            ..r
+        };
+        assert_eq!(
+            service_backend(&s, &ghost).unwrap_err().reason(),
+            "no_route"
+        );
     }
 
     #[test]

@@ -205,6 +205,11 @@ async fn serve(cfg: Config, telemetry: Telemetry) -> Result<(), AppError> {
     let client = HboneClient::new(started.certs.clone(), ClientConfig::default());
     let proxy = Arc::new(Proxy {
         identity: identity.clone(),
+        gateway: crate::http::plan::Gateway {
+            namespace: cfg.namespace.clone(),
+            name: cfg.name.clone(),
+        },
+        mirrors: crate::http::mirror::limit(),
         tuning: cfg.tuning,
         state: state_rx,
         hbone: client,

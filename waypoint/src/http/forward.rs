@@ -3,40 +3,41 @@
 //! 1. refuse what is never forwarded (plain CONNECT: a tunnel inside the
 //!    tunnel would make the waypoint an open relay);
 //! 2. strip hop-by-hop fields, add `x-request-id`, propagate `traceparent`;
-//! 3. resolve the backend against the current snapshot, pick an endpoint,
-//!    send over a pooled connection; a request that never reached the
-//!    endpoint (connect failure, a stale pooled connection) tries another,
-//!    at most [`MAX_ATTEMPTS`] times and within the retry budget;
-//! 4. report the outcome for outlier ejection and stream the response
-//!    back, closing the request's record when it ends; a `101` (or a `2xx`
-//!    to an extended CONNECT) splices the two upgraded streams.
+//! 3. apply the L7 configuration against the current snapshot
+//!    ([`super::plan`]): authorization, the route's rule, its fault,
+//!    filters, backend and mirrors;
+//! 4. send, retrying as the rule allows ([`super::attempt`]), over pooled
+//!    connections; report each outcome for outlier ejection;
+//! 5. stream the response back through the rule's response filters,
+//!    closing the request's record when it ends; a `101` (or a `2xx` to an
+//!    extended CONNECT) splices the two upgraded streams.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use futures::FutureExt;
-use http::header::{HeaderValue, CONNECTION, CONTENT_TYPE, HOST};
+use http::header::{HeaderValue, CONNECTION, HOST};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use mesh_model::route::apply_response_filters;
 use mesh_model::ResponseFlag;
 
+use super::attempt::{self, Policy};
+use super::plan::{plan, Plan, PlanCtx};
+use super::reply::{local_reply, Local};
 use crate::body::{full, grpc_status, DownBody, RequestBody, ResponseBody};
 use crate::headers;
 use crate::proxy::Stream;
 use crate::record::Record;
-use crate::route::{self, Backend};
 use crate::upstream::balancer::{Chosen, InFlight};
-use crate::upstream::dial;
-use crate::upstream::pool::{SendError, Version};
+use crate::upstream::pool::Version;
 
-/// Attempts per request when earlier ones never reached an endpoint
-/// (Istio's default: the first try and two retries).
-pub const MAX_ATTEMPTS: usize = 3;
+/// Attempts per opaque TCP connection when earlier ones could not connect
+/// (as requests on the default route: [`attempt::DEFAULT_ATTEMPTS`]).
+pub const MAX_ATTEMPTS: usize = attempt::DEFAULT_ATTEMPTS as usize;
 
 /// Serves one request of `s`.
 pub async fn handle(
@@ -58,6 +59,7 @@ pub async fn handle(
         });
     let grpc = headers::is_grpc(req.headers());
     rec.request(req.method(), req.uri(), authority.as_deref(), grpc);
+    let h1 = s.version == Version::Http1;
     let extended = req.extensions().get::<hyper::ext::Protocol>().is_some();
     if req.method() == Method::CONNECT && !extended {
         rec.fail(
@@ -66,13 +68,11 @@ pub async fn handle(
             "CONNECT is not forwarded",
         );
         // An HTTP/1.1 CONNECT ends the request stream: close after it.
-        return Ok(local_reply(
-            rec,
+        let local = Local::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "CONNECT is not forwarded by the waypoint\n",
-            grpc,
-            s.version == Version::Http1,
-        ));
+        );
+        return Ok(local_reply(rec, local.closing(h1), grpc));
     }
     let upgrade = headers::is_upgrade(req.method(), req.headers(), extended);
     let down_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -81,33 +81,53 @@ pub async fn handle(
     let ids = headers::identify(&mut parts.headers);
     rec.event.request_id = Some(ids.request_id);
     rec.event.trace_id = Some(ids.trace_id);
-    if s.version == Version::Http1 {
+    let snap = proxy.snapshot();
+    let ctx = PlanCtx {
+        snap: &snap,
+        target: &s.target,
+        gateway: &proxy.gateway,
+        peer: &s.down.identity,
+        source_ip: s.down.addr.ip(),
+        authority: s.authority,
+    };
+    let forward = match plan(&ctx, &mut parts, &mut rand::random) {
+        Plan::Forward(f) => f,
+        Plan::Reply(r) => {
+            rec.fail(r.flag, r.reason, &r.error);
+            let local = Local {
+                status: r.status,
+                body: r.body,
+                location: r.location,
+                grpc_status: r.grpc_status,
+                close: upgrade && h1,
+            };
+            return Ok(local_reply(rec, local, grpc));
+        }
+    };
+    rec.event.route = forward.route.as_ref().map(ToString::to_string);
+    if h1 {
         parts.uri = headers::origin_form(&parts.uri);
     }
-    let snap = proxy.snapshot();
-    let backend = match route::default_backend(&snap, &s.target) {
-        Ok(b) => b,
-        Err(e) => {
-            rec.fail(ResponseFlag::Connect, e.reason(), &e);
-            return Ok(local_reply(
-                rec,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no healthy upstream\n",
-                grpc,
-                false,
-            ));
-        }
-    };
+    if let Some(delay) = forward.delay {
+        tokio::time::sleep(delay).await;
+    }
+    if !forward.mirrors.is_empty() && hyper::body::Body::is_end_stream(&body) {
+        super::mirror::send_copies(&s, &parts, forward.mirrors);
+    }
     let request_bytes = Arc::new(AtomicU64::new(0));
-    let body = RequestBody::new(body, request_bytes.clone()).boxed();
-    let request = Request::from_parts(parts, body);
-    let sent = send(&s, &backend, request, &mut rec).await;
-    let (resp, chosen) = match sent {
+    let replay = super::replay::Replay::new(RequestBody::new(body, request_bytes.clone()).boxed());
+    let policy = Policy::of(forward.rule);
+    let sent = attempt::send(&s, &forward.backend, &parts, &replay, &policy, &mut rec).await;
+    let (mut resp, chosen) = match sent {
         Ok(r) => r,
-        Err((status, body)) => {
-            return Ok(local_reply(rec, status, body, grpc, upgrade));
+        Err(f) => {
+            let local = Local::new(f.status, f.body).closing(upgrade && h1);
+            return Ok(local_reply(rec, local, grpc));
         }
     };
+    if let Some(rule) = forward.rule {
+        apply_response_filters(resp.headers_mut(), rule);
+    }
     Ok(respond(Answer {
         s: &s,
         resp,
@@ -117,118 +137,6 @@ pub async fn handle(
         request_bytes,
         down_upgrade,
     }))
-}
-
-/// Picks endpoints and sends until one answers; on failure, the status and
-/// body of the local reply (the record says why).
-async fn send(
-    s: &Stream,
-    backend: &Backend,
-    mut request: Request<crate::upstream::pool::UpBody>,
-    rec: &mut Record,
-) -> Result<(Response<Incoming>, Chosen), (StatusCode, &'static str)> {
-    let proxy = &s.proxy;
-    let mut tried: Vec<SocketAddr> = Vec::new();
-    let mut _retry: Option<InFlight> = None;
-    loop {
-        let Some(chosen) = proxy
-            .balancer
-            .choose(&backend.group, &backend.endpoints, &tried)
-        else {
-            if tried.is_empty() {
-                rec.fail(
-                    ResponseFlag::Connect,
-                    "no_healthy_upstream",
-                    "no endpoint to try",
-                );
-            }
-            return Err((StatusCode::SERVICE_UNAVAILABLE, "upstream connect error\n"));
-        };
-        let ep = chosen.endpoint.clone();
-        rec.event.attempts += 1;
-        rec.event.upstream = Some(ep.addr.to_string());
-        rec.upstream_workload = backend.workload_at(ep.addr).cloned();
-        let meta = s.meta.clone();
-        let client = proxy.hbone.clone();
-        let me = proxy.identity.clone();
-        let target = ep.clone();
-        let dialer = move || {
-            let mut meta = meta.clone();
-            meta.traceparent = Some(hbone::headers::new_traceparent());
-            let (client, me, target) = (client.clone(), me.clone(), target.clone());
-            async move { dial::dial(&client, &me, &target, meta).await }.boxed()
-        };
-        match proxy.pool.send(&ep, s.version, request, &dialer).await {
-            Ok(resp) => {
-                let failed = resp.status().is_server_error();
-                note_ejection(
-                    s,
-                    proxy.balancer.report(&chosen, &backend.endpoints, failed),
-                );
-                return Ok((resp, chosen));
-            }
-            Err(SendError::NotSent {
-                error,
-                request: back,
-            }) => {
-                note_ejection(s, proxy.balancer.report(&chosen, &backend.endpoints, true));
-                let flag = match &error {
-                    crate::upstream::pool::NotSentError::Dial(d) => d.flag(),
-                    _ => ResponseFlag::Connect,
-                };
-                tracing::debug!(endpoint = %ep.addr, error = %mesh_runtime::error_chain(&error), "upstream not reached");
-                rec.fail(
-                    flag,
-                    "upstream_connect_failure",
-                    mesh_runtime::error_chain(&error),
-                );
-                tried.push(ep.addr);
-                if tried.len() >= MAX_ATTEMPTS {
-                    return Err((StatusCode::SERVICE_UNAVAILABLE, "upstream connect error\n"));
-                }
-                match proxy.balancer.retry() {
-                    Some(g) => _retry = Some(g),
-                    None => {
-                        rec.event.reason = Some("retry_budget_exhausted");
-                        return Err((StatusCode::SERVICE_UNAVAILABLE, "upstream connect error\n"));
-                    }
-                }
-                request = *back;
-            }
-            Err(SendError::Failed(e)) => {
-                if let Some(v) = s.verdicts.as_ref().and_then(|v| v.get()) {
-                    rec.fail(ResponseFlag::None, v.reason(), v);
-                    return Err((v.status(), "malformed request body\n"));
-                }
-                if e.is_user() {
-                    // The client's body failed, not the endpoint.
-                    rec.fail(
-                        ResponseFlag::None,
-                        "downstream_body_error",
-                        mesh_runtime::error_chain(&e),
-                    );
-                    return Err((StatusCode::BAD_REQUEST, "request body failed\n"));
-                }
-                note_ejection(s, proxy.balancer.report(&chosen, &backend.endpoints, true));
-                rec.fail(
-                    ResponseFlag::Connect,
-                    "upstream_reset",
-                    mesh_runtime::error_chain(&e),
-                );
-                return Err((
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "upstream reset before response\n",
-                ));
-            }
-        }
-    }
-}
-
-fn note_ejection(s: &Stream, ejected: Option<crate::upstream::balancer::Ejected>) {
-    if let Some(e) = ejected {
-        s.proxy.telemetry.metrics.ejections.inc();
-        tracing::warn!(endpoint = %e.addr, period = ?e.period, "endpoint ejected after consecutive failures");
-    }
 }
 
 struct Answer<'a> {
@@ -304,91 +212,4 @@ async fn splice(
         Err(e) => rec.fail(ResponseFlag::Connect, "upgraded_stream_error", e),
     }
     rec.finish();
-}
-
-/// gRPC's code for an HTTP status the waypoint answers itself (as Envoy
-/// maps them).
-fn grpc_code(status: StatusCode) -> u32 {
-    match status.as_u16() {
-        400 => 13,
-        401 => 16,
-        403 => 7,
-        404 | 405 => 12,
-        429 | 502..=504 => 14,
-        _ => 2,
-    }
-}
-
-/// A reply from the waypoint itself; closes the record. gRPC clients get
-/// a trailers-only response carrying the code instead.
-pub fn local_reply(
-    mut rec: Record,
-    status: StatusCode,
-    body: &'static str,
-    grpc: bool,
-    close: bool,
-) -> Response<DownBody> {
-    let mut builder = Response::builder();
-    let resp = if grpc {
-        let code = grpc_code(status);
-        rec.event.status = 200;
-        rec.event.grpc_status = Some(code);
-        builder
-            .status(StatusCode::OK)
-            .header(CONTENT_TYPE, "application/grpc")
-            .header("grpc-status", code)
-            .header("grpc-message", body.trim_end())
-            .body(full(bytes::Bytes::new()))
-    } else {
-        rec.event.status = status.as_u16();
-        rec.event.bytes_sent = body.len() as u64;
-        if close {
-            builder = builder.header(CONNECTION, "close");
-        }
-        builder
-            .status(status)
-            .header(CONTENT_TYPE, "text/plain")
-            .body(full(body))
-    };
-    rec.finish();
-    resp.expect("a valid local reply")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::record::{Downstream, Telemetry};
-
-    fn rec() -> Record {
-        let t = Telemetry {
-            metrics: crate::metrics::Metrics::new(),
-            access_log: Arc::new(mesh_runtime::accesslog::AccessLog::sink()),
-        };
-        let down = Arc::new(Downstream {
-            addr: "10.1.1.10:4000".parse().unwrap(),
-            identity: "spiffe://cluster.local/ns/shop/sa/client".parse().unwrap(),
-            workload: None,
-            service: None,
-        });
-        Record::start(&t, &down, "HTTP/2")
-    }
-
-    #[test]
-    fn grpc_clients_get_a_status_in_a_trailers_only_reply() {
-        for (status, code) in [
-            (StatusCode::SERVICE_UNAVAILABLE, "14"),
-            (StatusCode::BAD_REQUEST, "13"),
-            (StatusCode::FORBIDDEN, "7"),
-            (StatusCode::METHOD_NOT_ALLOWED, "12"),
-            (StatusCode::INTERNAL_SERVER_ERROR, "2"),
-        ] {
-            let r = local_reply(rec(), status, "why\n", true, false);
-            assert_eq!(r.status(), StatusCode::OK);
-            assert_eq!(r.headers()["grpc-status"], code, "{status}");
-            assert_eq!(r.headers()["grpc-message"], "why");
-        }
-        let plain = local_reply(rec(), StatusCode::SERVICE_UNAVAILABLE, "why\n", false, true);
-        assert_eq!(plain.status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(plain.headers()["connection"], "close");
-    }
 }

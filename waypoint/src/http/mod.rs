@@ -4,7 +4,12 @@
 //! sends GOAWAY and HTTP/1.1 answers the request in progress with
 //! `connection: close`, then both finish what is in flight.
 
+pub mod attempt;
 pub mod forward;
+pub mod mirror;
+pub mod plan;
+pub mod replay;
+pub mod reply;
 
 use std::sync::Arc;
 use std::time::Duration;
