@@ -36,7 +36,7 @@ pub struct Connected {
 /// Why no endpoint took the stream; the record is written when dropped.
 pub struct Refused {
     pub status: StatusCode,
-    _rec: Record,
+    _rec: Box<Record>,
 }
 
 /// Chooses an endpoint of the stream's target that policy lets the client
@@ -44,7 +44,12 @@ pub struct Refused {
 pub async fn connect(s: &Stream) -> Result<Connected, Refused> {
     let proxy = s.proxy.clone();
     let mut rec = Record::start(&proxy.telemetry, &s.down, "TCP");
-    let refuse = |status, rec| Err(Refused { status, _rec: rec });
+    let refuse = |status, rec| {
+        Err(Refused {
+            status,
+            _rec: Box::new(rec),
+        })
+    };
     let snap = proxy.snapshot();
     let backend = match route::default_backend(&snap, &s.target) {
         Ok(b) => b,

@@ -113,7 +113,13 @@ fn get(path: &str) -> http::request::Builder {
 #[test]
 fn routing_table() {
     let route = "HTTPRoute/shop/reviews";
-    let cases: Vec<(&str, http::request::Builder, Vec<u64>, Result<String, u16>)> = vec![
+    type Case = (
+        &'static str,
+        http::request::Builder,
+        Vec<u64>,
+        Result<String, u16>,
+    );
+    let cases: Vec<Case> = vec![
         (
             "a header match goes to v2",
             get("/api/x").header("x-canary", "true"),
