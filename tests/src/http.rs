@@ -29,7 +29,8 @@ pub struct Seen {
 }
 
 /// An HTTP app: answers `<name>\n` to every request (`200`, or the status
-/// in a `/status/<code>` path; after a pause for `/delay/<ms>`), echoes the
+/// in a `/status/<code>` path; 503 to every third request under `/flaky`;
+/// after a pause for `/delay/<ms>`), echoes the
 /// upgraded stream of a request with `Upgrade` (or of an HTTP/2 extended
 /// CONNECT, RFC 8441), and records every request.
 pub struct HttpApp {
@@ -124,6 +125,21 @@ async fn answer(
                 .unwrap()
         };
         return Ok(resp);
+    }
+    if parts.uri.path().starts_with("/flaky") {
+        // Every third request here fails (this one is already logged).
+        let n = log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.path.starts_with("/flaky"))
+            .count();
+        if n % 3 == 0 {
+            return Ok(Response::builder()
+                .status(StatusCode::SERVICE_UNAVAILABLE)
+                .body(Full::new(Bytes::from(format!("{name} flaked\n"))))
+                .unwrap());
+        }
     }
     if let Some(ms) = parts
         .uri

@@ -10,9 +10,9 @@ use std::time::Duration;
 use mesh_tests::echo::{round_trip, App};
 use mesh_tests::http::{get, h1_client, h2_client, send_h1, send_h2};
 use mesh_tests::mesh::{metric_sum, Mesh};
+use mesh_tests::require_root;
 use mesh_tests::waypoint::scenario::*;
 use mesh_tests::waypoint::{Source, WaypointProc};
-use mesh_tests::{require_root, Topology};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -119,7 +119,11 @@ async fn http_through_the_waypoint_is_balanced_per_request() {
         .map(|v| v["name"].as_str().unwrap())
         .collect();
     services.sort();
-    assert_eq!(services, ["db", "echo"], "only the bound Services");
+    assert_eq!(
+        services,
+        ["db", "echo", "private"],
+        "only the bound Services"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -216,16 +220,8 @@ async fn over_xds_the_waypoint_gets_its_own_certificate_and_only_what_it_serves(
     if !require_root() {
         return;
     }
-    let topo = Topology::builder()
-        .nodes(2)
-        .pod("client", 1)
-        .pod("waypoint", 1)
-        .pod("echo-1", 2)
-        .pod("echo-2", 2)
-        .pod("db", 2)
-        .build()
-        .unwrap();
-    let mut mesh = Mesh::with_control_plane(&topo, &config(&topo));
+    let topo = Scenario::topology();
+    let mut mesh = Mesh::with_control_plane(&topo, &config(&topo, ""));
     let token = mesh.add_token(
         WAYPOINT_ID,
         &format!("waypoint-token-{}", std::process::id()),

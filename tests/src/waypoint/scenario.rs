@@ -1,8 +1,10 @@
-//! The waypoint scenario of the netns suites: a client pod and the
+//! The waypoint scenario of the netns suites: two client pods and the
 //! waypoint pod (`istio.io/dataplane-mode: none`, its own HBONE) on node 1;
-//! two `echo` endpoints and `db` on node 2. `echo` (HTTP) and `db` (opaque
-//! TCP) are bound to the waypoint; `direct` selects the same pods without
-//! one.
+//! two `echo` endpoints (`version: v1` and `v2`) and `db` on node 2.
+//! `echo` (HTTP), `private` (HTTP, the same pods) and `db` (opaque TCP)
+//! are bound to the waypoint; `direct` selects the echo pods without one,
+//! and `echo-v1` / `echo-v2` one version each (route backends). Routes and
+//! L7 policies come from the test ([`Scenario::start_with`]).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -19,6 +21,8 @@ pub const CLIENT_ID: &str = "spiffe://cluster.local/ns/shop/sa/client";
 pub const ECHO_VIP: &str = "10.96.0.10:80";
 pub const DB_VIP: &str = "10.96.0.11:3306";
 pub const DIRECT_VIP: &str = "10.96.0.12:80";
+/// Bound to the waypoint, the same pods as `echo`.
+pub const PRIVATE_VIP: &str = "10.96.0.13:80";
 pub const WAIT: Duration = Duration::from_secs(10);
 
 /// Client and waypoint on node 1; two `echo` endpoints and `db` on node 2.
@@ -31,7 +35,7 @@ pub struct Scenario {
 }
 
 /// The mesh config of the scenario.
-pub fn config(topo: &Topology) -> String {
+pub fn config(topo: &Topology, extra: &str) -> String {
     let pod = |name: &str, sa: &str, labels: &str| {
         let p = topo.pod(name);
         format!(
@@ -45,8 +49,9 @@ pub fn config(topo: &Topology) -> String {
             "waypoint",
             "istio.io/dataplane-mode: none, gateway.networking.k8s.io/gateway-name: waypoint",
         )
-        + &pod("echo-1", "echo", "app: echo")
-        + &pod("echo-2", "echo", "app: echo")
+        + &pod("client-2", "client-2", "app: client-2")
+        + &pod("echo-1", "echo", "app: echo, version: v1")
+        + &pod("echo-2", "echo", "app: echo, version: v2")
         + &pod("db", "db", "app: db");
     format!(
         r#"
@@ -62,6 +67,10 @@ services:
   - {{name: echo, namespace: shop, vip: 10.96.0.10, ports: [{{port: 80, targetPort: 8080}}], selector: {{app: echo}}, labels: {{istio.io/use-waypoint: waypoint}}}}
   - {{name: db, namespace: shop, vip: 10.96.0.11, ports: [{{port: 3306}}], selector: {{app: db}}, labels: {{istio.io/use-waypoint: waypoint}}}}
   - {{name: direct, namespace: shop, vip: 10.96.0.12, ports: [{{port: 80, targetPort: 8080}}], selector: {{app: echo}}}}
+  - {{name: private, namespace: shop, vip: 10.96.0.13, ports: [{{port: 80, targetPort: 8080}}], selector: {{app: echo}}, labels: {{istio.io/use-waypoint: waypoint}}}}
+  - {{name: echo-v1, namespace: shop, vip: 10.96.0.14, ports: [{{port: 80, targetPort: 8080}}], selector: {{app: echo, version: v1}}}}
+  - {{name: echo-v2, namespace: shop, vip: 10.96.0.15, ports: [{{port: 80, targetPort: 8080}}], selector: {{app: echo, version: v2}}}}
+{extra}
 "#
     )
 }
@@ -69,16 +78,28 @@ services:
 impl Scenario {
     /// The mesh in file mode and the waypoint started with `waypoint_args`.
     pub fn start(waypoint_args: &[&str]) -> Scenario {
-        let topo = Topology::builder()
+        Scenario::start_with("", waypoint_args)
+    }
+
+    /// The scenario's topology (no processes yet).
+    pub fn topology() -> Topology {
+        Topology::builder()
             .nodes(2)
             .pod("client", 1)
             .pod("waypoint", 1)
             .pod("echo-1", 2)
             .pod("echo-2", 2)
             .pod("db", 2)
+            .pod("client-2", 1)
             .build()
-            .unwrap();
-        let mut mesh = Mesh::new(&topo, &config(&topo));
+            .unwrap()
+    }
+
+    /// [`Scenario::start`] with `extra` appended to the config (routes:
+    /// and policies: sections).
+    pub fn start_with(extra: &str, waypoint_args: &[&str]) -> Scenario {
+        let topo = Scenario::topology();
+        let mut mesh = Mesh::new(&topo, &config(&topo, extra));
         mesh.start_all();
         let waypoint = WaypointProc::start(
             &mesh,
@@ -114,8 +135,13 @@ impl Scenario {
 
     /// A TCP connection from the client pod (captured by its ztunnel).
     pub async fn connect(&self, to: &str) -> tokio::net::TcpStream {
+        self.connect_from("client", to).await
+    }
+
+    /// A TCP connection from `pod` (captured by its ztunnel).
+    pub async fn connect_from(&self, pod: &str, to: &str) -> tokio::net::TcpStream {
         let addr: SocketAddr = to.parse().unwrap();
-        tokio::time::timeout(WAIT, self.ns("client").connect(addr))
+        tokio::time::timeout(WAIT, self.ns(pod).connect(addr))
             .await
             .expect("connect timed out")
             .expect("connect")

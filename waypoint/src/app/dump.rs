@@ -1,15 +1,18 @@
 //! `/config_dump`: what this waypoint serves, as JSON: the Services and
-//! pods bound to it with the route each gets (today the default route: all
-//! ready endpoints), the policies that apply to their endpoints, the load
-//! balancing in force, ejected endpoints and its certificate. Private keys
-//! never appear. Pure.
+//! pods bound to it, each Service port with the routes attached to it (or
+//! `default`: all ready endpoints), those routes in full, the L7 policies
+//! bound to its Gateway and Services, the L4 policies of the endpoints
+//! behind them (opaque TCP), the load balancing in force, ejected endpoints
+//! and its certificate. Private keys never appear. Pure.
 
 use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use hbone::cert::WorkloadCert;
+use mesh_model::l7policy::{L7Policy, PolicyTarget};
 use mesh_model::policy::applies;
-use mesh_model::state::{Policy, Service, Snapshot, Waypoint, Workload};
+use mesh_model::route::Route;
+use mesh_model::state::{AppProtocol, Policy, Service, Snapshot, Waypoint, Workload};
 use mesh_model::SpiffeId;
 use serde::Serialize;
 
@@ -19,6 +22,8 @@ use crate::upstream::pool::PoolStats;
 /// Everything the dump shows besides the snapshot.
 pub struct DumpInput<'a> {
     pub identity: &'a SpiffeId,
+    /// The waypoint's Gateway (`namespace`, `name`).
+    pub gateway: (&'a str, &'a str),
     pub lb: LbPolicy,
     pub outlier: OutlierConfig,
     pub retry_budget: RetryBudget,
@@ -33,6 +38,8 @@ struct Dump<'a> {
     trust_domain: &'a str,
     services: Vec<ServiceDump<'a>>,
     workloads: Vec<WorkloadDump<'a>>,
+    routes: Vec<&'a Route>,
+    l7_policies: Vec<&'a L7Policy>,
     policies: Vec<&'a Policy>,
     load_balancing: LbDump,
     ejected_endpoints: Vec<String>,
@@ -49,9 +56,11 @@ struct ServiceDump<'a> {
 
 #[derive(Serialize)]
 struct RouteDump {
-    name: &'static str,
     port: u16,
     target_port: u16,
+    app_protocol: Option<AppProtocol>,
+    /// The routes attached on this port, or `default`.
+    routes: Vec<String>,
     endpoints: Vec<String>,
 }
 
@@ -101,9 +110,20 @@ pub fn render(snap: &Snapshot, input: &DumpInput<'_>) -> String {
                 .ports
                 .iter()
                 .map(|p| RouteDump {
-                    name: "default",
                     port: p.port,
                     target_port: p.target_port,
+                    app_protocol: p.app_protocol,
+                    routes: {
+                        let keys: Vec<String> = snap
+                            .routes_for(s, p.port)
+                            .map(|r| r.key().to_string())
+                            .collect();
+                        if keys.is_empty() {
+                            vec!["default".to_owned()]
+                        } else {
+                            keys
+                        }
+                    },
                     endpoints: snap
                         .endpoints(s)
                         .iter()
@@ -131,6 +151,30 @@ pub fn render(snap: &Snapshot, input: &DumpInput<'_>) -> String {
         .iter()
         .filter(|p| behind.iter().any(|w| applies(p, w)))
         .collect();
+    let mut routes: Vec<&Route> = services
+        .iter()
+        .flat_map(|s| {
+            s.service
+                .ports
+                .iter()
+                .flat_map(|p| snap.routes_for(s.service, p.port))
+        })
+        .collect();
+    routes.sort_by_key(|r| r.key());
+    routes.dedup_by_key(|r| r.key());
+    let (gw_ns, gw_name) = input.gateway;
+    let l7_policies: Vec<&L7Policy> = snap
+        .l7_policies()
+        .map(|p| &**p)
+        .filter(|p| {
+            p.targets.iter().any(|t| match t {
+                PolicyTarget::Gateway(n) => p.namespace == gw_ns && n == gw_name,
+                PolicyTarget::Service(n) => services
+                    .iter()
+                    .any(|s| s.service.namespace == p.namespace && s.service.name == *n),
+            })
+        })
+        .collect();
     let dump = Dump {
         identity: me.to_string(),
         trust_domain: snap.trust_domain(),
@@ -143,6 +187,8 @@ pub fn render(snap: &Snapshot, input: &DumpInput<'_>) -> String {
                 identity: w.identity().to_string(),
             })
             .collect(),
+        routes,
+        l7_policies,
         policies,
         load_balancing: LbDump {
             policy: input.lb,
@@ -180,15 +226,26 @@ workloads:
 services:
   - {name: cart, namespace: shop, vip: 10.96.0.10, ports: [{port: 80, targetPort: 8080}], selector: {app: cart}, labels: {istio.io/use-waypoint: wp}}
   - {name: other, namespace: shop, vip: 10.96.0.11, ports: [{port: 80}], selector: {app: other}}
+routes:
+  - kind: HTTPRoute
+    metadata: {name: cart, namespace: shop}
+    spec: {parentRefs: [{name: cart, port: 80}], rules: [{backendRefs: [{name: cart, port: 80}]}]}
+  - kind: HTTPRoute
+    metadata: {name: other, namespace: shop}
+    spec: {parentRefs: [{name: other}], rules: [{backendRefs: [{name: other, port: 80}]}]}
 policies:
   - {name: cart-only, namespace: shop, selector: {matchLabels: {app: cart}}, action: ALLOW, rules: [{from: [{source: {principals: [cluster.local/ns/shop/sa/wp]}}]}]}
   - {name: other-only, namespace: shop, selector: {matchLabels: {app: other}}, action: DENY}
+  - {name: gw, namespace: shop, targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: wp}], action: DENY, rules: [{to: [{operation: {methods: [DELETE]}}]}]}
+  - {name: on-cart, namespace: shop, targetRefs: [{kind: Service, group: "", name: cart}], rules: [{}]}
+  - {name: on-other, namespace: shop, targetRefs: [{kind: Service, group: "", name: other}], rules: [{}]}
 "#,
         )
         .unwrap();
         let me: SpiffeId = "spiffe://cluster.local/ns/shop/sa/wp".parse().unwrap();
         let input = DumpInput {
             identity: &me,
+            gateway: ("shop", "wp"),
             lb: LbPolicy::LeastRequest,
             outlier: DEFAULT_OUTLIER,
             retry_budget: DEFAULT_RETRY_BUDGET,
@@ -201,8 +258,18 @@ policies:
         let services = v["services"].as_array().unwrap();
         assert_eq!(services.len(), 1, "{v:#}");
         assert_eq!(services[0]["name"], "cart");
-        assert_eq!(services[0]["routes"][0]["name"], "default");
+        assert_eq!(services[0]["routes"][0]["routes"][0], "HTTPRoute/shop/cart");
         assert_eq!(services[0]["routes"][0]["endpoints"][0], "10.1.1.10:8080");
+        let names = |key: &str| -> Vec<String> {
+            v[key]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["name"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        assert_eq!(names("routes"), ["cart"]);
+        assert_eq!(names("l7_policies"), ["gw", "on-cart"]);
         let policies: Vec<&str> = v["policies"]
             .as_array()
             .unwrap()

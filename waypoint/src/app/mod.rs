@@ -408,8 +408,10 @@ fn admin_route(shared: &Shared) -> Route {
         (_, "/config_dump") => {
             let snap = shared.proxy.snapshot();
             let cert = shared.certs.cached(&shared.proxy.identity);
+            let gateway = &shared.proxy.gateway;
             let input = dump::DumpInput {
                 identity: &shared.proxy.identity,
+                gateway: (&gateway.namespace, &gateway.name),
                 lb: shared.lb,
                 outlier: DEFAULT_OUTLIER,
                 retry_budget: DEFAULT_RETRY_BUDGET,
