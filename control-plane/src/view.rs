@@ -4,23 +4,63 @@
 //!
 //! - the Services bound to it (their `waypoint` is its identity), and the
 //!   workloads behind them (their endpoints);
+//! - the Services the routes of those name as backends or mirrors, with
+//!   their endpoints;
 //! - the pods bound to it directly;
 //! - the waypoint workloads any of those name, so the client can resolve
 //!   each `waypoint` reference (an unresolvable one drops its owner).
 //!
-//! Authorization policies are sent whole: the waypoint authorizes opaque
-//! TCP with the endpoints' policies, which may be global or namespace-wide.
+//! Its `Route`s are those attached to the Services bound to it; its
+//! `L7Authorization`s those targeting its Gateway (by Istio's convention
+//! the Gateway is named after the waypoint's service account, in its
+//! namespace) or a Service bound to it. Authorization policies are sent
+//! whole: the waypoint authorizes opaque TCP with the endpoints' policies,
+//! which may be global or namespace-wide.
 
 use std::collections::BTreeSet;
 
-use mesh_model::state::{Snapshot, UseWaypoint, Waypoint};
+use mesh_model::l7policy::PolicyTarget;
+use mesh_model::state::{Service, Snapshot, UseWaypoint, Waypoint};
 use mesh_model::SpiffeId;
 
-use crate::convert::service_name;
+use crate::convert::{policy_name, service_name};
 
 /// The waypoint `wp` names, when it is ready.
 fn ready(wp: &Option<UseWaypoint>) -> Option<&Waypoint> {
     wp.as_ref().and_then(UseWaypoint::ready)
+}
+
+/// The Services bound to the waypoint `id`.
+fn bound_services<'a>(snap: &'a Snapshot, id: &'a SpiffeId) -> impl Iterator<Item = &'a Service> {
+    snap.services()
+        .filter(move |s| ready(&s.waypoint).is_some_and(|w| w.identity == *id))
+        .map(|s| &**s)
+}
+
+/// The `Route` resource names the waypoint `id` is sent.
+pub fn waypoint_routes(snap: &Snapshot, id: &SpiffeId) -> BTreeSet<String> {
+    bound_services(snap, id)
+        .flat_map(|s| s.ports.iter().flat_map(move |p| snap.routes_for(s, p.port)))
+        .map(|r| r.key().to_string())
+        .collect()
+}
+
+/// The `L7Authorization` resource names the waypoint `id` is sent.
+pub fn waypoint_l7_policies(snap: &Snapshot, id: &SpiffeId) -> BTreeSet<String> {
+    let services: Vec<&Service> = bound_services(snap, id).collect();
+    snap.l7_policies()
+        .filter(|p| {
+            p.targets.iter().any(|t| match t {
+                PolicyTarget::Gateway(n) => {
+                    p.namespace == id.namespace() && n == id.service_account()
+                }
+                PolicyTarget::Service(n) => services
+                    .iter()
+                    .any(|s| s.namespace == p.namespace && s.name == *n),
+            })
+        })
+        .map(|p| policy_name(&p.namespace, &p.name))
+        .collect()
 }
 
 /// The `Address` resource names a waypoint with identity `id` is sent.
@@ -28,7 +68,22 @@ pub fn waypoint_addresses(snap: &Snapshot, id: &SpiffeId) -> BTreeSet<String> {
     let bound = |wp: &Option<UseWaypoint>| ready(wp).is_some_and(|w| w.identity == *id);
     let mut names = BTreeSet::new();
     let mut waypoints: Vec<&Waypoint> = Vec::new();
-    for svc in snap.services().filter(|s| bound(&s.waypoint)) {
+    let bound_svcs: Vec<&Service> = bound_services(snap, id).collect();
+    // The routes' backends and mirrors are served too.
+    let referenced = bound_svcs
+        .iter()
+        .flat_map(|s| s.ports.iter().flat_map(move |p| snap.routes_for(s, p.port)))
+        .flat_map(|r| &r.rules)
+        .flat_map(|rule| {
+            rule.backends
+                .iter()
+                .map(|b| &b.service)
+                .chain(rule.mirrors().map(|m| &m.service))
+        })
+        .filter_map(|r| snap.service_by_name(&r.namespace, &r.name))
+        .map(|s| &**s);
+    let served: Vec<&Service> = bound_svcs.iter().copied().chain(referenced).collect();
+    for svc in served {
         names.insert(service_name(svc));
         waypoints.extend(ready(&svc.waypoint));
         for w in snap.endpoints(svc) {
@@ -71,6 +126,18 @@ services:
   - {name: cart, namespace: shop, vip: 10.96.0.10, ports: [{port: 80}], selector: {app: cart}, labels: {istio.io/use-waypoint: wp}}
   - {name: lone, namespace: shop, vip: 10.96.0.11, ports: [{port: 80}], selector: {app: lone}}
   - {name: vault, namespace: bank, vip: 10.96.0.20, ports: [{port: 80}], selector: {app: vault}}
+  - {name: cart-v2, namespace: shop, vip: 10.96.0.12, ports: [{port: 80}], selector: {app: lone}}
+routes:
+  - kind: HTTPRoute
+    metadata: {name: cart, namespace: shop}
+    spec: {parentRefs: [{name: cart}], rules: [{backendRefs: [{name: cart-v2, port: 80}]}]}
+  - kind: HTTPRoute
+    metadata: {name: vault, namespace: bank}
+    spec: {parentRefs: [{name: vault}], rules: [{backendRefs: [{name: vault, port: 80}]}]}
+policies:
+  - {name: on-gateway, namespace: shop, targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: wp}], rules: [{}]}
+  - {name: on-cart, namespace: shop, targetRefs: [{kind: Service, group: "", name: cart}], rules: [{}]}
+  - {name: on-vault, namespace: bank, targetRefs: [{kind: Service, group: "", name: vault}], rules: [{}]}
 "#;
 
     #[test]
@@ -86,11 +153,18 @@ services:
                 "bank/bank-wp",
                 "shop/cart-1",
                 "shop/cart-2",
+                // The route's backend, and the pod behind it.
+                "shop/cart-v2.shop.svc.cluster.local",
                 "shop/cart.shop.svc.cluster.local",
+                "shop/lone",
                 "shop/pinned",
                 "shop/wp",
             ]
         );
+        let routes: Vec<String> = waypoint_routes(&snap, &wp).into_iter().collect();
+        assert_eq!(routes, ["HTTPRoute/shop/cart"]);
+        let l7: Vec<String> = waypoint_l7_policies(&snap, &wp).into_iter().collect();
+        assert_eq!(l7, ["shop/on-cart", "shop/on-gateway"]);
         let bank: SpiffeId = "spiffe://cluster.local/ns/bank/sa/bank-wp".parse().unwrap();
         let got: Vec<String> = waypoint_addresses(&snap, &bank).into_iter().collect();
         assert_eq!(

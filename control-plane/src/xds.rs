@@ -8,11 +8,13 @@
 //! non-empty (the first request of each type is always answered, so a
 //! client knows it is in sync).
 //!
-//! A stream authenticated as a waypoint's identity gets only the `Address`
-//! resources of what that waypoint serves ([`crate::view`]). What it serves
-//! can change without any of those resources changing (a Service becomes
-//! bound, and its endpoints join the view), so its addresses are diffed
-//! in full against its view on every push; the view is small.
+//! A stream authenticated as a waypoint's identity gets only the `Address`,
+//! `Route` and `L7Authorization` resources of what that waypoint serves
+//! ([`crate::view`]). What it serves can change without any of those
+//! resources changing (a Service becomes bound, and its endpoints join the
+//! view), so they are diffed in full against its view on every push; the
+//! view is small. Node streams do not subscribe to routes; if one did, it
+//! would get them all.
 //!
 //! A delta larger than [`MAX_RESPONSE_BYTES`] goes out in several
 //! responses ([`Delta::split`]), all but the last marked
@@ -196,8 +198,10 @@ impl ClientStream {
         published_at: Option<Instant>,
     ) -> Result<(), Closed> {
         let sub = self.subs.get_mut(&kind).expect("subscribed kind");
-        let delta = match (&self.caller, kind) {
-            (Caller::Identity(id), Kind::Address) => sub.diff(&waypoint_view(p, id)),
+        let delta = match &self.caller {
+            Caller::Identity(id) if kind != Kind::Authorization => {
+                sub.diff(&waypoint_view(p, kind, id))
+            }
             _ => sub.diff_published(p.resources.of(kind), p.generation, &p.history, kind),
         };
         if delta.is_empty() && !always {
@@ -239,11 +243,15 @@ impl ClientStream {
 /// The client went away.
 struct Closed;
 
-/// The `Address` resources the waypoint `id` is sent.
-fn waypoint_view(p: &Published, id: &mesh_model::SpiffeId) -> Resources {
-    let names = crate::view::waypoint_addresses(&p.snapshot, id);
+/// The resources of `kind` the waypoint `id` is sent.
+fn waypoint_view(p: &Published, kind: Kind, id: &mesh_model::SpiffeId) -> Resources {
+    let names = match kind {
+        Kind::Route => crate::view::waypoint_routes(&p.snapshot, id),
+        Kind::L7Authorization => crate::view::waypoint_l7_policies(&p.snapshot, id),
+        _ => crate::view::waypoint_addresses(&p.snapshot, id),
+    };
     p.resources
-        .addresses
+        .of(kind)
         .iter()
         .filter(|(n, _)| names.contains(n.as_str()))
         .map(|(n, r)| (n.clone(), r.clone()))

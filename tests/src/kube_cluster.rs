@@ -298,6 +298,7 @@ impl XdsFollower {
             stats: Arc::new(XdsStats::default()),
             publish,
             synced: Default::default(),
+            types: &mesh_runtime::xds::client::TYPE_URLS,
         };
         tokio::spawn(client.run(drain.clone()));
         let (tx, latest) = watch::channel(None);

@@ -215,13 +215,31 @@ async fn a_websocket_upgrade_passes() {
     assert_eq!(ev["status"], 101);
 }
 
+/// A route and an L7 policy, for the xDS test.
+const XDS_L7: &str = r#"routes:
+  - kind: HTTPRoute
+    metadata: {name: echo, namespace: shop}
+    spec:
+      parentRefs: [{name: echo, port: 80}]
+      rules:
+        - matches: [{headers: [{name: x-canary, value: "true"}]}]
+          backendRefs: [{name: echo-v2, port: 80}]
+        - backendRefs: [{name: echo, port: 80}]
+policies:
+  - name: deny-admin-writes
+    namespace: shop
+    targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
+    action: DENY
+    rules: [{to: [{operation: {methods: [POST], paths: [/admin]}}]}]
+"#;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_xds_the_waypoint_gets_its_own_certificate_and_only_what_it_serves() {
     if !require_root() {
         return;
     }
     let topo = Scenario::topology();
-    let mut mesh = Mesh::with_control_plane(&topo, &config(&topo, ""));
+    let mut mesh = Mesh::with_control_plane(&topo, &config(&topo, XDS_L7));
     let token = mesh.add_token(
         WAYPOINT_ID,
         &format!("waypoint-token-{}", std::process::id()),
@@ -259,6 +277,24 @@ async fn over_xds_the_waypoint_gets_its_own_certificate_and_only_what_it_serves(
     }
     assert_eq!(bodies(&got).len(), 2, "{got:?}");
     assert_destination_saw_the_waypoint(&s, "echo-1");
+
+    // Its route and L7 policy came over xDS too: the canary header goes to
+    // echo-v2 (a backend Service not bound to it, sent for the route), and
+    // POST /admin is denied.
+    for _ in 0..5 {
+        let mut canary = get("echo.shop", "/api");
+        canary
+            .headers_mut()
+            .insert("x-canary", "true".parse().unwrap());
+        let a = send_h1(&mut h1, canary).await.unwrap();
+        assert_eq!((a.status, a.body.trim()), (200, "echo-2"));
+    }
+    let post = http::Request::post("/admin")
+        .header("host", "echo.shop")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let a = send_h1(&mut h1, post).await.unwrap();
+    assert_eq!(a.status, 403);
 
     // Its certificate came from the control plane's CA, for its own
     // identity (the config dump names it; the destinations verified it).

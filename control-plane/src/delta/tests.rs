@@ -165,7 +165,7 @@ fn history_table() {
     let changes = |names: &[&str]| {
         Arc::new(Changes {
             addresses: names.iter().map(|n| n.to_string()).collect(),
-            authorizations: Default::default(),
+            ..Default::default()
         })
     };
     let mut h = History::default();

@@ -22,15 +22,26 @@ pub use update::Changes;
 pub enum Kind {
     Address,
     Authorization,
+    /// A waypoint's routes (`ambient.mesh.v1.Route`).
+    Route,
+    /// A waypoint's L7 policies (`ambient.mesh.v1.L7Authorization`).
+    L7Authorization,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 2] = [Kind::Address, Kind::Authorization];
+    pub const ALL: [Kind; 4] = [
+        Kind::Address,
+        Kind::Authorization,
+        Kind::Route,
+        Kind::L7Authorization,
+    ];
 
     pub fn type_url(self) -> &'static str {
         match self {
             Kind::Address => proto::ADDRESS_TYPE_URL,
             Kind::Authorization => proto::AUTHORIZATION_TYPE_URL,
+            Kind::Route => proto::ROUTE_TYPE_URL,
+            Kind::L7Authorization => proto::L7_AUTHORIZATION_TYPE_URL,
         }
     }
 
@@ -43,6 +54,8 @@ impl Kind {
         match self {
             Kind::Address => "address",
             Kind::Authorization => "authorization",
+            Kind::Route => "route",
+            Kind::L7Authorization => "l7_authorization",
         }
     }
 }
@@ -94,6 +107,8 @@ pub type Resources = BTreeMap<String, Arc<Versioned>>;
 pub struct ResourceSet {
     pub addresses: Resources,
     pub authorizations: Resources,
+    pub routes: Resources,
+    pub l7_authorizations: Resources,
 }
 
 impl ResourceSet {
@@ -109,6 +124,8 @@ impl ResourceSet {
         ResourceSet {
             addresses: encode(convert::addresses(snap)),
             authorizations: encode(convert::authorizations(snap)),
+            routes: encode(convert::routes(snap)),
+            l7_authorizations: encode(convert::l7_authorizations(snap)),
         }
     }
 
@@ -116,6 +133,8 @@ impl ResourceSet {
         match kind {
             Kind::Address => &self.addresses,
             Kind::Authorization => &self.authorizations,
+            Kind::Route => &self.routes,
+            Kind::L7Authorization => &self.l7_authorizations,
         }
     }
 }

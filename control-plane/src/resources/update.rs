@@ -15,7 +15,9 @@
 //! - a service's `Address`: the service itself (with its resolved
 //!   waypoint);
 //! - a policy's `Authorization`: the policies with that key;
-//! - a namespace's STRICT policy: the namespace's mTLS mode.
+//! - a namespace's STRICT policy: the namespace's mTLS mode;
+//! - a route's `Route` and an L7 policy's `L7Authorization`: that route or
+//!   policy alone.
 //!
 //! Which objects changed comes from the source, keyed: the
 //! [`Touched`] of each [`mesh_model::input::MeshInput`] update already holds
@@ -39,6 +41,8 @@ use crate::convert::{self, policy_name, service_name, STRICT_POLICY_NAME};
 pub struct Changes {
     pub addresses: BTreeSet<String>,
     pub authorizations: BTreeSet<String>,
+    pub routes: BTreeSet<String>,
+    pub l7_authorizations: BTreeSet<String>,
 }
 
 impl Changes {
@@ -46,11 +50,16 @@ impl Changes {
         match kind {
             Kind::Address => &self.addresses,
             Kind::Authorization => &self.authorizations,
+            Kind::Route => &self.routes,
+            Kind::L7Authorization => &self.l7_authorizations,
         }
     }
 
     pub fn len(&self) -> usize {
-        self.addresses.len() + self.authorizations.len()
+        self.addresses.len()
+            + self.authorizations.len()
+            + self.routes.len()
+            + self.l7_authorizations.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -71,6 +80,8 @@ impl Changes {
         Changes {
             addresses: names(&old.addresses, &new.addresses),
             authorizations: names(&old.authorizations, &new.authorizations),
+            routes: names(&old.routes, &new.routes),
+            l7_authorizations: names(&old.l7_authorizations, &new.l7_authorizations),
         }
     }
 }
@@ -125,6 +136,31 @@ impl ResourceSet {
                 &mut next.authorizations,
                 &mut changes.authorizations,
                 name,
+                fresh,
+            );
+        }
+        for key in &touched.routes {
+            let fresh = new
+                .routes()
+                .find(|r| r.key() == *key)
+                .map(|r| proto::mesh::Route::from(&**r));
+            apply(
+                &mut next.routes,
+                &mut changes.routes,
+                &key.to_string(),
+                fresh,
+            );
+        }
+        for key in &touched.l7_policies {
+            let fresh = new
+                .l7_policies()
+                .find(|p| p.key() == *key)
+                .map(|p| proto::mesh::L7Authorization::from(&**p));
+            let name = policy_name(&key.namespace, &key.name);
+            apply(
+                &mut next.l7_authorizations,
+                &mut changes.l7_authorizations,
+                &name,
                 fresh,
             );
         }

@@ -276,6 +276,7 @@ impl Follower {
             stats: stats.clone(),
             publish,
             synced: Default::default(),
+            types: &mesh_runtime::xds::client::TYPE_URLS,
         };
         let follower = Follower {
             stats,

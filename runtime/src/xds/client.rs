@@ -35,7 +35,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use proto::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use proto::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Node};
-use proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
+use proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, L7_AUTHORIZATION_TYPE_URL, ROUTE_TYPE_URL};
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
@@ -48,6 +48,13 @@ pub const INITIAL_BACKOFF: Duration = Duration::from_millis(10);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(15);
 /// The types we subscribe to, in the order we ask for them.
 pub const TYPE_URLS: [&str; 2] = [ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL];
+/// A waypoint's: the node types, and its routes and L7 policies.
+pub const WAYPOINT_TYPE_URLS: [&str; 4] = [
+    ADDRESS_TYPE_URL,
+    AUTHORIZATION_TYPE_URL,
+    ROUTE_TYPE_URL,
+    L7_AUTHORIZATION_TYPE_URL,
+];
 /// `google.rpc.Code.INVALID_ARGUMENT`, for NACKs.
 const INVALID_ARGUMENT: i32 = 3;
 /// The largest response we decode: tonic's default, 4 MiB. A control
@@ -240,6 +247,9 @@ pub struct XdsClient {
     pub publish: mpsc::Sender<Arc<Snapshot>>,
     /// Types answered at least once since start.
     pub synced: std::collections::BTreeSet<String>,
+    /// The types subscribed to, in order: [`TYPE_URLS`] for a node proxy,
+    /// [`WAYPOINT_TYPE_URLS`] for a waypoint.
+    pub types: &'static [&'static str],
 }
 
 impl XdsClient {
@@ -282,7 +292,7 @@ impl XdsClient {
         opts: &ChannelOptions,
     ) -> Result<(), XdsError> {
         let (tx, mut rx) = mpsc::channel::<DeltaDiscoveryRequest>(8);
-        for type_url in TYPE_URLS {
+        for &type_url in self.types {
             let req = subscribe(&self.node, type_url, self.store.versions(type_url));
             tx.try_send(req)
                 .expect("channel has room for the subscriptions");
@@ -337,7 +347,7 @@ impl XdsClient {
 
     /// Every type has been answered at least once.
     fn is_synced(&self) -> bool {
-        TYPE_URLS.iter().all(|t| self.synced.contains(*t))
+        self.types.iter().all(|t| self.synced.contains(*t))
     }
 
     async fn handle(&mut self, mut resp: DeltaDiscoveryResponse) -> DeltaDiscoveryRequest {

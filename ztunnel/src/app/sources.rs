@@ -165,6 +165,7 @@ async fn start_xds(cfg: &Config, x: &XdsSource, drain: &Drain) -> Result<Started
         stats: Arc::new(XdsStats::default()),
         publish,
         synced: Default::default(),
+        types: &mesh_runtime::xds::client::TYPE_URLS,
     };
     tokio::spawn(client.run(drain.clone()));
     let snapshot = loop {

@@ -217,6 +217,7 @@ impl Fleet {
                 stats: Arc::new(XdsStats::default()),
                 publish,
                 synced: Default::default(),
+                types: &mesh_runtime::xds::client::TYPE_URLS,
             };
             tasks.push(tokio::spawn(client.run(drain.clone())));
             let tx = tx.clone();

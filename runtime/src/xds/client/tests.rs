@@ -342,6 +342,7 @@ async fn acks_nacks_keeps_state_and_resyncs_with_versions() {
         stats: stats.clone(),
         publish,
         synced: Default::default(),
+        types: &TYPE_URLS,
     };
     let drain = Drain::new();
     let client_task = tokio::spawn(client.run(drain.clone()));
@@ -486,6 +487,7 @@ async fn a_policy_that_fails_closed_is_nacked_and_counted_by_scope() {
         stats: stats.clone(),
         publish,
         synced: Default::default(),
+        types: &TYPE_URLS,
     };
     let garbage = Resource {
         name: "shop/p".into(),
