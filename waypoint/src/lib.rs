@@ -7,15 +7,17 @@
 //!                     protocol: declared, or sniffed (HTTP/2 preface, HTTP/1 method, 200 ms)
 //!              HTTP/1.1 ─┤ h1::guard (strict framing, head timeout) ─► hyper server
 //!              HTTP/2 ───┤ hyper server (rapid-reset limits)
-//!                        │   per request: pick an endpoint (least request / round robin,
-//!                        │   outlier ejection), pooled HTTP connection ─► HBONE to podIP:15008
+//!                        │   per request: http::plan (L7 authz, route rule, fault, filters,
+//!                        │   backend, mirrors), http::attempt (endpoint per attempt, retries,
+//!                        │   timeouts), pooled HTTP connection ─► HBONE to podIP:15008
 //!              opaque ───┘ L4 policy, pick an endpoint, copy both ways
 //! ```
 //!
 //! Pure decisions, table-tested: [`admit`] (which CONNECTs we serve),
 //! [`protocol`] (declared or sniffed), [`lb`] (endpoint choice, outlier
 //! ejection, retry budget), [`h1::framing`] (strict HTTP/1.1 framing),
-//! [`headers`] (what a request carries upstream). The I/O shell:
+//! [`headers`] (what a request carries upstream), [`route`] and
+//! [`http::plan`] (what the L7 configuration decides). The I/O shell:
 //! [`inbound`], [`http`], [`upstream`], [`tcp`], [`app`].
 
 pub mod admit;

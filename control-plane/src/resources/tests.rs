@@ -90,6 +90,45 @@ policies:
     }
 
     #[test]
+    fn a_route_or_l7_policy_edit_reencodes_only_itself() {
+        let with = |route_path: &str, policy_method: &str| {
+            let policy = format!(
+                "policies:\n  - {{name: l7, namespace: a, targetRefs: [{{kind: Gateway, \
+                 group: gateway.networking.k8s.io, name: wp}}], action: DENY, \
+                 rules: [{{to: [{{operation: {{methods: [{policy_method}]}}}}]}}]}}"
+            );
+            let routes = format!(
+                "routes:\n\
+                 - kind: HTTPRoute\n  metadata: {{name: r, namespace: a}}\n  \
+                 spec: {{parentRefs: [{{name: sx}}], rules: [{{matches: [{{path: {{value: {route_path}}}}}], \
+                 backendRefs: [{{name: sx, port: 80}}]}}]}}\n\
+                 - kind: HTTPRoute\n  metadata: {{name: other, namespace: a}}\n  \
+                 spec: {{parentRefs: [{{name: sx}}], rules: [{{backendRefs: [{{name: sx, port: 80}}]}}]}}\n"
+            );
+            format!("{}{routes}", MESH.replace("policies:", &policy))
+        };
+        let mut input = MeshInput::default();
+        let old = input
+            .replace("cluster.local", objects(&with("/a", "POST")))
+            .unwrap()
+            .snapshot;
+        let update = input
+            .replace("cluster.local", objects(&with("/b", "PUT")))
+            .unwrap();
+        let set = ResourceSet::from_snapshot(&old);
+        assert_eq!(set.routes.len(), 2);
+        assert_eq!(set.l7_authorizations.len(), 1);
+        let (next, changes) = set.update(&old, &update.snapshot, &update.touched);
+        assert_eq!(next, ResourceSet::from_snapshot(&update.snapshot));
+        assert_eq!(changes.routes.iter().collect::<Vec<_>>(), ["HTTPRoute/a/r"]);
+        assert_eq!(
+            changes.l7_authorizations.iter().collect::<Vec<_>>(),
+            ["a/l7"]
+        );
+        assert!(changes.addresses.is_empty() && changes.authorizations.is_empty());
+    }
+
+    #[test]
     fn table() {
         let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
         let cases: Vec<(&str, String, Vec<String>, Vec<String>)> = vec![
