@@ -188,7 +188,7 @@ impl Balancer {
         out
     }
 
-    /// Forgets endpoints idle and healthy for [`FORGET_AFTER`].
+    /// Forgets endpoints idle and healthy for ten minutes.
     pub fn reap(&self) {
         let now = Instant::now();
         self.endpoints.lock().expect("poisoned").retain(|_, s| {
