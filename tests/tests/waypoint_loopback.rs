@@ -78,9 +78,14 @@ workloads:
   - {{name: echo-1, namespace: shop, serviceAccount: echo, ip: {e1}, node: node1, tunnel: HBONE, labels: {{app: echo}}}}
   - {{name: echo-2, namespace: shop, serviceAccount: legacy, ip: {e2}, node: node1, labels: {{app: echo}}}}
   - {{name: echo-3, namespace: shop, serviceAccount: legacy, ip: {e3}, node: node1, labels: {{app: echo}}}}
+  - {{name: guarded, namespace: shop, serviceAccount: legacy, ip: {e4}, node: node1, labels: {{app: guarded}}}}
 services:
   - {{name: echo, namespace: shop, vip: 10.96.0.10, ports: [{{port: 80, targetPort: 8080}}], selector: {{app: echo}}, labels: {{istio.io/use-waypoint: waypoint}}}}
   - {{name: other, namespace: shop, vip: 10.96.0.11, ports: [{{port: 80, targetPort: 8080}}], selector: {{app: echo}}}}
+  - {{name: guarded, namespace: shop, vip: 10.96.0.12, ports: [{{port: 7000, targetPort: 8080, appProtocol: tcp}}], selector: {{app: guarded}}, labels: {{istio.io/use-waypoint: waypoint}}}}
+  - {{name: open, namespace: shop, vip: 10.96.0.13, ports: [{{port: 7000, targetPort: 8080, appProtocol: tcp}}], selector: {{app: echo}}, labels: {{istio.io/use-waypoint: waypoint}}}}
+policies:
+  - {{name: no-client, namespace: shop, selector: {{matchLabels: {{app: guarded}}}}, action: DENY, rules: [{{from: [{{source: {{principals: [cluster.local/ns/shop/sa/client]}}}}]}}]}}
 "#,
         node = ip(254),
         client = ip(2),
@@ -88,6 +93,7 @@ services:
         e1 = ip(11),
         e2 = ip(12),
         e3 = ip(13),
+        e4 = ip(14),
     )
 }
 
@@ -253,6 +259,37 @@ async fn the_waypoint_binary_balances_over_hbone_and_plain_tcp_on_loopback() {
         .expect("echo over the extended CONNECT")
         .unwrap();
     assert_eq!(&back, b"over h2");
+    // A port declared TCP is connected before the CONNECT is answered: an
+    // L4 denial is a 401 on the CONNECT itself; an allowed one carries
+    // bytes (here an HTTP request, forwarded whole as TCP).
+    let err = client
+        .connect(&connect("10.96.0.12:7000"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("401"), "{err}");
+    let mut tcp = client.connect(&connect("10.96.0.13:7000")).await.unwrap();
+    tcp.write_all(b"GET /raw HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut raw = String::new();
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_string(&mut raw))
+        .await
+        .expect("an answer over opaque TCP")
+        .unwrap();
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    let denied = |log: &str| {
+        log.lines().any(|l| {
+            l.contains("\"protocol\":\"TCP\"") && l.contains("\"response_flags\":\"DENY\"")
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !denied(&std::fs::read_to_string(&access_log).unwrap_or_default()) {
+        assert!(
+            Instant::now() < deadline,
+            "no access-log line for the denial"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // A Service not bound to the waypoint is refused.
     let err = client.connect(&connect("10.96.0.11:80")).await.unwrap_err();
     assert!(err.to_string().contains("400"), "{err}");
