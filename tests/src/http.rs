@@ -18,6 +18,34 @@ use tokio::task::JoinHandle;
 /// The HTTP/2 client connection preface.
 pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// The body of an app's answers.
+pub type AppBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+/// A gRPC-shaped answer: `name` as a message, then trailers with
+/// `grpc-status` = the last path segment's number (so a call to
+/// `/pkg.Svc/5` fails with NOT_FOUND).
+fn grpc_answer(name: &str, path: &str) -> Response<AppBody> {
+    let code = path
+        .rsplit('/')
+        .next()
+        .and_then(|c| c.parse::<u32>().ok())
+        .unwrap_or(0);
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", code.into());
+    trailers.insert(
+        "grpc-message",
+        http::HeaderValue::from_static("from the app"),
+    );
+    let frames: Vec<Result<hyper::body::Frame<Bytes>, Infallible>> = vec![
+        Ok(hyper::body::Frame::data(Bytes::from(format!("{name}\n")))),
+        Ok(hyper::body::Frame::trailers(trailers)),
+    ];
+    Response::builder()
+        .header(http::header::CONTENT_TYPE, "application/grpc")
+        .body(http_body_util::StreamBody::new(futures::stream::iter(frames)).boxed())
+        .unwrap()
+}
+
 /// One request an app saw.
 #[derive(Debug, Clone)]
 pub struct Seen {
@@ -30,6 +58,7 @@ pub struct Seen {
 
 /// An HTTP app: answers `<name>\n` to every request (`200`, or the status
 /// in a `/status/<code>` path; 503 to every third request under `/flaky`;
+/// a gRPC call gets a message and the status its path ends with;
 /// after a pause for `/delay/<ms>`), echoes the
 /// upgraded stream of a request with `Upgrade` (or of an HTTP/2 extended
 /// CONNECT, RFC 8441), and records every request.
@@ -81,7 +110,7 @@ async fn answer(
     mut req: Request<Incoming>,
     name: &'static str,
     log: Arc<Mutex<Vec<Seen>>>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<AppBody>, Infallible> {
     let extended_connect = req.method() == http::Method::CONNECT
         && req.extensions().get::<hyper::ext::Protocol>().is_some();
     let upgrade = req.headers().contains_key(http::header::UPGRADE) || extended_connect;
@@ -115,16 +144,23 @@ async fn answer(
             }
         });
         let resp = if extended_connect {
-            Response::new(Full::new(Bytes::new()))
+            Response::new(Full::new(Bytes::new()).boxed())
         } else {
             Response::builder()
                 .status(StatusCode::SWITCHING_PROTOCOLS)
                 .header(http::header::CONNECTION, "upgrade")
                 .header(http::header::UPGRADE, "echo")
-                .body(Full::new(Bytes::new()))
+                .body(Full::new(Bytes::new()).boxed())
                 .unwrap()
         };
         return Ok(resp);
+    }
+    if parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"))
+    {
+        return Ok(grpc_answer(name, parts.uri.path()));
     }
     if parts.uri.path().starts_with("/flaky") {
         // Every third request here fails (this one is already logged).
@@ -137,7 +173,7 @@ async fn answer(
         if n % 3 == 0 {
             return Ok(Response::builder()
                 .status(StatusCode::SERVICE_UNAVAILABLE)
-                .body(Full::new(Bytes::from(format!("{name} flaked\n"))))
+                .body(Full::new(Bytes::from(format!("{name} flaked\n"))).boxed())
                 .unwrap());
         }
     }
@@ -158,7 +194,7 @@ async fn answer(
         .unwrap_or(StatusCode::OK);
     Ok(Response::builder()
         .status(status)
-        .body(Full::new(Bytes::from(format!("{name}\n"))))
+        .body(Full::new(Bytes::from(format!("{name}\n"))).boxed())
         .unwrap())
 }
 
@@ -168,6 +204,7 @@ pub struct Answer {
     pub status: u16,
     pub body: String,
     pub headers: HeaderMap,
+    pub trailers: Option<HeaderMap>,
 }
 
 /// An HTTP/1.1 client connection over `io`.
@@ -229,11 +266,14 @@ pub async fn send_h2(
 
 async fn collect(resp: Response<Incoming>) -> hyper::Result<Answer> {
     let (parts, body) = resp.into_parts();
-    let body = body.collect().await?.to_bytes();
+    let collected = body.collect().await?;
+    let trailers = collected.trailers().cloned();
+    let body = collected.to_bytes();
     Ok(Answer {
         status: parts.status.as_u16(),
         body: String::from_utf8_lossy(&body).into_owned(),
         headers: parts.headers,
+        trailers,
     })
 }
 

@@ -238,6 +238,28 @@ async fn the_waypoint_binary_balances_over_hbone_and_plain_tcp_on_loopback() {
         .collect();
     assert!(!seen.is_empty());
     assert!(seen.iter().all(|p| p == WAYPOINT_ID), "{seen:?}");
+    // A gRPC call keeps its trailers, and its error status, end to end.
+    let call = http::Request::post("http://echo.shop/pkg.Svc/5")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            b"\0\0\0\0\0",
+        )))
+        .unwrap();
+    let a = send_h2(&mut h2, call).await.unwrap();
+    assert_eq!(a.status, 200);
+    let trailers = a.trailers.expect("trailers through the waypoint");
+    assert_eq!(trailers["grpc-status"], "5");
+    assert_eq!(trailers["grpc-message"], "from the app");
+    let metrics = http_get(SocketAddr::new(IpAddr::V4(wp), 15020), "/metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("istio_requests_total{")
+                && l.contains("request_protocol=\"grpc\"")
+                && l.contains("grpc_response_status=\"5\"")),
+        "{metrics}"
+    );
     // HTTP/2 extended CONNECT (WebSocket over HTTP/2) passes through.
     let stream = client.connect(&connect("10.96.0.10:80")).await.unwrap();
     let mut h2 = h2_client(stream).await.unwrap();
