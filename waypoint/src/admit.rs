@@ -18,7 +18,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use http::StatusCode;
-use mesh_model::state::{Service, Snapshot, Waypoint, Workload};
+use mesh_model::state::{Service, Snapshot, UseWaypoint, Workload};
 use mesh_model::SpiffeId;
 
 /// What a CONNECT is for.
@@ -115,20 +115,20 @@ pub fn admit(snap: &Snapshot, me: &SpiffeId, authority: SocketAddr) -> Result<Ta
 }
 
 fn check_bound(
-    waypoint: Option<&Waypoint>,
+    waypoint: Option<&UseWaypoint>,
     me: &SpiffeId,
     owner: impl FnOnce() -> String,
 ) -> Result<(), Refusal> {
-    match waypoint {
-        Some(wp) if wp.identity == *me => Ok(()),
-        other => Err(Refusal::NotBound {
-            owner: owner(),
-            bound: match other {
-                Some(wp) => format!("its waypoint is {}", wp.identity),
-                None => "it has no waypoint".to_owned(),
-            },
-        }),
-    }
+    let bound = match waypoint {
+        Some(UseWaypoint::Ready(wp)) if wp.identity == *me => return Ok(()),
+        Some(UseWaypoint::Ready(wp)) => format!("its waypoint is {}", wp.identity),
+        Some(UseWaypoint::Missing(m)) => format!("its waypoint {m} is missing"),
+        None => "it has no waypoint".to_owned(),
+    };
+    Err(Refusal::NotBound {
+        owner: owner(),
+        bound,
+    })
 }
 
 #[cfg(test)]
@@ -152,6 +152,7 @@ services:
   - {name: cart, namespace: shop, vip: 10.96.0.10, ports: [{port: 80, targetPort: 8080}], selector: {app: cart}, labels: {istio.io/use-waypoint: wp}}
   - {name: plain, namespace: shop, vip: 10.96.0.11, ports: [{port: 80}], selector: {app: cart}}
   - {name: vault, namespace: bank, vip: 10.96.0.20, ports: [{port: 443}], selector: {app: vault}}
+  - {name: lost, namespace: shop, vip: 10.96.0.30, ports: [{port: 80}], selector: {app: cart}, labels: {istio.io/use-waypoint: ghost}}
 "#;
 
     fn me() -> SpiffeId {
@@ -171,6 +172,8 @@ services:
             // Bound to another waypoint (the namespace label).
             ("10.96.0.20:443", Err("not_bound")),
             ("10.1.1.20:443", Err("not_bound")),
+            // Its waypoint is missing: refused, never served in its stead.
+            ("10.96.0.30:80", Err("not_bound")),
             // The waypoint itself, and an address outside the mesh.
             ("10.1.1.2:15008", Err("not_bound")),
             ("192.0.2.1:80", Err("unknown_destination")),

@@ -12,7 +12,7 @@ use hbone::cert::WorkloadCert;
 use mesh_model::l7policy::{L7Policy, PolicyTarget};
 use mesh_model::policy::applies;
 use mesh_model::route::Route;
-use mesh_model::state::{AppProtocol, Policy, Service, Snapshot, Waypoint, Workload};
+use mesh_model::state::{AppProtocol, Policy, Service, Snapshot, UseWaypoint, Workload};
 use mesh_model::SpiffeId;
 use serde::Serialize;
 
@@ -94,8 +94,10 @@ fn unix(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-fn bound(wp: &Option<Waypoint>, me: &SpiffeId) -> bool {
-    wp.as_ref().is_some_and(|w| w.identity == *me)
+fn bound(wp: &Option<UseWaypoint>, me: &SpiffeId) -> bool {
+    wp.as_ref()
+        .and_then(UseWaypoint::ready)
+        .is_some_and(|w| w.identity == *me)
 }
 
 /// Renders the dump.
