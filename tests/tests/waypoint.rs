@@ -242,7 +242,10 @@ async fn over_xds_the_waypoint_gets_its_own_certificate_and_only_what_it_serves(
     let mut mesh = Mesh::with_control_plane(&topo, &config(&topo, XDS_L7));
     let token = mesh.add_token(
         WAYPOINT_ID,
-        &format!("waypoint-token-{}-0123456789abcdef0123456789", std::process::id()),
+        &format!(
+            "waypoint-token-{}-0123456789abcdef0123456789",
+            std::process::id()
+        ),
     );
     mesh.kill_control_plane();
     mesh.start_control_plane();
