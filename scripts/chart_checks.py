@@ -15,9 +15,9 @@
   policy MANIFEST          what the chart promises: ztunnel on the host
                            network with NET_ADMIN and NET_RAW only, never
                            privileged, on every node; RBAC with no wildcard,
-                           no delete, no cluster-wide secrets; a lease rule
-                           exactly when leader election is on; requests on
-                           every container.
+                           no delete, no cluster-wide secrets; Secrets,
+                           ConfigMaps and Leases read or written by name only;
+                           the leader Lease; requests on every container.
 
 Exit status 1 with one line per problem.
 """
@@ -254,11 +254,15 @@ def policy(manifest):
                 p.append(f"{what}: verbs {sorted(bad)}")
             if d["kind"] == "ClusterRole" and "secrets" in r.get("resources", []):
                 p.append(f"{what}: secrets cluster-wide")
-            writes = {"update", "patch"} & set(r.get("verbs", []))
-            if writes and r.get("resources") in (["configmaps"], ["secrets"]) and not r.get("resourceNames"):
-                p.append(f"{what}: {sorted(writes)} not limited by resourceNames")
-            if "leases" in r.get("resources", []):
-                lease_rule = True
+            # Secrets, ConfigMaps and Leases: only `create` (which cannot be)
+            # is not limited to the objects' names.
+            unnamed = set(r.get("verbs", [])) - {"create"}
+            if unnamed and {"configmaps", "secrets", "leases"} & set(r.get("resources", [])) and not r.get(
+                "resourceNames"
+            ):
+                p.append(f"{what}: {sorted(unnamed)} not limited by resourceNames")
+            if d["kind"] == "Role" and "leases" in r.get("resources", []) and r.get("resourceNames"):
+                lease_rule = {"get", "update"} <= set(r.get("verbs", []))
 
     # ztunnel
     daemonsets = by_kind.get("DaemonSet", [])
@@ -271,6 +275,10 @@ def policy(manifest):
             p.append(f"{name}: not on the host network")
         if spec.get("dnsPolicy") != "ClusterFirstWithHostNet":
             p.append(f"{name}: dnsPolicy is not ClusterFirstWithHostNet (cannot resolve the control plane)")
+        # The control plane takes this account (in its root namespace, the
+        # release's) for node proxies: control-plane kube_auth.
+        if spec.get("serviceAccountName") != "ztunnel":
+            p.append(f"{name}: service account {spec.get('serviceAccountName')!r}, not 'ztunnel'")
         if spec.get("automountServiceAccountToken") is not False:
             p.append(f"{name}: mounts an API token it does not need")
         tol = spec.get("tolerations") or []
@@ -322,15 +330,17 @@ def policy(manifest):
             sc = c.get("securityContext", {})
             if sc.get("capabilities", {}).get("add"):
                 p.append(f"{name}/{c['name']}: adds capabilities")
-            leader = env_of(c).get("CONTROL_PLANE_LEADER_ELECTION", {}).get("value")
-            want = "true" if dep["spec"]["replicas"] > 1 else "false"
-            if leader != want:
-                p.append(f"{name}: {dep['spec']['replicas']} replicas but leader election {leader}")
-            if (leader == "true") != lease_rule:
-                p.append(f"{name}: leader election {leader} but a lease rule: {lease_rule}")
+        # Every replica runs the leader election, also alone.
+        if not lease_rule:
+            p.append(f"{name}: no Role rule to get and update its leader Lease")
     services = by_kind.get("Service", [])
-    if not any(15012 in [pt["port"] for pt in s["spec"]["ports"]] for s in services):
-        p.append("no Service on 15012")
+    # The name the control plane's serving certificate carries (and ztunnel
+    # dials): control-plane serve::DEFAULT_SERVICE_NAME.
+    if not any(
+        s["metadata"]["name"] == "control-plane" and 15012 in [pt["port"] for pt in s["spec"]["ports"]]
+        for s in services
+    ):
+        p.append("no Service control-plane on 15012")
 
     # every workload
     accounts = set()

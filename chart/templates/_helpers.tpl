@@ -1,26 +1,36 @@
 {{/*
-Names. Every object is namespaced to the release's namespace; cluster-scoped
-ones carry the release's name so two releases cannot collide.
+Names are the control plane's (control-plane/README.md): one mesh per
+cluster, installed in Istio's root namespace (the release namespace, e.g.
+istio-system), where the control plane keeps the CA Secret `cacerts` and the
+leader Lease, and where it takes the ServiceAccount `ztunnel` for the node
+proxies' and the Service `control-plane` for its own serving certificate.
 */}}
-{{- define "mesh.name" -}}
-{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
-{{- end -}}
-
 {{- define "mesh.controlPlane.name" -}}
-{{- printf "%s-control-plane" (include "mesh.name" .) -}}
+control-plane
 {{- end -}}
 
 {{- define "mesh.ztunnel.name" -}}
-{{- printf "%s-ztunnel" (include "mesh.name" .) -}}
+ztunnel
 {{- end -}}
 
-{{/* The Service's DNS names: what the serving certificate carries. */}}
+{{/* Cluster-scoped objects. */}}
+{{- define "mesh.clusterName" -}}
+ambient-mesh-control-plane
+{{- end -}}
+
+{{/* The leader-election Lease (control-plane leader::DEFAULT_LEASE_NAME). */}}
+{{- define "mesh.leaseName" -}}
+ambient-mesh-control-plane
+{{- end -}}
+
+{{/* The name ztunnel dials: one of the Service's DNS names, which the
+serving certificate carries. */}}
 {{- define "mesh.controlPlane.host" -}}
 {{- printf "%s.%s.svc" (include "mesh.controlPlane.name" .) .Release.Namespace -}}
 {{- end -}}
 
 {{- define "mesh.rootNamespace" -}}
-{{- .Values.rootNamespace | default .Release.Namespace -}}
+{{- .Release.Namespace -}}
 {{- end -}}
 
 {{- define "mesh.image" -}}
@@ -45,10 +55,6 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "mesh.ztunnel.selector" -}}
 app.kubernetes.io/name: ztunnel
 app.kubernetes.io/instance: {{ .Release.Name }}
-{{- end -}}
-
-{{- define "mesh.leaderElection" -}}
-{{- if gt (int .Values.controlPlane.replicas) 1 }}true{{ else }}false{{ end -}}
 {{- end -}}
 
 {{- define "mesh.pullSecrets" -}}
