@@ -12,6 +12,11 @@
   builtin MANIFEST OUT     writes to OUT the documents of MANIFEST whose kinds
                            are Kubernetes' own, for kubernetes-validate (which
                            knows no custom resource).
+  flags MANIFEST CONTAINER HELP [UNREAD_ENV,...]
+                           every `--flag` the chart passes to CONTAINER is one
+                           that its binary's `--help` (the file HELP) lists,
+                           and so is every environment variable (`[env: X]`),
+                           but RUST_LOG and the UNREAD_ENV names.
   policy MANIFEST          what the chart promises: ztunnel on the host
                            network with NET_ADMIN and NET_RAW only, never
                            privileged, on every node; RBAC with no wildcard,
@@ -359,6 +364,38 @@ def policy(manifest):
     return p
 
 
+def flags(manifest, container, help_file, unread_env):
+    text = Path(help_file).read_text()
+    known_flags = set(re.findall(r"(--[a-z0-9][a-z0-9-]*)", text))
+    known_env = set(re.findall(r"\[env: ([A-Z0-9_]+)=", text))
+    problems, seen = [], 0
+    for d in load_docs(manifest):
+        if d["kind"] not in ("DaemonSet", "Deployment"):
+            continue
+        for c in pod_spec(d)["containers"]:
+            if c["name"] != container:
+                continue
+            seen += 1
+            for arg in c.get("args", []):
+                flag = arg.split("=", 1)[0]
+                if flag.startswith("--") and flag not in known_flags:
+                    problems.append(f"{manifest}: {container}: {flag} is not a flag of its binary")
+            for e in c.get("env", []):
+                name = e["name"]
+                if name in known_env or name == "RUST_LOG":
+                    continue
+                if name in unread_env:
+                    continue
+                if name.startswith(("ZTUNNEL_", "CONTROL_PLANE_", "WAYPOINT_")):
+                    problems.append(f"{manifest}: {container}: ${name} is not read by its binary")
+    if not seen:
+        problems.append(f"{manifest}: no container {container}")
+    stale = sorted(unread_env & known_env)
+    if stale:
+        print(f"{container}: now reads {stale}: drop them from check-chart's list of unread variables")
+    return problems
+
+
 def main(argv):
     if len(argv) >= 2 and argv[1] == "values-table":
         problems = values_table("--write" in argv[2:])
@@ -369,6 +406,9 @@ def main(argv):
         with open(argv[3], "w") as f:
             yaml.safe_dump_all(docs, f, sort_keys=False)
         problems = [] if docs else [f"{argv[2]}: no Kubernetes object"]
+    elif len(argv) in (5, 6) and argv[1] == "flags":
+        unread = set(argv[5].split(",")) if len(argv) == 6 else set()
+        problems = flags(argv[2], argv[3], argv[4], unread)
     elif len(argv) == 3 and argv[1] == "policy":
         problems = policy(argv[2])
     else:
