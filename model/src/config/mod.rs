@@ -34,6 +34,7 @@
 
 mod convert;
 mod incremental;
+mod kube;
 #[cfg(test)]
 mod l7_tests;
 mod l7policy;
@@ -54,6 +55,7 @@ use crate::input::Object;
 use crate::state::{CidrError, Snapshot, StateError};
 
 pub use incremental::{IncrementalParser, ParseStats};
+pub use kube::{route_from_spec, KubeRouteError};
 
 /// The namespace whose policies apply mesh-wide, unless configured.
 pub const DEFAULT_ROOT_NAMESPACE: &str = "istio-system";

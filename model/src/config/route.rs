@@ -63,7 +63,7 @@ pub(super) fn camel_path(path: &str) -> String {
     out.replace("grpcMatches", "matches")
 }
 
-fn route_key_path(field: &str) -> String {
+pub(super) fn route_key_path(field: &str) -> String {
     match field.split(['.', '[']).next().unwrap_or("") {
         "name" | "namespace" | "creation_timestamp" => format!("metadata.{}", camel_path(field)),
         "kind" => "kind".to_owned(),
@@ -143,7 +143,7 @@ fn check_refs(at: &str, r: &Route, known: &HashSet<(&str, &str)>) -> Result<(), 
 
 /// The YAML document as the xDS message, with the checks only YAML needs
 /// (strings for enums and durations, `type` agreeing with its field).
-fn to_message(at: &str, doc: RouteDoc) -> Result<pb::Route, ConfigError> {
+pub(super) fn to_message(at: &str, doc: RouteDoc) -> Result<pb::Route, ConfigError> {
     let grpc = doc.kind == RouteKindDoc::Grpc;
     let creation_timestamp = doc
         .metadata

@@ -4,7 +4,8 @@
 //! ```text
 //!  API server ──watch (list, then watch from its resourceVersion)──►
 //!    Namespaces, Pods, Services, EndpointSlices,          one stream per kind,
-//!    AuthorizationPolicies, PeerAuthentications           merged (watch.rs)
+//!    AuthorizationPolicies, PeerAuthentications,          merged (watch.rs)
+//!    Gateways, HTTPRoutes, GRPCRoutes
 //!      │ each object → a small info (convert)
 //!      ▼
 //!    Index (index/): infos by name, reverse indexes, dirty keys ─► [Change]
@@ -24,11 +25,12 @@
 //! retried with a jittered exponential backoff (10 ms to 15 s, as the xDS
 //! clients) while the last good state stays published. Nothing is published until every
 //! kind has been listed once, so the first snapshot is the whole cluster.
-//! Istio's CRDs may be missing: a kind whose list answers `404` counts as
+//! Istio's and the Gateway API's CRDs may be missing: a kind whose list answers `404` counts as
 //! listed and empty, and is retried in the background.
 
 mod apply;
 pub mod convert;
+pub mod gateway;
 pub mod index;
 pub mod istio;
 mod watch;

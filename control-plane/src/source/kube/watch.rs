@@ -24,7 +24,11 @@ use serde::de::DeserializeOwned;
 
 use super::apply::Retry;
 use super::convert::policy::{self, Converted, PeerAuthInfo, PeerMode};
+use super::convert::waypoint::{
+    gateway_info, grpc_route_info, http_route_info, RouteInfo, RouteState,
+};
 use super::convert::{namespace_info, pod_info, service_info, slice_info};
+use super::gateway::{Gateway, GrpcRoute, HttpRoute};
 use super::index::{Index, Info, Kind, Name, Settings};
 use super::istio::{AuthorizationPolicy, PeerAuthentication};
 use super::{client, KubeConfig, KubeError};
@@ -133,10 +137,19 @@ impl KubeSource {
                 move |o| authorization_policy(o, &root),
             ),
             watch(
-                Api::<DeserializeGuard<PeerAuthentication>>::all(client),
+                Api::<DeserializeGuard<PeerAuthentication>>::all(client.clone()),
                 Kind::PeerAuthentication,
                 move |o| peer_authentication(o, &root2),
             ),
+            watch(Api::<Gateway>::all(client.clone()), Kind::Gateway, |o| {
+                gateway_info(o).map(Info::Gateway)
+            }),
+            watch(Api::<HttpRoute>::all(client.clone()), Kind::HttpRoute, |o| {
+                http_route_info(o).map(logged_route)
+            }),
+            watch(Api::<GrpcRoute>::all(client), Kind::GrpcRoute, |o| {
+                grpc_route_info(o).map(logged_route)
+            }),
         ];
         KubeSource {
             events: futures::stream::select_all(streams).boxed(),
@@ -258,7 +271,22 @@ impl Source for KubeSource {
 }
 
 fn is_crd(kind: Kind) -> bool {
-    matches!(kind, Kind::AuthorizationPolicy | Kind::PeerAuthentication)
+    matches!(
+        kind,
+        Kind::AuthorizationPolicy
+            | Kind::PeerAuthentication
+            | Kind::Gateway
+            | Kind::HttpRoute
+            | Kind::GrpcRoute
+    )
+}
+
+/// A route, its refusal logged (the last good form stays).
+fn logged_route(r: RouteInfo) -> Info {
+    if let RouteState::Invalid(why) = &r.state {
+        tracing::error!(route = %r.key, error = %why, "route refused; its last good form (if any) stays");
+    }
+    Info::Route(r)
 }
 
 fn is_not_found(e: &watcher::Error) -> bool {
@@ -305,10 +333,15 @@ fn authorization_policy(o: &DeserializeGuard<AuthorizationPolicy>, root: &str) -
                 Converted::Policy { dropped, .. } if !dropped.is_empty() => {
                     tracing::info!(policy = %format!("{}/{}", name.0, name.1), ?dropped, "not enforceable by ztunnel: an ALLOW rule needing it never matches, a DENY rule goes on without it");
                 }
+                Converted::Waypoint {
+                    problem: Some(why), ..
+                } => {
+                    tracing::error!(policy = %format!("{}/{}", name.0, name.1), error = %why, "waypoint policy cannot be enforced as written; allowing nothing through its targets until it is fixed");
+                }
                 Converted::Skipped(why) => {
                     tracing::debug!(policy = %format!("{}/{}", name.0, name.1), why, "not a ztunnel policy");
                 }
-                Converted::Policy { .. } => {}
+                Converted::Policy { .. } | Converted::Waypoint { .. } => {}
             }
             Some(Info::AuthorizationPolicy(name, converted))
         }

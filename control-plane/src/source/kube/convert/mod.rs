@@ -20,6 +20,9 @@
 //! Kubernetes types stop here: `mesh-model` never sees them.
 
 pub mod policy;
+pub mod waypoint;
+#[cfg(test)]
+mod waypoint_tests;
 #[cfg(test)]
 mod policy_tests;
 #[cfg(test)]
@@ -56,7 +59,7 @@ fn name_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) ->
     meta.name.clone().filter(|n| !n.is_empty())
 }
 
-fn namespaced(
+pub(super) fn namespaced(
     meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
 ) -> Option<ObjectName> {
     Some((meta.namespace.clone()?, name_of(meta)?))

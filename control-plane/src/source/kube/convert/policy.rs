@@ -3,7 +3,8 @@
 //! ztunnel.
 //!
 //! - A policy with `targetRef(s)` attaches to a waypoint (Gateway or
-//!   Service): it is the waypoint's, not ztunnel's, and is skipped here.
+//!   Service): it is the waypoint's, not ztunnel's, and becomes an L7
+//!   policy ([`super::waypoint::l7_policy`]) with every field it has.
 //! - `selector` → `WORKLOAD_SELECTOR`; no selector in the root namespace →
 //!   `GLOBAL`; otherwise `NAMESPACE`.
 //! - What ztunnel cannot enforce (HTTP methods, paths, hosts, request
@@ -14,6 +15,7 @@
 //!   parse (a port, a CIDR) is treated the same way: fail closed.
 //! - `AUDIT` and `CUSTOM` are not ztunnel actions: skipped, as Istio does.
 
+use mesh_model::l7policy::L7Policy;
 use mesh_model::state::{
     Cidr, Clause, Labels, Match, MtlsMode, Policy, PolicyAction, PolicyScope, Rule,
     ServiceAccountMatch, StringMatch,
@@ -34,6 +36,12 @@ pub enum Converted {
         policy: Policy,
         dropped: Vec<String>,
     },
+    /// The waypoint's (it has `targetRefs`); `problem` says why it was
+    /// failed closed (an ALLOW without rules on its targets), if it was.
+    Waypoint {
+        policy: L7Policy,
+        problem: Option<String>,
+    },
     /// Not ztunnel's (the reason, for the log).
     Skipped(&'static str),
 }
@@ -44,9 +52,18 @@ pub fn authorization_policy(ap: &AuthorizationPolicy, root_namespace: &str) -> O
     let name = ap.metadata.name.clone()?;
     let spec = &ap.spec;
     if spec.target_ref.is_some() || !spec.target_refs.is_empty() {
-        // Attached to a Gateway or Service: enforced by the waypoint (its
-        // L7 policy types live with the waypoint).
-        return Some(Converted::Skipped("targetRefs: a waypoint policy"));
+        // Attached to a Gateway or Service: enforced by the waypoint.
+        return Some(match super::waypoint::l7_policy(ap) {
+            None => Converted::Skipped("targetRefs to neither a Gateway nor a Service"),
+            Some(Ok(policy)) => Converted::Waypoint {
+                policy,
+                problem: None,
+            },
+            Some(Err((policy, why))) => Converted::Waypoint {
+                policy,
+                problem: Some(why),
+            },
+        });
     }
     let action = match spec.action.as_deref() {
         None | Some("ALLOW") => PolicyAction::Allow,

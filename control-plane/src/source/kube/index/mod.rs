@@ -10,7 +10,11 @@
 //!  [ EndpointSlice ] ────► its [ Service ]         (endpoints)
 //!  [ PeerAuthentication ] ► its namespace (all of them from the root
 //!                          namespace), or a workload-selector policy
-//!  [ AuthorizationPolicy ] ► its policy
+//!  [ AuthorizationPolicy ] ► its policy (ztunnel's, or with targetRefs
+//!                          the waypoint's L7 policy)
+//!  [ Gateway ] ──────────► the pods of its namespace labelled with its
+//!                          name (a waypoint's workload answers for it)
+//!  [ HTTPRoute ], [ GRPCRoute ] ► its route
 //! ```
 //!
 //! An event updates the stored info and marks what depends on it dirty;
@@ -31,7 +35,11 @@ mod tests;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use mesh_model::input::{Change, Key, Object};
+use mesh_model::route::{RouteKey, RouteKind};
 use mesh_model::state::{labels_match, Labels, PolicyKey};
+
+use super::convert::waypoint::{waypoint_alias, GatewayInfo, RouteInfo, RouteState};
+use super::gateway::GATEWAY_NAME_LABEL;
 
 use super::convert::policy::{
     namespace_mtls, peer_authentication_policy, peer_authentication_policy_key, Converted,
@@ -60,16 +68,22 @@ pub enum Kind {
     EndpointSlice,
     AuthorizationPolicy,
     PeerAuthentication,
+    Gateway,
+    HttpRoute,
+    GrpcRoute,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Namespace,
         Kind::Pod,
         Kind::Service,
         Kind::EndpointSlice,
         Kind::AuthorizationPolicy,
         Kind::PeerAuthentication,
+        Kind::Gateway,
+        Kind::HttpRoute,
+        Kind::GrpcRoute,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -80,6 +94,9 @@ impl Kind {
             Kind::EndpointSlice => "EndpointSlice",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::PeerAuthentication => "PeerAuthentication",
+            Kind::Gateway => "Gateway",
+            Kind::HttpRoute => "HTTPRoute",
+            Kind::GrpcRoute => "GRPCRoute",
         }
     }
 }
@@ -93,6 +110,8 @@ pub enum Info {
     EndpointSlice(SliceInfo),
     AuthorizationPolicy(ObjectName, Converted),
     PeerAuthentication(PeerAuthInfo),
+    Gateway(GatewayInfo),
+    Route(RouteInfo),
 }
 
 /// What names a watched object.
@@ -104,6 +123,8 @@ pub enum Name {
     EndpointSlice(ObjectName),
     AuthorizationPolicy(ObjectName),
     PeerAuthentication(ObjectName),
+    Gateway(ObjectName),
+    Route(RouteKey),
 }
 
 impl Info {
@@ -116,6 +137,8 @@ impl Info {
             Info::EndpointSlice(i) => Name::EndpointSlice(on(&i.namespace, &i.name)),
             Info::AuthorizationPolicy(n, _) => Name::AuthorizationPolicy(n.clone()),
             Info::PeerAuthentication(i) => Name::PeerAuthentication(on(&i.namespace, &i.name)),
+            Info::Gateway(i) => Name::Gateway(on(&i.namespace, &i.name)),
+            Info::Route(i) => Name::Route(i.key.clone()),
         }
     }
 }
@@ -129,6 +152,11 @@ impl Name {
             Name::EndpointSlice(_) => Kind::EndpointSlice,
             Name::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
             Name::PeerAuthentication(_) => Kind::PeerAuthentication,
+            Name::Gateway(_) => Kind::Gateway,
+            Name::Route(k) => match k.kind {
+                RouteKind::Http => Kind::HttpRoute,
+                RouteKind::Grpc => Kind::GrpcRoute,
+            },
         }
     }
 }
@@ -141,6 +169,7 @@ struct Dirty {
     services: BTreeSet<ObjectName>,
     policies: BTreeSet<ObjectName>,
     peer_policies: BTreeSet<ObjectName>,
+    routes: BTreeSet<RouteKey>,
 }
 
 /// Objects of one namespace, by name.
@@ -176,6 +205,8 @@ pub struct Index {
     policies: HashMap<ObjectName, Converted>,
     peer_auths: HashMap<ObjectName, PeerAuthInfo>,
     peer_auths_in: PerNamespace,
+    gateways: HashMap<ObjectName, GatewayInfo>,
+    routes: HashMap<RouteKey, RouteState>,
     dirty: Dirty,
     /// What was last emitted for each key.
     emitted: HashMap<Key, Object>,
@@ -196,6 +227,8 @@ impl Index {
             policies: HashMap::new(),
             peer_auths: HashMap::new(),
             peer_auths_in: HashMap::new(),
+            gateways: HashMap::new(),
+            routes: HashMap::new(),
             dirty: Dirty::default(),
             emitted: HashMap::new(),
         }
@@ -261,6 +294,25 @@ impl Index {
                 let old = self.peer_auths.insert(key.clone(), i);
                 self.peer_auth_changed(&key, old.as_ref());
             }
+            Info::Gateway(i) => {
+                let key = (i.namespace.clone(), i.name.clone());
+                if self.gateways.get(&key) != Some(&i) {
+                    self.gateways.insert(key.clone(), i);
+                    self.gateway_changed(&key);
+                }
+            }
+            Info::Route(i) => {
+                let old = self.routes.get(&i.key);
+                // A refused edit keeps the last good route.
+                let keep = matches!(
+                    (&i.state, old),
+                    (RouteState::Invalid(_), Some(RouteState::Route(_)))
+                );
+                if !keep && old != Some(&i.state) {
+                    self.dirty.routes.insert(i.key.clone());
+                    self.routes.insert(i.key, i.state);
+                }
+            }
         }
     }
 
@@ -299,6 +351,16 @@ impl Index {
                     self.peer_auth_changed(key, Some(&old));
                 }
             }
+            Name::Gateway(key) => {
+                if self.gateways.remove(key).is_some() {
+                    self.gateway_changed(key);
+                }
+            }
+            Name::Route(key) => {
+                if self.routes.remove(key).is_some() {
+                    self.dirty.routes.insert(key.clone());
+                }
+            }
         }
     }
 
@@ -331,7 +393,31 @@ impl Index {
                     .cloned()
                     .map(Name::PeerAuthentication),
             ),
+            Kind::Gateway => Box::new(self.gateways.keys().cloned().map(Name::Gateway)),
+            Kind::HttpRoute | Kind::GrpcRoute => Box::new(
+                self.routes
+                    .keys()
+                    .filter(move |k| Name::Route((*k).clone()).kind() == kind)
+                    .cloned()
+                    .map(Name::Route),
+            ),
         }
+    }
+
+    /// The pods of a Gateway's namespace labelled with its name: their
+    /// workloads answer for it while it is a waypoint. (A scan of the
+    /// namespace's pods: Gateways change rarely.)
+    fn gateway_changed(&mut self, (ns, name): &ObjectName) {
+        let Some(pods) = self.pods_in.get(ns) else {
+            return;
+        };
+        let named = pods.iter().filter(|p| {
+            self.pods
+                .get(&(ns.clone(), (*p).clone()))
+                .is_some_and(|p| p.labels.get(GATEWAY_NAME_LABEL) == Some(name))
+        });
+        let named: Vec<ObjectName> = named.map(|p| (ns.clone(), p.clone())).collect();
+        self.dirty.pods.extend(named);
     }
 
     fn namespace_changed(&mut self, ns: &str) {
@@ -461,15 +547,30 @@ impl Index {
             self.emit(Key::Service(svc.0, svc.1), obj, &mut out);
         }
         for p in dirty.policies {
-            let obj = match self.policies.get(&p) {
-                Some(Converted::Policy { policy, .. }) => Some(Object::Policy(policy.clone())),
-                _ => None,
+            // ztunnel's or the waypoint's: a policy that gains or loses
+            // targetRefs moves from one key to the other.
+            let (l4, l7) = match self.policies.get(&p) {
+                Some(Converted::Policy { policy, .. }) => {
+                    (Some(Object::Policy(policy.clone())), None)
+                }
+                Some(Converted::Waypoint { policy, .. }) => {
+                    (None, Some(Object::L7Policy(policy.clone())))
+                }
+                _ => (None, None),
             };
             let key = PolicyKey {
                 namespace: p.0,
                 name: p.1,
             };
-            self.emit(Key::Policy(key), obj, &mut out);
+            self.emit(Key::Policy(key.clone()), l4, &mut out);
+            self.emit(Key::L7Policy(key), l7, &mut out);
+        }
+        for r in dirty.routes {
+            let obj = match self.routes.get(&r) {
+                Some(RouteState::Route(route)) => Some(Object::Route(route.clone())),
+                _ => None,
+            };
+            self.emit(Key::Route(r), obj, &mut out);
         }
         for p in dirty.peer_policies {
             let obj = self
@@ -524,7 +625,17 @@ impl Index {
         let pod = self.pods.get(key)?;
         let empty = Labels::new();
         let ns_labels = self.namespaces.get(&key.0).map_or(&empty, |n| &n.labels);
-        workload(pod, ns_labels, &self.settings.trust_domain).map(Object::Workload)
+        let mut w = workload(pod, ns_labels, &self.settings.trust_domain)?;
+        let is_waypoint = |gw: &str| {
+            self.gateways
+                .get(&(key.0.clone(), gw.to_owned()))
+                .is_some_and(|g| g.waypoint)
+        };
+        if let Some(gw) = waypoint_alias(pod, is_waypoint) {
+            // `istio.io/use-waypoint: <gateway>` resolves to it.
+            w.name = gw.to_owned();
+        }
+        Some(Object::Workload(w))
     }
 
     fn service_object(&self, key: &ObjectName) -> Option<Object> {
