@@ -18,6 +18,7 @@ fn converted(c: Converted) -> (mesh_model::state::Policy, Vec<String>) {
     match c {
         Converted::Policy { policy, dropped } => (policy, dropped),
         Converted::Skipped(why) => panic!("skipped: {why}"),
+        Converted::Waypoint { policy, .. } => panic!("the waypoint's: {policy:?}"),
     }
 }
 
@@ -109,14 +110,19 @@ fn authorization_policy_scopes_and_actions() {
     assert!(p.rules.is_empty(), "ALLOW without rules allows nothing");
     let (p, _) = converted(scope_of("bank", "{selector: {matchLabels: {}}}"));
     assert_eq!(p.scope, PolicyScope::Namespace);
+    for spec in [
+        "{targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: wp}]}",
+        "{targetRef: {kind: Service, group: \"\", name: web}}",
+    ] {
+        assert!(
+            matches!(scope_of("bank", spec), Converted::Waypoint { problem: None, .. }),
+            "{spec}: the waypoint's"
+        );
+    }
     for (spec, why) in [
         (
-            "{targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: wp}]}",
-            "targetRefs",
-        ),
-        (
-            "{targetRef: {kind: Service, group: \"\", name: web}}",
-            "targetRefs",
+            "{targetRefs: [{kind: ServiceEntry, group: networking.istio.io, name: x}]}",
+            "neither",
         ),
         ("{action: AUDIT}", "AUDIT"),
         ("{action: CUSTOM, provider: {name: ext}}", "CUSTOM"),

@@ -67,7 +67,7 @@ fn route_info(
     spec: &serde_json::Value,
 ) -> Option<RouteInfo> {
     let (namespace, name) = namespaced(meta)?;
-    let created = meta.creation_timestamp.as_ref().map(|t| t.0.to_string());
+    let created = meta.creation_timestamp.as_ref().map(|t| t.0.to_rfc3339());
     let state = match mesh_model::config::route_from_spec(
         kind,
         &namespace,

@@ -360,3 +360,119 @@ fn peer_authentications_set_namespace_modes() {
     ix.delete(&Name::PeerAuthentication(("shop".into(), "db".into())));
     assert_eq!(ix.take_changes(), vec![Change::Delete(key)]);
 }
+
+fn gateway(ns: &str, name: &str, waypoint: bool) -> Info {
+    Info::Gateway(super::super::convert::waypoint::GatewayInfo {
+        namespace: ns.into(),
+        name: name.into(),
+        waypoint,
+    })
+}
+
+fn route_info(name: &str, state: RouteState) -> Info {
+    Info::Route(RouteInfo {
+        key: RouteKey {
+            kind: RouteKind::Http,
+            namespace: "shop".into(),
+            name: name.into(),
+        },
+        state,
+    })
+}
+
+fn a_route(name: &str, backend: &str) -> RouteState {
+    let spec = serde_json::json!({
+        "parentRefs": [{"group": "", "kind": "Service", "name": "web"}],
+        "rules": [{"backendRefs": [{"name": backend, "port": 80}]}],
+    });
+    match mesh_model::config::route_from_spec(RouteKind::Http, "shop", name, None, spec) {
+        Ok(Some(r)) => RouteState::Route(r),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_waypoint_gateway_makes_its_ready_pod_answer_for_its_name() {
+    let mut ix = index();
+    ix.upsert(ns("shop", true));
+    let mut wp = pod_info("shop", "waypoint-7c9d-x1", "10.1.0.9");
+    wp.labels = BTreeMap::from([(
+        "gateway.networking.k8s.io/gateway-name".into(),
+        "waypoint".into(),
+    )]);
+    ix.upsert(Info::Pod(wp.clone()));
+    let uid = uid("shop", "waypoint-7c9d-x1");
+    assert_eq!(workload_of(&ix.take_changes(), &uid).name, "waypoint-7c9d-x1");
+    // Another class's Gateway of that name: not a waypoint.
+    ix.upsert(gateway("shop", "waypoint", false));
+    assert!(ix.take_changes().is_empty());
+    ix.upsert(gateway("shop", "waypoint", true));
+    assert_eq!(workload_of(&ix.take_changes(), &uid).name, "waypoint");
+    // Unready: it no longer answers for the waypoint.
+    wp.ready = false;
+    ix.upsert(Info::Pod(wp));
+    assert_eq!(workload_of(&ix.take_changes(), &uid).name, "waypoint-7c9d-x1");
+    ix.delete(&Name::Gateway(("shop".into(), "waypoint".into())));
+    assert!(ix.take_changes().is_empty(), "an unready pod was not aliased");
+}
+
+#[test]
+fn routes_are_keyed_and_a_refused_edit_keeps_the_last_good_one() {
+    let mut ix = index();
+    let key = Key::Route(RouteKey {
+        kind: RouteKind::Http,
+        namespace: "shop".into(),
+        name: "r".into(),
+    });
+    ix.upsert(route_info("r", a_route("r", "v1")));
+    ix.upsert(route_info("other", RouteState::NotMesh));
+    assert_eq!(keys(&ix.take_changes()), [format!("+{key:?}")]);
+    ix.upsert(route_info("r", RouteState::Invalid("bad".into())));
+    assert!(ix.take_changes().is_empty(), "the last good route stays");
+    ix.upsert(route_info("r", a_route("r", "v2")));
+    match ix.take_changes().as_slice() {
+        [Change::Upsert(Object::Route(r))] => {
+            assert_eq!(r.rules[0].backends[0].service.name, "v2")
+        }
+        other => panic!("{:?}", keys(other)),
+    }
+    ix.delete(&Name::Route(RouteKey {
+        kind: RouteKind::Http,
+        namespace: "shop".into(),
+        name: "r".into(),
+    }));
+    assert_eq!(keys(&ix.take_changes()), [format!("-{key:?}")]);
+}
+
+#[test]
+fn a_policy_that_gains_target_refs_moves_to_the_waypoint() {
+    use super::super::convert::policy::authorization_policy;
+    use super::super::istio::AuthorizationPolicy;
+    let ap = |spec: &str| -> Info {
+        let ap: AuthorizationPolicy = serde_yaml_ng::from_str(&format!(
+            "metadata: {{name: p, namespace: shop}}\nspec: {spec}\n"
+        ))
+        .unwrap();
+        Info::AuthorizationPolicy(
+            ("shop".into(), "p".into()),
+            authorization_policy(&ap, "istio-system").unwrap(),
+        )
+    };
+    let pk = PolicyKey {
+        namespace: "shop".into(),
+        name: "p".into(),
+    };
+    let mut ix = index();
+    ix.upsert(ap("{action: DENY, rules: [{to: [{operation: {ports: [\"80\"]}}]}]}"));
+    assert_eq!(keys(&ix.take_changes()), [format!("+{:?}", Key::Policy(pk.clone()))]);
+    ix.upsert(ap("{targetRefs: [{kind: Service, group: \"\", name: web}], action: DENY, rules: [{to: [{operation: {methods: [POST]}}]}]}"));
+    assert_eq!(
+        keys(&ix.take_changes()),
+        [
+            format!("-{:?}", Key::Policy(pk.clone())),
+            format!("+{:?}", Key::L7Policy(pk.clone()))
+        ]
+    );
+    ix.delete(&Name::AuthorizationPolicy(("shop".into(), "p".into())));
+    assert_eq!(keys(&ix.take_changes()), [format!("-{:?}", Key::L7Policy(pk))]);
+}
