@@ -33,4 +33,5 @@ pub mod serve;
 pub mod source;
 pub mod tls;
 pub mod view;
+pub mod waypoint_controller;
 pub mod xds;

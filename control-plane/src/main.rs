@@ -20,7 +20,10 @@ use control_plane::serve::{
     self, Config, DEFAULT_CA_DIR, DEFAULT_CONFIG_FILE, DEFAULT_LISTEN, DEFAULT_METRICS_LISTEN,
     DEFAULT_TOKENS_FILE,
 };
-use control_plane::source::kube::{KubeConfig, DEFAULT_ROOT_NAMESPACE, DEFAULT_TRUST_DOMAIN};
+use control_plane::source::kube::{
+    client, KubeConfig, DEFAULT_ROOT_NAMESPACE, DEFAULT_TRUST_DOMAIN,
+};
+use control_plane::waypoint_controller::{self, objects::Settings as WaypointSettings};
 use control_plane::source::DEFAULT_POLL_INTERVAL;
 
 /// Where the mesh's state comes from.
@@ -54,6 +57,16 @@ struct Flags {
     /// its PeerAuthentication is the mesh-wide default).
     #[arg(long, env = "ROOT_NAMESPACE", default_value = DEFAULT_ROOT_NAMESPACE)]
     root_namespace: String,
+    /// Kubernetes source: reconcile `istio-waypoint` Gateways into waypoint
+    /// Deployments, Services and ServiceAccounts.
+    #[arg(long, env = "WAYPOINT_CONTROLLER", default_value_t = true, action = clap::ArgAction::Set)]
+    waypoint_controller: bool,
+    /// The image of the waypoints the controller deploys.
+    #[arg(long, env = "WAYPOINT_IMAGE", default_value_t = WaypointSettings::default().image)]
+    waypoint_image: String,
+    /// The control plane's address as the waypoints reach it.
+    #[arg(long, env = "CONTROL_PLANE_WAYPOINT_XDS_ADDRESS", default_value_t = WaypointSettings::default().xds_address)]
+    waypoint_xds_address: String,
     /// The mesh config (the ztunnel local YAML format), watched for changes.
     #[arg(long, env = "CONTROL_PLANE_CONFIG_FILE", default_value = DEFAULT_CONFIG_FILE)]
     config_file: PathBuf,
@@ -118,6 +131,14 @@ async fn main() -> std::process::ExitCode {
         Some(l) => tracing::info!(soft = l.soft, hard = l.hard, "open-file limit"),
         None => tracing::warn!("the open-file limit is unknown"),
     }
+    let waypoints = (f.source == SourceFlag::Kubernetes && f.waypoint_controller).then(|| {
+        WaypointSettings {
+            image: f.waypoint_image.clone(),
+            xds_address: f.waypoint_xds_address.clone(),
+            trust_domain: f.trust_domain.clone(),
+            ..WaypointSettings::default()
+        }
+    });
     let cfg = Config {
         config_file: f.config_file,
         ca_dir: f.ca_dir,
@@ -143,6 +164,22 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    let controller = match (waypoints, &cfg.kubernetes) {
+        (Some(settings), Some(kube)) => match client(kube).await {
+            Ok(client) => {
+                // TODO(leader election, control-plane/src/leader.rs): until
+                // it lands, this replica always leads.
+                let (leader_tx, leader) = tokio::sync::watch::channel(true);
+                let task = tokio::spawn(waypoint_controller::run(client, settings, leader));
+                Some((task, leader_tx))
+            }
+            Err(e) => {
+                eprintln!("control-plane: {}", mesh_runtime::Chain(&e));
+                return std::process::ExitCode::FAILURE;
+            }
+        },
+        _ => None,
+    };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("installing SIGTERM handler");
     tokio::select! {
@@ -150,6 +187,9 @@ async fn main() -> std::process::ExitCode {
         _ = term.recv() => {}
     }
     tracing::info!("shutting down");
+    if let Some((task, _leader)) = controller {
+        task.abort();
+    }
     running.shutdown().await;
     std::process::ExitCode::SUCCESS
 }

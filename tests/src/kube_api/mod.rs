@@ -7,7 +7,7 @@
 //!   `/apis/<group>[/<version>]` for the types in [`resources::RESOURCES`]
 //!   (core Namespaces, Nodes, Pods, Services, ServiceAccounts, ConfigMaps,
 //!   Secrets; Deployments; EndpointSlices; Istio's AuthorizationPolicy and
-//!   PeerAuthentication; Gateway API Gateway and HTTPRoute);
+//!   PeerAuthentication; Gateway API Gateway, HTTPRoute and GRPCRoute);
 //! - GET/list with `labelSelector`, `fieldSelector`, `limit`/`continue`
 //!   and the collection's `metadata.resourceVersion`; POST, PUT (with
 //!   `resourceVersion` conflicts), DELETE (a namespace takes its objects),

@@ -73,6 +73,7 @@ pub const RESOURCES: &[ResourceType] = &[
     rt(ISTIO_SECURITY, ("PeerAuthentication", "peerauthentications", "peerauthentication"), true, &["pa"], true),
     rt(GATEWAY, ("Gateway", "gateways", "gateway"), true, &["gtw"], true),
     rt(GATEWAY, ("HTTPRoute", "httproutes", "httproute"), true, &[], true),
+    rt(GATEWAY, ("GRPCRoute", "grpcroutes", "grpcroute"), true, &[], true),
 ];
 
 const CORE: (&str, &str) = ("", "v1");

@@ -31,6 +31,9 @@ macro_rules! gateway_resource {
             pub metadata: ObjectMeta,
             #[serde(default)]
             pub spec: $spec,
+            /// Read by the waypoint controller (to write only what changed).
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub status: Option<serde_json::Value>,
         }
 
         impl kube::Resource for $ty {
