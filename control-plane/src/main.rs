@@ -23,8 +23,8 @@ use control_plane::serve::{
 use control_plane::source::kube::{
     client, KubeConfig, DEFAULT_ROOT_NAMESPACE, DEFAULT_TRUST_DOMAIN,
 };
-use control_plane::waypoint_controller::{self, objects::Settings as WaypointSettings};
 use control_plane::source::DEFAULT_POLL_INTERVAL;
+use control_plane::waypoint_controller::{self, objects::Settings as WaypointSettings};
 
 /// Where the mesh's state comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -131,14 +131,13 @@ async fn main() -> std::process::ExitCode {
         Some(l) => tracing::info!(soft = l.soft, hard = l.hard, "open-file limit"),
         None => tracing::warn!("the open-file limit is unknown"),
     }
-    let waypoints = (f.source == SourceFlag::Kubernetes && f.waypoint_controller).then(|| {
-        WaypointSettings {
+    let waypoints =
+        (f.source == SourceFlag::Kubernetes && f.waypoint_controller).then(|| WaypointSettings {
             image: f.waypoint_image.clone(),
             xds_address: f.waypoint_xds_address.clone(),
             trust_domain: f.trust_domain.clone(),
             ..WaypointSettings::default()
-        }
-    });
+        });
     let cfg = Config {
         config_file: f.config_file,
         ca_dir: f.ca_dir,

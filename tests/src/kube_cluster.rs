@@ -86,6 +86,15 @@ pub fn require_kubectl() -> bool {
 /// The nodes the control plane has tokens for.
 pub const NODES: [&str; 2] = ["node-a", "node-b"];
 
+/// The waypoints (namespace, name) the control plane has tokens for, each
+/// bound to `spiffe://cluster.local/ns/<namespace>/sa/<name>`.
+pub const WAYPOINTS: [(&str, &str); 1] = [("shop", "waypoint")];
+
+/// The token of the waypoint `namespace/name` (one of [`WAYPOINTS`]).
+pub fn waypoint_token(namespace: &str, name: &str) -> String {
+    token(&format!("waypoint-{namespace}-{name}"))
+}
+
 /// The API server, a scratch directory with its kubeconfig, and the
 /// control plane watching it.
 pub struct KubeCluster {
@@ -118,10 +127,16 @@ impl KubeCluster {
             .expect("API server binds");
         let kubeconfig = dir.join("kubeconfig");
         api.write_kubeconfig(&kubeconfig).expect("kubeconfig");
-        let tokens: String = NODES
+        let mut tokens: String = NODES
             .iter()
             .map(|n| format!("{n}: {}\n", token(n)))
             .collect();
+        for (ns, name) in WAYPOINTS {
+            tokens += &format!(
+                "spiffe://cluster.local/ns/{ns}/sa/{name}: {}\n",
+                waypoint_token(ns, name)
+            );
+        }
         std::fs::write(dir.join("tokens.yaml"), tokens).expect("tokens");
         let mut c = KubeCluster {
             api,
@@ -260,6 +275,21 @@ impl KubeCluster {
     pub fn xds_client(&self, node: &str) -> XdsFollower {
         XdsFollower::connect(self.endpoint(), node)
     }
+
+    /// A delta-xDS client as the waypoint `namespace/name` (one of
+    /// [`WAYPOINTS`]): its stream carries only what it serves, routes and
+    /// L7 policies included.
+    pub fn waypoint_xds_client(&self, namespace: &str, name: &str) -> XdsFollower {
+        XdsFollower::follow(
+            self.endpoint(),
+            Node {
+                id: format!("waypoint~{namespace}/{name}"),
+                ..Default::default()
+            },
+            waypoint_token(namespace, name),
+            &mesh_runtime::xds::client::WAYPOINT_TYPE_URLS,
+        )
+    }
 }
 
 impl Drop for KubeCluster {
@@ -284,21 +314,36 @@ pub struct XdsFollower {
 
 impl XdsFollower {
     pub fn connect(endpoint: Endpoint, node: &str) -> XdsFollower {
+        XdsFollower::follow(
+            endpoint,
+            Node {
+                id: format!("ztunnel~{node}"),
+                ..Default::default()
+            },
+            token(node),
+            &mesh_runtime::xds::client::TYPE_URLS,
+        )
+    }
+
+    /// A client as `node`, with `token`, subscribed to `types`.
+    pub fn follow(
+        endpoint: Endpoint,
+        node: Node,
+        token: String,
+        types: &'static [&'static str],
+    ) -> XdsFollower {
         let drain = Drain::new();
         let (publish, mut snapshots) = mpsc::channel(64);
         let client = XdsClient {
             endpoint,
             mark: None,
-            node: Node {
-                id: format!("ztunnel~{node}"),
-                ..Default::default()
-            },
-            token: Some(token(node)),
+            node,
+            token: Some(token),
             store: XdsStore::default(),
             stats: Arc::new(XdsStats::default()),
             publish,
             synced: Default::default(),
-            types: &mesh_runtime::xds::client::TYPE_URLS,
+            types,
         };
         tokio::spawn(client.run(drain.clone()));
         let (tx, latest) = watch::channel(None);

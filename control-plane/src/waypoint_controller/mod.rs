@@ -111,14 +111,21 @@ async fn reconcile(gw: Arc<Gateway>, ctx: Arc<Ctx>) -> Result<Action, ReconcileE
     };
     let applied = apply_all(&ctx, &owner).await;
     let address = applied.as_ref().ok().cloned().flatten();
-    let conditions = objects::conditions(&applied.as_ref().map(|_| ()).map_err(|e| {
-        mesh_runtime::error::error_chain(e)
-    }));
+    let conditions = objects::conditions(
+        &applied
+            .as_ref()
+            .map(|_| ())
+            .map_err(|e| mesh_runtime::error::error_chain(e)),
+    );
     let now = k8s_openapi::chrono::Utc::now()
         .to_rfc3339_opts(k8s_openapi::chrono::SecondsFormat::Secs, true);
-    if let Some(patch) =
-        objects::status_patch(&gw, gw.status.as_ref(), &conditions, address.as_deref(), &now)
-    {
+    if let Some(patch) = objects::status_patch(
+        &gw,
+        gw.status.as_ref(),
+        &conditions,
+        address.as_deref(),
+        &now,
+    ) {
         let api = Api::<Gateway>::namespaced(ctx.client.clone(), &owner.namespace);
         api.patch_status(&owner.name, &apply_params(), &Patch::Apply(patch))
             .await

@@ -92,7 +92,13 @@ fn status_is_written_only_when_it_changes() {
     );
     // The same again: no write.
     assert_eq!(
-        status_patch(&gw, Some(status), &ok, Some("10.96.0.7"), "2026-01-02T00:00:00Z"),
+        status_patch(
+            &gw,
+            Some(status),
+            &ok,
+            Some("10.96.0.7"),
+            "2026-01-02T00:00:00Z"
+        ),
         None
     );
     // A failure flips Programmed (a new transition time), Accepted keeps its own.

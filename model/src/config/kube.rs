@@ -11,7 +11,7 @@
 
 use serde::{Deserialize, Deserializer};
 
-use super::route::{from_field, to_message, route_key_path};
+use super::route::{from_field, route_key_path, to_message};
 use super::route_doc::{MetadataDoc, RefDoc, RouteDoc, RouteKindDoc, RouteSpecDoc};
 use super::ConfigError;
 use crate::route::{Route, RouteKind};

@@ -144,9 +144,11 @@ impl KubeSource {
             watch(Api::<Gateway>::all(client.clone()), Kind::Gateway, |o| {
                 gateway_info(o).map(Info::Gateway)
             }),
-            watch(Api::<HttpRoute>::all(client.clone()), Kind::HttpRoute, |o| {
-                http_route_info(o).map(logged_route)
-            }),
+            watch(
+                Api::<HttpRoute>::all(client.clone()),
+                Kind::HttpRoute,
+                |o| http_route_info(o).map(logged_route),
+            ),
             watch(Api::<GrpcRoute>::all(client), Kind::GrpcRoute, |o| {
                 grpc_route_info(o).map(logged_route)
             }),

@@ -20,13 +20,13 @@
 //! Kubernetes types stop here: `mesh-model` never sees them.
 
 pub mod policy;
-pub mod waypoint;
-#[cfg(test)]
-mod waypoint_tests;
 #[cfg(test)]
 mod policy_tests;
 #[cfg(test)]
 mod tests;
+pub mod waypoint;
+#[cfg(test)]
+mod waypoint_tests;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;

@@ -115,7 +115,10 @@ fn authorization_policy_scopes_and_actions() {
         "{targetRef: {kind: Service, group: \"\", name: web}}",
     ] {
         assert!(
-            matches!(scope_of("bank", spec), Converted::Waypoint { problem: None, .. }),
+            matches!(
+                scope_of("bank", spec),
+                Converted::Waypoint { problem: None, .. }
+            ),
             "{spec}: the waypoint's"
         );
     }

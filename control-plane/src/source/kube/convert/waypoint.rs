@@ -122,7 +122,9 @@ pub fn l7_policy(ap: &AuthorizationPolicy) -> Option<Result<L7Policy, (L7Policy,
             ("gateway.networking.k8s.io", "Gateway") => pb::policy_target_ref::Kind::Gateway,
             ("", "Service") => pb::policy_target_ref::Kind::Service,
             (g, k) => {
-                problems.push(format!("targetRefs[{i}]: {g}/{k} is not a Gateway or a Service"));
+                problems.push(format!(
+                    "targetRefs[{i}]: {g}/{k} is not a Gateway or a Service"
+                ));
                 continue;
             }
         };

@@ -246,7 +246,8 @@ spec:
     );
     // A ztunnel ALLOW: the rule needs L7, so it never matches (nothing
     // it cannot check is allowed).
-    let Converted::Policy { policy, dropped } = ap(&text("selector: {matchLabels: {app: web}}", "ALLOW"))
+    let Converted::Policy { policy, dropped } =
+        ap(&text("selector: {matchLabels: {app: web}}", "ALLOW"))
     else {
         panic!("ztunnel's");
     };

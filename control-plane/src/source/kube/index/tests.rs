@@ -402,7 +402,10 @@ fn a_waypoint_gateway_makes_its_ready_pod_answer_for_its_name() {
     )]);
     ix.upsert(Info::Pod(wp.clone()));
     let uid = uid("shop", "waypoint-7c9d-x1");
-    assert_eq!(workload_of(&ix.take_changes(), &uid).name, "waypoint-7c9d-x1");
+    assert_eq!(
+        workload_of(&ix.take_changes(), &uid).name,
+        "waypoint-7c9d-x1"
+    );
     // Another class's Gateway of that name: not a waypoint.
     ix.upsert(gateway("shop", "waypoint", false));
     assert!(ix.take_changes().is_empty());
@@ -411,9 +414,15 @@ fn a_waypoint_gateway_makes_its_ready_pod_answer_for_its_name() {
     // Unready: it no longer answers for the waypoint.
     wp.ready = false;
     ix.upsert(Info::Pod(wp));
-    assert_eq!(workload_of(&ix.take_changes(), &uid).name, "waypoint-7c9d-x1");
+    assert_eq!(
+        workload_of(&ix.take_changes(), &uid).name,
+        "waypoint-7c9d-x1"
+    );
     ix.delete(&Name::Gateway(("shop".into(), "waypoint".into())));
-    assert!(ix.take_changes().is_empty(), "an unready pod was not aliased");
+    assert!(
+        ix.take_changes().is_empty(),
+        "an unready pod was not aliased"
+    );
 }
 
 #[test]
@@ -463,8 +472,13 @@ fn a_policy_that_gains_target_refs_moves_to_the_waypoint() {
         name: "p".into(),
     };
     let mut ix = index();
-    ix.upsert(ap("{action: DENY, rules: [{to: [{operation: {ports: [\"80\"]}}]}]}"));
-    assert_eq!(keys(&ix.take_changes()), [format!("+{:?}", Key::Policy(pk.clone()))]);
+    ix.upsert(ap(
+        "{action: DENY, rules: [{to: [{operation: {ports: [\"80\"]}}]}]}",
+    ));
+    assert_eq!(
+        keys(&ix.take_changes()),
+        [format!("+{:?}", Key::Policy(pk.clone()))]
+    );
     ix.upsert(ap("{targetRefs: [{kind: Service, group: \"\", name: web}], action: DENY, rules: [{to: [{operation: {methods: [POST]}}]}]}"));
     assert_eq!(
         keys(&ix.take_changes()),
@@ -474,5 +488,8 @@ fn a_policy_that_gains_target_refs_moves_to_the_waypoint() {
         ]
     );
     ix.delete(&Name::AuthorizationPolicy(("shop".into(), "p".into())));
-    assert_eq!(keys(&ix.take_changes()), [format!("-{:?}", Key::L7Policy(pk))]);
+    assert_eq!(
+        keys(&ix.take_changes()),
+        [format!("-{:?}", Key::L7Policy(pk))]
+    );
 }
