@@ -102,7 +102,7 @@ pub fn grpc_route_info(r: &GrpcRoute) -> Option<RouteInfo> {
 /// says that Gateway (in the pod's namespace) is an `istio-waypoint` one
 /// and the pod is ready. Its workload then carries the Gateway's name,
 /// which `istio.io/use-waypoint` labels name.
-pub fn waypoint_alias<'a>(pod: &'a PodInfo, is_waypoint: impl Fn(&str) -> bool) -> Option<&'a str> {
+pub fn waypoint_alias(pod: &PodInfo, is_waypoint: impl Fn(&str) -> bool) -> Option<&str> {
     let gw = pod.labels.get(GATEWAY_NAME_LABEL)?;
     (pod.ready && is_waypoint(gw)).then_some(gw.as_str())
 }
