@@ -5,7 +5,11 @@
 //! token bound to its identity) follow it over xDS. The `shop` Service
 //! `echo` is bound to the waypoint Gateway by its `istio.io/use-waypoint`
 //! label; `kubectl apply` of an HTTPRoute and of an AuthorizationPolicy
-//! with `targetRefs` changes what the waypoint does, live.
+//! with `targetRefs` changes what the waypoint does, live. The same L7
+//! rule in a policy of ztunnel's (a `selector`) is split as Istio splits
+//! it: in an ALLOW it allows nothing (the destination ztunnel refuses even
+//! the waypoint's GET), in a DENY it is cut to its L4 part (which then
+//! denies the waypoint outright).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -277,5 +281,75 @@ async fn an_httproute_and_a_waypoint_policy_applied_with_kubectl_take_effect() {
         "kubectl delete HTTPRoute → canary header no longer routed: {:?}",
         deleted.elapsed()
     );
+
+    // The L4/L7 split at the destination ztunnel (the waypoint's tunnels
+    // arrive there under its identity).
+    let ztunnel_policy = |action: &str| {
+        format!(
+            r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: echo-l7-at-ztunnel, namespace: shop}}
+spec:
+  selector: {{matchLabels: {{app: echo}}}}
+  action: {action}
+  rules:
+  - from: [{{source: {{principals: ["cluster.local/ns/shop/sa/waypoint"]}}}}]
+    to: [{{operation: {{methods: [POST]}}}}]
+"#
+        )
+    };
+    for (action, what) in [
+        ("ALLOW", "an ALLOW whose rule needs L7 allows nothing"),
+        ("DENY", "a DENY cut to its L4 part denies the waypoint"),
+    ] {
+        std::fs::write(&manifest, ztunnel_policy(action)).unwrap();
+        let applied = Instant::now();
+        node1
+            .exec(&format!(
+                "KUBECONFIG={kubeconfig} kubectl apply --validate=false -f {}",
+                manifest.display()
+            ))
+            .unwrap_or_else(|e| panic!("kubectl apply: {e}"));
+        loop {
+            // A fresh connection each time: the GET is not one ztunnel
+            // can tell from a POST.
+            let refused = match h1_client(s.connect(ECHO_VIP).await).await {
+                Ok(mut c) => send_h1(&mut c, get("echo.shop", "/split"))
+                    .await
+                    .map_or(true, |a| a.status >= 500),
+                Err(_) => true,
+            };
+            if refused {
+                break;
+            }
+            assert!(
+                applied.elapsed() < WAIT,
+                "{what}: never took effect; control plane:\n{}",
+                log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        eprintln!("{what}: in effect after {:?}", applied.elapsed());
+        node1
+            .exec(&format!(
+                "KUBECONFIG={kubeconfig} kubectl delete authorizationpolicy -n shop echo-l7-at-ztunnel"
+            ))
+            .unwrap();
+        let deleted = Instant::now();
+        loop {
+            let ok = match h1_client(s.connect(ECHO_VIP).await).await {
+                Ok(mut c) => send_h1(&mut c, get("echo.shop", "/split"))
+                    .await
+                    .is_ok_and(|a| a.status == 200),
+                Err(_) => false,
+            };
+            if ok {
+                break;
+            }
+            assert!(deleted.elapsed() < WAIT, "{what}: never lifted");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     drop(api);
 }
