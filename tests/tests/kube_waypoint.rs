@@ -327,3 +327,66 @@ spec:
     ]);
     wait_object(&store, "Deployment", "shop", "reviews-wp", owned).await;
 }
+
+/// The controller writes only while it leads; becoming leader reconciles
+/// what was already there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_waypoint_controller_writes_only_while_it_leads() {
+    use control_plane::waypoint_controller::{self, objects::Settings};
+    let store = std::sync::Arc::new(Store::default());
+    mesh_tests::kube_api::load_yaml(
+        &store,
+        r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: shop}
+spec: {gatewayClassName: istio-waypoint}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: ingress, namespace: shop}
+spec: {gatewayClassName: istio}
+"#,
+    )
+    .unwrap();
+    let api = mesh_tests::kube_api::ApiServer::start(
+        store.clone(),
+        std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+    )
+    .unwrap();
+    let config = kube::Config::new(api.url().parse().unwrap());
+    let client = kube::Client::try_from(config).unwrap();
+    let (leader_tx, leader) = tokio::sync::watch::channel(false);
+    let controller = tokio::spawn(waypoint_controller::run(
+        client,
+        Settings::default(),
+        leader,
+    ));
+    // Not leader: the Gateway is seen, nothing is written.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(store
+        .get(resource("Deployment"), "shop", "waypoint")
+        .is_err());
+    let gw = store.get(resource("Gateway"), "shop", "waypoint").unwrap();
+    assert!(gw.get("status").is_none(), "{gw}");
+
+    let became = Instant::now();
+    leader_tx.send_replace(true);
+    wait_object(&store, "Deployment", "shop", "waypoint", |_| true).await;
+    wait_object(&store, "Gateway", "shop", "waypoint", |g| {
+        condition(g, "Programmed").is_some_and(|c| c["status"] == "True")
+    })
+    .await;
+    println!("leader → waypoint programmed: {}", ms(became.elapsed()));
+    // Another class's Gateway is not ours.
+    assert!(store
+        .get(resource("Deployment"), "shop", "ingress")
+        .is_err());
+    let ingress = store.get(resource("Gateway"), "shop", "ingress").unwrap();
+    assert!(ingress.get("status").is_none());
+    controller.abort();
+}
