@@ -3,7 +3,8 @@
 //!
 //! - `Gateway` of class `istio-waypoint` → [`GatewayInfo`]: it makes the
 //!   ready pods that carry its name in `gateway.networking.k8s.io/gateway-name`
-//!   (as the controller's Deployment labels them) answer for it:
+//!   (as the controller's Deployment labels them) and run as its service
+//!   account answer for it:
 //!   `istio.io/use-waypoint: <gateway>` on a namespace, Service or pod
 //!   resolves to one of them ([`waypoint_alias`]);
 //! - `HTTPRoute` / `GRPCRoute` with Service `parentRefs` → a
@@ -99,12 +100,16 @@ pub fn grpc_route_info(r: &GrpcRoute) -> Option<RouteInfo> {
 
 /// The waypoint a pod answers for: the Gateway named by its
 /// `gateway.networking.k8s.io/gateway-name` label, when `is_waypoint`
-/// says that Gateway (in the pod's namespace) is an `istio-waypoint` one
-/// and the pod is ready. Its workload then carries the Gateway's name,
-/// which `istio.io/use-waypoint` labels name.
+/// says that Gateway (in the pod's namespace) is an `istio-waypoint` one,
+/// the pod is ready, and it runs as the Gateway's own service account (as
+/// the controller's Deployment does; the waypoint's identity is what the
+/// control plane finds the Gateway's policies by, and a label alone must
+/// not let another workload take the waypoint's traffic). Its workload
+/// then carries the Gateway's name, which `istio.io/use-waypoint` labels
+/// name.
 pub fn waypoint_alias(pod: &PodInfo, is_waypoint: impl Fn(&str) -> bool) -> Option<&str> {
     let gw = pod.labels.get(GATEWAY_NAME_LABEL)?;
-    (pod.ready && is_waypoint(gw)).then_some(gw.as_str())
+    (pod.ready && pod.service_account == *gw && is_waypoint(gw)).then_some(gw.as_str())
 }
 
 /// An AuthorizationPolicy with `targetRefs` as the waypoint's policy;

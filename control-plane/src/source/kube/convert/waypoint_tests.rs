@@ -188,6 +188,13 @@ fn a_gateway_is_a_waypoint_by_its_class_and_its_ready_pods_answer_for_it() {
     };
     assert_eq!(waypoint_alias(&pod, |g| g == "waypoint"), Some("waypoint"));
     assert_eq!(waypoint_alias(&pod, |_| false), None, "no such waypoint");
+    pod.service_account = "intruder".into();
+    assert_eq!(
+        waypoint_alias(&pod, |_| true),
+        None,
+        "not the Gateway's service account"
+    );
+    pod.service_account = "waypoint".into();
     pod.ready = false;
     assert_eq!(waypoint_alias(&pod, |_| true), None, "not ready");
 }

@@ -396,6 +396,7 @@ fn a_waypoint_gateway_makes_its_ready_pod_answer_for_its_name() {
     let mut ix = index();
     ix.upsert(ns("shop", true));
     let mut wp = pod_info("shop", "waypoint-7c9d-x1", "10.1.0.9");
+    wp.service_account = "waypoint".into();
     wp.labels = BTreeMap::from([(
         "gateway.networking.k8s.io/gateway-name".into(),
         "waypoint".into(),
