@@ -249,6 +249,19 @@ impl KubeCluster {
         }
     }
 
+    /// [`Self::apply`], and when the API server committed its first write.
+    pub fn apply_timed(&self, yaml: &str) -> Instant {
+        let mut writes = self.api.store().subscribe();
+        self.apply(yaml);
+        loop {
+            match writes.try_recv() {
+                Ok(crate::kube_api::store::Broadcast::Event(e)) => return e.at,
+                Ok(_) => {}
+                Err(_) => panic!("kubectl apply wrote nothing"),
+            }
+        }
+    }
+
     /// `kubectl apply -f` of `yaml`.
     pub fn apply(&self, yaml: &str) -> String {
         let path = self.dir.join(format!(

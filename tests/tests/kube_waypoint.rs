@@ -164,15 +164,14 @@ async fn an_httproute_and_a_waypoint_policy_reach_the_waypoint_and_leave_with_th
     })
     .await;
 
-    let applied = Instant::now();
-    cluster.apply(CANARY);
+    let applied = cluster.apply_timed(CANARY);
     let at = wp
         .wait_for("the HTTPRoute at the waypoint", WAIT, |s| {
             route_names(s) == ["HTTPRoute/shop/web-canary"]
         })
         .await;
     println!(
-        "kubectl apply HTTPRoute → waypoint xDS: {}",
+        "HTTPRoute written (kubectl apply) → waypoint xDS: {}",
         ms(at - applied)
     );
     let snap = wp.snapshot().unwrap();
@@ -182,25 +181,23 @@ async fn an_httproute_and_a_waypoint_policy_reach_the_waypoint_and_leave_with_th
     // Its backend is served to the waypoint too.
     assert!(snap.service_by_name("shop", "web-v2").is_some());
 
-    let applied = Instant::now();
-    cluster.apply(DENY_ADMIN);
+    let applied = cluster.apply_timed(DENY_ADMIN);
     let at = wp
         .wait_for("the L7 policy at the waypoint", WAIT, |s| {
             l7_names(s) == ["shop/deny-admin-writes"]
         })
         .await;
     println!(
-        "kubectl apply AuthorizationPolicy (targetRefs) → waypoint xDS: {}",
+        "AuthorizationPolicy (targetRefs) written (kubectl apply) → waypoint xDS: {}",
         ms(at - applied)
     );
 
-    let deleted = Instant::now();
-    cluster.kubectl(&["delete", "httproute", "-n", "shop", "web-canary"]);
+    let deleted = cluster.kubectl_timed(&["delete", "httproute", "-n", "shop", "web-canary"]);
     let at = wp
         .wait_for("the HTTPRoute gone", WAIT, |s| route_names(s).is_empty())
         .await;
     println!(
-        "kubectl delete HTTPRoute → waypoint xDS: {}",
+        "HTTPRoute deleted (kubectl delete) → waypoint xDS: {}",
         ms(at - deleted)
     );
     cluster.kubectl(&[
