@@ -192,6 +192,34 @@ async fn an_httproute_and_a_waypoint_policy_reach_the_waypoint_and_leave_with_th
         ms(at - applied)
     );
 
+    // A GRPCRoute beside it (the Gateway API v1 kind), and gone again.
+    let applied = cluster.apply_timed(
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: web-grpc, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web, port: 80}]
+  rules:
+  - matches: [{method: {service: shop.Cart, method: Get}}]
+    backendRefs: [{name: web-v2, port: 80}]
+"#,
+    );
+    let at = wp
+        .wait_for("the GRPCRoute at the waypoint", WAIT, |s| {
+            route_names(s) == ["HTTPRoute/shop/web-canary", "GRPCRoute/shop/web-grpc"]
+        })
+        .await;
+    println!(
+        "GRPCRoute written (kubectl apply) → waypoint xDS: {}",
+        ms(at - applied)
+    );
+    cluster.kubectl(&["delete", "grpcroute", "-n", "shop", "web-grpc"]);
+    wp.wait_for("the GRPCRoute gone", WAIT, |s| {
+        route_names(s) == ["HTTPRoute/shop/web-canary"]
+    })
+    .await;
+
     let deleted = cluster.kubectl_timed(&["delete", "httproute", "-n", "shop", "web-canary"]);
     let at = wp
         .wait_for("the HTTPRoute gone", WAIT, |s| route_names(s).is_empty())
