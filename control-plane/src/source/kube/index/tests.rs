@@ -6,10 +6,12 @@ use mesh_model::input::{Change, Key, Object};
 use mesh_model::state::{MtlsMode, PolicyKey, Tunnel};
 
 use super::super::convert::policy::{PeerAuthInfo, PeerMode};
+use super::super::convert::waypoint::RouteInfo;
 use super::super::convert::{
     NamespaceInfo, PodInfo, PortInfo, ServiceInfo, SliceEndpoint, SliceInfo, TargetPort,
 };
 use super::*;
+use mesh_model::route::RouteKind;
 
 fn index() -> Index {
     Index::new(Settings {
