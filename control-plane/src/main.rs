@@ -59,13 +59,20 @@ struct Flags {
     root_namespace: String,
     /// Kubernetes source: reconcile `istio-waypoint` Gateways into waypoint
     /// Deployments, Services and ServiceAccounts.
-    #[arg(long, env = "WAYPOINT_CONTROLLER", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, env = "CONTROL_PLANE_WAYPOINT_CONTROLLER", default_value_t = true, action = clap::ArgAction::Set)]
     waypoint_controller: bool,
     /// The image of the waypoints the controller deploys.
-    #[arg(long, env = "WAYPOINT_IMAGE", default_value_t = WaypointSettings::default().image)]
+    #[arg(long, env = "CONTROL_PLANE_WAYPOINT_IMAGE", default_value_t = WaypointSettings::default().image)]
     waypoint_image: String,
+    /// Image pull secrets (names, comma-separated) of the waypoint pods.
+    #[arg(
+        long,
+        env = "CONTROL_PLANE_WAYPOINT_PULL_SECRETS",
+        value_delimiter = ','
+    )]
+    waypoint_pull_secrets: Vec<String>,
     /// The control plane's address as the waypoints reach it.
-    #[arg(long, env = "CONTROL_PLANE_WAYPOINT_XDS_ADDRESS", default_value_t = WaypointSettings::default().xds_address)]
+    #[arg(long, env = "CONTROL_PLANE_XDS_ADDRESS", default_value_t = WaypointSettings::default().xds_address)]
     waypoint_xds_address: String,
     /// The mesh config (the ztunnel local YAML format), watched for changes.
     #[arg(long, env = "CONTROL_PLANE_CONFIG_FILE", default_value = DEFAULT_CONFIG_FILE)]
@@ -136,6 +143,12 @@ async fn main() -> std::process::ExitCode {
             image: f.waypoint_image.clone(),
             xds_address: f.waypoint_xds_address.clone(),
             trust_domain: f.trust_domain.clone(),
+            image_pull_secrets: f
+                .waypoint_pull_secrets
+                .iter()
+                .filter(|s| !s.is_empty())
+                .cloned()
+                .collect(),
             ..WaypointSettings::default()
         });
     let cfg = Config {

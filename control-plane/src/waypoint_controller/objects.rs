@@ -26,15 +26,18 @@ pub struct Settings {
     /// The ConfigMap in each namespace holding the mesh root
     /// (`root-cert.pem`), as Istio's `istio-ca-root-cert`.
     pub root_cert_configmap: String,
+    /// `imagePullSecrets` of the waypoint pods.
+    pub image_pull_secrets: Vec<String>,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Settings {
             image: "ghcr.io/ambient-mesh/waypoint:latest".into(),
-            xds_address: "https://ambient-control-plane.istio-system.svc:15012".into(),
+            xds_address: "https://control-plane.istio-system.svc:15012".into(),
             trust_domain: mesh_model::state::DEFAULT_TRUST_DOMAIN.into(),
             root_cert_configmap: "istio-ca-root-cert".into(),
+            image_pull_secrets: Vec::new(),
         }
     }
 }
@@ -114,7 +117,12 @@ pub fn deployment(o: &Owner, s: &Settings) -> Value {
         GATEWAY_NAME_LABEL: o.name,
         "istio.io/dataplane-mode": "none",
     });
-    json!({
+    let pull_secrets: Vec<Value> = s
+        .image_pull_secrets
+        .iter()
+        .map(|n| json!({"name": n}))
+        .collect();
+    let mut d = json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": o.metadata(json!({})),
@@ -170,7 +178,11 @@ pub fn deployment(o: &Owner, s: &Settings) -> Value {
                 },
             },
         },
-    })
+    });
+    if !pull_secrets.is_empty() {
+        d["spec"]["template"]["spec"]["imagePullSecrets"] = Value::from(pull_secrets);
+    }
+    d
 }
 
 /// One Gateway condition, as the Gateway API defines them.

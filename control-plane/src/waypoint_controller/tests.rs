@@ -72,6 +72,15 @@ fn a_waypoint_gateway_owns_a_deployment_a_service_and_a_service_account() {
         "istio-ca"
     );
     assert!(d["spec"].get("replicas").is_none(), "left to the user");
+    assert!(pod["spec"].get("imagePullSecrets").is_none());
+    let with_secrets = Settings {
+        image_pull_secrets: vec!["regcred".into()],
+        ..Settings::default()
+    };
+    assert_eq!(
+        deployment(&o, &with_secrets)["spec"]["template"]["spec"]["imagePullSecrets"],
+        json!([{"name": "regcred"}])
+    );
 }
 
 #[test]
