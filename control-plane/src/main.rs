@@ -105,6 +105,10 @@ struct Flags {
     /// A client that does not answer a ping within this is dropped.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     keepalive_timeout: Duration,
+    /// The shortest certificate lifetime issued, whatever a client asks
+    /// for (tests of expiry and rotation set a few seconds).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    min_cert_ttl: Duration,
 }
 
 /// `90s`, `200ms`, `5m`, `24h`.
@@ -163,6 +167,7 @@ async fn main() -> std::process::ExitCode {
         handshake_timeout: f.handshake_timeout,
         keepalive_interval: f.keepalive_interval,
         keepalive_timeout: f.keepalive_timeout,
+        min_cert_ttl: f.min_cert_ttl,
         kubernetes: (f.source == SourceFlag::Kubernetes).then_some(KubeConfig {
             kubeconfig: f.kubeconfig,
             trust_domain: f.trust_domain,

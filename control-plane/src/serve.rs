@@ -63,6 +63,9 @@ pub struct Config {
     pub handshake_timeout: Duration,
     pub keepalive_interval: Duration,
     pub keepalive_timeout: Duration,
+    /// The shortest certificate lifetime issued ([`crate::ca::MIN_VALIDITY`]
+    /// by default).
+    pub min_cert_ttl: Duration,
     /// Watch this cluster instead of reading `config_file`.
     pub kubernetes: Option<KubeConfig>,
 }
@@ -82,6 +85,7 @@ impl Config {
             handshake_timeout: accept::DEFAULT_HANDSHAKE_TIMEOUT,
             keepalive_interval: DEFAULT_KEEPALIVE_INTERVAL,
             keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
+            min_cert_ttl: crate::ca::MIN_VALIDITY,
             kubernetes: None,
         }
     }
@@ -187,6 +191,7 @@ pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
         auth,
         snapshots: snap_rx,
         metrics: metrics.clone(),
+        min_validity: cfg.min_cert_ttl,
     };
     let limits = Limits {
         max_connections: accept::connection_cap(

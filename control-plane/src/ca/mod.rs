@@ -30,7 +30,8 @@ use crate::metrics::{Metrics, ReasonLabel};
 
 /// The longest certificate we issue, and the default.
 pub const MAX_VALIDITY: Duration = Duration::from_secs(24 * 3600);
-/// The shortest lifetime a client may ask for.
+/// The shortest lifetime a client may ask for, by default
+/// (`--min-cert-ttl`; tests of expiry and rotation go lower).
 pub const MIN_VALIDITY: Duration = Duration::from_secs(60);
 
 /// Why a certificate request was refused. `reason()` is the metric label.
@@ -146,12 +147,13 @@ pub fn authorize(snap: &Snapshot, node: &NodeName, identity: &SpiffeId) -> Resul
     }
 }
 
-/// The lifetime to issue for a requested `validity_duration` (seconds).
-pub fn validity(requested_secs: i64) -> Duration {
+/// The lifetime to issue for a requested `validity_duration` (seconds),
+/// at least `min` (itself at most [`MAX_VALIDITY`]).
+pub fn validity(requested_secs: i64, min: Duration) -> Duration {
     if requested_secs <= 0 {
         return MAX_VALIDITY;
     }
-    Duration::from_secs(requested_secs.unsigned_abs()).clamp(MIN_VALIDITY, MAX_VALIDITY)
+    Duration::from_secs(requested_secs.unsigned_abs()).clamp(min.min(MAX_VALIDITY), MAX_VALIDITY)
 }
 
 /// The DER of the first `CERTIFICATE REQUEST` PEM block.
@@ -173,6 +175,8 @@ pub struct CaService {
     pub auth: Arc<Authenticator>,
     pub snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
     pub metrics: Arc<Metrics>,
+    /// The shortest lifetime issued ([`MIN_VALIDITY`] unless configured).
+    pub min_validity: Duration,
 }
 
 impl CaService {
@@ -204,7 +208,11 @@ impl CaService {
         let der = csr_der(&req.csr)?;
         let chain = self
             .ca
-            .sign_csr(&der, &identity, validity(req.validity_duration))
+            .sign_csr(
+                &der,
+                &identity,
+                validity(req.validity_duration, self.min_validity),
+            )
             .map_err(|e| match e {
                 CaError::Csr(_) | CaError::CsrKeyType => Refusal::Csr(e),
                 other => Refusal::Sign(other),

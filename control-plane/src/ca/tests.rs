@@ -108,8 +108,13 @@ fn validity_is_clamped() {
         (10 * 24 * 3600, MAX_VALIDITY),
     ];
     for (secs, want) in cases {
-        assert_eq!(validity(secs), want, "{secs}");
+        assert_eq!(validity(secs, MIN_VALIDITY), want, "{secs}");
     }
+    // A lower floor (--min-cert-ttl) lets short lifetimes through, never
+    // a longer one than the maximum.
+    assert_eq!(validity(2, Duration::from_secs(1)), Duration::from_secs(2));
+    assert_eq!(validity(1, Duration::ZERO), Duration::from_secs(1));
+    assert_eq!(validity(7200, 10 * MAX_VALIDITY), MAX_VALIDITY);
 }
 
 pub(crate) fn csr_pem() -> String {
@@ -131,6 +136,7 @@ fn service() -> CaService {
         )),
         snapshots: rx,
         metrics: Arc::default(),
+        min_validity: MIN_VALIDITY,
     }
 }
 
