@@ -32,10 +32,28 @@ pub enum CertError {
     ManyUriSans(usize),
     #[error("certificate URI SAN is not a valid SPIFFE identity")]
     BadSan(#[source] SpiffeIdError),
-    #[error("certificate for {0} has expired and could not be renewed")]
-    Expired(SpiffeId),
+    /// The certificate held expired and a new one could not be fetched
+    /// (the CA unreachable, say): connections needing it are refused.
+    #[error("certificate for {id} has expired and could not be renewed")]
+    Expired {
+        id: SpiffeId,
+        #[source]
+        source: Box<CertError>,
+    },
     #[error("fetching the certificate for {id} took longer than {deadline:?}")]
     Timeout { id: SpiffeId, deadline: Duration },
+}
+
+/// What the [`CertStore`] did, for metrics (ztunnel registers them).
+#[derive(Debug, Default)]
+pub struct CertStats {
+    /// Certificates installed (first fetches and renewals).
+    pub installed: AtomicU64,
+    /// Fetches that failed or timed out, rotations included.
+    pub fetch_failures: AtomicU64,
+    /// Requests refused a certificate because the one held had expired
+    /// and could not be renewed (each fails closed).
+    pub expired: AtomicU64,
 }
 
 /// How long one fetch (all of a provider's attempts) may take.
@@ -175,6 +193,7 @@ pub struct CertStore {
     provider: Arc<dyn CertProvider>,
     entries: Mutex<HashMap<SpiffeId, Arc<Entry>>>,
     fetch_deadline: Duration,
+    stats: Arc<CertStats>,
 }
 
 impl CertStore {
@@ -184,11 +203,25 @@ impl CertStore {
 
     /// A store whose fetches each end within `deadline`.
     pub fn with_fetch_deadline(provider: Arc<dyn CertProvider>, deadline: Duration) -> Arc<Self> {
+        Self::with_stats(provider, deadline, Arc::default())
+    }
+
+    /// A store counting what it does into `stats`.
+    pub fn with_stats(
+        provider: Arc<dyn CertProvider>,
+        deadline: Duration,
+        stats: Arc<CertStats>,
+    ) -> Arc<Self> {
         Arc::new(CertStore {
             provider,
             entries: Mutex::new(HashMap::new()),
             fetch_deadline: deadline,
+            stats,
         })
+    }
+
+    pub fn stats(&self) -> &Arc<CertStats> {
+        &self.stats
     }
 
     pub fn roots(&self) -> Vec<CertificateDer<'static>> {
@@ -221,7 +254,9 @@ impl CertStore {
     }
 
     /// A valid certificate for `id`, fetching one if none is cached or the
-    /// cached one expired.
+    /// cached one expired. An expired one is never handed out: if it cannot
+    /// be renewed the caller gets [`CertError::Expired`] (fail closed),
+    /// counted and logged.
     pub async fn get(&self, id: &SpiffeId) -> Result<Arc<WorkloadCert>, CertError> {
         let entry = self.entry(id);
         if let Some(c) = usable(&entry) {
@@ -231,7 +266,19 @@ impl CertStore {
         if let Some(c) = usable(&entry) {
             return Ok(c);
         }
-        self.fetch_into(id, &entry).await
+        let held = entry.current.read().expect("cert entry poisoned").is_some();
+        match self.fetch_into(id, &entry).await {
+            Err(e) if held => {
+                self.stats.expired.fetch_add(1, Ordering::Relaxed);
+                let e = CertError::Expired {
+                    id: id.clone(),
+                    source: Box::new(e),
+                };
+                tracing::error!(identity = %id, error = %ErrorChain(&e), "certificate expired and could not be renewed; refusing connections that need it");
+                Err(e)
+            }
+            r => r,
+        }
     }
 
     async fn fetch_into(
@@ -240,10 +287,21 @@ impl CertStore {
         entry: &Entry,
     ) -> Result<Arc<WorkloadCert>, CertError> {
         let fetch = tokio::time::timeout(self.fetch_deadline, self.provider.fetch(id));
-        let cert = Arc::new(fetch.await.map_err(|_| CertError::Timeout {
-            id: id.clone(),
-            deadline: self.fetch_deadline,
-        })??);
+        let fetched = fetch
+            .await
+            .map_err(|_| CertError::Timeout {
+                id: id.clone(),
+                deadline: self.fetch_deadline,
+            })
+            .and_then(|r| r);
+        let cert = match fetched {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                self.stats.fetch_failures.fetch_add(1, Ordering::Relaxed);
+                return Err(e);
+            }
+        };
+        self.stats.installed.fetch_add(1, Ordering::Relaxed);
         *entry.current.write().expect("cert entry poisoned") = Some(cert.clone());
         tracing::debug!(identity = %id, not_after = ?cert.not_after, "certificate installed");
         Ok(cert)
@@ -331,6 +389,21 @@ impl CertStore {
                 store.rotate_due(SystemTime::now()).await;
             }
         })
+    }
+}
+
+/// An error and its causes on one line.
+struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(c) = cause {
+            write!(f, ": {c}")?;
+            cause = c.source();
+        }
+        Ok(())
     }
 }
 

@@ -18,7 +18,9 @@
 //! - a request head is at most [`Limits::max_header_bytes`].
 //!
 //! The timers are decided by [`expiry`] (pure) from the connection's
-//! [`Activity`].
+//! [`Activity`]. With [`AdminServer::counted`], refusals at the caps and
+//! connections closed for a request head not in time are counted in a
+//! metric family ([`Refusals`]) by port and reason.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -38,6 +40,26 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
 use hbone::drain::Drain;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+
+/// Labels of the refusals of an admin port: which port (a fixed name,
+/// `admin`, `metrics`, `readiness`) and one of [`REFUSAL_REASONS`].
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    pub port: &'static str,
+    pub reason: &'static str,
+}
+
+/// Connections an admin port refused (reset at accept at the caps), or
+/// closed because a request head did not arrive in time.
+pub type Refusals = Family<RefusedLabels, Counter>;
+
+/// `reason` values of [`Refusals`]: `global_limit` and `source_limit`
+/// ([`hbone::limit`]), and `header_read_timeout`.
+pub const REFUSAL_REASONS: [&str; 3] = ["global_limit", "source_limit", HEADER_READ_TIMEOUT];
+const HEADER_READ_TIMEOUT: &str = "header_read_timeout";
 
 pub type Reply = (StatusCode, &'static str, String);
 pub type Route = Arc<dyn Fn(&Method, &str) -> Reply + Send + Sync>;
@@ -133,11 +155,27 @@ pub async fn serve(listener: TcpListener, route: Route, drain: Drain) {
         .await
 }
 
+/// [`serve`], counting refusals into `refusals` under `port`.
+pub async fn serve_counted(
+    listener: TcpListener,
+    route: Route,
+    drain: Drain,
+    port: &'static str,
+    refusals: &Refusals,
+) {
+    AdminServer::new(route, Limits::default())
+        .counted(port, refusals)
+        .serve(listener, drain)
+        .await
+}
+
 /// One admin port: its routes, limits and open connections.
 pub struct AdminServer {
     route: Route,
     limits: Limits,
     limiter: Arc<ConnLimiter>,
+    /// Where refusals are counted ([`AdminServer::counted`]).
+    refusals: Option<(&'static str, Refusals)>,
 }
 
 impl AdminServer {
@@ -146,7 +184,24 @@ impl AdminServer {
             route,
             limits,
             limiter: ConnLimiter::new("admin", limits.caps()),
+            refusals: None,
         }
+    }
+
+    /// Counts refusals into `refusals` with label `port`; every reason's
+    /// series exists from the start (at 0).
+    pub fn counted(mut self, port: &'static str, refusals: &Refusals) -> Self {
+        for reason in REFUSAL_REASONS {
+            let _ = refusals.get_or_create(&RefusedLabels { port, reason });
+        }
+        self.refusals = Some((port, refusals.clone()));
+        self
+    }
+
+    fn refusal_counter(&self, reason: &'static str) -> Option<Counter> {
+        self.refusals
+            .as_ref()
+            .map(|(port, f)| f.get_or_create(&RefusedLabels { port, reason }).clone())
     }
 
     /// The open-connection counts and refusals, for tests and metrics.
@@ -172,13 +227,17 @@ impl AdminServer {
             };
             let permit = match self.limiter.try_acquire(peer.ip()) {
                 Ok(p) => p,
-                Err(_) => {
+                Err(reason) => {
+                    if let Some(c) = self.refusal_counter(reason.as_str()) {
+                        c.inc();
+                    }
                     hbone::limit::refuse(sock);
                     continue;
                 }
             };
             let (route, limits) = (self.route.clone(), self.limits);
-            tokio::spawn(connection(sock, peer, route, limits, permit));
+            let late_heads = self.refusal_counter(HEADER_READ_TIMEOUT);
+            tokio::spawn(connection(sock, peer, route, limits, permit, late_heads));
         }
     }
 }
@@ -189,6 +248,7 @@ async fn connection(
     route: Route,
     limits: Limits,
     _permit: ConnPermit,
+    late_heads: Option<Counter>,
 ) {
     let now = Instant::now();
     let activity = Arc::new(Mutex::new(Activity {
@@ -229,6 +289,9 @@ async fn connection(
                     Ok(at) => next = at,
                     Err(why) => {
                         tracing::debug!(%peer, ?why, "admin connection timed out");
+                        if let (Expiry::HeaderRead, Some(c)) = (why, &late_heads) {
+                            c.inc();
+                        }
                         return;
                     }
                 }

@@ -14,6 +14,7 @@
 pub mod accesslog;
 pub mod admin;
 pub mod allocator;
+pub mod counters;
 pub mod error;
 pub mod limits;
 pub mod source;

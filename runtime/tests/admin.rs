@@ -11,7 +11,9 @@ use std::time::Duration;
 use hbone::drain::Drain;
 use hbone::limit::{ConnLimiter, LimitReason};
 use http::StatusCode;
-use mesh_runtime::admin::{text, AdminServer, Limits, Route};
+use mesh_runtime::admin::{
+    text, AdminServer, Limits, Refusals, RefusedLabels, Route, REFUSAL_REASONS,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::time::Instant;
@@ -269,4 +271,50 @@ async fn an_oversized_request_head_is_refused() {
     let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
     let out = String::from_utf8_lossy(&out);
     assert!(!out.contains("200 OK"), "{out}");
+}
+
+#[tokio::test]
+async fn refusals_are_counted_by_port_and_reason() {
+    let limits = Limits {
+        header_read_timeout: Duration::from_millis(300),
+        idle_timeout: NEVER,
+        max_connections: 4,
+        max_per_source: 1,
+        ..Limits::default()
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let route: Route = Arc::new(|_m, _path| text(StatusCode::OK, "ok\n"));
+    let refusals = Refusals::default();
+    let server = AdminServer::new(route, limits).counted("metrics", &refusals);
+    let limiter = server.limiter();
+    let drain = Drain::new();
+    let d = drain.clone();
+    tokio::spawn(async move { server.serve(listener, d).await });
+    let count = |reason: &'static str| {
+        refusals
+            .get_or_create(&RefusedLabels {
+                port: "metrics",
+                reason,
+            })
+            .get()
+    };
+    for reason in REFUSAL_REASONS {
+        assert_eq!(count(reason), 0, "{reason} exists at 0");
+    }
+    // A silent connection is closed at the header deadline, and counted.
+    let mut silent = connect_from(2, addr).await;
+    assert!(eventually(|| limiter.open() == 1).await);
+    // A second from the same source is over its cap.
+    if let Ok(mut second) = try_connect_from(2, addr).await {
+        assert!(closed_within(&mut second, Duration::from_secs(2)).await);
+    }
+    assert!(eventually(|| count("source_limit") == 1).await);
+    assert!(closed_within(&mut silent, Duration::from_secs(5)).await);
+    assert!(eventually(|| count("header_read_timeout") == 1).await);
+    assert_eq!(count("global_limit"), 0);
+    // A prompt request is no refusal.
+    assert!(get(addr, "/metrics").await.contains("200 OK"));
+    assert_eq!(count("header_read_timeout"), 1);
+    drain.signal();
 }

@@ -25,6 +25,7 @@ pub mod process;
 pub mod relay;
 pub mod rules;
 pub mod sidecar;
+pub mod traffic;
 pub mod waypoint;
 pub mod wire;
 

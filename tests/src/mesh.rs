@@ -82,6 +82,8 @@ pub struct Mesh {
     launched: Vec<Option<(PathBuf, Vec<String>)>>,
     /// With a control plane, ztunnels use xDS instead of the file.
     control_plane: Option<ChildGuard>,
+    /// Extra flags of the control plane ([`Mesh::with_control_plane_args`]).
+    control_plane_args: Vec<String>,
     xds: bool,
 }
 
@@ -106,6 +108,7 @@ impl Mesh {
             nodes,
             dir,
             control_plane: None,
+            control_plane_args: Vec::new(),
             xds: false,
         };
         mesh.write_config(config_yaml);
@@ -116,8 +119,15 @@ impl Mesh {
     /// (started in node 1's namespace, reading the same config file) over
     /// xDS, and get certificates from its CA with per-node tokens.
     pub fn with_control_plane(topo: &Topology, config_yaml: &str) -> Mesh {
+        Mesh::with_control_plane_args(topo, config_yaml, &[])
+    }
+
+    /// Like [`Mesh::with_control_plane`], with `args` added to the control
+    /// plane's flags (on every start).
+    pub fn with_control_plane_args(topo: &Topology, config_yaml: &str, args: &[&str]) -> Mesh {
         let mut mesh = Mesh::new(topo, config_yaml);
         mesh.xds = true;
+        mesh.control_plane_args = args.iter().map(|a| (*a).to_owned()).collect();
         let tokens: String = (1..=mesh.nodes.len())
             .map(|n| format!("node{n}: {}\n", node_token(n)))
             .collect();
@@ -172,6 +182,8 @@ impl Mesh {
             "--metrics-listen",
             CONTROL_PLANE_METRICS_ADDR,
         ];
+        let mut argv = argv.to_vec();
+        argv.extend(self.control_plane_args.iter().map(String::as_str));
         let child = self.nodes[0].spawn(&argv).expect("spawn control-plane");
         self.control_plane = Some(child);
         let addr: SocketAddr = CONTROL_PLANE_ADDR.parse().expect("constant");
@@ -385,6 +397,15 @@ impl Mesh {
         self.nodes[node - 1]
             .exec(&format!("'{}' uninstall", bin.display()))
             .unwrap_or_else(|e| panic!("ztunnel uninstall on node{node}: {e}"))
+    }
+
+    /// The process id of the node's ztunnel (`ip netns exec` and `sh -c
+    /// exec` both exec, so it is the id of the process spawned).
+    pub fn ztunnel_pid(&self, node: usize) -> u32 {
+        self.ztunnels[node - 1]
+            .as_ref()
+            .expect("ztunnel running")
+            .id()
     }
 
     /// Sends `sig` to the node's ztunnel without waiting.

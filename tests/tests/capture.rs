@@ -3,7 +3,7 @@
 //! inside the node namespace from this process.
 
 use std::collections::BTreeSet;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use mesh_model::HBONE_PORT;
@@ -27,8 +27,8 @@ fn topology() -> Topology {
         .expect("build topology")
 }
 
-fn set(ips: &[Ipv4Addr]) -> BTreeSet<Ipv4Addr> {
-    ips.iter().copied().collect()
+fn set(ips: &[Ipv4Addr]) -> BTreeSet<IpAddr> {
+    ips.iter().map(|&ip| IpAddr::V4(ip)).collect()
 }
 
 fn install(node: &Netns, pods: &[Ipv4Addr]) -> Capture {

@@ -6,7 +6,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use mesh_tests::echo::{echo_through, payload, App};
+use mesh_tests::echo::{assert_refused_at_once, echo_through, payload, App};
 use mesh_tests::mesh::{assert_hbone_on_the_wire, LinkCapture, Mesh};
 use mesh_tests::sidecar::{table_count, Sidecars};
 use mesh_tests::{require_root, Netns, Topology};
@@ -517,7 +517,7 @@ async fn traffic_to_a_non_mesh_destination_passes_through() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rules_are_removed_on_sigterm_and_a_crash_restart_leaves_one_table() {
+async fn sigterm_keeps_the_rules_so_the_pod_fails_closed_and_uninstall_removes_them() {
     if !require_root() {
         return;
     }
@@ -535,8 +535,27 @@ async fn rules_are_removed_on_sigterm_and_a_crash_restart_leaves_one_table() {
 
     let status = sidecars.terminate("server");
     assert!(status.success(), "clean exit after SIGTERM: {status}");
-    assert_eq!(table_count(&server.ns), 0, "table removed");
-    // Without rules the app is reached directly.
+    // A restart must never open the pod: the rules stay, and with no
+    // sidecar listening the redirected connection is reset at once, never
+    // delivered to the app around the mesh.
+    assert_eq!(table_count(&server.ns), 1, "table kept across SIGTERM");
+    let stderr = sidecars.stderr("server");
+    assert!(stderr.contains("capture rules kept"), "{stderr}");
+    assert_refused_at_once(&plain.ns, dst, "inbound with the sidecar gone").await;
+    assert_refused_at_once(
+        &server.ns,
+        SocketAddr::from((plain.ip, SERVER_PORT)),
+        "the app's outbound with its sidecar gone",
+    )
+    .await;
+    // `ztunnel uninstall` in the pod removes them: the app is reached
+    // directly.
+    let bin = mesh_tests::mesh::ztunnel_bin();
+    server
+        .ns
+        .exec(&format!("'{}' uninstall", bin.display()))
+        .expect("ztunnel uninstall in the pod");
+    assert_eq!(table_count(&server.ns), 0, "table removed by uninstall");
     eventually(&plain.ns, dst, true, "direct, no sidecar").await;
 
     // A crash leaves the table; the restart replaces it, never duplicates.
@@ -550,8 +569,6 @@ async fn rules_are_removed_on_sigterm_and_a_crash_restart_leaves_one_table() {
         "exactly one table after restart"
     );
     eventually(&plain.ns, dst, true, "through the restarted sidecar").await;
-    let stderr = sidecars.stderr("server");
-    assert!(stderr.contains("capture rules removed"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -610,7 +627,7 @@ async fn a_sidecar_follows_the_control_plane_over_xds() {
     eventually(&plain.ns, dst, false, "a DENY pushed over xDS").await;
     let status = sidecars.terminate("server");
     assert!(status.success(), "{status}");
-    assert_eq!(table_count(&server.ns), 0);
+    assert_eq!(table_count(&server.ns), 1, "kept across SIGTERM");
 }
 
 /// Interop: an ambient pod, captured by its node's ztunnel, reaches a pod

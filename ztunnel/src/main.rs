@@ -34,12 +34,12 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Remove node capture from the current network namespace (the
+    /// Remove capture from the current network namespace (a node's: the
     /// `inet ambient` nft table, the `fwmark 0x400/0xfff lookup 100` ip rule
-    /// and the local route in table 100), then exit. ztunnel keeps them
-    /// across SIGTERM so a restart or an upgrade never opens the node: run
-    /// this on a node ztunnel is being removed from, not upgraded.
-    /// Idempotent.
+    /// and the local route in table 100; a pod's: the sidecar's `ip
+    /// ambient_sidecar` table), then exit. ztunnel keeps them across
+    /// SIGTERM so a restart or an upgrade never opens the node or the pod:
+    /// run this where ztunnel is being removed, not upgraded. Idempotent.
     Uninstall,
 }
 
@@ -102,9 +102,10 @@ struct Args {
     /// Access log: `-` for stdout, `off`, or a file path (appended).
     #[arg(long, default_value = "-")]
     access_log: String,
-    /// Remove node capture at SIGTERM, as `ztunnel uninstall` does. Off by
-    /// default: the rules stay across a restart or an upgrade, and captured
-    /// traffic is refused (fails closed) until a ztunnel serves again. Set
+    /// Remove capture (node or sidecar) at SIGTERM, as `ztunnel uninstall`
+    /// does. Off by default: the rules stay across a restart or an upgrade,
+    /// and captured traffic is refused (fails closed) until a ztunnel serves
+    /// again. Set
     /// it when ztunnel is being removed from the node: in Kubernetes, when
     /// its DaemonSet is being deleted (it carries a deletionTimestamp), which
     /// a rollout never does; Istio's CNI node agent decides the same way.
@@ -239,15 +240,17 @@ fn main() -> ExitCode {
     }
 }
 
-/// `ztunnel uninstall`: removes node capture from this network namespace.
+/// `ztunnel uninstall`: removes capture from this network namespace: a
+/// node's, and a sidecar's (in a pod's namespace).
 fn uninstall() -> ExitCode {
-    match ztunnel::capture::Capture::remove() {
-        Ok(()) => {
-            println!("capture removed: table inet ambient, ip rule, local route");
-            ExitCode::SUCCESS
-        }
-        Err(e) => report(&e),
+    if let Err(e) = ztunnel::capture::Capture::remove() {
+        return report(&e);
     }
+    if let Err(e) = ztunnel::capture::sidecar::remove() {
+        return report(&e);
+    }
+    println!("capture removed: tables inet ambient and ip ambient_sidecar, ip rule, local route");
+    ExitCode::SUCCESS
 }
 
 /// Prints `error: <err>: <cause>: ...` and fails.

@@ -15,7 +15,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use hbone::cert::CertStats;
 use mesh_runtime::accesslog::AccessLogCounters;
+use mesh_runtime::counters::AtomicCounters;
+use mesh_runtime::xds::client::XdsStats;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types, reason = "Istio's label values")]
@@ -129,6 +132,13 @@ pub struct Metrics {
     /// Outbound connections no route was found for, by reason.
     pub outbound_refused: Family<OutboundRefusedLabels, Counter>,
     pub access_log: AccessLogCounters,
+    /// The xDS client's counters (`ztunnel_xds_*`).
+    pub xds: Arc<XdsStats>,
+    /// The certificate store's counters (`ztunnel_certificate*`).
+    pub certs: Arc<CertStats>,
+    /// Refusals on the admin, metrics and readiness ports, by port and
+    /// reason (`ztunnel_admin_connections_refused`).
+    pub admin_refused: mesh_runtime::admin::Refusals,
 }
 
 impl Metrics {
@@ -146,6 +156,9 @@ impl Metrics {
             connections_refused: Family::default(),
             outbound_refused: Family::default(),
             access_log: AccessLogCounters::default(),
+            xds: Arc::default(),
+            certs: Arc::default(),
+            admin_refused: Default::default(),
             registry: Registry::default(),
         };
         // prometheus-client appends `_total` to counters.
@@ -217,6 +230,34 @@ impl Metrics {
             "Access-log lines dropped: the writer was behind (queue_full), the write failed (write_failed), logged after exit began (closed), or the writer thread died (writer_died)",
             m.access_log.lost.clone(),
         );
+        let ours = registry.sub_registry_with_prefix("ztunnel");
+        ours.register(
+            "admin_connections_refused",
+            "Connections to the admin (15000), metrics (15020) and readiness (15021) ports reset at accept at their caps (global_limit, source_limit), or closed because no request head arrived in time (header_read_timeout)",
+            m.admin_refused.clone(),
+        );
+        m.xds.register_all(ours);
+        ours.register_collector(Box::new(
+            AtomicCounters::default()
+                .with(
+                    "certificates_installed",
+                    "Workload certificates installed (first fetches and renewals)",
+                    &m.certs,
+                    |s| &s.installed,
+                )
+                .with(
+                    "certificate_fetch_failures",
+                    "Certificate fetches (renewals included) that failed or timed out",
+                    &m.certs,
+                    |s| &s.fetch_failures,
+                )
+                .with(
+                    "certificates_expired",
+                    "Requests for a certificate refused because the one held expired and could not be renewed (the connection fails closed, TLS_FAILURE)",
+                    &m.certs,
+                    |s| &s.expired,
+                ),
+        ));
         Arc::new(Metrics { registry, ..m })
     }
 
@@ -262,6 +303,28 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::Ordering;
+
+    #[test]
+    fn xds_and_certificate_counters_are_exposed() {
+        let m = Metrics::new();
+        m.xds.nacks.fetch_add(2, Ordering::Relaxed);
+        m.xds.connects.fetch_add(1, Ordering::Relaxed);
+        m.certs.expired.fetch_add(1, Ordering::Relaxed);
+        m.certs.fetch_failures.fetch_add(3, Ordering::Relaxed);
+        let text = m.encode();
+        for series in [
+            "ztunnel_xds_nacks_total 2",
+            "ztunnel_xds_connects_total 1",
+            "ztunnel_xds_acks_total 0",
+            "# TYPE ztunnel_xds_policies_failed_closed counter",
+            "ztunnel_certificates_expired_total 1",
+            "ztunnel_certificate_fetch_failures_total 3",
+            "ztunnel_certificates_installed_total 0",
+        ] {
+            assert!(text.contains(series), "{series} missing from:\n{text}");
+        }
+    }
 
     #[test]
     fn istio_names_are_exposed() {

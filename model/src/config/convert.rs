@@ -233,7 +233,10 @@ impl Ctx<'_> {
             .service_account
             .unwrap_or_else(|| DEFAULT_SERVICE_ACCOUNT.to_owned());
         self.check_name(at("serviceAccount"), &service_account)?;
-        let ip = self.claim_ip(at("ip"), &w.ip)?;
+        let mut ips = vec![self.claim_ip(at("ip"), &w.ip)?];
+        for extra in &w.extra_ips {
+            ips.push(self.claim_ip(at("extraIps"), extra)?);
+        }
         // Without `tunnel` and `nativeTunnel` this is
         // `state::default_tunnel`, as for a Kubernetes pod.
         let native_tunnel = w.native_tunnel.unwrap_or_else(|| has_sidecar(&w.labels));
@@ -249,7 +252,7 @@ impl Ctx<'_> {
             namespace: w.namespace,
             service_account,
             trust_domain: self.trust_domain.to_owned(),
-            ips: vec![ip],
+            ips,
             node: w.node,
             tunnel,
             native_tunnel,

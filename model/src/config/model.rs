@@ -73,6 +73,9 @@ pub(super) struct WorkloadDoc {
     #[serde(default)]
     pub service_account: Option<String>,
     pub ip: String,
+    /// More addresses of the pod after `ip` (a dual-stack pod's IPv6).
+    #[serde(default)]
+    pub extra_ips: Vec<String>,
     pub node: String,
     #[serde(default)]
     pub labels: Labels,

@@ -427,3 +427,20 @@ fn a_missing_waypoint_keeps_its_owners() {
         .expect("the service stays");
     assert_eq!(s.waypoint, missing("b", "gone"));
 }
+
+#[test]
+fn a_dual_stack_pod_has_its_extra_addresses() {
+    let doc = "nodes: [{name: n1, ip: 10.0.0.1}]\n\
+        namespaces: [{name: shop, labels: {istio.io/dataplane-mode: ambient}}]\n\
+        workloads:\n\
+        - {name: a, namespace: shop, ip: 10.1.1.1, extraIps: ['fd00::1:1'], node: n1}\n";
+    let snap = parse(doc).unwrap();
+    let a = snap
+        .workload_by_ip(ip("fd00::1:1"))
+        .expect("found by its IPv6");
+    assert_eq!(a.ips, [ip("10.1.1.1"), ip("fd00::1:1")]);
+    assert!(snap.local_ambient_ips("n1").contains(&ip("fd00::1:1")));
+    let dup = doc.replace("fd00::1:1", "10.1.1.1");
+    let err = parse(&dup).expect_err("an address claimed twice");
+    assert!(err.to_string().contains("extraIps"), "{err}");
+}

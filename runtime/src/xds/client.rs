@@ -218,6 +218,38 @@ impl XdsStats {
             self.policies_failed_closed.clone(),
         );
     }
+
+    /// Registers every counter: [`XdsStats::register`]'s and
+    /// `xds_connects`, `xds_disconnects`, `xds_responses`, `xds_acks`,
+    /// `xds_nacks`, `xds_resource_bytes` (each `_total`).
+    pub fn register_all(self: &Arc<Self>, registry: &mut Registry) {
+        self.register(registry);
+        let counters = crate::counters::AtomicCounters::default()
+            .with("xds_connects", "ADS streams opened", self, |s| &s.connects)
+            .with(
+                "xds_disconnects",
+                "ADS streams that ended after connecting",
+                self,
+                |s| &s.disconnects,
+            )
+            .with("xds_responses", "xDS responses received", self, |s| {
+                &s.responses
+            })
+            .with("xds_acks", "xDS responses ACKed", self, |s| &s.acks)
+            .with(
+                "xds_nacks",
+                "xDS responses NACKed (a resource or the response rejected)",
+                self,
+                |s| &s.nacks,
+            )
+            .with(
+                "xds_resource_bytes",
+                "Encoded bytes of xDS resources received",
+                self,
+                |s| &s.resource_bytes,
+            );
+        registry.register_collector(Box::new(counters));
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -6,7 +6,7 @@
 //! ([`capture_retry_delay`]) until it succeeds.
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -39,15 +39,10 @@ pub fn capture_retry_delay(attempt: u32) -> Duration {
         .min(CAPTURE_RETRY_MAX)
 }
 
-/// The IPv4 addresses to capture on `node` (capture is IPv4 only for now).
-pub fn capture_set(snap: &Snapshot, node: &str) -> BTreeSet<Ipv4Addr> {
+/// The addresses of the pods to capture on `node`: IPv4 ones are captured,
+/// IPv6 ones refused ([`crate::capture::ipv6`]).
+pub fn capture_set(snap: &Snapshot, node: &str) -> BTreeSet<IpAddr> {
     snap.local_ambient_ips(node)
-        .into_iter()
-        .filter_map(|ip| match ip {
-            IpAddr::V4(v4) => Some(v4),
-            IpAddr::V6(_) => None,
-        })
-        .collect()
 }
 
 /// How many workloads and services name a waypoint that is missing.

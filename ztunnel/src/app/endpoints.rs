@@ -43,21 +43,17 @@ pub(super) fn spawn_control_thread(
                 let tokio_l = |l: std::net::TcpListener| {
                     TcpListener::from_std(l).expect("listener registers with the runtime")
                 };
-                tokio::spawn(admin::serve(
-                    tokio_l(admin_l),
-                    admin_route(&shared, &controller),
-                    drain.clone(),
-                ));
-                tokio::spawn(admin::serve(
-                    tokio_l(metrics_l),
-                    metrics_route(&shared),
-                    drain.clone(),
-                ));
-                tokio::spawn(admin::serve(
-                    tokio_l(ready_l),
-                    ready_route(&shared, &controller),
-                    drain.clone(),
-                ));
+                let refusals = shared.metrics.admin_refused.clone();
+                for (port, listener, route) in [
+                    ("admin", admin_l, admin_route(&shared, &controller)),
+                    ("metrics", metrics_l, metrics_route(&shared)),
+                    ("readiness", ready_l, ready_route(&shared, &controller)),
+                ] {
+                    let (drain, refusals) = (drain.clone(), refusals.clone());
+                    tokio::spawn(async move {
+                        admin::serve_counted(tokio_l(listener), route, drain, port, &refusals).await
+                    });
+                }
                 let rotation = shared.certs.spawn_rotation(ROTATION_CHECK);
                 let retry = {
                     let (controller, drain) = (controller.clone(), drain.clone());

@@ -156,10 +156,12 @@ pub struct Config {
     pub capture: bool,
     pub listeners: Listeners,
     pub access_log: AccessLogTarget,
-    /// Node mode: remove capture at exit, as `ztunnel uninstall` does.
-    /// Without it the rules stay across SIGTERM (a restart or an upgrade
-    /// must never open the node) and captured traffic fails closed until a
-    /// ztunnel serves again. Sidecar mode always removes its pod's rules.
+    /// Remove capture at exit, as `ztunnel uninstall` does. Without it the
+    /// rules stay across SIGTERM, in node mode and in sidecar mode alike (a
+    /// restart or an upgrade must never open the node or the pod), and
+    /// captured traffic fails closed until a ztunnel serves again: reset by
+    /// the fail-closed chain in node mode, and in sidecar mode by the
+    /// kernel, as the REDIRECT finds no listener.
     pub uninstall_on_exit: bool,
     pub drain_timeout: Duration,
     pub poll_interval: Duration,
@@ -246,7 +248,7 @@ pub fn run(cfg: Config) -> Result<(), AppError> {
     let log = access_log.clone();
     let result = runtime.block_on(async move {
         let drain = Drain::new();
-        let started = sources::start(&cfg, &drain).await?;
+        let started = sources::start(&cfg, &drain, &metrics).await?;
         let shared = Shared {
             certs: started.certs,
             metrics,
@@ -328,7 +330,7 @@ async fn serve(run: Run, snap: Arc<Snapshot>) -> Result<(), AppError> {
             None
         }
     };
-    let uninstall = captures && (sidecar_mode || cfg.uninstall_on_exit);
+    let uninstall = captures && cfg.uninstall_on_exit;
     let exit = serve_captured(run, snap, capture.clone()).await?;
     if exit.handed_off {
         tracing::info!("capture rules left to the new ztunnel");

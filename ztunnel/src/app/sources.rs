@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hbone::ca::DevCa;
-use hbone::cert::CertStore;
+use hbone::cert::{CertStore, FETCH_DEADLINE};
 use hbone::drain::Drain;
 use proto::discovery::Node;
 use rustls_pki_types::pem::PemObject;
@@ -17,12 +17,13 @@ use tokio::sync::mpsc;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 use super::{AppError, Config};
+use crate::metrics::Metrics;
 use mesh_model::config;
 use mesh_model::state::Snapshot;
 use mesh_model::xds::store::XdsStore;
 use mesh_runtime::source::FileSource;
 use mesh_runtime::xds::ca::RemoteCa;
-use mesh_runtime::xds::client::{XdsClient, XdsStats};
+use mesh_runtime::xds::client::XdsClient;
 
 /// The TLS name the control plane's serving certificate carries.
 pub const DEFAULT_XDS_SERVER_NAME: &str = "control-plane";
@@ -69,7 +70,7 @@ pub struct Started {
 /// Loads the first snapshot and sets up certificates. For xDS this waits
 /// for the first complete sync: ztunnel must not capture traffic before it
 /// knows the policies.
-pub async fn start(cfg: &Config, drain: &Drain) -> Result<Started, AppError> {
+pub async fn start(cfg: &Config, drain: &Drain, metrics: &Metrics) -> Result<Started, AppError> {
     match &cfg.source {
         ConfigSource::File {
             config_file,
@@ -85,11 +86,11 @@ pub async fn start(cfg: &Config, drain: &Drain) -> Result<Started, AppError> {
                 .with_leaf_ttl(cfg.cert_ttl);
             Ok(Started {
                 snapshot: Arc::new(snapshot),
-                certs: CertStore::new(Arc::new(ca)),
+                certs: CertStore::with_stats(Arc::new(ca), FETCH_DEADLINE, metrics.certs.clone()),
                 updates: Updates::File(FileSource::new(config_file)),
             })
         }
-        ConfigSource::Xds(x) => start_xds(cfg, x, drain).await,
+        ConfigSource::Xds(x) => start_xds(cfg, x, drain, metrics).await,
     }
 }
 
@@ -123,7 +124,12 @@ fn read(path: &Path) -> Result<String, AppError> {
     })
 }
 
-async fn start_xds(cfg: &Config, x: &XdsSource, drain: &Drain) -> Result<Started, AppError> {
+async fn start_xds(
+    cfg: &Config,
+    x: &XdsSource,
+    drain: &Drain,
+    metrics: &Metrics,
+) -> Result<Started, AppError> {
     let root_pem = read(&x.root_cert)?;
     let roots: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(root_pem.as_bytes())
         .collect::<Result<_, _>>()
@@ -162,7 +168,7 @@ async fn start_xds(cfg: &Config, x: &XdsSource, drain: &Drain) -> Result<Started
         },
         token,
         store: XdsStore::default(),
-        stats: Arc::new(XdsStats::default()),
+        stats: metrics.xds.clone(),
         publish,
         synced: Default::default(),
         types: &mesh_runtime::xds::client::TYPE_URLS,
@@ -179,7 +185,7 @@ async fn start_xds(cfg: &Config, x: &XdsSource, drain: &Drain) -> Result<Started
     tracing::info!(workloads = snapshot.workloads().count(), "first xDS sync");
     Ok(Started {
         snapshot,
-        certs: CertStore::new(Arc::new(ca)),
+        certs: CertStore::with_stats(Arc::new(ca), FETCH_DEADLINE, metrics.certs.clone()),
         updates: Updates::Xds(updates),
     })
 }

@@ -4,6 +4,9 @@
 //! - [`rules`]: the pure nftables ruleset for table `inet ambient`;
 //! - [`fail_closed`]: its `input` chain, which resets captured traffic that
 //!   finds no ztunnel socket (a crash, or between two processes);
+//! - [`ipv6`]: its `forward` chain, which resets (and counts) IPv6 TCP from
+//!   or to a captured pod: capture is IPv4, so a dual-stack pod's IPv6 is
+//!   refused rather than let around ztunnel;
 //! - [`Capture`]: applies it (`nft -f -`), plus the `ip rule` and the local
 //!   route that deliver marked packets to ztunnel, and removes them again;
 //! - [`transparent_listener`] and [`orig_dst`]: the sockets that receive
@@ -13,6 +16,7 @@
 //! since ztunnel runs with hostNetwork).
 
 pub mod fail_closed;
+pub mod ipv6;
 mod listener;
 pub mod rules;
 pub mod sidecar;
@@ -21,7 +25,7 @@ mod tests;
 
 use std::collections::BTreeSet;
 use std::io::{self, Write as _};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::process::{Command, ExitStatus, Stdio};
 
 pub use listener::{
@@ -62,7 +66,7 @@ pub enum CaptureError {
 /// (`ztunnel uninstall`, `--uninstall-on-exit`).
 #[derive(Debug)]
 pub struct Capture {
-    pods: BTreeSet<Ipv4Addr>,
+    pods: BTreeSet<IpAddr>,
     ports: ListenerPorts,
 }
 
@@ -70,10 +74,7 @@ impl Capture {
     /// Installs capture for `pods`, delivering to the listeners on `ports`.
     /// Idempotent: running it again (say after a restart) replaces the
     /// table and does not duplicate the ip rule.
-    pub fn install(
-        pods: &BTreeSet<Ipv4Addr>,
-        ports: ListenerPorts,
-    ) -> Result<Capture, CaptureError> {
+    pub fn install(pods: &BTreeSet<IpAddr>, ports: ListenerPorts) -> Result<Capture, CaptureError> {
         local_route("replace")?;
         ensure_ip_rule()?;
         let mut capture = Capture {
@@ -84,8 +85,9 @@ impl Capture {
         Ok(capture)
     }
 
-    /// Atomically replaces the ruleset so exactly `pods` are captured.
-    pub fn update(&mut self, pods: &BTreeSet<Ipv4Addr>) -> Result<(), CaptureError> {
+    /// Atomically replaces the ruleset so exactly `pods` are captured (their
+    /// IPv4 addresses; IPv6 ones are refused, [`ipv6`]).
+    pub fn update(&mut self, pods: &BTreeSet<IpAddr>) -> Result<(), CaptureError> {
         apply_nft(
             &render_script(pods, &self.ports),
             "replace table inet ambient",
@@ -95,7 +97,7 @@ impl Capture {
     }
 
     /// The pods currently captured.
-    pub fn pods(&self) -> &BTreeSet<Ipv4Addr> {
+    pub fn pods(&self) -> &BTreeSet<IpAddr> {
         &self.pods
     }
 
@@ -121,11 +123,20 @@ impl Capture {
 }
 
 /// The whole `nft -f -` script for `pods`, delivering to the listeners on
-/// `ports`: the table with its capture rules, then the fail-closed chain,
-/// in one transaction.
-pub fn render_script(pods: &BTreeSet<Ipv4Addr>, ports: &ListenerPorts) -> String {
-    let mut script = render_ruleset(pods, ports);
+/// `ports`: the table with its capture rules (the IPv4 addresses), then the
+/// fail-closed chain, then the chain refusing the IPv6 ones, in one
+/// transaction.
+pub fn render_script(pods: &BTreeSet<IpAddr>, ports: &ListenerPorts) -> String {
+    let (mut v4, mut v6) = (BTreeSet::<Ipv4Addr>::new(), BTreeSet::<Ipv6Addr>::new());
+    for ip in pods {
+        match ip {
+            IpAddr::V4(a) => v4.insert(*a),
+            IpAddr::V6(a) => v6.insert(*a),
+        };
+    }
+    let mut script = render_ruleset(&v4, ports);
     script.push_str(&fail_closed::render_fail_closed());
+    script.push_str(&ipv6::render_refuse_ipv6(&v6));
     script
 }
 

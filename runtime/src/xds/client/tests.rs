@@ -509,11 +509,19 @@ async fn a_policy_that_fails_closed_is_nacked_and_counted_by_scope() {
     let detail = reply.error_detail.expect("a NACK");
     assert!(detail.message.starts_with("shop/p: "), "{}", detail.message);
     let mut registry = Registry::default();
-    stats.register(&mut registry);
+    stats.register_all(&mut registry);
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
     assert!(
         text.contains("xds_policies_failed_closed_total{scope=\"global\"} 1"),
         "{text}"
     );
+    // The plain counters too (register_all).
+    for series in [
+        "xds_nacks_total 1",
+        "xds_responses_total 1",
+        "xds_acks_total 0",
+    ] {
+        assert!(text.contains(series), "{series} missing from:\n{text}");
+    }
 }
