@@ -452,6 +452,68 @@ mod tests {
         assert!(cert.refresh_at() < cert.not_after());
     }
 
+    /// The dev CA while `up`, failing otherwise; its certificates last 1 s.
+    struct Flaky {
+        ca: DevCa,
+        up: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl CertProvider for Flaky {
+        fn fetch(&self, id: &SpiffeId) -> BoxFuture<'static, Result<WorkloadCert, CertError>> {
+            let r = if self.up.load(Ordering::Relaxed) {
+                let now = SystemTime::now();
+                self.ca
+                    .issue_at(id, now, Duration::from_secs(1))
+                    .map_err(|e| CertError::Provider(Box::new(e)))
+            } else {
+                Err(CertError::Provider("the CA is down".into()))
+            };
+            Box::pin(async move { r })
+        }
+
+        fn roots(&self) -> Vec<CertificateDer<'static>> {
+            vec![self.ca.root()]
+        }
+    }
+
+    #[tokio::test]
+    async fn an_expired_certificate_is_never_handed_out_and_the_refusal_is_counted() {
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let provider = Flaky {
+            ca: DevCa::generate().unwrap(),
+            up: up.clone(),
+        };
+        let store = CertStore::new(Arc::new(provider));
+        let a = id("a");
+        let first = store.get(&a).await.unwrap();
+        assert_eq!(store.stats().installed.load(Ordering::Relaxed), 1);
+        up.store(false, Ordering::Relaxed);
+        // Still valid: served from the cache, no fetch.
+        assert_eq!(
+            store.get(&a).await.unwrap().generation(),
+            first.generation()
+        );
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        match store.get(&a).await {
+            Err(CertError::Expired { id, source }) => {
+                assert_eq!(id, a);
+                assert!(source.to_string().contains("provider"), "{source}");
+            }
+            other => panic!("expected Expired, got {:?}", other.map(|c| c.generation())),
+        }
+        let stats = store.stats();
+        assert_eq!(stats.expired.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.fetch_failures.load(Ordering::Relaxed), 1);
+        // A first fetch that fails is no expiry.
+        assert!(store.get(&id("b")).await.is_err());
+        assert_eq!(stats.expired.load(Ordering::Relaxed), 1);
+        // The CA is back: a new certificate.
+        up.store(true, Ordering::Relaxed);
+        let again = store.get(&a).await.unwrap();
+        assert_ne!(again.generation(), first.generation());
+        assert_eq!(stats.installed.load(Ordering::Relaxed), 2);
+    }
+
     #[tokio::test]
     async fn concurrent_gets_fetch_once() {
         let ca = DevCa::generate().unwrap();
