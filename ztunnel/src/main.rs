@@ -37,7 +37,7 @@ enum Command {
     /// Remove capture from the current network namespace (a node's: the
     /// `inet ambient` nft table, the `fwmark 0x400/0xfff lookup 100` ip rule
     /// and the local route in table 100; a pod's: the sidecar's `ip
-    /// ambient_sidecar` table), then exit. ztunnel keeps them across
+    /// ambient_sidecar` and `ip6 ambient_sidecar6` tables), then exit. ztunnel keeps them across
     /// SIGTERM so a restart or an upgrade never opens the node or the pod:
     /// run this where ztunnel is being removed, not upgraded. Idempotent.
     Uninstall,
@@ -249,7 +249,7 @@ fn uninstall() -> ExitCode {
     if let Err(e) = ztunnel::capture::sidecar::remove() {
         return report(&e);
     }
-    println!("capture removed: tables inet ambient and ip ambient_sidecar, ip rule, local route");
+    println!("capture removed: tables inet ambient, ip ambient_sidecar and ip6 ambient_sidecar6, ip rule, local route");
     ExitCode::SUCCESS
 }
 

@@ -18,6 +18,13 @@
 //! use too: the table also rejects, with a reset, any connection to a
 //! [`SidecarRules::proxy_only_ports`] port on a local address from a socket
 //! that is neither owned by the proxy's uid nor marked with its mark.
+//!
+//! REDIRECT is IPv4: a dual-stack pod's IPv6 TCP would go around the
+//! sidecar (no mTLS, no STRICT, no policy). A second table,
+//! [`TABLE6`] (family `ip6`), resets IPv6 TCP into the pod and the SYNs of
+//! the pod's own IPv6 connections (not the resets the input chain sends),
+//! other than over loopback, counted in its named counter
+//! [`IPV6_COUNTER`]; it is in the same script, so in the same transaction.
 
 use std::net::Ipv4Addr;
 
@@ -27,6 +34,10 @@ use super::{apply_nft, CaptureError};
 pub const TABLE: &str = "ambient_sidecar";
 /// Its family: nat REDIRECT of IPv4 (pods are IPv4-only for now).
 pub const FAMILY: &str = "ip";
+/// The table refusing the pod's IPv6 TCP (family `ip6`).
+pub const TABLE6: &str = "ambient_sidecar6";
+/// Its named counter of refused packets.
+pub const IPV6_COUNTER: &str = "ipv6_refused";
 
 /// What the rules redirect, and what they leave alone.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,13 +153,31 @@ pub fn ruleset(rules: &SidecarRules) -> String {
          \t\tmeta l4proto tcp redirect to :{inbound_port}\n\
          \t}}\n\
          {proxy_only}\
+         }}\n\
+         table ip6 {TABLE6} {{}}\n\
+         delete table ip6 {TABLE6}\n\
+         table ip6 {TABLE6} {{\n\
+         \tcounter {IPV6_COUNTER} {{}}\n\
+         \tchain input {{\n\
+         \t\ttype filter hook input priority 0; policy accept;\n\
+         \t\tiif lo accept\n\
+         \t\tmeta l4proto tcp counter name {IPV6_COUNTER} reject with tcp reset\n\
+         \t}}\n\
+         \tchain output {{\n\
+         \t\ttype filter hook output priority 0; policy accept;\n\
+         \t\toif lo accept\n\
+         \t\ttcp flags & (fin | syn | rst | ack) == syn counter name {IPV6_COUNTER} reject with tcp reset\n\
+         \t}}\n\
          }}\n"
     )
 }
 
-/// The nft script that deletes the table if present (idempotent).
+/// The nft script that deletes both tables if present (idempotent).
 pub fn render_delete() -> String {
-    format!("table {FAMILY} {TABLE} {{}}\ndelete table {FAMILY} {TABLE}\n")
+    format!(
+        "table {FAMILY} {TABLE} {{}}\ndelete table {FAMILY} {TABLE}\n\
+         table ip6 {TABLE6} {{}}\ndelete table ip6 {TABLE6}\n"
+    )
 }
 
 /// Installs (or atomically replaces) the sidecar table in the current
@@ -160,7 +189,10 @@ pub fn install(rules: &SidecarRules) -> Result<(), CaptureError> {
 /// Removes the sidecar table from the current network namespace; absent is
 /// not an error.
 pub fn remove() -> Result<(), CaptureError> {
-    apply_nft(&render_delete(), &format!("delete table {FAMILY} {TABLE}"))
+    apply_nft(
+        &render_delete(),
+        &format!("delete tables {FAMILY} {TABLE} and ip6 {TABLE6}"),
+    )
 }
 
 #[cfg(test)]
@@ -204,6 +236,21 @@ table ip ambient_sidecar {
 \tchain proxy_only {
 \t\ttype filter hook output priority 0; policy accept;
 \t\ttcp dport { 15000 } fib daddr type local meta skuid != 1337 meta mark != 0x539 reject with tcp reset
+\t}
+}
+table ip6 ambient_sidecar6 {}
+delete table ip6 ambient_sidecar6
+table ip6 ambient_sidecar6 {
+\tcounter ipv6_refused {}
+\tchain input {
+\t\ttype filter hook input priority 0; policy accept;
+\t\tiif lo accept
+\t\tmeta l4proto tcp counter name ipv6_refused reject with tcp reset
+\t}
+\tchain output {
+\t\ttype filter hook output priority 0; policy accept;
+\t\toif lo accept
+\t\ttcp flags & (fin | syn | rst | ack) == syn counter name ipv6_refused reject with tcp reset
 \t}
 }
 ";
@@ -251,7 +298,8 @@ table ip ambient_sidecar {
     fn delete_is_idempotent_text() {
         assert_eq!(
             render_delete(),
-            "table ip ambient_sidecar {}\ndelete table ip ambient_sidecar\n"
+            "table ip ambient_sidecar {}\ndelete table ip ambient_sidecar\n\
+             table ip6 ambient_sidecar6 {}\ndelete table ip6 ambient_sidecar6\n"
         );
     }
 }
