@@ -210,8 +210,14 @@ pub struct XdsStats {
 
 impl XdsStats {
     /// Registers the counters that are metrics (prometheus-client appends
-    /// `_total`): `xds_policies_failed_closed{scope}`.
+    /// `_total`): `xds_policies_failed_closed{scope}`, every scope's series
+    /// at 0 from the start.
     pub fn register(&self, registry: &mut Registry) {
+        for scope in ["global", "namespace", "workload_selector"] {
+            let _ = self
+                .policies_failed_closed
+                .get_or_create(&ScopeLabel { scope });
+        }
         registry.register(
             "xds_policies_failed_closed",
             "xDS policies that could not be converted and stand as deny-all for their scope",
