@@ -71,7 +71,6 @@ fn write_seeds() {
             },
             resources,
             removed_resources: removed,
-            ..Default::default()
         }
         .encode_to_vec()
     };
