@@ -96,6 +96,18 @@ struct Flags {
     /// Connections one source IP may hold on `--listen`.
     #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS_PER_IP)]
     max_connections_per_ip: usize,
+    /// Extra names for the serving certificate: DNS names or IP addresses
+    /// clients dial (comma-separated; in Kubernetes mode the Service's
+    /// names are added: `<service>.<root ns>.svc[.cluster.local]`).
+    #[arg(long, env = "CONTROL_PLANE_SERVING_NAMES", value_delimiter = ',')]
+    serving_names: Vec<String>,
+    /// Kubernetes mode: the control plane's Service in the root namespace.
+    #[arg(long, env = "CONTROL_PLANE_SERVICE", default_value = serve::DEFAULT_SERVICE_NAME)]
+    service_name: String,
+    /// Kubernetes mode: this replica's name in the leader Lease (default:
+    /// `$POD_NAME`, else the host name and process id).
+    #[arg(long, env = "POD_NAME")]
+    leader_identity: Option<String>,
     /// Deadline for a client's TLS handshake and HTTP/2 preface.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     handshake_timeout: Duration,
@@ -168,6 +180,9 @@ async fn main() -> std::process::ExitCode {
             trust_domain: f.trust_domain,
             root_namespace: f.root_namespace,
         }),
+        serving_names: f.serving_names,
+        service_name: f.service_name,
+        leader_identity: f.leader_identity,
     };
     let running = match serve::start(&cfg).await {
         Ok(r) => r,

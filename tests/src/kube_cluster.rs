@@ -351,7 +351,7 @@ impl XdsFollower {
             endpoint,
             mark: None,
             node,
-            token: Some(token),
+            token: Some(token.into()),
             store: XdsStore::default(),
             stats: Arc::new(XdsStats::default()),
             publish,

@@ -28,6 +28,8 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::sync::Semaphore;
 use tonic::transport::Channel;
 
+use super::token::BearerToken;
+
 /// CSRs in flight at once, whatever the number of new pods.
 pub const MAX_CONCURRENT_FETCHES: usize = 8;
 /// Attempts per fetch, with backoff between them.
@@ -58,7 +60,7 @@ pub enum CaClientError {
 /// Fetches workload certificates from the control plane.
 pub struct RemoteCa {
     channel: Channel,
-    token: Option<String>,
+    token: Option<BearerToken>,
     roots: Vec<CertificateDer<'static>>,
     ttl: Duration,
     limit: Arc<Semaphore>,
@@ -72,7 +74,7 @@ impl RemoteCa {
     /// `roots` are the mesh roots the returned chains must lead to.
     pub fn new(
         channel: Channel,
-        token: Option<String>,
+        token: Option<BearerToken>,
         roots: Vec<CertificateDer<'static>>,
         ttl: Duration,
     ) -> Self {
@@ -117,10 +119,8 @@ impl RemoteCa {
             metadata: self.impersonate.then(|| impersonate(id)),
         });
         request.set_timeout(self.attempt_timeout);
-        if let Some(token) = &self.token {
-            if let Ok(v) = format!("Bearer {token}").parse() {
-                request.metadata_mut().insert("authorization", v);
-            }
+        if let Some(v) = self.token.as_ref().and_then(|t| t.header()) {
+            request.metadata_mut().insert("authorization", v);
         }
         let mut client = IstioCertificateServiceClient::new(self.channel.clone());
         let chain = client
