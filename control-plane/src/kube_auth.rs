@@ -64,7 +64,14 @@ pub struct BoundToken {
 /// Pure: what a `TokenReview`'s status proves, or why it proves nothing.
 pub fn bound_token(status: &TokenReviewStatus) -> Result<BoundToken, AuthError> {
     if status.authenticated != Some(true) {
-        return Err(AuthError::Unknown);
+        // The API server says why; a token for another audience (the API
+        // server's own, say) is worth telling apart in the metric.
+        let why = status.error.as_deref().unwrap_or_default();
+        return Err(if why.contains("audience") {
+            AuthError::WrongAudience
+        } else {
+            AuthError::Unknown
+        });
     }
     // The API server answers the audiences the token is valid for among
     // those asked; none given means the server's own, which is not ours.
@@ -315,6 +322,13 @@ mod tests {
             ),
             (
                 status(true, &["https://kubernetes.default.svc"], ZT, pod),
+                Err(AuthError::WrongAudience),
+            ),
+            (
+                TokenReviewStatus {
+                    error: Some("token audiences [\"api\"] is invalid for the target audiences [\"istio-ca\"]".into()),
+                    ..status(false, &[], ZT, pod)
+                },
                 Err(AuthError::WrongAudience),
             ),
             (status(true, &[], ZT, pod), Err(AuthError::WrongAudience)),
