@@ -399,3 +399,42 @@ async fn replicas_sign_from_one_root_one_leads_and_a_rotation_reaches_every_name
     })
     .await;
 }
+
+/// Many replicas' first starts at once, in-process so they really race:
+/// each reads no Secret, generates a root and creates; the API server
+/// takes one create, and every other replica loads the winner's root.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_starts_sign_from_the_one_root_that_won() {
+    let store = Arc::new(Store::default());
+    load_yaml(&store, CLUSTER).unwrap();
+    let api = mesh_tests::kube_api::ApiServer::start(
+        store.clone(),
+        std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig).unwrap();
+    let cfg = control_plane::source::kube::KubeConfig {
+        kubeconfig: Some(kubeconfig),
+        ..Default::default()
+    };
+    let client = control_plane::source::kube::client(&cfg).await.unwrap();
+    let starts: Vec<_> = (0..8)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { secret::load_or_create(&client, "istio-system").await })
+        })
+        .collect();
+    let mut roots = Vec::new();
+    for s in starts {
+        roots.push(s.await.unwrap().unwrap().roots_pem());
+    }
+    let secrets = RESOURCES.iter().position(|r| r.plural == "secrets").unwrap();
+    let stored: k8s_openapi::api::core::v1::Secret =
+        serde_json::from_value(store.get(secrets, "istio-system", "cacerts").unwrap()).unwrap();
+    let stored = secret::material(&stored).unwrap().root_cert;
+    for (i, r) in roots.iter().enumerate() {
+        assert_eq!(r, &stored, "replica {i} signs from a root that lost the race");
+    }
+}
