@@ -430,11 +430,17 @@ async fn concurrent_first_starts_sign_from_the_one_root_that_won() {
     for s in starts {
         roots.push(s.await.unwrap().unwrap().roots_pem());
     }
-    let secrets = RESOURCES.iter().position(|r| r.plural == "secrets").unwrap();
+    let secrets = RESOURCES
+        .iter()
+        .position(|r| r.plural == "secrets")
+        .unwrap();
     let stored: k8s_openapi::api::core::v1::Secret =
         serde_json::from_value(store.get(secrets, "istio-system", "cacerts").unwrap()).unwrap();
     let stored = secret::material(&stored).unwrap().root_cert;
     for (i, r) in roots.iter().enumerate() {
-        assert_eq!(r, &stored, "replica {i} signs from a root that lost the race");
+        assert_eq!(
+            r, &stored,
+            "replica {i} signs from a root that lost the race"
+        );
     }
 }

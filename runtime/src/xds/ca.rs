@@ -6,6 +6,12 @@
 //! A proxy that asks only for its own identity (the waypoint, with a token
 //! bound to that identity) names none: [`RemoteCa::own_identity`].
 //!
+//! The mesh roots may come from a file read again on each fetch
+//! ([`RemoteCa::with_roots_file`]: the mounted `istio-ca-root-cert`
+//! ConfigMap), so during a root rotation each renewed certificate carries
+//! the bundle as it is then, old and new roots both, and peers are
+//! verified against it.
+//!
 //! Fetches are bounded ([`MAX_CONCURRENT_FETCHES`]) and retried with
 //! backoff; each attempt has a deadline ([`ATTEMPT_TIMEOUT`], also sent as
 //! `grpc-timeout`), so a control plane that takes the call and never
@@ -62,6 +68,8 @@ pub struct RemoteCa {
     channel: Channel,
     token: Option<BearerToken>,
     roots: Vec<CertificateDer<'static>>,
+    /// Read again on each fetch; `roots` if it cannot be read.
+    roots_file: Option<std::path::PathBuf>,
     ttl: Duration,
     limit: Arc<Semaphore>,
     attempt_timeout: Duration,
@@ -82,10 +90,38 @@ impl RemoteCa {
             channel,
             token,
             roots,
+            roots_file: None,
             ttl,
             limit: Arc::new(Semaphore::new(MAX_CONCURRENT_FETCHES)),
             attempt_timeout: ATTEMPT_TIMEOUT,
             impersonate: true,
+        }
+    }
+
+    /// The roots are read from `path` (PEM, one or more) on each fetch;
+    /// the ones given to [`Self::new`] stay the fallback while it cannot
+    /// be read or holds none.
+    pub fn with_roots_file(mut self, path: &std::path::Path) -> Self {
+        self.roots_file = Some(path.to_owned());
+        self
+    }
+
+    /// The roots now: the file's, else the fixed ones.
+    pub fn current_roots(&self) -> Vec<CertificateDer<'static>> {
+        let Some(path) = &self.roots_file else {
+            return self.roots.clone();
+        };
+        let read = std::fs::read(path).ok().and_then(|pem| {
+            CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .ok()
+        });
+        match read {
+            Some(r) if !r.is_empty() => r,
+            _ => {
+                tracing::warn!(path = %path.display(), "the mesh roots file cannot be read; keeping the last roots");
+                self.roots.clone()
+            }
         }
     }
 
@@ -130,7 +166,7 @@ impl RemoteCa {
             .into_inner()
             .cert_chain;
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-        workload_cert(id, &chain, key, self.roots.clone())
+        workload_cert(id, &chain, key, self.current_roots())
     }
 }
 
@@ -140,6 +176,7 @@ impl CertProvider for RemoteCa {
             channel: self.channel.clone(),
             token: self.token.clone(),
             roots: self.roots.clone(),
+            roots_file: self.roots_file.clone(),
             ttl: self.ttl,
             limit: self.limit.clone(),
             attempt_timeout: self.attempt_timeout,
@@ -171,7 +208,7 @@ impl CertProvider for RemoteCa {
     }
 
     fn roots(&self) -> Vec<CertificateDer<'static>> {
-        self.roots.clone()
+        self.current_roots()
     }
 }
 

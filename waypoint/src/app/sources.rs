@@ -124,7 +124,8 @@ async fn start_xds(cfg: &Config, x: &XdsSource, drain: &Drain) -> Result<Started
         roots,
         cfg.cert_ttl,
     )
-    .own_identity();
+    .own_identity()
+    .with_roots_file(&x.root_cert);
     let (publish, mut updates) = mpsc::channel(8);
     let client = XdsClient {
         endpoint,

@@ -157,7 +157,8 @@ async fn start_xds(cfg: &Config, x: &XdsSource, drain: &Drain) -> Result<Started
         token.clone(),
         roots,
         cfg.cert_ttl,
-    );
+    )
+    .with_roots_file(&x.root_cert);
     let (publish, mut updates) = mpsc::channel(8);
     let client = XdsClient {
         endpoint,
