@@ -120,7 +120,7 @@ pub enum ServeError {
         source: KeysError,
     },
     #[error("loading the CA from the cluster")]
-    CaSecret(#[source] SecretError),
+    CaSecret(#[source] Box<SecretError>),
     #[error("loading node tokens")]
     Tokens(#[source] TokensError),
     #[error("connecting to Kubernetes")]
@@ -190,7 +190,7 @@ pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
         None => load_ca_dir(&cfg.ca_dir)?,
         Some((client, k)) => ca_secret::load_or_create(client, &k.root_namespace)
             .await
-            .map_err(ServeError::CaSecret)?,
+            .map_err(|e| ServeError::CaSecret(Box::new(e)))?,
     };
     let root_pem = signer.roots_pem();
     let (signer_tx, signer_rx) = watch::channel(Arc::new(signer));

@@ -49,13 +49,13 @@ pub enum SecretError {
     Get {
         namespace: String,
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
     #[error("creating Secret {namespace}/{CA_SECRET}")]
     Create {
         namespace: String,
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
     #[error("Secret {namespace}/{CA_SECRET} lacks {key}")]
     Missing {
@@ -142,7 +142,7 @@ pub async fn load_or_create(client: &kube::Client, namespace: &str) -> Result<Si
             .await
             .map_err(|source| SecretError::Get {
                 namespace: namespace.to_owned(),
-                source,
+                source: Box::new(source),
             })?;
         if let Some(s) = found {
             let (_, signer) = checked(namespace, &s)?;
@@ -167,7 +167,7 @@ pub async fn load_or_create(client: &kube::Client, namespace: &str) -> Result<Si
             Err(source) => {
                 return Err(SecretError::Create {
                     namespace: namespace.to_owned(),
-                    source,
+                    source: Box::new(source),
                 })
             }
         }
