@@ -1,6 +1,10 @@
 //! The control plane's serving certificate, issued by the mesh CA (the
-//! signer of workload certificates) at start-up and again whenever the CA
-//! changes (a rotation step), so it always chains to the current bundle.
+//! signer of workload certificates) at start-up, and again when the CA
+//! changes so that the root it chains to has left the trust bundle
+//! ([`keep_serving_cert`]). Through a rotation's middle step (the new key
+//! signs, both roots trusted) it keeps the one from the old key: proxies
+//! read the bundle for their control-plane connection at start, and one
+//! started before the new root was added still reaches the control plane.
 //! Clients verify it against the mesh roots and the name they dialled.
 //!
 //! It names what clients may dial: [`SERVING_DNS_NAMES`], `127.0.0.1`, the
@@ -118,6 +122,15 @@ fn certified(
         .map_err(ServingCertError::Rustls)
 }
 
+/// Pure: whether a serving certificate whose chain ends at `issued_root`
+/// stays when the CA becomes `signer`: while that root is still trusted.
+pub fn keep_serving_cert(issued_root: &CertificateDer<'_>, signer: &Signer) -> bool {
+    signer
+        .roots()
+        .iter()
+        .any(|r| r.as_ref() == issued_root.as_ref())
+}
+
 /// The current serving certificate, replaced when the CA changes.
 #[derive(Debug)]
 pub struct ServingCert(RwLock<Arc<CertifiedKey>>);
@@ -137,7 +150,9 @@ pub fn server_config(
 ) -> Result<(Arc<rustls::ServerConfig>, tokio::task::JoinHandle<()>), ServingCertError> {
     let sans = serving_sans(extra_names)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let first = certified(&signer.borrow_and_update(), &sans, &provider)?;
+    let first_signer = signer.borrow_and_update().clone();
+    let first = certified(&first_signer, &sans, &provider)?;
+    let mut issued_root = first_signer.tail().last().cloned();
     let current = Arc::new(ServingCert(RwLock::new(first)));
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -148,9 +163,17 @@ pub fn server_config(
     let task = tokio::spawn(async move {
         while signer.changed().await.is_ok() {
             let s = signer.borrow_and_update().clone();
+            if issued_root
+                .as_ref()
+                .is_some_and(|r| keep_serving_cert(r, &s))
+            {
+                tracing::info!("CA changed; the serving certificate's root is still trusted: kept");
+                continue;
+            }
             match certified(&s, &sans, &provider) {
                 Ok(c) => {
                     *current.0.write().expect("serving cert lock") = c;
+                    issued_root = s.tail().last().cloned();
                     tracing::info!("serving certificate re-issued by the new CA");
                 }
                 Err(e) => {
@@ -186,6 +209,24 @@ mod tests {
             serving_sans(&["bad name!".into()]),
             Err(ServingCertError::BadName(_))
         ));
+    }
+
+    #[test]
+    fn the_serving_cert_stays_while_its_root_is_trusted() {
+        let old = CaMaterial::generate().unwrap();
+        let new = CaMaterial::generate().unwrap();
+        let issued = Signer::new(&old).unwrap().tail().last().unwrap().clone();
+        let step1 = old.with_root(&new);
+        let step2 = step1.signing_with(&new);
+        let step3 = step2.trusting_only(&new);
+        for (m, keep) in [
+            (&step1, true),
+            (&step2, true),
+            (&step3, false),
+            (&new, false),
+        ] {
+            assert_eq!(keep_serving_cert(&issued, &Signer::new(m).unwrap()), keep);
+        }
     }
 
     #[test]
