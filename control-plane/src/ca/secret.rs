@@ -13,8 +13,9 @@
 //!   the last good signer kept.
 //! - [`publish_roots`]: while this replica leads ([`crate::leader`]), the
 //!   bundle is written (server-side apply) to `istio-ca-root-cert`, key
-//!   `root-cert.pem`, in each namespace, as Istio does, and again whenever
-//!   the bundle or the namespaces change.
+//!   `root-cert.pem`, in each namespace but Kubernetes' own
+//!   ([`SYSTEM_NAMESPACES`], skipped as Istio skips them), and again
+//!   whenever the bundle or the namespaces change.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -36,6 +37,13 @@ pub const CA_SECRET: &str = "cacerts";
 /// The trust bundle's ConfigMap in each namespace, and its key (Istio's).
 pub const ROOT_CONFIGMAP: &str = "istio-ca-root-cert";
 pub const ROOT_CONFIGMAP_KEY: &str = "root-cert.pem";
+/// Namespaces that get no root ConfigMap (Istio's ignored namespaces).
+pub const SYSTEM_NAMESPACES: &[&str] = &[
+    "kube-system",
+    "kube-public",
+    "kube-node-lease",
+    "local-path-storage",
+];
 /// The field manager of what this control plane writes.
 pub const FIELD_MANAGER: &str = "ambient-mesh-control-plane";
 /// Attempts of get-or-create before giving up (each conflict is one).
@@ -244,6 +252,7 @@ pub fn stale<'a>(
 ) -> Vec<&'a str> {
     namespaces
         .iter()
+        .filter(|ns| !SYSTEM_NAMESPACES.contains(&ns.as_str()))
         .filter(|ns| written.get(*ns).map(String::as_str) != Some(bundle))
         .map(String::as_str)
         .collect()
@@ -360,7 +369,9 @@ mod tests {
 
     #[test]
     fn stale_namespaces_are_those_without_this_bundle() {
-        let ns: BTreeSet<String> = ["a", "b", "c"].map(String::from).into();
+        let ns: BTreeSet<String> = ["a", "b", "c", "kube-system", "kube-public"]
+            .map(String::from)
+            .into();
         let written = BTreeMap::from([
             ("a".to_owned(), "B1".to_owned()),
             ("b".to_owned(), "B0".to_owned()),
