@@ -473,3 +473,43 @@ async fn publish(
         last = Some((snap, published));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ca_dir_takes_the_plug_in_layout_or_the_dev_root() {
+        let dir = tempfile::tempdir().unwrap();
+        // Empty: the dev root is created, and is the same on the next start.
+        let dev = load_ca_dir(dir.path()).unwrap();
+        assert_eq!(load_ca_dir(dir.path()).unwrap().roots(), dev.roots());
+        assert_eq!(dev.roots().len(), 1);
+        // Istio's plug-in files win over the dev root.
+        let plugged = dir.path().join("plugged");
+        std::fs::create_dir_all(&plugged).unwrap();
+        let m = CaMaterial::generate().unwrap();
+        let two = keys::merge_bundles(&m.root_cert, &CaMaterial::generate().unwrap().root_cert);
+        for (name, text) in [
+            (keys::CA_CERT, &m.ca_cert),
+            (keys::CA_KEY, &m.ca_key),
+            (keys::ROOT_CERT, &two),
+        ] {
+            std::fs::write(plugged.join(name), text).unwrap();
+        }
+        let s = load_ca_dir(&plugged).unwrap();
+        assert_eq!(s.roots_pem(), two, "cert-chain.pem may be missing");
+        std::fs::write(plugged.join(keys::CA_KEY), dev_key(dir.path())).unwrap();
+        assert!(matches!(
+            load_ca_dir(&plugged),
+            Err(ServeError::CaDir {
+                source: KeysError::KeyMismatch,
+                ..
+            })
+        ));
+    }
+
+    fn dev_key(dir: &Path) -> String {
+        std::fs::read_to_string(dir.join(ROOT_KEY_FILE)).unwrap()
+    }
+}
