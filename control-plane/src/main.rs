@@ -194,11 +194,14 @@ async fn main() -> std::process::ExitCode {
     let controller = match (waypoints, &cfg.kubernetes) {
         (Some(settings), Some(kube)) => match client(kube).await {
             Ok(client) => {
-                // TODO(leader election, control-plane/src/leader.rs): until
-                // it lands, this replica always leads.
-                let (leader_tx, leader) = tokio::sync::watch::channel(true);
-                let task = tokio::spawn(waypoint_controller::run(client, settings, leader));
-                Some((task, leader_tx))
+                // Writes only while this replica holds the leader Lease.
+                let leader = running
+                    .leading
+                    .clone()
+                    .expect("Kubernetes mode elects a leader");
+                Some(tokio::spawn(waypoint_controller::run(
+                    client, settings, leader,
+                )))
             }
             Err(e) => {
                 eprintln!("control-plane: {}", mesh_runtime::Chain(&e));
@@ -214,7 +217,7 @@ async fn main() -> std::process::ExitCode {
         _ = term.recv() => {}
     }
     tracing::info!("shutting down");
-    if let Some((task, _leader)) = controller {
+    if let Some(task) = controller {
         task.abort();
     }
     running.shutdown().await;

@@ -346,6 +346,33 @@ impl Drop for KubeCluster {
     }
 }
 
+/// Brings the CA in `ca_dir` (the harness's dev root: `root-cert.pem`,
+/// `root-key.pem`) into `store` as the cluster's CA, the `istio-system`
+/// namespace and its `cacerts` Secret (Istio's plug-in layout), as a user
+/// brings their own root: a control plane in Kubernetes mode then signs
+/// from the root the harness's proxies trust.
+pub fn bring_ca(store: &Store, ca_dir: &Path) {
+    let read = |f: &str| std::fs::read_to_string(ca_dir.join(f)).expect("the harness's CA");
+    let root = read("root-cert.pem");
+    let material = control_plane::ca::keys::CaMaterial {
+        ca_cert: root.clone(),
+        ca_key: read("root-key.pem"),
+        cert_chain: String::new(),
+        root_cert: root,
+    };
+    let _ = store.create(
+        crate::kube_api::store::namespace_resource(),
+        "",
+        serde_json::json!({"metadata": {"name": "istio-system"}}),
+    );
+    let secret = serde_json::to_string(&control_plane::ca::secret::secret(
+        "istio-system",
+        &material,
+    ))
+    .expect("a Secret");
+    load_yaml(store, &secret).expect("the CA Secret loads");
+}
+
 /// An xDS/CA endpoint at `addr` verified against `root_pem`.
 pub fn endpoint(addr: SocketAddr, root_pem: &str) -> Endpoint {
     let tls = ClientTlsConfig::new()

@@ -96,28 +96,8 @@ async fn labelling_a_namespace_makes_its_traffic_hbone() {
     let kubeconfig = dir.join("kubeconfig");
     api.write_kubeconfig(&kubeconfig).unwrap();
     let kubeconfig = kubeconfig.to_str().unwrap().to_owned();
-    // The harness's root, brought as the cluster's CA (the `cacerts`
-    // Secret in the plug-in layout), as a user brings their own.
-    let read = |f: &str| std::fs::read_to_string(mesh.ca_dir().join(f)).unwrap();
-    let root = read("root-cert.pem");
-    let material = control_plane::ca::keys::CaMaterial {
-        ca_cert: root.clone(),
-        ca_key: read("root-key.pem"),
-        cert_chain: String::new(),
-        root_cert: root,
-    };
-    let cacerts = serde_json::to_string(&control_plane::ca::secret::secret(
-        "istio-system",
-        &material,
-    ))
-    .unwrap();
-    load_yaml(
-        &store,
-        &format!(
-            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: istio-system}}\n---\n{cacerts}\n"
-        ),
-    )
-    .unwrap();
+    // The harness's root, brought as the cluster's CA (`cacerts`).
+    mesh_tests::kube_cluster::bring_ca(&store, mesh.ca_dir());
     let tokens = mesh.ca_dir().parent().unwrap().join("tokens.yaml");
     // Where the harness's control plane logged: printed if the test fails.
     let stderr = mesh.ca_dir().parent().unwrap().join("control-plane.stderr");
