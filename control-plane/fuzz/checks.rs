@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 
 use control_plane::auth::{Authenticator, Caller, NodeName};
+use control_plane::ca::keys::{CaMaterial, Signer};
 use control_plane::ca::CaService;
-use hbone::ca::DevCa;
 use hbone::SpiffeId;
 use mesh_model::state::Snapshot;
 use prost_types::{value::Kind, Struct, Value};
@@ -41,7 +41,10 @@ fn fixture() -> &'static Fixture {
     F.get_or_init(|| {
         let (_tx, rx) = tokio::sync::watch::channel(None);
         let service = CaService {
-            ca: DevCa::generate().expect("dev CA"),
+            signer: tokio::sync::watch::channel(Arc::new(
+                Signer::new(&CaMaterial::generate().expect("CA material")).expect("signer"),
+            ))
+            .1,
             auth: Arc::new(Authenticator::new(Default::default(), Arc::default())),
             snapshots: rx,
             metrics: Arc::default(),
@@ -138,7 +141,7 @@ pub fn csr_signed(data: &[u8]) -> bool {
         .collect();
     assert_eq!(
         ders[1],
-        f.service.ca.root().as_ref(),
+        f.service.signer.borrow().roots()[0].as_ref(),
         "the chain ends in our root"
     );
     let id = hbone::cert::identity_from_der(&ders[0]).expect("the leaf has one URI SAN");

@@ -14,8 +14,9 @@
 //! xDS stream and CA call; the token names the caller ([`Caller`]). A node's
 //! CA request is only signed for identities with a workload on that node;
 //! an identity's only for itself, and its xDS stream carries only what that
-//! waypoint serves. (A Kubernetes service-account token is a later source
-//! of the same answers.)
+//! waypoint serves. In Kubernetes mode a token the file does not hold is
+//! a projected service-account token, reviewed by the API server
+//! ([`crate::kube_auth`]), which gives the same answers.
 //!
 //! Guessing is made expensive twice over: a token shorter than
 //! [`MIN_TOKEN_LEN`] is refused when the file is loaded, and each source IP
@@ -33,6 +34,7 @@ use mesh_model::SpiffeId;
 use tokio::time::Instant;
 use tonic::metadata::MetadataMap;
 
+use crate::kube_auth::TokenReviewer;
 use crate::metrics::{Metrics, ReasonLabel};
 
 /// The shortest token the tokens file may hold: 32 characters is 128 bits
@@ -117,6 +119,16 @@ pub enum AuthError {
     Unknown,
     #[error("too many failed authentications from this address; retry later")]
     RateLimited,
+    #[error("the service-account token is not for audience `istio-ca`")]
+    WrongAudience,
+    #[error("the token is not a service account's")]
+    NotServiceAccount,
+    #[error("the service-account token is not bound to a pod (use a projected token)")]
+    NotPodBound,
+    #[error("the token's pod no longer exists, runs another account, or has no node")]
+    NoPod,
+    #[error("the token could not be reviewed (API server unavailable); retry later")]
+    Unavailable,
 }
 
 impl AuthError {
@@ -126,6 +138,11 @@ impl AuthError {
             AuthError::Missing => "missing_token",
             AuthError::Unknown => "unknown_token",
             AuthError::RateLimited => "rate_limited",
+            AuthError::WrongAudience => "wrong_audience",
+            AuthError::NotServiceAccount => "not_service_account",
+            AuthError::NotPodBound => "not_pod_bound",
+            AuthError::NoPod => "no_pod",
+            AuthError::Unavailable => "review_unavailable",
         }
     }
 }
@@ -134,6 +151,7 @@ impl From<AuthError> for tonic::Status {
     fn from(e: AuthError) -> Self {
         match e {
             AuthError::RateLimited => tonic::Status::resource_exhausted(e.to_string()),
+            AuthError::Unavailable => tonic::Status::unavailable(e.to_string()),
             _ => tonic::Status::unauthenticated(e.to_string()),
         }
     }
@@ -206,16 +224,25 @@ impl Tokens {
 
     /// Authenticates a gRPC call by its `authorization` metadata.
     pub fn authenticate(&self, md: &MetadataMap) -> Result<Caller, AuthError> {
-        let value = md
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .ok_or(AuthError::Missing)?;
-        let token = value
-            .strip_prefix("Bearer ")
-            .ok_or(AuthError::Missing)?
-            .trim();
-        self.caller_for(token).ok_or(AuthError::Unknown)
+        self.caller_for(bearer(md)?).ok_or(AuthError::Unknown)
     }
+
+    /// Whether no token is configured.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// The bearer token of a call's `authorization` metadata.
+pub fn bearer(md: &MetadataMap) -> Result<&str, AuthError> {
+    let value = md
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .ok_or(AuthError::Missing)?;
+    Ok(value
+        .strip_prefix("Bearer ")
+        .ok_or(AuthError::Missing)?
+        .trim())
 }
 
 /// One source's allowance of failed authentications: a token bucket.
@@ -287,10 +314,12 @@ impl FailureLimiter {
     }
 }
 
-/// Authenticates calls: the tokens, the per-source limiter, and the
+/// Authenticates calls: the tokens, in Kubernetes mode the token
+/// reviewer, the per-source limiter, and the
 /// `control_plane_auth_failures_total{reason}` counter.
 pub struct Authenticator {
     tokens: Tokens,
+    kube: Option<TokenReviewer>,
     limiter: Mutex<FailureLimiter>,
     metrics: Arc<Metrics>,
 }
@@ -299,33 +328,52 @@ impl Authenticator {
     pub fn new(tokens: Tokens, metrics: Arc<Metrics>) -> Self {
         Authenticator {
             tokens,
+            kube: None,
             limiter: Mutex::new(FailureLimiter::default()),
             metrics,
         }
     }
 
+    /// Tokens the file does not hold are reviewed by the API server.
+    pub fn with_token_review(mut self, reviewer: TokenReviewer) -> Self {
+        self.kube = Some(reviewer);
+        self
+    }
+
     /// The caller. A call whose source address is unknown (not over TCP)
     /// is not rate-limited.
-    pub fn authenticate<T>(&self, req: &tonic::Request<T>) -> Result<Caller, AuthError> {
+    pub async fn authenticate<T>(&self, req: &tonic::Request<T>) -> Result<Caller, AuthError> {
         let ip = req.remote_addr().map(|a| a.ip());
         let now = Instant::now();
         let limited = ip.is_some_and(|ip| !self.limiter().allows(ip, now));
         let result = if limited {
             Err(AuthError::RateLimited)
         } else {
-            self.tokens.authenticate(req.metadata())
+            self.caller(req.metadata()).await
         };
         if let Err(e) = result {
             self.metrics
                 .auth_failures
                 .get_or_create(&ReasonLabel { reason: e.reason() })
                 .inc();
-            if let (Some(ip), false) = (ip, limited) {
+            // An API server that cannot answer is not the caller's fault.
+            if let (Some(ip), false, false) = (ip, limited, e == AuthError::Unavailable) {
                 self.limiter().failed(ip, now);
             }
             tracing::debug!(source = ?ip, error = %e, "authentication failed");
         }
         result
+    }
+
+    async fn caller(&self, md: &MetadataMap) -> Result<Caller, AuthError> {
+        let token = bearer(md)?;
+        if let Some(c) = self.tokens.caller_for(token) {
+            return Ok(c);
+        }
+        match &self.kube {
+            Some(k) => k.review(token).await,
+            None => Err(AuthError::Unknown),
+        }
     }
 
     fn limiter(&self) -> std::sync::MutexGuard<'_, FailureLimiter> {

@@ -17,7 +17,9 @@
 //!   index are pure);
 //! - [`xds`]: the `DeltaAggregatedResources` gRPC service;
 //! - [`ca`]: the `CreateCertificate` gRPC service; [`auth`]: the bootstrap
-//!   tokens of nodes and of waypoints;
+//!   tokens of nodes and of waypoints; [`kube_auth`]: service-account
+//!   tokens reviewed by the API server (Kubernetes mode);
+//! - [`leader`]: leader election with a Lease (Kubernetes mode);
 //! - [`accept`]: the front of 15012: connection caps, the handshake
 //!   deadline, back-off when `accept` fails;
 //! - [`serve`]: TLS on 15012 for both, plus metrics and readiness.
@@ -27,6 +29,8 @@ pub mod auth;
 pub mod ca;
 pub mod convert;
 pub mod delta;
+pub mod kube_auth;
+pub mod leader;
 pub mod metrics;
 pub mod resources;
 pub mod serve;

@@ -96,6 +96,18 @@ struct Flags {
     /// Connections one source IP may hold on `--listen`.
     #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS_PER_IP)]
     max_connections_per_ip: usize,
+    /// Extra names for the serving certificate: DNS names or IP addresses
+    /// clients dial (comma-separated; in Kubernetes mode the Service's
+    /// names are added: `<service>.<root ns>.svc[.cluster.local]`).
+    #[arg(long, env = "CONTROL_PLANE_SERVING_NAMES", value_delimiter = ',')]
+    serving_names: Vec<String>,
+    /// Kubernetes mode: the control plane's Service in the root namespace.
+    #[arg(long, env = "CONTROL_PLANE_SERVICE", default_value = serve::DEFAULT_SERVICE_NAME)]
+    service_name: String,
+    /// Kubernetes mode: this replica's name in the leader Lease (default:
+    /// `$POD_NAME`, else the host name and process id).
+    #[arg(long, env = "POD_NAME")]
+    leader_identity: Option<String>,
     /// Deadline for a client's TLS handshake and HTTP/2 preface.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     handshake_timeout: Duration,
@@ -173,6 +185,9 @@ async fn main() -> std::process::ExitCode {
             trust_domain: f.trust_domain,
             root_namespace: f.root_namespace,
         }),
+        serving_names: f.serving_names,
+        service_name: f.service_name,
+        leader_identity: f.leader_identity,
     };
     let running = match serve::start(&cfg).await {
         Ok(r) => r,
@@ -184,11 +199,14 @@ async fn main() -> std::process::ExitCode {
     let controller = match (waypoints, &cfg.kubernetes) {
         (Some(settings), Some(kube)) => match client(kube).await {
             Ok(client) => {
-                // TODO(leader election, control-plane/src/leader.rs): until
-                // it lands, this replica always leads.
-                let (leader_tx, leader) = tokio::sync::watch::channel(true);
-                let task = tokio::spawn(waypoint_controller::run(client, settings, leader));
-                Some((task, leader_tx))
+                // Writes only while this replica holds the leader Lease.
+                let leader = running
+                    .leading
+                    .clone()
+                    .expect("Kubernetes mode elects a leader");
+                Some(tokio::spawn(waypoint_controller::run(
+                    client, settings, leader,
+                )))
             }
             Err(e) => {
                 eprintln!("control-plane: {}", mesh_runtime::Chain(&e));
@@ -204,7 +222,7 @@ async fn main() -> std::process::ExitCode {
         _ = term.recv() => {}
     }
     tracing::info!("shutting down");
-    if let Some((task, _leader)) = controller {
+    if let Some(task) = controller {
         task.abort();
     }
     running.shutdown().await;

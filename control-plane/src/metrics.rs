@@ -46,6 +46,10 @@ pub struct Metrics {
     pub auth_failures: Family<ReasonLabel, Counter>,
     /// Kubernetes watch and list failures (each retried with backoff).
     pub kube_watch_errors: Counter,
+    /// CA Secret changes refused (the last good CA stays).
+    pub ca_secret_rejected: Counter,
+    /// 1 while this replica holds the leader Lease (Kubernetes mode).
+    pub leader: Gauge,
 }
 
 impl Default for Metrics {
@@ -73,6 +77,8 @@ impl Metrics {
             accept_errors: Family::default(),
             auth_failures: Family::default(),
             kube_watch_errors: Counter::default(),
+            ca_secret_rejected: Counter::default(),
+            leader: Gauge::default(),
         };
         registry.register(
             "xds_connected_clients",
@@ -125,6 +131,16 @@ impl Metrics {
             "kube_watch_errors",
             "Kubernetes watch and list failures, retried with backoff (the last good state stays)",
             m.kube_watch_errors.clone(),
+        );
+        registry.register(
+            "ca_secret_rejected",
+            "CA Secret changes refused as not a valid CA (the last good CA stays)",
+            m.ca_secret_rejected.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader Lease",
+            m.leader.clone(),
         );
         Metrics { registry, ..m }
     }

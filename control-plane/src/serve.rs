@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hbone::ca::DevCa;
+use hbone::ca::{DevCa, ROOT_KEY_FILE};
 use hbone::drain::Drain;
 use mesh_model::state::Snapshot;
 use proto::ca::istio_certificate_service_server::IstioCertificateServiceServer;
@@ -20,13 +20,17 @@ use tonic::transport::Server;
 
 use crate::accept::{self, Limits};
 use crate::auth::{Authenticator, Tokens, TokensError};
+use crate::ca::keys::{self, CaMaterial, KeysError, Signer};
+use crate::ca::secret::{self as ca_secret, SecretError};
 use crate::ca::CaService;
 use crate::delta::History;
+use crate::kube_auth::{KubeAuthConfig, TokenReviewer};
+use crate::leader::{Elector, LeaderConfig};
 use crate::metrics::Metrics;
 use crate::resources::ResourceSet;
 use crate::source::kube::{KubeConfig, KubeError, KubeSource, SourceMetrics};
 use crate::source::{FileSource, Source, DEFAULT_POLL_INTERVAL};
-use crate::tls::{server_config, ServingCertError};
+use crate::tls::{server_config, service_names, ServingCertError};
 use crate::xds::{Published, XdsService};
 
 /// xDS and CA, TLS (Istio's istiod port).
@@ -68,7 +72,18 @@ pub struct Config {
     pub min_cert_ttl: Duration,
     /// Watch this cluster instead of reading `config_file`.
     pub kubernetes: Option<KubeConfig>,
+    /// Extra DNS names and IP addresses for the serving certificate.
+    pub serving_names: Vec<String>,
+    /// Kubernetes mode: the control plane's Service (in the root
+    /// namespace), whose DNS names the serving certificate carries.
+    pub service_name: String,
+    /// Kubernetes mode: this replica's name in the leader Lease (default:
+    /// the host name and process id).
+    pub leader_identity: Option<String>,
 }
+
+/// The control plane's Service name in a cluster (the chart's).
+pub const DEFAULT_SERVICE_NAME: &str = "control-plane";
 
 impl Config {
     /// Defaults, with the three paths given (tests pass temp dirs).
@@ -87,6 +102,9 @@ impl Config {
             keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
             min_cert_ttl: crate::ca::MIN_VALIDITY,
             kubernetes: None,
+            serving_names: Vec::new(),
+            service_name: DEFAULT_SERVICE_NAME.to_owned(),
+            leader_identity: None,
         }
     }
 }
@@ -99,6 +117,14 @@ pub enum ServeError {
         #[source]
         source: hbone::ca::CaError,
     },
+    #[error("loading the CA from {path}")]
+    CaDir {
+        path: PathBuf,
+        #[source]
+        source: KeysError,
+    },
+    #[error("loading the CA from the cluster")]
+    CaSecret(#[source] Box<SecretError>),
     #[error("loading node tokens")]
     Tokens(#[source] TokensError),
     #[error("connecting to Kubernetes")]
@@ -119,8 +145,13 @@ pub struct Running {
     /// Where xDS and the CA listen (TLS).
     pub addr: SocketAddr,
     pub metrics_addr: SocketAddr,
-    /// The mesh root, PEM: clients verify the serving certificate with it.
+    /// The mesh roots (the trust bundle), PEM: clients verify the serving
+    /// certificate with it.
     pub root_pem: String,
+    /// Kubernetes mode: whether this replica leads (writers such as the
+    /// waypoint controller act only while it is true).
+    pub leading: Option<watch::Receiver<bool>>,
+    elector: Option<Elector>,
     pub metrics: Arc<Metrics>,
     drain: Drain,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
@@ -138,19 +169,77 @@ impl Running {
             t.abort();
             let _ = t.await;
         }
+        if let Some(e) = self.elector.take() {
+            e.release().await;
+        }
     }
 }
 
 /// Starts everything. Returns once the listeners are bound.
 pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
-    let ca = DevCa::load_or_create(&cfg.ca_dir).map_err(|source| ServeError::Ca {
-        path: cfg.ca_dir.clone(),
-        source,
-    })?;
-    let tokens = Tokens::load(&cfg.tokens_file).map_err(ServeError::Tokens)?;
-    let tls = server_config(&ca, &cfg.ca_dir).map_err(ServeError::ServingCert)?;
     let metrics = Arc::new(Metrics::new());
-    let auth = Arc::new(Authenticator::new(tokens, metrics.clone()));
+    let mut tasks = Vec::new();
+    // Kubernetes mode: the CA from the cluster's Secret, callers' tokens
+    // reviewed by the API server, a leader writing the root ConfigMaps.
+    let kube = match &cfg.kubernetes {
+        Some(k) => Some((
+            crate::source::kube::client(k)
+                .await
+                .map_err(ServeError::Kube)?,
+            k,
+        )),
+        None => None,
+    };
+    let signer = match &kube {
+        None => load_ca_dir(&cfg.ca_dir)?,
+        Some((client, k)) => ca_secret::load_or_create(client, &k.root_namespace)
+            .await
+            .map_err(|e| ServeError::CaSecret(Box::new(e)))?,
+    };
+    let root_pem = signer.roots_pem();
+    let (signer_tx, signer_rx) = watch::channel(Arc::new(signer));
+    // A cluster need not have a tokens file: its callers present
+    // service-account tokens.
+    let tokens = match Tokens::load(&cfg.tokens_file) {
+        Err(TokensError::Read { source, .. })
+            if kube.is_some() && source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            Tokens::default()
+        }
+        t => t.map_err(ServeError::Tokens)?,
+    };
+    let mut names = cfg.serving_names.clone();
+    let mut auth = Authenticator::new(tokens, metrics.clone());
+    let mut elector = None;
+    if let Some((client, k)) = &kube {
+        names.extend(service_names(&cfg.service_name, &k.root_namespace));
+        auth = auth.with_token_review(TokenReviewer::new(
+            client.clone(),
+            KubeAuthConfig::new(&k.root_namespace, &k.trust_domain),
+        ));
+        tasks.push(ca_secret::follow(
+            client.clone(),
+            k.root_namespace.clone(),
+            signer_tx,
+            metrics.ca_secret_rejected.clone(),
+        ));
+        let identity = cfg.leader_identity.clone().unwrap_or_else(default_identity);
+        let e = Elector::spawn(
+            client.clone(),
+            LeaderConfig::new(&k.root_namespace, &identity),
+        );
+        tasks.push(ca_secret::publish_roots(
+            client.clone(),
+            signer_rx.clone(),
+            e.leading(),
+        ));
+        tasks.push(leader_gauge(e.leading(), metrics.leader.clone()));
+        elector = Some(e);
+    }
+    let (tls, reissue) =
+        server_config(signer_rx.clone(), &names).map_err(ServeError::ServingCert)?;
+    tasks.push(reissue);
+    let auth = Arc::new(auth);
     let bind = |addr: SocketAddr| async move {
         TcpListener::bind(addr)
             .await
@@ -179,7 +268,7 @@ pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
             Box::new(source)
         }
     };
-    let mut tasks = vec![tokio::spawn(publish(source, snap_tx, feed_tx))];
+    tasks.push(tokio::spawn(publish(source, snap_tx, feed_tx)));
 
     let xds = XdsService {
         feed: feed_rx.clone(),
@@ -187,7 +276,7 @@ pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
         metrics: metrics.clone(),
     };
     let ca_svc = CaService {
-        ca: ca.clone(),
+        signer: signer_rx,
         auth,
         snapshots: snap_rx,
         metrics: metrics.clone(),
@@ -232,11 +321,78 @@ pub async fn start(cfg: &Config) -> Result<Running, ServeError> {
     Ok(Running {
         addr,
         metrics_addr,
-        root_pem: ca.root_pem().to_owned(),
+        root_pem,
+        leading: elector.as_ref().map(Elector::leading),
+        elector,
         metrics,
         drain,
         shutdown: Some(shutdown_tx),
         tasks,
+    })
+}
+
+/// The CA of file mode: `dir` in Istio's plug-in layout if it holds
+/// `ca-cert.pem`, else the development root there (created on first start).
+pub fn load_ca_dir(dir: &Path) -> Result<Signer, ServeError> {
+    let read = |name: &str| std::fs::read_to_string(dir.join(name));
+    let material = if dir.join(keys::CA_CERT).exists() {
+        let io = |source| ServeError::Ca {
+            path: dir.to_owned(),
+            source: hbone::ca::CaError::Read {
+                path: dir.to_owned(),
+                source,
+            },
+        };
+        CaMaterial {
+            ca_cert: read(keys::CA_CERT).map_err(io)?,
+            ca_key: read(keys::CA_KEY).map_err(io)?,
+            cert_chain: read(keys::CERT_CHAIN).unwrap_or_default(),
+            root_cert: read(keys::ROOT_CERT).map_err(io)?,
+        }
+    } else {
+        let ca = DevCa::load_or_create(dir).map_err(|source| ServeError::Ca {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let key = read(ROOT_KEY_FILE).map_err(|source| ServeError::Ca {
+            path: dir.to_owned(),
+            source: hbone::ca::CaError::Read {
+                path: dir.join(ROOT_KEY_FILE),
+                source,
+            },
+        })?;
+        CaMaterial {
+            ca_cert: ca.root_pem().to_owned(),
+            ca_key: key,
+            cert_chain: String::new(),
+            root_cert: ca.root_pem().to_owned(),
+        }
+    };
+    Signer::new(&material).map_err(|source| ServeError::CaDir {
+        path: dir.to_owned(),
+        source,
+    })
+}
+
+/// `<host name>-<pid>`: unique among replicas (pods have distinct names).
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "control-plane".to_owned());
+    format!("{host}-{}", std::process::id())
+}
+
+fn leader_gauge(
+    mut leading: watch::Receiver<bool>,
+    gauge: prometheus_client::metrics::gauge::Gauge,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            gauge.set(i64::from(*leading.borrow_and_update()));
+            if leading.changed().await.is_err() {
+                return;
+            }
+        }
     })
 }
 
@@ -320,5 +476,45 @@ async fn publish(
         snapshots.send_replace(Some(snap.clone()));
         feed.send_replace(Some(published.clone()));
         last = Some((snap, published));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ca_dir_takes_the_plug_in_layout_or_the_dev_root() {
+        let dir = tempfile::tempdir().unwrap();
+        // Empty: the dev root is created, and is the same on the next start.
+        let dev = load_ca_dir(dir.path()).unwrap();
+        assert_eq!(load_ca_dir(dir.path()).unwrap().roots(), dev.roots());
+        assert_eq!(dev.roots().len(), 1);
+        // Istio's plug-in files win over the dev root.
+        let plugged = dir.path().join("plugged");
+        std::fs::create_dir_all(&plugged).unwrap();
+        let m = CaMaterial::generate().unwrap();
+        let two = keys::merge_bundles(&m.root_cert, &CaMaterial::generate().unwrap().root_cert);
+        for (name, text) in [
+            (keys::CA_CERT, &m.ca_cert),
+            (keys::CA_KEY, &m.ca_key),
+            (keys::ROOT_CERT, &two),
+        ] {
+            std::fs::write(plugged.join(name), text).unwrap();
+        }
+        let s = load_ca_dir(&plugged).unwrap();
+        assert_eq!(s.roots_pem(), two, "cert-chain.pem may be missing");
+        std::fs::write(plugged.join(keys::CA_KEY), dev_key(dir.path())).unwrap();
+        assert!(matches!(
+            load_ca_dir(&plugged),
+            Err(ServeError::CaDir {
+                source: KeysError::KeyMismatch,
+                ..
+            })
+        ));
+    }
+
+    fn dev_key(dir: &Path) -> String {
+        std::fs::read_to_string(dir.join(ROOT_KEY_FILE)).unwrap()
     }
 }

@@ -74,7 +74,7 @@ impl AggregatedDiscoveryService for XdsService {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let caller = self.auth.authenticate(&request)?;
+        let caller = self.auth.authenticate(&request).await?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let stream = ClientStream {
             caller,

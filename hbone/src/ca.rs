@@ -32,7 +32,7 @@ pub const ROOT_KEY_FILE: &str = "root-key.pem";
 /// Taken (`flock`) while the root is created; left in place.
 pub const LOCK_FILE: &str = ".ca.lock";
 /// Leaves are back-dated by this much to tolerate clock skew between nodes.
-const CLOCK_SKEW_ALLOWANCE: Duration = Duration::from_secs(60);
+pub const CLOCK_SKEW_ALLOWANCE: Duration = Duration::from_secs(60);
 const ROOT_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 pub const DEFAULT_LEAF_TTL: Duration = Duration::from_secs(24 * 3600);
 
@@ -228,7 +228,9 @@ impl CertProvider for DevCa {
     }
 }
 
-fn leaf_params(
+/// The parameters of a workload leaf for `id` (the control plane's
+/// signer issues the same leaves from a plugged-in CA).
+pub fn leaf_params(
     id: &SpiffeId,
     not_before: SystemTime,
     ttl: Duration,
@@ -275,7 +277,8 @@ fn generate_root() -> Result<(String, KeyPair), CaError> {
     Ok((cert.pem(), key))
 }
 
-fn random_serial() -> SerialNumber {
+/// A random positive 128-bit serial.
+pub fn random_serial() -> SerialNumber {
     let mut bytes: [u8; 16] = rand::random();
     bytes[0] &= 0x7f; // positive
     SerialNumber::from_slice(&bytes)

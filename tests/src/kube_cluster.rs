@@ -104,6 +104,9 @@ pub struct KubeCluster {
     control_plane: Option<Child>,
     pub xds_addr: SocketAddr,
     pub metrics_addr: SocketAddr,
+    /// More control-plane replicas on the same API server
+    /// ([`Self::start_replicated`]).
+    pub replicas: Vec<Replica>,
 }
 
 impl KubeCluster {
@@ -117,6 +120,20 @@ impl KubeCluster {
 
     /// [`Self::start`] over a store already filled.
     pub async fn start_with(store: Arc<Store>) -> KubeCluster {
+        KubeCluster::start_replicated(store, 0).await
+    }
+
+    /// [`Self::start_with`], with `extra` more control-plane replicas
+    /// started at the same moment (racing for the CA Secret and the
+    /// leader Lease), each waited for.
+    pub async fn start_replicated(store: Arc<Store>, extra: usize) -> KubeCluster {
+        // The control plane's namespace, as the chart makes it: the CA
+        // Secret and the leader Lease live there.
+        let _ = store.create(
+            crate::kube_api::store::namespace_resource(),
+            "",
+            serde_json::json!({"metadata": {"name": "istio-system"}}),
+        );
         let dir = std::env::temp_dir().join(format!(
             "kube-cluster-{}-{}",
             std::process::id(),
@@ -144,40 +161,48 @@ impl KubeCluster {
             control_plane: None,
             xds_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, free_port())),
             metrics_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, free_port())),
+            replicas: Vec::new(),
             dir,
         };
         c.start_control_plane();
+        for i in 0..extra {
+            let r = Replica::spawn(&c.kubeconfig, &c.dir, &format!("replica-{i}"));
+            c.replicas.push(r);
+        }
         c.wait_ready().await;
+        for r in &mut c.replicas {
+            r.wait_ready().await;
+        }
         c
     }
 
     fn start_control_plane(&mut self) {
-        let stderr = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("control-plane.stderr"))
-            .expect("stderr file");
-        let child = Command::new(control_plane_bin())
-            .args(["--source", "kubernetes", "--kubeconfig"])
-            .arg(&self.kubeconfig)
-            .arg("--ca-dir")
-            .arg(self.dir.join("ca"))
-            .arg("--tokens-file")
-            .arg(self.dir.join("tokens.yaml"))
-            .arg("--listen")
-            .arg(self.xds_addr.to_string())
-            .arg("--metrics-listen")
-            .arg(self.metrics_addr.to_string())
-            .env(
-                "RUST_LOG",
-                std::env::var("KUBE_TEST_CONTROL_PLANE_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn control-plane");
+        let child = spawn_control_plane(
+            &self.kubeconfig,
+            &self.dir,
+            "control-plane",
+            self.xds_addr,
+            self.metrics_addr,
+        );
         self.control_plane = Some(child);
+    }
+
+    /// The mesh roots (PEM) from the CA Secret the control plane reads or
+    /// created (`istio-system/cacerts`, `root-cert.pem`).
+    pub fn root_pem(&self) -> String {
+        let secrets = crate::kube_api::resources::RESOURCES
+            .iter()
+            .position(|r| r.plural == "secrets")
+            .expect("secrets are served");
+        let s = self
+            .api
+            .store()
+            .get(secrets, "istio-system", "cacerts")
+            .expect("the control plane made the CA Secret");
+        let secret: k8s_openapi::api::core::v1::Secret =
+            serde_json::from_value(s).expect("a Secret");
+        let data = secret.data.expect("the Secret has data");
+        String::from_utf8(data["root-cert.pem"].0.clone()).expect("PEM")
     }
 
     /// Waits until the control plane answers ready (it has published).
@@ -199,6 +224,16 @@ impl KubeCluster {
                 self.control_plane_log()
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops the (first) control plane as Kubernetes does (SIGTERM: it
+    /// releases the leader Lease), and waits for it.
+    pub fn terminate_control_plane(&mut self) {
+        if let Some(mut c) = self.control_plane.take() {
+            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let _ = c.wait();
         }
     }
 
@@ -274,14 +309,7 @@ impl KubeCluster {
 
     /// An xDS endpoint that verifies the control plane against its root.
     pub fn endpoint(&self) -> Endpoint {
-        let root = std::fs::read_to_string(self.dir.join("ca").join("root-cert.pem"))
-            .expect("the control plane wrote its root");
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(root))
-            .domain_name("control-plane");
-        Endpoint::from_shared(format!("https://{}", self.xds_addr))
-            .and_then(|e| e.tls_config(tls))
-            .expect("valid endpoint")
+        endpoint(self.xds_addr, &self.root_pem())
     }
 
     /// A delta-xDS client for `node` (one of [`NODES`]).
@@ -318,6 +346,152 @@ impl Drop for KubeCluster {
     }
 }
 
+/// Brings the CA in `ca_dir` (the harness's dev root: `root-cert.pem`,
+/// `root-key.pem`) into `store` as the cluster's CA, the `istio-system`
+/// namespace and its `cacerts` Secret (Istio's plug-in layout), as a user
+/// brings their own root: a control plane in Kubernetes mode then signs
+/// from the root the harness's proxies trust.
+pub fn bring_ca(store: &Store, ca_dir: &Path) {
+    let read = |f: &str| std::fs::read_to_string(ca_dir.join(f)).expect("the harness's CA");
+    let root = read("root-cert.pem");
+    let material = control_plane::ca::keys::CaMaterial {
+        ca_cert: root.clone(),
+        ca_key: read("root-key.pem"),
+        cert_chain: String::new(),
+        root_cert: root,
+    };
+    let _ = store.create(
+        crate::kube_api::store::namespace_resource(),
+        "",
+        serde_json::json!({"metadata": {"name": "istio-system"}}),
+    );
+    let secret = serde_json::to_string(&control_plane::ca::secret::secret(
+        "istio-system",
+        &material,
+    ))
+    .expect("a Secret");
+    load_yaml(store, &secret).expect("the CA Secret loads");
+}
+
+/// An xDS/CA endpoint at `addr` verified against `root_pem`.
+pub fn endpoint(addr: SocketAddr, root_pem: &str) -> Endpoint {
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(root_pem))
+        .domain_name("control-plane");
+    Endpoint::from_shared(format!("https://{addr}"))
+        .and_then(|e| e.tls_config(tls))
+        .expect("valid endpoint")
+}
+
+/// The `control-plane` binary in Kubernetes mode, logging to
+/// `<dir>/<name>.stderr`.
+fn spawn_control_plane(
+    kubeconfig: &Path,
+    dir: &Path,
+    name: &str,
+    xds_addr: SocketAddr,
+    metrics_addr: SocketAddr,
+) -> Child {
+    let stderr = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("{name}.stderr")))
+        .expect("stderr file");
+    Command::new(control_plane_bin())
+        .args(["--source", "kubernetes", "--kubeconfig"])
+        .arg(kubeconfig)
+        .arg("--ca-dir")
+        .arg(dir.join("ca"))
+        .arg("--tokens-file")
+        .arg(dir.join("tokens.yaml"))
+        .arg("--listen")
+        .arg(xds_addr.to_string())
+        .arg("--metrics-listen")
+        .arg(metrics_addr.to_string())
+        .arg("--leader-identity")
+        .arg(name)
+        .env(
+            "RUST_LOG",
+            std::env::var("KUBE_TEST_CONTROL_PLANE_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn control-plane")
+}
+
+/// Another control-plane replica on the cluster's API server.
+pub struct Replica {
+    pub name: String,
+    pub xds_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Replica {
+    fn spawn(kubeconfig: &Path, dir: &Path, name: &str) -> Replica {
+        let xds_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+        let metrics_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+        let child = spawn_control_plane(kubeconfig, dir, name, xds_addr, metrics_addr);
+        Replica {
+            name: name.to_owned(),
+            xds_addr,
+            metrics_addr,
+            log: dir.join(format!("{name}.stderr")),
+            child: Some(child),
+        }
+    }
+
+    pub async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        while !matches!(http_get(self.metrics_addr, "/healthz/ready"), Ok((200, _))) {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("{} exited: {status}\n{}", self.name, self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} not ready:\n{}",
+                self.name,
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn metrics(&self) -> String {
+        http_get(self.metrics_addr, "/metrics")
+            .map(|(_, b)| b)
+            .unwrap_or_default()
+    }
+
+    /// Stops it as Kubernetes does (SIGTERM), and waits for it.
+    pub fn terminate(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- {} stderr ---\n{}", self.name, self.log());
+        }
+    }
+}
+
 /// ztunnel's xDS client, following the control plane: the latest snapshot
 /// it published, and when.
 pub struct XdsFollower {
@@ -351,7 +525,7 @@ impl XdsFollower {
             endpoint,
             mark: None,
             node,
-            token: Some(token),
+            token: Some(token.into()),
             store: XdsStore::default(),
             stats: Arc::new(XdsStats::default()),
             publish,

@@ -89,13 +89,15 @@ async fn labelling_a_namespace_makes_its_traffic_hbone() {
     let api = ApiServer::serve(store.clone(), listener, DEFAULT_BOOKMARK_INTERVAL).unwrap();
 
     // The harness's control plane, replaced by one in Kubernetes mode with
-    // the same CA, tokens and address.
+    // the same CA (through the Secret), tokens and address.
     let mut mesh = Mesh::with_control_plane(&topo, "{}\n");
     mesh.kill_control_plane();
     let dir = mesh.scratch("kube");
     let kubeconfig = dir.join("kubeconfig");
     api.write_kubeconfig(&kubeconfig).unwrap();
     let kubeconfig = kubeconfig.to_str().unwrap().to_owned();
+    // The harness's root, brought as the cluster's CA (`cacerts`).
+    mesh_tests::kube_cluster::bring_ca(&store, mesh.ca_dir());
     let tokens = mesh.ca_dir().parent().unwrap().join("tokens.yaml");
     // Where the harness's control plane logged: printed if the test fails.
     let stderr = mesh.ca_dir().parent().unwrap().join("control-plane.stderr");

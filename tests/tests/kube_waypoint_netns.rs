@@ -131,7 +131,8 @@ async fn an_httproute_and_a_waypoint_policy_applied_with_kubectl_take_effect() {
     let api = ApiServer::serve(store.clone(), listener, DEFAULT_BOOKMARK_INTERVAL).unwrap();
 
     // The harness's control plane, replaced by one in Kubernetes mode with
-    // the same CA, tokens (the waypoint's added) and address.
+    // the same CA (through the Secret), tokens (the waypoint's added) and
+    // address.
     let mut mesh = Mesh::with_control_plane(&topo, "{}\n");
     let token = mesh.add_token(
         WAYPOINT_ID,
@@ -145,6 +146,8 @@ async fn an_httproute_and_a_waypoint_policy_applied_with_kubectl_take_effect() {
     let kubeconfig = dir.join("kubeconfig");
     api.write_kubeconfig(&kubeconfig).unwrap();
     let kubeconfig = kubeconfig.to_str().unwrap().to_owned();
+    // The harness's root, brought as the cluster's CA (`cacerts`).
+    mesh_tests::kube_cluster::bring_ca(&store, mesh.ca_dir());
     let tokens = mesh.ca_dir().parent().unwrap().join("tokens.yaml");
     let stderr = mesh.ca_dir().parent().unwrap().join("control-plane.stderr");
     let script = format!("exec \"$0\" \"$@\" 2>>{}", stderr.display());

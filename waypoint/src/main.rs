@@ -57,8 +57,9 @@ struct Args {
     /// The mesh root certificate (PEM) that signs the control plane's.
     #[arg(long, env = "WAYPOINT_ROOT_CERT")]
     root_cert: Option<PathBuf>,
-    /// The waypoint's own token, bound to its identity in the control
-    /// plane's tokens file.
+    /// The waypoint's own token: bound to its identity in the control
+    /// plane's tokens file, or in Kubernetes its projected service-account
+    /// token (audience `istio-ca`). Read again on each use.
     #[arg(long, env = "WAYPOINT_TOKEN_FILE")]
     token_file: Option<PathBuf>,
     /// The name to verify in the control plane's certificate.

@@ -86,7 +86,9 @@ struct Args {
     /// The name to verify in the control plane's certificate.
     #[arg(long, default_value = ztunnel::app::sources::DEFAULT_XDS_SERVER_NAME)]
     xds_server_name: String,
-    /// This node's bootstrap token for the control plane.
+    /// This node's bearer token for the control plane: a bootstrap token,
+    /// or in Kubernetes its projected service-account token (audience
+    /// `istio-ca`). Read again on each use, as the kubelet rotates it.
     #[arg(long, env = "ZTUNNEL_XDS_TOKEN_FILE")]
     xds_token_file: Option<PathBuf>,
     /// Create the CA in --ca-dir if missing, print the root's path, and exit.

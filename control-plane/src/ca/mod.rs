@@ -7,17 +7,23 @@
 //! ([`authorize`]), whatever names the CSR asks for. A caller whose token is
 //! bound to an identity of its own (a waypoint) gets that identity: a
 //! request naming no `ImpersonatedIdentity` is for the caller's own
-//! (DESIGN §6), and one naming another is refused ([`own_identity`]). The
-//! chain comes back leaf first, root last. The root key never leaves this
-//! process.
+//! (DESIGN §6), and one naming another is refused ([`own_identity`]). A
+//! node that names none asks for the identity its CSR names (Istio's
+//! ztunnel in dedicated mode), under the same rule. The chain comes back
+//! leaf first, then any intermediates, root last ([`keys::Signer`]). The
+//! CA key never leaves this process; in Kubernetes mode it is read from
+//! (or generated into) the `cacerts` Secret ([`secret`]) and followed
+//! there, so a rotation takes effect without a restart.
 
+pub mod keys;
+pub mod secret;
 #[cfg(test)]
 mod tests;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use hbone::ca::{CaError, DevCa};
+use hbone::ca::CaError;
 use hbone::SpiffeId;
 use mesh_model::state::Snapshot;
 use proto::ca::istio_certificate_service_server::IstioCertificateService;
@@ -39,6 +45,8 @@ pub const MIN_VALIDITY: Duration = Duration::from_secs(60);
 pub enum Refusal {
     #[error("request metadata lacks a string {key:?}", key = proto::IMPERSONATED_IDENTITY_KEY)]
     NoIdentity,
+    #[error("request names no {key:?} and its CSR no spiffe:// URI", key = proto::IMPERSONATED_IDENTITY_KEY)]
+    NoCsrIdentity,
     #[error("{key} {value:?} is not a SPIFFE identity", key = proto::IMPERSONATED_IDENTITY_KEY)]
     BadIdentity {
         value: String,
@@ -67,7 +75,9 @@ pub enum Refusal {
 impl Refusal {
     pub fn reason(&self) -> &'static str {
         match self {
-            Refusal::NoIdentity | Refusal::BadIdentity { .. } => "bad_identity",
+            Refusal::NoIdentity | Refusal::NoCsrIdentity | Refusal::BadIdentity { .. } => {
+                "bad_identity"
+            }
             Refusal::WrongTrustDomain { .. }
             | Refusal::NotOnNode { .. }
             | Refusal::NotOwnIdentity { .. } => "not_authorized",
@@ -82,6 +92,7 @@ impl Refusal {
         let msg = mesh_runtime::error_chain(self);
         match self {
             Refusal::NoIdentity
+            | Refusal::NoCsrIdentity
             | Refusal::BadIdentity { .. }
             | Refusal::CsrPem
             | Refusal::Csr(_) => Status::invalid_argument(msg),
@@ -164,14 +175,10 @@ pub fn csr_der(pem: &str) -> Result<Vec<u8>, Refusal> {
         .map_err(|_| Refusal::CsrPem)
 }
 
-fn pem(der: &[u8]) -> String {
-    let lf = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
-    pem::encode_config(&pem::Pem::new("CERTIFICATE", der), lf)
-}
-
 /// The gRPC service.
 pub struct CaService {
-    pub ca: DevCa,
+    /// The current signer (replaced when the CA Secret changes).
+    pub signer: watch::Receiver<Arc<keys::Signer>>,
     pub auth: Arc<Authenticator>,
     pub snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
     pub metrics: Arc<Metrics>,
@@ -189,7 +196,15 @@ impl CaService {
     ) -> Result<Vec<String>, Refusal> {
         let identity = match caller {
             Caller::Node(node) => {
-                let identity = requested_identity(req)?;
+                let identity = match requested_identity(req) {
+                    // The caller's own, as its CSR names it (Istio's
+                    // ztunnel in dedicated mode): still only if it runs
+                    // on the caller's node.
+                    Err(Refusal::NoIdentity) => {
+                        keys::csr_identity(&csr_der(&req.csr)?).ok_or(Refusal::NoCsrIdentity)?
+                    }
+                    other => other?,
+                };
                 authorize(snap.ok_or(Refusal::NotReady)?, node, &identity)?;
                 identity
             }
@@ -206,8 +221,8 @@ impl CaService {
             }
         };
         let der = csr_der(&req.csr)?;
-        let chain = self
-            .ca
+        let signer = self.signer.borrow().clone();
+        let chain = signer
             .sign_csr(
                 &der,
                 &identity,
@@ -217,7 +232,7 @@ impl CaService {
                 CaError::Csr(_) | CaError::CsrKeyType => Refusal::Csr(e),
                 other => Refusal::Sign(other),
             })?;
-        Ok(chain.iter().map(|c| pem(c.as_ref())).collect())
+        Ok(chain.iter().map(|c| keys::pem(c.as_ref())).collect())
     }
 }
 
@@ -227,7 +242,7 @@ impl IstioCertificateService for CaService {
         &self,
         request: Request<IstioCertificateRequest>,
     ) -> Result<Response<IstioCertificateResponse>, Status> {
-        let caller = match self.auth.authenticate(&request) {
+        let caller = match self.auth.authenticate(&request).await {
             Ok(c) => c,
             Err(e) => {
                 self.refused("unauthenticated");

@@ -128,8 +128,9 @@ pub(crate) fn csr_pem() -> String {
 
 fn service() -> CaService {
     let (_tx, rx) = watch::channel(None);
+    let signer = keys::Signer::new(&keys::CaMaterial::generate().unwrap()).unwrap();
     CaService {
-        ca: DevCa::generate().unwrap(),
+        signer: watch::channel(Arc::new(signer)).1,
         auth: Arc::new(crate::auth::Authenticator::new(
             Default::default(),
             Arc::default(),
@@ -150,7 +151,7 @@ fn sign_returns_leaf_first_for_the_requested_identity() {
     let leaf = rustls_pki_types::CertificateDer::from_pem_slice(chain[0].as_bytes()).unwrap();
     let got = hbone::cert::identity_from_der(&leaf).unwrap();
     assert_eq!(got, id("spiffe://cluster.local/ns/shop/sa/cart"));
-    assert_eq!(chain[1], svc.ca.root_pem());
+    assert_eq!(chain[1], svc.signer.borrow().roots_pem());
 }
 
 #[test]
@@ -175,11 +176,18 @@ fn sign_refusals() {
             tonic::Code::PermissionDenied,
         ),
         (
-            "no identity",
+            "no identity, none in the CSR either",
             Some(&s),
             request(None, &csr_pem()),
             "bad_identity",
             tonic::Code::InvalidArgument,
+        ),
+        (
+            "no identity; the CSR names another node's pod",
+            Some(&s),
+            request(None, &csr_pem_for("spiffe://cluster.local/ns/shop/sa/pay")),
+            "not_authorized",
+            tonic::Code::PermissionDenied,
         ),
         (
             "not PEM",
@@ -246,9 +254,27 @@ fn an_identity_caller_gets_its_own_identity_only() {
         .sign(Some(&s), &foreign, &request(None, &csr_pem()))
         .unwrap_err();
     assert_eq!(err.reason(), "not_authorized");
-    // A node still has to name whom it asks for.
+    // A node naming no one gets the CSR's identity, if it runs there.
     let err = svc
         .sign(Some(&s), &node_caller("node1"), &request(None, &csr_pem()))
         .unwrap_err();
     assert_eq!(err.reason(), "bad_identity");
+    let cart = "spiffe://cluster.local/ns/shop/sa/cart";
+    let chain = svc
+        .sign(
+            Some(&s),
+            &node_caller("node1"),
+            &request(None, &csr_pem_for(cart)),
+        )
+        .unwrap();
+    assert_eq!(leaf_of(chain), id(cart));
+}
+
+fn csr_pem_for(identity: &str) -> String {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = vec![rcgen::SanType::URI(
+        rcgen::string::Ia5String::try_from(identity).unwrap(),
+    )];
+    params.serialize_request(&key).unwrap().pem().unwrap()
 }

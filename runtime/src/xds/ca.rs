@@ -6,6 +6,12 @@
 //! A proxy that asks only for its own identity (the waypoint, with a token
 //! bound to that identity) names none: [`RemoteCa::own_identity`].
 //!
+//! The mesh roots may come from a file read again on each fetch
+//! ([`RemoteCa::with_roots_file`]: the mounted `istio-ca-root-cert`
+//! ConfigMap), so during a root rotation each renewed certificate carries
+//! the bundle as it is then, old and new roots both, and peers are
+//! verified against it.
+//!
 //! Fetches are bounded ([`MAX_CONCURRENT_FETCHES`]) and retried with
 //! backoff; each attempt has a deadline ([`ATTEMPT_TIMEOUT`], also sent as
 //! `grpc-timeout`), so a control plane that takes the call and never
@@ -27,6 +33,8 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::sync::Semaphore;
 use tonic::transport::Channel;
+
+use super::token::BearerToken;
 
 /// CSRs in flight at once, whatever the number of new pods.
 pub const MAX_CONCURRENT_FETCHES: usize = 8;
@@ -58,8 +66,10 @@ pub enum CaClientError {
 /// Fetches workload certificates from the control plane.
 pub struct RemoteCa {
     channel: Channel,
-    token: Option<String>,
+    token: Option<BearerToken>,
     roots: Vec<CertificateDer<'static>>,
+    /// Read again on each fetch; `roots` if it cannot be read.
+    roots_file: Option<std::path::PathBuf>,
     ttl: Duration,
     limit: Arc<Semaphore>,
     attempt_timeout: Duration,
@@ -72,7 +82,7 @@ impl RemoteCa {
     /// `roots` are the mesh roots the returned chains must lead to.
     pub fn new(
         channel: Channel,
-        token: Option<String>,
+        token: Option<BearerToken>,
         roots: Vec<CertificateDer<'static>>,
         ttl: Duration,
     ) -> Self {
@@ -80,10 +90,38 @@ impl RemoteCa {
             channel,
             token,
             roots,
+            roots_file: None,
             ttl,
             limit: Arc::new(Semaphore::new(MAX_CONCURRENT_FETCHES)),
             attempt_timeout: ATTEMPT_TIMEOUT,
             impersonate: true,
+        }
+    }
+
+    /// The roots are read from `path` (PEM, one or more) on each fetch;
+    /// the ones given to [`Self::new`] stay the fallback while it cannot
+    /// be read or holds none.
+    pub fn with_roots_file(mut self, path: &std::path::Path) -> Self {
+        self.roots_file = Some(path.to_owned());
+        self
+    }
+
+    /// The roots now: the file's, else the fixed ones.
+    pub fn current_roots(&self) -> Vec<CertificateDer<'static>> {
+        let Some(path) = &self.roots_file else {
+            return self.roots.clone();
+        };
+        let read = std::fs::read(path).ok().and_then(|pem| {
+            CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .ok()
+        });
+        match read {
+            Some(r) if !r.is_empty() => r,
+            _ => {
+                tracing::warn!(path = %path.display(), "the mesh roots file cannot be read; keeping the last roots");
+                self.roots.clone()
+            }
         }
     }
 
@@ -117,10 +155,8 @@ impl RemoteCa {
             metadata: self.impersonate.then(|| impersonate(id)),
         });
         request.set_timeout(self.attempt_timeout);
-        if let Some(token) = &self.token {
-            if let Ok(v) = format!("Bearer {token}").parse() {
-                request.metadata_mut().insert("authorization", v);
-            }
+        if let Some(v) = self.token.as_ref().and_then(|t| t.header()) {
+            request.metadata_mut().insert("authorization", v);
         }
         let mut client = IstioCertificateServiceClient::new(self.channel.clone());
         let chain = client
@@ -130,7 +166,7 @@ impl RemoteCa {
             .into_inner()
             .cert_chain;
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-        workload_cert(id, &chain, key, self.roots.clone())
+        workload_cert(id, &chain, key, self.current_roots())
     }
 }
 
@@ -140,6 +176,7 @@ impl CertProvider for RemoteCa {
             channel: self.channel.clone(),
             token: self.token.clone(),
             roots: self.roots.clone(),
+            roots_file: self.roots_file.clone(),
             ttl: self.ttl,
             limit: self.limit.clone(),
             attempt_timeout: self.attempt_timeout,
@@ -171,7 +208,7 @@ impl CertProvider for RemoteCa {
     }
 
     fn roots(&self) -> Vec<CertificateDer<'static>> {
-        self.roots.clone()
+        self.current_roots()
     }
 }
 

@@ -276,8 +276,9 @@ pub struct XdsClient {
     /// `SO_MARK` for the connection (sidecar mode), see [`super::connector`].
     pub mark: Option<u32>,
     pub node: Node,
-    /// Sent as `authorization: Bearer <token>`.
-    pub token: Option<String>,
+    /// Sent as `authorization: Bearer <token>` (a file token is read
+    /// again for each stream).
+    pub token: Option<super::token::BearerToken>,
     pub store: XdsStore,
     pub stats: Arc<XdsStats>,
     /// Each applied snapshot goes here, from the first one that has heard
@@ -337,10 +338,8 @@ impl XdsClient {
         }
         let requests = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
         let mut request = tonic::Request::new(requests);
-        if let Some(token) = &self.token {
-            if let Ok(v) = format!("Bearer {token}").parse() {
-                request.metadata_mut().insert("authorization", v);
-            }
+        if let Some(v) = self.token.as_ref().and_then(|t| t.header()) {
+            request.metadata_mut().insert("authorization", v);
         }
         let mut client = AggregatedDiscoveryServiceClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES);

@@ -37,6 +37,7 @@ const MAX_WATCH: Duration = Duration::from_secs(1800);
 
 pub struct Shared {
     pub store: Arc<Store>,
+    pub token_reviews: Arc<super::tokenreview::TokenReviews>,
     /// `host:port`, for `/api`'s `serverAddressByClientCIDRs`.
     pub server: String,
     pub bookmark_interval: Duration,
@@ -170,6 +171,12 @@ pub async fn handle(
         (&Method::GET, ["apis", group]) => discovery(resources::api_group(group)),
         (&Method::GET, ["apis", group, version]) => {
             discovery(resources::api_resource_list(group, version))
+        }
+        (&Method::POST, ["apis", "authentication.k8s.io", "v1", "tokenreviews"]) => {
+            match body_json(req).await {
+                Ok((body, _)) => full(StatusCode::CREATED, shared.token_reviews.review(&body)),
+                Err(e) => error(e),
+            }
         }
         (_, ["api", "v1", rest @ ..]) if !rest.is_empty() => {
             let target = parse_target("", "v1", rest);

@@ -14,6 +14,9 @@
 //!   PATCH as JSON merge, JSON patch, strategic merge (by a key table) and
 //!   server-side apply (field managers, conflicts, `force`); the `status`
 //!   subresource;
+//! - `TokenReview` (POST), answered from a table of test tokens
+//!   ([`tokenreview::TokenReviews`], [`ApiServer::token_reviews`]); Leases
+//!   (`coordination.k8s.io/v1`) for leader election;
 //! - watches (`?watch=1`): newline-delimited `ADDED`/`MODIFIED`/`DELETED`
 //!   events, `BOOKMARK`s when asked (`allowWatchBookmarks`, every
 //!   `bookmark_interval`), resumption from a `resourceVersion`, objects
@@ -42,6 +45,7 @@ pub mod patch;
 pub mod resources;
 pub mod selector;
 pub mod store;
+pub mod tokenreview;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -65,6 +69,7 @@ pub const DEFAULT_BOOKMARK_INTERVAL: Duration = Duration::from_secs(1);
 pub struct ApiServer {
     pub addr: SocketAddr,
     store: Arc<Store>,
+    token_reviews: Arc<tokenreview::TokenReviews>,
     bookmark_interval: Duration,
     runtime: Option<tokio::runtime::Runtime>,
 }
@@ -95,6 +100,7 @@ impl ApiServer {
         let mut s = ApiServer {
             addr: listener.local_addr()?,
             store,
+            token_reviews: Arc::default(),
             bookmark_interval,
             runtime: None,
         };
@@ -116,6 +122,7 @@ impl ApiServer {
         self.addr = listener.local_addr()?;
         let shared = Arc::new(http::Shared {
             store: self.store.clone(),
+            token_reviews: self.token_reviews.clone(),
             server: self.addr.to_string(),
             bookmark_interval: self.bookmark_interval,
         });
@@ -126,6 +133,11 @@ impl ApiServer {
 
     pub fn store(&self) -> &Arc<Store> {
         &self.store
+    }
+
+    /// The tokens `TokenReview` accepts (kept across [`Self::restart`]).
+    pub fn token_reviews(&self) -> &Arc<tokenreview::TokenReviews> {
+        &self.token_reviews
     }
 
     /// `http://127.0.0.1:PORT`.

@@ -74,6 +74,7 @@ pub const RESOURCES: &[ResourceType] = &[
     rt(GATEWAY, ("Gateway", "gateways", "gateway"), true, &["gtw"], true),
     rt(GATEWAY, ("HTTPRoute", "httproutes", "httproute"), true, &[], true),
     rt(GATEWAY, ("GRPCRoute", "grpcroutes", "grpcroute"), true, &[], true),
+    rt(COORDINATION, ("Lease", "leases", "lease"), true, &[], false),
 ];
 
 const CORE: (&str, &str) = ("", "v1");
@@ -81,6 +82,7 @@ const APPS: (&str, &str) = ("apps", "v1");
 const DISCOVERY: (&str, &str) = ("discovery.k8s.io", "v1");
 const ISTIO_SECURITY: (&str, &str) = ("security.istio.io", "v1");
 const GATEWAY: (&str, &str) = ("gateway.networking.k8s.io", "v1");
+const COORDINATION: (&str, &str) = ("coordination.k8s.io", "v1");
 
 /// The type served under `group`/`version` as `plural`.
 pub fn by_plural(group: &str, version: &str, plural: &str) -> Option<&'static ResourceType> {

@@ -15,6 +15,7 @@ use mesh_model::xds::store::XdsStore;
 use mesh_runtime::source::WatchedFile;
 use mesh_runtime::xds::ca::RemoteCa;
 use mesh_runtime::xds::client::{XdsClient, XdsStats};
+use mesh_runtime::xds::token::BearerToken;
 use proto::discovery::Node;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
@@ -48,7 +49,8 @@ pub struct XdsSource {
     pub server_name: String,
     /// The mesh root (PEM).
     pub root_cert: PathBuf,
-    /// The waypoint's own token, bound to its identity.
+    /// The waypoint's own token, bound to its identity (a tokens-file
+    /// entry, or its projected service-account token): read on each use.
     pub token_file: PathBuf,
 }
 
@@ -103,7 +105,11 @@ async fn start_xds(cfg: &Config, x: &XdsSource, drain: &Drain) -> Result<Started
     if roots.is_empty() {
         return Err(AppError::BadRoot(x.root_cert.clone()));
     }
-    let token = read(&x.token_file)?.trim().to_owned();
+    // Read again on each use: a projected service-account token rotates.
+    let token = BearerToken::file(&x.token_file).map_err(|source| AppError::Read {
+        path: x.token_file.clone(),
+        source,
+    })?;
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(&root_pem))
         .domain_name(x.server_name.clone());
@@ -118,7 +124,8 @@ async fn start_xds(cfg: &Config, x: &XdsSource, drain: &Drain) -> Result<Started
         roots,
         cfg.cert_ttl,
     )
-    .own_identity();
+    .own_identity()
+    .with_roots_file(&x.root_cert);
     let (publish, mut updates) = mpsc::channel(8);
     let client = XdsClient {
         endpoint,

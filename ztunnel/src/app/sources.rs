@@ -24,6 +24,7 @@ use mesh_model::xds::store::XdsStore;
 use mesh_runtime::source::FileSource;
 use mesh_runtime::xds::ca::RemoteCa;
 use mesh_runtime::xds::client::XdsClient;
+use mesh_runtime::xds::token::BearerToken;
 
 /// The TLS name the control plane's serving certificate carries.
 pub const DEFAULT_XDS_SERVER_NAME: &str = "control-plane";
@@ -51,7 +52,8 @@ pub struct XdsSource {
     /// The mesh root (PEM): it signs the control plane's certificate and
     /// every workload certificate.
     pub root_cert: PathBuf,
-    /// This node's bootstrap token.
+    /// This node's bootstrap token, or its projected service-account
+    /// token (audience `istio-ca`): read again on each use.
     pub token_file: Option<PathBuf>,
 }
 
@@ -137,8 +139,12 @@ async fn start_xds(
     if roots.is_empty() {
         return Err(AppError::BadRoot(x.root_cert.clone()));
     }
+    // Read again on each use: a projected service-account token rotates.
     let token = match &x.token_file {
-        Some(path) => Some(read(path)?.trim().to_owned()),
+        Some(path) => Some(BearerToken::file(path).map_err(|source| AppError::Read {
+            path: path.clone(),
+            source,
+        })?),
         None => None,
     };
     let tls = ClientTlsConfig::new()
@@ -157,7 +163,8 @@ async fn start_xds(
         token.clone(),
         roots,
         cfg.cert_ttl,
-    );
+    )
+    .with_roots_file(&x.root_cert);
     let (publish, mut updates) = mpsc::channel(8);
     let client = XdsClient {
         endpoint,

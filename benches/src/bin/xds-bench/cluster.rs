@@ -212,7 +212,7 @@ impl Fleet {
                     id: format!("ztunnel~{node}"),
                     ..Default::default()
                 },
-                token: Some(token(&node)),
+                token: Some(token(&node).into()),
                 store: XdsStore::default(),
                 stats: Arc::new(XdsStats::default()),
                 publish,

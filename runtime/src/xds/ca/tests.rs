@@ -148,6 +148,35 @@ async fn fetches_a_certificate_for_the_impersonated_identity() {
     hbone::tls::server_config(&cert).unwrap();
 }
 
+/// A root rotation as a proxy sees it: the mounted bundle gains a root,
+/// and the next certificate carries both (so peers under either verify).
+#[tokio::test]
+async fn each_fetch_carries_the_roots_file_as_it_is_then() {
+    let ca = test_ca(None, false);
+    let old = ca.ca.root_pem().to_owned();
+    let new = DevCa::generate().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("root-cert.pem");
+    std::fs::write(&path, &old).unwrap();
+    let fixed = vec![ca.ca.root()];
+    let remote = RemoteCa::new(
+        start(ca).await,
+        None,
+        fixed.clone(),
+        Duration::from_secs(3600),
+    )
+    .with_roots_file(&path);
+    let id: SpiffeId = CART.parse().unwrap();
+    assert_eq!(remote.fetch(&id).await.unwrap().roots(), fixed.as_slice());
+    std::fs::write(&path, format!("{old}{}", new.root_pem())).unwrap();
+    let both = remote.fetch(&id).await.unwrap();
+    assert_eq!(both.roots(), [fixed[0].clone(), new.root()].as_slice());
+    assert_eq!(remote.roots().len(), 2);
+    // A file being replaced (missing for a moment) keeps the fixed roots.
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(remote.roots(), fixed);
+}
+
 #[tokio::test]
 async fn a_certificate_for_another_identity_is_refused() {
     let ca = test_ca(Some("spiffe://cluster.local/ns/bank/sa/ledger"), false);
