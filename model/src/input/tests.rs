@@ -400,6 +400,37 @@ fn endpoint_uids(snap: &Snapshot, s: &Service) -> BTreeSet<String> {
     snap.endpoints(s).iter().map(|w| w.uid.clone()).collect()
 }
 
+/// `services_of` is the reverse of `endpoints`: each workload lists
+/// exactly the services whose endpoints hold it (the same objects).
+fn reverse_index_holds(snap: &Snapshot) -> Result<(), String> {
+    let mut want: std::collections::BTreeMap<&str, Vec<(String, String)>> = Default::default();
+    for s in snap.services() {
+        for w in snap.endpoints(s) {
+            if !snap.workload_by_uid(&w.uid).is_some_and(|h| Arc::ptr_eq(h, w)) {
+                return Err(format!("{} lists a stale {}", s.key(), w.uid));
+            }
+            want.entry(&w.uid)
+                .or_default()
+                .push((s.namespace.clone(), s.name.clone()));
+        }
+    }
+    for w in snap.workloads() {
+        let got: Vec<(String, String)> = snap
+            .services_of(&w.uid)
+            .iter()
+            .map(|s| (s.namespace.clone(), s.name.clone()))
+            .collect();
+        let held = snap
+            .services_of(&w.uid)
+            .iter()
+            .all(|s| snap.service_by_name(&s.namespace, &s.name).is_some_and(|h| Arc::ptr_eq(h, s)));
+        if got != want.remove(w.uid.as_str()).unwrap_or_default() || !held {
+            return Err(format!("services_of({}) is {got:?}", w.uid));
+        }
+    }
+    Ok(())
+}
+
 fn covers(touched: &Touched, needed: &Touched) -> Result<(), String> {
     let missing =
         |a: &BTreeSet<String>, b: &BTreeSet<String>| b.difference(a).cloned().collect::<Vec<_>>();
@@ -438,6 +469,7 @@ proptest! {
                     let want = want.map_err(|e| TestCaseError::fail(format!("the whole build refused it: {e}")))?;
                     prop_assert_eq!(&want.touched, &update.touched);
                     prop_assert_eq!(want.snapshot.canonical(), update.snapshot.canonical());
+                    reverse_index_holds(&update.snapshot).map_err(TestCaseError::fail)?;
                     let mut fresh = MeshInput::with_full_rebuild(DEFAULT_TRUST_DOMAIN);
                     let all = input.objects().map(Change::Upsert).collect();
                     let from_scratch = fresh.apply(all).unwrap();

@@ -37,7 +37,7 @@ pub use authz::{
 pub use cidr::{Cidr, CidrError};
 pub use delta::SnapshotDelta;
 pub use protocol::AppProtocol;
-pub use pset::{Keyed, PSet};
+pub use pset::{Iter as PSetIter, Keyed, PSet};
 pub use scope::{Scope, ServedPod, WorkloadName, WorkloadNameError};
 pub use snapshot::{SharedParts, Snapshot, SnapshotParts, StateError};
 pub(crate) use snapshot::WaypointResolver;

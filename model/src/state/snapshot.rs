@@ -1,5 +1,9 @@
-//! The immutable, indexed view of the mesh. Built once per update and shared
-//! as `Arc<Snapshot>`; lookups never allocate.
+//! The immutable, indexed view of the mesh, shared as `Arc<Snapshot>`;
+//! lookups never allocate. Built whole from a list of objects
+//! ([`Snapshot::build`]), or patched from the previous one
+//! ([`Snapshot::patch`] for xDS deltas, and the mesh input's incremental
+//! update): every index is a persistent set ([`PSet`]), so a patch copies
+//! only the paths to what changed.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
