@@ -5,19 +5,22 @@
 //! each namespace with 10 Services selecting a tenth of its pods (the
 //! shape of the Kubernetes end-to-end test's figures).
 //!
-//! Events, `--events K` of each kind (default 100):
+//! Events, `--events K` of each kind (default 50, at most 50):
 //! - `delete`: a pod deleted;
 //! - `unlabel`: a pod's `app` label removed (it leaves its Service);
-//! - `ns-unlabel`: a namespace's `istio.io/dataplane-mode` label removed
-//!   (its pods leave ambient: the event touches the namespace's pods and
-//!   Services, a hundredth of the mesh).
+//! - `ns-unlabel`: a namespace's `istio.io/dataplane-mode` label removed,
+//!   as the Kubernetes source sends it: the namespace and its pods (now
+//!   tunnel NONE) in one batch; it touches a hundredth of the mesh.
 //!
 //! Prints, per kind, the p50 / p99 / max of `MeshInput::apply` (keyed
 //! changes → touched keys and the next snapshot), `ResourceSet::update`
 //! (convert and encode the touched resources), dropping the previous
 //! generation, and their total, in microseconds; and a JSON line.
 //!
-//! `cargo run --release -p mesh-benches --bin event-cost [-- --pods N --events K]`
+//! `--full-rebuild` builds each snapshot whole, as `MeshInput::apply` did
+//! before it patched them (`MeshInput::with_full_rebuild`).
+//!
+//! `cargo run --release -p mesh-benches --bin event-cost [-- --pods N --events K --full-rebuild]`
 
 use std::time::{Duration, Instant};
 
@@ -67,9 +70,11 @@ fn pod(n: usize, p: usize, per_ns: usize, app: bool) -> Workload {
         namespace: ns,
         service_account: "sa".into(),
         trust_domain: "cluster.local".into(),
-        ips: vec![format!("10.{}.{}.{}", 1 + i / 65536, i / 256 % 256, i % 256)
-            .parse()
-            .expect("IP")],
+        ips: vec![
+            format!("10.{}.{}.{}", 1 + i / 65536, i / 256 % 256, i % 256)
+                .parse()
+                .expect("IP"),
+        ],
         node: format!("node-{}", i % NODES),
         tunnel: Tunnel::Hbone,
         native_tunnel: false,
@@ -143,20 +148,25 @@ fn us(v: &[Duration], pct: f64) -> f64 {
 }
 
 fn main() {
-    let (mut pods, mut events) = (10_000, 100);
+    let (mut pods, mut events, mut full) = (10_000, 50, false);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut n = || args.next().and_then(|n| n.parse().ok()).expect("a number");
         match a.as_str() {
             "--pods" => pods = n(),
             "--events" => events = n(),
+            "--full-rebuild" => full = true,
             other => panic!("unknown argument {other:?}"),
         }
     }
     let per_ns = pods / NAMESPACES;
     assert!(events <= per_ns * NAMESPACES / 2 && events <= NAMESPACES / 2);
 
-    let mut input = MeshInput::new("cluster.local");
+    let mut input = if full {
+        MeshInput::with_full_rebuild("cluster.local")
+    } else {
+        MeshInput::new("cluster.local")
+    };
     let t = Instant::now();
     let first = input.apply(mesh(pods)).expect("the mesh is consistent");
     let mut set = ResourceSet::from_snapshot(&first.snapshot);
@@ -177,20 +187,29 @@ fn main() {
             // over the namespaces, the first half of them deleted, the
             // second half unlabelled; namespaces counted from the end.
             let (n, p) = (e % NAMESPACES, e / NAMESPACES);
-            let change = match kind {
-                "delete" => {
-                    Change::Delete(Key::Workload(pod(n, p, per_ns, true).uid))
-                }
-                "unlabel" => Change::Upsert(Object::Workload(pod(
+            let changes = match kind {
+                "delete" => vec![Change::Delete(Key::Workload(pod(n, p, per_ns, true).uid))],
+                "unlabel" => vec![Change::Upsert(Object::Workload(pod(
                     n,
                     per_ns - 1 - p,
                     per_ns,
                     false,
-                ))),
-                _ => Change::Upsert(Object::Namespace(namespace(NAMESPACES - 1 - e, false))),
+                )))],
+                _ => {
+                    // As the Kubernetes source sends it: the namespace,
+                    // and its pods now out of ambient (tunnel NONE).
+                    let n = NAMESPACES - 1 - e;
+                    let mut batch = vec![Change::Upsert(Object::Namespace(namespace(n, false)))];
+                    for p in 0..per_ns {
+                        let mut w = pod(n, p, per_ns, true);
+                        w.tunnel = Tunnel::None;
+                        batch.push(Change::Upsert(Object::Workload(w)));
+                    }
+                    batch
+                }
             };
             let t0 = Instant::now();
-            let update = input.apply(vec![change]).expect("consistent");
+            let update = input.apply(changes).expect("consistent");
             let t1 = Instant::now();
             let (next_set, changes) = set.update(&snap, &update.snapshot, &update.touched);
             let t2 = Instant::now();
@@ -206,7 +225,10 @@ fn main() {
             // Space the events a little, as watch events arrive.
             std::thread::sleep(Duration::from_millis(2));
         }
-        println!("{kind:>10}: {:>10} {:>10} {:>10}   (µs)", "p50", "p99", "max");
+        println!(
+            "{kind:>10}: {:>10} {:>10} {:>10}   (µs)",
+            "p50", "p99", "max"
+        );
         for (name, v) in [
             ("apply", &st.apply),
             ("update", &st.update),
@@ -232,6 +254,6 @@ fn main() {
     assert_eq!(set, ResourceSet::from_snapshot(&snap));
     println!(
         "{}",
-        json!({"pods": pods, "events_per_kind": events, "results": results})
+        json!({"pods": pods, "events_per_kind": events, "full_rebuild": full, "results": results})
     );
 }

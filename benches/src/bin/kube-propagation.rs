@@ -162,7 +162,10 @@ async fn main() {
     let mut deleted = Vec::new();
     for k in 0..deletions {
         // Spread over the namespaces, never in one that is unlabelled below.
-        let (ns, name) = (format!("ns-{}", k % (NAMESPACES / 2)), format!("pod-{}", k / (NAMESPACES / 2)));
+        let (ns, name) = (
+            format!("ns-{}", k % (NAMESPACES / 2)),
+            format!("pod-{}", k / (NAMESPACES / 2)),
+        );
         let written = committed(&store, || {
             store.delete(rid("pods"), &ns, &name).unwrap();
         });

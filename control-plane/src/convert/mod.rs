@@ -103,14 +103,7 @@ pub fn l7_authorizations(snap: &Snapshot) -> BTreeMap<String, proto::mesh::L7Aut
 pub fn workload_services(snap: &Snapshot, uid: &str) -> BTreeMap<String, pb::PortList> {
     snap.services_of(uid)
         .iter()
-        .map(|svc| {
-            (
-                service_name(svc),
-                pb::PortList {
-                    ports: ports(svc),
-                },
-            )
-        })
+        .map(|svc| (service_name(svc), pb::PortList { ports: ports(svc) }))
         .collect()
 }
 

@@ -126,11 +126,12 @@ fn pair(e: &ByName) -> Pair<'_> {
 }
 
 impl Resources {
-    pub fn get(&self, name: &str) -> Option<&Arc<Versioned>> {
+    pub fn get<N: AsRef<str> + ?Sized>(&self, name: &N) -> Option<&Arc<Versioned>> {
+        let name = name.as_ref();
         self.0.find(|e| e.0.name.as_str().cmp(name)).map(|e| &e.0)
     }
 
-    pub fn contains_key(&self, name: &str) -> bool {
+    pub fn contains_key<N: AsRef<str> + ?Sized>(&self, name: &N) -> bool {
         self.get(name).is_some()
     }
 
@@ -140,7 +141,9 @@ impl Resources {
     }
 
     pub fn remove(&mut self, name: &str) -> Option<Arc<Versioned>> {
-        self.0.remove_by(|e| e.0.name.as_str().cmp(name)).map(|e| e.0)
+        self.0
+            .remove_by(|e| e.0.name.as_str().cmp(name))
+            .map(|e| e.0)
     }
 
     pub fn len(&self) -> usize {
@@ -158,6 +161,10 @@ impl Resources {
 
     pub fn keys(&self) -> impl Iterator<Item = &String> {
         self.0.iter().map(|e| &e.0.name)
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &Arc<Versioned>> {
+        self.0.iter().map(|e| &e.0)
     }
 }
 

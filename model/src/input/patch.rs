@@ -22,8 +22,8 @@ use std::sync::Arc;
 
 use super::{MeshInput, Touched};
 use crate::state::{
-    labels_match, selected_policies, Labels, Policies, Service, Snapshot, StateError, Workload,
-    WaypointResolver,
+    labels_match, selected_policies, Labels, Policies, Service, Snapshot, StateError,
+    WaypointResolver, Workload,
 };
 
 /// Raw workloads by (namespace, label key, label value), for selectors.

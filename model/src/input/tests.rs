@@ -406,7 +406,10 @@ fn reverse_index_holds(snap: &Snapshot) -> Result<(), String> {
     let mut want: std::collections::BTreeMap<&str, Vec<(String, String)>> = Default::default();
     for s in snap.services() {
         for w in snap.endpoints(s) {
-            if !snap.workload_by_uid(&w.uid).is_some_and(|h| Arc::ptr_eq(h, w)) {
+            if !snap
+                .workload_by_uid(&w.uid)
+                .is_some_and(|h| Arc::ptr_eq(h, w))
+            {
                 return Err(format!("{} lists a stale {}", s.key(), w.uid));
             }
             want.entry(&w.uid)
@@ -420,10 +423,10 @@ fn reverse_index_holds(snap: &Snapshot) -> Result<(), String> {
             .iter()
             .map(|s| (s.namespace.clone(), s.name.clone()))
             .collect();
-        let held = snap
-            .services_of(&w.uid)
-            .iter()
-            .all(|s| snap.service_by_name(&s.namespace, &s.name).is_some_and(|h| Arc::ptr_eq(h, s)));
+        let held = snap.services_of(&w.uid).iter().all(|s| {
+            snap.service_by_name(&s.namespace, &s.name)
+                .is_some_and(|h| Arc::ptr_eq(h, s))
+        });
         if got != want.remove(w.uid.as_str()).unwrap_or_default() || !held {
             return Err(format!("services_of({}) is {got:?}", w.uid));
         }

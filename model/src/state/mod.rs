@@ -39,8 +39,8 @@ pub use delta::SnapshotDelta;
 pub use protocol::AppProtocol;
 pub use pset::{Iter as PSetIter, Keyed, PSet};
 pub use scope::{Scope, ServedPod, WorkloadName, WorkloadNameError};
-pub use snapshot::{SharedParts, Snapshot, SnapshotParts, StateError};
 pub(crate) use snapshot::WaypointResolver;
+pub use snapshot::{SharedParts, Snapshot, SnapshotParts, StateError};
 pub use waypoint::{MissingWaypoint, UseWaypoint, Waypoint};
 
 /// Kubernetes-style labels. Ordered so that dumps and tests are stable.

@@ -257,7 +257,9 @@ fn remove_in<E: Keyed>(node: &mut Arc<Node<E>>, probe: &impl Fn(&E) -> Ordering)
     match Arc::make_mut(node) {
         Node::Leaf(es) => {
             let i = es.partition_point(|e| probe(e) != Ordering::Greater);
-            let i = i.checked_sub(1).filter(|i| probe(&es[*i]) == Ordering::Equal)?;
+            let i = i
+                .checked_sub(1)
+                .filter(|i| probe(&es[*i]) == Ordering::Equal)?;
             Some(es.remove(i))
         }
         Node::Branch(cs) => {

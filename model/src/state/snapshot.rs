@@ -259,8 +259,6 @@ impl Snapshot {
                 svc.waypoint = resolver.resolve(&svc.namespace, &svc.labels, None);
             }
         }
-        drop(resolver);
-        drop(by_name);
         let resolved: Vec<Arc<Workload>> = workloads
             .into_iter()
             .zip(waypoints)
@@ -371,7 +369,11 @@ impl Snapshot {
         let at = entry
             .services
             .partition_point(|s| ns_name(s) < ns_name(svc));
-        if entry.services.get(at).is_some_and(|s| ns_name(s) == ns_name(svc)) {
+        if entry
+            .services
+            .get(at)
+            .is_some_and(|s| ns_name(s) == ns_name(svc))
+        {
             entry.services[at] = svc.clone();
         } else {
             entry.services.insert(at, svc.clone());
@@ -402,9 +404,7 @@ impl Snapshot {
                 continue;
             }
             let mut entry = entry.clone();
-            entry
-                .services
-                .retain(|s| !Arc::ptr_eq(s, &served.service));
+            entry.services.retain(|s| !Arc::ptr_eq(s, &served.service));
             self.workloads.insert(entry);
         }
         Some(served.service)
@@ -416,10 +416,7 @@ impl Snapshot {
         let entry = self.workloads.remove_by(uid_probe(uid))?;
         let w = &entry.workload;
         for ip in &w.ips {
-            if self
-                .workload_by_ip(*ip)
-                .is_some_and(|x| Arc::ptr_eq(x, w))
-            {
+            if self.workload_by_ip(*ip).is_some_and(|x| Arc::ptr_eq(x, w)) {
                 self.workload_by_ip.remove_by(|e| e.0.cmp(ip));
             }
         }
