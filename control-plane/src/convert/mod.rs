@@ -42,11 +42,9 @@ pub fn policy_name(namespace: &str, name: &str) -> String {
 
 /// All `Address` resources of a snapshot, by resource name.
 pub fn addresses(snap: &Snapshot) -> BTreeMap<String, pb::Address> {
-    let backs = services_by_workload(snap);
     let mut out = BTreeMap::new();
     for w in snap.workloads() {
-        let services = backs.get(w.uid.as_str()).cloned().unwrap_or_default();
-        let workload = workload(snap, w, services);
+        let workload = workload(snap, w, workload_services(snap, &w.uid));
         out.insert(
             w.uid.clone(),
             pb::Address {
@@ -99,33 +97,14 @@ pub fn l7_authorizations(snap: &Snapshot) -> BTreeMap<String, proto::mesh::L7Aut
         .collect()
 }
 
-/// Workload uid → (`namespace/hostname` → ports) for every service it backs.
-fn services_by_workload(snap: &Snapshot) -> BTreeMap<&str, BTreeMap<String, pb::PortList>> {
-    backed_services(snap, |_| true)
-}
-
-/// [`services_by_workload`] for only the workloads whose uid `wanted`
-/// accepts.
-pub fn backed_services(
-    snap: &Snapshot,
-    wanted: impl Fn(&str) -> bool,
-) -> BTreeMap<&str, BTreeMap<String, pb::PortList>> {
-    let mut map: BTreeMap<&str, BTreeMap<String, pb::PortList>> = BTreeMap::new();
-    for svc in snap.services() {
-        let mut ports = None;
-        for ep in snap.endpoints(svc) {
-            if !wanted(&ep.uid) {
-                continue;
-            }
-            let ports = ports.get_or_insert_with(|| pb::PortList {
-                ports: self::ports(svc),
-            });
-            map.entry(ep.uid.as_str())
-                .or_default()
-                .insert(service_name(svc), ports.clone());
-        }
-    }
-    map
+/// `namespace/hostname` → ports for every service the workload `uid` is an
+/// endpoint of: from the snapshot's workload → services index, so it costs
+/// the workload's services, not every service's endpoints.
+pub fn workload_services(snap: &Snapshot, uid: &str) -> BTreeMap<String, pb::PortList> {
+    snap.services_of(uid)
+        .iter()
+        .map(|svc| (service_name(svc), pb::PortList { ports: ports(svc) }))
+        .collect()
 }
 
 fn ports(svc: &Service) -> Vec<pb::Port> {
@@ -196,7 +175,7 @@ fn gateway(wp: &UseWaypoint) -> pb::GatewayAddress {
     }
 }
 
-/// One workload. `services` is what [`services_by_workload`] found for it.
+/// One workload. `services` is what [`workload_services`] found for it.
 pub fn workload(
     snap: &Snapshot,
     w: &Workload,

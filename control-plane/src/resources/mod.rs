@@ -5,7 +5,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use mesh_model::state::Snapshot;
+use std::cmp::Ordering;
+
+use mesh_model::state::{Keyed, PSet, PSetIter, Snapshot};
 use prost::Message;
 use sha2::{Digest, Sha256};
 
@@ -99,8 +101,103 @@ pub fn content_version(body: &[u8]) -> String {
     digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Resources of one kind, by name.
-pub type Resources = BTreeMap<String, Arc<Versioned>>;
+/// Resources of one kind, by name. A persistent set ([`PSet`]): the next
+/// generation's is a clone of this one (a few pointers) with the changed
+/// names put, so publishing one change costs that change, not a copy of
+/// every name.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Resources(PSet<ByName>);
+
+/// A resource in [`Resources`], ordered by its name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ByName(Arc<Versioned>);
+
+impl Keyed for ByName {
+    fn cmp_key(&self, other: &Self) -> Ordering {
+        self.0.name.cmp(&other.0.name)
+    }
+}
+
+/// (name, resource).
+pub type Pair<'a> = (&'a String, &'a Arc<Versioned>);
+
+fn pair(e: &ByName) -> Pair<'_> {
+    (&e.0.name, &e.0)
+}
+
+impl Resources {
+    pub fn get<N: AsRef<str> + ?Sized>(&self, name: &N) -> Option<&Arc<Versioned>> {
+        let name = name.as_ref();
+        self.0.find(|e| e.0.name.as_str().cmp(name)).map(|e| &e.0)
+    }
+
+    pub fn contains_key<N: AsRef<str> + ?Sized>(&self, name: &N) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// Puts `r` under its name; returns what it replaced.
+    pub fn insert(&mut self, r: Arc<Versioned>) -> Option<Arc<Versioned>> {
+        self.0.insert(ByName(r)).map(|e| e.0)
+    }
+
+    pub fn remove(&mut self, name: &str) -> Option<Arc<Versioned>> {
+        self.0
+            .remove_by(|e| e.0.name.as_str().cmp(name))
+            .map(|e| e.0)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// (name, resource), by name.
+    pub fn iter(&self) -> std::iter::Map<PSetIter<'_, ByName>, fn(&ByName) -> Pair<'_>> {
+        self.0.iter().map(pair as fn(&ByName) -> Pair<'_>)
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &String> {
+        self.0.iter().map(|e| &e.0.name)
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &Arc<Versioned>> {
+        self.0.iter().map(|e| &e.0)
+    }
+}
+
+impl std::ops::Index<&str> for Resources {
+    type Output = Arc<Versioned>;
+
+    /// The resource `name`; panics when there is none (as a map's index).
+    fn index(&self, name: &str) -> &Arc<Versioned> {
+        self.get(name).expect("no resource of that name")
+    }
+}
+
+impl<'a> IntoIterator for &'a Resources {
+    type Item = Pair<'a>;
+    type IntoIter = std::iter::Map<PSetIter<'a, ByName>, fn(&ByName) -> Pair<'_>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl FromIterator<(String, Arc<Versioned>)> for Resources {
+    /// From (name, resource) pairs; the name is the resource's own.
+    fn from_iter<I: IntoIterator<Item = (String, Arc<Versioned>)>>(iter: I) -> Self {
+        Resources(iter.into_iter().map(|(_, r)| ByName(r)).collect())
+    }
+}
+
+impl std::fmt::Debug for Resources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
 
 /// Everything one snapshot publishes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

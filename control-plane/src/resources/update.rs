@@ -25,7 +25,7 @@
 //! policy's namespace, the users of a waypoint), so nothing here scans the
 //! mesh: converting, encoding and hashing run only for the touched names.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use mesh_model::input::Touched;
@@ -101,8 +101,6 @@ impl ResourceSet {
         let mut next = self.clone();
         let mut changes = Changes::default();
 
-        let uids: HashSet<&str> = dirty.workloads.iter().map(String::as_str).collect();
-        let mut backs = convert::backed_services(new, |uid| uids.contains(uid));
         let services: HashMap<String, &Arc<Service>> = touched
             .services
             .iter()
@@ -118,12 +116,11 @@ impl ResourceSet {
                 .or_else(|| service_named(new, name));
             let fresh = match (service, new.workload_by_uid(name)) {
                 (Some(s), _) => Some(pb::address::Type::Service(convert::service(s))),
-                (None, Some(w)) => {
-                    let backed = backs.remove(w.uid.as_str()).unwrap_or_default();
-                    Some(pb::address::Type::Workload(convert::workload(
-                        new, w, backed,
-                    )))
-                }
+                (None, Some(w)) => Some(pb::address::Type::Workload(convert::workload(
+                    new,
+                    w,
+                    convert::workload_services(new, &w.uid),
+                ))),
                 (None, None) => None,
             };
             let fresh = fresh.map(|t| pb::Address { r#type: Some(t) });
@@ -180,7 +177,7 @@ fn apply<M: Message>(
         Some(msg) => {
             let v = Versioned::new(name.to_owned(), msg.encode_to_vec());
             if set.get(name).map(|o| &o.version) != Some(&v.version) {
-                set.insert(name.to_owned(), Arc::new(v));
+                set.insert(Arc::new(v));
                 changed.insert(name.to_owned());
             }
         }

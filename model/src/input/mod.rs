@@ -24,9 +24,12 @@
 //! a namespace touches its workloads and services. The control plane
 //! converts and encodes only the touched resources.
 //!
-//! The snapshot itself is still built whole ([`Snapshot::build`]) after each
-//! batch: label selectors and waypoint labels are resolved there.
+//! The snapshot is then patched from the previous one (`patch.rs`): only
+//! the touched objects are resolved and re-indexed, so a batch costs what
+//! it touches, not the mesh. [`MeshInput::with_full_rebuild`] builds it
+//! whole instead ([`Snapshot::build`]), for comparison.
 
+mod patch;
 #[cfg(test)]
 mod tests;
 mod touched;
@@ -165,7 +168,13 @@ pub struct MeshInput {
     endpoint_refs: HashMap<String, BTreeSet<(String, String)>>,
     /// Who names a waypoint `(namespace, name)` in its labels.
     waypoint_users: HashMap<(String, String), BTreeSet<Key>>,
+    /// Workloads by label, for selectors.
+    labels: patch::LabelIndex,
+    /// Workloads by name, for waypoint labels.
+    names: patch::NameIndex,
     snapshot: Arc<Snapshot>,
+    /// Build each snapshot whole instead of patching the previous one.
+    full_rebuild: bool,
 }
 
 impl Default for MeshInput {
@@ -189,6 +198,9 @@ impl MeshInput {
             services_in: HashMap::new(),
             endpoint_refs: HashMap::new(),
             waypoint_users: HashMap::new(),
+            labels: patch::LabelIndex::default(),
+            names: patch::NameIndex::default(),
+            full_rebuild: false,
             snapshot: Arc::new(
                 Snapshot::build(SnapshotParts {
                     trust_domain: trust_domain.to_owned(),
@@ -196,6 +208,17 @@ impl MeshInput {
                 })
                 .unwrap_or_default(),
             ),
+        }
+    }
+
+    /// An input that builds each snapshot whole ([`Snapshot::build`])
+    /// instead of patching the previous one: what it did before the
+    /// incremental update, kept for benchmarks and as the reference the
+    /// tests compare the patched snapshots with.
+    pub fn with_full_rebuild(trust_domain: &str) -> Self {
+        MeshInput {
+            full_rebuild: true,
+            ..MeshInput::new(trust_domain)
         }
     }
 
@@ -249,7 +272,12 @@ impl MeshInput {
             self.touch(&key, &mut touched);
             undo.push((key, previous));
         }
-        match self.build() {
+        let next = if self.full_rebuild {
+            self.build()
+        } else {
+            self.patch(&touched)
+        };
+        match next {
             Ok(snap) => {
                 self.snapshot = Arc::new(snap);
                 Ok(Update {
@@ -302,6 +330,7 @@ impl MeshInput {
             return self.apply(changes);
         }
         let mut fresh = MeshInput::new(trust_domain);
+        fresh.full_rebuild = self.full_rebuild;
         let mut update = fresh.apply(objects.into_iter().map(Change::Upsert).collect())?;
         update.touched = Touched::everything(self, &fresh);
         *self = fresh;
@@ -362,6 +391,8 @@ impl MeshInput {
                 self.namespaces.insert(n.name.clone(), n);
             }
             Object::Workload(w) => {
+                self.labels.add(&w);
+                self.names.add(&w);
                 self.workloads_in
                     .entry(w.namespace.clone())
                     .or_default()
@@ -424,6 +455,8 @@ impl MeshInput {
             Key::Workload(uid) => {
                 let w = self.workloads.remove(uid)?;
                 unindex(&mut self.workloads_in, &w.namespace, &w.uid);
+                self.labels.remove(&w);
+                self.names.remove(&w);
                 Some(Object::Workload(w))
             }
             Key::Service(ns, n) => {

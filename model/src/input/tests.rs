@@ -318,14 +318,16 @@ fn arb_change() -> impl Strategy<Value = Change> {
         0u8..3,
         prop::sample::select(vec!["a", "b"]),
         arb_labels(),
+        prop::bool::weighted(0.1),
     )
-        .prop_map(|(ns, i, app, l)| {
-            let mut s = svc(
-                ns,
-                &format!("s{i}"),
-                &format!("10.96.{}.{i}", ns.len()),
-                &[],
-            );
+        .prop_map(|(ns, i, app, l, on_a_pod_ip)| {
+            // Now and then on an address a pod may hold: refused.
+            let vip = if on_a_pod_ip {
+                format!("10.1.0.{}", i + 1)
+            } else {
+                format!("10.96.{}.{i}", ns.len())
+            };
+            let mut s = svc(ns, &format!("s{i}"), &vip, &[]);
             s.selector = labels(&[("app", app)]);
             s.labels = l;
             Change::Upsert(Object::Service(s))
@@ -398,6 +400,40 @@ fn endpoint_uids(snap: &Snapshot, s: &Service) -> BTreeSet<String> {
     snap.endpoints(s).iter().map(|w| w.uid.clone()).collect()
 }
 
+/// `services_of` is the reverse of `endpoints`: each workload lists
+/// exactly the services whose endpoints hold it (the same objects).
+fn reverse_index_holds(snap: &Snapshot) -> Result<(), String> {
+    let mut want: std::collections::BTreeMap<&str, Vec<(String, String)>> = Default::default();
+    for s in snap.services() {
+        for w in snap.endpoints(s) {
+            if !snap
+                .workload_by_uid(&w.uid)
+                .is_some_and(|h| Arc::ptr_eq(h, w))
+            {
+                return Err(format!("{} lists a stale {}", s.key(), w.uid));
+            }
+            want.entry(&w.uid)
+                .or_default()
+                .push((s.namespace.clone(), s.name.clone()));
+        }
+    }
+    for w in snap.workloads() {
+        let got: Vec<(String, String)> = snap
+            .services_of(&w.uid)
+            .iter()
+            .map(|s| (s.namespace.clone(), s.name.clone()))
+            .collect();
+        let held = snap.services_of(&w.uid).iter().all(|s| {
+            snap.service_by_name(&s.namespace, &s.name)
+                .is_some_and(|h| Arc::ptr_eq(h, s))
+        });
+        if got != want.remove(w.uid.as_str()).unwrap_or_default() || !held {
+            return Err(format!("services_of({}) is {got:?}", w.uid));
+        }
+    }
+    Ok(())
+}
+
 fn covers(touched: &Touched, needed: &Touched) -> Result<(), String> {
     let missing =
         |a: &BTreeSet<String>, b: &BTreeSet<String>| b.difference(a).cloned().collect::<Vec<_>>();
@@ -422,23 +458,28 @@ proptest! {
         batches in prop::collection::vec(prop::collection::vec(arb_change(), 1..4), 1..12)
     ) {
         let mut input = MeshInput::default();
+        // The same batches, each snapshot built whole.
+        let mut reference = MeshInput::with_full_rebuild(DEFAULT_TRUST_DOMAIN);
         for batch in batches {
             let old = input.snapshot().clone();
             let held = input.objects().collect::<Vec<_>>();
+            let want = reference.apply(batch.clone());
             match input.apply(batch) {
                 Ok(update) => {
                     covers(&update.touched, &changed(&old, &update.snapshot))
                         .map_err(TestCaseError::fail)?;
-                    // Same as building the whole state from scratch.
-                    let mut fresh = MeshInput::default();
+                    // The patched snapshot is the one built from scratch.
+                    let want = want.map_err(|e| TestCaseError::fail(format!("the whole build refused it: {e}")))?;
+                    prop_assert_eq!(&want.touched, &update.touched);
+                    prop_assert_eq!(want.snapshot.canonical(), update.snapshot.canonical());
+                    reverse_index_holds(&update.snapshot).map_err(TestCaseError::fail)?;
+                    let mut fresh = MeshInput::with_full_rebuild(DEFAULT_TRUST_DOMAIN);
                     let all = input.objects().map(Change::Upsert).collect();
                     let from_scratch = fresh.apply(all).unwrap();
-                    prop_assert_eq!(
-                        format!("{:?}", from_scratch.snapshot.workloads().collect::<Vec<_>>()),
-                        format!("{:?}", update.snapshot.workloads().collect::<Vec<_>>())
-                    );
+                    prop_assert_eq!(from_scratch.snapshot.canonical(), update.snapshot.canonical());
                 }
                 Err(_) => {
+                    prop_assert!(want.is_err(), "the whole build took a batch the patch refused");
                     prop_assert_eq!(input.objects().collect::<Vec<_>>(), held);
                     prop_assert!(Arc::ptr_eq(input.snapshot(), &old));
                 }

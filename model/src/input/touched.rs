@@ -125,11 +125,11 @@ impl MeshInput {
                 };
                 // Its endpoints (their `services` lists): by selector in its
                 // namespace, and by uid wherever they are.
-                if !s.selector.is_empty() {
-                    for uid in self.workloads_in.get(ns).into_iter().flatten() {
-                        if labels_match(&s.selector, &self.workloads[uid].labels) {
-                            t.workloads.insert(uid.clone());
-                        }
+                // (The label index's shortest posting list, not the
+                // whole namespace.)
+                for uid in self.labels.candidates(ns, &s.selector) {
+                    if labels_match(&s.selector, &self.workloads[uid].labels) {
+                        t.workloads.insert(uid.clone());
                     }
                 }
                 t.workloads.extend(s.endpoint_uids.iter().cloned());

@@ -1,9 +1,10 @@
 //! The next snapshot from the previous one and what changed, without
 //! re-indexing what did not: what the xDS store does on each delta.
 //!
-//! A patch copies the previous snapshot's indexes (pointers only: no
-//! workload, service or string is copied), then removes and adds the
-//! changed objects with the same checks as [`Snapshot::build`]. It is for
+//! A patch clones the previous snapshot (its indexes are persistent sets:
+//! a few pointers), then removes and adds the changed objects with the
+//! same checks as [`Snapshot::build`], copying only the index paths they
+//! change. It is for
 //! state in the xDS form: services name their endpoints by uid
 //! ([`Service::endpoint_uids`]) and waypoints come resolved. Label
 //! selectors and `istio.io/use-waypoint` labels (the local config file)
@@ -13,7 +14,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use super::l7::L7Index;
-use super::snapshot::{check_identity, ByName, LabelIndex};
+use super::snapshot::{check_identity, LabelIndex};
 use super::{Policies, Policy, Service, Snapshot, StateError, Workload};
 use crate::l7policy::L7Policy;
 use crate::route::Route;
@@ -68,8 +69,12 @@ impl Snapshot {
             l7_policies,
         } = delta;
         let mut next = self.clone();
-        next.remove_workloads(&removed_workloads);
-        next.remove_services(&removed_services);
+        for uid in &removed_workloads {
+            next.remove_workload(uid);
+        }
+        for (namespace, name) in &removed_services {
+            next.remove_service(namespace, name);
+        }
         for w in workloads {
             next.add_workload(w)?;
         }
@@ -78,7 +83,7 @@ impl Snapshot {
             next.add_service(svc, &no_labels)?;
         }
         if let Some(p) = policies {
-            next.policies = Policies::new(p);
+            next.policies = Arc::new(Policies::new(p));
         }
         if routes.is_some() || l7_policies.is_some() {
             let routes = routes.unwrap_or_else(|| self.l7.routes().to_vec());
@@ -88,95 +93,10 @@ impl Snapshot {
         Ok(next)
     }
 
-    fn remove_workloads(&mut self, uids: &[String]) {
-        let mut gone: Vec<Arc<Workload>> = Vec::new();
-        for uid in uids {
-            let Some(w) = self.workload_by_uid.take(uid.as_str()).map(|b| b.0) else {
-                continue;
-            };
-            for ip in &w.ips {
-                if self
-                    .workload_by_ip
-                    .get(ip)
-                    .is_some_and(|x| Arc::ptr_eq(x, &w))
-                {
-                    self.workload_by_ip.remove(ip);
-                }
-            }
-            if let Some(names) = self.workload_by_name.get_mut(w.namespace.as_str()) {
-                if names
-                    .get(w.name.as_str())
-                    .is_some_and(|x| Arc::ptr_eq(&x.0, &w))
-                {
-                    names.remove(w.name.as_str());
-                }
-                if names.is_empty() {
-                    self.workload_by_name.remove(w.namespace.as_str());
-                }
-            }
-            gone.push(w);
-        }
-        if gone.is_empty() {
-            return;
-        }
-        let gone_ptrs: HashSet<*const Workload> = gone.iter().map(Arc::as_ptr).collect();
-        self.workloads
-            .retain(|w| !gone_ptrs.contains(&Arc::as_ptr(w)));
-        // Another workload of the same name (rare) takes the name back:
-        // the last one listed, as in a build.
-        for w in &gone {
-            let taken = self
-                .workload_by_name
-                .get(w.namespace.as_str())
-                .is_some_and(|m| m.contains(w.name.as_str()));
-            if taken {
-                continue;
-            }
-            if let Some(other) = self
-                .workloads
-                .iter()
-                .rev()
-                .find(|o| o.namespace == w.namespace && o.name == w.name)
-            {
-                self.workload_by_name
-                    .entry(other.namespace.clone())
-                    .or_default()
-                    .insert(ByName(other.clone()));
-            }
-        }
-    }
-
-    fn remove_services(&mut self, keys: &[(String, String)]) {
-        let mut gone: Vec<Arc<Service>> = Vec::new();
-        for (namespace, name) in keys {
-            let Some(names) = self.endpoints.get_mut(namespace.as_str()) else {
-                continue;
-            };
-            let Some(served) = names.remove(name.as_str()) else {
-                continue;
-            };
-            if names.is_empty() {
-                self.endpoints.remove(namespace.as_str());
-            }
-            for vip in &served.service.vips {
-                if self
-                    .service_by_vip
-                    .get(vip)
-                    .is_some_and(|x| Arc::ptr_eq(x, &served.service))
-                {
-                    self.service_by_vip.remove(vip);
-                }
-            }
-            gone.push(served.service);
-        }
-        if !gone.is_empty() {
-            self.services
-                .retain(|s| !gone.iter().any(|g| Arc::ptr_eq(g, s)));
-        }
-    }
-
-    fn add_workload(&mut self, w: Arc<Workload>) -> Result<(), StateError> {
-        if self.workload_by_uid.contains(w.uid.as_str()) {
+    /// Checks `w` against what is held (uid, identity, addresses) and
+    /// indexes it, with no services yet.
+    pub(crate) fn add_workload(&mut self, w: Arc<Workload>) -> Result<(), StateError> {
+        if self.workload_by_uid(&w.uid).is_some() {
             return Err(StateError::DuplicateWorkload(w.uid.clone()));
         }
         check_identity(&w)?;
@@ -200,8 +120,17 @@ impl Snapshot {
                 });
             }
         }
-        self.index_workload(&w);
-        self.workloads.push(w);
+        self.index_workload(w);
+        Ok(())
+    }
+
+    /// Indexes `routes` and `l7_policies` anew (they are few).
+    pub(crate) fn replace_l7(
+        &mut self,
+        routes: Vec<Arc<Route>>,
+        l7_policies: Vec<Arc<L7Policy>>,
+    ) -> Result<(), StateError> {
+        self.l7 = Arc::new(L7Index::build(routes, l7_policies)?);
         Ok(())
     }
 }

@@ -10,6 +10,7 @@ mod cidr;
 mod delta;
 mod l7;
 mod protocol;
+mod pset;
 mod scope;
 mod snapshot;
 #[cfg(test)]
@@ -36,7 +37,9 @@ pub use authz::{
 pub use cidr::{Cidr, CidrError};
 pub use delta::SnapshotDelta;
 pub use protocol::AppProtocol;
+pub use pset::{Iter as PSetIter, Keyed, PSet};
 pub use scope::{Scope, ServedPod, WorkloadName, WorkloadNameError};
+pub(crate) use snapshot::WaypointResolver;
 pub use snapshot::{SharedParts, Snapshot, SnapshotParts, StateError};
 pub use waypoint::{MissingWaypoint, UseWaypoint, Waypoint};
 
@@ -212,9 +215,12 @@ impl Service {
 /// The `WORKLOAD_SELECTOR` policies (in `w`'s namespace) whose labels
 /// select `w`, sorted: what the control plane sends as the workload's
 /// `authorization_policies`.
-pub fn selected_policies(policies: &[Policy], w: &Workload) -> Vec<PolicyKey> {
+pub fn selected_policies<'a>(
+    policies: impl IntoIterator<Item = &'a Policy>,
+    w: &Workload,
+) -> Vec<PolicyKey> {
     let mut keys: Vec<PolicyKey> = policies
-        .iter()
+        .into_iter()
         .filter(|p| match &p.scope {
             PolicyScope::WorkloadSelector { match_labels } => {
                 p.namespace == w.namespace && labels_match(match_labels, &w.labels)

@@ -1,9 +1,12 @@
-//! The immutable, indexed view of the mesh. Built once per update and shared
-//! as `Arc<Snapshot>`; lookups never allocate.
+//! The immutable, indexed view of the mesh, shared as `Arc<Snapshot>`;
+//! lookups never allocate. Built whole from a list of objects
+//! ([`Snapshot::build`]), or patched from the previous one
+//! ([`Snapshot::patch`] for xDS deltas, and the mesh input's incremental
+//! update): every index is a persistent set ([`PSet`]), so a patch copies
+//! only the paths to what changed.
 
-use std::borrow::Borrow;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::hash::{Hash, Hasher};
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -13,6 +16,7 @@ use crate::l7policy::L7Policy;
 use crate::route::Route;
 
 use super::l7::L7Index;
+use super::pset::{Keyed, PSet};
 use super::{
     labels_match, Labels, MissingWaypoint, MtlsMode, Namespace, Node, Policies, Policy, Service,
     Tunnel, UseWaypoint, Waypoint, Workload, DEFAULT_TRUST_DOMAIN, USE_WAYPOINT_LABEL,
@@ -77,65 +81,100 @@ pub enum StateError {
 
 /// An immutable, indexed view of the mesh.
 ///
-/// Cloning one copies the indexes (pointers, no workload or string is
-/// copied): [`Snapshot::patch`] builds the next snapshot from a clone.
+/// Every index is a persistent set ([`PSet`]): cloning a snapshot copies a
+/// few pointers, and [`Snapshot::patch`] (or the mesh input's incremental
+/// update) changes only the paths to what changed, sharing the rest with
+/// the previous snapshot.
 #[derive(Debug, Default, Clone)]
 pub struct Snapshot {
-    pub(super) trust_domain: String,
-    pub(super) nodes: BTreeMap<String, Node>,
-    pub(super) namespaces: BTreeMap<String, Namespace>,
-    pub(super) workloads: Vec<Arc<Workload>>,
-    pub(super) services: Vec<Arc<Service>>,
-    pub(super) policies: Policies,
-    pub(super) workload_by_ip: HashMap<IpAddr, Arc<Workload>>,
-    /// Keyed by the workload's own uid (no copy of the string).
-    pub(super) workload_by_uid: HashSet<ByUid>,
-    /// Namespace → workloads keyed by their own name.
-    pub(super) workload_by_name: HashMap<String, HashSet<ByName>>,
-    pub(super) service_by_vip: HashMap<IpAddr, Arc<Service>>,
-    /// Namespace → service name → the service and its endpoints.
-    pub(super) endpoints: HashMap<String, HashMap<String, Served>>,
+    pub(crate) trust_domain: String,
+    pub(crate) nodes: Arc<BTreeMap<String, Node>>,
+    pub(crate) namespaces: Arc<BTreeMap<String, Namespace>>,
+    pub(crate) policies: Arc<Policies>,
+    /// By uid, each with the services it is an endpoint of.
+    pub(super) workloads: PSet<Entry>,
+    pub(super) workload_by_ip: PSet<ByIp<Workload>>,
+    /// By (namespace, name, uid).
+    pub(super) workload_by_name: PSet<ByName>,
+    /// By (namespace, name), each with its endpoints.
+    pub(super) services: PSet<Served>,
+    pub(super) service_by_vip: PSet<ByIp<Service>>,
     /// Routes and L7 policies, indexed (the waypoint's).
     pub(super) l7: Arc<L7Index>,
 }
 
+/// A workload and the services it is an endpoint of, by (namespace, name):
+/// the reverse of [`Served`], so a workload's services cost what they are.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Entry {
+    pub(super) workload: Arc<Workload>,
+    pub(super) services: Vec<Arc<Service>>,
+}
+
 /// A service and its endpoints, sorted by uid.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub(super) struct Served {
     pub(super) service: Arc<Service>,
     pub(super) workloads: Vec<Arc<Workload>>,
 }
 
-/// A workload in a set keyed by its uid.
-#[derive(Debug, Clone)]
-pub(super) struct ByUid(pub(super) Arc<Workload>);
+/// An address and what holds it.
+#[derive(Debug, PartialEq)]
+pub(super) struct ByIp<T>(pub(super) IpAddr, pub(super) Arc<T>);
 
-/// A workload in a set keyed by its name.
-#[derive(Debug, Clone)]
+/// A workload in the (namespace, name, uid) order.
+#[derive(Debug, Clone, PartialEq)]
 pub(super) struct ByName(pub(super) Arc<Workload>);
 
-macro_rules! keyed_by {
-    ($t:ident, $field:ident) => {
-        impl Borrow<str> for $t {
-            fn borrow(&self) -> &str {
-                &self.0.$field
-            }
-        }
-        impl Hash for $t {
-            fn hash<H: Hasher>(&self, h: &mut H) {
-                self.0.$field.as_str().hash(h)
-            }
-        }
-        impl PartialEq for $t {
-            fn eq(&self, other: &Self) -> bool {
-                self.0.$field == other.0.$field
-            }
-        }
-        impl Eq for $t {}
-    };
+impl Keyed for Entry {
+    fn cmp_key(&self, other: &Self) -> Ordering {
+        self.workload.uid.cmp(&other.workload.uid)
+    }
 }
-keyed_by!(ByUid, uid);
-keyed_by!(ByName, name);
+
+impl Keyed for Served {
+    fn cmp_key(&self, other: &Self) -> Ordering {
+        ns_name(&self.service).cmp(&ns_name(&other.service))
+    }
+}
+
+impl<T> Keyed for ByIp<T> {
+    fn cmp_key(&self, other: &Self) -> Ordering {
+        self.0.cmp(&other.0)
+    }
+}
+
+impl<T> Clone for ByIp<T> {
+    fn clone(&self) -> Self {
+        ByIp(self.0, self.1.clone())
+    }
+}
+
+impl Keyed for ByName {
+    fn cmp_key(&self, other: &Self) -> Ordering {
+        fn key(w: &Workload) -> (&str, &str, &str) {
+            (w.namespace.as_str(), w.name.as_str(), w.uid.as_str())
+        }
+        key(&self.0).cmp(&key(&other.0))
+    }
+}
+
+fn ns_name(s: &Service) -> (&str, &str) {
+    (s.namespace.as_str(), s.name.as_str())
+}
+
+/// A probe for the service `namespace/name`.
+pub(super) fn service_probe<'a>(
+    namespace: &'a str,
+    name: &'a str,
+) -> impl Fn(&Served) -> Ordering + 'a {
+    move |s| ns_name(&s.service).cmp(&(namespace, name))
+}
+
+/// A probe for the workload `uid`.
+pub(super) fn uid_probe(uid: &str) -> impl Fn(&Entry) -> Ordering + '_ {
+    move |e| e.workload.uid.as_str().cmp(uid)
+}
 
 impl Snapshot {
     /// Validates and indexes `parts`, and resolves `istio.io/use-waypoint`
@@ -189,12 +228,21 @@ impl Snapshot {
             ns_map.insert(ns.name.clone(), ns);
         }
         let workloads = check_workloads(workloads)?;
+        // Of several workloads with one name, the one with the greatest uid.
+        let mut by_name: HashMap<(&str, &str), &Workload> = HashMap::new();
+        for w in &workloads {
+            by_name
+                .entry((w.namespace.as_str(), w.name.as_str()))
+                .and_modify(|o| {
+                    if w.uid > o.uid {
+                        *o = w;
+                    }
+                })
+                .or_insert(w);
+        }
         let resolver = WaypointResolver {
             namespaces: &ns_map,
-            by_name: workloads
-                .iter()
-                .map(|w| ((w.namespace.as_str(), w.name.as_str()), &**w))
-                .collect(),
+            by_name: |ns: &str, name: &str| by_name.get(&(ns, name)).copied(),
         };
         // Waypoints are resolved while the resolver borrows the workloads,
         // which are then moved (not cloned) into the snapshot.
@@ -211,7 +259,6 @@ impl Snapshot {
                 svc.waypoint = resolver.resolve(&svc.namespace, &svc.labels, None);
             }
         }
-        drop(resolver);
         let resolved: Vec<Arc<Workload>> = workloads
             .into_iter()
             .zip(waypoints)
@@ -228,48 +275,40 @@ impl Snapshot {
             } else {
                 trust_domain
             },
-            nodes: nodes.into_iter().map(|n| (n.name.clone(), n)).collect(),
-            policies: Policies::new(policies),
+            nodes: Arc::new(nodes.into_iter().map(|n| (n.name.clone(), n)).collect()),
+            policies: Arc::new(Policies::new(policies)),
             l7,
             ..Snapshot::default()
         };
-        snap.workload_by_ip.reserve(resolved.len());
-        snap.workload_by_uid.reserve(resolved.len());
         for w in &resolved {
-            snap.index_workload(w);
+            snap.index_workload(w.clone());
         }
         let labels = LabelIndex::new(&resolved);
         for svc in services {
             snap.add_service(svc, &labels)?;
         }
-        snap.workloads = resolved;
-        snap.namespaces = ns_map;
+        snap.namespaces = Arc::new(ns_map);
         Ok(snap)
     }
 
-    /// Adds `w` to the lookup indexes (not to the workload list).
-    pub(super) fn index_workload(&mut self, w: &Arc<Workload>) {
+    /// Adds `w` to the indexes, with no services yet (checked by the
+    /// caller).
+    pub(super) fn index_workload(&mut self, w: Arc<Workload>) {
         for ip in &w.ips {
-            self.workload_by_ip.insert(*ip, w.clone());
+            self.workload_by_ip.insert(ByIp(*ip, w.clone()));
         }
-        self.workload_by_uid.insert(ByUid(w.clone()));
-        let by_name = match self.workload_by_name.get_mut(w.namespace.as_str()) {
-            Some(m) => m,
-            None => self
-                .workload_by_name
-                .entry(w.namespace.clone())
-                .or_default(),
-        };
-        // The last one listed wins, as a map insert would.
-        by_name.replace(ByName(w.clone()));
+        self.workload_by_name.insert(ByName(w.clone()));
+        self.workloads.insert(Entry {
+            workload: w,
+            services: Vec::new(),
+        });
     }
 
     /// The workload or service that already holds `ip`, by key.
     pub(super) fn ip_claimed_by(&self, ip: &IpAddr) -> Option<String> {
-        self.workload_by_ip
-            .get(ip)
+        self.workload_by_ip(*ip)
             .map(|w| w.key())
-            .or_else(|| self.service_by_vip.get(ip).map(|s| s.key()))
+            .or_else(|| self.service_by_vip(*ip).map(|s| s.key()))
     }
 
     pub(super) fn add_service(
@@ -277,14 +316,28 @@ impl Snapshot {
         svc: Service,
         labels: &LabelIndex<'_>,
     ) -> Result<(), StateError> {
-        if self
-            .endpoints
-            .get(&svc.namespace)
-            .is_some_and(|m| m.contains_key(&svc.name))
-        {
+        let eps: Vec<Arc<Workload>> = labels
+            .select(&svc.namespace, &svc.selector)
+            .cloned()
+            .chain(
+                svc.endpoint_uids
+                    .iter()
+                    .filter_map(|uid| self.workload_by_uid(uid).cloned()),
+            )
+            .collect();
+        self.insert_service(Arc::new(svc), eps)
+    }
+
+    /// Adds `svc` with the endpoints `eps` (sorted and deduplicated here),
+    /// and links it from each of them.
+    pub(crate) fn insert_service(
+        &mut self,
+        svc: Arc<Service>,
+        mut eps: Vec<Arc<Workload>>,
+    ) -> Result<(), StateError> {
+        if self.service_by_name(&svc.namespace, &svc.name).is_some() {
             return Err(StateError::DuplicateService(svc.key()));
         }
-        let svc = Arc::new(svc);
         for vip in &svc.vips {
             if let Some(first) = self.ip_claimed_by(vip) {
                 return Err(StateError::DuplicateIp {
@@ -293,31 +346,82 @@ impl Snapshot {
                     second: svc.key(),
                 });
             }
-            self.service_by_vip.insert(*vip, svc.clone());
+            self.service_by_vip.insert(ByIp(*vip, svc.clone()));
         }
-        let mut eps: Vec<Arc<Workload>> = labels
-            .select(&svc.namespace, &svc.selector)
-            .chain(
-                svc.endpoint_uids
-                    .iter()
-                    .filter_map(|uid| self.workload_by_uid.get(uid.as_str()).map(|b| &b.0)),
-            )
-            .cloned()
-            .collect();
         eps.sort_by(|a, b| a.uid.cmp(&b.uid));
         eps.dedup_by(|a, b| a.uid == b.uid);
-        self.endpoints
-            .entry(svc.namespace.clone())
-            .or_default()
-            .insert(
-                svc.name.clone(),
-                Served {
-                    service: svc.clone(),
-                    workloads: eps,
-                },
-            );
-        self.services.push(svc);
+        for w in &eps {
+            self.link(&w.uid, &svc);
+        }
+        self.services.insert(Served {
+            service: svc,
+            workloads: eps,
+        });
         Ok(())
+    }
+
+    /// Records that the workload `uid` (if held) backs `svc`.
+    fn link(&mut self, uid: &str, svc: &Arc<Service>) {
+        let Some(entry) = self.workloads.find(uid_probe(uid)) else {
+            return;
+        };
+        let mut entry = entry.clone();
+        let at = entry
+            .services
+            .partition_point(|s| ns_name(s) < ns_name(svc));
+        if entry
+            .services
+            .get(at)
+            .is_some_and(|s| ns_name(s) == ns_name(svc))
+        {
+            entry.services[at] = svc.clone();
+        } else {
+            entry.services.insert(at, svc.clone());
+        }
+        self.workloads.insert(entry);
+    }
+
+    /// Removes the service `namespace/name` and its links; returns it.
+    pub(crate) fn remove_service(&mut self, namespace: &str, name: &str) -> Option<Arc<Service>> {
+        let served = self.services.remove_by(service_probe(namespace, name))?;
+        for vip in &served.service.vips {
+            if self
+                .service_by_vip(*vip)
+                .is_some_and(|x| Arc::ptr_eq(x, &served.service))
+            {
+                self.service_by_vip.remove_by(|e| e.0.cmp(vip));
+            }
+        }
+        for w in &served.workloads {
+            let Some(entry) = self.workloads.find(uid_probe(&w.uid)) else {
+                continue;
+            };
+            if !entry
+                .services
+                .iter()
+                .any(|s| Arc::ptr_eq(s, &served.service))
+            {
+                continue;
+            }
+            let mut entry = entry.clone();
+            entry.services.retain(|s| !Arc::ptr_eq(s, &served.service));
+            self.workloads.insert(entry);
+        }
+        Some(served.service)
+    }
+
+    /// Removes the workload `uid` from every index; returns it with the
+    /// services it backed (which still list it: re-add them).
+    pub(crate) fn remove_workload(&mut self, uid: &str) -> Option<Arc<Workload>> {
+        let entry = self.workloads.remove_by(uid_probe(uid))?;
+        let w = &entry.workload;
+        for ip in &w.ips {
+            if self.workload_by_ip(*ip).is_some_and(|x| Arc::ptr_eq(x, w)) {
+                self.workload_by_ip.remove_by(|e| e.0.cmp(ip));
+            }
+        }
+        self.workload_by_name.remove_like(&ByName(w.clone()));
+        Some(entry.workload)
     }
 
     pub fn trust_domain(&self) -> &str {
@@ -337,12 +441,19 @@ impl Snapshot {
         self.namespaces.values()
     }
 
+    /// Every workload, by uid.
     pub fn workloads(&self) -> impl Iterator<Item = &Arc<Workload>> {
-        self.workloads.iter()
+        self.workloads.iter().map(|e| &e.workload)
     }
 
+    /// How many workloads there are.
+    pub fn workload_count(&self) -> usize {
+        self.workloads.len()
+    }
+
+    /// Every service, by (namespace, name).
     pub fn services(&self) -> impl Iterator<Item = &Arc<Service>> {
-        self.services.iter()
+        self.services.iter().map(|s| &s.service)
     }
 
     pub fn policies(&self) -> &Policies {
@@ -350,38 +461,45 @@ impl Snapshot {
     }
 
     pub fn workload_by_ip(&self, ip: IpAddr) -> Option<&Arc<Workload>> {
-        self.workload_by_ip.get(&ip)
+        self.workload_by_ip.find(|e| e.0.cmp(&ip)).map(|e| &e.1)
     }
 
     pub fn workload_by_uid(&self, uid: &str) -> Option<&Arc<Workload>> {
-        self.workload_by_uid.get(uid).map(|b| &b.0)
+        self.workloads.find(uid_probe(uid)).map(|e| &e.workload)
+    }
+
+    /// The services the workload `uid` is an endpoint of, by (namespace,
+    /// name): found in O(log n), not by scanning the services.
+    pub fn services_of(&self, uid: &str) -> &[Arc<Service>] {
+        self.workloads
+            .find(uid_probe(uid))
+            .map_or(&[][..], |e| e.services.as_slice())
     }
 
     /// The workload `<namespace>/<name>` (with several of that name, the
-    /// last listed).
+    /// one with the greatest uid).
     pub fn workload_by_name(&self, namespace: &str, name: &str) -> Option<&Arc<Workload>> {
         self.workload_by_name
-            .get(namespace)?
-            .get(name)
-            .map(|b| &b.0)
+            .find(|e| (e.0.namespace.as_str(), e.0.name.as_str()).cmp(&(namespace, name)))
+            .map(|e| &e.0)
     }
 
     /// The service `<namespace>/<name>`.
     pub fn service_by_name(&self, namespace: &str, name: &str) -> Option<&Arc<Service>> {
-        Some(&self.endpoints.get(namespace)?.get(name)?.service)
+        self.services
+            .find(service_probe(namespace, name))
+            .map(|s| &s.service)
     }
 
     pub fn service_by_vip(&self, ip: IpAddr) -> Option<&Arc<Service>> {
-        self.service_by_vip.get(&ip)
+        self.service_by_vip.find(|e| e.0.cmp(&ip)).map(|e| &e.1)
     }
 
     /// The endpoints of `svc`, sorted by uid (so an index into them is stable).
     pub fn endpoints(&self, svc: &Service) -> &[Arc<Workload>] {
-        self.endpoints
-            .get(&svc.namespace)
-            .and_then(|m| m.get(&svc.name))
-            .map(|s| s.workloads.as_slice())
-            .unwrap_or(&[])
+        self.services
+            .find(service_probe(&svc.namespace, &svc.name))
+            .map_or(&[][..], |s| s.workloads.as_slice())
     }
 
     /// The namespace's mTLS mode; unknown namespaces are permissive.
@@ -412,11 +530,31 @@ impl Snapshot {
 
     /// The IPs of ambient pods on `node`: the nftables `ambient_pods` set.
     pub fn local_ambient_ips(&self, node: &str) -> BTreeSet<IpAddr> {
-        self.workloads
-            .iter()
+        self.workloads()
             .filter(|w| w.node == node && self.is_ambient(w))
             .flat_map(|w| w.ips.iter().copied())
             .collect()
+    }
+
+    /// Every index, in order, as text: two snapshots of the same state
+    /// print the same, however each was made (tests compare a patched
+    /// snapshot with one built from scratch this way).
+    #[cfg(test)]
+    pub(crate) fn canonical(&self) -> String {
+        format!(
+            "{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}",
+            self.trust_domain,
+            self.nodes,
+            self.namespaces,
+            self.policies,
+            self.workloads,
+            self.workload_by_ip,
+            self.workload_by_name,
+            self.services,
+            self.service_by_vip,
+            self.l7.routes(),
+            self.l7.policies(),
+        )
     }
 }
 
@@ -495,18 +633,20 @@ pub(super) fn check_identity(w: &Workload) -> Result<(), StateError> {
         })
 }
 
-struct WaypointResolver<'a> {
-    namespaces: &'a BTreeMap<String, Namespace>,
-    by_name: HashMap<(&'a str, &'a str), &'a Workload>,
+/// Resolves `istio.io/use-waypoint` labels: `by_name` finds a workload by
+/// (namespace, name).
+pub(crate) struct WaypointResolver<'a, F> {
+    pub(crate) namespaces: &'a BTreeMap<String, Namespace>,
+    pub(crate) by_name: F,
 }
 
-impl WaypointResolver<'_> {
+impl<'a, F: Fn(&str, &str) -> Option<&'a Workload>> WaypointResolver<'a, F> {
     /// The object's own label wins over its namespace's; `none` opts out.
     /// A workload is never its own waypoint (`self_uid`). A name that is
     /// no workload with an address is [`UseWaypoint::Missing`]: the owner
     /// stays, and traffic through the waypoint is refused, not sent around
     /// it.
-    fn resolve(
+    pub(crate) fn resolve(
         &self,
         namespace: &str,
         labels: &Labels,
@@ -527,7 +667,7 @@ impl WaypointResolver<'_> {
             .get(USE_WAYPOINT_NAMESPACE_LABEL)
             .map(String::as_str)
             .unwrap_or(namespace);
-        let wp = self.by_name.get(&(wp_ns, name.as_str()));
+        let wp = (self.by_name)(wp_ns, name.as_str());
         if wp.is_some_and(|wp| Some(wp.uid.as_str()) == self_uid) {
             return None;
         }
