@@ -193,7 +193,7 @@ impl Handler for HboneInbound {
     }
 }
 
-async fn handle_hbone(proxy: Arc<Proxy>, req: InboundRequest) {
+pub(super) async fn handle_hbone(proxy: Arc<Proxy>, req: InboundRequest) {
     let snap = proxy.snapshot();
     let src_ip = req.peer_addr.ip();
     // The client's own address, when the forwarded header agrees on the IP
@@ -249,10 +249,14 @@ async fn handle_hbone(proxy: Arc<Proxy>, req: InboundRequest) {
     info.dst = Some(dst.clone());
     let registration = register(&proxy, src_identity, src_ip, &dst, req.authority.port());
     let record = ConnRecord::open(&proxy.telemetry, info);
+    // Not held for the connection's life: a later config replaces it.
+    drop((snap, dst));
     // From the client's own port when known: the client pod is on another
     // node, so that tuple is free in this network namespace.
     let from = SocketAddr::new(src_ip, client.map_or(0, |c| c.port()));
-    let app = match proxy.dial_as(from, req.authority).await {
+    // Boxed, as every step before the relay: this future is held, in its
+    // largest state, for the connection's whole life.
+    let app = match Box::pin(proxy.dial_as(from, req.authority)).await {
         Ok(app) => app,
         Err(e) => {
             tracing::info!(dst = %req.authority, error = %e, "app unreachable");
@@ -303,14 +307,19 @@ pub async fn serve_plaintext(proxy: Arc<Proxy>, listener: TcpListener) {
     super::accept_loop(proxy, listener, "inbound_plaintext", handle_plaintext).await;
 }
 
-async fn handle_plaintext(proxy: Arc<Proxy>, sock: TcpStream, peer: SocketAddr, _drain: Watch) {
+pub(super) async fn handle_plaintext(
+    proxy: Arc<Proxy>,
+    sock: TcpStream,
+    peer: SocketAddr,
+    _drain: Watch,
+) {
     let dst_addr = match proxy.orig_dst(&sock) {
         Ok(dst) => dst,
         Err(e) => return refuse_unknown_orig_dst(&proxy, &sock, Direction::Inbound, peer, &e),
     };
     let snap = proxy.snapshot();
     let info = tcp_info(&snap, peer, None, dst_addr, None, Security::None);
-    serve_tcp(&proxy, &snap, sock, Arrival::Plaintext, info).await;
+    serve_tcp(&proxy, snap, sock, Arrival::Plaintext, info).await;
 }
 
 /// Same-node traffic: the inbound half run in-process for a connection our
@@ -335,7 +344,7 @@ pub async fn in_process(
         Security::MutualTls,
     );
     let arrival = Arrival::InProcess { source: &source_id };
-    serve_tcp(proxy, &snap, client, arrival, info).await
+    serve_tcp(proxy, snap, client, arrival, info).await
 }
 
 /// What is known of an inbound TCP (not HBONE) connection before it is
@@ -370,14 +379,14 @@ fn tcp_info(
 /// connection's inbound event.
 async fn serve_tcp(
     proxy: &Arc<Proxy>,
-    snap: &Snapshot,
+    snap: Arc<Snapshot>,
     client: TcpStream,
     arrival: Arrival<'_>,
     info: ConnInfo,
 ) -> Outcome {
     let (src_ip, dst_addr) = (info.src_addr.ip(), info.dst_addr);
     let (dst, src_identity) = match admit(
-        snap,
+        &snap,
         &proxy.scope,
         &proxy.listener_ports,
         arrival,
@@ -396,9 +405,12 @@ async fn serve_tcp(
     };
     let registration = register(proxy, src_identity, src_ip, &dst, dst_addr.port());
     let record = ConnRecord::open(&proxy.telemetry, info);
+    // Not held for the connection's life: a later config replaces it.
+    drop((snap, dst));
     // An ephemeral port: the client's own tuple is this very connection's,
     // held by the captured socket in this network namespace.
-    let outcome = match proxy.dial_as(SocketAddr::new(src_ip, 0), dst_addr).await {
+    let dialed = Box::pin(proxy.dial_as(SocketAddr::new(src_ip, 0), dst_addr)).await;
+    let outcome = match dialed {
         Ok(app) => relay(client, app, registration).await,
         Err(e) => {
             reset_on_close(&client);

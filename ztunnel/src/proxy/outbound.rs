@@ -52,7 +52,12 @@ pub fn baggage_for(w: &Workload) -> Baggage {
     }
 }
 
-async fn handle_outbound(proxy: Arc<Proxy>, sock: TcpStream, peer: SocketAddr, _drain: Watch) {
+pub(super) async fn handle_outbound(
+    proxy: Arc<Proxy>,
+    sock: TcpStream,
+    peer: SocketAddr,
+    _drain: Watch,
+) {
     let orig_dst = match proxy.orig_dst(&sock) {
         Ok(dst) => dst,
         Err(e) => return refuse_unknown_orig_dst(&proxy, &sock, Direction::Outbound, peer, &e),
@@ -106,7 +111,10 @@ async fn handle_outbound(proxy: Arc<Proxy>, sock: TcpStream, peer: SocketAddr, _
             info.dst_identity = Some(dest.identity());
             info.dst = Some(dest);
             let record = ConnRecord::open(&proxy.telemetry, info);
-            let outcome = in_process(&proxy, sock, peer, &source, dst, forwarded_host).await;
+            // Boxed: this task's future is then only as large as the tunnel
+            // path needs (see `Tunnel::run`).
+            let outcome =
+                Box::pin(in_process(&proxy, sock, peer, &source, dst, forwarded_host)).await;
             record.finish(outcome);
         }
         Route::Hbone {
@@ -146,7 +154,8 @@ async fn handle_outbound(proxy: Arc<Proxy>, sock: TcpStream, peer: SocketAddr, _
             info.dst_addr = dst;
             info.security = Security::None;
             let record = ConnRecord::open(&proxy.telemetry, info);
-            let outcome = match proxy.dial_as(SocketAddr::new(peer.ip(), 0), dst).await {
+            let dialed = Box::pin(proxy.dial_as(SocketAddr::new(peer.ip(), 0), dst)).await;
+            let outcome = match dialed {
                 Ok(mut upstream) => {
                     let mut sock = sock;
                     super::pipe(&mut sock, &mut upstream, std::future::pending()).await
@@ -170,6 +179,11 @@ struct Tunnel {
 }
 
 impl Tunnel {
+    /// Opens the tunnel and relays until both sides close. This future is
+    /// held, in its largest state, for the connection's whole life, so the
+    /// connect (TLS and HTTP/2 handshakes when it dials) is boxed and
+    /// freed once done, and the request (identities, headers) is dropped
+    /// before the relay.
     async fn run(
         self,
         proxy: &Proxy,
@@ -195,10 +209,13 @@ impl Tunnel {
             },
         };
         let record = ConnRecord::open(&proxy.telemetry, info);
-        let outcome = match proxy.client.connect(&req).await {
+        let connected = Box::pin(proxy.client.connect(&req)).await;
+        let (via, authority) = (req.via, req.authority);
+        drop(req);
+        let outcome = match connected {
             Ok(mut stream) => super::pipe(&mut sock, &mut stream, std::future::pending()).await,
             Err(e) => {
-                tracing::info!(src = %peer, via = %req.via, authority = %req.authority, error = %e, cause = ?std::error::Error::source(&e), "HBONE tunnel failed");
+                tracing::info!(src = %peer, %via, %authority, error = %e, cause = ?std::error::Error::source(&e), "HBONE tunnel failed");
                 reset_on_close(&sock);
                 Outcome::failed(e.flag(), error_chain(&e)).with_finer_reason(e.reason())
             }

@@ -268,3 +268,29 @@ async fn an_unroutable_outbound_connection_is_logged_and_counted_with_its_reason
         assert!(metrics.contains(&series), "{series} in:\n{metrics}");
     }
 }
+
+/// The size of the future `f` returns: what a connection's task holds for
+/// the connection's whole life, whatever state it is in.
+fn future_size<F, A, B, C, D, Fut>(_: F) -> usize
+where
+    F: FnOnce(A, B, C, D) -> Fut,
+{
+    std::mem::size_of::<Fut>()
+}
+
+fn future_size2<F, A, B, Fut>(_: F) -> usize
+where
+    F: FnOnce(A, B) -> Fut,
+{
+    std::mem::size_of::<Fut>()
+}
+
+#[test]
+fn print_future_sizes() {
+    eprintln!("handle_outbound {}", future_size(outbound::handle_outbound));
+    eprintln!(
+        "handle_plaintext {}",
+        future_size(inbound::handle_plaintext)
+    );
+    eprintln!("handle_hbone {}", future_size2(inbound::handle_hbone));
+}
