@@ -84,8 +84,10 @@ static ALLOC: Counting = Counting;
 /// Idle connections held at the first count, and added before the second.
 const FIRST: usize = 100;
 const MORE: usize = 200;
-/// Both ztunnels together, per idle connection.
-const MAX_BYTES_PER_CONN: f64 = 8.0 * 1024.0;
+/// Both ztunnels together, per idle connection (a debug build; about
+/// 8.9 KiB now, 12.8 KiB when the copy kept its buffers and the outbound
+/// task held the tunnel's connect state).
+const MAX_BYTES_PER_CONN: f64 = 10.0 * 1024.0;
 
 /// The live heap once the process has settled (nothing allocated or freed
 /// for a moment).

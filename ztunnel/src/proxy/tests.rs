@@ -278,19 +278,13 @@ where
     std::mem::size_of::<Fut>()
 }
 
-fn future_size2<F, A, B, Fut>(_: F) -> usize
-where
-    F: FnOnce(A, B) -> Fut,
-{
-    std::mem::size_of::<Fut>()
-}
-
+/// An outbound connection's task holds only the relay's state for the
+/// connection's life: routing, the records and the tunnel's connect (TLS
+/// and HTTP/2 handshakes when the pool dials) run boxed and are freed once
+/// done. It held 3 KiB when they were inline (issue 15: memory per idle
+/// connection).
 #[test]
-fn print_future_sizes() {
-    eprintln!("handle_outbound {}", future_size(outbound::handle_outbound));
-    eprintln!(
-        "handle_plaintext {}",
-        future_size(inbound::handle_plaintext)
-    );
-    eprintln!("handle_hbone {}", future_size2(inbound::handle_hbone));
+fn the_outbound_task_holds_only_the_relay() {
+    let size = future_size(outbound::handle_outbound);
+    assert!(size <= 1536, "handle_outbound's future is {size} B");
 }
