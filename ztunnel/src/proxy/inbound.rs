@@ -11,6 +11,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use hbone::drain::Watch;
 use hbone::server::{Handler, InboundRequest, ServerError, ServerIdentity};
+use hbone::stream::H2Stream;
 use hbone::{tls, SpiffeId};
 use http::StatusCode;
 use tokio::net::{TcpListener, TcpStream};
@@ -193,7 +194,24 @@ impl Handler for HboneInbound {
     }
 }
 
+/// One HBONE CONNECT, for the stream's whole life. Everything up to the
+/// relay (admission, the records, the dial to the app) runs boxed in
+/// [`open_hbone`] and is freed once done: this future, held for as long as
+/// the stream lives, is only the relay's state.
 pub(super) async fn handle_hbone(proxy: Arc<Proxy>, req: InboundRequest) {
+    let Some((stream, app, registration, record)) = Box::pin(open_hbone(&proxy, req)).await else {
+        return;
+    };
+    let outcome = relay(stream, app, registration).await;
+    record.finish(outcome);
+}
+
+/// Admits a CONNECT and dials the app: `None` when refused or failed (both
+/// recorded and answered).
+async fn open_hbone(
+    proxy: &Arc<Proxy>,
+    req: InboundRequest,
+) -> Option<(H2Stream, TcpStream, Registration, ConnRecord)> {
     let snap = proxy.snapshot();
     let src_ip = req.peer_addr.ip();
     // The client's own address, when the forwarded header agrees on the IP
@@ -241,39 +259,35 @@ pub(super) async fn handle_hbone(proxy: Arc<Proxy>, req: InboundRequest) {
                 info,
                 Outcome::failed(refusal.flag(), &refusal).with_reason(refusal.reason()),
             );
-            return;
+            return None;
         }
     };
     info.dst_identity = Some(dst.identity());
     info.service = inbound_service(&snap, host, &dst);
     info.dst = Some(dst.clone());
-    let registration = register(&proxy, src_identity, src_ip, &dst, req.authority.port());
+    let registration = register(proxy, src_identity, src_ip, &dst, req.authority.port());
     let record = ConnRecord::open(&proxy.telemetry, info);
     // Not held for the connection's life: a later config replaces it.
     drop((snap, dst));
     // From the client's own port when known: the client pod is on another
     // node, so that tuple is free in this network namespace.
     let from = SocketAddr::new(src_ip, client.map_or(0, |c| c.port()));
-    // Boxed, as every step before the relay: this future is held, in its
-    // largest state, for the connection's whole life.
-    let app = match Box::pin(proxy.dial_as(from, req.authority)).await {
+    let app = match proxy.dial_as(from, req.authority).await {
         Ok(app) => app,
         Err(e) => {
             tracing::info!(dst = %req.authority, error = %e, "app unreachable");
             req.reject(StatusCode::SERVICE_UNAVAILABLE);
             record.finish(Outcome::failed(ResponseFlag::Connect, error_chain(&e)));
-            return;
+            return None;
         }
     };
-    let stream = match req.accept() {
-        Ok(s) => s,
+    match req.accept() {
+        Ok(stream) => Some((stream, app, registration, record)),
         Err(e) => {
             record.finish(Outcome::failed(ResponseFlag::Connect, e));
-            return;
+            None
         }
-    };
-    let outcome = relay(stream, app, registration).await;
-    record.finish(outcome);
+    }
 }
 
 fn register(

@@ -288,3 +288,17 @@ fn the_outbound_task_holds_only_the_relay() {
     let size = future_size(outbound::handle_outbound);
     assert!(size <= 1536, "handle_outbound's future is {size} B");
 }
+
+/// The same for an inbound HBONE stream's handler (admission, records and
+/// the dial to the app boxed): it held 2.4 KiB.
+#[test]
+fn the_inbound_hbone_handler_holds_only_the_relay() {
+    fn size2<F, A, B, Fut>(_: F) -> usize
+    where
+        F: FnOnce(A, B) -> Fut,
+    {
+        std::mem::size_of::<Fut>()
+    }
+    let size = size2(inbound::handle_hbone);
+    assert!(size <= 1536, "handle_hbone's future is {size} B");
+}
