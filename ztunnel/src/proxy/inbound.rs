@@ -199,10 +199,13 @@ impl Handler for HboneInbound {
 /// [`open_hbone`] and is freed once done: this future, held for as long as
 /// the stream lives, is only the relay's state.
 pub(super) async fn handle_hbone(proxy: Arc<Proxy>, req: InboundRequest) {
-    let Some((stream, app, registration, record)) = Box::pin(open_hbone(&proxy, req)).await else {
+    let Some((mut stream, mut app, mut registration, record)) =
+        Box::pin(open_hbone(&proxy, req)).await
+    else {
         return;
     };
-    let outcome = relay(stream, app, registration).await;
+    // By reference: moved into `relay`, each would be held twice.
+    let outcome = super::pipe(&mut stream, &mut app, registration.wait_revoked()).await;
     record.finish(outcome);
 }
 

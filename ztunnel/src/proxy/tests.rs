@@ -290,7 +290,8 @@ fn the_outbound_task_holds_only_the_relay() {
 }
 
 /// The same for an inbound HBONE stream's handler (admission, records and
-/// the dial to the app boxed): it held 2.4 KiB.
+/// the dial to the app boxed): it held 2.4 KiB (1.6 KiB now: the relay
+/// also waits for a revocation).
 #[test]
 fn the_inbound_hbone_handler_holds_only_the_relay() {
     fn size2<F, A, B, Fut>(_: F) -> usize
@@ -300,5 +301,5 @@ fn the_inbound_hbone_handler_holds_only_the_relay() {
         std::mem::size_of::<Fut>()
     }
     let size = size2(inbound::handle_hbone);
-    assert!(size <= 1536, "handle_hbone's future is {size} B");
+    assert!(size <= 1792, "handle_hbone's future is {size} B");
 }
