@@ -11,6 +11,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use hbone::drain::Watch;
 use hbone::server::{Handler, InboundRequest, ServerError, ServerIdentity};
+use hbone::stream::H2Stream;
 use hbone::{tls, SpiffeId};
 use http::StatusCode;
 use tokio::net::{TcpListener, TcpStream};
@@ -193,7 +194,27 @@ impl Handler for HboneInbound {
     }
 }
 
-async fn handle_hbone(proxy: Arc<Proxy>, req: InboundRequest) {
+/// One HBONE CONNECT, for the stream's whole life. Everything up to the
+/// relay (admission, the records, the dial to the app) runs boxed in
+/// [`open_hbone`] and is freed once done: this future, held for as long as
+/// the stream lives, is only the relay's state.
+pub(super) async fn handle_hbone(proxy: Arc<Proxy>, req: InboundRequest) {
+    let Some((mut stream, mut app, mut registration, record)) =
+        Box::pin(open_hbone(&proxy, req)).await
+    else {
+        return;
+    };
+    // By reference: moved into `relay`, each would be held twice.
+    let outcome = super::pipe(&mut stream, &mut app, registration.wait_revoked()).await;
+    record.finish(outcome);
+}
+
+/// Admits a CONNECT and dials the app: `None` when refused or failed (both
+/// recorded and answered).
+async fn open_hbone(
+    proxy: &Arc<Proxy>,
+    req: InboundRequest,
+) -> Option<(H2Stream, TcpStream, Registration, ConnRecord)> {
     let snap = proxy.snapshot();
     let src_ip = req.peer_addr.ip();
     // The client's own address, when the forwarded header agrees on the IP
@@ -241,14 +262,16 @@ async fn handle_hbone(proxy: Arc<Proxy>, req: InboundRequest) {
                 info,
                 Outcome::failed(refusal.flag(), &refusal).with_reason(refusal.reason()),
             );
-            return;
+            return None;
         }
     };
     info.dst_identity = Some(dst.identity());
     info.service = inbound_service(&snap, host, &dst);
     info.dst = Some(dst.clone());
-    let registration = register(&proxy, src_identity, src_ip, &dst, req.authority.port());
+    let registration = register(proxy, src_identity, src_ip, &dst, req.authority.port());
     let record = ConnRecord::open(&proxy.telemetry, info);
+    // Not held for the connection's life: a later config replaces it.
+    drop((snap, dst));
     // From the client's own port when known: the client pod is on another
     // node, so that tuple is free in this network namespace.
     let from = SocketAddr::new(src_ip, client.map_or(0, |c| c.port()));
@@ -258,18 +281,16 @@ async fn handle_hbone(proxy: Arc<Proxy>, req: InboundRequest) {
             tracing::info!(dst = %req.authority, error = %e, "app unreachable");
             req.reject(StatusCode::SERVICE_UNAVAILABLE);
             record.finish(Outcome::failed(ResponseFlag::Connect, error_chain(&e)));
-            return;
+            return None;
         }
     };
-    let stream = match req.accept() {
-        Ok(s) => s,
+    match req.accept() {
+        Ok(stream) => Some((stream, app, registration, record)),
         Err(e) => {
             record.finish(Outcome::failed(ResponseFlag::Connect, e));
-            return;
+            None
         }
-    };
-    let outcome = relay(stream, app, registration).await;
-    record.finish(outcome);
+    }
 }
 
 fn register(
@@ -303,14 +324,19 @@ pub async fn serve_plaintext(proxy: Arc<Proxy>, listener: TcpListener) {
     super::accept_loop(proxy, listener, "inbound_plaintext", handle_plaintext).await;
 }
 
-async fn handle_plaintext(proxy: Arc<Proxy>, sock: TcpStream, peer: SocketAddr, _drain: Watch) {
+pub(super) async fn handle_plaintext(
+    proxy: Arc<Proxy>,
+    sock: TcpStream,
+    peer: SocketAddr,
+    _drain: Watch,
+) {
     let dst_addr = match proxy.orig_dst(&sock) {
         Ok(dst) => dst,
         Err(e) => return refuse_unknown_orig_dst(&proxy, &sock, Direction::Inbound, peer, &e),
     };
     let snap = proxy.snapshot();
     let info = tcp_info(&snap, peer, None, dst_addr, None, Security::None);
-    serve_tcp(&proxy, &snap, sock, Arrival::Plaintext, info).await;
+    serve_tcp(&proxy, snap, sock, Arrival::Plaintext, info).await;
 }
 
 /// Same-node traffic: the inbound half run in-process for a connection our
@@ -335,7 +361,7 @@ pub async fn in_process(
         Security::MutualTls,
     );
     let arrival = Arrival::InProcess { source: &source_id };
-    serve_tcp(proxy, &snap, client, arrival, info).await
+    serve_tcp(proxy, snap, client, arrival, info).await
 }
 
 /// What is known of an inbound TCP (not HBONE) connection before it is
@@ -370,14 +396,14 @@ fn tcp_info(
 /// connection's inbound event.
 async fn serve_tcp(
     proxy: &Arc<Proxy>,
-    snap: &Snapshot,
+    snap: Arc<Snapshot>,
     client: TcpStream,
     arrival: Arrival<'_>,
     info: ConnInfo,
 ) -> Outcome {
     let (src_ip, dst_addr) = (info.src_addr.ip(), info.dst_addr);
     let (dst, src_identity) = match admit(
-        snap,
+        &snap,
         &proxy.scope,
         &proxy.listener_ports,
         arrival,
@@ -396,9 +422,12 @@ async fn serve_tcp(
     };
     let registration = register(proxy, src_identity, src_ip, &dst, dst_addr.port());
     let record = ConnRecord::open(&proxy.telemetry, info);
+    // Not held for the connection's life: a later config replaces it.
+    drop((snap, dst));
     // An ephemeral port: the client's own tuple is this very connection's,
     // held by the captured socket in this network namespace.
-    let outcome = match proxy.dial_as(SocketAddr::new(src_ip, 0), dst_addr).await {
+    let dialed = Box::pin(proxy.dial_as(SocketAddr::new(src_ip, 0), dst_addr)).await;
+    let outcome = match dialed {
         Ok(app) => relay(client, app, registration).await,
         Err(e) => {
             reset_on_close(&client);

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use hbone::client::ConnectRequest;
 use hbone::drain::Watch;
 use hbone::headers::{new_traceparent, Baggage, ConnectMeta};
+use hbone::stream::H2Stream;
 use hbone::SpiffeId;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -52,10 +53,54 @@ pub fn baggage_for(w: &Workload) -> Baggage {
     }
 }
 
-async fn handle_outbound(proxy: Arc<Proxy>, sock: TcpStream, peer: SocketAddr, _drain: Watch) {
+/// One captured outbound connection, for its whole life. Everything up to
+/// the relay (classify, the records, dialling or opening the tunnel, with
+/// its TLS and HTTP/2 handshakes when the pool dials) runs boxed in
+/// [`open`] and is freed once done: this task's future, held for as long as
+/// the connection lives, is only the relay's state.
+pub(super) async fn handle_outbound(
+    proxy: Arc<Proxy>,
+    sock: TcpStream,
+    peer: SocketAddr,
+    _drain: Watch,
+) {
+    let Some(Opened {
+        mut sock,
+        upstream,
+        record,
+    }) = Box::pin(open(&proxy, sock, peer)).await
+    else {
+        return;
+    };
+    let never = std::future::pending;
+    let outcome = match upstream {
+        Upstream::Hbone(mut s) => super::pipe(&mut sock, &mut s, never()).await,
+        Upstream::Tcp(mut s) => super::pipe(&mut sock, &mut s, never()).await,
+    };
+    record.finish(outcome);
+}
+
+/// A connection ready to relay.
+struct Opened {
+    sock: TcpStream,
+    upstream: Upstream,
+    record: ConnRecord,
+}
+
+enum Upstream {
+    Hbone(H2Stream),
+    Tcp(TcpStream),
+}
+
+/// Routes `sock` and connects it: `None` when it was refused, failed (both
+/// recorded), or served whole in process (same-node traffic).
+async fn open(proxy: &Arc<Proxy>, sock: TcpStream, peer: SocketAddr) -> Option<Opened> {
     let orig_dst = match proxy.orig_dst(&sock) {
         Ok(dst) => dst,
-        Err(e) => return refuse_unknown_orig_dst(&proxy, &sock, Direction::Outbound, peer, &e),
+        Err(e) => {
+            refuse_unknown_orig_dst(proxy, &sock, Direction::Outbound, peer, &e);
+            return None;
+        }
     };
     let snap = proxy.snapshot();
     let pick = proxy.next_pick();
@@ -92,7 +137,7 @@ async fn handle_outbound(proxy: Arc<Proxy>, sock: TcpStream, peer: SocketAddr, _
             proxy.telemetry.metrics.record_outbound_refused(e.reason());
             let outcome = Outcome::failed(ResponseFlag::Connect, &e).with_reason(e.reason());
             ConnRecord::refused(&proxy.telemetry, info, outcome);
-            return;
+            return None;
         }
     };
     match route {
@@ -106,8 +151,9 @@ async fn handle_outbound(proxy: Arc<Proxy>, sock: TcpStream, peer: SocketAddr, _
             info.dst_identity = Some(dest.identity());
             info.dst = Some(dest);
             let record = ConnRecord::open(&proxy.telemetry, info);
-            let outcome = in_process(&proxy, sock, peer, &source, dst, forwarded_host).await;
+            let outcome = in_process(proxy, sock, peer, &source, dst, forwarded_host).await;
             record.finish(outcome);
+            None
         }
         Route::Hbone {
             source,
@@ -124,7 +170,7 @@ async fn handle_outbound(proxy: Arc<Proxy>, sock: TcpStream, peer: SocketAddr, _
                 expect,
                 forwarded_host,
             };
-            tunnel.run(&proxy, sock, peer, &source, info).await;
+            tunnel.open(proxy, sock, peer, &source, info).await
         }
         Route::Waypoint {
             source,
@@ -140,23 +186,24 @@ async fn handle_outbound(proxy: Arc<Proxy>, sock: TcpStream, peer: SocketAddr, _
                 expect,
                 forwarded_host,
             };
-            tunnel.run(&proxy, sock, peer, &source, info).await;
+            tunnel.open(proxy, sock, peer, &source, info).await
         }
         Route::Passthrough { dst, .. } => {
             info.dst_addr = dst;
             info.security = Security::None;
             let record = ConnRecord::open(&proxy.telemetry, info);
-            let outcome = match proxy.dial_as(SocketAddr::new(peer.ip(), 0), dst).await {
-                Ok(mut upstream) => {
-                    let mut sock = sock;
-                    super::pipe(&mut sock, &mut upstream, std::future::pending()).await
-                }
+            match proxy.dial_as(SocketAddr::new(peer.ip(), 0), dst).await {
+                Ok(upstream) => Some(Opened {
+                    sock,
+                    upstream: Upstream::Tcp(upstream),
+                    record,
+                }),
                 Err(e) => {
                     reset_on_close(&sock);
-                    Outcome::failed(ResponseFlag::Connect, error_chain(&e))
+                    record.finish(Outcome::failed(ResponseFlag::Connect, error_chain(&e)));
+                    None
                 }
-            };
-            record.finish(outcome);
+            }
         }
     }
 }
@@ -170,14 +217,15 @@ struct Tunnel {
 }
 
 impl Tunnel {
-    async fn run(
+    /// Opens the tunnel; a failure is recorded (and the client reset) here.
+    async fn open(
         self,
         proxy: &Proxy,
-        mut sock: TcpStream,
+        sock: TcpStream,
         peer: SocketAddr,
         source: &Workload,
         mut info: ConnInfo,
-    ) {
+    ) -> Option<Opened> {
         info.dst_addr = self.authority;
         info.dst_hbone_addr = Some(self.via);
         info.dst_identity = Some(self.expect.clone());
@@ -195,15 +243,21 @@ impl Tunnel {
             },
         };
         let record = ConnRecord::open(&proxy.telemetry, info);
-        let outcome = match proxy.client.connect(&req).await {
-            Ok(mut stream) => super::pipe(&mut sock, &mut stream, std::future::pending()).await,
+        match proxy.client.connect(&req).await {
+            Ok(stream) => Some(Opened {
+                sock,
+                upstream: Upstream::Hbone(stream),
+                record,
+            }),
             Err(e) => {
                 tracing::info!(src = %peer, via = %req.via, authority = %req.authority, error = %e, cause = ?std::error::Error::source(&e), "HBONE tunnel failed");
                 reset_on_close(&sock);
-                Outcome::failed(e.flag(), error_chain(&e)).with_finer_reason(e.reason())
+                record.finish(
+                    Outcome::failed(e.flag(), error_chain(&e)).with_finer_reason(e.reason()),
+                );
+                None
             }
-        };
-        record.finish(outcome);
+        }
     }
 }
 

@@ -40,7 +40,6 @@ use mesh_tests::mesh::Mesh;
 use mesh_tests::process;
 use mesh_tests::relay::{Hop, RelayChain};
 use mesh_tests::{require_root, Netns, Topology};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod report;
 
@@ -57,7 +56,14 @@ struct Opts {
     rate: Duration,
     workers: usize,
     scale_workloads: usize,
-    scale_conns: usize,
+    /// Idle connections held at each reading of the scale phase (growing).
+    scale_conns: Vec<usize>,
+    /// Only the scale phase (no repetitions of the modes).
+    scale_only: bool,
+    /// Internal: serve the scale phase's echo on this port and nothing else
+    /// (a child process in the server pod, so this process's descriptors
+    /// hold only the client ends).
+    idle_echo: Option<u16>,
 }
 
 impl Opts {
@@ -72,13 +78,19 @@ impl Opts {
             rate: Duration::from_secs(3),
             workers: 8,
             scale_workloads: 1000,
-            scale_conns: 1000,
+            scale_conns: vec![1000, 10_000],
+            scale_only: false,
+            idle_echo: None,
         };
+        let mut scale_conns = None;
         let mut flags = process::Flags::from_env(usage);
         while let Some(a) = flags.next_flag() {
             match a.as_str() {
                 "--quick" => o.quick = true,
                 "--shared-port" => o.shared_port = true,
+                "--scale-only" => o.scale_only = true,
+                "--idle-echo" => o.idle_echo = Some(flags.value("--idle-echo")),
+                "--scale-conns" => scale_conns = Some(flags.list("--scale-conns")),
                 "--reps" => o.reps = flags.value("--reps"),
                 "--out" => o.out = flags.string("--out").into(),
                 "--secs" => {
@@ -96,7 +108,13 @@ impl Opts {
             o.rate = Duration::from_millis(300);
             o.workers = 4;
             o.scale_workloads = 100;
-            o.scale_conns = 100;
+            o.scale_conns = vec![100, 300];
+        }
+        if let Some(c) = scale_conns {
+            o.scale_conns = c;
+        }
+        if o.scale_conns.is_empty() || o.scale_conns.windows(2).any(|w| w[0] >= w[1]) {
+            usage("--scale-conns: one or more counts, increasing");
         }
         o.reps = o.reps.max(1);
         o
@@ -107,7 +125,7 @@ fn usage(err: &str) -> ! {
     if !err.is_empty() {
         eprintln!("error: {err}");
     }
-    eprintln!("usage: netns-bench [--quick] [--reps N (default 3)] [--secs S per workload (default 5/3/3)] [--out FILE.json] [--shared-port]");
+    eprintln!("usage: netns-bench [--quick] [--reps N (default 3)] [--secs S per workload (default 5/3/3)] [--out FILE.json] [--shared-port] [--scale-only] [--scale-conns N,M (default 1000,10000)]");
     std::process::exit(2);
 }
 
@@ -213,9 +231,12 @@ const HBONE_RELAY_KEYS: ProxyKeys = ProxyKeys {
 type Samples = BTreeMap<&'static str, BTreeMap<Mode, Vec<f64>>>;
 
 fn main() {
+    let opts = Opts::parse();
+    if let Some(port) = opts.idle_echo {
+        return idle_echo(port);
+    }
     process::ensure_ztunnel_bin();
     process::install_signal_cleanup();
-    let opts = Opts::parse();
     if !require_root() {
         // `require_root` printed SKIPPED (and panicked under CI): a smoke run
         // skips like the netns tests do; a measurement needs root.
@@ -225,6 +246,9 @@ fn main() {
         eprintln!("netns-bench builds network namespaces: run it as root");
         std::process::exit(2);
     }
+    // Each idle connection of the scale phase holds its client end here.
+    let max_conns = opts.scale_conns.iter().max().copied().unwrap_or(0) as u64;
+    raise_nofile(max_conns + 4096);
     // A missing tcp-relay fails here, not after the first repetition.
     mesh_tests::relay::relay_bin();
     if process::run_guarded(|| run(&opts)).is_none() {
@@ -236,6 +260,7 @@ fn run(opts: &Opts) {
     let topo = Topology::builder()
         .nodes(2)
         .pod("client", 1)
+        .pod("client2", 1)
         .pod("server", 2)
         .build()
         .expect("build topology");
@@ -264,7 +289,8 @@ fn run(opts: &Opts) {
 
     let mut samples = Samples::new();
     let started = Instant::now();
-    for rep in 1..=opts.reps {
+    let reps = if opts.scale_only { 0 } else { opts.reps };
+    for rep in 1..=reps {
         for mode in MODES {
             eprintln!("rep {rep}/{}: {}", opts.reps, mode.key());
             set_mode(&mut mesh, mode);
@@ -303,7 +329,7 @@ fn run(opts: &Opts) {
         }
     }
     set_mode(&mut mesh, Mode::NoMesh);
-    let scale = scale_phase(opts, &topo, &mut mesh, &client, server_ip);
+    let scale = scale_phase(opts, &topo, &mut mesh, server_ip);
     let elapsed = started.elapsed();
     report::report(opts, &samples, &scale, elapsed);
     drop(mesh);
@@ -312,7 +338,7 @@ fn run(opts: &Opts) {
 
 fn config(topo: &Topology, dummies: usize) -> String {
     let mut w = String::new();
-    for name in ["client", "server"] {
+    for name in ["client", "client2", "server"] {
         let p = topo.pod(name);
         w += &format!(
             "  - {{name: {name}, namespace: bench, serviceAccount: {name}, ip: {}, node: node{}, labels: {{app: {name}}}}}\n",
@@ -467,27 +493,111 @@ fn percentile(sorted_us: &[f64], q: f64) -> f64 {
     sorted_us[i]
 }
 
-/// RSS with many workloads configured and many idle connections open.
+/// RSS with many workloads configured and idle connections held open.
 #[derive(Debug, Default)]
 struct Scale {
     workloads: usize,
-    conns: usize,
     startup_s: f64,
     rss_idle_kib: Vec<u64>,
-    rss_conns_kib: Vec<u64>,
+    /// The same, split: anonymous memory (heap, stacks) and file pages (the
+    /// binary's text and data that were touched).
+    rss_idle_anon_kib: Vec<u64>,
+    rss_idle_file_kib: Vec<u64>,
+    /// One reading per step of [`Opts::scale_conns`], in order.
+    steps: Vec<ScaleStep>,
     hwm_kib: Vec<u64>,
+}
+
+/// The ztunnels' RSS with `conns` idle connections open through them.
+#[derive(Debug, Default)]
+struct ScaleStep {
+    conns: usize,
+    /// VmRSS of node 1's and node 2's ztunnel.
+    rss_kib: Vec<u64>,
+    /// Seconds to open (and echo on) this step's new connections.
     open_s: f64,
+}
+
+impl Scale {
+    /// RSS growth per idle connection of each ztunnel between the first
+    /// and the last step, in KiB (empty with fewer than two steps).
+    fn kib_per_conn(&self) -> Vec<f64> {
+        let (Some(first), Some(last)) = (self.steps.first(), self.steps.last()) else {
+            return Vec::new();
+        };
+        if last.conns <= first.conns {
+            return Vec::new();
+        }
+        let n = (last.conns - first.conns) as f64;
+        first
+            .rss_kib
+            .iter()
+            .zip(&last.rss_kib)
+            .map(|(a, b)| (*b as f64 - *a as f64) / n)
+            .collect()
+    }
+}
+
+/// Lifts this process's open-file limit to at least `want` (the ztunnels
+/// started afterwards inherit it): the soft limit up to the hard one, and
+/// the hard one too where the process may (CAP_SYS_RESOURCE).
+fn raise_nofile(want: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the rlimit we own; setrlimit reads it.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 || lim.rlim_cur >= want {
+            return;
+        }
+        let hard = lim.rlim_max;
+        lim.rlim_cur = want;
+        lim.rlim_max = hard.max(want);
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+            lim.rlim_cur = hard;
+            lim.rlim_max = hard;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            eprintln!("warning: open-file limit {hard}, not {want}: the scale phase may fail");
+        }
+    }
+}
+
+/// Opens `n` connections from `pod` to `echo`, each echoing its index.
+fn open_idle(pod: &Netns, echo: SocketAddr, first: usize, n: usize) -> Vec<std::net::TcpStream> {
+    pod.run(move || {
+        (first..first + n)
+            .map(|i| {
+                let mut s = std::net::TcpStream::connect_timeout(&echo, Duration::from_secs(10))
+                    .unwrap_or_else(|e| panic!("idle connection {i}: {e}"));
+                s.set_read_timeout(Some(Duration::from_secs(10)))
+                    .expect("read timeout");
+                echo_check(&mut s, i as u64, "echoed wrong bytes");
+                s
+            })
+            .collect()
+    })
+    .expect("enter client namespace")
+}
+
+fn echo_check(s: &mut std::net::TcpStream, v: u64, what: &str) {
+    use std::io::{Read, Write};
+    let msg = v.to_le_bytes();
+    s.write_all(&msg).expect("write");
+    let mut back = [0u8; 8];
+    s.read_exact(&mut back)
+        .unwrap_or_else(|e| panic!("idle connection {v}: {e}"));
+    assert_eq!(back, msg, "idle connection {v} {what}");
 }
 
 fn scale_phase(
     opts: &Opts,
     topo: &Topology,
     mesh: &mut Mesh,
-    client: &Netns,
     server_ip: std::net::Ipv4Addr,
 ) -> Scale {
     eprintln!(
-        "scale: {} workloads configured, {} idle connections",
+        "scale: {} workloads configured, idle connections {:?}",
         opts.scale_workloads, opts.scale_conns
     );
     mesh.write_config(&config(topo, opts.scale_workloads));
@@ -502,47 +612,101 @@ fn scale_phase(
             .collect::<Vec<_>>()
     };
     let rss_idle_kib = rss("VmRSS");
-    let echo = SocketAddr::from((server_ip, ECHO_PORT));
-    let n = opts.scale_conns;
-    let pids2 = pids.clone();
-    let (rss_conns_kib, open_s) = in_ns(client, async move {
+    let rss_idle_anon_kib = rss("RssAnon");
+    let rss_idle_file_kib = rss("RssFile");
+    // The echo runs in a process of its own: 10,000 connections' two ends
+    // would not fit one process's open-file limit (which only a process with
+    // CAP_SYS_RESOURCE may raise).
+    let exe = std::env::current_exe().expect("own executable path");
+    let port = IDLE_ECHO_PORT.to_string();
+    let _echo_server = topo
+        .pod("server")
+        .ns
+        .spawn(&[exe.to_str().expect("a UTF-8 path"), "--idle-echo", &port])
+        .expect("start the idle echo");
+    let echo = SocketAddr::from((server_ip, IDLE_ECHO_PORT));
+    wait_listening(&topo.pod("server").ns, echo);
+    // The connections come from IDLE_PODS in turn, each under ztunnel's
+    // per-source cap of a capture listener.
+    let pods: Vec<&Netns> = IDLE_PODS.iter().map(|p| &topo.pod(p).ns).collect();
+    let mut conns = Vec::new();
+    let mut steps = Vec::new();
+    for &target in &opts.scale_conns {
         let t = Instant::now();
-        let mut conns = Vec::with_capacity(n);
-        for i in 0..n {
-            let mut s = tokio::net::TcpStream::connect(echo)
-                .await
-                .unwrap_or_else(|e| panic!("idle connection {i}: {e}"));
-            let msg = (i as u64).to_le_bytes();
-            s.write_all(&msg).await.expect("write");
-            let mut back = [0u8; 8];
-            s.read_exact(&mut back).await.expect("read echo");
-            assert_eq!(back, msg, "idle connection {i} echoed wrong bytes");
-            conns.push(s);
+        let mut opened = conns.len();
+        while opened < target {
+            let n = (target - opened).min(IDLE_BATCH);
+            let pod = pods[(opened / IDLE_BATCH) % pods.len()];
+            conns.extend(open_idle(pod, echo, opened, n));
+            opened += n;
         }
         let open_s = t.elapsed().as_secs_f64();
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let rss = pids2
-            .iter()
-            .map(|p| process::status_kib(*p, "VmRSS"))
-            .collect::<Vec<_>>();
-        // Every connection is still alive and byte-exact after the reading.
-        for (i, s) in conns.iter_mut().enumerate() {
-            let msg = (i as u64 ^ 0xffff).to_le_bytes();
-            s.write_all(&msg).await.expect("write");
-            let mut back = [0u8; 8];
-            s.read_exact(&mut back).await.expect("read echo");
-            assert_eq!(back, msg, "idle connection {i} broke");
-        }
-        (rss, open_s)
-    });
+        std::thread::sleep(Duration::from_secs(1));
+        steps.push(ScaleStep {
+            conns: conns.len(),
+            rss_kib: rss("VmRSS"),
+            open_s,
+        });
+    }
+    // Every connection is still alive and byte-exact after the readings.
+    for (i, s) in conns.iter_mut().enumerate() {
+        echo_check(s, i as u64 ^ 0xffff, "broke");
+    }
     let hwm_kib = rss("VmHWM");
+    drop(conns);
     Scale {
         workloads: opts.scale_workloads,
-        conns: n,
         startup_s,
         rss_idle_kib,
-        rss_conns_kib,
+        rss_idle_anon_kib,
+        rss_idle_file_kib,
+        steps,
         hwm_kib,
-        open_s,
     }
 }
+
+/// The scale phase's echo port (its own process, [`idle_echo`]).
+const IDLE_ECHO_PORT: u16 = 5003;
+
+/// Serves an echo on `port` in this process's namespace until killed,
+/// holding as little as it can per connection.
+fn idle_echo(port: u16) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("echo runtime");
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(("0.0.0.0", port))
+            .await
+            .unwrap_or_else(|e| panic!("idle echo on port {port}: {e}"));
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = [0u8; 64];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// Waits (up to 10 s) until something accepts connections at `addr` from
+/// `ns`.
+fn wait_listening(ns: &Netns, addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ns.std_connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens at {addr}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The pods (on node 1) the scale phase's idle connections come from.
+const IDLE_PODS: [&str; 2] = ["client", "client2"];
+/// Connections opened from one pod before the next takes over.
+const IDLE_BATCH: usize = 500;

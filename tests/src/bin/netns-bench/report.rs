@@ -12,6 +12,8 @@ const THROUGHPUT_MIN_RATIO: f64 = 0.5;
 const ADDED_P99_MAX_US: f64 = 100.0;
 const NEW_CONNS_MIN_RATIO: f64 = 0.45;
 const RSS_MAX_MIB: f64 = 40.0;
+/// Issue 15's target: RSS growth per idle connection through one ztunnel.
+const KIB_PER_CONN_MAX: f64 = 6.0;
 
 const RELAY_NOTE: &str = "relay: two plain user-space TCP relays (tcp-relay: no TLS, HTTP/2 or \
     policy), client -> node1 -> node2 -> server, ztunnels stopped. It opens a new node-to-node \
@@ -130,9 +132,23 @@ pub(crate) fn report(opts: &Opts, s: &Samples, scale: &Scale, elapsed: Duration)
             }),
         );
     }
-    let max_rss_mib = scale.rss_conns_kib.iter().max().copied().unwrap_or(0) as f64 / 1024.0;
+    // Issue 3's target: the first step (1,000 idle connections).
+    let first = scale.steps.first();
+    let max_rss_mib = first
+        .and_then(|s| s.rss_kib.iter().max().copied())
+        .unwrap_or(0) as f64
+        / 1024.0;
+    let steps: Vec<_> = scale
+        .steps
+        .iter()
+        .map(|s| json!({"idle_conns": s.conns, "rss_kib": s.rss_kib, "open_s": s.open_s}))
+        .collect();
     let mut met = ambient.met();
     met["rss"] = (max_rss_mib < RSS_MAX_MIB).into();
+    let per_conn = scale.kib_per_conn();
+    if !per_conn.is_empty() {
+        met["rss_per_idle_conn"] = per_conn.iter().all(|k| *k < KIB_PER_CONN_MAX).into();
+    }
     let mut doc = json!({
         "command": std::env::args().collect::<Vec<_>>().join(" "),
         "quick": opts.quick,
@@ -143,12 +159,17 @@ pub(crate) fn report(opts: &Opts, s: &Samples, scale: &Scale, elapsed: Duration)
         "params": {"bulk_s": opts.bulk.as_secs_f64(), "latency_s": opts.latency.as_secs_f64(),
                    "rate_s": opts.rate.as_secs_f64(), "rate_workers": opts.workers, "request_bytes": REQ_LEN},
         "figures": figures,
-        "scale": {"workloads": scale.workloads, "idle_conns": scale.conns, "startup_s": scale.startup_s,
-                  "open_s": scale.open_s, "rss_idle_kib": scale.rss_idle_kib,
-                  "rss_with_conns_kib": scale.rss_conns_kib, "hwm_kib": scale.hwm_kib},
+        "scale": {"workloads": scale.workloads, "idle_conns": first.map_or(0, |s| s.conns),
+                  "startup_s": scale.startup_s, "open_s": first.map_or(0.0, |s| s.open_s),
+                  "rss_idle_kib": scale.rss_idle_kib, "rss_idle_anon_kib": scale.rss_idle_anon_kib,
+                  "rss_idle_file_kib": scale.rss_idle_file_kib,
+                  "rss_with_conns_kib": first.map_or(&[][..], |s| &s.rss_kib[..]),
+                  "hwm_kib": scale.hwm_kib, "steps": steps,
+                  "rss_kib_per_idle_conn": scale.kib_per_conn()},
         "ratios": ambient.json(),
         "targets": {"throughput_min_ratio": THROUGHPUT_MIN_RATIO, "added_p99_max_us": ADDED_P99_MAX_US,
-                    "new_conns_min_ratio": NEW_CONNS_MIN_RATIO, "rss_max_mib": RSS_MAX_MIB},
+                    "new_conns_min_ratio": NEW_CONNS_MIN_RATIO, "rss_max_mib": RSS_MAX_MIB,
+                    "rss_kib_per_idle_conn_max": KIB_PER_CONN_MAX},
         "met": met,
     });
     doc.as_object_mut().expect("an object").extend(floors);
@@ -262,18 +283,44 @@ fn print_table(opts: &Opts, s: &Samples, scale: &Scale, ratios: ModeRatios, max_
             .collect::<Vec<_>>()
             .join(" / ")
     };
+    let first = scale.steps.first();
     println!(
-        "scale: {} workloads + {} idle conns: ztunnel RSS node1 / node2 = {} MiB idle, {} MiB with conns (peak {}); target < {RSS_MAX_MIB:.0} MiB: {}",
+        "scale: {} workloads, ztunnel RSS node1 / node2 (MiB): {} with no connection ({} anonymous, {} file); target < {RSS_MAX_MIB:.0} MiB at {} idle conns: {}",
         scale.workloads,
-        scale.conns,
         mib(&scale.rss_idle_kib),
-        mib(&scale.rss_conns_kib),
-        mib(&scale.hwm_kib),
+        mib(&scale.rss_idle_anon_kib),
+        mib(&scale.rss_idle_file_kib),
+        first.map_or(0, |s| s.conns),
         yes(max_rss_mib < RSS_MAX_MIB)
     );
+    for step in &scale.steps {
+        println!(
+            "  {:>6} idle connections: {} MiB (opened in {:.2} s)",
+            step.conns,
+            mib(&step.rss_kib),
+            step.open_s
+        );
+    }
+    let per_conn = scale.kib_per_conn();
+    if let (Some(a), Some(b)) = (scale.steps.first(), scale.steps.last()) {
+        if !per_conn.is_empty() {
+            let kib = per_conn
+                .iter()
+                .map(|k| format!("{k:.2}"))
+                .collect::<Vec<_>>()
+                .join(" / ");
+            println!(
+                "  growth per idle connection ({} -> {}): {kib} KiB (node1 outbound / node2 inbound); target < {KIB_PER_CONN_MAX:.0} KiB: {}",
+                a.conns,
+                b.conns,
+                yes(per_conn.iter().all(|k| *k < KIB_PER_CONN_MAX))
+            );
+        }
+    }
     println!(
-        "  (startup with that config {:.2} s; opening the connections took {:.2} s)",
-        scale.startup_s, scale.open_s
+        "  (startup with that config {:.2} s; peak {} MiB)",
+        scale.startup_s,
+        mib(&scale.hwm_kib)
     );
     println!("results: {}", opts.out.display());
 }
