@@ -48,6 +48,7 @@ pub struct Opts {
     pub search_secs: Duration,
     pub search_steps: usize,
     pub slo_ms: f64,
+    pub profile: bool,
     pub out: PathBuf,
     pub machine: String,
 }
@@ -67,6 +68,7 @@ impl Opts {
             search_secs: Duration::from_secs(3),
             search_steps: 7,
             slo_ms: 50.0,
+            profile: false,
             out: PathBuf::from("target/waypoint-bench"),
             machine: String::new(),
         };
@@ -104,6 +106,7 @@ impl Opts {
                 }
                 "--search-steps" => o.search_steps = flags.value("--search-steps"),
                 "--slo-ms" => o.slo_ms = flags.value("--slo-ms"),
+                "--profile" => o.profile = true,
                 "--out" => o.out = flags.string("--out").into(),
                 "--render" => o.render = Some(flags.string("--render").into()),
                 "--machine" => o.machine = flags.string("--machine"),
@@ -139,6 +142,7 @@ fn usage(err: &str) -> ! {
          \x20                     [--protos http1,grpc] [--rate REQ/S (1000)] [--secs S per run (5)]\n\
          \x20                     [--workers N (2): both waypoints' worker threads]\n\
          \x20                     [--no-search] [--search-secs S (3)] [--search-steps N (7)] [--slo-ms MS (50)]\n\
+         \x20                     [--profile: perf record each waypoint during one more fixed-rate run per protocol]\n\
          \x20                     [--out PREFIX (target/waypoint-bench) -> PREFIX.json, PREFIX.html] [--machine \"...\"]\n\
          \x20      waypoint-bench --render RUN.json   (re-render RUN.html; nothing runs)\n\
          env: ZTUNNEL_BIN, WAYPOINT_BIN (default: next to this binary's ztunnel; cargo build -p ztunnel -p waypoint),\n\

@@ -71,6 +71,10 @@ pub struct Report {
     pub verification: Vec<String>,
     /// proto -> mode -> the rate search's steps.
     pub searches: BTreeMap<String, BTreeMap<String, Vec<super::search::Step>>>,
+    /// `<proto> <mode>` -> the top of `perf report` for the waypoint
+    /// during a fixed-rate run (`--profile`).
+    #[serde(default)]
+    pub profiles: BTreeMap<String, Vec<String>>,
 }
 
 impl Report {
@@ -212,6 +216,9 @@ impl Report {
                 }
             }
             h += "</table>\n";
+        }
+        for (what, lines) in &self.profiles {
+            h += &format!("<h2>Profile: {}</h2><pre>{}</pre>\n", escape(what), escape(&lines.join("\n")));
         }
         h += "<h2>Verification</h2><ul>\n";
         for v in &self.verification {

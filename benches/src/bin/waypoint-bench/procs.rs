@@ -1,5 +1,5 @@
-//! The two waypoints as processes: ours (`mesh_tests::waypoint::
-//! WaypointProc`, file mode with the mesh's config and dev CA) and Envoy
+//! The two waypoints as processes: ours (file mode with the mesh's config
+//! and dev CA) and Envoy
 //! with the bootstrap of `waypoint_bench::envoy`, each in its own pod
 //! namespace with the same number of worker threads.
 
@@ -10,8 +10,8 @@ use hbone::ca::DevCa;
 use mesh_benches::waypoint_bench::envoy::{self, Service, Waypoint, ADMIN_PORT};
 use mesh_benches::waypoint_bench::{spiffe_uri, ENVOY_WAYPOINT, NAMESPACE, OUR_WAYPOINT};
 use mesh_tests::mesh::{http_get, Mesh};
-use mesh_tests::waypoint::{Source, WaypointProc};
-use mesh_tests::{process, ChildGuard, Netns};
+use mesh_tests::waypoint::waypoint_bin;
+use mesh_tests::{ChildGuard, Netns};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -51,24 +51,79 @@ fn pem(tag: &str, der: &[u8]) -> String {
     pem::encode(&pem::Pem::new(tag, der.to_vec()))
 }
 
-/// Our waypoint with `workers` worker threads; its pid.
-pub fn start_ours(mesh: &Mesh, ns: &Netns, workers: usize) -> (WaypointProc, u32) {
-    let w = workers.to_string();
-    let wp = WaypointProc::start(
-        mesh,
-        ns,
-        OUR_WAYPOINT,
-        NAMESPACE,
-        Source::File,
-        &["--worker-threads", &w],
-    );
-    // WaypointProc's access log is `<scratch>/waypoint-<ns>-<name>/access.log`,
-    // an argument only this process has.
-    let log = mesh
-        .scratch(&format!("waypoint-{NAMESPACE}-{OUR_WAYPOINT}"))
-        .join("access.log");
-    let pid = process::find_pid_with_arg(&log).expect("our waypoint's pid");
-    (wp, pid)
+/// Our waypoint, in `ns`: file mode with the mesh's config and dev CA,
+/// `workers` worker threads, no access log (Envoy has none either, as
+/// Istio's default mesh config has none).
+pub struct OurWaypoint {
+    pub ns: Netns,
+    child: ChildGuard,
+    stderr: PathBuf,
+}
+
+impl OurWaypoint {
+    pub fn start(mesh: &Mesh, ns: &Netns, workers: usize) -> Result<OurWaypoint, String> {
+        let dir = mesh.scratch("waypoint-bench-ours");
+        let stderr = dir.join("stderr");
+        let path = |p: &Path| p.to_str().expect("utf-8 path").to_owned();
+        let argv: Vec<String> = vec![
+            "sh".into(),
+            "-c".into(),
+            format!("exec \"$0\" \"$@\" 2>>{}", stderr.display()),
+            path(&waypoint_bin()),
+            "--name".into(),
+            OUR_WAYPOINT.into(),
+            "--namespace".into(),
+            NAMESPACE.into(),
+            "--config-file".into(),
+            path(mesh.config_path()),
+            "--ca-dir".into(),
+            path(mesh.ca_dir()),
+            "--access-log".into(),
+            "off".into(),
+            "--worker-threads".into(),
+            workers.to_string(),
+        ];
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let mut child = ns.spawn(&argv).map_err(|e| format!("spawn waypoint: {e}"))?;
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let log = || std::fs::read_to_string(&stderr).unwrap_or_default();
+        loop {
+            if matches!(http_get(ns, 15021, "/healthz/ready"), Ok((200, _))) {
+                break;
+            }
+            if !child.is_running() {
+                return Err(format!("our waypoint exited:\n{}", log()));
+            }
+            if Instant::now() > deadline {
+                return Err(format!("our waypoint not ready:\n{}", log()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(OurWaypoint {
+            ns: ns.clone(),
+            child,
+            stderr,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `/metrics`.
+    pub fn metrics(&self) -> String {
+        mesh_tests::mesh::metrics(&self.ns)
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
+impl Drop for OurWaypoint {
+    fn drop(&mut self) {
+        self.child.kill();
+    }
 }
 
 /// Envoy as the waypoint, in `ns`.

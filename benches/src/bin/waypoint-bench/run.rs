@@ -19,7 +19,7 @@ use mesh_tests::mesh::{metric_sum, Mesh};
 use mesh_tests::process;
 use mesh_tests::Topology;
 
-use crate::procs::{self, EnvoyWaypoint};
+use crate::procs::{self, EnvoyWaypoint, OurWaypoint};
 use crate::Opts;
 
 /// Requests sent one by one before each measured run (connections, pools,
@@ -34,7 +34,7 @@ struct Bench<'a> {
     opts: &'a Opts,
     topo: &'a Topology,
     mesh: &'a Mesh,
-    ours: Option<(mesh_tests::waypoint::WaypointProc, u32)>,
+    ours: Option<OurWaypoint>,
     envoy: Option<EnvoyWaypoint>,
     next_index: u64,
     report: Report,
@@ -108,9 +108,14 @@ pub fn run(opts: &Opts) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     l7load::serve(&apps, &topo.pod("server").ns, APP_PORT);
     l7load::serve(&apps, &topo.pod("plain-server").ns, APP_PORT);
-    let ours = modes
-        .contains(&Mode::Waypoint)
-        .then(|| procs::start_ours(&mesh, &topo.pod(OUR_WAYPOINT).ns, opts.workers));
+    let ours = match modes.contains(&Mode::Waypoint) {
+        true => Some(OurWaypoint::start(
+            &mesh,
+            &topo.pod(OUR_WAYPOINT).ns,
+            opts.workers,
+        )?),
+        false => None,
+    };
     let envoy = match (&envoy_bin, modes.contains(&Mode::EnvoyWaypoint)) {
         (Some(bin), true) => {
             let server = topo.pod("server");
@@ -179,6 +184,13 @@ pub fn run(opts: &Opts) -> Result<(), String> {
             }
         }
     }
+    if opts.profile {
+        for &proto in &opts.protos {
+            for mode in modes.iter().copied().filter(|m| m.has_waypoint()) {
+                b.profile(mode, proto)?;
+            }
+        }
+    }
     b.report.meta.load_after = load_avg();
     let Bench { report, .. } = b;
     write(&report, &opts.out)?;
@@ -190,7 +202,7 @@ pub fn run(opts: &Opts) -> Result<(), String> {
 impl Bench<'_> {
     fn pid(&self, mode: Mode) -> Option<u32> {
         match mode {
-            Mode::Waypoint => self.ours.as_ref().map(|o| o.1),
+            Mode::Waypoint => self.ours.as_ref().map(|o| o.pid()),
             Mode::EnvoyWaypoint => self.envoy.as_ref().map(|e| e.pid()),
             _ => None,
         }
@@ -201,7 +213,7 @@ impl Bench<'_> {
         Ok(match mode {
             Mode::NoMesh => String::new(),
             Mode::Ztunnel => self.mesh.metrics(2),
-            Mode::Waypoint => self.ours.as_ref().expect("ours").0.metrics(),
+            Mode::Waypoint => self.ours.as_ref().expect("ours").metrics(),
             Mode::EnvoyWaypoint => self.envoy.as_ref().expect("envoy").stats()?,
         })
     }
@@ -222,7 +234,8 @@ impl Bench<'_> {
                 let n = |t: &str| metric_sum(t, "istio_requests_total", Some("response_code=\"200\""));
                 let d = n(after) - n(before);
                 if d != requests {
-                    return Err(format!("our waypoint: istio_requests_total{{response_code=\"200\"}} grew by {d}, not by the {requests} requests sent"));
+                    let stderr = self.ours.as_ref().map(|o| o.stderr()).unwrap_or_default();
+                    return Err(format!("our waypoint: istio_requests_total{{response_code=\"200\"}} grew by {d}, not by the {requests} requests sent\n{stderr}"));
                 }
                 Ok(format!("our waypoint: istio_requests_total{{reporter=\"waypoint\",response_code=\"200\"}} +{d} = requests sent"))
             }
@@ -334,6 +347,54 @@ impl Bench<'_> {
             .entry(p.to_owned())
             .or_default()
             .insert(mode.key().to_owned(), steps);
+        Ok(())
+    }
+}
+
+impl Bench<'_> {
+    /// `perf record -g` of the waypoint during one more fixed-rate run;
+    /// the top of `perf report` (self time by symbol) goes in the report
+    /// and the whole of it next to the report.
+    fn profile(&mut self, mode: Mode, proto: Proto) -> Result<(), String> {
+        let pid = self.pid(mode).expect("a waypoint mode");
+        let data = self.opts.out.with_extension(format!("perf-{}-{}.data", mode.key(), proto.key()));
+        let mut perf = std::process::Command::new("perf")
+            .args(["record", "-F", "999", "-g", "-q", "-o"])
+            .arg(&data)
+            .args(["-p", &pid.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| format!("perf record: {e}"))?;
+        std::thread::sleep(Duration::from_millis(300));
+        eprintln!("profiling {} {} at {}/s", proto.key(), mode.key(), self.opts.rate);
+        let m = self.measure(mode, proto, self.opts.rate, self.opts.secs);
+        // SAFETY: kill(2) on the child we spawned.
+        unsafe { libc::kill(perf.id() as i32, libc::SIGINT) };
+        let _ = perf.wait();
+        m?;
+        let report = |sort: &str, limit: &str| {
+            std::process::Command::new("perf")
+                .args(["report", "--stdio", "--no-children", "-g", "none", "--sort", sort, "--percent-limit", limit, "-i"])
+                .arg(&data)
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .map_err(|e| format!("perf report: {e}"))
+        };
+        // Where the time goes by binary (kernel, the proxy, libc), then
+        // by symbol.
+        let text = report("dso", "0.5")? + &report("dso,symbol", "0.7")?;
+        let txt = data.with_extension("txt");
+        std::fs::write(&txt, &text).map_err(|e| format!("{}: {e}", txt.display()))?;
+        let _ = std::fs::remove_file(&data);
+        let top: Vec<String> = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .map(str::trim_end)
+            .take(45)
+            .map(str::to_owned)
+            .collect();
+        self.report.profiles.insert(format!("{} {}", proto.key(), mode.label()), top);
         Ok(())
     }
 }
