@@ -101,7 +101,11 @@ pub fn bootstrap(wp: &Waypoint) -> Value {
     let mut seen_pods = std::collections::BTreeSet::new();
     for svc in &wp.services {
         listeners.push(l7_listener(svc));
-        clusters.push(internal_cluster(&svc.l7_listener(), &[svc.l7_listener()], false));
+        clusters.push(internal_cluster(
+            &svc.l7_listener(),
+            &[svc.l7_listener()],
+            false,
+        ));
         let originators: Vec<String> = svc
             .endpoints
             .iter()
@@ -349,7 +353,9 @@ pub fn check_routed(before: &str, after: &str, svc: &Service, requests: u64) -> 
     for name in &must_equal {
         let d = delta(name)?;
         if d != requests {
-            return Err(format!("{name} grew by {d}, not by the {requests} requests sent"));
+            return Err(format!(
+                "{name} grew by {d}, not by the {requests} requests sent"
+            ));
         }
     }
     for name in [

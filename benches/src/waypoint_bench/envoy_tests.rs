@@ -39,12 +39,18 @@ fn terminates_mtls_and_connect_on_15008_for_bound_vips_only() {
     let l = find(&b, "listeners", "connect_terminate");
     assert_eq!(l["address"]["socket_address"]["port_value"], 15008);
     let tls = &l["filter_chains"][0]["transport_socket"]["typed_config"];
-    assert!(tls["@type"].as_str().unwrap().ends_with("DownstreamTlsContext"));
+    assert!(tls["@type"]
+        .as_str()
+        .unwrap()
+        .ends_with("DownstreamTlsContext"));
     assert_eq!(tls["require_client_certificate"], true);
     let ctx = &tls["common_tls_context"];
     assert_eq!(ctx["alpn_protocols"], json!(["h2"]));
     assert_eq!(ctx["tls_params"]["tls_minimum_protocol_version"], "TLSv1_3");
-    assert_eq!(ctx["tls_certificates"][0]["certificate_chain"]["filename"], "/d/chain.pem");
+    assert_eq!(
+        ctx["tls_certificates"][0]["certificate_chain"]["filename"],
+        "/d/chain.pem"
+    );
     assert_eq!(
         ctx["validation_context"]["match_typed_subject_alt_names"][0]["matcher"]["prefix"],
         "spiffe://cluster.local/"
@@ -55,14 +61,21 @@ fn terminates_mtls_and_connect_on_15008_for_bound_vips_only() {
     assert_eq!(h["upgrade_configs"][0]["upgrade_type"], "CONNECT");
     let vhosts = h["route_config"]["virtual_hosts"].as_array().unwrap();
     assert_eq!(vhosts.len(), 1);
-    assert_eq!(vhosts[0]["domains"], json!(["10.96.0.22:80"]), "only the bound VIP:port");
+    assert_eq!(
+        vhosts[0]["domains"],
+        json!(["10.96.0.22:80"]),
+        "only the bound VIP:port"
+    );
     let route = &vhosts[0]["routes"][0];
     assert_eq!(route["match"], json!({"connect_matcher": {}}));
     assert_eq!(
         route["route"]["cluster"],
         "inbound-vip|80|http|echo-envoy.shop.svc.cluster.local"
     );
-    assert_eq!(route["route"]["upgrade_configs"][0]["upgrade_type"], "CONNECT");
+    assert_eq!(
+        route["route"]["upgrade_configs"][0]["upgrade_type"],
+        "CONNECT"
+    );
     assert!(route["route"]["upgrade_configs"][0]["connect_config"].is_object());
     assert_eq!(
         b["bootstrap_extensions"][0]["name"],
@@ -80,14 +93,22 @@ fn the_internal_listener_routes_at_l7_with_our_routes() {
     let h = hcm(l);
     assert_eq!(h["stat_prefix"], L7_STAT_PREFIX);
     assert_eq!(h["codec_type"], "AUTO");
-    let routes = h["route_config"]["virtual_hosts"][0]["routes"].as_array().unwrap();
+    let routes = h["route_config"]["virtual_hosts"][0]["routes"]
+        .as_array()
+        .unwrap();
     let matches: Vec<&Value> = routes.iter().map(|r| &r["match"]).collect();
     assert_eq!(
         matches,
-        [&json!({"path": "/echo"}), &json!({"prefix": "/bench.Echo/"})]
+        [
+            &json!({"path": "/echo"}),
+            &json!({"prefix": "/bench.Echo/"})
+        ]
     );
     for r in routes {
-        assert_eq!(r["route"]["cluster"], "outbound|80||echo-envoy.shop.svc.cluster.local");
+        assert_eq!(
+            r["route"]["cluster"],
+            "outbound|80||echo-envoy.shop.svc.cluster.local"
+        );
     }
     let c = find(&b, "clusters", name);
     assert_eq!(
@@ -100,7 +121,11 @@ fn the_internal_listener_routes_at_l7_with_our_routes() {
 #[test]
 fn each_endpoint_is_reached_over_hbone_with_its_own_identity() {
     let b = bootstrap(&waypoint());
-    let svc = find(&b, "clusters", "outbound|80||echo-envoy.shop.svc.cluster.local");
+    let svc = find(
+        &b,
+        "clusters",
+        "outbound|80||echo-envoy.shop.svc.cluster.local",
+    );
     let eps: Vec<&Value> = svc["load_assignment"]["endpoints"][0]["lb_endpoints"]
         .as_array()
         .unwrap()
@@ -134,16 +159,28 @@ fn each_endpoint_is_reached_over_hbone_with_its_own_identity() {
         ["http2_protocol_options"]
         .is_object());
     let tls = &hbone["transport_socket"]["typed_config"];
-    assert!(tls["@type"].as_str().unwrap().ends_with("UpstreamTlsContext"));
+    assert!(tls["@type"]
+        .as_str()
+        .unwrap()
+        .ends_with("UpstreamTlsContext"));
     let ctx = &tls["common_tls_context"];
-    assert_eq!(ctx["tls_certificates"][0]["private_key"]["filename"], "/d/key.pem");
+    assert_eq!(
+        ctx["tls_certificates"][0]["private_key"]["filename"],
+        "/d/key.pem"
+    );
     assert_eq!(
         ctx["validation_context"]["match_typed_subject_alt_names"][0]["matcher"]["exact"],
         "spiffe://cluster.local/ns/shop/sa/server"
     );
     // One HBONE cluster per pod, whatever its ports.
     let clusters = b["static_resources"]["clusters"].as_array().unwrap();
-    assert_eq!(clusters.iter().filter(|c| c["name"].as_str().unwrap().starts_with("hbone|")).count(), 2);
+    assert_eq!(
+        clusters
+            .iter()
+            .filter(|c| c["name"].as_str().unwrap().starts_with("hbone|"))
+            .count(),
+        2
+    );
 }
 
 #[test]

@@ -253,7 +253,10 @@ mod tests {
         }
         assert!(workload("server")["labels"]["istio.io/dataplane-mode"].is_null());
         let route = &doc["routes"][0];
-        assert_eq!(route["spec"]["parentRefs"][0]["name"].as_str(), Some("echo-wp"));
+        assert_eq!(
+            route["spec"]["parentRefs"][0]["name"].as_str(),
+            Some("echo-wp")
+        );
         assert_eq!(route["spec"]["rules"].as_sequence().unwrap().len(), 2);
         assert_eq!(
             route["spec"]["rules"][1]["matches"][0]["path"]["value"].as_str(),

@@ -27,7 +27,12 @@ pub const FIGURES: [(&str, &str, &str, bool); 7] = [
     (CPU, "waypoint CPU per 1,000 requests/s", "millicores", true),
     (RSS, "waypoint RSS after the run", "MiB", true),
     (PEAK, "highest sustained rate", "requests/s", false),
-    (PER_CORE, "highest sustained rate per waypoint core", "requests/s per core", false),
+    (
+        PER_CORE,
+        "highest sustained rate per waypoint core",
+        "requests/s per core",
+        false,
+    ),
 ];
 
 /// About the run.
@@ -112,10 +117,34 @@ impl Report {
         for proto in self.figures.keys() {
             let p = proto.as_str();
             let rows = [
-                ("added p99", self.added(p, P99, Mode::Waypoint), self.added(p, P99, Mode::EnvoyWaypoint), 0.5, true),
-                ("CPU per 1,000 rps", self.median(p, CPU, Mode::Waypoint), self.median(p, CPU, Mode::EnvoyWaypoint), 0.5, true),
-                ("RSS", self.median(p, RSS, Mode::Waypoint), self.median(p, RSS, Mode::EnvoyWaypoint), 0.25, true),
-                ("peak rps per core", self.median(p, PER_CORE, Mode::Waypoint), self.median(p, PER_CORE, Mode::EnvoyWaypoint), 1.5, false),
+                (
+                    "added p99",
+                    self.added(p, P99, Mode::Waypoint),
+                    self.added(p, P99, Mode::EnvoyWaypoint),
+                    0.5,
+                    true,
+                ),
+                (
+                    "CPU per 1,000 rps",
+                    self.median(p, CPU, Mode::Waypoint),
+                    self.median(p, CPU, Mode::EnvoyWaypoint),
+                    0.5,
+                    true,
+                ),
+                (
+                    "RSS",
+                    self.median(p, RSS, Mode::Waypoint),
+                    self.median(p, RSS, Mode::EnvoyWaypoint),
+                    0.25,
+                    true,
+                ),
+                (
+                    "peak rps per core",
+                    self.median(p, PER_CORE, Mode::Waypoint),
+                    self.median(p, PER_CORE, Mode::EnvoyWaypoint),
+                    1.5,
+                    false,
+                ),
             ];
             for (what, ours, envoy, bound, at_most) in rows {
                 let r = ratio(ours, envoy);
@@ -178,7 +207,12 @@ impl Report {
             };
             h += &format!(
                 "<tr><td>{}<td>{}<td>{}<td>{}<td>{}<td>{}<td>{met}</tr>\n",
-                t.proto, t.what, f(t.ours), f(t.envoy), t.ratio.map(|r| format!("{r:.2}×")).unwrap_or("–".into()), t.bound
+                t.proto,
+                t.what,
+                f(t.ours),
+                f(t.envoy),
+                t.ratio.map(|r| format!("{r:.2}×")).unwrap_or("–".into()),
+                t.bound
             );
         }
         h += "</table>\n";
@@ -197,13 +231,27 @@ impl Report {
                         h += &format!("<td>{}", cell(self.spread(proto, id, mode)));
                     }
                 }
-                let a = |id| self.added(proto, id, mode).map(fmt_num).unwrap_or("–".into());
+                let a = |id| {
+                    self.added(proto, id, mode)
+                        .map(fmt_num)
+                        .unwrap_or("–".into())
+                };
                 h += &format!("<td>{} / {} / {}</tr>\n", a(P50), a(P99), a(P999));
             }
             h += "</table>\n";
             for (id, title, unit, lower) in FIGURES {
                 if figs.contains_key(id) {
-                    h += &bar_chart(&format!("{proto}: {title} ({unit}{})", if lower { ", lower is better" } else { ", higher is better" }), &Mode::ALL.map(|mode| (mode, self.median(proto, id, mode))));
+                    h += &bar_chart(
+                        &format!(
+                            "{proto}: {title} ({unit}{})",
+                            if lower {
+                                ", lower is better"
+                            } else {
+                                ", higher is better"
+                            }
+                        ),
+                        &Mode::ALL.map(|mode| (mode, self.median(proto, id, mode))),
+                    );
                 }
             }
         }
@@ -211,14 +259,32 @@ impl Report {
             h += "<h2>Rate searches</h2><table><tr><th>protocol<th>mode<th>steps (offered → achieved, p99 µs, sustained)</tr>\n";
             for (proto, modes) in &self.searches {
                 for (mode, steps) in modes {
-                    let s: Vec<String> = steps.iter().map(|s| format!("{} → {} ({}, {})", fmt_num(s.rate), fmt_num(s.achieved), fmt_num(s.p99_us), if s.sustained { "yes" } else { "no" })).collect();
-                    h += &format!("<tr><td>{proto}<td>{mode}<td style=text-align:left>{}</tr>\n", escape(&s.join("; ")));
+                    let s: Vec<String> = steps
+                        .iter()
+                        .map(|s| {
+                            format!(
+                                "{} → {} ({}, {})",
+                                fmt_num(s.rate),
+                                fmt_num(s.achieved),
+                                fmt_num(s.p99_us),
+                                if s.sustained { "yes" } else { "no" }
+                            )
+                        })
+                        .collect();
+                    h += &format!(
+                        "<tr><td>{proto}<td>{mode}<td style=text-align:left>{}</tr>\n",
+                        escape(&s.join("; "))
+                    );
                 }
             }
             h += "</table>\n";
         }
         for (what, lines) in &self.profiles {
-            h += &format!("<h2>Profile: {}</h2><pre>{}</pre>\n", escape(what), escape(&lines.join("\n")));
+            h += &format!(
+                "<h2>Profile: {}</h2><pre>{}</pre>\n",
+                escape(what),
+                escape(&lines.join("\n"))
+            );
         }
         h += "<h2>Verification</h2><ul>\n";
         for v in &self.verification {
@@ -233,7 +299,12 @@ fn cell(s: Option<Spread>) -> String {
     match s {
         None => "–".into(),
         Some(s) if s.samples.len() == 1 => fmt_num(s.median),
-        Some(s) => format!("{} <small>({}–{})</small>", fmt_num(s.median), fmt_num(s.min), fmt_num(s.max)),
+        Some(s) => format!(
+            "{} <small>({}–{})</small>",
+            fmt_num(s.median),
+            fmt_num(s.min),
+            fmt_num(s.max)
+        ),
     }
 }
 
@@ -322,11 +393,22 @@ mod tests {
     #[test]
     fn a_missed_target_or_missing_figure_is_not_met() {
         let mut r = report();
-        r.figures.get_mut("http1").unwrap().get_mut(RSS).unwrap().insert("waypoint".into(), vec![20.0]);
+        r.figures
+            .get_mut("http1")
+            .unwrap()
+            .get_mut(RSS)
+            .unwrap()
+            .insert("waypoint".into(), vec![20.0]);
         r.figures.get_mut("http1").unwrap().remove(CPU);
         let t = r.targets();
         assert_eq!(t.iter().find(|t| t.what == "RSS").unwrap().met, Some(false)); // 0.4
-        assert_eq!(t.iter().find(|t| t.what == "CPU per 1,000 rps").unwrap().met, None);
+        assert_eq!(
+            t.iter()
+                .find(|t| t.what == "CPU per 1,000 rps")
+                .unwrap()
+                .met,
+            None
+        );
     }
 
     #[test]

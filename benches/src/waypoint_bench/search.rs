@@ -100,14 +100,23 @@ mod tests {
                 Some(2830.0),
             ),
             (
-                vec![step(1000.0, true), step(2000.0, false), step(1410.0, true), step(1680.0, true), step(1830.0, false)],
+                vec![
+                    step(1000.0, true),
+                    step(2000.0, false),
+                    step(1410.0, true),
+                    step(1680.0, true),
+                    step(1830.0, false),
+                ],
                 None,
             ),
             (vec![step(1000.0, false)], Some(500.0)),
             (vec![step(150.0, false)], None),
             (vec![step(50_000.0, true)], None),
             (vec![step(40_000.0, true)], Some(50_000.0)),
-            ((0..8).map(|i| step(1000.0 + i as f64, true)).collect(), None),
+            (
+                (0..8).map(|i| step(1000.0 + i as f64, true)).collect(),
+                None,
+            ),
         ];
         for (steps, want) in cases {
             assert_eq!(next_rate(&PLAN, &steps), want, "{steps:?}");

@@ -203,7 +203,9 @@ impl Client {
         Ok(TokioIo::new(s))
     }
 
-    async fn h2_sender(&self) -> Result<hyper::client::conn::http2::SendRequest<Full<Bytes>>, String> {
+    async fn h2_sender(
+        &self,
+    ) -> Result<hyper::client::conn::http2::SendRequest<Full<Bytes>>, String> {
         if let Some(s) = self.h2.lock().unwrap().as_ref().filter(|s| !s.is_closed()) {
             return Ok(s.clone());
         }
@@ -216,7 +218,9 @@ impl Client {
         Ok(send)
     }
 
-    async fn h1_sender(&self) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, String> {
+    async fn h1_sender(
+        &self,
+    ) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, String> {
         loop {
             let Some(s) = self.idle.lock().unwrap().pop() else {
                 break;
@@ -310,12 +314,20 @@ mod tests {
         let g = request_bytes(Proto::Grpc, 3);
         let mut flipped = h1.clone();
         flipped[600] ^= 1;
-        let cases: [(Proto, u16, &[u8], Option<&str>, bool); 8] = [
+        // (protocol, status, body, grpc-status, accepted)
+        type Case<'a> = (Proto, u16, &'a [u8], Option<&'a str>, bool);
+        let cases: [Case<'_>; 8] = [
             (Proto::Http1, 200, &h1, None, true),
             (Proto::Http1, 503, &h1, None, false),
             (Proto::Http1, 200, &flipped, None, false),
             (Proto::Http1, 200, &h1[..1000], None, false),
-            (Proto::Http1, 200, &request_bytes(Proto::Http1, 4), None, false),
+            (
+                Proto::Http1,
+                200,
+                &request_bytes(Proto::Http1, 4),
+                None,
+                false,
+            ),
             (Proto::Grpc, 200, &g, Some("0"), true),
             (Proto::Grpc, 200, &g, None, false),
             (Proto::Grpc, 200, &g, Some("14"), false),

@@ -84,7 +84,9 @@ impl OurWaypoint {
             workers.to_string(),
         ];
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        let mut child = ns.spawn(&argv).map_err(|e| format!("spawn waypoint: {e}"))?;
+        let mut child = ns
+            .spawn(&argv)
+            .map_err(|e| format!("spawn waypoint: {e}"))?;
         let deadline = Instant::now() + READY_TIMEOUT;
         let log = || std::fs::read_to_string(&stderr).unwrap_or_default();
         loop {
@@ -162,7 +164,8 @@ impl EnvoyWaypoint {
             root: dir.join("root-cert.pem"),
             services: services.clone(),
         };
-        let write = |p: &Path, s: &str| std::fs::write(p, s).map_err(|e| format!("{}: {e}", p.display()));
+        let write =
+            |p: &Path, s: &str| std::fs::write(p, s).map_err(|e| format!("{}: {e}", p.display()));
         write(&wp.cert_chain, &chain)?;
         write(&wp.key, &pem("PRIVATE KEY", &key_der))?;
         write(&wp.root, ca.root_pem())?;

@@ -67,7 +67,10 @@ pub fn run(opts: &Opts) -> Result<(), String> {
         started_utc: utc_now(),
         commit: git_commit(),
         machine: machine(opts),
-        envoy_version: envoy_bin.as_deref().map(procs::envoy_version).unwrap_or_default(),
+        envoy_version: envoy_bin
+            .as_deref()
+            .map(procs::envoy_version)
+            .unwrap_or_default(),
         workers: opts.workers,
         reps: opts.reps,
         rate: opts.rate,
@@ -218,9 +221,17 @@ impl Bench<'_> {
         })
     }
 
-    fn verify(&self, mode: Mode, before: &str, after: &str, requests: u64) -> Result<String, String> {
+    fn verify(
+        &self,
+        mode: Mode,
+        before: &str,
+        after: &str,
+        requests: u64,
+    ) -> Result<String, String> {
         match mode {
-            Mode::NoMesh => Ok("no mesh: plain-client → plain-server, both istio.io/dataplane-mode: none".into()),
+            Mode::NoMesh => Ok(
+                "no mesh: plain-client → plain-server, both istio.io/dataplane-mode: none".into(),
+            ),
             Mode::Ztunnel => {
                 let sel = Some("source_principal=\"cluster.local/ns/shop/sa/client\"");
                 let opened = |t: &str| metric_sum(t, "istio_tcp_connections_opened_total", sel);
@@ -231,7 +242,8 @@ impl Bench<'_> {
                 Ok(format!("ztunnel only: {requests} requests; destination ztunnel opened {d} connection(s) from the client's identity"))
             }
             Mode::Waypoint => {
-                let n = |t: &str| metric_sum(t, "istio_requests_total", Some("response_code=\"200\""));
+                let n =
+                    |t: &str| metric_sum(t, "istio_requests_total", Some("response_code=\"200\""));
                 let d = n(after) - n(before);
                 if d != requests {
                     let stderr = self.ours.as_ref().map(|o| o.stderr()).unwrap_or_default();
@@ -241,13 +253,20 @@ impl Bench<'_> {
             }
             Mode::EnvoyWaypoint => {
                 let e = self.envoy.as_ref().expect("envoy");
-                check_routed(before, after, &e.services[0], requests).map_err(|err| format!("Envoy waypoint: {err}\n{}", e.log_text()))?;
+                check_routed(before, after, &e.services[0], requests)
+                    .map_err(|err| format!("Envoy waypoint: {err}\n{}", e.log_text()))?;
                 Ok(format!("Envoy waypoint: http.inbound_vip.downstream_rq_2xx and cluster.{}.upstream_rq_2xx +{requests} = requests sent", e.services[0].cluster()))
             }
         }
     }
 
-    fn measure(&mut self, mode: Mode, proto: Proto, rate: f64, dur: Duration) -> Result<Measured, String> {
+    fn measure(
+        &mut self,
+        mode: Mode,
+        proto: Proto,
+        rate: f64,
+        dur: Duration,
+    ) -> Result<Measured, String> {
         let ns = self.topo.pod(mode.client_pod()).ns.clone();
         let target = SocketAddr::V4(mode.target(self.topo.pod("plain-server").ip));
         let first = self.next_index;
@@ -257,7 +276,10 @@ impl Bench<'_> {
         let (run, cpu) = in_ns(&ns, async move {
             let client = Client::new(proto, target);
             for i in 0..WARM_UP {
-                client.call(first + i).await.map_err(|e| format!("{} {} warm-up: {e}", proto.key(), mode.key()))?;
+                client
+                    .call(first + i)
+                    .await
+                    .map_err(|e| format!("{} {} warm-up: {e}", proto.key(), mode.key()))?;
             }
             let cpu0 = pid.map(process::cpu_seconds);
             let run = open::run(client, first + WARM_UP, rate, dur, MAX_IN_FLIGHT, DRAIN).await;
@@ -281,16 +303,22 @@ impl Bench<'_> {
     fn record_fixed(&mut self, mode: Mode, proto: Proto, m: &Measured) {
         let p = proto.key();
         let lat = sorted(&m.run.latencies_us);
-        self.report.push(p, report::P50, mode, percentile(&lat, 0.5));
-        self.report.push(p, report::P99, mode, percentile(&lat, 0.99));
-        self.report.push(p, report::P999, mode, percentile(&lat, 0.999));
+        self.report
+            .push(p, report::P50, mode, percentile(&lat, 0.5));
+        self.report
+            .push(p, report::P99, mode, percentile(&lat, 0.99));
+        self.report
+            .push(p, report::P999, mode, percentile(&lat, 0.999));
         if let Some(cores) = m.waypoint_cores {
-            self.report.push(p, report::CPU, mode, cores * 1000.0 * 1000.0 / m.run.rate);
+            self.report
+                .push(p, report::CPU, mode, cores * 1000.0 * 1000.0 / m.run.rate);
         }
         if let Some(rss) = m.rss_mib {
             self.report.push(p, report::RSS, mode, rss);
         }
-        self.report.verification.push(format!("{p} at {}/s: {}", m.run.rate, m.verified));
+        self.report
+            .verification
+            .push(format!("{p} at {}/s: {}", m.run.rate, m.verified));
     }
 
     /// The highest rate `mode` sustains for `proto` (and the waypoint's
@@ -307,19 +335,34 @@ impl Bench<'_> {
         let mut cores_at = BTreeMap::new();
         while let Some(rate) = search::next_rate(&plan, &steps) {
             let m = self.measure(mode, proto, rate, self.opts.search_secs)?;
-            if let Some(e) = m.run.first_error.as_deref().filter(|e| e.contains("differs")) {
+            if let Some(e) = m
+                .run
+                .first_error
+                .as_deref()
+                .filter(|e| e.contains("differs"))
+            {
                 return Err(format!("{} {} at {rate}/s: {e}", proto.key(), mode.key()));
             }
             let achieved = m.run.ok as f64 / m.run.wall_s.max(1e-3);
             let p99 = percentile(&sorted(&m.run.latencies_us), 0.99);
-            let ok = search::sustained(m.run.complete(), rate, achieved, p99, self.opts.slo_ms * 1000.0);
+            let ok = search::sustained(
+                m.run.complete(),
+                rate,
+                achieved,
+                p99,
+                self.opts.slo_ms * 1000.0,
+            );
             eprintln!(
                 "  search {} {}: {rate}/s -> {achieved:.0}/s, p99 {:.0} µs, {}{}",
                 proto.key(),
                 mode.key(),
                 p99,
                 if ok { "sustained" } else { "not sustained" },
-                m.run.first_error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default()
+                m.run
+                    .first_error
+                    .as_deref()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
             );
             if ok {
                 if let Some(c) = m.waypoint_cores {
@@ -338,7 +381,8 @@ impl Bench<'_> {
             self.report.push(p, report::PEAK, mode, peak);
             if let Some((achieved, cores)) = cores_at.get(&peak.to_bits()) {
                 if *cores > 0.0 {
-                    self.report.push(p, report::PER_CORE, mode, achieved / cores);
+                    self.report
+                        .push(p, report::PER_CORE, mode, achieved / cores);
                 }
             }
         }
@@ -357,7 +401,10 @@ impl Bench<'_> {
     /// and the whole of it next to the report.
     fn profile(&mut self, mode: Mode, proto: Proto) -> Result<(), String> {
         let pid = self.pid(mode).expect("a waypoint mode");
-        let data = self.opts.out.with_extension(format!("perf-{}-{}.data", mode.key(), proto.key()));
+        let data =
+            self.opts
+                .out
+                .with_extension(format!("perf-{}-{}.data", mode.key(), proto.key()));
         let mut perf = std::process::Command::new("perf")
             .args(["record", "-F", "999", "-g", "-q", "-o"])
             .arg(&data)
@@ -367,7 +414,12 @@ impl Bench<'_> {
             .spawn()
             .map_err(|e| format!("perf record: {e}"))?;
         std::thread::sleep(Duration::from_millis(300));
-        eprintln!("profiling {} {} at {}/s", proto.key(), mode.key(), self.opts.rate);
+        eprintln!(
+            "profiling {} {} at {}/s",
+            proto.key(),
+            mode.key(),
+            self.opts.rate
+        );
         let m = self.measure(mode, proto, self.opts.rate, self.opts.secs);
         // SAFETY: kill(2) on the child we spawned.
         unsafe { libc::kill(perf.id() as i32, libc::SIGINT) };
@@ -375,7 +427,18 @@ impl Bench<'_> {
         m?;
         let report = |sort: &str, limit: &str| {
             std::process::Command::new("perf")
-                .args(["report", "--stdio", "--no-children", "-g", "none", "--sort", sort, "--percent-limit", limit, "-i"])
+                .args([
+                    "report",
+                    "--stdio",
+                    "--no-children",
+                    "-g",
+                    "none",
+                    "--sort",
+                    sort,
+                    "--percent-limit",
+                    limit,
+                    "-i",
+                ])
                 .arg(&data)
                 .output()
                 .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
@@ -394,7 +457,9 @@ impl Bench<'_> {
             .take(45)
             .map(str::to_owned)
             .collect();
-        self.report.profiles.insert(format!("{} {}", proto.key(), mode.label()), top);
+        self.report
+            .profiles
+            .insert(format!("{} {}", proto.key(), mode.label()), top);
         Ok(())
     }
 }
@@ -490,8 +555,11 @@ fn machine(opts: &Opts) -> String {
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
-            c.lines()
-                .find_map(|l| l.strip_prefix("model name")?.split_once(':').map(|(_, m)| m.trim().to_owned()))
+            c.lines().find_map(|l| {
+                l.strip_prefix("model name")?
+                    .split_once(':')
+                    .map(|(_, m)| m.trim().to_owned())
+            })
         })
         .unwrap_or_default();
     format!(
