@@ -43,7 +43,12 @@ pub fn envoy_version(bin: &Path) -> String {
     std::process::Command::new(bin)
         .arg("--version")
         .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .map(|o| {
+            let s = String::from_utf8_lossy(&o.stdout);
+            // `<path>  version: <sha>/<version>/...`: without the path.
+            let v = s.rsplit("version: ").next().unwrap_or_default().trim();
+            format!("Envoy {v}")
+        })
         .unwrap_or_default()
 }
 
