@@ -151,6 +151,7 @@ pub fn run(opts: &Opts) -> Result<(), String> {
             ..Report::default()
         },
     };
+    let mut failures = Vec::new();
     for rep in 0..opts.reps {
         for &proto in &opts.protos {
             for &mode in &modes {
@@ -164,9 +165,14 @@ pub fn run(opts: &Opts) -> Result<(), String> {
                     opts.secs
                 );
                 let m = b.measure(mode, proto, opts.rate, opts.secs)?;
+                if let Some(e) = m.run.first_error.as_deref().filter(|e| e.contains("differs")) {
+                    return Err(format!("{} {}: {e}", proto.key(), mode.key()));
+                }
                 if !m.run.complete() {
-                    return Err(format!(
-                        "{} {} at {}/s: {} of {} answered, {} errors (first: {})",
+                    // Recorded, the run goes on, and it fails at the end.
+                    let failure = format!(
+                        "FAILED: repetition {} {} {} at {}/s: {} of {} answered, {} errors (first: {})",
+                        rep + 1,
                         proto.key(),
                         mode.key(),
                         opts.rate,
@@ -174,7 +180,11 @@ pub fn run(opts: &Opts) -> Result<(), String> {
                         m.run.planned,
                         m.run.errors,
                         m.run.first_error.unwrap_or_default()
-                    ));
+                    );
+                    eprintln!("{failure}");
+                    b.report.meta.notes.push(failure.clone());
+                    failures.push(failure);
+                    continue;
                 }
                 b.record_fixed(mode, proto, &m);
             }
@@ -199,6 +209,9 @@ pub fn run(opts: &Opts) -> Result<(), String> {
     write(&report, &opts.out)?;
     print_summary(&report);
     drop(apps);
+    if !failures.is_empty() {
+        return Err(format!("{} fixed-rate run(s) failed:\n{}", failures.len(), failures.join("\n")));
+    }
     Ok(())
 }
 
