@@ -208,7 +208,11 @@ fn routed_counts_must_match_the_requests_sent() {
         (stats(110, 110, 0), 100, Ok(())),
         (stats(110, 109, 0), 100, Err("upstream_rq_2xx grew by 99")),
         // More than sent: something else went through (or a retry).
-        (stats(111, 111, 0), 100, Err("downstream_rq_2xx grew by 101")),
+        (
+            stats(111, 111, 0),
+            100,
+            Err("downstream_rq_2xx grew by 101"),
+        ),
         (stats(109, 110, 0), 100, Err("downstream_rq_2xx grew by 99")),
         (stats(110, 110, 1), 100, Err("no_route grew by 1")),
         ("".to_owned(), 100, Err("no counter")),

@@ -165,7 +165,12 @@ pub fn run(opts: &Opts) -> Result<(), String> {
                     opts.secs
                 );
                 let m = b.measure(mode, proto, opts.rate, opts.secs)?;
-                if let Some(e) = m.run.first_error.as_deref().filter(|e| e.contains("differs")) {
+                if let Some(e) = m
+                    .run
+                    .first_error
+                    .as_deref()
+                    .filter(|e| e.contains("differs"))
+                {
                     return Err(format!("{} {}: {e}", proto.key(), mode.key()));
                 }
                 if !m.run.complete() {
@@ -210,7 +215,11 @@ pub fn run(opts: &Opts) -> Result<(), String> {
     print_summary(&report);
     drop(apps);
     if !failures.is_empty() {
-        return Err(format!("{} fixed-rate run(s) failed:\n{}", failures.len(), failures.join("\n")));
+        return Err(format!(
+            "{} fixed-rate run(s) failed:\n{}",
+            failures.len(),
+            failures.join("\n")
+        ));
     }
     Ok(())
 }
