@@ -147,7 +147,10 @@ impl Report {
                 ),
             ];
             for (what, ours, envoy, bound, at_most) in rows {
-                let r = ratio(ours, envoy);
+                // An added latency at or under no mesh's (noise) has no
+                // meaningful ratio.
+                let positive = |v: Option<f64>| v.filter(|v| *v > 0.0);
+                let r = ratio(positive(ours), positive(envoy));
                 out.push(Target {
                     proto: proto.clone(),
                     what: what.into(),
@@ -409,6 +412,19 @@ mod tests {
                 .met,
             None
         );
+        // Envoy's p99 under no mesh's: no ratio rather than a negative one.
+        r.figures
+            .get_mut("http1")
+            .unwrap()
+            .get_mut(P99)
+            .unwrap()
+            .insert("envoy_waypoint".into(), vec![50.0]);
+        let p99 = r
+            .targets()
+            .into_iter()
+            .find(|t| t.what == "added p99")
+            .unwrap();
+        assert_eq!((p99.ratio, p99.met), (None, None));
     }
 
     #[test]

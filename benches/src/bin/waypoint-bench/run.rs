@@ -510,6 +510,11 @@ pub fn render(json: &Path) -> Result<(), String> {
 
 fn print_summary(r: &Report) {
     let f = |v: Option<f64>| v.map(|v| format!("{v:.0}")).unwrap_or_else(|| "-".into());
+    if r.meta.smoke {
+        eprintln!(
+            "smoke run: correctness only (every mode byte-exact and proven); not measurements"
+        );
+    }
     for proto in r.figures.keys() {
         eprintln!("{proto}: mode: p50/p99/p99.9 µs (added p99) | waypoint mcores per 1k rps | RSS MiB | peak rps | rps/core");
         for mode in Mode::ALL {
