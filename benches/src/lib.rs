@@ -400,3 +400,4 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 pub mod mesh_bench;
+pub mod waypoint_bench;

@@ -19,6 +19,7 @@ pub mod echo;
 pub mod http;
 pub mod kube_api;
 pub mod kube_cluster;
+pub mod l7load;
 pub mod load;
 pub mod mesh;
 pub mod process;

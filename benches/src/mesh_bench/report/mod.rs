@@ -4,7 +4,7 @@
 //! HTML page ([`html::render`]).
 
 pub mod html;
-mod svg;
+pub mod svg;
 
 use std::collections::BTreeMap;
 
