@@ -16,6 +16,7 @@ mod skip;
 mod topology;
 
 pub mod echo;
+pub mod grpc;
 pub mod http;
 pub mod kube_api;
 pub mod kube_cluster;

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::{Source, WaypointProc};
+use crate::grpc::GrpcApp;
 use crate::http::HttpApp;
 use crate::mesh::Mesh;
 use crate::{Netns, Topology};
@@ -23,6 +24,12 @@ pub const DB_VIP: &str = "10.96.0.11:3306";
 pub const DIRECT_VIP: &str = "10.96.0.12:80";
 /// Bound to the waypoint, the same pods as `echo`.
 pub const PRIVATE_VIP: &str = "10.96.0.13:80";
+/// A gRPC Service on the echo pods ([`crate::grpc::GrpcApp`] on 50051,
+/// `appProtocol: grpc`), bound to the waypoint.
+pub const GRPC_VIP: &str = "10.96.0.16:50051";
+/// [`GRPC_VIP`]'s Service, to put first in [`Scenario::start_with`]'s
+/// `extra` (it continues the `services:` list).
+pub const GRPC_SERVICE: &str = "  - {name: grpc, namespace: shop, vip: 10.96.0.16, ports: [{port: 50051, appProtocol: grpc}], selector: {app: echo}, labels: {istio.io/use-waypoint: waypoint}}\n";
 pub const WAIT: Duration = Duration::from_secs(10);
 
 /// Client and waypoint on node 1; two `echo` endpoints and `db` on node 2.
@@ -130,6 +137,19 @@ impl Scenario {
         [
             HttpApp::serve(listen("echo-1"), "echo-1"),
             HttpApp::serve(listen("echo-2"), "echo-2"),
+        ]
+    }
+
+    /// A [`GrpcApp`] (`mesh.test.Echo`) on 50051 of each echo pod.
+    pub fn grpc_apps(&self) -> [GrpcApp; 2] {
+        let listen = |pod: &str| {
+            self.ns(pod)
+                .listen(SocketAddr::from(([0, 0, 0, 0], 50051)))
+                .expect("gRPC listener")
+        };
+        [
+            GrpcApp::serve(listen("echo-1"), "echo-1"),
+            GrpcApp::serve(listen("echo-2"), "echo-2"),
         ]
     }
 
