@@ -7,7 +7,11 @@
 //! outside the mesh), a Service VIP with endpoints on both nodes and two
 //! policies; runs echo apps in the pods, sends traffic, and prints what the
 //! ztunnels saw (access logs and metrics) and what the wire between the nodes
-//! carried (tcpdump). Then it removes the DENY policy from the control
+//! carried (tcpdump). A waypoint pod (`shop/waypoint`, the `waypoint`
+//! binary over xDS) serves the `reviews` Service at L7: a 90/10 split
+//! between two versions, an L7 DENY of `POST /admin` (403), and the pods'
+//! L4 policy refusing a client that bypasses it (module `waypoint`).
+//! Then it removes the DENY policy from the control
 //! plane's config file and shows the change reach the ztunnels over xDS.
 //! Last it stops the ztunnels: SIGTERM keeps each node's capture, so traffic
 //! is refused (fails closed) until a ztunnel serves again, and `ztunnel
@@ -31,6 +35,8 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
 
+mod waypoint;
+
 const APP_PORT: u16 = 8080;
 const VIP: &str = "10.96.0.10";
 const VIP_PORT: u16 = 80;
@@ -38,13 +44,34 @@ const WAIT: Duration = Duration::from_secs(5);
 const SECRET: &[u8] = b"TOP-SECRET-CARD-NUMBER-4111-1111-1111-1111;";
 const LEGACY_MARKER: &[u8] = b"LEGACY-PLAINTEXT-HELLO;";
 
-/// (pod, node, namespace, service account, app label)
-const PODS: [(&str, usize, &str, &str, &str); 5] = [
-    ("frontend", 1, "shop", "frontend", "frontend"),
-    ("cart-1", 1, "shop", "cart", "cart"),
-    ("old-client", 1, "legacy", "default", "old-client"),
-    ("cart-2", 2, "shop", "cart", "cart"),
-    ("ledger", 2, "bank", "ledger", "ledger"),
+/// (pod, node, namespace, service account, labels)
+const PODS: [(&str, usize, &str, &str, &str); 8] = [
+    ("frontend", 1, "shop", "frontend", "app: frontend"),
+    ("cart-1", 1, "shop", "cart", "app: cart"),
+    ("old-client", 1, "legacy", "default", "app: old-client"),
+    (
+        "waypoint",
+        1,
+        "shop",
+        "waypoint",
+        "istio.io/dataplane-mode: none, gateway.networking.k8s.io/gateway-name: waypoint",
+    ),
+    ("cart-2", 2, "shop", "cart", "app: cart"),
+    ("ledger", 2, "bank", "ledger", "app: ledger"),
+    (
+        "reviews-v1",
+        2,
+        "shop",
+        "reviews",
+        "app: reviews, version: v1",
+    ),
+    (
+        "reviews-v2",
+        2,
+        "shop",
+        "reviews",
+        "app: reviews, version: v2",
+    ),
 ];
 
 fn main() {
@@ -86,7 +113,12 @@ async fn demo(bin: &Path) {
     }
     let topo = builder.build().expect("build topology");
     let mut mesh = Mesh::with_control_plane(&topo, &config(&topo, true));
+    // The waypoint's token: the control plane reads its tokens at start.
+    let token = waypoint::add_token(&mesh);
+    mesh.kill_control_plane();
+    mesh.start_control_plane();
     mesh.start_all();
+    let l7 = waypoint::start(&topo, &mesh, &token);
     print_intro(&topo, &mesh, bin);
 
     let _apps: Vec<App> = ["cart-1", "cart-2", "ledger"]
@@ -154,12 +186,15 @@ async fn demo(bin: &Path) {
     )
     .await;
     lift_deny(&topo, &mesh, ledger).await;
+    waypoint::traffic(&topo, &l7).await;
 
     settle_logs(&mesh);
     print_access_logs(&topo, &mesh);
     print_metrics(&mesh);
+    waypoint::print_metrics(&l7);
     print_wire(&wire, secret.len());
     print_control_plane(&mesh);
+    drop(l7);
     shutdown(&topo, &mut mesh, ledger).await;
 }
 
@@ -222,10 +257,10 @@ async fn lift_deny(topo: &Topology, mesh: &Mesh, ledger: SocketAddr) {
 
 fn config(topo: &Topology, with_deny: bool) -> String {
     let mut workloads = String::new();
-    for (name, _, ns, sa, app) in PODS {
+    for (name, _, ns, sa, labels) in PODS {
         let pod = topo.pod(name);
         workloads += &format!(
-            "  - {{name: {name}, namespace: {ns}, serviceAccount: {sa}, ip: {}, node: node{}, labels: {{app: {app}}}}}\n",
+            "  - {{name: {name}, namespace: {ns}, serviceAccount: {sa}, ip: {}, node: node{}, labels: {{{labels}}}}}\n",
             pod.ip, pod.node
         );
     }
@@ -259,21 +294,24 @@ workloads:
     vip: {VIP}
     ports: [{{port: {VIP_PORT}, targetPort: {APP_PORT}}}]
     selector: {{app: cart}}
-policies:
-{deny}  - name: cart-allow-mesh
+{l7_services}{routes}policies:
+{deny}{l7_policies}  - name: cart-allow-mesh
     namespace: shop
     selector: {{matchLabels: {{app: cart}}}}
     action: ALLOW
     rules:
       - from: [{{source: {{namespaces: [shop, bank]}}}}]
         to: [{{operation: {{ports: ["{APP_PORT}"]}}}}]
-"#
+"#,
+        l7_services = waypoint::services(),
+        routes = waypoint::ROUTES,
+        l7_policies = waypoint::POLICIES,
     )
 }
 
 fn print_intro(topo: &Topology, mesh: &Mesh, bin: &Path) {
     println!(
-        "ambient-mesh demo: 2 nodes, 5 pods, a control plane and 2 ztunnels ({})",
+        "ambient-mesh demo: 2 nodes, 8 pods, a control plane, 2 ztunnels ({}) and a waypoint",
         bin.display()
     );
     println!("  network namespaces: {}-*\n", topo.id());
@@ -301,6 +339,11 @@ fn print_intro(topo: &Topology, mesh: &Mesh, bin: &Path) {
     println!("  namespaces: shop = ambient, mTLS STRICT; bank = ambient, PERMISSIVE; legacy = not in the mesh");
     println!(
         "  service:    cart.shop {VIP}:{VIP_PORT} -> cart-1 (node1), cart-2 (node2) :{APP_PORT}"
+    );
+    println!(
+        "  service:    reviews.shop {}:80 -> reviews-v1, reviews-v2 (node2) :{}, through the waypoint (shop/waypoint, node1)",
+        waypoint::REVIEWS_VIP,
+        waypoint::REVIEWS_PORT
     );
     println!(
         "  policies:   bank/{DENY_POLICY}  DENY  from principal cluster.local/ns/shop/sa/cart"
@@ -606,7 +649,7 @@ fn print_control_plane(mesh: &Mesh) {
     let m = |name: &str, only: Option<&str>| metric_sum(&text, name, only);
     println!("\n== Control plane (GET {CONTROL_PLANE_METRICS_ADDR}/metrics)");
     println!(
-        "  config and certificates came over xDS from the control plane: {} delta pushes ({} address, {} authorization) to {} connected ztunnels, {} NACKs",
+        "  config and certificates came over xDS from the control plane: {} delta pushes ({} address, {} authorization) to {} connected clients (the ztunnels and the waypoint), {} NACKs",
         m("control_plane_xds_pushes_total", None),
         m("control_plane_xds_pushes_total", Some("type=\"address\"")),
         m("control_plane_xds_pushes_total", Some("type=\"authorization\"")),
@@ -614,7 +657,7 @@ fn print_control_plane(mesh: &Mesh) {
         m("control_plane_xds_nacks_total", None),
     );
     println!(
-        "  certificates signed by its CA: {}, refused: {} (each ztunnel asked only for its own node's pods)",
+        "  certificates signed by its CA: {}, refused: {} (each ztunnel asked only for its own node's pods, the waypoint for itself)",
         m("control_plane_ca_certificates_signed_total", None),
         m("control_plane_ca_certificates_refused_total", None),
     );
