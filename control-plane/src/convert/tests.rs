@@ -42,6 +42,12 @@ fn demo_resource_names() {
             "shop/cart-3",
             "shop/cart.shop.svc.cluster.local",
             "shop/frontend",
+            "shop/reviews-v1",
+            "shop/reviews-v1.shop.svc.cluster.local",
+            "shop/reviews-v2",
+            "shop/reviews-v2.shop.svc.cluster.local",
+            "shop/reviews.shop.svc.cluster.local",
+            "shop/shop-waypoint",
         ]
     );
     let policies: Vec<String> = authorizations(&s).into_keys().collect();
@@ -51,6 +57,7 @@ fn demo_resource_names() {
             "bank/ledger-allow-waypoint",
             "shop/cart-deny-outsiders",
             "shop/istio_converted_static_strict",
+            "shop/reviews-allow-waypoint",
         ]
     );
 }

@@ -103,10 +103,10 @@ mod tests {
         );
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["node"], "node1");
-        assert_eq!(v["workloads"].as_array().unwrap().len(), 7);
+        assert_eq!(v["workloads"].as_array().unwrap().len(), 10);
         assert_eq!(v["namespaces"][2]["mtls"], "Strict");
-        assert_eq!(v["services"].as_array().unwrap().len(), 2);
-        assert_eq!(v["policies"].as_array().unwrap().len(), 2);
+        assert_eq!(v["services"].as_array().unwrap().len(), 5);
+        assert_eq!(v["policies"].as_array().unwrap().len(), 3);
         assert_eq!(
             v["certificates"][0]["identity"],
             "spiffe://cluster.local/ns/shop/sa/cart"
