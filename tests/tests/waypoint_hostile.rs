@@ -45,6 +45,18 @@ async fn a_connect_for_what_is_not_bound_to_the_waypoint_is_refused() {
         ) >= 2,
         "{metrics}"
     );
+    // Each refusal has its access-log line, with the reason.
+    let ev = s.waypoint.wait_event("the refused CONNECT", |e| {
+        e["method"] == "CONNECT" && e["authority"] == DIRECT_VIP
+    });
+    assert_eq!(ev["status"], 400, "{ev}");
+    assert_eq!(ev["reason"], "not_bound", "{ev}");
+    assert_eq!(ev["protocol"], "HBONE", "{ev}");
+    assert_eq!(ev["src.identity"], CLIENT_ID, "{ev}");
+    let ev = s.waypoint.wait_event("the unknown destination", |e| {
+        e["method"] == "CONNECT" && e["authority"] == "192.0.2.1:443"
+    });
+    assert_eq!(ev["reason"], "unknown_destination", "{ev}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,7 @@
 //! Gateway and on the `private` Service. Same scenario as `waypoint.rs`.
 
 use mesh_tests::http::{get, h1_client, send_h1, HttpApp};
-use mesh_tests::mesh::metric_sum;
+use mesh_tests::mesh::{metric_sum, wait_until};
 use mesh_tests::require_root;
 use mesh_tests::waypoint::scenario::*;
 
@@ -27,6 +27,9 @@ const L7: &str = r#"routes:
         - matches: [{path: {type: PathPrefix, value: /delay}}]
           backendRefs: [{name: echo-v1, port: 80}]
           timeouts: {request: 500ms}
+        - matches: [{path: {type: PathPrefix, value: /mirror}}]
+          backendRefs: [{name: echo-v1, port: 80}]
+          filters: [{type: RequestMirror, requestMirror: {backendRef: {name: echo-v2, port: 80}}}]
         - backendRefs: [{name: echo, port: 80}]
 policies:
   - name: deny-admin-writes
@@ -176,4 +179,88 @@ async fn l7_policies_deny_post_admin_and_admit_only_the_allowed_principal() {
     );
     let ev = s.waypoint.wait_event("a denial", |e| e["status"] == 403);
     assert_eq!(ev["response_flags"], "DENY");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_gets_a_copy_of_the_request_with_its_body() {
+    if !require_root() {
+        return;
+    }
+    let s = Scenario::start_with(L7, &[]);
+    let apps = s.echo_apps();
+    let mut h1 = h1_client(s.connect(ECHO_VIP).await).await.unwrap();
+    let post = http::Request::post("/mirror/x")
+        .header("host", "echo.shop")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            b"mirror-me-please",
+        )))
+        .unwrap();
+    let a = send_h1(&mut h1, post).await.unwrap();
+    assert_eq!((a.status, a.body.trim()), (200, "echo-1"));
+    // The copy reaches the mirror (echo-v2) with the whole body.
+    wait_until("the mirror's copy", || apps[1].seen_path("/mirror/x") == 1);
+    let copy = apps[1]
+        .seen()
+        .into_iter()
+        .find(|r| r.path == "/mirror/x")
+        .unwrap();
+    assert_eq!(copy.method, "POST");
+    assert_eq!(&copy.body[..], b"mirror-me-please", "{copy:?}");
+    assert_eq!(copy.headers["host"], "echo.shop-shadow");
+    // The request itself went to echo-v1 once.
+    let orig: Vec<_> = apps[0]
+        .seen()
+        .into_iter()
+        .filter(|r| r.path == "/mirror/x")
+        .collect();
+    assert_eq!(orig.len(), 1);
+    assert_eq!(&orig[0].body[..], b"mirror-me-please");
+}
+
+/// An L4 policy at the echo pods: only the waypoint may connect.
+const ONLY_THE_WAYPOINT: &str = r#"  - name: echo-only-via-waypoint
+    namespace: shop
+    selector: {matchLabels: {app: echo}}
+    action: ALLOW
+    rules: [{from: [{source: {principals: [cluster.local/ns/shop/sa/waypoint]}}]}]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_l4_policy_allowing_only_the_waypoint_blocks_a_bypass() {
+    if !require_root() {
+        return;
+    }
+    let s = Scenario::start_with(&format!("{L7}{ONLY_THE_WAYPOINT}"), &[]);
+    let apps = s.echo_apps();
+    // Through the waypoint: served.
+    let (per, statuses) = hits(&s, "client", ECHO_VIP, "/via", None, 6).await;
+    assert_eq!(statuses, [200; 6], "{per:?}");
+    // Around it: the Service without a waypoint (same pods), and a pod.
+    let pod = format!("{}:8080", s.topo.pod("echo-1").ip);
+    for to in [DIRECT_VIP, pod.as_str()] {
+        let io = s.connect(to).await;
+        let answer = tokio::time::timeout(WAIT, async {
+            let mut h1 = h1_client(io).await?;
+            send_h1(&mut h1, get("echo.shop", "/bypass")).await
+        })
+        .await
+        .expect("refused, not hung");
+        assert!(answer.is_err(), "{to}: the bypass was answered: {answer:?}");
+    }
+    assert!(apps.iter().all(|a| a.seen_path("/bypass") == 0));
+    assert!(apps.iter().map(|a| a.seen_path("/via")).sum::<usize>() == 6);
+    // The destination ztunnel denied the client's own identity.
+    wait_until("the destination's DENY of the client", || {
+        let metrics = s.mesh.metrics(2);
+        let denied: u64 = metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("istio_tcp_connections_closed_total{reporter=\"destination\"")
+                    && l.contains("source_principal=\"cluster.local/ns/shop/sa/client\"")
+                    && l.contains("response_flags=\"DENY\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64;
+        denied >= 2
+    });
 }

@@ -12,10 +12,10 @@ use hbone::server::{Handler, InboundRequest, ServerError};
 use hbone::stream::H2Stream;
 use tokio::io::AsyncReadExt;
 
-use crate::admit::{admit, Target};
+use crate::admit::{admit, Refusal, Target};
 use crate::protocol::{self, Decision, Detected, Rewind};
 use crate::proxy::{Proxy, Stream, Tuning};
-use crate::record::Downstream;
+use crate::record::{Downstream, RequestEvent};
 use crate::upstream::pool::Version;
 
 /// The HBONE CONNECT handler.
@@ -48,6 +48,7 @@ async fn serve(proxy: Arc<Proxy>, req: InboundRequest) {
         Err(refusal) => {
             tracing::info!(peer = %req.peer, authority = %req.authority, reason = refusal.reason(), error = %refusal, "CONNECT refused");
             proxy.telemetry.metrics.refused(refusal.reason());
+            log_refusal(&proxy, &snap, &req, &refusal);
             req.reject(refusal.status());
             return;
         }
@@ -125,6 +126,33 @@ async fn serve(proxy: Arc<Proxy>, req: InboundRequest) {
             crate::tcp::forward(stream, io, prefix, watch).await
         }
     }
+}
+
+/// The access-log line of a CONNECT refused at admission (protocol
+/// `HBONE`, method `CONNECT`, the refusal's status and reason).
+fn log_refusal(
+    proxy: &Proxy,
+    snap: &mesh_model::state::Snapshot,
+    req: &InboundRequest,
+    refusal: &Refusal,
+) {
+    let event = RequestEvent {
+        src_addr: req.peer_addr.to_string(),
+        src_workload: snap
+            .workload_by_ip(req.peer_addr.ip())
+            .filter(|w| w.identity() == req.peer)
+            .map(|w| w.key()),
+        src_identity: req.peer.to_string(),
+        protocol: "HBONE",
+        method: Some("CONNECT".to_owned()),
+        authority: Some(req.authority.to_string()),
+        status: refusal.status().as_u16(),
+        response_flags: mesh_model::flags::ResponseFlag::None.as_str(),
+        reason: Some(refusal.reason()),
+        error: Some(refusal.to_string()),
+        ..RequestEvent::default()
+    };
+    proxy.telemetry.access_log.log_event(&event);
 }
 
 /// Reads the first bytes and decides; returns them for replay. An

@@ -54,7 +54,8 @@ pub struct RequestEvent {
     /// The endpoint that served the request (`podIP:targetPort`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream: Option<String>,
-    /// `HTTP/1.1`, `HTTP/2` or `TCP`.
+    /// `HTTP/1.1`, `HTTP/2` or `TCP`; `HBONE` for a CONNECT refused at
+    /// admission.
     pub protocol: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,

@@ -111,11 +111,16 @@ pub async fn handle(
     if let Some(delay) = forward.delay {
         tokio::time::sleep(delay).await;
     }
-    if !forward.mirrors.is_empty() && hyper::body::Body::is_end_stream(&body) {
-        super::mirror::send_copies(&s, &parts, forward.mirrors);
-    }
+    let bodyless = hyper::body::Body::is_end_stream(&body);
     let request_bytes = Arc::new(AtomicU64::new(0));
     let replay = super::replay::Replay::new(RequestBody::new(body, request_bytes.clone()).boxed());
+    if !forward.mirrors.is_empty() {
+        if bodyless {
+            super::mirror::send_copies(&s, &parts, forward.mirrors, None);
+        } else {
+            super::mirror::send_with_body(&s, &parts, forward.mirrors, replay.on_complete());
+        }
+    }
     let policy = Policy::of(forward.rule);
     let sent = attempt::send(&s, &forward.backend, &parts, &replay, &policy, &mut rec).await;
     let (mut resp, chosen) = match sent {

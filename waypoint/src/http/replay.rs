@@ -6,6 +6,9 @@
 //!
 //! Attempts are sequential: starting one makes every earlier one's body
 //! fail, so two attempts never read the client's body at once.
+//!
+//! The same kept bytes feed request mirrors: [`Replay::on_complete`] hands
+//! over the whole body once the client has sent it, if it fit.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -14,6 +17,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::HeaderMap;
 use hyper::body::{Body, Frame, SizeHint};
+use tokio::sync::watch;
 
 use crate::upstream::pool::{BoxError, UpBody};
 
@@ -32,6 +36,31 @@ struct Shared {
     trailers: Option<HeaderMap>,
     /// The attempt allowed to read.
     current: u32,
+    /// Told the whole body once it ended within the bound; dropped (so
+    /// its receivers see the end) when it overflowed or the request ends.
+    complete: Option<watch::Sender<Option<Kept>>>,
+}
+
+/// A whole request body, as the client sent it.
+#[derive(Debug, Clone, Default)]
+pub struct Kept {
+    pub chunks: Vec<Bytes>,
+    pub trailers: Option<HeaderMap>,
+}
+
+impl Shared {
+    /// The client's body ended: tell whoever waits for it.
+    fn end(&mut self) {
+        self.ended = true;
+        if let Some(tx) = self.complete.take() {
+            if !self.overflowed {
+                let _ = tx.send(Some(Kept {
+                    chunks: self.chunks.clone(),
+                    trailers: self.trailers.clone(),
+                }));
+            }
+        }
+    }
 }
 
 /// The client's request body, shared by the attempts of one request.
@@ -48,7 +77,25 @@ impl Replay {
             ended: false,
             trailers: None,
             current: 0,
+            complete: None,
         })))
+    }
+
+    /// The whole body, once the client has sent it: `Some` on the
+    /// receiver then; the sender is dropped instead if the body outgrew
+    /// [`RETRY_BUFFER`] or the request ended without it.
+    pub fn on_complete(&self) -> watch::Receiver<Option<Kept>> {
+        let mut s = self.0.lock().expect("replay poisoned");
+        let (tx, rx) = watch::channel(None);
+        if s.ended && !s.overflowed {
+            let _ = tx.send(Some(Kept {
+                chunks: s.chunks.clone(),
+                trailers: s.trailers.clone(),
+            }));
+        } else if !s.overflowed {
+            s.complete = Some(tx);
+        }
+        rx
     }
 
     /// The body for the next attempt; earlier attempts' bodies fail from
@@ -113,7 +160,7 @@ impl Body for ReplayBody {
         };
         match frame {
             None => {
-                s.ended = true;
+                s.end();
                 this.trailers_sent = true;
                 Poll::Ready(None)
             }
@@ -126,11 +173,17 @@ impl Body for ReplayBody {
                     } else if !s.overflowed {
                         s.overflowed = true;
                         s.chunks = Vec::new();
+                        s.complete = None;
                         this.next = 0;
+                    }
+                    // A client body of known length ends with its last
+                    // byte: an HTTP/1.1 upstream stops polling there.
+                    if s.source.is_end_stream() {
+                        s.end();
                     }
                 } else if let Some(t) = f.trailers_ref() {
                     s.trailers = Some(t.clone());
-                    s.ended = true;
+                    s.end();
                     this.trailers_sent = true;
                 }
                 Poll::Ready(Some(Ok(f)))
