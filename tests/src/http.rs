@@ -59,7 +59,8 @@ pub struct Seen {
 /// An HTTP app: answers `<name>\n` to every request (`200`, or the status
 /// in a `/status/<code>` path; 503 to every third request under `/flaky`;
 /// a gRPC call gets a message and the status its path ends with;
-/// after a pause for `/delay/<ms>`), echoes the
+/// after a pause for `/delay/<ms>`; the body's last line after a pause for
+/// `/drip/<ms>`), echoes the
 /// upgraded stream of a request with `Upgrade` (or of an HTTP/2 extended
 /// CONNECT, RFC 8441), and records every request.
 pub struct HttpApp {
@@ -176,6 +177,28 @@ async fn answer(
                 .body(Full::new(Bytes::from(format!("{name} flaked\n"))).boxed())
                 .unwrap());
         }
+    }
+    if let Some(ms) = parts
+        .uri
+        .path()
+        .strip_prefix("/drip/")
+        .and_then(|m| m.parse().ok())
+    {
+        // The head and a first line at once, the last line after a pause.
+        let frames = futures::stream::unfold(0u8, move |i| async move {
+            let data = match i {
+                0 => Bytes::from(format!("{name} drip\n")),
+                1 => {
+                    tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                    Bytes::from_static(b"drip end\n")
+                }
+                _ => return None,
+            };
+            Some((Ok::<_, Infallible>(hyper::body::Frame::data(data)), i + 1))
+        });
+        return Ok(Response::new(
+            http_body_util::StreamBody::new(frames).boxed(),
+        ));
     }
     if let Some(ms) = parts
         .uri

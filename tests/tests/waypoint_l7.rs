@@ -27,6 +27,9 @@ const L7: &str = r#"routes:
         - matches: [{path: {type: PathPrefix, value: /delay}}]
           backendRefs: [{name: echo-v1, port: 80}]
           timeouts: {request: 500ms}
+        - matches: [{path: {type: PathPrefix, value: /drip}}]
+          backendRefs: [{name: echo-v1, port: 80}]
+          timeouts: {request: 500ms}
         - matches: [{path: {type: PathPrefix, value: /mirror}}]
           backendRefs: [{name: echo-v1, port: 80}]
           filters: [{type: RequestMirror, requestMirror: {backendRef: {name: echo-v2, port: 80}}}]
@@ -131,6 +134,15 @@ async fn a_retry_hides_a_flaky_upstream_and_a_timeout_cuts_a_slow_one() {
     assert_eq!(statuses, [504]);
     s.waypoint
         .wait_event("the timeout", |e| e["reason"] == "request_timeout");
+    // The timeout covers the whole response, not only its head: a body
+    // still streaming at 500 ms is cut.
+    let mut h1 = h1_client(s.connect(ECHO_VIP).await).await.unwrap();
+    let cut = send_h1(&mut h1, get("echo.shop", "/drip/3000")).await;
+    assert!(cut.is_err(), "the body was not cut: {cut:?}");
+    let ev = s.waypoint.wait_event("the cut body", |e| {
+        e["path"] == "/drip/3000" && e["reason"] == "request_timeout"
+    });
+    assert_eq!(ev["status"], 200, "{ev}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

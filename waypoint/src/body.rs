@@ -1,6 +1,7 @@
 //! Bodies on their way through: counted, and the response's end (or
 //! failure, or abandonment) closes the request's [`Record`].
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -77,7 +78,16 @@ pub struct ResponseBody {
     /// Held while the response streams: the endpoint's request in flight
     /// (least request) and the request's (retry budget).
     _guards: Option<(Chosen, InFlight)>,
+    /// `timeouts.request` covers the whole response: past it, the body
+    /// is cut (an error frame: the stream is reset, or an HTTP/1.1
+    /// connection closed).
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
+
+/// The response body outlived `timeouts.request`.
+#[derive(Debug, thiserror::Error)]
+#[error("response not complete within timeouts.request")]
+struct BodyTimeout;
 
 impl ResponseBody {
     pub fn new(inner: Incoming, record: Record, request_bytes: Arc<AtomicU64>) -> Self {
@@ -86,6 +96,7 @@ impl ResponseBody {
             record: Some(record),
             request_bytes,
             _guards: None,
+            deadline: None,
         };
         if body.inner.is_end_stream() {
             body.finish();
@@ -98,8 +109,15 @@ impl ResponseBody {
         self
     }
 
+    /// Cuts the body at `at` (the request's `timeouts.request`).
+    pub fn with_deadline(mut self, at: Option<tokio::time::Instant>) -> Self {
+        self.deadline = at.map(|at| Box::pin(tokio::time::sleep_until(at)));
+        self
+    }
+
     fn finish(&mut self) {
         self._guards = None;
+        self.deadline = None;
         if let Some(mut r) = self.record.take() {
             r.event.bytes_recv = self.request_bytes.load(Ordering::Relaxed);
             r.finish();
@@ -116,6 +134,15 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        if let Some(deadline) = this.deadline.as_mut() {
+            if deadline.as_mut().poll(cx).is_ready() {
+                if let Some(r) = this.record.as_mut() {
+                    r.fail(ResponseFlag::None, "request_timeout", BodyTimeout);
+                }
+                this.finish();
+                return Poll::Ready(Some(Err(Box::new(BodyTimeout))));
+            }
+        }
         let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
         match &frame {
             Some(Ok(f)) => {

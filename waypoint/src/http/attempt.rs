@@ -10,8 +10,10 @@
 //!
 //! Every retry also needs the retry budget ([`crate::lb::RetryBudget`]),
 //! waits a jittered, doubling backoff ([`retry_backoff`]), and prefers an
-//! endpoint not tried yet. `timeouts.request` bounds all of it, until the
-//! response head arrives (504 after that).
+//! endpoint not tried yet. `timeouts.request` bounds all of it: 504 if
+//! no response head arrived within it; a response body still streaming at
+//! its deadline is cut (`body::ResponseBody`), as the Gateway API intends
+//! it to cover the whole request-response exchange.
 
 use std::net::SocketAddr;
 use std::time::Duration;

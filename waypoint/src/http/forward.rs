@@ -122,6 +122,7 @@ pub async fn handle(
         }
     }
     let policy = Policy::of(forward.rule);
+    let deadline = policy.deadline.map(|d| tokio::time::Instant::now() + d);
     let sent = attempt::send(&s, &forward.backend, &parts, &replay, &policy, &mut rec).await;
     let (mut resp, chosen) = match sent {
         Ok(r) => r,
@@ -141,6 +142,7 @@ pub async fn handle(
         inflight,
         request_bytes,
         down_upgrade,
+        deadline,
     }))
 }
 
@@ -152,6 +154,8 @@ struct Answer<'a> {
     inflight: InFlight,
     request_bytes: Arc<AtomicU64>,
     down_upgrade: Option<OnUpgrade>,
+    /// `timeouts.request`: the whole response within it.
+    deadline: Option<tokio::time::Instant>,
 }
 
 /// The upstream's response, on its way to the client.
@@ -164,6 +168,7 @@ fn respond(a: Answer<'_>) -> Response<DownBody> {
         inflight,
         request_bytes,
         down_upgrade,
+        deadline,
     } = a;
     let status = resp.status();
     rec.event.status = status.as_u16();
@@ -184,7 +189,9 @@ fn respond(a: Answer<'_>) -> Response<DownBody> {
         tokio::spawn(splice(up, down, rec, chosen, inflight));
         return Response::from_parts(parts, full(bytes::Bytes::new()));
     }
-    let body = ResponseBody::new(body, rec, request_bytes).with_guards(chosen, inflight);
+    let body = ResponseBody::new(body, rec, request_bytes)
+        .with_guards(chosen, inflight)
+        .with_deadline(deadline);
     Response::from_parts(parts, body.boxed())
 }
 
