@@ -1,5 +1,6 @@
 //! The waypoint against hostile clients: CONNECTs for what it does not
-//! serve, malformed HTTP/1.1, a slowloris, an HTTP/2 rapid-reset flood.
+//! serve, malformed HTTP/1.1, a slowloris, an HTTP/2 rapid-reset flood, an
+//! HTTP/2 header block never finished.
 //! Each is refused before it reaches an upstream, and the waypoint keeps
 //! serving. Same scenario as `waypoint.rs`.
 
@@ -233,5 +234,45 @@ async fn an_http2_rapid_reset_flood_is_cut_off() {
             .unwrap()
             .status,
         200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_header_block_never_finished_is_cut_at_the_header_timeout() {
+    if !require_root() {
+        return;
+    }
+    let s = Scenario::start(&["--request-header-timeout", "1s"]);
+    let apps = s.echo_apps();
+    let mut conn = s.connect(ECHO_VIP).await;
+    // The preface, SETTINGS, then HEADERS for stream 1 without
+    // END_HEADERS: the CONTINUATION that must follow never comes.
+    let mut stalled = mesh_tests::http::H2_PREFACE.to_vec();
+    stalled.extend(h2_frame(0x4, 0, 0, &[]));
+    stalled.extend(h2_frame(0x1, 0x1, 1, &[0x82, 0x86, 0x84]));
+    conn.write_all(&stalled).await.unwrap();
+    let closed = tokio::time::timeout(WAIT, async {
+        let mut sink = Vec::new();
+        let _ = conn.read_to_end(&mut sink).await;
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the unfinished header block held the connection"
+    );
+    assert_eq!(apps.iter().map(|a| a.seen().len()).sum::<usize>(), 0);
+    // The waypoint serves on.
+    let mut h1 = h1_client(s.connect(ECHO_VIP).await).await.unwrap();
+    let a = send_h1(&mut h1, get("echo.shop", "/after")).await.unwrap();
+    assert_eq!(a.status, 200);
+    let metrics = s.waypoint.metrics();
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "waypoint_connects_refused_total",
+            Some("h2_header_timeout")
+        ),
+        1,
+        "{metrics}"
     );
 }

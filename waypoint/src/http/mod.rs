@@ -1,11 +1,12 @@
 //! HTTP inside a CONNECT stream: hyper's server, HTTP/1.1 behind the strict
 //! framing guard ([`crate::h1::guard`]) or HTTP/2 with h2's rapid-reset
-//! limits, each request handed to [`forward::handle`]. On drain, HTTP/2
+//! limits and a request-header timeout ([`h2_deadline`]), each request handed to [`forward::handle`]. On drain, HTTP/2
 //! sends GOAWAY and HTTP/1.1 answers the request in progress with
 //! `connection: close`, then both finish what is in flight.
 
 pub mod attempt;
 pub mod forward;
+pub mod h2_deadline;
 pub mod mirror;
 pub mod plan;
 pub mod replay;
@@ -74,6 +75,16 @@ pub async fn serve_h1(stream: Stream, io: Rewind<H2Stream>, mut watch: Watch) {
 
 /// Serves HTTP/2 on `io` until the client is done or the drain finishes.
 pub async fn serve_h2(stream: Stream, io: Rewind<H2Stream>, mut watch: Watch) {
+    let proxy = stream.proxy.clone();
+    let peer = stream.down.addr;
+    let io = h2_deadline::HeaderDeadline::new(
+        io,
+        stream.proxy.tuning.head_timeout,
+        Box::new(move || {
+            tracing::info!(%peer, "HTTP/2 request headers not complete within the header timeout; connection closed");
+            proxy.telemetry.metrics.refused("h2_header_timeout");
+        }),
+    );
     let stream = Arc::new(stream);
     let svc = service_fn(move |req| forward::handle(stream.clone(), req));
     let conn = http2::Builder::new(TokioExecutor::new())
