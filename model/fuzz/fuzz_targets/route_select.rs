@@ -111,13 +111,10 @@ fn http_match(u: &mut Unstructured<'_>) -> Result<HttpRouteMatch> {
     let path = match u.int_in_range(0..=2)? {
         0 => PathMatch::Exact(path(u)?),
         1 => {
-            let p = path(u)?;
-            // Held without a trailing `/`, except `/` itself.
-            let p = match p.strip_suffix('/') {
-                Some(s) if !s.is_empty() => s.to_owned(),
-                _ => p,
-            };
-            PathMatch::Prefix(p)
+            // Held without a trailing `/`, except `/` itself, as the
+            // conversions leave it.
+            let p = path(u)?.trim_end_matches('/').to_owned();
+            PathMatch::Prefix(if p.is_empty() { "/".into() } else { p })
         }
         _ => match pattern(u)? {
             Some(p) => PathMatch::RegularExpression(p),
@@ -279,6 +276,7 @@ fn request(u: &mut Unstructured<'_>) -> Result<Request> {
 
 // --- The precedence, re-stated plainly (the oracle) ---
 
+/// Element-wise: `/a` holds for `/a`, `/a/` and `/a/b`, not `/ab`.
 fn prefix_holds(prefix: &str, path: &str) -> bool {
     if prefix == "/" {
         return path.starts_with('/');
