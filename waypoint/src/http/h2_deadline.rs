@@ -320,7 +320,8 @@ mod tests {
         bytes.extend(frame(HEADERS, END_HEADERS, 3));
         client.write_all(&bytes).await.unwrap();
         let mut buf = vec![0u8; 1024];
-        guarded.read(&mut buf).await.unwrap();
+        let n = guarded.read(&mut buf).await.unwrap();
+        assert_eq!(n, bytes.len());
         let idle = tokio::time::timeout(Duration::from_secs(60), guarded.read(&mut buf)).await;
         assert!(idle.is_err(), "still waiting, not failed: {idle:?}");
     }
