@@ -340,7 +340,7 @@ async fn known_gap_same_node_delivery_from_ztunnel_is_answered_past_it() {
 /// 2. ztunnel never sees the connection (no access-log line, no mTLS) and a
 /// DENY of the client's namespace is not enforced, with br_netfilter on or
 /// off. The same policy refuses the connection on Calico-like wiring, so
-/// the bypass is the bridge's.
+/// the bypass is the bridge's; ztunnel says so at start (`capture::bridge`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn known_gap_same_node_pods_on_a_bridge_bypass_ztunnel() {
     if !require_root() {
@@ -374,6 +374,17 @@ async fn known_gap_same_node_pods_on_a_bridge_bypass_ztunnel() {
             log.is_empty(),
             "br_netfilter={br_netfilter}: ztunnel saw it after all: {log:?}"
         );
+        // ztunnel said so at start (capture::bridge), naming the bridge.
+        let stderr = mesh.stderr(1);
+        assert!(
+            stderr.contains("pods_on_bridge") && stderr.contains("cni0"),
+            "br_netfilter={br_netfilter}: no bridge warning at start: {stderr}"
+        );
+        assert_eq!(
+            stderr.contains("br_netfilter_call_iptables"),
+            br_netfilter,
+            "br_netfilter={br_netfilter}: the sysctl warning: {stderr}"
+        );
     }
 
     // The control: the same pods and policy, routed veths.
@@ -406,6 +417,11 @@ async fn known_gap_same_node_pods_on_a_bridge_bypass_ztunnel() {
         e["response_flags"] == "DENY"
     });
     assert!(app.peers().is_empty(), "no byte reached the denied server");
+    let stderr = mesh.stderr(1);
+    assert!(
+        !stderr.contains("pods_on_bridge"),
+        "routed veths need no bridge warning: {stderr}"
+    );
 }
 
 /// Known gap: with `bridge-nf-call-iptables=1`, a pod's connection to

@@ -312,6 +312,7 @@ async fn serve(run: Run, snap: Arc<Snapshot>) -> Result<(), AppError> {
         (false, _) => None,
         (true, false) => {
             let pods = control::capture_set(&snap, &cfg.node);
+            warn_about_bridges(&pods).await;
             let ports = cfg.listeners.tproxy_ports();
             let installed = tokio::task::spawn_blocking(move || Capture::install(&pods, ports))
                 .await
@@ -542,3 +543,15 @@ async fn wait_for_shutdown(shutdown: &Notify) {
 
 #[cfg(test)]
 mod tests;
+
+/// Says at start what capture cannot cover on a bridge CNI (see
+/// [`crate::capture::bridge`]): one warning per finding.
+async fn warn_about_bridges(pods: &std::collections::BTreeSet<std::net::IpAddr>) {
+    let pods = pods.clone();
+    let view = tokio::task::spawn_blocking(move || crate::capture::bridge::detect(&pods, 16))
+        .await
+        .unwrap_or_default();
+    for finding in crate::capture::bridge::assess(&view) {
+        tracing::warn!(reason = finding.reason, "{}", finding.message);
+    }
+}

@@ -7,6 +7,8 @@
 //! - [`ipv6`]: its `forward` chain, which resets (and counts) IPv6 TCP from
 //!   or to a captured pod: capture is IPv4, so a dual-stack pod's IPv6 is
 //!   refused rather than let around ztunnel;
+//! - [`bridge`]: what capture cannot see on a bridge CNI (Flannel's
+//!   `cni0`), said at start;
 //! - [`Capture`]: applies it (`nft -f -`), plus the `ip rule` and the local
 //!   route that deliver marked packets to ztunnel, and removes them again;
 //! - [`transparent_listener`] and [`orig_dst`]: the sockets that receive
@@ -15,6 +17,7 @@
 //! Everything acts on the network namespace of the calling thread (the node's,
 //! since ztunnel runs with hostNetwork).
 
+pub mod bridge;
 pub mod fail_closed;
 pub mod ipv6;
 mod listener;
