@@ -76,9 +76,11 @@ impl Controller {
     pub async fn apply(&self, snap: Arc<Snapshot>) {
         let before = self.state.send_replace(snap.clone());
         self.metrics.config_updates.inc();
+        // Revoke first: a connection the new policy denies is cut before
+        // the capture rules (and certificates) change under it.
+        let revoked = self.conns.revoke_denied(&snap);
         self.reconcile_capture().await;
         self.reconcile_certs(&before, &snap);
-        let revoked = self.conns.revoke_denied(&snap);
         let behind_missing = behind_missing_waypoints(&snap);
         if behind_missing > 0 {
             tracing::warn!(

@@ -98,13 +98,28 @@ impl Registration {
 }
 
 impl Connections {
-    pub fn register(self: &Arc<Self>, auth: Authorized) -> Registration {
+    /// Registers a connection admitted under some earlier snapshot, then
+    /// checks it again under `current()`, read after it is in the registry:
+    /// a policy published between its admission and now is either seen
+    /// here or by the [`Self::revoke_denied`] that follows the publication,
+    /// so no connection admitted under an old policy slips through.
+    pub fn register(
+        self: &Arc<Self>,
+        auth: Authorized,
+        current: impl FnOnce() -> Arc<Snapshot>,
+    ) -> Registration {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let (cancel, revoked) = watch::channel(None);
+        let check = auth.clone();
         self.live
             .lock()
             .expect("connections poisoned")
             .insert(id, Entry { auth, cancel });
+        if let Some(r) = recheck(&current(), &check) {
+            if let Some(entry) = self.live.lock().expect("connections poisoned").get(&id) {
+                entry.cancel.send_replace(Some(r));
+            }
+        }
         Registration {
             id,
             registry: self.clone(),
@@ -234,11 +249,15 @@ policies:
     #[tokio::test]
     async fn revoke_cancels_only_denied_and_drop_unregisters() {
         let reg = Arc::new(Connections::default());
-        let mut denied = reg.register(mtls_conn());
-        let kept = reg.register(Authorized {
-            src_identity: Some("spiffe://cluster.local/ns/other/sa/x".parse().unwrap()),
-            ..mtls_conn()
-        });
+        let allow_all = || Arc::new(snap("PERMISSIVE", ""));
+        let mut denied = reg.register(mtls_conn(), allow_all);
+        let kept = reg.register(
+            Authorized {
+                src_identity: Some("spiffe://cluster.local/ns/other/sa/x".parse().unwrap()),
+                ..mtls_conn()
+            },
+            allow_all,
+        );
         assert_eq!(reg.len(), 2);
         assert_eq!(reg.revoke_denied(&snap("PERMISSIVE", DENY_SHOP)), 1);
         assert!(matches!(
@@ -251,5 +270,29 @@ policies:
         drop(denied);
         drop(kept);
         assert!(reg.is_empty());
+    }
+
+    /// A connection admitted under the old policy that registers after the
+    /// new one was published (and after its revocation pass) is cut at
+    /// once; one still allowed is kept.
+    #[tokio::test]
+    async fn a_connection_registering_after_a_policy_change_is_rechecked() {
+        let reg = Arc::new(Connections::default());
+        let deny = || Arc::new(snap("PERMISSIVE", DENY_SHOP));
+        let late = reg.register(mtls_conn(), deny);
+        assert!(
+            matches!(*late.revoked.borrow(), Some(Revoked(Denial::DenyPolicy(_)))),
+            "admitted under the old policy, registered under the new: not revoked"
+        );
+        let other = reg.register(
+            Authorized {
+                src_identity: Some("spiffe://cluster.local/ns/other/sa/x".parse().unwrap()),
+                ..mtls_conn()
+            },
+            deny,
+        );
+        assert!(other.revoked.borrow().is_none());
+        // Already cut: the next pass does not count it again.
+        assert_eq!(reg.revoke_denied(&deny()), 0);
     }
 }

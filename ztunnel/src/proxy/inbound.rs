@@ -300,12 +300,15 @@ fn register(
     dst: &Workload,
     dst_port: u16,
 ) -> Registration {
-    proxy.conns.register(Authorized {
-        src_identity,
-        src_ip,
-        dst_uid: dst.uid.clone(),
-        dst_port,
-    })
+    proxy.conns.register(
+        Authorized {
+            src_identity,
+            src_ip,
+            dst_uid: dst.uid.clone(),
+            dst_port,
+        },
+        || proxy.snapshot(),
+    )
 }
 
 /// Copies between the client side and the app until both close, or until
