@@ -325,8 +325,12 @@ pub fn start_sidecars(
     running
 }
 
-/// SIGTERMs every sidecar of `pods` and checks each removed its table.
+/// SIGTERMs every sidecar of `pods`, which keeps its capture tables (a
+/// restarted sidecar's pod fails closed), then removes them with `ztunnel
+/// uninstall` in the pod, as an operator would, so that the next mode
+/// starts from a clean pod.
 pub fn stop_sidecars(sidecars: &mut Sidecars, pods: &[&Pod]) {
+    let bin = mesh_tests::mesh::ztunnel_bin();
     for pod in pods {
         let status = sidecars.terminate(&pod.name);
         assert!(
@@ -334,10 +338,13 @@ pub fn stop_sidecars(sidecars: &mut Sidecars, pods: &[&Pod]) {
             "sidecar of {} exited with {status}",
             pod.name
         );
+        pod.ns
+            .exec(&format!("'{}' uninstall", bin.display()))
+            .unwrap_or_else(|e| panic!("ztunnel uninstall in {}: {e}", pod.name));
         assert_eq!(
             table_count(&pod.ns),
             0,
-            "sidecar of {} left its capture table after SIGTERM",
+            "{}: capture tables left after `ztunnel uninstall`",
             pod.name
         );
     }
