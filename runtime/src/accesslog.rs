@@ -4,7 +4,7 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Mutex, OnceLock};
 use std::thread::JoinHandle;
@@ -137,6 +137,34 @@ pub struct AccessLog {
     exit_deadline: OnceLock<Instant>,
     counters: AccessLogCounters,
     next_warn: Mutex<Instant>,
+}
+
+/// Where access-log lines go: `--access-log -` (stdout), `off`, or a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    Stdout,
+    File(PathBuf),
+    Off,
+}
+
+impl AccessLogTarget {
+    /// The `--access-log` flag's value: `-`, `off`, or a path.
+    pub fn from_flag(value: &str) -> Self {
+        match value {
+            "-" => Self::Stdout,
+            "off" => Self::Off,
+            path => Self::File(path.into()),
+        }
+    }
+
+    /// Opens the log this target names (a file is created or appended to).
+    pub fn open(&self, counters: AccessLogCounters) -> std::io::Result<AccessLog> {
+        Ok(match self {
+            Self::Stdout => AccessLog::stdout(counters),
+            Self::Off => AccessLog::sink(),
+            Self::File(path) => AccessLog::file(path, counters)?,
+        })
+    }
 }
 
 impl AccessLog {

@@ -120,11 +120,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 impl Args {
     fn into_config(self) -> Config {
-        let access_log = match self.access_log.as_str() {
-            "-" => AccessLogTarget::Stdout,
-            "off" => AccessLogTarget::Off,
-            path => AccessLogTarget::File(path.into()),
-        };
+        let access_log = AccessLogTarget::from_flag(&self.access_log);
         let source = match (self.xds_address, self.config_file, self.ca_dir) {
             (Some(address), _, _) => ConfigSource::Xds(XdsSource {
                 address,

@@ -189,11 +189,7 @@ fn main() -> ExitCode {
             Err(e) => report(&e),
         };
     }
-    let access_log = match args.access_log.as_str() {
-        "-" => AccessLogTarget::Stdout,
-        "off" => AccessLogTarget::Off,
-        path => AccessLogTarget::File(path.into()),
-    };
+    let access_log = AccessLogTarget::from_flag(&args.access_log);
     let mode = match (args.mode, args.workload) {
         (ModeArg::Node, None) => Mode::Node,
         (ModeArg::Sidecar, Some(w)) => Mode::Sidecar(w),

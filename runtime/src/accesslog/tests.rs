@@ -330,3 +330,17 @@ fn event_has_design_field_names() {
     assert_eq!(v["response_flags"], "CONNECT");
     assert_eq!(v["reason"], "waypoint_missing");
 }
+
+#[test]
+fn the_access_log_flag_names_stdout_off_or_a_file() {
+    for (flag, want) in [
+        ("-", AccessLogTarget::Stdout),
+        ("off", AccessLogTarget::Off),
+        (
+            "/var/log/a.json",
+            AccessLogTarget::File("/var/log/a.json".into()),
+        ),
+    ] {
+        assert_eq!(AccessLogTarget::from_flag(flag), want, "{flag}");
+    }
+}

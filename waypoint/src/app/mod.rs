@@ -24,7 +24,6 @@ use http::{Method, StatusCode};
 use mesh_model::config::ConfigError;
 use mesh_model::state::Snapshot;
 use mesh_model::SpiffeId;
-use mesh_runtime::accesslog::AccessLog;
 use mesh_runtime::admin::{self, json, text, Route};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
@@ -52,13 +51,7 @@ const CERT_STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often idle upstream connections and forgotten endpoints are reaped.
 const REAP_EVERY: Duration = Duration::from_secs(30);
 
-/// Where access-log lines go.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AccessLogTarget {
-    Stdout,
-    File(PathBuf),
-    Off,
-}
+pub use mesh_runtime::accesslog::AccessLogTarget;
 
 #[derive(Debug, Clone)]
 pub struct Listeners {
@@ -143,16 +136,18 @@ impl Config {
 pub fn run(cfg: Config) -> Result<(), AppError> {
     let metrics = Metrics::new();
     let counters = metrics.access_log.clone();
-    let access_log = Arc::new(match &cfg.access_log {
-        AccessLogTarget::Stdout => AccessLog::stdout(counters),
-        AccessLogTarget::Off => AccessLog::sink(),
-        AccessLogTarget::File(path) => {
-            AccessLog::file(path, counters).map_err(|source| AppError::AccessLog {
-                path: path.clone(),
-                source,
-            })?
-        }
-    });
+    let access_log =
+        Arc::new(
+            cfg.access_log
+                .open(counters)
+                .map_err(|source| AppError::AccessLog {
+                    path: match &cfg.access_log {
+                        AccessLogTarget::File(path) => path.clone(),
+                        _ => PathBuf::from("-"),
+                    },
+                    source,
+                })?,
+        );
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = cfg.worker_threads {
         builder.worker_threads(n.max(1));

@@ -61,13 +61,7 @@ const CERT_STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often certificates are checked for rotation.
 const ROTATION_CHECK: Duration = Duration::from_secs(1);
 
-/// Where access-log lines go.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AccessLogTarget {
-    Stdout,
-    File(PathBuf),
-    Off,
-}
+pub use mesh_runtime::accesslog::AccessLogTarget;
 
 /// The listen addresses.
 #[derive(Debug, Clone)]
@@ -230,16 +224,18 @@ pub enum AppError {
 pub fn run(cfg: Config) -> Result<(), AppError> {
     let metrics = Metrics::new();
     let counters = metrics.access_log.clone();
-    let access_log = Arc::new(match &cfg.access_log {
-        AccessLogTarget::Stdout => AccessLog::stdout(counters),
-        AccessLogTarget::Off => AccessLog::sink(),
-        AccessLogTarget::File(path) => {
-            AccessLog::file(path, counters).map_err(|source| AppError::AccessLog {
-                path: path.clone(),
-                source,
-            })?
-        }
-    });
+    let access_log =
+        Arc::new(
+            cfg.access_log
+                .open(counters)
+                .map_err(|source| AppError::AccessLog {
+                    path: match &cfg.access_log {
+                        AccessLogTarget::File(path) => path.clone(),
+                        _ => PathBuf::from("-"),
+                    },
+                    source,
+                })?,
+        );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("ztunnel-data")
